@@ -1,0 +1,1 @@
+"""Thin Ray Serve deployments around `models/`: batching, health checks, GPU defaults."""

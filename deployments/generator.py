@@ -1,0 +1,120 @@
+"""The Stable Diffusion generator deployment.
+
+Concurrent requests are collected by `@serve.batch` (batch size counted in images, not
+requests) and the model runs compatible ones in shared pipeline calls. The deployment keeps
+a record of the batch sizes it actually ran (`stats`), which the tests and benchmarks read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from ray import serve
+
+logger = logging.getLogger("ray.serve")
+
+# Default GPU share of one replica on GPU profiles (SD 1.5 fp16 needs ~3.5 GB at batch 8,
+# 512x512; see serve_config.yaml for the production packing of one GPU).
+DEFAULT_NUM_GPUS = 0.4
+
+
+def _images_in(batch: list[Any]) -> int:
+    return sum(req.n for req in batch)
+
+
+@serve.deployment(
+    name="Generator",
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class Generator:
+    def __init__(
+        self,
+        *,
+        model: str = "tiny-sd",
+        source: str | None = None,
+        allow_fallback: bool = False,
+        zoo_dir: str | None = None,
+        max_batch_size: int = 8,
+        batch_wait_timeout_s: float = 0.05,
+    ):
+        from models.diffusion import DiffusionModel
+        from models.registry import spec_for_source
+
+        spec = spec_for_source(model, family="diffusion", source=source)
+        self.model = DiffusionModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+        self._max_batch_images = max_batch_size
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._serve_batches: Counter[int] = Counter()  # requests per @serve.batch call
+        self._pipeline_batches: Counter[int] = Counter()  # images per pipeline call
+        self._images = 0
+        self._last_error: str | None = None
+
+    async def generate(self, request):
+        """Generate images for one `models.diffusion.GenerationRequest`."""
+        from models.diffusion import check_inputs
+
+        check_inputs(request, self.model.limits)  # fail this request alone, not its batch
+        return await self._batched(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=_images_in)
+    async def _batched(self, requests: list) -> list:
+        self._serve_batches[len(requests)] += 1
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(
+                self.model.generate,
+                requests,
+                max_batch_images=self._max_batch_images,
+                on_batch=self._record_pipeline_batch,
+            )
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._last_error = None
+        for res in results:
+            self._images += len(res.images)
+            res.timings["batch_s"] = time.perf_counter() - started
+        return results
+
+    def _record_pipeline_batch(self, images: int) -> None:
+        self._pipeline_batches[images] += 1
+
+    def info(self) -> dict[str, Any]:
+        import os
+
+        import ray
+
+        info = self.model.info
+        return {
+            "name": info.name,
+            "family": info.family,
+            "source": info.source,
+            "tiny": info.tiny,
+            "fallback": info.fallback,
+            "fallback_reason": info.fallback_reason,
+            "device": info.device,
+            "dtype": info.dtype,
+            "limits": vars(self.model.limits),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "serve_batches": dict(self._serve_batches),
+            "pipeline_batches": dict(self._pipeline_batches),
+            "images": self._images,
+        }
+
+    def check_health(self) -> None:
+        if self._last_error and "out of memory" in self._last_error.lower():
+            raise RuntimeError(f"generator unhealthy after: {self._last_error}")

@@ -1,0 +1,146 @@
+"""The one error envelope, and the one function that maps exceptions to status codes.
+
+Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("ray.serve")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = ErrorEnvelope(error=ErrorBody(message=self.message, type=self.type,
+                                             param=self.param, code=self.code))
+        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
+
+
+# Fields whose ValueError messages (models' check_inputs) map onto a request parameter.
+_PARAM_ALIASES = {"width": "size", "height": "size"}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps errors raised in a replica; the cause is what we map."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    param = ".".join(loc) or None
+    kind = first.get("type", "invalid")
+    if kind == "json_invalid":
+        ctx = first.get("ctx", {}).get("error", "")
+        return ApiError(400, f"request body is not valid JSON ({ctx}); send a JSON object",
+                        code="invalid_json")
+    if kind == "model_attributes_type" or (kind == "dict_type" and not loc):
+        return ApiError(400, "request body must be a JSON object", code="invalid_body")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unknown parameter {param!r}; remove it (see /docs for the "
+                        "accepted fields)", param=param, code="unknown_parameter")
+    if kind == "missing":
+        return ApiError(400, f"missing required parameter {param!r}", param=param,
+                        code="missing_parameter")
+    msg = first.get("msg", "invalid value")
+    return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code=kind)
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map any exception to the status code and message the client sees."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    exc = _unwrap(exc)
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    if isinstance(exc, BackPressureError):
+        return ApiError(503, "the gateway is at capacity; retry after the indicated delay",
+                        code="overloaded", headers={"Retry-After": "1"})
+    if isinstance(exc, DeploymentUnavailableError):
+        return ApiError(503, "a model deployment is not available yet; retry shortly",
+                        code="deployment_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, TimeoutError):
+        return ApiError(504, "the request timed out", code="timeout")
+    if isinstance(exc, ValueError):
+        message = str(exc)
+        first = message.split(" ", 1)[0]
+        param = _PARAM_ALIASES.get(first, first) if first.isidentifier() else None
+        return ApiError(400, message, param=param, code="invalid_value")
+    logger.exception("unhandled error", exc_info=exc)
+    return ApiError(500, "internal error; it has been logged", code="internal_error")
+
+
+def install(app: FastAPI) -> None:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return to_api_error(exc).response()
+
+    app.add_exception_handler(ApiError, handle)
+    app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(StarletteHTTPException, handle)
+    app.add_exception_handler(Exception, handle)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": desc}
+    for status, desc in {
+        400: "invalid request (the message says what to fix)",
+        404: "not found",
+        503: "overloaded or starting; see Retry-After",
+    }.items()
+}
+
+__all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "ERROR_RESPONSES"]

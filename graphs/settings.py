@@ -1,0 +1,30 @@
+"""The one Settings object: environment variables (``PHOTOSTUDIO_*``) and an optional `.env`.
+
+Builder args (`graphs.app.AppArgs`, e.g. from `serve_config.yaml`) take precedence; any arg
+left unset falls back to these settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["tiny", "local", "production"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PHOTOSTUDIO_", env_file=".env", extra="ignore")
+
+    profile: Profile = "tiny"
+    data_dir: Path = Field(Path("./data"), description="assets, SQLite database, Ray temp files")
+    zoo_dir: Path | None = Field(None, description="tiny model cache (default ~/.cache/...)")
+    database_url: str | None = Field(None, description="default sqlite:///<data_dir>/photostudio.db")
+    generator_model: str | None = None
+    generator_source: str | None = Field(None, description="local folder or hub id of weights")
+    public_base_url: str | None = Field(None, description="base of asset URLs in responses")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"

@@ -1,0 +1,6 @@
+"""Model families: load weights, run inference. Nothing about Ray or HTTP lives here.
+
+Each family is one file (``diffusion.py``, ...). ``registry.py`` maps public model names to
+a family and a weight source; ``zoo.py`` builds tiny seeded versions of every family for
+offline use and tests, loaded through the same code path as real weights.
+"""

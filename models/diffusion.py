@@ -1,0 +1,273 @@
+"""Stable Diffusion family on diffusers: text2img, img2img and inpaint on one set of weights.
+
+The three AutoPipelines share modules (``from_pipe``), so one replica holds one copy of the
+weights. GPU: fp16 + SDPA attention + channels_last; CPU: fp32. Torch and diffusers are
+imported lazily so the request types and `check_inputs` can be used by the ingress without
+pulling in torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from models.base import LoadedInfo, ModelFamily
+from models.registry import ModelSpec, SizeLimits, resolve
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["text2img", "img2img", "inpaint"]
+
+MAX_IMAGES_PER_REQUEST = 10
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class GenerationRequest:
+    """One request; `n` images from one prompt. Images are HxWx3 uint8 arrays."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    mode: Mode = "text2img"
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
+    strength: float = 0.75
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can run in one pipeline call."""
+        return (self.mode, self.width, self.height, self.steps, self.guidance_scale,
+                self.strength if self.mode != "text2img" else None)
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]
+    seeds: list[int]
+    model: str
+    batch_size: int  # images computed together in the pipeline call that made these
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
+    """Raise `ValueError` naming the field and the allowed range (diffusers-style)."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError("prompt must be a non-empty string")
+    if not 1 <= req.n <= MAX_IMAGES_PER_REQUEST:
+        raise ValueError(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {req.n}")
+    for fname in ("width", "height"):
+        value = getattr(req, fname)
+        if not limits.min_side <= value <= limits.max_side or value % limits.multiple:
+            raise ValueError(
+                f"{fname} must be a multiple of {limits.multiple} between {limits.min_side} "
+                f"and {limits.max_side}, got {value}"
+            )
+    if not 1 <= req.steps <= limits.max_steps:
+        raise ValueError(f"steps must be between 1 and {limits.max_steps}, got {req.steps}")
+    if not 0.0 <= req.guidance_scale <= MAX_GUIDANCE:
+        raise ValueError(
+            f"guidance_scale must be between 0 and {MAX_GUIDANCE}, got {req.guidance_scale}"
+        )
+    if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {req.seed}")
+    if req.mode != "text2img":
+        if req.image is None:
+            raise ValueError(f"image is required for {req.mode}")
+        if not 0.0 < req.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {req.strength}")
+    if req.mode == "inpaint" and req.mask is None:
+        raise ValueError("mask is required for inpaint")
+
+
+class DiffusionModel(ModelFamily):
+    family = "diffusion"
+
+    def __init__(self, pipe: Any, *, info: LoadedInfo, limits: SizeLimits):
+        self._pipes: dict[Mode, Any] = {"text2img": pipe}
+        self._info = info
+        self.limits = limits
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str, *, name: str, device: str | None = None,
+             limits: SizeLimits | None = None, tiny: bool = False,
+             fallback_reason: str | None = None) -> DiffusionModel:
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if not tiny:
+            kwargs["safety_checker"] = None  # moderation is the gateway's job, not the model's
+        started = time.perf_counter()
+        pipe = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
+        pipe = pipe.to(device)
+        if device.startswith("cuda"):
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            pipe.unet.set_attn_processor(AttnProcessor2_0())  # SDPA (flash/mem-efficient)
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        pipe.set_progress_bar_config(disable=True)
+        logger.info("loaded %s from %s on %s/%s in %.2fs", name, source, device, dtype,
+                    time.perf_counter() - started)
+        info = LoadedInfo(name=name, family=cls.family, source=source, tiny=tiny, device=device,
+                          dtype=str(dtype).removeprefix("torch."),
+                          fallback_reason=fallback_reason)
+        return cls(pipe, info=info, limits=limits or SizeLimits(64, 2048, 512, 512))
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, zoo_dir: str | None = None,
+                  allow_fallback: bool = False, device: str | None = None) -> DiffusionModel:
+        """Resolve a registry spec to weights (tiny zoo, local folder or hub id) and load."""
+
+        def check(location: str) -> None:
+            from pathlib import Path
+
+            from huggingface_hub import snapshot_download
+
+            if not Path(location).exists():
+                snapshot_download(location, allow_patterns=["model_index.json"])
+
+        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
+        return cls.load(resolved.location, name=resolved.spec.name, device=device,
+                        limits=resolved.spec.limits, tiny=resolved.spec.tiny,
+                        fallback_reason=resolved.fallback_reason)
+
+    @property
+    def info(self) -> LoadedInfo:
+        return self._info
+
+    def _pipe(self, mode: Mode) -> Any:
+        if mode not in self._pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            cls = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
+            pipe = cls.from_pipe(self._pipes["text2img"])  # shares modules: no new weights
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[mode] = pipe
+        return self._pipes[mode]
+
+    # -- inference ------------------------------------------------------------------------
+    def run(self, requests: Sequence[GenerationRequest], **kwargs: Any) -> list[GenerationResult]:
+        return self.generate(requests, **kwargs)
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_batch_images: int = 16,
+        on_step: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[GenerationResult]:
+        """Run requests, grouping compatible ones into shared pipeline calls.
+
+        Each image gets its own seeded generator, so a request's images depend on its seed
+        only, not on what it was batched with (up to float rounding). `on_batch(images)` is
+        called for each pipeline call, `on_step(step, total)` after each denoising step.
+        """
+        for req in requests:
+            check_inputs(req, self.limits)
+        seeds = [
+            req.seed if req.seed is not None else secrets.randbelow(MAX_SEED) for req in requests
+        ]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.batch_key(), []).append(i)
+        for indices in groups.values():
+            # Split a group into chunks of at most max_batch_images images (whole requests).
+            chunk: list[int] = []
+            count = 0
+            for i in indices:
+                if chunk and count + requests[i].n > max_batch_images:
+                    self._run_chunk(requests, seeds, chunk, results, on_step, on_batch)
+                    chunk, count = [], 0
+                chunk.append(i)
+                count += requests[i].n
+            if chunk:
+                self._run_chunk(requests, seeds, chunk, results, on_step, on_batch)
+        return [r for r in results if r is not None]
+
+    def _run_chunk(self, requests, seeds, indices, results, on_step, on_batch) -> None:
+        import torch
+
+        first = requests[indices[0]]
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators = []
+        images, masks = [], []
+        per_request_seeds: dict[int, list[int]] = {}
+        device = self._info.device
+        gen_device = "cpu" if device == "mps" else device
+        for i in indices:
+            req = requests[i]
+            per_request_seeds[i] = [(seeds[i] + k) % (MAX_SEED + 1) for k in range(req.n)]
+            for s in per_request_seeds[i]:
+                prompts.append(req.prompt)
+                negatives.append(req.negative_prompt or "")
+                generators.append(torch.Generator(gen_device).manual_seed(s))
+                if req.image is not None:
+                    images.append(_to_pil(req.image, (first.width, first.height)))
+                if req.mask is not None:
+                    masks.append(_to_pil(req.mask, (first.width, first.height)))
+        kwargs: dict[str, Any] = dict(
+            prompt=prompts,
+            negative_prompt=negatives,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=generators,
+            output_type="np",
+        )
+        if first.mode == "text2img":
+            kwargs.update(width=first.width, height=first.height)
+        else:
+            kwargs.update(image=images, strength=first.strength)
+            if first.mode == "inpaint":
+                kwargs.update(mask_image=masks, width=first.width, height=first.height)
+        if on_step is not None:
+            def _callback(pipe, step, timestep, callback_kwargs):
+                on_step(step + 1, first.steps)
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = _callback
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self._pipe(first.mode)(**kwargs).images
+        elapsed = time.perf_counter() - started
+        if on_batch is not None:
+            on_batch(len(prompts))
+        arrays = (np.clip(np.asarray(out), 0.0, 1.0) * 255).round().astype(np.uint8)
+        offset = 0
+        for i in indices:
+            n = requests[i].n
+            results[i] = GenerationResult(
+                images=[arrays[offset + k] for k in range(n)],
+                seeds=per_request_seeds[i],
+                model=self._info.name,
+                batch_size=len(prompts),
+                timings={"inference_s": elapsed},
+            )
+            offset += n
+
+
+def _to_pil(array: np.ndarray, size: tuple[int, int]):
+    from PIL import Image
+
+    img = Image.fromarray(array)
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    return img

@@ -1,0 +1,146 @@
+"""Name-keyed registry of the models we serve, and the resolution of a name to weights.
+
+A spec names a family and where its weights come from: a tiny zoo model (``tiny:<name>``),
+a local folder, or a hub model id. ``resolve`` turns a spec into a loadable local path or id
+and applies the fallback policy: the ``local`` profile may fall back to the tiny model
+(loudly); the ``production`` profile never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Image size limits of a generative model (pixels; both sides multiples of `multiple`)."""
+
+    min_side: int
+    max_side: int
+    default_width: int
+    default_height: int
+    multiple: int = 8
+    max_steps: int = 150
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    source: str
+    description: str
+    tiny_fallback: str | None = None
+    limits: SizeLimits | None = None
+
+    @property
+    def tiny(self) -> bool:
+        return self.source.startswith("tiny:")
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="tiny-sd",
+            family="diffusion",
+            source="tiny:tiny-sd",
+            description="Tiny random-weight Stable Diffusion (built offline; for tests/dev)",
+            limits=SizeLimits(32, 512, 64, 64, max_steps=50),
+        ),
+        ModelSpec(
+            name="sd15",
+            family="diffusion",
+            source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            description="Stable Diffusion 1.5",
+            tiny_fallback="tiny-sd",
+            limits=SizeLimits(256, 1024, 512, 512),
+        ),
+        ModelSpec(
+            name="sdxl",
+            family="diffusion",
+            source="stabilityai/stable-diffusion-xl-base-1.0",
+            description="Stable Diffusion XL base 1.0",
+            tiny_fallback="tiny-sd",
+            limits=SizeLimits(512, 2048, 1024, 1024),
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec of a model name; `ValueError` naming the known ones otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+def spec_for_source(name: str, *, family: str, source: str | None) -> ModelSpec:
+    """A registered spec, optionally pointed at other weights (a local path or model id)."""
+    spec = get_spec(name)
+    if spec.family != family:
+        raise ValueError(f"model {name!r} is a {spec.family} model, not {family}")
+    if source:
+        spec = ModelSpec(
+            name=spec.name,
+            family=spec.family,
+            source=source,
+            description=spec.description,
+            tiny_fallback=spec.tiny_fallback,
+            limits=spec.limits,
+        )
+    return spec
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: ModelSpec  # the spec actually used (the tiny one after a fallback)
+    location: str  # local folder or hub id handed to from_pretrained
+    fallback_reason: str | None = None
+
+
+def resolve(
+    spec: ModelSpec, *, zoo_dir: str | os.PathLike | None, allow_fallback: bool, load_check
+) -> Resolved:
+    """Find the weights of `spec`.
+
+    `load_check(location)` is called for non-tiny sources and must raise `OSError` (or
+    `ValueError`) when the weights can't be had (e.g. not cached while offline). With
+    `allow_fallback` the tiny model named by the spec is used instead and the reason is
+    logged at ERROR level and returned, so callers can surface it.
+    """
+    from models import zoo
+
+    if spec.tiny:
+        return Resolved(spec, str(zoo.ensure(spec.source.removeprefix("tiny:"), zoo_dir)))
+    location = spec.source
+    if Path(location).expanduser().exists():
+        location = str(Path(location).expanduser())
+    try:
+        load_check(location)
+        return Resolved(spec, location)
+    except (OSError, ValueError) as exc:
+        if not allow_fallback or not spec.tiny_fallback:
+            raise RuntimeError(
+                f"could not load weights for model {spec.name!r} from {location!r}: {exc}. "
+                "Download them first (e.g. `huggingface-cli download` on a machine with "
+                "network, then point the model source at the folder)"
+                + ("" if allow_fallback else "; this profile never falls back to tiny models")
+            ) from exc
+        reason = f"weights for {spec.name!r} ({location}) unavailable: {exc.__class__.__name__}"
+        logger.error(
+            "FALLING BACK TO TINY MODEL %r: %s. Outputs are from random weights!",
+            spec.tiny_fallback,
+            reason,
+        )
+        tiny = get_spec(spec.tiny_fallback)
+        return Resolved(
+            tiny, str(zoo.ensure(tiny.source.removeprefix("tiny:"), zoo_dir)), reason
+        )

@@ -1,0 +1,178 @@
+"""Tiny model zoo: seeded, offline builders for every model family we serve.
+
+Each builder creates a tiny random-weight model from a config (no download), saves it in
+the same on-disk format as the real weights, and the family then loads it through its
+ordinary `from_pretrained`/file path. Models are built once per cache folder; a build goes
+to a temporary folder that is renamed into place, so concurrent replicas never see a
+half-written model.
+
+Cache folder: ``$PHOTOSTUDIO_ZOO_DIR`` or ``~/.cache/photostudio/zoo``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SEED = 0
+_COMPLETE = ".complete"
+
+
+def default_zoo_dir() -> Path:
+    return Path(
+        os.environ.get("PHOTOSTUDIO_ZOO_DIR") or Path.home() / ".cache" / "photostudio" / "zoo"
+    )
+
+
+# --- Stable Diffusion --------------------------------------------------------------------
+
+def _tiny_clip_tokenizer():
+    """A CLIP BPE tokenizer built in code: byte-level characters plus a few merges."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    chars += [str(d) for d in range(10)] + list(".,!?'-:;()&/")
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    for ch in chars:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges = []
+    for pair in ("t h", "th e</w>", "a n", "an d</w>", "o f</w>", "i n", "e r</w>", "o n</w>"):
+        left, right = pair.split(" ")
+        merges.append((left, right))
+        vocab.setdefault(left + right, len(vocab))
+    with tempfile.TemporaryDirectory() as tmp:
+        import json
+
+        vocab_file = Path(tmp, "vocab.json")
+        merges_file = Path(tmp, "merges.txt")
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges))
+        tokenizer = CLIPTokenizer(
+            vocab_file=str(vocab_file),
+            merges_file=str(merges_file),
+            pad_token="<|endoftext|>",
+            model_max_length=77,
+        )
+    return tokenizer
+
+
+def build_tiny_sd(path: Path) -> None:
+    """Tiny SD-1.x-architecture pipeline (UNet, VAE, CLIP text encoder, tokenizer)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(SEED)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    tokenizer = _tiny_clip_tokenizer()
+    torch.manual_seed(SEED)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=max(1000, len(tokenizer)),
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+# --- registry of builders ------------------------------------------------------------------
+# name -> "module:function". Each family keeps its tiny builder next to its loading code; the
+# import is lazy so building one family never imports another's dependencies.
+
+BUILDERS: dict[str, str] = {
+    "tiny-sd": "models.zoo:build_tiny_sd",
+    "tiny-u2net": "models.matting:build_tiny_u2net",
+    "tiny-insightface": "models.faceswap:build_tiny_insightface",
+    "tiny-esrgan": "models.upscale:build_tiny_esrgan",
+}
+
+
+def _builder(name: str) -> Callable[[Path], None]:
+    module, func = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def ensure(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
+    """Return the folder of tiny model `name`, building it first if needed."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; available: {', '.join(sorted(BUILDERS))}")
+    root = Path(zoo_dir) if zoo_dir else default_zoo_dir()
+    target = root / name
+    if (target / _COMPLETE).exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        logger.info("building tiny model %r in %s", name, target)
+        _builder(name)(tmp)
+        (tmp / _COMPLETE).write_text("ok\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _COMPLETE).exists():
+                # A stale, incomplete folder from a crashed build: replace it.
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_all(zoo_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    return {name: ensure(name, zoo_dir) for name in BUILDERS}

@@ -1,0 +1,1 @@
+"""Asset and record stores behind small interfaces (local disk + SQLite by default)."""
