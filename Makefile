@@ -1,0 +1,45 @@
+# One command to install and start the gateway, one to install and run the tests.
+#   make serve     install (first time) and start the gateway on http://127.0.0.1:8000
+#   make test      install (first time) and run the whole test suite (what CI runs)
+#   make test-quick  skip the slow cases
+PYTHON ?= python3
+VENV ?= .venv
+PIP_FLAGS ?= -q
+PROFILE ?= tiny
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test test-quick lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -U pip setuptools wheel
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[tools,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/photostudio serve --profile $(PROFILE) --port $(PORT)
+
+# pytest's exit code 5 (no tests collected) is a failure, not a pass.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	  exit $$rc
+
+test-quick: PYTEST_ARGS += -m "not slow"
+test-quick: test
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/generator.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

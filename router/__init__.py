@@ -1,0 +1,1 @@
+"""Intent routing, parameter extraction and prompt handling (pure Python, no Ray)."""

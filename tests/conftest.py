@@ -1,0 +1,130 @@
+"""Shared fixtures: one local Ray cluster per test run, the production graph deployed once.
+
+- `zoo_dir`: tiny models, built once and cached across runs (``$PHOTOSTUDIO_ZOO_DIR`` or
+  ``~/.cache/photostudio/zoo``).
+- `ray_cluster`: a local Ray with ONE logical GPU (GPU-fraction scheduling on a CPU machine).
+- `gateway`: `serve_config.yaml` (production graph) deployed as `serve deploy` would, with
+  tiny-model overrides, reachable over real HTTP through the Serve proxy.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# No model hub here: make any accidental hub access fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    from models import zoo
+
+    path = Path(os.environ.get("PHOTOSTUDIO_ZOO_DIR") or zoo.default_zoo_dir())
+    os.environ["PHOTOSTUDIO_ZOO_DIR"] = str(path)  # replicas inherit it
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(zoo_dir):
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="psray", dir="/tmp")  # short: Ray's socket paths
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
+             logging_level="WARNING", log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    app_name: str
+    config: dict
+    data_dir: Path
+
+    def handle(self, deployment: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(deployment, app_name=self.app_name)
+
+
+def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
+    """serve_config.yaml with tiny-model overrides (the only changes)."""
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config = copy.deepcopy(config)
+    config.pop("http_options", None)  # the test cluster's proxy listens on a free port
+    app = config["applications"][0]
+    app["args"].update(generator_model="tiny-sd", data_dir=str(data_dir), zoo_dir=str(zoo_dir))
+    return config
+
+
+@pytest.fixture(scope="session")
+def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    port = free_port()
+    client = serve_start(http_options={"host": "127.0.0.1", "port": port})
+    data_dir = tmp_path_factory.mktemp("gateway-data")
+    config = production_config(data_dir=data_dir, zoo_dir=zoo_dir)
+    client.deploy_apps(ServeDeploySchema.model_validate(config)
+                       if hasattr(ServeDeploySchema, "model_validate")
+                       else ServeDeploySchema.parse_obj(config))
+    app_name = config["applications"][0]["name"]
+
+    def running():
+        status = serve.status().applications.get(app_name)
+        if status and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploy failed: {status.message}")
+        return status is not None and status.status == "RUNNING"
+
+    wait_until(running, timeout=300, interval=0.5, what="the production graph to be RUNNING")
+    base_url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    wait_until(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200,
+               timeout=60, what="the proxy to route /healthz")
+    return Gateway(base_url=base_url, app_name=app_name, config=config, data_dir=data_dir)
+
+
+@pytest.fixture
+def http(gateway):
+    import httpx
+
+    with httpx.Client(base_url=gateway.base_url, timeout=120) as client:
+        yield client

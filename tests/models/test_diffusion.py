@@ -1,0 +1,155 @@
+"""The SD family on the tiny zoo model: offline build, reload, sizes, determinism, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import zoo
+from models.diffusion import DiffusionModel, GenerationRequest, check_inputs
+from models.registry import SizeLimits, get_spec, spec_for_source
+
+
+@pytest.fixture(scope="module")
+def tiny(zoo_dir) -> DiffusionModel:
+    return DiffusionModel.from_spec(get_spec("tiny-sd"), zoo_dir=str(zoo_dir))
+
+
+def test_tiny_sd_builds_offline_and_reloads_with_from_pretrained(tmp_path):
+    path = zoo.ensure("tiny-sd", tmp_path)
+    assert (path / "model_index.json").exists()
+    assert (path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (path / "tokenizer").is_dir()  # built in code, saved like a real one
+    again = zoo.ensure("tiny-sd", tmp_path)  # cached: not rebuilt
+    assert again == path
+    model = DiffusionModel.load(str(path), name="tiny-sd", tiny=True,
+                                limits=get_spec("tiny-sd").limits)
+    out = model.generate([GenerationRequest(prompt="a cat", width=64, height=48, steps=2,
+                                            seed=0)])
+    assert out[0].images[0].shape == (48, 64, 3)
+
+
+def test_builds_are_seeded(tmp_path):
+    from safetensors.numpy import load_file
+
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a = load_file(zoo.ensure("tiny-sd", tmp_path / "a") / weights)
+    b = load_file(zoo.ensure("tiny-sd", tmp_path / "b") / weights)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("width,height,n", [(64, 64, 1), (96, 32, 3)])
+def test_generates_requested_size_and_count(tiny, width, height, n):
+    [res] = tiny.generate([GenerationRequest(prompt="a lighthouse", n=n, width=width,
+                                             height=height, steps=2, seed=7)])
+    assert len(res.images) == n
+    assert all(img.shape == (height, width, 3) and img.dtype == np.uint8 for img in res.images)
+    assert res.seeds == [7 + k for k in range(n)]
+    assert res.batch_size == n
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny):
+    def gen(seed):
+        return tiny.generate([GenerationRequest(prompt="a cat", width=64, height=64, steps=2,
+                                                seed=seed)])[0].images[0]
+
+    assert np.array_equal(gen(11), gen(11))
+    assert not np.array_equal(gen(11), gen(12))
+
+
+def test_batched_requests_match_separate_runs(tiny):
+    reqs = [GenerationRequest(prompt=p, width=64, height=64, steps=2, seed=s)
+            for p, s in (("a cat", 1), ("a dog", 2))]
+    batches: list[int] = []
+    together = tiny.generate(reqs, on_batch=batches.append)
+    assert batches == [2]  # one pipeline call for two compatible requests
+    alone = [tiny.generate([r])[0] for r in reqs]
+    for t, a in zip(together, alone, strict=True):
+        diff = np.abs(t.images[0].astype(int) - a.images[0].astype(int))
+        assert diff.max() <= 2  # float rounding across batch sizes only
+
+
+def test_incompatible_requests_run_in_separate_calls(tiny):
+    batches: list[int] = []
+    out = tiny.generate([
+        GenerationRequest(prompt="a", width=64, height=64, steps=2, seed=1),
+        GenerationRequest(prompt="b", width=32, height=64, steps=2, seed=1),
+    ], on_batch=batches.append)
+    assert sorted(batches) == [1, 1]
+    assert out[1].images[0].shape == (64, 32, 3)
+
+
+def test_img2img_and_inpaint_share_the_weights(tiny):
+    base = tiny.generate([GenerationRequest(prompt="x", width=64, height=64, steps=2,
+                                            seed=3)])[0].images[0]
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    i2i = tiny.generate([GenerationRequest(prompt="x", mode="img2img", image=base, width=64,
+                                           height=64, steps=2, seed=3, strength=0.5)])
+    inp = tiny.generate([GenerationRequest(prompt="x", mode="inpaint", image=base, mask=mask,
+                                           width=64, height=64, steps=2, seed=3)])
+    assert i2i[0].images[0].shape == inp[0].images[0].shape == (64, 64, 3)
+    t2i = tiny._pipe("text2img")
+    assert tiny._pipe("img2img").unet is t2i.unet and tiny._pipe("inpaint").vae is t2i.vae
+
+
+LIMITS = SizeLimits(32, 512, 64, 64, max_steps=50)
+
+
+@pytest.mark.parametrize("changes,field,allowed", [
+    ({"width": 13}, "width", "multiple of 8 between 32 and 512"),
+    ({"height": 1024}, "height", "multiple of 8 between 32 and 512"),
+    ({"steps": 0}, "steps", "between 1 and 50"),
+    ({"steps": 51}, "steps", "between 1 and 50"),
+    ({"guidance_scale": -1.0}, "guidance_scale", "between 0 and 30"),
+    ({"guidance_scale": 31.0}, "guidance_scale", "between 0 and 30"),
+    ({"n": 0}, "n", "between 1 and 10"),
+    ({"n": 11}, "n", "between 1 and 10"),
+    ({"prompt": "  "}, "prompt", "non-empty"),
+    ({"seed": -5}, "seed", "between 0 and"),
+])
+def test_bad_inputs_name_the_field_and_range(changes, field, allowed):
+    req = GenerationRequest(prompt="ok", width=64, height=64, steps=2)
+    for k, v in changes.items():
+        setattr(req, k, v)
+    with pytest.raises(ValueError) as err:
+        check_inputs(req, LIMITS)
+    assert str(err.value).startswith(field)
+    assert allowed in str(err.value)
+
+
+def test_generate_checks_inputs_before_running(tiny):
+    with pytest.raises(ValueError, match="width"):
+        tiny.generate([GenerationRequest(prompt="x", width=13, height=64, steps=2)])
+
+
+def test_registry_rejects_unknown_names_listing_known_ones():
+    with pytest.raises(ValueError, match="available: .*tiny-sd"):
+        get_spec("nope")
+    with pytest.raises(ValueError, match="not diffusion"):
+        spec_for_source("tiny-sd", family="diffusion", source=None) and spec_for_source(
+            "tiny-sd", family="matting", source=None)
+
+
+def test_local_profile_falls_back_loudly_production_never(zoo_dir, caplog, tmp_path):
+    spec = spec_for_source("sd15", family="diffusion", source="nobody/does-not-exist")
+    with caplog.at_level("ERROR"):
+        model = DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=True)
+    assert model.info.name == "tiny-sd" and model.info.tiny and model.info.fallback
+    assert "does-not-exist" in model.info.fallback_reason
+    assert "FALLING BACK TO TINY MODEL" in caplog.text
+    with pytest.raises(RuntimeError, match="never falls back"):
+        DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=False)
+
+
+def test_loads_real_weights_from_a_local_folder(zoo_dir, tmp_path):
+    """A local folder in the real diffusers layout (here: the tiny one copied) loads as-is."""
+    import shutil
+
+    folder = tmp_path / "my-sd"
+    shutil.copytree(zoo.ensure("tiny-sd", zoo_dir), folder)
+    spec = spec_for_source("sd15", family="diffusion", source=str(folder))
+    model = DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=False)
+    assert model.info.name == "sd15" and not model.info.fallback
+    assert model.info.source == str(folder)

@@ -1,0 +1,55 @@
+"""serve_config.yaml and cluster.yaml are valid for Ray's own schemas and for our builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graphs.app import AppArgs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_validates_against_rays_cluster_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0, "the head node is CPU-only"
+    assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values()), "a GPU worker type"
+
+
+def test_cluster_schema_check_is_real():
+    from jsonschema.exceptions import ValidationError
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config["available_node_types"]["head"]["not_a_field"] = 1
+    with pytest.raises(ValidationError):
+        validate_config(prepare_config(config))
+
+
+def test_serve_config_validates_and_packs_one_gpu():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(config) if hasattr(
+        ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    [app] = config["applications"]
+    args = AppArgs(**app["args"])
+    assert args.profile == "production"
+    fractions = {d["name"]: d.get("ray_actor_options", {}).get("num_gpus", 0)
+                 for d in app["deployments"]}
+    assert 0 < sum(fractions.values()) <= 1, fractions
+    for d in app["deployments"]:
+        assert d.get("max_ongoing_requests") and d.get("max_queued_requests"), d["name"]
+        assert d.get("autoscaling_config"), d["name"]
+
+
+def test_builder_args_reject_unknown_keys():
+    with pytest.raises(ValueError, match="extra"):
+        AppArgs(profile="tiny", generator_modle="x")
