@@ -6,6 +6,7 @@ Every error leaves the gateway as ``{"error": {"message", "type", "param", "code
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from graphs.images import ImageInputError
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,6 +67,7 @@ class ApiError(Exception):
 
 # Fields whose ValueError messages (models' check_inputs) map onto a request parameter.
 _PARAM_ALIASES = {"width": "size", "height": "size"}
+_PARAM_RE = re.compile(r"[A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*(?=[ :])")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -115,10 +119,13 @@ def to_api_error(exc: BaseException) -> ApiError:
                         code="deployment_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request timed out", code="timeout")
+    if isinstance(exc, ImageInputError):
+        return ApiError(exc.status, str(exc), param=exc.field, code=exc.code)
     if isinstance(exc, ValueError):
+        # Our checks start their messages with the parameter path: "ops[2].width must ...".
         message = str(exc)
-        first = message.split(" ", 1)[0]
-        param = _PARAM_ALIASES.get(first, first) if first.isidentifier() else None
+        match = _PARAM_RE.match(message)
+        param = _PARAM_ALIASES.get(match.group(0), match.group(0)) if match else None
         return ApiError(400, message, param=param, code="invalid_value")
     logger.exception("unhandled error", exc_info=exc)
     return ApiError(500, "internal error; it has been logged", code="internal_error")

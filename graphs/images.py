@@ -23,3 +23,82 @@ def encode(array: np.ndarray, fmt: Format = "png", *, quality: int = 90) -> byte
     else:
         img.save(buf, format="WEBP", quality=quality)
     return buf.getvalue()
+
+
+# --- decoding uploads ----------------------------------------------------------------------
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+class ImageInputError(ValueError):
+    """A bad upload. `status`: 400 broken, 413 too large, 415 unsupported."""
+
+    def __init__(self, field: str, message: str, *, status: int = 400, code: str = "invalid_image"):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+        self.code = code
+
+
+def decode(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_bytes: int = DEFAULT_MAX_BYTES, keep_alpha: bool = True) -> np.ndarray:
+    """Decode an uploaded image once, at the edge, to an HxWx3 (or HxWx4) uint8 array.
+
+    Honours EXIF orientation; converts palette, grayscale, CMYK and 16-bit images to 8-bit
+    RGB(A); refuses non-images, truncated files, animations, and images over `max_pixels`
+    (checked from the header, before pixels are decoded: a decompression-bomb guard).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageInputError(field, "the file is empty; upload a PNG, JPEG or WebP image")
+    if len(data) > max_bytes:
+        raise ImageInputError(field, f"the file is {len(data)} bytes; the limit is {max_bytes}",
+                              status=413, code="image_too_large")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageInputError(field, "not a recognised image; upload PNG, JPEG or WebP",
+                              status=415, code="unsupported_image") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(field, f"{exc}; the limit is {max_pixels} pixels", status=413,
+                              code="image_too_large") from None
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageInputError(field, f"could not read the image ({exc})") from None
+    if img.format not in ACCEPTED_FORMATS:
+        raise ImageInputError(field, f"{img.format} images are not supported; upload one of "
+                              f"{', '.join(ACCEPTED_FORMATS)}", status=415,
+                              code="unsupported_image")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageInputError(field, f"the image is {width}x{height}; it must be at least 1x1")
+    if width * height > max_pixels:
+        raise ImageInputError(field, f"the image is {width}x{height} = {width * height} pixels; "
+                              f"the limit is {max_pixels} pixels", status=413,
+                              code="image_too_large")
+    if getattr(img, "n_frames", 1) > 1:
+        raise ImageInputError(field, "animated images are not supported; upload one frame",
+                              status=415, code="unsupported_image")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageInputError(field, f"the image data is broken or truncated ({exc})") from None
+    return _to_8bit_rgb(img, field=field, keep_alpha=keep_alpha)
+
+
+def _to_8bit_rgb(img, *, field: str, keep_alpha: bool) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16"):
+        arr = (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+        return np.stack([arr] * 3, axis=-1)
+    if mode in ("I", "F"):
+        raise ImageInputError(field, f"{mode} (32-bit) images are not supported; convert to "
+                              "8-bit RGB", status=415, code="unsupported_image")
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info)
+    target = "RGBA" if has_alpha and keep_alpha else "RGB"
+    if mode != target:
+        img = img.convert(target)
+    return np.asarray(img, dtype=np.uint8).copy()
