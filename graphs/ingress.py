@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from graphs import errors
 from graphs.errors import ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService
+from graphs.jobs import JobRunner
 from graphs.schemas import (
     Capabilities,
     DeploymentInfo,
@@ -61,9 +62,8 @@ class Ingress:
         self.config = config
         self.assets = LocalAssetStore(config.asset_dir)
         self.records = RecordStore(config.database_url)
-        self.generation = GenerationService(
-            generator=generator, assets=self.assets, records=self.records,
-            project=config.project)
+        self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project)
+        self.generation = GenerationService(generator=generator, runner=self.runner)
 
     def _base_url(self, request: Request) -> str:
         return self.config.public_base_url or str(request.base_url)

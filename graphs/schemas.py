@@ -37,7 +37,7 @@ class ImageData(BaseModel):
     url: str | None = None
     revised_prompt: str | None = None
     id: str = Field(..., description="Asset id (GET /v1/assets/{id})")
-    seed: int
+    seed: int | None = None
 
 
 class ResponseMetadata(BaseModel):
@@ -47,14 +47,15 @@ class ResponseMetadata(BaseModel):
     fallback: bool = Field(..., description="True when the configured model could not be "
                                             "loaded and the tiny model answered instead")
     fallback_reason: str | None = None
-    batch_size: int = Field(..., description="Images computed together in one model call")
+    batch_size: int | None = Field(None, description="Images computed together in one model call")
     timings: dict[str, float]
+    extra: dict[str, Any] = Field(default_factory=dict, description="tool-specific details")
 
 
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
-    output_format: Literal["png"] = "png"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
     size: str
     metadata: ResponseMetadata
 

@@ -68,6 +68,26 @@ MODELS: dict[str, ModelSpec] = {
             tiny_fallback="tiny-sd",
             limits=SizeLimits(512, 2048, 1024, 1024),
         ),
+        ModelSpec(
+            name="tiny-insightface",
+            family="faceswap",
+            source="tiny:tiny-insightface",
+            description="Tiny seeded SCRFD/ArcFace/INSwapper set (built offline; detects "
+            "warm-coloured disks as faces)",
+        ),
+        ModelSpec(
+            name="inswapper-128",
+            family="faceswap",
+            source="~/.insightface",
+            description="insightface buffalo_l (SCRFD-10G + ArcFace R50) with inswapper_128",
+            tiny_fallback="tiny-insightface",
+        ),
+        ModelSpec(
+            name="tiny-esrgan",
+            family="upscale",
+            source="tiny:tiny-esrgan",
+            description="Tiny random-weight Real-ESRGAN x2/x4 (built offline)",
+        ),
     )
 }
 

@@ -57,12 +57,15 @@ def zoo_dir() -> Path:
 @pytest.fixture(scope="session")
 def ray_cluster(zoo_dir):
     import ray
+    from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="psray", dir="/tmp")  # short: Ray's socket paths
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
+    # Serve starts here, once, on a free port: any test's serve.run then shares this proxy.
+    ray.http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": ray.http_port})
     yield ray
-    from ray import serve
 
     serve.shutdown()
     ray.shutdown()
@@ -95,11 +98,11 @@ def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
     from ray import serve
-    from ray.serve._private.api import serve_start
+    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    port = free_port()
-    client = serve_start(http_options={"host": "127.0.0.1", "port": port})
+    port = ray_cluster.http_port
+    client = _get_global_client()
     data_dir = tmp_path_factory.mktemp("gateway-data")
     config = production_config(data_dir=data_dir, zoo_dir=zoo_dir)
     client.deploy_apps(ServeDeploySchema.model_validate(config)
@@ -117,8 +120,13 @@ def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
     base_url = f"http://127.0.0.1:{port}"
     import httpx
 
-    wait_until(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200,
-               timeout=60, what="the proxy to route /healthz")
+    def routed():
+        try:
+            return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(routed, timeout=60, what="the proxy to route /healthz")
     return Gateway(base_url=base_url, app_name=app_name, config=config, data_dir=data_dir)
 
 

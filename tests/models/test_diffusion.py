@@ -127,7 +127,7 @@ def test_generate_checks_inputs_before_running(tiny):
 def test_registry_rejects_unknown_names_listing_known_ones():
     with pytest.raises(ValueError, match="available: .*tiny-sd"):
         get_spec("nope")
-    with pytest.raises(ValueError, match="not diffusion"):
+    with pytest.raises(ValueError, match="not matting"):
         spec_for_source("tiny-sd", family="diffusion", source=None) and spec_for_source(
             "tiny-sd", family="matting", source=None)
 
