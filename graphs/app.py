@@ -14,7 +14,14 @@ from ray.serve import Application
 
 from graphs.settings import Profile, Settings
 
-DEFAULT_MODEL = {"tiny": "tiny-sd", "local": "sd15", "production": "sd15"}
+# Default model per deployment and profile (registry names, models/registry.py).
+DEFAULT_MODELS = {
+    "generator": {"tiny": "tiny-sd", "local": "sd15", "production": "sd15"},
+    "matting": {"tiny": "tiny-u2net", "local": "u2net", "production": "u2net"},
+    "faceswap": {"tiny": "tiny-insightface", "local": "inswapper-128",
+                 "production": "inswapper-128"},
+    "upscale": {"tiny": "tiny-esrgan", "local": "realesrgan-x4", "production": "realesrgan-x4"},
+}
 
 
 class AppArgs(BaseModel):
@@ -29,15 +36,24 @@ class AppArgs(BaseModel):
     zoo_dir: str | None = None
     database_url: str | None = None
     public_base_url: str | None = None
+    matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
+    matting_source: str | None = Field(None, description="an .onnx file or folder")
+    faceswap_model: str | None = Field(None, description="tiny-insightface or inswapper-128")
+    faceswap_source: str | None = Field(None, description="folder with a pack + inswapper_128")
+    upscale_model: str | None = Field(None, description="tiny-esrgan or realesrgan-x4")
+    upscale_source: str | None = Field(None, description="a .pth file or folder of them")
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=5)
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
 
 
 def build_app(args: AppArgs) -> Application:
-    from deployments.generator import DEFAULT_NUM_GPUS, Generator
+    from deployments import faceswap, generator, matting, upscale
     from graphs.ingress import Ingress, IngressConfig
+    from models.registry import MODELS
 
     if isinstance(args, dict):  # serve's builder call passes a dict when untyped
         args = AppArgs(**args)
@@ -48,25 +64,50 @@ def build_app(args: AppArgs) -> Application:
     zoo_dir = args.zoo_dir or (str(settings.zoo_dir) if settings.zoo_dir else None)
     database_url = (args.database_url or settings.database_url
                     or f"sqlite:///{data_dir / 'photostudio.db'}")
-    model = args.generator_model or settings.generator_model or DEFAULT_MODEL[profile]
     use_gpu = args.use_gpu if args.use_gpu is not None else profile == "production"
+    allow_fallback = profile == "local"
 
-    generator_opts = {}
-    if use_gpu:
-        generator_opts["ray_actor_options"] = {
-            "num_cpus": 1, "num_gpus": args.generator_num_gpus or DEFAULT_NUM_GPUS}
-    generator = Generator.options(**generator_opts).bind(
-        model=model,
+    def model_for(kind: str, explicit: str | None) -> str:
+        return explicit or DEFAULT_MODELS[kind][profile]
+
+    def source_for(name: str, explicit: str | None) -> str | None:
+        if explicit:
+            return explicit
+        spec = MODELS.get(name)
+        return spec.source if spec and not spec.tiny and "/" in spec.source else None
+
+    def gpu_options(default_fraction: float, num_cpus: float = 1) -> dict:
+        if not use_gpu:
+            return {}
+        return {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": default_fraction}}
+
+    gen = generator.Generator.options(
+        **gpu_options(args.generator_num_gpus or generator.DEFAULT_NUM_GPUS)).bind(
+        model=model_for("generator", args.generator_model or settings.generator_model),
         source=args.generator_source or settings.generator_source,
-        allow_fallback=profile == "local",
+        allow_fallback=allow_fallback,
         zoo_dir=zoo_dir,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
     )
+    matting_name = model_for("matting", args.matting_model)
+    mat = matting.Matting.options(**gpu_options(matting.DEFAULT_NUM_GPUS)).bind(
+        model=matting_name, model_path=args.matting_source, zoo_dir=zoo_dir,
+        allow_fallback=allow_fallback)
+    faceswap_name = model_for("faceswap", args.faceswap_model)
+    swap = faceswap.FaceSwap.options(**gpu_options(faceswap.DEFAULT_NUM_GPUS)).bind(
+        model=faceswap_name, model_dir=args.faceswap_source, zoo_dir=zoo_dir,
+        allow_fallback=allow_fallback)
+    upscale_name = model_for("upscale", args.upscale_model)
+    up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
+        model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
+        zoo_dir=zoo_dir, allow_fallback=allow_fallback)
     config = IngressConfig(
         profile=profile,
         asset_dir=str(data_dir / "assets"),
         database_url=database_url,
         public_base_url=args.public_base_url or settings.public_base_url,
+        max_image_pixels=args.max_image_pixels,
+        max_upload_bytes=args.max_upload_bytes,
     )
-    return Ingress.bind(generator, config)
+    return Ingress.bind(gen, mat, swap, up, config)

@@ -119,6 +119,10 @@ def to_api_error(exc: BaseException) -> ApiError:
                         code="deployment_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request timed out", code="timeout")
+    from models.faceswap import NoFaceError
+
+    if isinstance(exc, NoFaceError):
+        return ApiError(422, str(exc), param=exc.which, code="no_face")
     if isinstance(exc, ImageInputError):
         return ApiError(exc.status, str(exc), param=exc.field, code=exc.code)
     if isinstance(exc, ValueError):

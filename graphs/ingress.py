@@ -8,9 +8,9 @@ route signatures, and string annotations then stop resolving (bodies read as mis
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from ray import serve
@@ -27,6 +27,7 @@ from graphs.schemas import (
     ImageGenerationRequest,
     ImagesResponse,
 )
+from graphs.tools import Limits, ToolService
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.records import RecordStore
 
@@ -48,6 +49,23 @@ class IngressConfig(BaseModel):
     database_url: str
     public_base_url: str | None = None
     project: str = "default"
+    max_image_pixels: int = 4096 * 4096
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+ResponseFormat = Literal["b64_json", "url"]
+_FORMAT_FIELDS = {"output_format", "response_format"}
+
+
+async def reject_unknown_fields(request: Request, allowed: set[str]) -> None:
+    """Multipart forms: an unknown field is a 400 (a typo must not be silently ignored)."""
+    form = await request.form()  # parsed once; FastAPI's File/Form params reuse it
+    unknown = sorted(set(form.keys()) - allowed - _FORMAT_FIELDS)
+    if unknown:
+        raise ApiError(400, f"unknown parameter {unknown[0]!r}; accepted: "
+                       f"{', '.join(sorted(allowed | _FORMAT_FIELDS))}", param=unknown[0],
+                       code="unknown_parameter")
 
 
 @serve.deployment(
@@ -58,12 +76,18 @@ class IngressConfig(BaseModel):
 )
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, generator: DeploymentHandle, config: IngressConfig):
+    def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
+                 faceswap: DeploymentHandle, upscaler: DeploymentHandle, config: IngressConfig):
         self.config = config
         self.assets = LocalAssetStore(config.asset_dir)
         self.records = RecordStore(config.database_url)
         self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project)
         self.generation = GenerationService(generator=generator, runner=self.runner)
+        self.tools = ToolService(
+            handles={"matting": matting, "faceswap": faceswap, "upscaler": upscaler},
+            generation=self.generation, runner=self.runner,
+            limits=Limits(max_pixels=config.max_image_pixels,
+                          max_upload_bytes=config.max_upload_bytes))
 
     def _base_url(self, request: Request) -> str:
         return self.config.public_base_url or str(request.base_url)
@@ -74,16 +98,19 @@ class Ingress:
 
     @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
     async def capabilities(self) -> Capabilities:
-        info = await self.generation.model_info()
+        infos = {"generator": await self.generation.model_info()}
+        for name in self.tools.handles:
+            infos[name] = await self.tools.info(name)
         warnings = []
-        if info["fallback"]:
-            warnings.append(f"generator fell back to tiny model {info['name']!r}: "
-                            f"{info['fallback_reason']}; outputs come from random weights")
-        elif info["tiny"]:
-            warnings.append(f"generator serves tiny random-weight model {info['name']!r}")
+        for deployment, info in infos.items():
+            if info["fallback"]:
+                warnings.append(f"{deployment} fell back to tiny model {info['name']!r}: "
+                                f"{info['fallback_reason']}; outputs come from random weights")
+            elif info["tiny"]:
+                warnings.append(f"{deployment} serves tiny random-weight model {info['name']!r}")
         return Capabilities(
             profile=self.config.profile,
-            deployments={"generator": DeploymentInfo(**info)},
+            deployments={k: DeploymentInfo(**v) for k, v in infos.items()},
             endpoints=sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/")),
             warnings=warnings,
         )
@@ -93,6 +120,108 @@ class Ingress:
     async def generations(self, body: ImageGenerationRequest, request: Request
                           ) -> ImagesResponse:
         return await self.generation.generate(body, base_url=self._base_url(request))
+
+    @app.post("/v1/images/remove-background", response_model=ImagesResponse,
+              responses=ERROR_RESPONSES, tags=["tools"])
+    async def remove_background(
+        self,
+        request: Request,
+        image: UploadFile = File(..., description="PNG, JPEG or WebP"),
+        output: Literal["cutout", "mask", "solid"] = Form(
+            "cutout", description="cutout: RGBA; mask: the alpha matte; solid: on bg_color"),
+        bg_color: str | None = Form(None, description="'#RRGGBB' or 'r,g,b' (output=solid)"),
+        alpha_matting: bool = Form(False, description="refine edges (slower)"),
+        output_format: OutputFormat = Form("png"),
+        response_format: ResponseFormat = Form("b64_json"),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"image", "output", "bg_color", "alpha_matting"})
+        return await self.tools.remove_background(
+            await image.read(), output=output, bg_color=bg_color, alpha_matting=alpha_matting,
+            output_format=output_format, response_format=response_format,
+            base_url=self._base_url(request))
+
+    @app.post("/v1/images/face-swap", response_model=ImagesResponse,
+              responses={**ERROR_RESPONSES, 422: {"model": errors.ErrorEnvelope,
+                                                  "description": "no face found"}},
+              tags=["tools"])
+    async def face_swap(
+        self,
+        request: Request,
+        source: UploadFile = File(..., description="image with the face to use"),
+        target: UploadFile = File(..., description="image whose face(s) are replaced"),
+        target_face_index: int | None = Form(
+            None, ge=0, description="which target face, left to right (default: largest)"),
+        all_faces: bool = Form(False, description="replace every face in the target"),
+        output_format: OutputFormat = Form("png"),
+        response_format: ResponseFormat = Form("b64_json"),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"source", "target", "target_face_index",
+                                              "all_faces"})
+        return await self.tools.face_swap(
+            await source.read(), await target.read(), target_face_index=target_face_index,
+            all_faces=all_faces, output_format=output_format, response_format=response_format,
+            base_url=self._base_url(request))
+
+    @app.post("/v1/images/upscale", response_model=ImagesResponse, responses=ERROR_RESPONSES,
+              tags=["tools"])
+    async def upscale(
+        self,
+        request: Request,
+        image: UploadFile = File(...),
+        scale: Literal[2, 4] = Form(4, description="2 or 4"),
+        output_format: OutputFormat = Form("png"),
+        response_format: ResponseFormat = Form("b64_json"),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"image", "scale"})
+        return await self.tools.upscale(
+            await image.read(), scale=scale, output_format=output_format,
+            response_format=response_format, base_url=self._base_url(request))
+
+    @app.post("/v1/images/edit-ops", response_model=ImagesResponse, responses=ERROR_RESPONSES,
+              tags=["tools"])
+    async def edit_ops(
+        self,
+        request: Request,
+        image: UploadFile = File(...),
+        ops: str = Form(..., description='JSON list applied in order, e.g. [{"op": "crop", '
+                        '"x": 0, "y": 0, "width": 64, "height": 64}, {"op": "grayscale"}]; '
+                        "ops: crop, resize, rotate, flip, brightness, contrast, saturation, "
+                        "grayscale, blur"),
+        output_format: OutputFormat = Form("png"),
+        response_format: ResponseFormat = Form("b64_json"),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"image", "ops"})
+        return await self.tools.edit_ops(
+            await image.read(), ops, output_format=output_format,
+            response_format=response_format, base_url=self._base_url(request))
+
+    @app.post("/v1/images/style-transfer", response_model=ImagesResponse,
+              responses=ERROR_RESPONSES, tags=["tools"])
+    async def style_transfer(
+        self,
+        request: Request,
+        image: UploadFile = File(...),
+        style: str = Form(..., max_length=300,
+                          description="a preset name (GET /v1/styles) or free text"),
+        prompt: str | None = Form(None, max_length=2000, description="what the image shows"),
+        strength: float | None = Form(None, gt=0, le=1, description="default: the preset's"),
+        seed: int | None = Form(None, ge=0, le=2**32 - 1),
+        steps: int | None = Form(None, ge=1, le=150),
+        output_format: OutputFormat = Form("png"),
+        response_format: ResponseFormat = Form("b64_json"),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"image", "style", "prompt", "strength", "seed",
+                                              "steps"})
+        return await self.tools.style_transfer(
+            await image.read(), style=style, prompt=prompt, strength=strength, seed=seed,
+            steps=steps, output_format=output_format, response_format=response_format,
+            base_url=self._base_url(request))
+
+    @app.get("/v1/styles", tags=["tools"])
+    async def styles(self) -> dict[str, Any]:
+        from router.styles import list_styles
+
+        return {"data": list_styles()}
 
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {"image/png": {}}, "description": "the asset's bytes"}}, tags=["assets"])

@@ -91,7 +91,10 @@ def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
     config = copy.deepcopy(config)
     config.pop("http_options", None)  # the test cluster's proxy listens on a free port
     app = config["applications"][0]
-    app["args"].update(generator_model="tiny-sd", data_dir=str(data_dir), zoo_dir=str(zoo_dir))
+    app["args"].update(
+        generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
+        faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
+        data_dir=str(data_dir), zoo_dir=str(zoo_dir))
     return config
 
 

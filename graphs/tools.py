@@ -1,0 +1,205 @@
+"""Image-tool logic behind the routes: decode once, call the tool's deployment as a recorded
+job, encode once. Background removal, face swap, upscale, style transfer (img2img on the
+generator) and the deterministic edit ops (run here in the ingress: see `edit_ops`)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphs.editing import apply_ops, check_ops, parse_edit_request
+from graphs.errors import ApiError
+from graphs.generation import GenerationService
+from graphs.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Format, decode
+from graphs.jobs import JobRunner, Output
+from graphs.schemas import ImagesResponse
+
+EDIT_OPS_INFO = {"name": "edit-ops", "tiny": False, "fallback": False, "fallback_reason": None}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_upload_bytes: int = DEFAULT_MAX_BYTES
+
+
+def parse_color(value: str | None, *, field: str = "bg_color") -> tuple[int, int, int] | None:
+    """'#RRGGBB', 'RRGGBB' or 'r,g,b' → (r, g, b)."""
+    if value is None or value == "":
+        return None
+    text = value.strip().lstrip("#")
+    try:
+        if "," in text:
+            rgb = tuple(int(v) for v in text.split(","))
+        elif len(text) == 6:
+            rgb = tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))
+        else:
+            raise ValueError
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise ValueError
+    except ValueError:
+        raise ApiError(400, f"{field} must be '#RRGGBB' or 'r,g,b' with values 0-255, "
+                       f"got {value!r}", param=field, code="invalid_color") from None
+    return rgb  # type: ignore[return-value]
+
+
+def fit_to_limits(width: int, height: int, limits: dict[str, Any]) -> tuple[int, int]:
+    """The generator size closest to an input image: same aspect, within the model's limits,
+    multiples of the model's multiple."""
+    m, lo, hi = limits["multiple"], limits["min_side"], limits["max_side"]
+    scale = min(1.0, hi / max(width, height))
+    scale = max(scale, lo / min(width, height))
+    def snap(v: float) -> int:
+        return int(min(hi, max(lo, round(v / m) * m)))
+    return snap(width * scale), snap(height * scale)
+
+
+class ToolService:
+    def __init__(self, *, handles: dict[str, Any], generation: GenerationService,
+                 runner: JobRunner, limits: Limits):
+        self.handles = handles
+        self.generation = generation
+        self.runner = runner
+        self.limits = limits
+        self._info: dict[str, dict[str, Any]] = {}
+
+    async def info(self, name: str) -> dict[str, Any]:
+        if name not in self._info:
+            self._info[name] = await self.handles[name].info.remote()
+        return self._info[name]
+
+    async def decode(self, data: bytes, field: str, *, keep_alpha: bool = True) -> np.ndarray:
+        return await asyncio.to_thread(decode, data, field=field, max_pixels=self.limits.max_pixels,
+                                       max_bytes=self.limits.max_upload_bytes,
+                                       keep_alpha=keep_alpha)
+
+    # -- background removal ---------------------------------------------------------------
+    async def remove_background(self, data: bytes, *, output: str, bg_color: str | None,
+                                alpha_matting: bool, output_format: Format, response_format: str,
+                                base_url: str) -> ImagesResponse:
+        from models.matting import MattingRequest
+
+        color = parse_color(bg_color)
+        if color is not None and output != "solid":
+            raise ApiError(400, "bg_color is only used with output=solid", param="bg_color")
+        if output == "cutout" and output_format == "jpeg":
+            raise ApiError(400, "a cut-out has transparency: use output_format png or webp "
+                           "(or output=solid for JPEG)", param="output_format")
+        image = await self.decode(data, "image")
+        request = MattingRequest(image=image, output=output, bg_color=color,
+                                 alpha_matting=alpha_matting)
+        info = await self.info("matting")
+
+        async def work() -> Output:
+            res = await self.handles["matting"].remove.remote(request)
+            return Output(images=[res.image], model=res.model, batch_size=res.batch_size,
+                          timings=res.timings, extra={"output": res.output})
+
+        return await self.runner.run(
+            kind="remove-background", prompt=None, params={"output": output,
+                                                           "alpha_matting": alpha_matting},
+            model_info=info, work=work, base_url=base_url, response_format=response_format,
+            output_format=output_format)
+
+    # -- face swap --------------------------------------------------------------------------
+    async def face_swap(self, source: bytes, target: bytes, *, target_face_index: int | None,
+                        all_faces: bool, output_format: Format, response_format: str,
+                        base_url: str) -> ImagesResponse:
+        from models.faceswap import FaceSwapRequest
+
+        if all_faces and target_face_index is not None:
+            raise ApiError(400, "give either target_face_index or all_faces=true, not both",
+                           param="target_face_index")
+        src, tgt = await asyncio.gather(self.decode(source, "source", keep_alpha=False),
+                                        self.decode(target, "target", keep_alpha=False))
+        request = FaceSwapRequest(source=src, target=tgt, target_face_index=target_face_index,
+                                  all_faces=all_faces)
+        info = await self.info("faceswap")
+
+        async def work() -> Output:
+            res = await self.handles["faceswap"].swap.remote(request)
+            return Output(images=[res.image], model=res.model, timings=res.timings,
+                          extra={"faces_swapped": res.faces_swapped,
+                                 "target_faces": len(res.target_faces),
+                                 "swapped_indices": res.swapped_indices})
+
+        return await self.runner.run(
+            kind="face-swap", prompt=None,
+            params={"target_face_index": target_face_index, "all_faces": all_faces},
+            model_info=info, work=work, base_url=base_url, response_format=response_format,
+            output_format=output_format)
+
+    # -- upscale ----------------------------------------------------------------------------
+    async def upscale(self, data: bytes, *, scale: int, output_format: Format,
+                      response_format: str, base_url: str) -> ImagesResponse:
+        from models.upscale import UpscaleRequest
+
+        image = await self.decode(data, "image")
+        info = await self.info("upscaler")
+        request = UpscaleRequest(image=image, scale=scale)
+
+        async def work() -> Output:
+            res = await self.handles["upscaler"].upscale.remote(request)
+            return Output(images=[res.image], model=res.model, timings=res.timings,
+                          extra={"scale": res.scale, "tiles": res.tiles})
+
+        return await self.runner.run(
+            kind="upscale", prompt=None, params={"scale": scale}, model_info=info, work=work,
+            base_url=base_url, response_format=response_format, output_format=output_format)
+
+    # -- edit ops ---------------------------------------------------------------------------
+    async def edit_ops(self, data: bytes, ops_json: str, *, output_format: Format,
+                       response_format: str, base_url: str) -> ImagesResponse:
+        """Runs in the ingress (in a worker thread): the ops are cheap, bounded by the pixel
+        limit, and a deployment hop would only add two copies of the image."""
+        edit = parse_edit_request(ops_json)
+        image = await self.decode(data, "image")
+        check_ops((image.shape[1], image.shape[0]), edit.ops, max_pixels=self.limits.max_pixels)
+
+        async def work() -> Output:
+            out = await asyncio.to_thread(apply_ops, image, edit.ops,
+                                          max_pixels=self.limits.max_pixels)
+            return Output(images=[out], model="edit-ops")
+
+        return await self.runner.run(
+            kind="edit-ops", prompt=None,
+            params={"ops": [op.model_dump() for op in edit.ops]}, model_info=EDIT_OPS_INFO,
+            work=work, base_url=base_url, response_format=response_format,
+            output_format=output_format)
+
+    # -- style transfer ---------------------------------------------------------------------
+    async def style_transfer(self, data: bytes, *, style: str, prompt: str | None,
+                             strength: float | None, seed: int | None, steps: int | None,
+                             output_format: Format, response_format: str,
+                             base_url: str) -> ImagesResponse:
+        from models.diffusion import GenerationRequest, check_inputs
+        from models.registry import SizeLimits
+        from router.styles import resolve_style
+
+        resolved = resolve_style(style, prompt)
+        image = await self.decode(data, "image", keep_alpha=False)
+        info = await self.generation.model_info()
+        width, height = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
+        request = GenerationRequest(
+            prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, n=1, width=width,
+            height=height, steps=steps or (4 if info["tiny"] else 30), guidance_scale=7.5,
+            seed=seed, mode="img2img", image=image,
+            strength=strength if strength is not None else resolved.strength)
+        check_inputs(request, SizeLimits(**info["limits"]))
+
+        async def work() -> Output:
+            res = await self.generation.generator.generate.remote(request)
+            return Output(images=res.images, model=res.model, seeds=res.seeds,
+                          batch_size=res.batch_size, timings=res.timings,
+                          extra={"style": resolved.preset_name or "custom",
+                                 "strength": request.strength})
+
+        return await self.runner.run(
+            kind="style-transfer", prompt=resolved.prompt,
+            params={"style": style, "strength": request.strength, "width": width,
+                    "height": height, "steps": request.steps},
+            model_info=info, work=work, base_url=base_url, response_format=response_format,
+            output_format=output_format, revised_prompt=resolved.prompt)
