@@ -168,7 +168,7 @@ class Ingress:
         self,
         request: Request,
         image: UploadFile = File(...),
-        scale: Literal[2, 4] = Form(4, description="2 or 4"),
+        scale: int = Form(4, description="2 or 4"),
         output_format: OutputFormat = Form("png"),
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:

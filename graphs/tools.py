@@ -135,8 +135,11 @@ class ToolService:
     # -- upscale ----------------------------------------------------------------------------
     async def upscale(self, data: bytes, *, scale: int, output_format: Format,
                       response_format: str, base_url: str) -> ImagesResponse:
-        from models.upscale import UpscaleRequest
+        from models.upscale import ALLOWED_SCALES, UpscaleRequest
 
+        if scale not in ALLOWED_SCALES:
+            raise ApiError(400, f"scale must be one of {', '.join(map(str, ALLOWED_SCALES))}, "
+                           f"got {scale}", param="scale", code="invalid_scale")
         image = await self.decode(data, "image")
         info = await self.info("upscaler")
         request = UpscaleRequest(image=image, scale=scale)
