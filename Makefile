@@ -39,7 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/generator.py
+	$(BIN)/python bench/matting.py
+	$(BIN)/python bench/upscale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

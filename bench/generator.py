@@ -1,8 +1,9 @@
 """Generator throughput and gateway overhead (tiny profile, CPU).
 
 Prints images/s through the full path (HTTP -> Serve proxy -> ingress -> generator) at
-concurrency 1 and 8, and the per-request overhead of ingress+proxy versus calling the same
-model in-process. Usage:
+concurrency 1 and 8, and the per-request overhead of ingress+proxy: end-to-end latency minus
+the model time the replica itself measured (same request), next to the same model called
+in-process with the replica's thread count (1). Usage:
 
     .venv/bin/python bench/generator.py [--requests 24] [--steps 4] [--size 64]
 """
@@ -10,23 +11,14 @@ model in-process. Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+from bench._common import drive, gateway, machine, pct  # noqa: E402
 
 
 def main() -> None:
@@ -36,17 +28,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ns = ap.parse_args()
 
-    import httpx
-    import ray
-    from ray import serve
-
-    from graphs.app import AppArgs, build_app
     from models.diffusion import DiffusionModel, GenerationRequest
     from models.registry import get_spec
 
     payload = {"prompt": "a cat in a crown", "size": f"{ns.size}x{ns.size}", "steps": ns.steps}
 
-    # In-process baseline: the same model, no Ray, no HTTP.
+    # In-process baseline: the same model, no Ray, no HTTP, one torch thread like the replica
+    # (Ray gives a replica OMP/torch threads = its num_cpus).
+    import torch
+
+    torch.set_num_threads(1)
     model = DiffusionModel.from_spec(get_spec("tiny-sd"))
     req = GenerationRequest(prompt=payload["prompt"], width=ns.size, height=ns.size,
                             steps=ns.steps, seed=0)
@@ -59,46 +50,43 @@ def main() -> None:
         direct.append(time.perf_counter() - t)
     del model
 
-    tmp = tempfile.mkdtemp(prefix="psbench", dir="/tmp")
-    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=tmp, logging_level="ERROR",
-             log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8199},
-                logging_config={"log_level": "WARNING", "enable_access_log": False})
-    serve.run(build_app(AppArgs(profile="tiny", data_dir=f"{tmp}/data")), name="bench",
-              route_prefix="/", logging_config={"log_level": "WARNING",
-                                                "enable_access_log": False})
-    url = "http://127.0.0.1:8199/v1/images/generations"
-    client = httpx.Client(timeout=300)
+    with gateway() as base:
+        import httpx
 
-    def one(i):
-        t = time.perf_counter()
-        r = client.post(url, json={**payload, "seed": i})
-        r.raise_for_status()
-        return time.perf_counter() - t, r.json()["metadata"]["batch_size"]
+        client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=64))
+        batches: list[int] = []
+        overheads: list[float] = []
 
-    for i in range(3):
-        one(i)  # warm-up
-    results = {}
-    for conc in (1, 8):
-        t = time.perf_counter()
-        with ThreadPoolExecutor(conc) as pool:
-            out = list(pool.map(one, range(ns.requests)))
-        wall = time.perf_counter() - t
-        results[conc] = (ns.requests / wall, [o[0] for o in out], max(o[1] for o in out))
+        def one(i):
+            t = time.perf_counter()
+            r = client.post(f"{base}/v1/images/generations", json={**payload, "seed": i})
+            r.raise_for_status()
+            meta = r.json()["metadata"]
+            batches.append(meta["batch_size"])
+            overheads.append(time.perf_counter() - t - meta["timings"]["inference_s"])
 
-    print(f"# generator bench — {platform.node()} {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}, tiny-sd {ns.size}x{ns.size}, {ns.steps} steps, "
+        for i in range(3):
+            one(i)  # warm-up
+        results = {}
+        for conc in (1, 8):
+            batches.clear()
+            overheads.clear()
+            rate, lat = drive(one, requests=ns.requests, concurrency=conc)
+            results[conc] = (rate, lat, max(batches), list(overheads))
+
+    print(f"# generator — {machine()}; tiny-sd {ns.size}x{ns.size}, {ns.steps} steps, "
           f"{ns.requests} requests")
-    print(f"in-process model: {1 / statistics.median(direct):.2f} images/s, "
+    print(f"in-process model (1 thread): {1 / statistics.median(direct):.2f} images/s, "
           f"p50 {statistics.median(direct) * 1e3:.1f} ms")
-    for conc, (ips, lat, maxb) in results.items():
-        print(f"HTTP concurrency {conc}: {ips:.2f} images/s, p50 {pct(lat, 50) * 1e3:.1f} ms, "
+    for conc, (rate, lat, maxb, _) in results.items():
+        print(f"HTTP concurrency {conc}: {rate:.2f} images/s, p50 {pct(lat, 50) * 1e3:.1f} ms, "
               f"p99 {pct(lat, 99) * 1e3:.1f} ms, largest batch {maxb}")
-    overhead = pct(results[1][1], 50) - statistics.median(direct)
-    print(f"ingress+proxy overhead at concurrency 1: {overhead * 1e3:.1f} ms p50 per request")
-    print(f"batching speed-up, concurrency 8 vs 1: {results[8][0] / results[1][0]:.2f}x")
-    serve.shutdown()
-    ray.shutdown()
+    over = results[1][3]
+    print(f"gateway overhead at concurrency 1 (end-to-end minus the replica's model time): "
+          f"p50 {pct(over, 50) * 1e3:.1f} ms, p99 {pct(over, 99) * 1e3:.1f} ms; "
+          f"end-to-end p50 minus in-process p50: "
+          f"{(pct(results[1][1], 50) - statistics.median(direct)) * 1e3:.1f} ms")
+    print(f"images/s, concurrency 8 vs 1: {results[8][0] / results[1][0]:.2f}x")
 
 
 if __name__ == "__main__":

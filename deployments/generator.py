@@ -43,11 +43,18 @@ class Generator:
         allow_fallback: bool = False,
         zoo_dir: str | None = None,
         max_batch_size: int = 8,
-        batch_wait_timeout_s: float = 0.05,
+        batch_wait_timeout_s: float = 0.005,
+        torch_threads: int | None = None,
     ):
+        """`torch_threads`: CPU threads for torch (default: Ray's, i.e. the replica's num_cpus;
+        more threads than that measured slower here, fighting the other replicas)."""
+        import torch
+
         from models.diffusion import DiffusionModel
         from models.registry import spec_for_source
 
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         spec = spec_for_source(model, family="diffusion", source=source)
         self.model = DiffusionModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
         self._max_batch_images = max_batch_size
@@ -65,7 +72,7 @@ class Generator:
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
         return await self._batched(request)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=_images_in)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
     async def _batched(self, requests: list) -> list:
         self._serve_batches[len(requests)] += 1
         started = time.perf_counter()

@@ -45,7 +45,9 @@ class AppArgs(BaseModel):
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
-    batch_wait_timeout_s: float = Field(0.05, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=5, description="how long a batch waits for more requests; requests "
+        "that arrive while a batch runs join the next one anyway")
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
 
