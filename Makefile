@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) -U pip setuptools wheel
 	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[tools,test]'
+	# insightface without its opencv-python (GUI) dependency: one headless OpenCV only.
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt --no-deps 'insightface>=0.7'
+	if $(BIN)/python -m pip show -q opencv-python 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall -y -q opencv-python && \
+	  $(BIN)/python -m pip install $(PIP_FLAGS) --force-reinstall --no-deps opencv-python-headless; \
+	fi
+	$(BIN)/python -c "import models, cv2, insightface, spandrel"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -61,9 +61,10 @@ def main() -> None:
     images = make_images(ns.images)
 
     port = free_port()
-    env = {**os.environ, "REMBG_HOME": str(model_dir), "OMP_NUM_THREADS": ""}
-    rembg = subprocess.Popen([sys.executable, "-m", "rembg.cli", "s", "--host", "127.0.0.1",
-                              "--port", str(port), "--no-ui", "--log_level", "warning"],
+    env = {**os.environ, "REMBG_HOME": str(model_dir)}
+    rembg_cli = str(Path(sys.executable).parent / "rembg")
+    rembg = subprocess.Popen([rembg_cli, "s", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-ui", "--log_level", "warning"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64))
     extras = json.dumps({"model_path": str(model_file)})
