@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) -U pip setuptools wheel
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[tools,test]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[tools,router,test]'
 	# insightface without its opencv-python (GUI) dependency: one headless OpenCV only.
 	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt --no-deps 'insightface>=0.7'
 	if $(BIN)/python -m pip show -q opencv-python 2>/dev/null; then \

@@ -72,25 +72,9 @@ class FaceSwap:
         return result
 
     def info(self) -> dict[str, Any]:
-        import os
+        from deployments._common import replica_info
 
-        import ray
-
-        info = self.model.info
-        return {
-            "name": info.name,
-            "family": info.family,
-            "source": info.source,
-            "tiny": info.tiny,
-            "fallback": info.fallback,
-            "fallback_reason": info.fallback_reason,
-            "device": info.device,
-            "dtype": info.dtype,
-            "limits": {},
-            # Outside a Ray worker (unit tests) get_gpu_ids() would start a local Ray.
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else [],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
+        return replica_info(self.model.info, {})
 
     def stats(self) -> dict[str, Any]:
         return {

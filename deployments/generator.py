@@ -96,24 +96,9 @@ class Generator:
         self._pipeline_batches[images] += 1
 
     def info(self) -> dict[str, Any]:
-        import os
+        from deployments._common import replica_info
 
-        import ray
-
-        info = self.model.info
-        return {
-            "name": info.name,
-            "family": info.family,
-            "source": info.source,
-            "tiny": info.tiny,
-            "fallback": info.fallback,
-            "fallback_reason": info.fallback_reason,
-            "device": info.device,
-            "dtype": info.dtype,
-            "limits": vars(self.model.limits),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
+        return replica_info(self.model.info, vars(self.model.limits))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -106,24 +106,10 @@ class Matting:
         self._onnx_batches[images] += 1
 
     def info(self) -> dict[str, Any]:
-        import os
+        from deployments._common import replica_info
 
-        import ray
-
-        info = self.model.info
-        return {
-            "name": info.name,
-            "family": info.family,
-            "source": info.source,
-            "tiny": info.tiny,
-            "fallback": info.fallback,
-            "fallback_reason": info.fallback_reason,
-            "device": info.device,
-            "dtype": info.dtype,
-            "limits": {"max_side": self.model.max_side, "max_batch_images": self._max_batch_images},
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else [],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
+        return replica_info(self.model.info, {"max_side": self.model.max_side,
+                                                  "max_batch_images": self._max_batch_images})
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -84,30 +84,11 @@ class Upscaler:
         return result
 
     def info(self) -> dict[str, Any]:
-        import os
+        from deployments._common import replica_info
 
-        import ray
-
-        info = self.model.info
-        limits = vars(self.model.limits) | {
-            "scales": list(self.model.scales),
-            "tile": self._tile,
-            "tile_overlap": self._tile_overlap,
-        }
-        return {
-            "name": info.name,
-            "family": info.family,
-            "source": info.source,
-            "tiny": info.tiny,
-            "fallback": info.fallback,
-            "fallback_reason": info.fallback_reason,
-            "device": info.device,
-            "dtype": info.dtype,
-            "limits": limits,
-            # outside a replica (tests), don't start a Ray instance just to ask
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else [],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
+        return replica_info(self.model.info, vars(self.model.limits) | {
+            "scales": list(self.model.scales), "tile": self._tile,
+            "tile_overlap": self._tile_overlap})
 
     def stats(self) -> dict[str, Any]:
         megapixels = self._output_pixels / 1e6

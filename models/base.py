@@ -43,3 +43,23 @@ class ModelFamily(ABC):
     @abstractmethod
     def info(self) -> LoadedInfo:
         """Describe what is loaded."""
+
+
+def check_image(image: Any, *, name: str = "image", min_side: int = 1,
+                max_side: int = 4096) -> None:
+    """Raise `ValueError` naming `name` unless `image` is an HxWx3 (RGB) / HxWx4 (RGBA) uint8
+    array with sides in [min_side, max_side]. Shared by every family that takes images."""
+    import numpy as np
+
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array (HxWx3 RGB or HxWx4 RGBA, uint8), "
+                         f"got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"{name} must have shape HxWx3 (RGB) or HxWx4 (RGBA), "
+                         f"got {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8 (0-255), got {image.dtype}")
+    height, width = image.shape[:2]
+    if not (min_side <= height <= max_side and min_side <= width <= max_side):
+        raise ValueError(f"{name} sides must be between {min_side} and {max_side} pixels, "
+                         f"got {width}x{height}" + (" (empty image)" if image.size == 0 else ""))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from models.base import LoadedInfo, ModelFamily
+from models.base import check_image as _check_image
 from models.registry import ModelSpec, resolve
 
 logger = logging.getLogger(__name__)
@@ -102,23 +103,7 @@ class FaceSwapResult:
 
 def check_image(image: Any, field_name: str) -> None:
     """Raise `ValueError` naming `field_name` unless `image` is an HxWx3/4 uint8 array."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            f"{field_name} must be an HxWx3 (RGB) or HxWx4 (RGBA) uint8 numpy array, "
-            f"got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(f"{field_name} must have dtype uint8, got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(
-            f"{field_name} must have shape HxWx3 (RGB) or HxWx4 (RGBA), got {image.shape}"
-        )
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
-        raise ValueError(
-            f"{field_name} sides must be between {MIN_SIDE} and {MAX_SIDE} pixels, "
-            f"got {w}x{h}"
-        )
+    _check_image(image, name=field_name, min_side=MIN_SIDE, max_side=MAX_SIDE)
 
 
 def _check_index(value: Any, field_name: str) -> None:

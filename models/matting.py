@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.base import LoadedInfo, ModelFamily
+from models.base import check_image as _check_image
 from models.registry import MODELS, ModelSpec, Resolved, resolve, spec_for_source
 
 logger = logging.getLogger(__name__)
@@ -181,23 +182,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 def check_image(image: Any, *, name: str = "image", max_side: int = MAX_SIDE) -> None:
     """Raise `ValueError` unless `image` is an HxWx3/HxWx4 uint8 array with sane sides."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            f"{name} must be a numpy array (HxWx3 RGB or HxWx4 RGBA, uint8), "
-            f"got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8, got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(
-            f"{name} must have shape HxWx3 (RGB) or HxWx4 (RGBA), got {tuple(image.shape)}"
-        )
-    height, width = image.shape[:2]
-    if not (1 <= height <= max_side and 1 <= width <= max_side):
-        raise ValueError(
-            f"{name} height and width must be between 1 and {max_side} pixels, "
-            f"got {width}x{height}" + (" (empty image)" if image.size == 0 else "")
-        )
+    _check_image(image, name=name, max_side=max_side)
 
 
 def check_inputs(req: MattingRequest, *, max_side: int = MAX_SIDE) -> None:

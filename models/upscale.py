@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import LoadedInfo, ModelFamily
+from models.base import LoadedInfo, ModelFamily, check_image
 
 logger = logging.getLogger(__name__)
 
@@ -90,23 +90,8 @@ def check_inputs(
     allowed = ", ".join(str(s) for s in scales)
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in scales:
         raise ValueError(f"scale must be one of {allowed}, got {scale!r}")
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            "image must be a numpy array of shape HxWx3 (RGB) or HxWx4 (RGBA), "
-            f"got {type(image).__name__}"
-        )
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(
-            f"image must have shape HxWx3 (RGB) or HxWx4 (RGBA), got {tuple(image.shape)}"
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (0-255), got {image.dtype}")
+    check_image(image, min_side=limits.min_side, max_side=limits.max_side)
     h, w = image.shape[:2]
-    if min(h, w) < limits.min_side or max(h, w) > limits.max_side:
-        raise ValueError(
-            f"image sides must be between {limits.min_side} and {limits.max_side} pixels, "
-            f"got {w}x{h}"
-        )
     if h * w * scale * scale > limits.max_output_pixels:
         raise ValueError(
             f"image is too large to upscale x{scale}: output would be {w * scale}x{h * scale} "

@@ -224,7 +224,7 @@ def test_target_face_index_out_of_range(model, source):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("source", [[0, 0, 0]], "source must be an HxWx3"),
+    ("source", [[0, 0, 0]], "source must be a numpy array"),
     ("target", np.zeros((64, 64, 3), np.float32), "target must have dtype uint8"),
     ("target", np.zeros((64, 64), np.uint8), "target must have shape HxWx3"),
     ("source", np.zeros((64, 64, 2), np.uint8), "source must have shape"),

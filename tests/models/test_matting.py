@@ -162,7 +162,7 @@ def test_alpha_matting(tiny, images):
     ("image", "message"),
     [
         ([[1, 2, 3]], r"image must be a numpy array \(HxWx3 RGB or HxWx4 RGBA, uint8\), got list"),
-        (np.zeros((8, 8, 3), np.float32), r"image must have dtype uint8, got float32"),
+        (np.zeros((8, 8, 3), np.float32), r"image must have dtype uint8 \(0-255\), got float32"),
         (np.zeros((8, 8), np.uint8), r"image must have shape HxWx3 \(RGB\) or HxWx4 \(RGBA\)"),
         (np.zeros((8, 8, 2), np.uint8), r"got \(8, 8, 2\)"),
         (np.zeros((0, 5, 3), np.uint8), r"between 1 and 4096 pixels, got 5x0 \(empty image\)"),
