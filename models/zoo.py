@@ -139,6 +139,7 @@ BUILDERS: dict[str, str] = {
     "tiny-u2net": "models.matting:build_tiny_u2net",
     "tiny-insightface": "models.faceswap:build_tiny_insightface",
     "tiny-esrgan": "models.upscale:build_tiny_esrgan",
+    "tiny-llm": "models.llm:build_tiny_llm",
 }
 
 
