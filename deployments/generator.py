@@ -64,6 +64,8 @@ class Generator:
         self._pipeline_batches: Counter[int] = Counter()  # images per pipeline call
         self._images = 0
         self._last_error: str | None = None
+        self._last_ok = time.monotonic()  # last successful model call (a request or a probe)
+        self._probes = 0
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
@@ -87,6 +89,7 @@ class Generator:
             self._last_error = f"{type(exc).__name__}: {exc}"
             raise
         self._last_error = None
+        self._last_ok = time.monotonic()
         for res in results:
             self._images += len(res.images)
             res.timings["batch_s"] = time.perf_counter() - started
@@ -105,8 +108,28 @@ class Generator:
             "serve_batches": dict(self._serve_batches),
             "pipeline_batches": dict(self._pipeline_batches),
             "images": self._images,
+            "health_probes": self._probes,
+            "last_error": self._last_error,
         }
 
-    def check_health(self) -> None:
-        if self._last_error and "out of memory" in self._last_error.lower():
-            raise RuntimeError(f"generator unhealthy after: {self._last_error}")
+    async def check_health(self) -> None:
+        """Probe the model with a 1-step, smallest-size generation, unless a request succeeded
+        within the last minute (so a busy replica isn't slowed by probes)."""
+        if self._last_error is None and time.monotonic() - self._last_ok < 60:
+            return
+        from models.diffusion import GenerationRequest
+
+        limits = self.model.limits
+        probe = GenerationRequest(prompt="health probe", width=limits.min_side,
+                                  height=limits.min_side, steps=1, guidance_scale=0.0, seed=0)
+        self._probes += 1
+        try:
+            [result] = await asyncio.wait_for(asyncio.to_thread(self.model.generate, [probe]),
+                                              timeout=25)
+        except Exception as exc:
+            raise RuntimeError(f"generator health probe failed: {type(exc).__name__}: {exc}"
+                               ) from exc
+        if result.images[0].shape != (limits.min_side, limits.min_side, 3):
+            raise RuntimeError(f"generator health probe returned {result.images[0].shape}")
+        self._last_ok = time.monotonic()
+        self._last_error = None
