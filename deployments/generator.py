@@ -65,6 +65,9 @@ class Generator:
         self._images = 0
         self._last_error: str | None = None
         self._last_ok = time.monotonic()  # last successful model call (a request or a probe)
+        # Diffusers pipelines are not thread-safe (the scheduler holds per-call state): one
+        # model call at a time per replica, batches and health probes alike.
+        self._model_lock = asyncio.Lock()
         self._probes = 0
 
     async def generate(self, request):
@@ -79,12 +82,13 @@ class Generator:
         self._serve_batches[len(requests)] += 1
         started = time.perf_counter()
         try:
-            results = await asyncio.to_thread(
-                self.model.generate,
-                requests,
-                max_batch_images=self._max_batch_images,
-                on_batch=self._record_pipeline_batch,
-            )
+            async with self._model_lock:
+                results = await asyncio.to_thread(
+                    self.model.generate,
+                    requests,
+                    max_batch_images=self._max_batch_images,
+                    on_batch=self._record_pipeline_batch,
+                )
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -124,8 +128,9 @@ class Generator:
                                   height=limits.min_side, steps=1, guidance_scale=0.0, seed=0)
         self._probes += 1
         try:
-            [result] = await asyncio.wait_for(asyncio.to_thread(self.model.generate, [probe]),
-                                              timeout=25)
+            async with self._model_lock:
+                [result] = await asyncio.wait_for(
+                    asyncio.to_thread(self.model.generate, [probe]), timeout=25)
         except Exception as exc:
             raise RuntimeError(f"generator health probe failed: {type(exc).__name__}: {exc}"
                                ) from exc
