@@ -77,6 +77,51 @@ class Generator:
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
         return await self._batched(request)
 
+    async def generate_stream(self, request, partial_images: int = 0):
+        """Generate one request unbatched, streaming events as they happen:
+        ``{"type": "progress", "step", "total"}``, ``{"type": "partial", "index", "images"}``
+        (`partial_images` previews decoded from intermediate latents), then
+        ``{"type": "result", "result": GenerationResult}``. If the caller stops listening
+        (client disconnect, job cancelled), denoising stops at the next step."""
+        import threading
+
+        from models.diffusion import check_inputs
+
+        check_inputs(request, self.model.limits)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(event: dict) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        async with self._model_lock:
+            work = asyncio.ensure_future(asyncio.to_thread(
+                self.model.generate, [request], cancel=cancel, previews=partial_images,
+                on_step=lambda step, total: emit(
+                    {"type": "progress", "step": step, "total": total}),
+                on_preview=lambda index, images: emit(
+                    {"type": "partial", "index": index, "images": images}),
+            ))
+            try:
+                while not work.done() or not events.empty():
+                    getter = asyncio.ensure_future(events.get())
+                    await asyncio.wait({work, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        yield getter.result()
+                    else:
+                        getter.cancel()
+                [result] = work.result()
+                self._images += len(result.images)
+                self._last_ok = time.monotonic()
+                yield {"type": "result", "result": result}
+            finally:
+                # Abandoned (client gone, job cancelled): stop denoising at the next step, and
+                # keep the lock until the thread is out of the pipeline.
+                cancel.set()
+                if not work.done():
+                    await asyncio.wait({work})
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
     async def _batched(self, requests: list) -> list:
         self._serve_batches[len(requests)] += 1

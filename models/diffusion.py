@@ -52,6 +52,10 @@ class GenerationRequest:
                 self.strength if self.mode != "text2img" else None)
 
 
+class GenerationCancelled(RuntimeError):
+    """The caller went away (or cancelled the job): denoising stopped early."""
+
+
 @dataclass
 class GenerationResult:
     images: list[np.ndarray]
@@ -94,10 +98,38 @@ def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
 class DiffusionModel(ModelFamily):
     family = "diffusion"
 
-    def __init__(self, pipe: Any, *, info: LoadedInfo, limits: SizeLimits):
+    def __init__(self, pipe: Any, *, info: LoadedInfo, limits: SizeLimits,
+                 preview_decoder: Any = None):
         self._pipes: dict[Mode, Any] = {"text2img": pipe}
         self._info = info
         self.limits = limits
+        # A fast latent decoder (TAESD) for step previews; None: previews use the full VAE.
+        self.preview_decoder = preview_decoder
+
+    def load_preview_decoder(self, source: str) -> bool:
+        """Load a TAESD-style `AutoencoderTiny` for previews. Previews are a nicety: on
+        failure, log and keep decoding previews with the pipeline's own VAE."""
+        from diffusers import AutoencoderTiny
+
+        pipe = self._pipes["text2img"]
+        try:
+            taesd = AutoencoderTiny.from_pretrained(source, dtype=pipe.vae.dtype)
+        except (OSError, ValueError) as exc:
+            logger.warning("no preview decoder from %s (%s); previews use the full VAE",
+                           source, exc.__class__.__name__)
+            return False
+        self.preview_decoder = taesd.to(pipe.device)
+        return True
+
+    def decode_preview(self, latents: Any) -> list[np.ndarray]:
+        """Intermediate latents → RGB uint8 previews (TAESD when loaded, else the VAE)."""
+        import torch
+
+        decoder = self.preview_decoder or self._pipes["text2img"].vae
+        with torch.inference_mode():
+            out = decoder.decode(latents.to(decoder.dtype) / decoder.config.scaling_factor)
+        images = (out.sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return list((images * 255).round().astype(np.uint8))
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -143,9 +175,18 @@ class DiffusionModel(ModelFamily):
                 snapshot_download(location, allow_patterns=["model_index.json"])
 
         resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
-        return cls.load(resolved.location, name=resolved.spec.name, device=device,
-                        limits=resolved.spec.limits, tiny=resolved.spec.tiny,
-                        fallback_reason=resolved.fallback_reason)
+        model = cls.load(resolved.location, name=resolved.spec.name, device=device,
+                         limits=resolved.spec.limits, tiny=resolved.spec.tiny,
+                         fallback_reason=resolved.fallback_reason)
+        if resolved.spec.preview:
+            from models import zoo
+            from models.registry import get_spec
+
+            preview = get_spec(resolved.spec.preview)
+            location = (str(zoo.ensure(preview.source.removeprefix("tiny:"), zoo_dir))
+                        if preview.tiny else preview.source)
+            model.load_preview_decoder(location)
+        return model
 
     @property
     def info(self) -> LoadedInfo:
@@ -172,12 +213,18 @@ class DiffusionModel(ModelFamily):
         max_batch_images: int = 16,
         on_step: Callable[[int, int], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        previews: int = 0,
+        on_preview: Callable[[int, list[np.ndarray]], None] | None = None,
+        cancel: Any = None,
     ) -> list[GenerationResult]:
         """Run requests, grouping compatible ones into shared pipeline calls.
 
         Each image gets its own seeded generator, so a request's images depend on its seed
         only, not on what it was batched with (up to float rounding). `on_batch(images)` is
-        called for each pipeline call, `on_step(step, total)` after each denoising step.
+        called for each pipeline call, `on_step(step, total)` after each denoising step, and
+        `on_preview(index, images)` with `previews` evenly spaced intermediate decodes. A set
+        `cancel` (threading.Event) stops denoising at the next step and raises
+        `GenerationCancelled`.
         """
         for req in requests:
             check_inputs(req, self.limits)
@@ -194,15 +241,18 @@ class DiffusionModel(ModelFamily):
             count = 0
             for i in indices:
                 if chunk and count + requests[i].n > max_batch_images:
-                    self._run_chunk(requests, seeds, chunk, results, on_step, on_batch)
+                    self._run_chunk(requests, seeds, chunk, results, on_step, on_batch, previews,
+                                    on_preview, cancel)
                     chunk, count = [], 0
                 chunk.append(i)
                 count += requests[i].n
             if chunk:
-                self._run_chunk(requests, seeds, chunk, results, on_step, on_batch)
+                self._run_chunk(requests, seeds, chunk, results, on_step, on_batch, previews,
+                                    on_preview, cancel)
         return [r for r in results if r is not None]
 
-    def _run_chunk(self, requests, seeds, indices, results, on_step, on_batch) -> None:
+    def _run_chunk(self, requests, seeds, indices, results, on_step, on_batch, previews=0,
+                   on_preview=None, cancel=None) -> None:
         import torch
 
         first = requests[indices[0]]
@@ -238,9 +288,19 @@ class DiffusionModel(ModelFamily):
             kwargs.update(image=images, strength=first.strength)
             if first.mode == "inpaint":
                 kwargs.update(mask_image=masks, width=first.width, height=first.height)
-        if on_step is not None:
+        # Preview after these steps (1-based), evenly spaced, never the last one (that is the
+        # final image).
+        preview_steps = preview_schedule(first.steps, previews) if on_preview else []
+        if on_step is not None or preview_steps or cancel is not None:
             def _callback(pipe, step, timestep, callback_kwargs):
-                on_step(step + 1, first.steps)
+                if cancel is not None and cancel.is_set():
+                    pipe._interrupt = True  # diffusers stops at the next step
+                    return callback_kwargs
+                if on_step is not None:
+                    on_step(step + 1, first.steps)
+                if step + 1 in preview_steps:
+                    on_preview(preview_steps.index(step + 1),
+                               self.decode_preview(callback_kwargs["latents"]))
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _callback
@@ -248,6 +308,8 @@ class DiffusionModel(ModelFamily):
         with torch.inference_mode():
             out = self._pipe(first.mode)(**kwargs).images
         elapsed = time.perf_counter() - started
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("generation cancelled before it finished")
         if on_batch is not None:
             on_batch(len(prompts))
         arrays = (np.clip(np.asarray(out), 0.0, 1.0) * 255).round().astype(np.uint8)
@@ -262,6 +324,15 @@ class DiffusionModel(ModelFamily):
                 timings={"inference_s": elapsed},
             )
             offset += n
+
+
+def preview_schedule(steps: int, previews: int) -> list[int]:
+    """1-based steps after which to decode `previews` previews, spread over the run."""
+    if previews <= 0 or steps <= 1:
+        return []
+    chosen = sorted({max(1, min(steps - 1, round(steps * (k + 1) / (previews + 1))))
+                     for k in range(previews)})
+    return chosen
 
 
 def _to_pil(array: np.ndarray, size: tuple[int, int]):

@@ -36,6 +36,7 @@ class ModelSpec:
     description: str
     tiny_fallback: str | None = None
     limits: SizeLimits | None = None
+    preview: str | None = None  # registry name of a fast latent decoder for step previews
 
     @property
     def tiny(self) -> bool:
@@ -51,6 +52,7 @@ MODELS: dict[str, ModelSpec] = {
             source="tiny:tiny-sd",
             description="Tiny random-weight Stable Diffusion (built offline; for tests/dev)",
             limits=SizeLimits(32, 512, 64, 64, max_steps=50),
+            preview="tiny-taesd",
         ),
         ModelSpec(
             name="sd15",
@@ -59,6 +61,7 @@ MODELS: dict[str, ModelSpec] = {
             description="Stable Diffusion 1.5",
             tiny_fallback="tiny-sd",
             limits=SizeLimits(256, 1024, 512, 512),
+            preview="taesd",
         ),
         ModelSpec(
             name="sdxl",
@@ -67,6 +70,25 @@ MODELS: dict[str, ModelSpec] = {
             description="Stable Diffusion XL base 1.0",
             tiny_fallback="tiny-sd",
             limits=SizeLimits(512, 2048, 1024, 1024),
+            preview="taesdxl",
+        ),
+        ModelSpec(
+            name="tiny-taesd",
+            family="preview",
+            source="tiny:tiny-taesd",
+            description="Tiny random-weight TAESD latent decoder (step previews of tiny-sd)",
+        ),
+        ModelSpec(
+            name="taesd",
+            family="preview",
+            source="madebyollin/taesd",
+            description="TAESD: fast latent decoder for SD 1.x step previews",
+        ),
+        ModelSpec(
+            name="taesdxl",
+            family="preview",
+            source="madebyollin/taesdxl",
+            description="TAESD for SDXL step previews",
         ),
         ModelSpec(
             name="tiny-insightface",
@@ -149,6 +171,7 @@ def spec_for_source(name: str, *, family: str, source: str | None) -> ModelSpec:
             description=spec.description,
             tiny_fallback=spec.tiny_fallback,
             limits=spec.limits,
+            preview=spec.preview,
         )
     return spec
 

@@ -130,12 +130,31 @@ def build_tiny_sd(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+def build_tiny_taesd(path: Path) -> None:
+    """Tiny TAESD-architecture latent decoder (AutoencoderTiny) for step previews of tiny-sd.
+
+    Two blocks: it upsamples latents 2x, like tiny-sd's two-block VAE (real TAESD: 4 blocks,
+    8x, like SD's VAE)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(SEED)
+    AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    ).save_pretrained(path, safe_serialization=True)
+
+
 # --- registry of builders ------------------------------------------------------------------
 # name -> "module:function". Each family keeps its tiny builder next to its loading code; the
 # import is lazy so building one family never imports another's dependencies.
 
 BUILDERS: dict[str, str] = {
     "tiny-sd": "models.zoo:build_tiny_sd",
+    "tiny-taesd": "models.zoo:build_tiny_taesd",
     "tiny-u2net": "models.matting:build_tiny_u2net",
     "tiny-insightface": "models.faceswap:build_tiny_insightface",
     "tiny-esrgan": "models.upscale:build_tiny_esrgan",
