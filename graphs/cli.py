@@ -16,6 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from storage import cli as storage_cli
+
 console = Console(stderr=True)
 
 
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     zb.add_argument("names", nargs="*")
     zb.add_argument("--zoo-dir", default=None)
     zb.set_defaults(func=_zoo_build)
+
+    storage_cli.add_subcommands(sub)  # db upgrade|check, storage cleanup
 
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,22 +1,56 @@
-"""Generation logic behind the route: validate, then run the generator as a recorded job."""
+"""Generation logic behind the OpenAI-compatible Images routes: generations, edits and
+variations, streamed or not, run on the generator as recorded jobs.
+
+- quality → denoising steps (QUALITY_STEPS); an explicit `steps` wins.
+- background=transparent → generate, then remove the background on the Matting deployment.
+- stream=true → Server-Sent Events: `<prefix>.partial_image` (previews decoded from
+  intermediate latents by TAESD) then `<prefix>.completed`.
+- edits: a mask → inpaint; one image → img2img (input_fidelity high keeps more of it);
+  several images → a side-by-side composite of the references, then img2img (see README).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from graphs.errors import ApiError, to_api_error
 from graphs.jobs import JobRunner, Output
-from graphs.schemas import ImageGenerationRequest, ImagesResponse
+from graphs.schemas import (
+    MAX_PROMPT_CHARS,
+    ImageGenerationRequest,
+    ImagesResponse,
+    Usage,
+    UsageDetails,
+)
 from models.diffusion import GenerationRequest, check_inputs
 from models.registry import SizeLimits
 
 logger = logging.getLogger("ray.serve")
 
+# Denoising steps per quality: (real models, tiny models). Resolution is not changed.
+QUALITY_STEPS = {"low": (12, 2), "medium": (20, 3), "high": (30, 4)}
+INPUT_FIDELITY_STRENGTH = {"high": 0.35, "low": 0.65}  # img2img strength per input_fidelity
+COMPOSITE_STRENGTH = 0.75
+VARIATION_STRENGTH = 0.55
+VARIATION_PROMPT = "a variation of this image, same subject and composition, high quality"
+MAX_EDIT_IMAGES = 16
 
-def parse_size(size: str, limits: SizeLimits) -> tuple[int, int]:
+
+def parse_size(size: str, limits: SizeLimits, *, auto: tuple[int, int] | None = None
+               ) -> tuple[int, int]:
     if size == "auto":
-        return limits.default_width, limits.default_height
+        return auto or (limits.default_width, limits.default_height)
     width, height = (int(v) for v in size.split("x"))
     ok = all(
         limits.min_side <= v <= limits.max_side and v % limits.multiple == 0
@@ -34,10 +68,67 @@ def parse_size(size: str, limits: SizeLimits) -> tuple[int, int]:
     return width, height
 
 
+def check_prompt(prompt: str) -> str:
+    if not prompt.strip():
+        raise ApiError(400, "prompt must not be empty", param="prompt", code="empty_prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"prompt is {len(prompt)} characters; the limit is "
+                       f"{MAX_PROMPT_CHARS}. Shorten it (keep subject, style and quality "
+                       "terms)", param="prompt", code="prompt_too_long")
+    return prompt
+
+
+def usage_for(prompt: str, images_in: int = 0) -> Usage:
+    words = len(re.findall(r"\w+", prompt))
+    return Usage(input_tokens=words + images_in, total_tokens=words + images_in,
+                 input_tokens_details=UsageDetails(text_tokens=words, image_tokens=images_in))
+
+
+@dataclass
+class Options:
+    """The output options shared by generations, edits and variations."""
+
+    n: int = 1
+    size: str = "auto"
+    quality: str = "auto"
+    background: str = "auto"
+    output_format: str = "png"
+    output_compression: int | None = None
+    response_format: str = "b64_json"
+    stream: bool = False
+    partial_images: int = 0
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    model: str | None = None
+    lora: str | None = None
+
+    def check(self) -> None:
+        if self.background == "transparent" and self.output_format == "jpeg":
+            raise ApiError(400, "background=transparent needs output_format png or webp "
+                           "(JPEG has no alpha channel)", param="background",
+                           code="invalid_combination")
+        if self.stream and self.n != 1:
+            raise ApiError(400, "stream=true generates one image: use n=1", param="n",
+                           code="invalid_combination")
+        if self.partial_images and not self.stream:
+            raise ApiError(400, "partial_images needs stream=true", param="partial_images",
+                           code="invalid_combination")
+        if self.stream and self.response_format == "url":
+            raise ApiError(400, "stream=true returns b64_json images", param="response_format",
+                           code="invalid_combination")
+
+    @property
+    def resolved_quality(self) -> str:
+        return "medium" if self.quality == "auto" else self.quality
+
+
 class GenerationService:
-    def __init__(self, *, generator: Any, runner: JobRunner):
+    def __init__(self, *, generator: Any, runner: JobRunner, matting: Any = None):
         self.generator = generator
         self.runner = runner
+        self.matting = matting
         self._info: dict[str, Any] | None = None
 
     async def model_info(self) -> dict[str, Any]:
@@ -45,41 +136,228 @@ class GenerationService:
             self._info = await self.generator.info.remote()
         return self._info
 
-    def build_request(self, body: ImageGenerationRequest, info: dict[str, Any]
-                      ) -> GenerationRequest:
-        if body.model and body.model != info["name"]:
-            raise ApiError(400, f"model {body.model!r} is not served here; available: "
+    # -- request building -----------------------------------------------------------------
+    def _check_model(self, opts: Options, info: dict[str, Any]) -> None:
+        if opts.model and opts.model != info["name"]:
+            raise ApiError(400, f"model {opts.model!r} is not served here; available: "
                            f"[{info['name']!r}]", param="model", code="model_not_found")
+        if opts.lora:
+            raise ApiError(400, f"LoRA adapter {opts.lora!r} is not loaded; available: none",
+                           param="lora", code="lora_not_found")
+
+    def _request(self, prompt: str, opts: Options, info: dict[str, Any], *,
+                 auto_size: tuple[int, int] | None = None, **extra: Any) -> GenerationRequest:
+        self._check_model(opts, info)
         limits = SizeLimits(**info["limits"])
-        width, height = parse_size(body.size, limits)
+        width, height = parse_size(opts.size, limits, auto=auto_size)
+        steps = opts.steps or QUALITY_STEPS[opts.resolved_quality][1 if info["tiny"] else 0]
+        if opts.stream and opts.partial_images:
+            # A preview needs a step of its own; img2img runs only steps*strength of them.
+            strength = extra.get("strength", 1.0) if extra.get("mode", "text2img") != \
+                "text2img" else 1.0
+            steps = max(steps, math.ceil((opts.partial_images + 1) / strength))
         req = GenerationRequest(
-            prompt=body.prompt,
-            negative_prompt=body.negative_prompt,
-            n=body.n,
-            width=width,
-            height=height,
-            steps=body.steps or (4 if info["tiny"] else 25),
-            guidance_scale=body.guidance_scale if body.guidance_scale is not None else 7.5,
-            seed=body.seed,
-        )
+            prompt=prompt, negative_prompt=opts.negative_prompt, n=opts.n, width=width,
+            height=height, steps=steps,
+            guidance_scale=opts.guidance_scale if opts.guidance_scale is not None else 7.5,
+            seed=opts.seed, **extra)
         try:
             check_inputs(req, limits)
         except ValueError as exc:
             raise to_api_error(exc) from None
         return req
 
-    async def generate(self, body: ImageGenerationRequest, *, base_url: str) -> ImagesResponse:
-        info = await self.model_info()
-        req = self.build_request(body, info)
-        params = body.model_dump(exclude={"prompt"}, exclude_none=True)
-        params.update(width=req.width, height=req.height, steps=req.steps,
-                      guidance_scale=req.guidance_scale)
+    # -- running --------------------------------------------------------------------------
+    async def _finish_images(self, images: list[np.ndarray], opts: Options,
+                             alpha: np.ndarray | None = None) -> tuple[list[np.ndarray], dict]:
+        """background=transparent: cut the subject out (Matting), or reuse the input's alpha."""
+        if opts.background != "transparent":
+            return images, {}
+        if alpha is not None:
+            from PIL import Image
+
+            out = []
+            for img in images:
+                a = np.asarray(Image.fromarray(alpha).resize((img.shape[1], img.shape[0])))
+                out.append(np.dstack([img, a]))
+            return out, {"transparency": "input alpha"}
+        if self.matting is None:
+            raise ApiError(400, "background=transparent needs the background-removal "
+                           "deployment, which is not deployed", param="background")
+        from models.matting import MattingRequest
+
+        results = await asyncio.gather(*(self.matting.remove.remote(
+            MattingRequest(image=img, output="cutout")) for img in images))
+        return [r.image for r in results], {"transparency": "background removed",
+                                           "matting_model": results[0].model}
+
+    async def run(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,
+                  info: dict[str, Any], base_url: str, images_in: int = 0,
+                  alpha: np.ndarray | None = None) -> ImagesResponse:
+        params = {k: v for k, v in vars(opts).items() if v is not None}
+        params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
 
         async def work() -> Output:
             res = await self.generator.generate.remote(req)
-            return Output(images=res.images, model=res.model, seeds=res.seeds,
-                          batch_size=res.batch_size, timings=res.timings)
+            images, extra = await self._finish_images(res.images, opts, alpha)
+            return Output(images=images, model=res.model, seeds=res.seeds,
+                          batch_size=res.batch_size, timings=res.timings,
+                          extra={**extra, "quality": opts.resolved_quality})
 
-        return await self.runner.run(kind="generations", prompt=body.prompt, params=params,
-                                     model_info=info, work=work, base_url=base_url,
-                                     response_format=body.response_format)
+        response = await self.runner.run(
+            kind=kind, prompt=prompt, params=params, model_info=info, work=work,
+            base_url=base_url, response_format=opts.response_format,
+            output_format=opts.output_format, compression=opts.output_compression)
+        return self._openai_fields(response, opts, prompt, images_in)
+
+    def _openai_fields(self, response: ImagesResponse, opts: Options, prompt: str,
+                       images_in: int) -> ImagesResponse:
+        response.background = "transparent" if opts.background == "transparent" else "opaque"
+        response.quality = opts.resolved_quality
+        response.usage = usage_for(prompt, images_in)
+        return response
+
+    async def stream(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,
+                     info: dict[str, Any], base_url: str, event_prefix: str,
+                     images_in: int = 0, alpha: np.ndarray | None = None
+                     ) -> AsyncIterator[dict[str, str]]:
+        """SSE events (sse-starlette dicts). Errors after the stream started become an
+        `error` event carrying the usual envelope."""
+        previews: asyncio.Queue = asyncio.Queue()
+        params = {k: v for k, v in vars(opts).items() if v is not None}
+        params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
+        common = {"background": "transparent" if opts.background == "transparent" else "opaque",
+                  "output_format": opts.output_format, "quality": opts.resolved_quality,
+                  "size": f"{req.width}x{req.height}"}
+
+        async def work() -> Output:
+            stream = self.generator.options(stream=True).generate_stream.remote(
+                req, opts.partial_images)
+            result = None
+            async for event in stream:
+                if event["type"] == "partial":
+                    await previews.put(event)
+                elif event["type"] == "result":
+                    result = event["result"]
+            images, extra = await self._finish_images(result.images, opts, alpha)
+            return Output(images=images, model=result.model, seeds=result.seeds,
+                          batch_size=1, timings=result.timings,
+                          extra={**extra, "quality": opts.resolved_quality})
+
+        job = asyncio.ensure_future(self.runner.run(
+            kind=kind, prompt=prompt, params=params, model_info=info, work=work,
+            base_url=base_url, response_format="b64_json", output_format=opts.output_format,
+            compression=opts.output_compression))
+        try:
+            while not job.done() or not previews.empty():
+                getter = asyncio.ensure_future(previews.get())
+                await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                event = getter.result()
+                from graphs.images import encode
+
+                b64 = base64.b64encode(await asyncio.to_thread(
+                    encode, event["images"][0], "png" if opts.output_format == "png"
+                    else opts.output_format)).decode()
+                yield {"event": f"{event_prefix}.partial_image", "data": json.dumps({
+                    "type": f"{event_prefix}.partial_image", "b64_json": b64,
+                    "partial_image_index": event["index"], "created_at": int(time.time()),
+                    **common})}
+            response = self._openai_fields(job.result(), opts, prompt, images_in)
+        except Exception as exc:  # the HTTP status is already sent: report in-band
+            error = to_api_error(exc)
+            yield {"event": "error", "data": json.dumps({"error": {
+                "message": error.message, "type": error.type, "param": error.param,
+                "code": error.code}})}
+            return
+        finally:
+            if not job.done():
+                job.cancel()  # client went away: the generator stops at the next step
+        yield {"event": f"{event_prefix}.completed", "data": json.dumps({
+            "type": f"{event_prefix}.completed", "b64_json": response.data[0].b64_json,
+            "created_at": int(time.time()), "usage": response.usage.model_dump(),
+            "id": response.data[0].id, "metadata": response.metadata.model_dump(),
+            **common})}
+
+    # -- entry points ---------------------------------------------------------------------
+    async def generate(self, body: ImageGenerationRequest, *, base_url: str):
+        opts = Options(**body.model_dump(exclude={"prompt", "moderation", "user"}))
+        opts.check()
+        prompt = check_prompt(body.prompt)
+        info = await self.model_info()
+        req = self._request(prompt, opts, info)
+        if opts.stream:
+            return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
+                               info=info, base_url=base_url, event_prefix="image_generation")
+        return await self.run(kind="generations", prompt=prompt, req=req, opts=opts, info=info,
+                              base_url=base_url)
+
+    async def edit(self, images: list[np.ndarray], *, prompt: str, mask: np.ndarray | None,
+                   input_fidelity: str, opts: Options, base_url: str):
+        opts.check()
+        prompt = check_prompt(prompt)
+        if not 1 <= len(images) <= MAX_EDIT_IMAGES:
+            raise ApiError(400, f"give 1 to {MAX_EDIT_IMAGES} images, got {len(images)}",
+                           param="image", code="too_many_images")
+        info = await self.model_info()
+        first = images[0]
+        alpha = first[..., 3] if first.shape[2] == 4 else None
+        if mask is not None:
+            if mask.shape[:2] != first.shape[:2]:
+                raise ApiError(400, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                               f"{first.shape[1]}x{first.shape[0]}: they must match",
+                               param="mask", code="mask_size_mismatch")
+            if mask.shape[2] != 4:
+                raise ApiError(400, "mask must be a PNG with an alpha channel (transparent = "
+                               "the area to change)", param="mask", code="mask_without_alpha")
+            repaint = np.where(mask[..., 3] < 128, 255, 0).astype(np.uint8)
+            source, mode, strength = first[..., :3], "inpaint", 1.0
+        elif len(images) == 1:
+            source, mode, repaint = first[..., :3], "img2img", None
+            strength = INPUT_FIDELITY_STRENGTH[input_fidelity]
+        else:
+            source, mode, repaint = composite(images), "img2img", None
+            strength = COMPOSITE_STRENGTH
+        from graphs.tools import fit_to_limits
+
+        auto = fit_to_limits(source.shape[1], source.shape[0], info["limits"])
+        req = self._request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
+                            mask=repaint, strength=strength)
+        if opts.stream:
+            return self.stream(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
+                               base_url=base_url, event_prefix="image_edit",
+                               images_in=len(images), alpha=alpha)
+        return await self.run(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
+                              base_url=base_url, images_in=len(images), alpha=alpha)
+
+    async def variations(self, image: np.ndarray, *, opts: Options, base_url: str):
+        opts.check()
+        info = await self.model_info()
+        from graphs.tools import fit_to_limits
+
+        auto = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
+        req = self._request(VARIATION_PROMPT, opts, info, auto_size=auto, mode="img2img",
+                            image=image[..., :3], strength=VARIATION_STRENGTH)
+        return await self.run(kind="variations", prompt=VARIATION_PROMPT, req=req, opts=opts,
+                              info=info, base_url=base_url, images_in=1)
+
+
+def composite(images: list[np.ndarray]) -> np.ndarray:
+    """References side by side (grid, equal cells, letterboxed) on one RGB canvas: the
+    img2img starting point for multi-image edits."""
+    from PIL import Image
+
+    count = len(images)
+    cols = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    cell = 512 // max(cols, rows) * 1
+    canvas = Image.new("RGB", (cell * cols, cell * rows), (127, 127, 127))
+    for i, arr in enumerate(images):
+        img = Image.fromarray(arr[..., :3])
+        img.thumbnail((cell, cell))
+        x = (i % cols) * cell + (cell - img.width) // 2
+        y = (i // cols) * cell + (cell - img.height) // 2
+        canvas.paste(img, (x, y))
+    return np.asarray(canvas)

@@ -18,14 +18,21 @@ from ray.serve.handle import DeploymentHandle
 
 from graphs import errors
 from graphs.errors import ERROR_RESPONSES, ApiError
-from graphs.generation import GenerationService
+from graphs.generation import MAX_EDIT_IMAGES, GenerationService, Options
 from graphs.jobs import JobRunner
 from graphs.schemas import (
+    MAX_IMAGES,
+    MAX_PROMPT_ACCEPTED,
+    MAX_PROMPT_CHARS,
+    SIZE_PATTERN,
+    Background,
     Capabilities,
     DeploymentInfo,
     Health,
     ImageGenerationRequest,
     ImagesResponse,
+    OutputFormat,
+    Quality,
 )
 from graphs.tools import Limits, ToolService
 from storage.assets import AssetNotFound, LocalAssetStore
@@ -53,9 +60,20 @@ class IngressConfig(BaseModel):
     max_upload_bytes: int = 20 * 1024 * 1024
 
 
-OutputFormat = Literal["png", "jpeg", "webp"]
 ResponseFormat = Literal["b64_json", "url"]
 _FORMAT_FIELDS = {"output_format", "response_format"}
+_EDIT_FIELDS = {"prompt", "image", "image[]", "mask", "input_fidelity", "n", "size",
+                "quality", "background", "output_compression", "stream", "partial_images",
+                "model", "user", "negative_prompt", "seed", "steps", "guidance_scale"}
+
+
+def _maybe_stream(result: Any) -> Any:
+    """A JSON response, or Server-Sent Events when the logic returned an event stream."""
+    if isinstance(result, ImagesResponse):
+        return result
+    from sse_starlette.sse import EventSourceResponse
+
+    return EventSourceResponse(result, ping=15)
 
 
 async def reject_unknown_fields(request: Request, allowed: set[str]) -> None:
@@ -82,7 +100,8 @@ class Ingress:
         self.assets = LocalAssetStore(config.asset_dir)
         self.records = RecordStore(config.database_url)
         self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project)
-        self.generation = GenerationService(generator=generator, runner=self.runner)
+        self.generation = GenerationService(generator=generator, runner=self.runner,
+                                            matting=matting)
         self.tools = ToolService(
             handles={"matting": matting, "faceswap": faceswap, "upscaler": upscaler},
             generation=self.generation, runner=self.runner,
@@ -116,10 +135,93 @@ class Ingress:
         )
 
     @app.post("/v1/images/generations", response_model=ImagesResponse,
+              responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
+                                                  "description": "JSON, or SSE when stream"}},
+              tags=["images"])
+    async def generations(self, body: ImageGenerationRequest, request: Request) -> Any:
+        result = await self.generation.generate(body, base_url=self._base_url(request))
+        return _maybe_stream(result)
+
+    @app.post("/v1/images/edits", response_model=ImagesResponse, responses=ERROR_RESPONSES,
+              tags=["images"])
+    async def edits(
+        self,
+        request: Request,
+        prompt: str = Form(..., max_length=MAX_PROMPT_ACCEPTED),
+        image: list[UploadFile] | None = File(None, description="one image (or use image[])"),
+        images: list[UploadFile] | None = File(None, alias="image[]",
+                                               description="1-16 reference images"),
+        mask: UploadFile | None = File(None, description="PNG with alpha; transparent = "
+                                       "the area to change; same size as the first image"),
+        input_fidelity: Literal["high", "low"] = Form("low"),
+        n: int = Form(1, ge=1, le=MAX_IMAGES),
+        size: str = Form("auto", pattern=SIZE_PATTERN),
+        quality: Quality = Form("auto"),
+        background: Background = Form("auto"),
+        output_format: OutputFormat = Form("png"),
+        output_compression: int | None = Form(None, ge=0, le=100),
+        response_format: ResponseFormat = Form("b64_json"),
+        stream: bool = Form(False),
+        partial_images: int = Form(0, ge=0, le=3),
+        model: str | None = Form(None),
+        user: str | None = Form(None, max_length=256),
+        negative_prompt: str | None = Form(None, max_length=MAX_PROMPT_CHARS),
+        seed: int | None = Form(None, ge=0, le=2**32 - 1),
+        steps: int | None = Form(None, ge=1, le=150),
+        guidance_scale: float | None = Form(None, ge=0, le=30),
+    ) -> Any:
+        await reject_unknown_fields(request, _EDIT_FIELDS)
+        uploads = (image or []) + (images or [])
+        if not uploads:
+            raise ApiError(400, "missing required parameter 'image' (or 'image[]')",
+                           param="image", code="missing_parameter")
+        if len(uploads) > MAX_EDIT_IMAGES:
+            raise ApiError(400, f"give 1 to {MAX_EDIT_IMAGES} images, got {len(uploads)}",
+                           param="image", code="too_many_images")
+        blobs = [await f.read() for f in uploads]
+        decoded = await asyncio.gather(*(
+            self.tools.decode(blob, "image" if i == 0 else f"image[{i}]")
+            for i, blob in enumerate(blobs)))
+        mask_array = await self.tools.decode(await mask.read(), "mask") if mask else None
+        opts = Options(n=n, size=size, quality=quality, background=background,
+                       output_format=output_format, output_compression=output_compression,
+                       response_format=response_format, stream=stream,
+                       partial_images=partial_images, negative_prompt=negative_prompt,
+                       seed=seed, steps=steps, guidance_scale=guidance_scale, model=model)
+        result = await self.generation.edit(list(decoded), prompt=prompt, mask=mask_array,
+                                            input_fidelity=input_fidelity, opts=opts,
+                                            base_url=self._base_url(request))
+        return _maybe_stream(result)
+
+    @app.post("/v1/images/variations", response_model=ImagesResponse,
               responses=ERROR_RESPONSES, tags=["images"])
-    async def generations(self, body: ImageGenerationRequest, request: Request
-                          ) -> ImagesResponse:
-        return await self.generation.generate(body, base_url=self._base_url(request))
+    async def variations(
+        self,
+        request: Request,
+        image: UploadFile = File(...),
+        n: int = Form(1, ge=1, le=MAX_IMAGES),
+        size: str = Form("auto", pattern=SIZE_PATTERN),
+        response_format: ResponseFormat = Form("b64_json"),
+        model: str | None = Form(None),
+        user: str | None = Form(None, max_length=256),
+        seed: int | None = Form(None, ge=0, le=2**32 - 1),
+    ) -> ImagesResponse:
+        await reject_unknown_fields(request, {"image", "n", "size", "model", "user", "seed"})
+        decoded = await self.tools.decode(await image.read(), "image", keep_alpha=False)
+        opts = Options(n=n, size=size, response_format=response_format, model=model,
+                       seed=seed)
+        return await self.generation.variations(decoded, opts=opts,
+                                                base_url=self._base_url(request))
+
+    @app.get("/v1/models", tags=["images"])
+    async def models(self) -> dict[str, Any]:
+        infos = {"generator": await self.generation.model_info()}
+        for name in self.tools.handles:
+            infos[name] = await self.tools.info(name)
+        return {"object": "list", "data": [
+            {"id": info["name"], "object": "model", "created": 0, "owned_by": "photostudio",
+             "deployment": deployment, "tiny": info["tiny"], "fallback": info["fallback"]}
+            for deployment, info in infos.items()]}
 
     @app.post("/v1/images/remove-background", response_model=ImagesResponse,
               responses=ERROR_RESPONSES, tags=["tools"])

@@ -59,6 +59,7 @@ class JobRunner:
         base_url: str,
         response_format: str = "b64_json",
         output_format: Format = "png",
+        compression: int | None = None,
         revised_prompt: str | None = None,
     ) -> ImagesResponse:
         started = time.perf_counter()
@@ -74,7 +75,8 @@ class JobRunner:
             seeds = out.seeds or [None] * len(out.images)
             for image, seed in zip(out.images, seeds, strict=True):
                 fmt = output_format_for(image, output_format)
-                asset_id, blob = await asyncio.to_thread(self._store, image, fmt, job_id, kind)
+                asset_id, blob = await asyncio.to_thread(self._store, image, fmt, job_id, kind,
+                                                         compression)
                 formats.append(fmt)
                 data.append(ImageData(
                     id=asset_id,
@@ -112,9 +114,9 @@ class JobRunner:
             ),
         )
 
-    def _store(self, image: np.ndarray, fmt: Format, job_id: str, kind: str
-               ) -> tuple[str, bytes]:
-        blob = encode(image, fmt)
+    def _store(self, image: np.ndarray, fmt: Format, job_id: str, kind: str,
+               compression: int | None = None) -> tuple[str, bytes]:
+        blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
         self.assets.put(key=key, data=blob, content_type=CONTENT_TYPES[fmt])

@@ -6,9 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_PROMPT_CHARS = 10_000
+MAX_PROMPT_CHARS = 10_000  # longer prompts: 400 naming this limit
+MAX_PROMPT_ACCEPTED = 32_000  # what the schema accepts (OpenAI's limit) before the prompt rules
 MAX_IMAGES = 10
 SIZE_PATTERN = r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"
+
+Quality = Literal["low", "medium", "high", "auto"]
+Background = Literal["transparent", "opaque", "auto"]
+OutputFormat = Literal["png", "jpeg", "webp"]
 
 
 class ImageGenerationRequest(BaseModel):
@@ -16,7 +21,7 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS,
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_ACCEPTED,
                         description=f"What to draw; at most {MAX_PROMPT_CHARS} characters.")
     model: str | None = Field(None, description="Model name (see /v1/capabilities).")
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images, 1-10.")
@@ -24,7 +29,19 @@ class ImageGenerationRequest(BaseModel):
                       description="WIDTHxHEIGHT (multiples of 8 within the model's limits) "
                                   "or 'auto' for the model's default.")
     response_format: Literal["b64_json", "url"] = "b64_json"
+    quality: Quality = Field("auto", description="low|medium|high → fewer/more denoising "
+                             "steps (see README); auto = medium")
+    background: Background = Field("auto", description="transparent: generated, then the "
+                                   "background is removed (needs png or webp)")
+    output_format: OutputFormat = "png"
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp "
+                                           "encoder quality 0-100 (default 90)")
+    moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
+                                               "compatibility; no moderation model runs here")
+    stream: bool = Field(False, description="Server-Sent Events with partial images")
+    partial_images: int = Field(0, ge=0, le=3, description="previews streamed, 0-3")
     user: str | None = Field(None, max_length=256)
+    lora: str | None = Field(None, max_length=128, description="a loaded LoRA adapter name")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=2**32 - 1,
                              description="Seed of the first image; image k uses seed+k.")
@@ -52,11 +69,28 @@ class ResponseMetadata(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict, description="tool-specific details")
 
 
+class UsageDetails(BaseModel):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """OpenAI's shape. Counts prompt words and input images; nothing is billed."""
+
+    input_tokens: int = 0
+    input_tokens_details: UsageDetails = Field(default_factory=UsageDetails)
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
-    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_format: OutputFormat = "png"
     size: str
+    background: Literal["transparent", "opaque"] | None = None
+    quality: Literal["low", "medium", "high"] | None = None
+    usage: Usage | None = None
     metadata: ResponseMetadata
 
 

@@ -46,6 +46,13 @@ class GenerationRequest:
     mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
     strength: float = 0.75
 
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps that actually run: img2img/inpaint skip the first (1-strength)."""
+        if self.mode == "text2img":
+            return self.steps
+        return max(1, min(self.steps, int(self.steps * self.strength)))
+
     def batch_key(self) -> tuple:
         """Requests with equal keys can run in one pipeline call."""
         return (self.mode, self.width, self.height, self.steps, self.guidance_scale,
@@ -290,14 +297,15 @@ class DiffusionModel(ModelFamily):
                 kwargs.update(mask_image=masks, width=first.width, height=first.height)
         # Preview after these steps (1-based), evenly spaced, never the last one (that is the
         # final image).
-        preview_steps = preview_schedule(first.steps, previews) if on_preview else []
+        total = first.effective_steps
+        preview_steps = preview_schedule(total, previews) if on_preview else []
         if on_step is not None or preview_steps or cancel is not None:
             def _callback(pipe, step, timestep, callback_kwargs):
                 if cancel is not None and cancel.is_set():
                     pipe._interrupt = True  # diffusers stops at the next step
                     return callback_kwargs
                 if on_step is not None:
-                    on_step(step + 1, first.steps)
+                    on_step(step + 1, total)
                 if step + 1 in preview_steps:
                     on_preview(preview_steps.index(step + 1),
                                self.decode_preview(callback_kwargs["latents"]))

@@ -125,11 +125,12 @@ def check_response_format(response_format: Any) -> dict[str, Any] | None:
     """Validate an OpenAI ``response_format``; returns it (``None`` when absent)."""
     if response_format is None:
         return None
-    allowed = ", ".join(RESPONSE_FORMAT_TYPES)
-    if not isinstance(response_format, dict) or response_format.get("type") not in \
-            RESPONSE_FORMAT_TYPES:
-        raise ValueError(f"response_format.type must be one of {allowed}, got "
-                         f"{response_format.get('type') if isinstance(response_format, dict) else response_format!r}")  # noqa: E501
+    if not isinstance(response_format, dict):
+        raise ValueError(f"response_format must be an object with a 'type', got "
+                         f"{response_format!r:.80}")
+    if response_format.get("type") not in RESPONSE_FORMAT_TYPES:
+        raise ValueError(f"response_format.type must be one of "
+                         f"{', '.join(RESPONSE_FORMAT_TYPES)}, got {response_format.get('type')!r}")
     if response_format["type"] == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
@@ -300,6 +301,7 @@ TINY_LAYERS = 2
 TINY_HEADS = 4
 TINY_KV_HEADS = 2
 TINY_CONTEXT = 2048
+TINY_INIT_RANGE = 0.3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # ChatML, as Qwen2.5 uses it (without its tool-calling branches).
 CHAT_TEMPLATE = (
@@ -340,16 +342,19 @@ def tiny_tokenizer():
     for b in range(256):
         vocab[byte_chars[b]] = len(vocab)
     merges: list[tuple[str, str]] = []
-    for word in _TINY_WORDS:
-        for text in (word, " " + word):
-            symbols = [byte_chars[b] for b in text.encode("utf-8")]
-            current = symbols[0]
-            for nxt in symbols[1:]:
-                merged = current + nxt
-                if merged not in vocab:
-                    merges.append((current, nxt))
-                    vocab[merged] = len(vocab)
-                current = merged
+
+    def merge(left: str, right: str) -> str:
+        if left + right not in vocab:
+            merges.append((left, right))
+            vocab[left + right] = len(vocab)
+        return left + right
+
+    for word in _TINY_WORDS:  # the word left to right, then the word after a space
+        symbols = [byte_chars[b] for b in word.encode("utf-8")]
+        current = symbols[0]
+        for nxt in symbols[1:]:
+            current = merge(current, nxt)
+        merge(byte_chars[ord(" ")], current)
     model = models.BPE(vocab=vocab, merges=merges)
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -370,7 +375,7 @@ def tiny_tokenizer():
 
 
 def build_tiny_llm(path: Path) -> None:
-    """Tiny Qwen2-architecture chat model (hidden 64, 2 layers, ~350-token vocab; ~0.1 M
+    """Tiny Qwen2-architecture chat model (hidden 64, 2 layers, 361-token vocab; ~0.1 M
     parameters) with seeded random weights, saved like a hub model: ``config.json``,
     ``generation_config.json``, ``model.safetensors`` and the tokenizer files."""
     import torch
@@ -390,6 +395,9 @@ def build_tiny_llm(path: Path) -> None:
         num_key_value_heads=TINY_KV_HEADS,
         max_position_embeddings=TINY_CONTEXT,
         tie_word_embeddings=True,
+        # Wider than the 0.02 default: with it the random model greedily repeats one token
+        # ("\n" here) whatever the prompt; at 0.3 its garbage varies with the prompt.
+        initializer_range=TINY_INIT_RANGE,
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
@@ -458,16 +466,37 @@ class TransformersChatEngine:
             # Offline (HF_HUB_OFFLINE=1) and not cached: LocalEntryNotFoundError (an OSError).
             snapshot_download(location, allow_patterns=["config.json"])
 
-        if spec.tiny:  # tiny zoo names the registry doesn't list yet
-            from models import zoo
+        from models import zoo
 
-            return Resolved(spec, str(zoo.ensure(spec.source.removeprefix("tiny:"), zoo_dir)))
-        return resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
+        def tiny(spec: ModelSpec, reason: str | None = None) -> Resolved:
+            location = zoo.ensure(spec.source.removeprefix("tiny:"), zoo_dir)
+            return Resolved(spec, str(location), reason)
+
+        if spec.tiny:
+            return tiny(spec)
+        if not spec.tiny_fallback or spec.tiny_fallback in MODELS:
+            return resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback,
+                           load_check=check)
+        # The fallback is one of this family's own tiny models, which the central registry
+        # doesn't list: same policy as `registry.resolve`, with the fallback done here.
+        try:
+            return resolve(spec, zoo_dir=zoo_dir, allow_fallback=False, load_check=check)
+        except RuntimeError as exc:
+            if not allow_fallback:
+                raise
+            cause = exc.__cause__ or exc
+            reason = (f"weights for {spec.name!r} ({spec.source}) unavailable: "
+                      f"{cause.__class__.__name__}")
+            logger.error("FALLING BACK TO TINY MODEL %r: %s. Outputs are from random weights!",
+                         spec.tiny_fallback, reason)
+            return tiny(llm_spec(spec.tiny_fallback), reason)
 
     def _load(self, resolved: Resolved) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # per-shard bars flood the replica logs
         started = time.perf_counter()
         cuda = self.device.startswith("cuda")
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
