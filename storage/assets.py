@@ -1,6 +1,14 @@
 """Asset stores: where image bytes live. Writes are all-or-nothing.
 
 Keys are laid out ``{project}/{kind}/{yyyy}/{mm}/{id}.{ext}`` (see `asset_key`).
+
+- `LocalAssetStore` (default): files under a folder; the gateway serves them itself through
+  ``GET /v1/assets/{id}`` (`url` returns None).
+- `storage.s3.S3AssetStore`: S3 through boto3 (AWS, MinIO, Cloudflare R2 — any endpoint URL),
+  presigned GET URLs; `storage.s3.SupabaseAssetStore`: Supabase Storage through its
+  S3-compatible endpoint (same code path).
+
+`build_asset_store(kind, **settings)` builds one from configuration.
 """
 
 from __future__ import annotations
@@ -9,7 +17,9 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+ASSET_STORE_KINDS = ("local", "s3", "supabase")
 
 
 def asset_key(*, project: str, kind: str, asset_id: str, ext: str,
@@ -20,6 +30,19 @@ def asset_key(*, project: str, kind: str, asset_id: str, ext: str,
 
 class AssetNotFound(KeyError):
     pass
+
+
+class AssetStoreError(Exception):
+    """The store could not complete an operation (after its retries)."""
+
+
+class AssetWriteError(AssetStoreError):
+    """An upload failed after bounded retries; nothing was left at the key."""
+
+    def __init__(self, message: str, *, key: str, attempts: int):
+        super().__init__(message)
+        self.key = key
+        self.attempts = attempts
 
 
 class AssetStore(Protocol):
@@ -34,7 +57,7 @@ class AssetStore(Protocol):
 
     def delete(self, *, key: str) -> None: ...
 
-    def url(self, *, key: str, expires_in: int) -> str | None: ...
+    def url(self, *, key: str, expires_in: int | None = None) -> str | None: ...
 
 
 class LocalAssetStore:
@@ -45,6 +68,9 @@ class LocalAssetStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalAssetStore(root={str(self.root)!r})"
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -75,5 +101,38 @@ class LocalAssetStore:
     def delete(self, *, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def url(self, *, key: str, expires_in: int) -> str | None:
+    def url(self, *, key: str, expires_in: int | None = None) -> str | None:
         return None
+
+
+def build_asset_store(kind: str, **settings: Any) -> AssetStore:
+    """An asset store from configuration. Settings left as None are ignored (so a caller can
+    pass every configured field); unknown ones are an error.
+
+    - ``local``: ``root`` (folder).
+    - ``s3``: ``bucket``, optional ``prefix``, ``endpoint_url`` (MinIO, R2…), ``region``,
+      ``access_key_id``/``secret_access_key``/``session_token`` (else boto3's normal chain:
+      environment, shared config, instance role), ``presign_expiry_s``, ``addressing_style``,
+      ``max_attempts``… (see `storage.s3.S3AssetStore`).
+    - ``supabase``: ``bucket``, ``supabase_url`` (``https://<ref>.supabase.co``) or
+      ``endpoint_url``, ``region``, S3 access keys — or ``anon_key`` + ``session_token`` (a
+      user JWT) — and the options of ``s3`` (see `storage.s3.SupabaseAssetStore`).
+    """
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if kind == "local":
+        cls: Any = LocalAssetStore
+    elif kind == "s3":
+        from storage.s3 import S3AssetStore as cls
+    elif kind == "supabase":
+        from storage.s3 import SupabaseAssetStore as cls
+    else:
+        raise ValueError(f"asset_store must be one of {', '.join(ASSET_STORE_KINDS)}; "
+                         f"got {kind!r}")
+    import inspect
+
+    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} for the {kind!r} asset store; "
+                         f"accepted: {', '.join(accepted)}")
+    return cls(**settings)

@@ -1,68 +1,90 @@
-"""Record store: jobs (one per generation or tool call) and assets, on SQLAlchemy.
+"""Record store: jobs, assets, projects, chat sessions and messages, provider configs.
 
-SQLite is the default (one file under the data dir); any SQLAlchemy URL works. All methods
-are synchronous and keyword-only; async callers run them in a thread.
+SQLAlchemy on SQLite (default: one file under the data dir) or Postgres (e.g. Supabase's
+database through its connection string; ``postgres://`` URLs use psycopg 3). Constructing a
+`RecordStore` upgrades the schema to the newest Alembic migration under a database-wide lock
+(see `storage.migrate`), so several replicas may start at once.
+
+All methods are synchronous and keyword-only; async callers run them in a thread. Every state
+change is one conditional statement (``UPDATE … WHERE status IN …``), so concurrent replicas
+cannot, say, resurrect a cancelled job: the first terminal state wins and later attempts
+return False. Listings are newest first with opaque cursors (keyset pagination on
+``(timestamp, id)``: stable when timestamps are equal, no skipped or repeated rows).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import math
+import re
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy import (
+    ColumnElement,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+from storage import migrate
+from storage.models import (
+    ACTIVE_JOB_STATUSES,
+    JOB_STATUSES,
+    MESSAGE_ROLES,
+    TERMINAL_JOB_STATUSES,
+    Asset,
+    Base,
+    ChatSession,
+    Job,
+    Message,
+    Project,
+    ProviderConfig,
+    UTCDateTime,
+    as_utc,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from storage.assets import AssetStore
+
+__all__ = [
+    "JOB_STATUSES", "AssetRecord", "AssetView", "Base", "JobRecord", "MessageRecord", "Page",
+    "ProjectRecord", "ProviderConfigRecord", "RecordStore", "SessionRecord", "new_id",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PAGE = 1000
+PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_SECRET_NAME = re.compile(r"key|secret|token|password|passwd|credential|auth", re.IGNORECASE)
+_IN_CHUNK = 500  # bound the size of IN (...) lists
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _now() -> datetime:  # kept for callers of the previous module
+    return utcnow()
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Job(Base):
-    __tablename__ = "jobs"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    project: Mapped[str] = mapped_column(String(64), default="default", index=True)
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    asset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class Asset(Base):
-    __tablename__ = "assets"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    project: Mapped[str] = mapped_column(String(64), default="default", index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    store: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(512))
-    content_type: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
-
-
+# -- records (what callers get back: plain frozen dataclasses, detached from the DB) -----------
 @dataclass(frozen=True)
 class JobRecord:
     id: str
@@ -78,6 +100,12 @@ class JobRecord:
     timings: dict[str, Any]
     asset_ids: list[str]
     error: str | None
+    progress: float
+    step: str | None
+    result: Any
+    cancel_requested: bool
+    heartbeat_at: datetime | None
+    updated_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -95,75 +123,316 @@ class AssetRecord:
     created_at: datetime
 
 
-def _job(row: Job) -> JobRecord:
-    return JobRecord(**{c.name: getattr(row, c.name) for c in Job.__table__.columns})
+@dataclass(frozen=True)
+class AssetView(AssetRecord):
+    """An asset with the prompt and parameters of the job that made it (None without one)."""
+
+    prompt: str | None
+    params: dict[str, Any] | None
+    model: str | None
+    job_kind: str | None
 
 
-def _asset(row: Asset) -> AssetRecord:
-    return AssetRecord(**{c.name: getattr(row, c.name) for c in Asset.__table__.columns})
+@dataclass(frozen=True)
+class ProjectRecord:
+    id: str
+    name: str
+    description: str | None
+    settings: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: int
+    session_id: str
+    role: str
+    content: str
+    data: dict[str, Any]
+    image_ids: list[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    project: str
+    title: str | None
+    data: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessageRecord] = field(default_factory=list)
+
+
+def redact_settings(value: Any) -> Any:
+    """`value` with the values of secret-looking keys (api_key, token, password…) masked."""
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and _SECRET_NAME.search(k) and v
+                else redact_settings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_settings(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ProviderConfigRecord:
+    name: str
+    kind: str
+    settings: dict[str, Any] = field(repr=False)
+    created_at: datetime
+    updated_at: datetime
+
+    def __repr__(self) -> str:  # settings often hold API keys: never print them
+        return (f"ProviderConfigRecord(name={self.name!r}, kind={self.kind!r}, "
+                f"settings={redact_settings(self.settings)!r}, created_at={self.created_at!r}, "
+                f"updated_at={self.updated_at!r})")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; pass `next_cursor` back for the next one (None: last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+def _record(cls: type[T], row: Any, **extra: Any) -> T:
+    names = [f.name for f in fields(cls) if f.name not in extra and f.init]
+    return cls(**{n: getattr(row, n) for n in names if hasattr(row, n)}, **extra)
+
+
+# -- cursors ---------------------------------------------------------------------------------
+def _encode_cursor(kind: str, when: datetime, ident: str | int) -> str:
+    raw = json.dumps({"k": kind, "t": as_utc(when).isoformat(), "i": ident},
+                     separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if data["k"] != kind:
+            raise ValueError(kind)
+        return as_utc(datetime.fromisoformat(data["t"])), data["i"]
+    except Exception:
+        raise ValueError(f"cursor is not a valid {kind} cursor: pass back the next_cursor of "
+                         f"a previous {kind} listing, unchanged") from None
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
+
+
+def _check_one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _ts(value: datetime) -> ColumnElement:
+    return literal(as_utc(value), UTCDateTime())
 
 
 class RecordStore:
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, migrate_schema: bool = True, echo: bool = False):
+        url = migrate.normalize_url(url)
+        self._redacted_url = migrate.redact_url(url)
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
         connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        is_sqlite = url.startswith("sqlite")
+        if is_sqlite:
             connect_args = {"timeout": 30, "check_same_thread": False}
-        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-        if url.startswith("sqlite"):
+            if migrate.is_memory_sqlite(url):
+                kwargs["poolclass"] = StaticPool  # one shared in-memory database
+        elif _behind_transaction_pooler(url):
+            # pgbouncer-style transaction pooling (Supabase's port 6543) breaks server-side
+            # prepared statements, which psycopg 3 uses after 5 executions of a query.
+            connect_args["prepare_threshold"] = None
+        self.engine = create_engine(url, connect_args=connect_args, **kwargs)
+        if is_sqlite:
             @event.listens_for(self.engine, "connect")
             def _sqlite_pragmas(dbapi_conn, _record):  # concurrent readers + one writer
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: no corruption on a crash, one fsync per checkpoint, not per
                 # commit (a power cut may lose the last few records, never half of one).
                 cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        Base.metadata.create_all(self.engine)
+        if migrate_schema:
+            migrate.upgrade(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"RecordStore(url={self._redacted_url!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     # -- jobs -----------------------------------------------------------------------------
     def create_job(self, *, kind: str, prompt: str | None, params: dict[str, Any],
                    model: str | None, project: str = "default") -> str:
         job_id = new_id("job")
+        now = utcnow()
         with self._session.begin() as s:
             s.add(Job(id=job_id, kind=kind, status="queued", project=project, prompt=prompt,
-                      params=params, model=model, timings={}, asset_ids=[]))
+                      params=params, model=model, timings={}, asset_ids=[], progress=0.0,
+                      cancel_requested=False, created_at=now, updated_at=now))
         return job_id
 
-    def start_job(self, *, job_id: str) -> None:
-        self._update(job_id, status="running", started_at=_now())
+    def start_job(self, *, job_id: str) -> bool:
+        """queued → running. False when the job is no longer queued (e.g. cancelled)."""
+        now = utcnow()
+        return self._transition(job_id, ("queued",), status="running", started_at=now,
+                                heartbeat_at=now)
+
+    def heartbeat(self, *, job_id: str) -> bool:
+        """Record that the worker is alive. Returns True when it should stop (cancel requested,
+        or the job already ended, e.g. failed as stale)."""
+        return self._touch(job_id)
+
+    def update_progress(self, *, job_id: str, progress: float, step: str | None = None) -> bool:
+        """Progress (0–1) and the current step's name; counts as a heartbeat. Returns True when
+        the worker should stop (cancel requested, or the job already ended)."""
+        if not isinstance(progress, (int, float)) or not math.isfinite(progress) \
+                or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be a number from 0 to 1, got {progress!r}")
+        values: dict[str, Any] = {"progress": float(progress)}
+        if step is not None:
+            values["step"] = step
+        return self._touch(job_id, **values)
 
     def finish_job(self, *, job_id: str, asset_ids: list[str], timings: dict[str, Any],
-                   model: str | None = None) -> None:
-        values: dict[str, Any] = dict(status="succeeded", finished_at=_now(),
+                   model: str | None = None, result: Any = None) -> bool:
+        """→ succeeded. False (nothing changed) when the job had already ended."""
+        values: dict[str, Any] = dict(status="succeeded", finished_at=utcnow(), progress=1.0,
                                       asset_ids=asset_ids, timings=timings)
         if model:
             values["model"] = model
-        self._update(job_id, **values)
+        if result is not None:
+            values["result"] = result
+        return self._transition(job_id, ACTIVE_JOB_STATUSES, **values)
 
-    def fail_job(self, *, job_id: str, error: str) -> None:
-        self._update(job_id, status="failed", finished_at=_now(), error=error)
+    def fail_job(self, *, job_id: str, error: str) -> bool:
+        """→ failed with a reason. False (nothing changed) when the job had already ended."""
+        return self._transition(job_id, ACTIVE_JOB_STATUSES, status="failed",
+                                finished_at=utcnow(), error=error)
+
+    def cancel_job(self, *, job_id: str, reason: str = "cancelled") -> bool:
+        """→ cancelled (the worker acknowledges a cancel request, or an operator stops it).
+        False when the job had already ended."""
+        return self._transition(job_id, ACTIVE_JOB_STATUSES, status="cancelled",
+                                finished_at=utcnow(), error=reason, cancel_requested=True)
+
+    def request_cancel(self, *, job_id: str) -> JobRecord:
+        """Ask for a job to stop. A queued job is cancelled at once (no worker has it); a
+        running one gets `cancel_requested` set, which its worker sees on its next heartbeat or
+        progress update; an ended job is left as it is. Returns the job as it now stands."""
+        if not self._transition(job_id, ("queued",), status="cancelled", finished_at=utcnow(),
+                                error="cancelled before it started", cancel_requested=True):
+            self._transition(job_id, ("running",), cancel_requested=True)
+        job = self.get_job(job_id=job_id)
+        if job is None:  # deleted meanwhile
+            raise KeyError(f"no job {job_id!r}")
+        return job
+
+    def is_cancel_requested(self, *, job_id: str) -> bool:
+        with self._session() as s:
+            flag = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+        if flag is None:
+            raise KeyError(f"no job {job_id!r}")
+        return bool(flag)
 
     def get_job(self, *, job_id: str) -> JobRecord | None:
         with self._session() as s:
             row = s.get(Job, job_id)
-            return _job(row) if row else None
+            return _record(JobRecord, row) if row else None
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobRecord]:
-        with self._session() as s:
-            q = select(Job).order_by(Job.created_at.desc()).limit(limit)
-            if status:
-                q = q.where(Job.status == status)
-            return [_job(r) for r in s.scalars(q)]
+    def list_jobs(self, *, status: str | None = None, project: str | None = None,
+                  kind: str | None = None, created_after: datetime | None = None,
+                  created_before: datetime | None = None, limit: int = 50,
+                  cursor: str | None = None) -> Page[JobRecord]:
+        """Newest first. ``created_after <= created_at < created_before`` (naive datetimes are
+        taken as UTC)."""
+        _check_limit(limit)
+        q = select(Job)
+        if status is not None:
+            _check_one_of("status", status, JOB_STATUSES)
+            q = q.where(Job.status == status)
+        if project is not None:
+            q = q.where(Job.project == project)
+        if kind is not None:
+            q = q.where(Job.kind == kind)
+        if created_after is not None:
+            q = q.where(Job.created_at >= _ts(created_after))
+        if created_before is not None:
+            q = q.where(Job.created_at < _ts(created_before))
+        return self._page(q, Job.created_at, Job.id, "jobs", limit, cursor,
+                          lambda row: _record(JobRecord, row))
 
-    def _update(self, job_id: str, **values: Any) -> None:
+    def fail_stale_jobs(self, *, older_than_s: float) -> list[str]:
+        """Mark running jobs whose last heartbeat (or start) is older than `older_than_s` as
+        failed: their replica died or hung. Returns their ids. Run it periodically from any
+        replica; it is one conditional UPDATE, safe to run from several at once."""
+        if not older_than_s > 0:
+            raise ValueError(f"older_than_s must be > 0, got {older_than_s!r}")
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than_s)
+        last_seen = func.coalesce(Job.heartbeat_at, Job.started_at, Job.created_at)
         with self._session.begin() as s:
-            row = s.get(Job, job_id)
-            if row is None:
+            ids = list(s.scalars(
+                update(Job)
+                .where(Job.status == "running", last_seen < _ts(cutoff))
+                .values(status="failed", finished_at=now, updated_at=now,
+                        error=f"replica died or stopped responding: no heartbeat for more "
+                              f"than {older_than_s:g}s; the job was marked failed")
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)))
+        if ids:
+            logger.warning("marked %d stale running job(s) failed: %s", len(ids), ", ".join(ids))
+        return ids
+
+    def purge_jobs(self, *, created_before: datetime, dry_run: bool = False) -> list[str]:
+        """Delete ended jobs created before `created_before` that have no asset records left
+        (retention deletes the old assets first). Returns their ids. A dry run assumes the
+        assets older than the cutoff are gone and lists the jobs that would then go."""
+        cutoff = _ts(created_before)
+        still_has_assets = exists().where(Asset.job_id == Job.id)
+        if dry_run:
+            still_has_assets = still_has_assets.where(Asset.created_at >= cutoff)
+        where = (Job.status.in_(TERMINAL_JOB_STATUSES), Job.created_at < cutoff,
+                 ~still_has_assets)
+        with self._session.begin() as s:
+            if dry_run:
+                return list(s.scalars(select(Job.id).where(*where).order_by(Job.created_at)))
+            return list(s.scalars(delete(Job).where(*where).returning(Job.id)
+                                  .execution_options(synchronize_session=False)))
+
+    def _transition(self, job_id: str, from_statuses: Sequence[str], **values: Any) -> bool:
+        values.setdefault("updated_at", utcnow())
+        with self._session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_statuses))
+                            .values(**values).execution_options(synchronize_session=False))
+            if res.rowcount == 1:
+                return True
+            if s.scalar(select(Job.id).where(Job.id == job_id)) is None:
                 raise KeyError(f"no job {job_id!r}")
-            for name, value in values.items():
-                setattr(row, name, value)
+            return False
+
+    def _touch(self, job_id: str, **values: Any) -> bool:
+        now = utcnow()
+        with self._session.begin() as s:
+            flags = list(s.scalars(
+                update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+                .values(heartbeat_at=now, updated_at=now, **values)
+                .returning(Job.cancel_requested)
+                .execution_options(synchronize_session=False)))
+            if flags:
+                return bool(flags[0])
+            if s.scalar(select(Job.id).where(Job.id == job_id)) is None:
+                raise KeyError(f"no job {job_id!r}")
+            return True  # ended (cancelled, failed as stale…): the worker should stop
 
     # -- assets ---------------------------------------------------------------------------
     def add_asset(self, *, asset_id: str, job_id: str | None, kind: str, store: str, key: str,
@@ -172,9 +441,239 @@ class RecordStore:
         with self._session.begin() as s:
             s.add(Asset(id=asset_id, job_id=job_id, project=project, kind=kind, store=store,
                         key=key, content_type=content_type, size_bytes=size_bytes,
-                        width=width, height=height))
+                        width=width, height=height, created_at=utcnow()))
 
     def get_asset(self, *, asset_id: str) -> AssetRecord | None:
         with self._session() as s:
             row = s.get(Asset, asset_id)
-            return _asset(row) if row else None
+            return _record(AssetRecord, row) if row else None
+
+    def list_assets(self, *, project: str = "default", kind: str | None = None,
+                    limit: int = 50, cursor: str | None = None) -> Page[AssetView]:
+        """A project's assets, newest first, each with its job's prompt and parameters."""
+        _check_limit(limit)
+        q = (select(Asset, Job.prompt, Job.params, Job.model, Job.kind.label("job_kind"))
+             .outerjoin(Job, Job.id == Asset.job_id).where(Asset.project == project))
+        if kind is not None:
+            q = q.where(Asset.kind == kind)
+
+        def view(row) -> AssetView:
+            return _record(AssetView, row.Asset, prompt=row.prompt, params=row.params,
+                           model=row.model, job_kind=row.job_kind)
+
+        return self._page(q, Asset.created_at, Asset.id, "assets", limit, cursor, view,
+                          key=lambda row: (row.Asset.created_at, row.Asset.id))
+
+    def iter_assets_created_before(self, *, created_before: datetime,
+                                   batch_size: int = 500) -> Iterator[AssetRecord]:
+        """Assets older than a cutoff, oldest first, fetched in batches (for retention; rows
+        may be deleted while iterating)."""
+        after: tuple[datetime, str] | None = None
+        while True:
+            q = select(Asset).where(Asset.created_at < _ts(created_before))
+            if after is not None:
+                q = q.where(tuple_(Asset.created_at, Asset.id) > tuple_(_ts(after[0]),
+                                                                         literal(after[1])))
+            q = q.order_by(Asset.created_at, Asset.id).limit(batch_size)
+            with self._session() as s:
+                rows = [_record(AssetRecord, r) for r in s.scalars(q)]
+            yield from rows
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1].created_at, rows[-1].id)
+
+    def delete_asset(self, *, asset_id: str, assets: AssetStore) -> bool:
+        """Delete the object (through `assets`, which must be the store it lives in), then the
+        record. False when there is no such asset. If the object cannot be deleted, the error
+        propagates and the record stays (a later attempt retries)."""
+        record = self.get_asset(asset_id=asset_id)
+        if record is None:
+            return False
+        if record.store != assets.name:
+            raise ValueError(f"asset {asset_id!r} lives in the {record.store!r} store, not in "
+                             f"{assets.name!r}: pass that store")
+        assets.delete(key=record.key)
+        return self.delete_asset_record(asset_id=asset_id)
+
+    def delete_asset_record(self, *, asset_id: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(Asset).where(Asset.id == asset_id)).rowcount == 1
+
+    # -- projects -------------------------------------------------------------------------
+    def create_project(self, *, project_id: str, name: str | None = None,
+                       description: str | None = None,
+                       settings: dict[str, Any] | None = None) -> ProjectRecord:
+        if not isinstance(project_id, str) or not PROJECT_ID.match(project_id):
+            raise ValueError("project_id must be 1–64 characters of a-z, 0-9, '-' or '_', "
+                             f"starting with a letter or digit; got {project_id!r}")
+        row = Project(id=project_id, name=name or project_id, description=description,
+                      settings=settings or {}, created_at=utcnow())
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            raise ValueError(f"project_id {project_id!r} already exists") from None
+        return _record(ProjectRecord, row)
+
+    def get_project(self, *, project_id: str) -> ProjectRecord | None:
+        with self._session() as s:
+            row = s.get(Project, project_id)
+            return _record(ProjectRecord, row) if row else None
+
+    def list_projects(self, *, limit: int = 50, cursor: str | None = None
+                      ) -> Page[ProjectRecord]:
+        _check_limit(limit)
+        return self._page(select(Project), Project.created_at, Project.id, "projects", limit,
+                          cursor, lambda row: _record(ProjectRecord, row))
+
+    # -- chat sessions ----------------------------------------------------------------------
+    def create_session(self, *, project: str = "default", title: str | None = None,
+                       data: dict[str, Any] | None = None) -> SessionRecord:
+        now = utcnow()
+        row = ChatSession(id=new_id("sess"), project=project, title=title, data=data or {},
+                          created_at=now, updated_at=now)
+        with self._session.begin() as s:
+            s.add(row)
+        return _record(SessionRecord, row, messages=[])
+
+    def add_message(self, *, session_id: str, role: str, content: str,
+                    data: dict[str, Any] | None = None,
+                    image_ids: list[str] | None = None) -> MessageRecord:
+        """Append a message (and bump the session's `updated_at`). KeyError: no such session."""
+        _check_one_of("role", role, MESSAGE_ROLES)
+        now = utcnow()
+        with self._session.begin() as s:
+            # the UPDATE first: it takes the write lock (SQLite) and proves the session exists
+            touched = s.execute(update(ChatSession).where(ChatSession.id == session_id)
+                                .values(updated_at=now)
+                                .execution_options(synchronize_session=False))
+            if touched.rowcount != 1:
+                raise KeyError(f"no session {session_id!r}")
+            row = Message(session_id=session_id, role=role, content=content, data=data or {},
+                          image_ids=list(image_ids or []), created_at=now)
+            s.add(row)
+            s.flush()
+            return _record(MessageRecord, row)
+
+    def get_session(self, *, session_id: str, message_limit: int | None = None
+                    ) -> SessionRecord | None:
+        """The session with its messages, oldest first (the last `message_limit` if given)."""
+        with self._session() as s:
+            row = s.get(ChatSession, session_id)
+            if row is None:
+                return None
+            q = select(Message).where(Message.session_id == session_id)
+            if message_limit is not None:
+                _check_limit(message_limit)
+                q = q.order_by(Message.id.desc()).limit(message_limit)
+                messages = list(reversed(s.scalars(q).all()))
+            else:
+                messages = list(s.scalars(q.order_by(Message.id)))
+            return _record(SessionRecord, row,
+                           messages=[_record(MessageRecord, m) for m in messages])
+
+    def list_sessions(self, *, project: str = "default", limit: int = 50,
+                      cursor: str | None = None) -> Page[SessionRecord]:
+        """A project's sessions, most recently active first (without their messages)."""
+        _check_limit(limit)
+        q = select(ChatSession).where(ChatSession.project == project)
+        return self._page(q, ChatSession.updated_at, ChatSession.id, "sessions", limit, cursor,
+                          lambda row: _record(SessionRecord, row, messages=[]),
+                          key=lambda row: (row.updated_at, row.id))
+
+    def delete_session(self, *, session_id: str) -> bool:
+        return bool(self._delete_sessions(ChatSession.id == session_id))
+
+    def expire_sessions(self, *, older_than: timedelta, dry_run: bool = False,
+                        now: datetime | None = None) -> list[str]:
+        """Delete sessions (and their messages) idle for longer than `older_than`."""
+        cutoff = as_utc(now or utcnow()) - older_than
+        condition = ChatSession.updated_at < _ts(cutoff)
+        if dry_run:
+            with self._session() as s:
+                return list(s.scalars(select(ChatSession.id).where(condition)
+                                      .order_by(ChatSession.updated_at)))
+        return self._delete_sessions(condition)
+
+    def _delete_sessions(self, condition: ColumnElement[bool]) -> list[str]:
+        with self._session.begin() as s:
+            ids = list(s.scalars(delete(ChatSession).where(condition).returning(ChatSession.id)
+                                 .execution_options(synchronize_session=False)))
+            # ON DELETE CASCADE does this where foreign keys are enforced; be explicit anyway
+            for i in range(0, len(ids), _IN_CHUNK):
+                s.execute(delete(Message).where(Message.session_id.in_(ids[i:i + _IN_CHUNK])))
+        return ids
+
+    # -- provider / model configs -------------------------------------------------------------
+    def create_provider_config(self, *, name: str, kind: str, settings: dict[str, Any]
+                               ) -> ProviderConfigRecord:
+        if not name or len(name) > 128:
+            raise ValueError(f"name must be 1–128 characters, got {name!r}")
+        now = utcnow()
+        row = ProviderConfig(name=name, kind=kind, settings=settings, created_at=now,
+                             updated_at=now)
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            raise ValueError(f"a provider config named {name!r} already exists") from None
+        return _record(ProviderConfigRecord, row)
+
+    def get_provider_config(self, *, name: str) -> ProviderConfigRecord | None:
+        with self._session() as s:
+            row = s.get(ProviderConfig, name)
+            return _record(ProviderConfigRecord, row) if row else None
+
+    def list_provider_configs(self, *, kind: str | None = None) -> list[ProviderConfigRecord]:
+        q = select(ProviderConfig).order_by(ProviderConfig.name)
+        if kind is not None:
+            q = q.where(ProviderConfig.kind == kind)
+        with self._session() as s:
+            return [_record(ProviderConfigRecord, r) for r in s.scalars(q)]
+
+    def update_provider_config(self, *, name: str, kind: str | None = None,
+                               settings: dict[str, Any] | None = None) -> ProviderConfigRecord:
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if kind is not None:
+            values["kind"] = kind
+        if settings is not None:
+            values["settings"] = settings
+        with self._session.begin() as s:
+            res = s.execute(update(ProviderConfig).where(ProviderConfig.name == name)
+                            .values(**values).execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                raise KeyError(f"no provider config {name!r}")
+        record = self.get_provider_config(name=name)
+        if record is None:  # deleted meanwhile
+            raise KeyError(f"no provider config {name!r}")
+        return record
+
+    def delete_provider_config(self, *, name: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(ProviderConfig)
+                             .where(ProviderConfig.name == name)).rowcount == 1
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _page(self, q, ts_col, id_col, kind: str, limit: int, cursor: str | None, to_record,
+              key=lambda row: (row.created_at, row.id)) -> Page:
+        if cursor is not None:
+            when, ident = _decode_cursor(kind, cursor)
+            q = q.where(tuple_(ts_col, id_col) < tuple_(_ts(when), literal(ident)))
+        q = q.order_by(ts_col.desc(), id_col.desc()).limit(limit + 1)
+        with self._session() as s:
+            rows = list(s.execute(q)) if _is_multi_entity(q) else list(s.scalars(q))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(kind, *key(rows[-1])) if more else None
+        return Page(items=[to_record(r) for r in rows], next_cursor=next_cursor)
+
+
+def _is_multi_entity(q) -> bool:
+    return len(q.column_descriptions) > 1
+
+
+def _behind_transaction_pooler(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return u.port == 6543 or "pooler.supabase.com" in (u.host or "")

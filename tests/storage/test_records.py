@@ -1,45 +1,410 @@
+"""The record store, on SQLite and on a real Postgres server (every test runs on both)."""
+
 from __future__ import annotations
 
-import pytest
+from datetime import datetime, timedelta, timezone
 
+import pytest
+from sqlalchemy import func, select, update
+
+from storage.assets import LocalAssetStore
+from storage.models import ChatSession, Job, Message
 from storage.records import RecordStore
 
-
-@pytest.fixture
-def records(tmp_path):
-    return RecordStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
+def set_columns(records: RecordStore, model, row_id, **values) -> None:
+    """Backdate rows (timestamps are otherwise always 'now')."""
+    pk = model.__mapper__.primary_key[0]
+    with records.engine.begin() as conn:
+        assert conn.execute(update(model).where(pk == row_id).values(**values)).rowcount == 1
+
+
+def new_job(records: RecordStore, **kw) -> str:
+    kw = {"kind": "generation", "prompt": "a cat", "params": {"n": 1}, "model": "tiny-sd", **kw}
+    return records.create_job(**kw)
+
+
+# -- job lifecycle ------------------------------------------------------------------------------
 def test_job_lifecycle_success(records):
     job_id = records.create_job(kind="generation", prompt="a cat", params={"n": 2},
                                 model="tiny-sd")
     job = records.get_job(job_id=job_id)
     assert job.status == "queued" and job.params == {"n": 2} and job.started_at is None
-    records.start_job(job_id=job_id)
+    assert job.progress == 0.0 and job.cancel_requested is False and job.result is None
+    assert records.start_job(job_id=job_id) is True
     assert records.get_job(job_id=job_id).status == "running"
-    records.finish_job(job_id=job_id, asset_ids=["img_1", "img_2"], timings={"total_s": 1.5})
+    assert records.finish_job(job_id=job_id, asset_ids=["img_1", "img_2"],
+                              timings={"total_s": 1.5}, result={"images": 2}) is True
     job = records.get_job(job_id=job_id)
     assert job.status == "succeeded" and job.asset_ids == ["img_1", "img_2"]
     assert job.timings == {"total_s": 1.5} and job.finished_at >= job.started_at
+    assert job.progress == 1.0 and job.result == {"images": 2}
 
 
 def test_job_failure_keeps_the_reason(records):
-    job_id = records.create_job(kind="generation", prompt="x", params={}, model=None)
+    job_id = new_job(records, prompt="x", params={}, model=None)
     records.fail_job(job_id=job_id, error="ValueError: width must be ...")
     job = records.get_job(job_id=job_id)
     assert job.status == "failed" and "width" in job.error
-    assert [j.id for j in records.list_jobs(status="failed")] == [job_id]
-
-
-def test_assets_are_recorded(records):
-    records.add_asset(asset_id="img_1", job_id="job_1", kind="generation", store="local",
-                      key="default/generations/2026/11/img_1.png", content_type="image/png",
-                      size_bytes=123, width=64, height=48)
-    asset = records.get_asset(asset_id="img_1")
-    assert (asset.width, asset.height, asset.content_type) == (64, 48, "image/png")
-    assert records.get_asset(asset_id="nope") is None
+    assert [j.id for j in records.list_jobs(status="failed").items] == [job_id]
 
 
 def test_unknown_job_update_raises(records):
+    for call in (records.start_job, records.heartbeat, records.is_cancel_requested,
+                 records.request_cancel, records.cancel_job):
+        with pytest.raises(KeyError):
+            call(job_id="job_missing")
     with pytest.raises(KeyError):
-        records.start_job(job_id="job_missing")
+        records.update_progress(job_id="job_missing", progress=0.5)
+
+
+def test_timestamps_are_timezone_aware_utc(records):
+    job = records.get_job(job_id=new_job(records))
+    assert job.created_at.tzinfo is not None and job.created_at.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - job.created_at) < timedelta(minutes=5)
+
+
+def test_progress_step_and_heartbeat(records):
+    job_id = new_job(records)
+    records.start_job(job_id=job_id)
+    started = records.get_job(job_id=job_id)
+    assert records.update_progress(job_id=job_id, progress=0.25, step="denoising 1/4") is False
+    job = records.get_job(job_id=job_id)
+    assert (job.progress, job.step) == (0.25, "denoising 1/4")
+    assert job.heartbeat_at >= started.heartbeat_at and job.updated_at >= started.updated_at
+    assert records.update_progress(job_id=job_id, progress=1) is False  # step kept
+    assert records.get_job(job_id=job_id).step == "denoising 1/4"
+    for bad in (-0.1, 1.01, float("nan"), "half"):
+        with pytest.raises(ValueError, match="progress must be a number from 0 to 1"):
+            records.update_progress(job_id=job_id, progress=bad)
+
+
+def test_first_terminal_state_wins(records):
+    job_id = new_job(records)
+    records.start_job(job_id=job_id)
+    assert records.finish_job(job_id=job_id, asset_ids=["a"], timings={}) is True
+    assert records.fail_job(job_id=job_id, error="late failure") is False
+    assert records.cancel_job(job_id=job_id) is False
+    assert records.start_job(job_id=job_id) is False
+    job = records.get_job(job_id=job_id)
+    assert job.status == "succeeded" and job.error is None
+    assert records.update_progress(job_id=job_id, progress=0.1) is True  # worker: stop
+
+
+# -- cancellation -----------------------------------------------------------------------------
+def test_cancelling_a_queued_job_is_immediate(records):
+    job_id = new_job(records)
+    job = records.request_cancel(job_id=job_id)
+    assert job.status == "cancelled" and job.cancel_requested and job.finished_at is not None
+    assert records.start_job(job_id=job_id) is False  # a worker picking it up must not run it
+    assert records.get_job(job_id=job_id).status == "cancelled"
+
+
+def test_cancelling_a_running_job_asks_its_worker(records):
+    job_id = new_job(records)
+    records.start_job(job_id=job_id)
+    assert records.is_cancel_requested(job_id=job_id) is False
+    job = records.request_cancel(job_id=job_id)
+    assert job.status == "running" and job.cancel_requested
+    assert records.is_cancel_requested(job_id=job_id) is True
+    assert records.heartbeat(job_id=job_id) is True  # the worker sees it on its next beat
+    assert records.update_progress(job_id=job_id, progress=0.5) is True
+    assert records.cancel_job(job_id=job_id, reason="cancelled by the user") is True
+    assert records.finish_job(job_id=job_id, asset_ids=[], timings={}) is False
+    job = records.get_job(job_id=job_id)
+    assert job.status == "cancelled" and job.error == "cancelled by the user"
+    assert records.request_cancel(job_id=job_id).status == "cancelled"  # ended: unchanged
+
+
+# -- stale jobs -------------------------------------------------------------------------------
+def test_fail_stale_jobs_marks_only_silent_running_jobs(records):
+    now = datetime.now(timezone.utc)
+    silent, alive, queued, done = (new_job(records) for _ in range(4))
+    for job_id in (silent, alive, done):
+        records.start_job(job_id=job_id)
+    set_columns(records, Job, silent, heartbeat_at=now - timedelta(minutes=10))
+    set_columns(records, Job, queued, created_at=now - timedelta(hours=1))
+    records.finish_job(job_id=done, asset_ids=[], timings={})
+    set_columns(records, Job, done, heartbeat_at=now - timedelta(hours=1))
+    assert records.fail_stale_jobs(older_than_s=300) == [silent]
+    job = records.get_job(job_id=silent)
+    assert job.status == "failed" and "replica died" in job.error and job.finished_at
+    assert records.get_job(job_id=alive).status == "running"
+    assert records.get_job(job_id=queued).status == "queued"
+    assert records.get_job(job_id=done).status == "succeeded"
+    assert records.fail_stale_jobs(older_than_s=300) == []  # idempotent
+    assert records.heartbeat(job_id=silent) is True  # its worker, if alive after all: stop
+    with pytest.raises(ValueError, match="older_than_s"):
+        records.fail_stale_jobs(older_than_s=0)
+
+
+def test_a_running_job_without_heartbeats_goes_stale_from_its_start(records):
+    job_id = new_job(records)
+    records.start_job(job_id=job_id)
+    old = datetime.now(timezone.utc) - timedelta(hours=2)
+    set_columns(records, Job, job_id, heartbeat_at=None, started_at=old)
+    assert records.fail_stale_jobs(older_than_s=3600) == [job_id]
+
+
+# -- listing jobs -----------------------------------------------------------------------------
+def all_pages(fetch, limit):
+    items, cursor, pages = [], None, 0
+    while True:
+        page = fetch(limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        items += page.items
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            return items, pages
+
+
+def test_list_jobs_is_newest_first_and_stable_under_equal_timestamps(records):
+    ids = [new_job(records) for _ in range(7)]
+    # four jobs share one timestamp: only the id can order them
+    for i, job_id in enumerate(ids):
+        created = T0 if i in (1, 2, 4, 5) else T0 + timedelta(seconds=i - 3)
+        set_columns(records, Job, job_id, created_at=created)
+    items, pages = all_pages(records.list_jobs, limit=3)
+    expected = sorted(ids, key=lambda j: (records.get_job(job_id=j).created_at, j),
+                      reverse=True)
+    assert [j.id for j in items] == expected and pages == 3
+    # a job created between two page fetches does not shift later pages
+    first = records.list_jobs(limit=3)
+    new_job(records)
+    rest, _ = all_pages(lambda limit, cursor: records.list_jobs(
+        limit=limit, cursor=cursor or first.next_cursor), limit=3)
+    assert [j.id for j in first.items + rest] == expected
+
+
+def test_list_jobs_filters(records):
+    a = new_job(records, project="p1", kind="generation")
+    b = new_job(records, project="p2", kind="upscale")
+    c = new_job(records, project="p1", kind="upscale")
+    set_columns(records, Job, a, created_at=T0)
+    set_columns(records, Job, b, created_at=T0 + timedelta(hours=1))
+    set_columns(records, Job, c, created_at=T0 + timedelta(hours=2))
+    records.start_job(job_id=c)
+
+    def ids(**kw):
+        return [j.id for j in records.list_jobs(**kw).items]
+
+    assert ids(project="p1") == [c, a]
+    assert ids(status="running") == [c] and ids(status="queued") == [b, a]
+    assert ids(kind="upscale") == [c, b]
+    assert ids(created_after=T0 + timedelta(hours=1)) == [c, b]  # inclusive
+    assert ids(created_before=T0 + timedelta(hours=1)) == [a]  # exclusive
+    naive = (T0 + timedelta(minutes=30)).replace(tzinfo=None)  # naive means UTC
+    assert ids(created_after=naive, created_before=T0 + timedelta(hours=3)) == [c, b]
+    assert ids(project="p1", status="queued") == [a]
+
+
+def test_list_jobs_rejects_bad_arguments(records):
+    with pytest.raises(ValueError, match="status must be one of queued, running"):
+        records.list_jobs(status="done")
+    for limit in (0, 1001, "5"):
+        with pytest.raises(ValueError, match="limit must be an integer from 1 to 1000"):
+            records.list_jobs(limit=limit)
+    with pytest.raises(ValueError, match="cursor is not a valid jobs cursor"):
+        records.list_jobs(cursor="not-a-cursor")
+    records.create_project(project_id="p9")
+    records.create_project(project_id="p8")
+    other = records.list_projects(limit=1).next_cursor
+    with pytest.raises(ValueError, match="cursor is not a valid jobs cursor"):
+        records.list_jobs(cursor=other)  # a cursor of another listing
+
+
+# -- assets -----------------------------------------------------------------------------------
+def add_asset(records, asset_id, *, job_id=None, project="default", kind="generation",
+              key=None, store="local"):
+    records.add_asset(asset_id=asset_id, job_id=job_id, kind=kind, store=store,
+                      key=key or f"{project}/{kind}/2026/01/{asset_id}.png",
+                      content_type="image/png", size_bytes=3, width=64, height=48,
+                      project=project)
+
+
+def test_assets_are_recorded(records):
+    add_asset(records, "img_1", job_id="job_1")
+    asset = records.get_asset(asset_id="img_1")
+    assert (asset.width, asset.height, asset.content_type) == (64, 48, "image/png")
+    assert asset.key == "default/generation/2026/01/img_1.png"
+    assert records.get_asset(asset_id="nope") is None
+
+
+def test_project_assets_newest_first_with_their_prompt(records):
+    job_id = new_job(records, prompt="a red fox", params={"steps": 4, "seed": 7}, project="p1")
+    for i in range(5):
+        add_asset(records, f"img_{i}", job_id=job_id if i % 2 == 0 else None, project="p1",
+                  kind="upscale" if i == 4 else "generation")
+        from storage.models import Asset
+
+        set_columns(records, Asset, f"img_{i}", created_at=T0 + timedelta(seconds=i // 2))
+    add_asset(records, "img_other", project="p2")
+    items, pages = all_pages(lambda **kw: records.list_assets(project="p1", **kw), limit=2)
+    assert [a.id for a in items] == ["img_4", "img_3", "img_2", "img_1", "img_0"]
+    assert pages == 3
+    by_id = {a.id: a for a in items}
+    assert by_id["img_0"].prompt == "a red fox" and by_id["img_0"].params == {"steps": 4,
+                                                                              "seed": 7}
+    assert by_id["img_0"].job_kind == "generation" and by_id["img_0"].model == "tiny-sd"
+    assert by_id["img_1"].prompt is None and by_id["img_1"].params is None
+    assert [a.id for a in records.list_assets(project="p1", kind="upscale").items] == ["img_4"]
+    assert [a.id for a in records.list_assets(project="p2").items] == ["img_other"]
+
+
+def test_delete_asset_removes_object_then_record(records, tmp_path):
+    store = LocalAssetStore(tmp_path / "assets")
+    add_asset(records, "img_1")
+    key = records.get_asset(asset_id="img_1").key
+    store.put(key=key, data=b"png", content_type="image/png")
+    assert records.delete_asset(asset_id="img_1", assets=store) is True
+    assert not store.path(key).exists() and records.get_asset(asset_id="img_1") is None
+    assert records.delete_asset(asset_id="img_1", assets=store) is False
+    add_asset(records, "img_2", store="s3")
+    with pytest.raises(ValueError, match="lives in the 's3' store"):
+        records.delete_asset(asset_id="img_2", assets=store)
+    assert records.get_asset(asset_id="img_2") is not None
+
+
+def test_failed_object_delete_keeps_the_record(records, tmp_path):
+    class Broken(LocalAssetStore):
+        def delete(self, *, key):
+            raise OSError("store unreachable")
+
+    add_asset(records, "img_1")
+    with pytest.raises(OSError, match="unreachable"):
+        records.delete_asset(asset_id="img_1", assets=Broken(tmp_path))
+    assert records.get_asset(asset_id="img_1") is not None
+
+
+# -- projects ---------------------------------------------------------------------------------
+def test_projects(records):
+    assert records.get_project(project_id="default").name == "Default"  # seeded
+    p = records.create_project(project_id="shoot-2026", name="Spring shoot",
+                               settings={"style": "film"})
+    assert records.get_project(project_id="shoot-2026") == p
+    assert p.settings == {"style": "film"} and p.created_at.tzinfo is not None
+    with pytest.raises(ValueError, match="already exists"):
+        records.create_project(project_id="shoot-2026")
+    for bad in ("", "Upper", "-dash", "a/b", "x" * 65):
+        with pytest.raises(ValueError, match="project_id must be"):
+            records.create_project(project_id=bad)
+    for i in range(3):
+        records.create_project(project_id=f"p{i}")
+    items, _ = all_pages(records.list_projects, limit=2)
+    assert [p.id for p in items][:3] == ["p2", "p1", "p0"]
+    assert {p.id for p in items} == {"default", "shoot-2026", "p0", "p1", "p2"}
+    assert records.get_project(project_id="nope") is None
+
+
+# -- chat sessions ----------------------------------------------------------------------------
+def count_messages(records, session_id) -> int:
+    with records.engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(Message)
+                           .where(Message.session_id == session_id))
+
+
+def test_session_with_messages(records):
+    s = records.create_session(project="p1", title="Portrait edits", data={"lang": "en"})
+    m1 = records.add_message(session_id=s.id, role="user", content="remove the background",
+                             image_ids=["img_1"])
+    m2 = records.add_message(session_id=s.id, role="assistant", content="done",
+                             data={"plan": [{"tool": "matting"}]}, image_ids=["img_2"])
+    records.add_message(session_id=s.id, role="user", content="now upscale it")
+    got = records.get_session(session_id=s.id)
+    assert (got.title, got.project, got.data) == ("Portrait edits", "p1", {"lang": "en"})
+    assert [m.content for m in got.messages] == ["remove the background", "done",
+                                                 "now upscale it"]
+    assert got.messages[0] == m1 and got.messages[1].data == {"plan": [{"tool": "matting"}]}
+    assert m2.image_ids == ["img_2"] and got.updated_at >= got.created_at
+    last = records.get_session(session_id=s.id, message_limit=2)
+    assert [m.content for m in last.messages] == ["done", "now upscale it"]
+    with pytest.raises(ValueError, match="role must be one of user, assistant, system, tool"):
+        records.add_message(session_id=s.id, role="bot", content="x")
+    with pytest.raises(KeyError):
+        records.add_message(session_id="sess_missing", role="user", content="x")
+    assert records.get_session(session_id="sess_missing") is None
+
+
+def test_sessions_list_by_last_activity(records):
+    a, b, c = (records.create_session(project="p1", title=t) for t in "abc")
+    records.create_session(project="p2")
+    for i, s in enumerate((a, b, c)):
+        set_columns(records, ChatSession, s.id, updated_at=T0 + timedelta(minutes=i))
+    items, pages = all_pages(lambda **kw: records.list_sessions(project="p1", **kw), limit=2)
+    assert [s.title for s in items] == ["c", "b", "a"] and pages == 2
+    records.add_message(session_id=a.id, role="user", content="back again")
+    assert [s.title for s in records.list_sessions(project="p1").items] == ["a", "c", "b"]
+    assert all(s.messages == [] for s in items)
+
+
+def test_delete_and_expire_sessions(records):
+    keep = records.create_session()
+    old = records.create_session()
+    gone = records.create_session()
+    for s in (keep, old, gone):
+        records.add_message(session_id=s.id, role="user", content="hi")
+    assert records.delete_session(session_id=gone.id) is True
+    assert records.delete_session(session_id=gone.id) is False
+    assert count_messages(records, gone.id) == 0
+    set_columns(records, ChatSession, old.id,
+                updated_at=datetime.now(timezone.utc) - timedelta(days=40))
+    assert records.expire_sessions(older_than=timedelta(days=30), dry_run=True) == [old.id]
+    assert records.get_session(session_id=old.id) is not None  # dry run: nothing deleted
+    assert records.expire_sessions(older_than=timedelta(days=30)) == [old.id]
+    assert records.get_session(session_id=old.id) is None and count_messages(records,
+                                                                              old.id) == 0
+    assert len(records.get_session(session_id=keep.id).messages) == 1
+
+
+# -- provider configs -------------------------------------------------------------------------
+def test_provider_configs_crud_and_secrets_stay_out_of_reprs(records):
+    secret = "sk-live-0123456789abcdef"
+    cfg = records.create_provider_config(
+        name="router-llm", kind="openai",
+        settings={"base_url": "http://llm:8000/v1", "api_key": secret, "model": "qwen"})
+    assert records.get_provider_config(name="router-llm").settings["api_key"] == secret
+    assert secret not in repr(cfg) and "http://llm:8000/v1" in repr(cfg)
+    with pytest.raises(ValueError, match="already exists"):
+        records.create_provider_config(name="router-llm", kind="openai", settings={})
+    records.create_provider_config(name="embedder", kind="embedding", settings={})
+    assert [c.name for c in records.list_provider_configs()] == ["embedder", "router-llm"]
+    assert [c.name for c in records.list_provider_configs(kind="openai")] == ["router-llm"]
+    updated = records.update_provider_config(name="router-llm", settings={"model": "llama"})
+    assert updated.settings == {"model": "llama"} and updated.kind == "openai"
+    assert updated.updated_at >= cfg.updated_at
+    with pytest.raises(KeyError):
+        records.update_provider_config(name="nope", kind="x")
+    assert records.delete_provider_config(name="router-llm") is True
+    assert records.delete_provider_config(name="router-llm") is False
+    assert records.get_provider_config(name="router-llm") is None
+
+
+# -- retention helpers ------------------------------------------------------------------------
+def test_purge_jobs_keeps_active_jobs_and_jobs_with_assets(records):
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    done, running, with_asset, recent = (new_job(records) for _ in range(4))
+    records.finish_job(job_id=done, asset_ids=[], timings={})
+    records.start_job(job_id=running)
+    records.finish_job(job_id=with_asset, asset_ids=["img_1"], timings={})
+    records.finish_job(job_id=recent, asset_ids=[], timings={})
+    add_asset(records, "img_1", job_id=with_asset)
+    for job_id in (done, running, with_asset):
+        set_columns(records, Job, job_id, created_at=old)
+    cutoff = datetime.now(timezone.utc) - timedelta(days=30)
+    assert records.purge_jobs(created_before=cutoff, dry_run=True) == [done]
+    assert records.get_job(job_id=done) is not None
+    assert records.purge_jobs(created_before=cutoff) == [done]
+    assert records.get_job(job_id=done) is None
+    assert all(records.get_job(job_id=j) for j in (running, with_asset, recent))
+
+
+def test_repr_hides_the_database_password(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'r.db'}")
+    assert "r.db" in repr(store)
+    from storage.migrate import redact_url
+
+    assert redact_url("postgresql://app:hunter2@db.example.supabase.co:5432/postgres") == \
+        "postgresql://app:***@db.example.supabase.co:5432/postgres"
