@@ -76,11 +76,72 @@ class ToolService:
                                        max_bytes=self.limits.max_upload_bytes,
                                        keep_alpha=keep_alpha)
 
+    # -- array-in, array-out operations (shared by the tool routes and the chat) -------------
+    async def matting_op(self, image: np.ndarray, *, output: str = "cutout",
+                         bg_color: tuple[int, int, int] | None = None,
+                         alpha_matting: bool = False) -> Output:
+        from models.matting import MattingRequest
+
+        res = await self.handles["matting"].remove.remote(MattingRequest(
+            image=image, output=output, bg_color=bg_color, alpha_matting=alpha_matting))
+        return Output(images=[res.image], model=res.model, batch_size=res.batch_size,
+                      timings=res.timings, extra={"output": res.output})
+
+    async def faceswap_op(self, source: np.ndarray, target: np.ndarray, *,
+                          target_face_index: int | None = None, all_faces: bool = False
+                          ) -> Output:
+        from models.faceswap import FaceSwapRequest
+
+        res = await self.handles["faceswap"].swap.remote(FaceSwapRequest(
+            source=source, target=target, target_face_index=target_face_index,
+            all_faces=all_faces))
+        return Output(images=[res.image], model=res.model, timings=res.timings,
+                      extra={"faces_swapped": res.faces_swapped,
+                             "target_faces": len(res.target_faces),
+                             "swapped_indices": res.swapped_indices})
+
+    async def upscale_op(self, image: np.ndarray, *, scale: int) -> Output:
+        from models.upscale import ALLOWED_SCALES, UpscaleRequest
+
+        if scale not in ALLOWED_SCALES:
+            raise ApiError(400, f"scale must be one of {', '.join(map(str, ALLOWED_SCALES))}, "
+                           f"got {scale}", param="scale", code="invalid_scale")
+        res = await self.handles["upscaler"].upscale.remote(UpscaleRequest(image=image,
+                                                                          scale=scale))
+        return Output(images=[res.image], model=res.model, timings=res.timings,
+                      extra={"scale": res.scale, "tiles": res.tiles})
+
+    async def style_request(self, image: np.ndarray, *, style: str, prompt: str | None,
+                            strength: float | None = None, seed: int | None = None,
+                            steps: int | None = None):
+        """The img2img request a style transfer becomes (checked), and the resolved style."""
+        from models.diffusion import GenerationRequest, check_inputs
+        from models.registry import SizeLimits
+        from router.styles import resolve_style
+
+        resolved = resolve_style(style, prompt)
+        info = await self.generation.model_info()
+        width, height = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
+        request = GenerationRequest(
+            prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, n=1, width=width,
+            height=height, steps=steps or (4 if info["tiny"] else 30), guidance_scale=7.5,
+            seed=seed, mode="img2img", image=image[..., :3],
+            strength=strength if strength is not None else resolved.strength)
+        check_inputs(request, SizeLimits(**info["limits"]))
+        return request, resolved
+
+    async def style_run(self, request, resolved) -> Output:
+        """Run a request made by `style_request` on the generator."""
+        res = await self.generation.generator.generate.remote(request)
+        return Output(images=res.images, model=res.model, seeds=res.seeds,
+                      batch_size=res.batch_size, timings=res.timings,
+                      extra={"style": resolved.preset_name or "custom",
+                             "strength": request.strength, "prompt": resolved.prompt})
+
     # -- background removal ---------------------------------------------------------------
     async def remove_background(self, data: bytes, *, output: str, bg_color: str | None,
                                 alpha_matting: bool, output_format: Format, response_format: str,
                                 base_url: str) -> ImagesResponse:
-        from models.matting import MattingRequest
 
         color = parse_color(bg_color)
         if color is not None and output != "solid":
@@ -89,14 +150,11 @@ class ToolService:
             raise ApiError(400, "a cut-out has transparency: use output_format png or webp "
                            "(or output=solid for JPEG)", param="output_format")
         image = await self.decode(data, "image")
-        request = MattingRequest(image=image, output=output, bg_color=color,
-                                 alpha_matting=alpha_matting)
         info = await self.info("matting")
 
         async def work() -> Output:
-            res = await self.handles["matting"].remove.remote(request)
-            return Output(images=[res.image], model=res.model, batch_size=res.batch_size,
-                          timings=res.timings, extra={"output": res.output})
+            return await self.matting_op(image, output=output, bg_color=color,
+                                         alpha_matting=alpha_matting)
 
         return await self.runner.run(
             kind="remove-background", prompt=None, params={"output": output,
@@ -108,23 +166,16 @@ class ToolService:
     async def face_swap(self, source: bytes, target: bytes, *, target_face_index: int | None,
                         all_faces: bool, output_format: Format, response_format: str,
                         base_url: str) -> ImagesResponse:
-        from models.faceswap import FaceSwapRequest
-
         if all_faces and target_face_index is not None:
             raise ApiError(400, "give either target_face_index or all_faces=true, not both",
                            param="target_face_index")
         src, tgt = await asyncio.gather(self.decode(source, "source", keep_alpha=False),
                                         self.decode(target, "target", keep_alpha=False))
-        request = FaceSwapRequest(source=src, target=tgt, target_face_index=target_face_index,
-                                  all_faces=all_faces)
         info = await self.info("faceswap")
 
         async def work() -> Output:
-            res = await self.handles["faceswap"].swap.remote(request)
-            return Output(images=[res.image], model=res.model, timings=res.timings,
-                          extra={"faces_swapped": res.faces_swapped,
-                                 "target_faces": len(res.target_faces),
-                                 "swapped_indices": res.swapped_indices})
+            return await self.faceswap_op(src, tgt, target_face_index=target_face_index,
+                                          all_faces=all_faces)
 
         return await self.runner.run(
             kind="face-swap", prompt=None,
@@ -135,19 +186,16 @@ class ToolService:
     # -- upscale ----------------------------------------------------------------------------
     async def upscale(self, data: bytes, *, scale: int, output_format: Format,
                       response_format: str, base_url: str) -> ImagesResponse:
-        from models.upscale import ALLOWED_SCALES, UpscaleRequest
+        from models.upscale import ALLOWED_SCALES
 
-        if scale not in ALLOWED_SCALES:
+        if scale not in ALLOWED_SCALES:  # before decoding: a cheap check first
             raise ApiError(400, f"scale must be one of {', '.join(map(str, ALLOWED_SCALES))}, "
                            f"got {scale}", param="scale", code="invalid_scale")
         image = await self.decode(data, "image")
         info = await self.info("upscaler")
-        request = UpscaleRequest(image=image, scale=scale)
 
         async def work() -> Output:
-            res = await self.handles["upscaler"].upscale.remote(request)
-            return Output(images=[res.image], model=res.model, timings=res.timings,
-                          extra={"scale": res.scale, "tiles": res.tiles})
+            return await self.upscale_op(image, scale=scale)
 
         return await self.runner.run(
             kind="upscale", prompt=None, params={"scale": scale}, model_info=info, work=work,
@@ -178,31 +226,17 @@ class ToolService:
                              strength: float | None, seed: int | None, steps: int | None,
                              output_format: Format, response_format: str,
                              base_url: str) -> ImagesResponse:
-        from models.diffusion import GenerationRequest, check_inputs
-        from models.registry import SizeLimits
-        from router.styles import resolve_style
-
-        resolved = resolve_style(style, prompt)
         image = await self.decode(data, "image", keep_alpha=False)
         info = await self.generation.model_info()
-        width, height = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-        request = GenerationRequest(
-            prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, n=1, width=width,
-            height=height, steps=steps or (4 if info["tiny"] else 30), guidance_scale=7.5,
-            seed=seed, mode="img2img", image=image,
-            strength=strength if strength is not None else resolved.strength)
-        check_inputs(request, SizeLimits(**info["limits"]))
+        request, resolved = await self.style_request(image, style=style, prompt=prompt,
+                                                     strength=strength, seed=seed, steps=steps)
 
         async def work() -> Output:
-            res = await self.generation.generator.generate.remote(request)
-            return Output(images=res.images, model=res.model, seeds=res.seeds,
-                          batch_size=res.batch_size, timings=res.timings,
-                          extra={"style": resolved.preset_name or "custom",
-                                 "strength": request.strength})
+            return await self.style_run(request, resolved)
 
         return await self.runner.run(
             kind="style-transfer", prompt=resolved.prompt,
-            params={"style": style, "strength": request.strength, "width": width,
-                    "height": height, "steps": request.steps},
+            params={"style": style, "strength": request.strength, "width": request.width,
+                    "height": request.height, "steps": request.steps},
             model_info=info, work=work, base_url=base_url, response_format=response_format,
             output_format=output_format, revised_prompt=resolved.prompt)
