@@ -42,6 +42,8 @@ class AppArgs(BaseModel):
     faceswap_source: str | None = Field(None, description="folder with a pack + inswapper_128")
     upscale_model: str | None = Field(None, description="tiny-esrgan or realesrgan-x4")
     upscale_source: str | None = Field(None, description="a .pth file or folder of them")
+    router_embeddings: bool = Field(True, description="the router's sentence-embedding "
+                                    "stage (all-MiniLM-L6-v2, offline)")
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
@@ -54,6 +56,7 @@ class AppArgs(BaseModel):
 
 def build_app(args: AppArgs) -> Application:
     from deployments import faceswap, generator, matting, upscale
+    from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
     from models.registry import MODELS
 
@@ -104,6 +107,7 @@ def build_app(args: AppArgs) -> Application:
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
         model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
         zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+    router = Router.bind(None, use_embeddings=args.router_embeddings)
     config = IngressConfig(
         profile=profile,
         asset_dir=str(data_dir / "assets"),
@@ -112,4 +116,4 @@ def build_app(args: AppArgs) -> Application:
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,
     )
-    return Ingress.bind(gen, mat, swap, up, config)
+    return Ingress.bind(gen, mat, swap, up, router, config)

@@ -6,17 +6,20 @@ route signatures, and string annotations then stop resolving (bodies read as mis
 """
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from graphs import errors
+from graphs.chat import ChatService
 from graphs.errors import ERROR_RESPONSES, ApiError
 from graphs.generation import MAX_EDIT_IMAGES, GenerationService, Options
 from graphs.jobs import JobRunner
@@ -27,6 +30,8 @@ from graphs.schemas import (
     SIZE_PATTERN,
     Background,
     Capabilities,
+    ChatRequest,
+    ChatResponse,
     DeploymentInfo,
     Health,
     ImageGenerationRequest,
@@ -67,6 +72,30 @@ _EDIT_FIELDS = {"prompt", "image", "image[]", "mask", "input_fidelity", "n", "si
                 "model", "user", "negative_prompt", "seed", "steps", "guidance_scale"}
 
 
+_CHAT_BODY = {"requestBody": {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["message"], "properties": {
+        "message": {"type": "string"}, "session_id": {"type": "string"},
+        "context": {"type": "string", "description": "JSON object"},
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+}, "required": True}}
+
+
+class PromptBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_ACCEPTED)
+    style: str | None = Field(None, max_length=300)
+
+
+def _session_json(record, messages: list | None = None) -> dict[str, Any]:
+    out = {"id": record.id, "title": record.title, "created_at": record.created_at.isoformat(),
+           "updated_at": record.updated_at.isoformat()}
+    if messages is not None:
+        out["messages"] = messages
+    return out
+
+
 def _maybe_stream(result: Any) -> Any:
     """A JSON response, or Server-Sent Events when the logic returned an event stream."""
     if isinstance(result, ImagesResponse):
@@ -95,7 +124,8 @@ async def reject_unknown_fields(request: Request, allowed: set[str]) -> None:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
-                 faceswap: DeploymentHandle, upscaler: DeploymentHandle, config: IngressConfig):
+                 faceswap: DeploymentHandle, upscaler: DeploymentHandle,
+                 router: DeploymentHandle, config: IngressConfig):
         self.config = config
         self.assets = LocalAssetStore(config.asset_dir)
         self.records = RecordStore(config.database_url)
@@ -107,6 +137,9 @@ class Ingress:
             generation=self.generation, runner=self.runner,
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes))
+        self.router = router
+        self.chat_service = ChatService(router=router, generation=self.generation,
+                                        tools=self.tools, runner=self.runner)
 
     def _base_url(self, request: Request) -> str:
         return self.config.public_base_url or str(request.base_url)
@@ -324,6 +357,108 @@ class Ingress:
         from router.styles import list_styles
 
         return {"data": list_styles()}
+
+    # -- chat -----------------------------------------------------------------------------
+    async def _chat_input(self, request: Request) -> tuple[ChatRequest, list[UploadFile]]:
+        """POST /v1/chat takes JSON, or multipart with the same fields plus `image` files."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            await reject_unknown_fields(request, {"message", "session_id", "context", "image",
+                                                  "image[]"})
+            files = [f for key in ("image", "image[]") for f in form.getlist(key)
+                     if not isinstance(f, str)]
+            fields = {k: form.get(k) for k in ("message", "session_id", "context")
+                      if form.get(k) is not None}
+            if "context" in fields:
+                try:
+                    fields["context"] = json.loads(fields["context"])
+                except ValueError:
+                    raise ApiError(400, "context must be a JSON object", param="context"
+                                   ) from None
+            body = fields
+        else:
+            files = []
+            try:
+                body = json.loads(await request.body() or b"null")
+            except ValueError as exc:
+                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
+                               "object or multipart form", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+        try:
+            return ChatRequest(**body), files
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+    @app.post("/v1/chat", response_model=ChatResponse, responses=ERROR_RESPONSES, tags=["chat"],
+              openapi_extra=_CHAT_BODY)
+    async def chat(self, request: Request) -> ChatResponse:
+        body, files = await self._chat_input(request)
+        uploads = []
+        for i, f in enumerate(files):
+            uploads.append(await self.tools.decode(await f.read(),
+                                                   "image" if i == 0 else f"image[{i}]"))
+        return await self.chat_service.chat(message=body.message, session_id=body.session_id,
+                                            context=body.context, uploads=uploads,
+                                            base_url=self._base_url(request))
+
+    @app.post("/v1/chat/plan", responses=ERROR_RESPONSES, tags=["chat"],
+              openapi_extra=_CHAT_BODY)
+    async def chat_plan(self, request: Request) -> dict[str, Any]:
+        body, files = await self._chat_input(request)
+        context = None
+        if body.session_id:
+            session = await self.chat_service._session(body.session_id)
+            context = self.chat_service._context(session, body.context)
+        plan = await self.chat_service.plan(body.message, images=len(files), context=context)
+        return plan.model_dump(mode="json")
+
+    @app.get("/v1/sessions", tags=["chat"])
+    async def sessions(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        page = await asyncio.to_thread(self.records.list_sessions, project=self.config.project,
+                                       limit=limit, cursor=cursor)
+        return {"data": [_session_json(s) for s in page.items], "next_cursor": page.next_cursor}
+
+    @app.get("/v1/sessions/{session_id}", tags=["chat"], responses=ERROR_RESPONSES)
+    async def session(self, session_id: str, request: Request) -> dict[str, Any]:
+        record = await asyncio.to_thread(self.records.get_session, session_id=session_id)
+        if record is None or record.project != self.config.project:
+            raise ApiError(404, f"no session {session_id!r}", param="session_id",
+                           code="not_found")
+        base = self._base_url(request)
+        return _session_json(record, messages=[{
+            "role": m.role, "content": m.content, "created_at": m.created_at.isoformat(),
+            "type": m.data.get("type"),
+            "images": [{"id": i, "url": self.runner.asset_url(i, base)} for i in m.image_ids],
+        } for m in record.messages])
+
+    @app.delete("/v1/sessions/{session_id}", tags=["chat"], responses=ERROR_RESPONSES)
+    async def delete_session(self, session_id: str) -> dict[str, Any]:
+        if not await asyncio.to_thread(self.records.delete_session, session_id=session_id):
+            raise ApiError(404, f"no session {session_id!r}", param="session_id",
+                           code="not_found")
+        return {"id": session_id, "deleted": True}
+
+    @app.get("/v1/templates", tags=["chat"])
+    async def templates(self) -> dict[str, Any]:
+        from router.templates import list_templates
+
+        return {"data": list_templates()}
+
+    @app.post("/v1/prompts/validate", tags=["prompts"], responses=ERROR_RESPONSES)
+    async def validate_prompt(self, body: PromptBody) -> dict[str, Any]:
+        result = await self.router.validate.remote(body.prompt)
+        return result.model_dump(mode="json")
+
+    @app.post("/v1/prompts/refine", tags=["prompts"], responses=ERROR_RESPONSES)
+    async def refine_prompt(self, body: PromptBody) -> dict[str, Any]:
+        validation = await self.router.validate.remote(body.prompt)
+        if not validation.valid:
+            raise ApiError(400, validation.error.message, param="prompt",
+                           code=validation.error.code)
+        result = await self.router.refine.remote(body.prompt, style=body.style)
+        return result.model_dump(mode="json")
 
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {"image/png": {}}, "description": "the asset's bytes"}}, tags=["assets"])

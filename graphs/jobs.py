@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from graphs.errors import to_api_error
+from graphs.errors import ApiError, to_api_error
 from graphs.images import CONTENT_TYPES, Format, encode
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
 from storage.assets import AssetStore, asset_key
@@ -114,7 +114,24 @@ class JobRunner:
             ),
         )
 
-    def _store(self, image: np.ndarray, fmt: Format, job_id: str, kind: str,
+    async def store_image(self, image: np.ndarray, *, kind: str, job_id: str | None = None,
+                          fmt: Format = "png") -> str:
+        """Store one image outside a job's outputs (e.g. a chat upload); return its id."""
+        asset_id, _ = await asyncio.to_thread(self._store, image, fmt, job_id, kind)
+        return asset_id
+
+    async def load_image(self, asset_id: str) -> np.ndarray:
+        """A stored image back as an array (e.g. a chat session's last image)."""
+        from graphs.images import decode
+
+        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
+        if record is None:
+            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
+        data = await asyncio.to_thread(self.assets.get, key=record.key)
+        return await asyncio.to_thread(decode, data, field="asset", max_pixels=2**31,
+                                       max_bytes=2**31)
+
+    def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
                compression: int | None = None) -> tuple[str, bytes]:
         blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")

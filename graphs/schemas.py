@@ -115,3 +115,47 @@ class Capabilities(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+# --- chat ------------------------------------------------------------------------------------
+
+class ChatRequest(BaseModel):
+    """JSON body of POST /v1/chat (or the same fields as multipart form, plus `image` files)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
+    session_id: str | None = Field(None, max_length=64)
+    context: dict[str, Any] | None = Field(None, description="overrides of the session "
+                                           "context, e.g. {\"last_image_id\": \"img_…\"}")
+
+
+class ChatImage(BaseModel):
+    id: str
+    url: str
+    width: int
+    height: int
+    format: str
+
+
+class ChatAction(BaseModel):
+    id: str
+    label: str
+    type: Literal["chat", "link"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatData(BaseModel):
+    images: list[ChatImage] = Field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    job_id: str | None = None
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    message: str
+    type: Literal["image", "text", "error", "processing"]
+    data: ChatData = Field(default_factory=ChatData)
+    actions: list[ChatAction] = Field(default_factory=list)
+    suggestions: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,230 @@
+"""The chat endpoint's logic: a message becomes a plan (Router deployment), the plan's steps
+run across the deployments, each step's output image feeding the next, and the session
+remembers the result for follow-ups ("make it bigger", "now in watercolor").
+
+`general` messages get a text answer without touching a GPU; a step whose image is missing
+gets a text answer asking for it (never an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from graphs.errors import ApiError
+from graphs.generation import GenerationService, Options
+from graphs.jobs import JobRunner, Output
+from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse
+from graphs.tools import ToolService, fit_to_limits
+
+EDIT_STRENGTH = 0.65
+
+HELP_TEXT = (
+    "I can create images from a description (\"a cat wearing a crown, watercolor\"), "
+    "remove the background of a photo, swap a face from one photo onto another, upscale an "
+    "image 2× or 4×, restyle it (watercolor, anime, oil painting, ukiyo-e, cyberpunk, "
+    "comic…), or edit it from an instruction. Attach images to the message when a step needs "
+    "them, and chain steps: \"generate a red sneaker and remove the background\". Follow-ups "
+    "work on the last image: \"make it bigger\", \"now in watercolor\"."
+)
+
+INTENT_LABELS = {
+    "image_generation": "generated", "image_edit": "edited", "face_swap": "face-swapped",
+    "background_removal": "cut out", "upscale": "upscaled", "style_transfer": "restyled",
+}
+
+
+class ChatService:
+    def __init__(self, *, router: Any, generation: GenerationService, tools: ToolService,
+                 runner: JobRunner):
+        self.router = router
+        self.generation = generation
+        self.tools = tools
+        self.runner = runner
+        self.records = runner.records
+
+    # -- sessions -------------------------------------------------------------------------
+    async def _session(self, session_id: str | None):
+        if session_id is None:
+            return await asyncio.to_thread(self.records.create_session,
+                                           project=self.runner.project)
+        session = await asyncio.to_thread(self.records.get_session, session_id=session_id,
+                                          message_limit=20)
+        if session is None:
+            raise ApiError(404, f"no session {session_id!r}", param="session_id",
+                           code="not_found")
+        return session
+
+    @staticmethod
+    def _context(session, overrides: dict[str, Any] | None):
+        from router.schemas import SessionContext
+
+        context: dict[str, Any] = {}
+        for message in session.messages:
+            context.update(message.data.get("context", {}))
+        if overrides:
+            context.update(overrides)
+        try:
+            return SessionContext(**context)
+        except ValueError as exc:
+            raise ApiError(400, f"context: {exc}", param="context") from None
+
+    async def plan(self, message: str, *, images: int, context=None):
+        return await self.router.plan.remote(message, images=images, context=context)
+
+    # -- the endpoint -----------------------------------------------------------------------
+    async def chat(self, *, message: str, session_id: str | None,
+                   context: dict[str, Any] | None, uploads: list[np.ndarray],
+                   base_url: str) -> ChatResponse:
+        started = time.perf_counter()
+        session = await self._session(session_id)
+        ctx = self._context(session, context)
+        upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
+        plan = await self.plan(message, images=len(uploads), context=ctx)
+        await asyncio.to_thread(self.records.add_message, session_id=session.id, role="user",
+                                content=message, image_ids=upload_ids,
+                                data={"context": {"last_image_id": upload_ids[-1]}}
+                                if upload_ids else {})
+        metadata: dict[str, Any] = {"stage": plan.stage, "confidence": plan.confidence,
+                                    "timings": {f"plan_{k}": v for k, v in plan.timings.items()},
+                                    "language": plan.language}
+        if plan.llm_error:
+            metadata["llm_error"] = plan.llm_error
+        plan_json = plan.model_dump(mode="json")
+        image_steps = [s for s in plan.steps if s.intent != "general"]
+        if plan.missing_inputs or not image_steps:
+            text = plan.clarification if plan.missing_inputs else HELP_TEXT
+            reply = ChatResponse(
+                session_id=session.id, message=text or HELP_TEXT, type="text",
+                data=ChatData(plan=plan_json), metadata=metadata,
+                suggestions=[] if plan.missing_inputs else [
+                    "create a cat wearing a crown", "remove the background",
+                    "swap my face onto the knight, then upscale"])
+            await self._remember(session.id, reply, {})
+            return reply
+
+        images_by_source = {"upload": uploads}
+        response = await self.runner.run(
+            kind="chat", prompt=message, params={"plan": plan_json, "session_id": session.id},
+            model_info={"name": "chat", "tiny": False, "fallback": False,
+                        "fallback_reason": None},
+            work=lambda: self._execute(plan, images_by_source, ctx, metadata),
+            base_url=base_url)
+        out_meta = response.metadata
+        metadata["timings"].update({k: round(v, 4) for k, v in out_meta.timings.items()})
+        metadata.update(models=out_meta.extra.get("models", {}),
+                        steps=out_meta.extra.get("steps", []))
+        if out_meta.extra.get("refined_prompt"):
+            metadata["refined_prompt"] = out_meta.extra["refined_prompt"]
+        metadata["timings"]["total"] = time.perf_counter() - started
+        images = []
+        for item in response.data:
+            record = await asyncio.to_thread(self.records.get_asset, asset_id=item.id)
+            images.append(ChatImage(id=item.id, url=self.runner.asset_url(item.id, base_url),
+                                    width=record.width, height=record.height,
+                                    format=record.content_type.split("/")[-1]))
+        done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
+        reply = ChatResponse(
+            session_id=session.id, message=f"Here is your image ({done}).", type="image",
+            data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
+            actions=[
+                ChatAction(id="upscale", label="Upscale 2×", type="chat",
+                           data={"message": "make it bigger"}),
+                ChatAction(id="remove_background", label="Remove background", type="chat",
+                           data={"message": "remove the background"}),
+                ChatAction(id="watercolor", label="Watercolor", type="chat",
+                           data={"message": "now in watercolor"}),
+                ChatAction(id="download", label="Download", type="link",
+                           data={"url": images[0].url}),
+            ],
+            suggestions=["make it bigger", "now in watercolor", "remove the background"],
+            metadata=metadata)
+        last = image_steps[-1]
+        await self._remember(session.id, reply, {
+            "last_image_id": images[0].id, "last_intent": last.intent,
+            **({"last_prompt": p} if (p := next((s.params.get("prompt") for s in image_steps
+                                                 if s.params.get("prompt")), None)) else {}),
+            **({"last_style": s} if (s := last.params.get("style")) else {})})
+        return reply
+
+    async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
+        await asyncio.to_thread(
+            self.records.add_message, session_id=session_id, role="assistant",
+            content=reply.message, image_ids=[i.id for i in reply.data.images],
+            data={"type": reply.type, "context": context, "plan": reply.data.plan})
+
+    # -- executing a plan -------------------------------------------------------------------
+    async def _input(self, ref, uploads: dict, outputs: list[np.ndarray], ctx) -> np.ndarray:
+        if ref.source == "upload":
+            return uploads["upload"][ref.index or 0]
+        if ref.source == "previous_step":
+            return outputs[ref.index if ref.index is not None else -1]
+        return await self.runner.load_image(ref.image_id or ctx.last_image_id)
+
+    async def _execute(self, plan, uploads: dict, ctx, metadata: dict) -> Output:
+        outputs: list[np.ndarray] = []  # each step's first image, by step index
+        models: dict[str, str] = {}
+        steps_meta = []
+        timings: dict[str, float] = {}
+        refined_prompt = None
+        last: Output | None = None
+        for index, step in enumerate(plan.steps):
+            if step.intent == "general":
+                outputs.append(outputs[-1] if outputs else None)
+                continue
+            inputs = {ref.role: await self._input(ref, uploads, outputs, ctx)
+                      for ref in step.inputs}
+            started = time.perf_counter()
+            out, refined = await self._run_step(step, inputs)
+            refined_prompt = refined or refined_prompt
+            timings[f"step{index}_{step.intent}"] = time.perf_counter() - started
+            models[step.intent] = out.model
+            steps_meta.append({"intent": step.intent, "model": out.model,
+                               "images": len(out.images)})
+            outputs.append(out.images[0])
+            last = out
+        extra = {"models": models, "steps": steps_meta}
+        if refined_prompt:
+            extra["refined_prompt"] = refined_prompt
+        return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
+                      timings=timings, extra=extra)
+
+    async def _run_step(self, step, inputs: dict[str, np.ndarray]) -> tuple[Output, str | None]:
+        p = step.params
+        image = inputs.get("image")
+        if step.intent in ("image_generation", "image_edit"):
+            refined = await self.router.refine.remote(p.get("prompt") or "an image",
+                                                      style=p.get("style"))
+            opts = Options(n=p.get("n", 1), seed=p.get("seed"),
+                           negative_prompt=", ".join(filter(None, [refined.negative_prompt,
+                                                                   p.get("negative_prompt")])))
+            info = await self.generation.model_info()
+            extra: dict[str, Any] = {}
+            auto = None
+            if "width" in p and "height" in p:  # asked-for size, fitted to the model's limits
+                auto = fit_to_limits(p["width"], p["height"], info["limits"])
+            if step.intent == "image_edit":
+                extra = dict(mode="img2img", image=image[..., :3], strength=EDIT_STRENGTH)
+                auto = auto or fit_to_limits(image.shape[1], image.shape[0], info["limits"])
+            req = self.generation._request(refined.prompt, opts, info, auto_size=auto, **extra)
+            res = await self.generation.generator.generate.remote(req)
+            return Output(images=res.images, model=res.model, seeds=res.seeds,
+                          timings=res.timings), refined.prompt
+        if step.intent == "background_removal":
+            return await self.tools.matting_op(image), None
+        if step.intent == "upscale":
+            return await self.tools.upscale_op(image, scale=int(p.get("scale") or 2)), None
+        if step.intent == "face_swap":
+            return await self.tools.faceswap_op(
+                inputs["source_face"], inputs["target"],
+                target_face_index=p.get("target_face_index"),
+                all_faces=bool(p.get("all_faces"))), None
+        if step.intent == "style_transfer":
+            request, resolved = await self.tools.style_request(
+                image, style=p.get("style") or "watercolor", prompt=p.get("prompt"),
+                seed=p.get("seed"))
+            return await self.tools.style_run(request, resolved), resolved.prompt
+        raise ApiError(400, f"unsupported step {step.intent!r}", param="message")
