@@ -230,6 +230,10 @@ class RayLLMEngine:
     re-exports it (importing it needs vLLM on the node running this replica).
     Requests are checked with `models.llm.check_chat_request` first, so both engines refuse the
     same things with the same messages.
+
+    The replica running this adapter imports vLLM's request model, so vLLM must be installed on
+    its node too (one cluster image with ``ray[llm]`` everywhere, or give the ``LLM``
+    deployment a custom resource only GPU nodes have). It needs no GPU itself.
     """
 
     def __init__(self, *, server: Any, model_id: str, model_source: str | None = None,

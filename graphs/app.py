@@ -8,6 +8,7 @@ build the same graph.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
@@ -34,7 +35,12 @@ class AppArgs(BaseModel):
     generator_source: str | None = Field(None, description="weights: local folder or hub id")
     data_dir: str | None = None
     zoo_dir: str | None = None
-    database_url: str | None = None
+    database_url: str | None = Field(None, description="prefer PHOTOSTUDIO_DATABASE_URL for "
+                                     "URLs with passwords")
+    storage: dict[str, Any] = Field(
+        default_factory=dict, description="storage.config.StorageSettings overrides, e.g. "
+        "{asset_store: s3, asset_bucket: ..., asset_endpoint_url: ...}; keep credentials in "
+        "the environment")
     public_base_url: str | None = None
     matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
     matting_source: str | None = Field(None, description="an .onnx file or folder")
@@ -52,6 +58,9 @@ class AppArgs(BaseModel):
         "that arrive while a batch runs join the next one anyway")
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
+    job_heartbeat_s: float = Field(10.0, gt=0, description="running jobs beat this often")
+    job_stale_s: float = Field(60.0, gt=0, description="a running job without a heartbeat "
+                               "for this long is marked failed (its replica died)")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -113,7 +122,10 @@ def build_app(args: AppArgs) -> Application:
         asset_dir=str(data_dir / "assets"),
         database_url=database_url,
         public_base_url=args.public_base_url or settings.public_base_url,
+        storage=args.storage,
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,
+        job_heartbeat_s=args.job_heartbeat_s,
+        job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
     )
     return Ingress.bind(gen, mat, swap, up, router, config)

@@ -111,7 +111,7 @@ class ChatService:
             kind="chat", prompt=message, params={"plan": plan_json, "session_id": session.id},
             model_info={"name": "chat", "tiny": False, "fallback": False,
                         "fallback_reason": None},
-            work=lambda: self._execute(plan, images_by_source, ctx, metadata),
+            work=lambda progress: self._execute(plan, images_by_source, ctx, progress),
             base_url=base_url)
         out_meta = response.metadata
         metadata["timings"].update({k: round(v, 4) for k, v in out_meta.timings.items()})
@@ -164,7 +164,7 @@ class ChatService:
             return outputs[ref.index if ref.index is not None else -1]
         return await self.runner.load_image(ref.image_id or ctx.last_image_id)
 
-    async def _execute(self, plan, uploads: dict, ctx, metadata: dict) -> Output:
+    async def _execute(self, plan, uploads: dict, ctx, progress) -> Output:
         outputs: list[np.ndarray] = []  # each step's first image, by step index
         models: dict[str, str] = {}
         steps_meta = []
@@ -175,6 +175,8 @@ class ChatService:
             if step.intent == "general":
                 outputs.append(outputs[-1] if outputs else None)
                 continue
+            await progress(index / len(plan.steps), f"step {index + 1}: {step.intent}",
+                           force=True)
             inputs = {ref.role: await self._input(ref, uploads, outputs, ctx)
                       for ref in step.inputs}
             started = time.perf_counter()

@@ -42,7 +42,10 @@ def _serve(ns: argparse.Namespace) -> int:
 
     from graphs.app import AppArgs, build_app
 
-    init_kwargs: dict = {"_temp_dir": str(ray_tmp), "include_dashboard": ns.dashboard}
+    # Logical CPUs, not cores: the graph's six deployments ask for ~5.5 CPUs between them, and
+    # on a small machine they share the cores (the models mostly wait on each other anyway).
+    init_kwargs: dict = {"_temp_dir": str(ray_tmp), "include_dashboard": ns.dashboard,
+                         "num_cpus": max(8, os.cpu_count() or 1)}
     if ns.gpus is not None:
         init_kwargs["num_gpus"] = ns.gpus  # logical GPUs: lets fractions schedule anywhere
     if ns.address:

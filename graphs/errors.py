@@ -120,7 +120,12 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request timed out", code="timeout")
     from models.faceswap import NoFaceError
+    from storage.assets import AssetStoreError
 
+    if isinstance(exc, AssetStoreError):
+        logger.error("asset store failed: %s", exc)
+        return ApiError(503, "the asset store is unavailable; retry shortly",
+                        code="storage_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, NoFaceError):
         return ApiError(422, str(exc), param=exc.which, code="no_face")
     if isinstance(exc, ImageInputError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -193,12 +194,23 @@ class GenerationService:
 
     async def run(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,
                   info: dict[str, Any], base_url: str, images_in: int = 0,
-                  alpha: np.ndarray | None = None) -> ImagesResponse:
+                  alpha: np.ndarray | None = None, async_job: bool = False
+                  ) -> ImagesResponse | str:
         params = {k: v for k, v in vars(opts).items() if v is not None}
         params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
 
-        async def work() -> Output:
-            res = await self.generator.generate.remote(req)
+        async def work(progress) -> Output:
+            if progress.live:  # an async job: stream the denoising steps into its progress
+                res = None
+                async with _streaming(self.generator, req, 0) as events:
+                    async for event in events:
+                        if event["type"] == "progress":
+                            await progress(0.9 * event["step"] / event["total"],
+                                           f"denoising step {event['step']}/{event['total']}")
+                        elif event["type"] == "result":
+                            res = event["result"]
+            else:
+                res = await self.generator.generate.remote(req)
             images, extra = await self._finish_images(res.images, opts, alpha)
             return Output(images=images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings,
@@ -207,7 +219,10 @@ class GenerationService:
         response = await self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
             base_url=base_url, response_format=opts.response_format,
-            output_format=opts.output_format, compression=opts.output_compression)
+            output_format=opts.output_format, compression=opts.output_compression,
+            async_job=async_job)
+        if isinstance(response, str):  # an async job's id
+            return response
         return self._openai_fields(response, opts, prompt, images_in)
 
     def _openai_fields(self, response: ImagesResponse, opts: Options, prompt: str,
@@ -230,15 +245,14 @@ class GenerationService:
                   "output_format": opts.output_format, "quality": opts.resolved_quality,
                   "size": f"{req.width}x{req.height}"}
 
-        async def work() -> Output:
-            stream = self.generator.options(stream=True).generate_stream.remote(
-                req, opts.partial_images)
+        async def work(progress) -> Output:
             result = None
-            async for event in stream:
-                if event["type"] == "partial":
-                    await previews.put(event)
-                elif event["type"] == "result":
-                    result = event["result"]
+            async with _streaming(self.generator, req, opts.partial_images) as events:
+                async for event in events:
+                    if event["type"] == "partial":
+                        await previews.put(event)
+                    elif event["type"] == "result":
+                        result = event["result"]
             images, extra = await self._finish_images(result.images, opts, alpha)
             return Output(images=images, model=result.model, seeds=result.seeds,
                           batch_size=1, timings=result.timings,
@@ -282,7 +296,8 @@ class GenerationService:
             **common})}
 
     # -- entry points ---------------------------------------------------------------------
-    async def generate(self, body: ImageGenerationRequest, *, base_url: str):
+    async def generate(self, body: ImageGenerationRequest, *, base_url: str,
+                       async_job: bool = False):
         opts = Options(**body.model_dump(exclude={"prompt", "moderation", "user"}))
         opts.check()
         prompt = check_prompt(body.prompt)
@@ -292,10 +307,10 @@ class GenerationService:
             return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
                                info=info, base_url=base_url, event_prefix="image_generation")
         return await self.run(kind="generations", prompt=prompt, req=req, opts=opts, info=info,
-                              base_url=base_url)
+                              base_url=base_url, async_job=async_job)
 
     async def edit(self, images: list[np.ndarray], *, prompt: str, mask: np.ndarray | None,
-                   input_fidelity: str, opts: Options, base_url: str):
+                   input_fidelity: str, opts: Options, base_url: str, async_job: bool = False):
         opts.check()
         prompt = check_prompt(prompt)
         if not 1 <= len(images) <= MAX_EDIT_IMAGES:
@@ -330,9 +345,11 @@ class GenerationService:
                                base_url=base_url, event_prefix="image_edit",
                                images_in=len(images), alpha=alpha)
         return await self.run(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
-                              base_url=base_url, images_in=len(images), alpha=alpha)
+                              base_url=base_url, images_in=len(images), alpha=alpha,
+                              async_job=async_job)
 
-    async def variations(self, image: np.ndarray, *, opts: Options, base_url: str):
+    async def variations(self, image: np.ndarray, *, opts: Options, base_url: str,
+                         async_job: bool = False):
         opts.check()
         info = await self.model_info()
         from graphs.tools import fit_to_limits
@@ -341,7 +358,18 @@ class GenerationService:
         req = self._request(VARIATION_PROMPT, opts, info, auto_size=auto, mode="img2img",
                             image=image[..., :3], strength=VARIATION_STRENGTH)
         return await self.run(kind="variations", prompt=VARIATION_PROMPT, req=req, opts=opts,
-                              info=info, base_url=base_url, images_in=1)
+                              info=info, base_url=base_url, images_in=1, async_job=async_job)
+
+
+@contextlib.asynccontextmanager
+async def _streaming(generator: Any, req: GenerationRequest, partial_images: int):
+    """The generator's event stream, cancelled on the replica when we stop listening early
+    (job cancelled, client gone): an abandoned stream would otherwise hold the model."""
+    events = generator.options(stream=True).generate_stream.remote(req, partial_images)
+    try:
+        yield events
+    finally:
+        events.cancel()
 
 
 def composite(images: list[np.ndarray]) -> np.ndarray:

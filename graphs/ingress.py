@@ -8,12 +8,13 @@ route signatures, and string annotations then stop resolving (bodies read as mis
 import asyncio
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -41,7 +42,6 @@ from graphs.schemas import (
 )
 from graphs.tools import Limits, ToolService
 from storage.assets import AssetNotFound, LocalAssetStore
-from storage.records import RecordStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,8 +61,11 @@ class IngressConfig(BaseModel):
     database_url: str
     public_base_url: str | None = None
     project: str = "default"
+    storage: dict[str, Any] = {}  # StorageSettings overrides (the environment fills the rest)
     max_image_pixels: int = 4096 * 4096
     max_upload_bytes: int = 20 * 1024 * 1024
+    job_heartbeat_s: float = 10.0
+    job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
 
 
 ResponseFormat = Literal["b64_json", "url"]
@@ -96,6 +99,28 @@ def _session_json(record, messages: list | None = None) -> dict[str, Any]:
     return out
 
 
+def _wants_async(request: Request) -> bool:
+    """`?async=true` or `Prefer: respond-async` (RFC 7240)."""
+    flag = request.query_params.get("async", "").lower()
+    if flag and flag not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"async must be true or false, got {flag!r}", param="async")
+    return flag in ("true", "1") or "respond-async" in request.headers.get("prefer", "")
+
+
+def _job_json(record, base_url: str) -> dict[str, Any]:
+    return {
+        "id": record.id, "object": "job", "kind": record.kind, "status": record.status,
+        "progress": record.progress, "step": record.step, "model": record.model,
+        "created_at": record.created_at.isoformat(),
+        "started_at": record.started_at.isoformat() if record.started_at else None,
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "result": record.result, "error": record.error,
+        "assets": [{"id": a, "url": f"{base_url.rstrip('/')}/v1/assets/{a}"}
+                   for a in record.asset_ids],
+        "links": {"self": f"/v1/jobs/{record.id}", "events": f"/v1/jobs/{record.id}/events"},
+    }
+
+
 def _maybe_stream(result: Any) -> Any:
     """A JSON response, or Server-Sent Events when the logic returned an event stream."""
     if isinstance(result, ImagesResponse):
@@ -127,9 +152,14 @@ class Ingress:
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
                  router: DeploymentHandle, config: IngressConfig):
         self.config = config
-        self.assets = LocalAssetStore(config.asset_dir)
-        self.records = RecordStore(config.database_url)
-        self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project)
+        from storage.config import StorageSettings
+
+        storage = StorageSettings(**{"asset_root": config.asset_dir,
+                                     "database_url": config.database_url, **config.storage})
+        self.assets = storage.build_asset_store()
+        self.records = storage.build_record_store()  # migrates to head (locked) on start
+        self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project,
+                                heartbeat_s=config.job_heartbeat_s)
         self.generation = GenerationService(generator=generator, runner=self.runner,
                                             matting=matting)
         self.tools = ToolService(
@@ -143,6 +173,72 @@ class Ingress:
 
     def _base_url(self, request: Request) -> str:
         return self.config.public_base_url or str(request.base_url)
+
+    def _reply(self, result: Any, request: Request) -> Any:
+        """JSON, an SSE stream, or for async jobs 202 + the job (Location: /v1/jobs/{id})."""
+        if isinstance(result, str):
+            record = self.records.get_job(job_id=result)
+            return JSONResponse(_job_json(record, self._base_url(request)), status_code=202,
+                                headers={"Location": f"/v1/jobs/{result}"})
+        return _maybe_stream(result)
+
+    async def _job(self, job_id: str):
+        record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
+        if record is None or record.project != self.config.project:
+            raise ApiError(404, f"no job {job_id!r}", param="job_id", code="not_found")
+        return record
+
+    # -- jobs -------------------------------------------------------------------------------
+    @app.get("/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+    async def jobs(self, request: Request,
+                   status: Literal["queued", "running", "succeeded", "failed",
+                                   "cancelled"] | None = None,
+                   created_after: datetime | None = None,
+                   created_before: datetime | None = None,
+                   limit: int = Query(50, ge=1, le=200),
+                   cursor: str | None = Query(None, max_length=512)) -> dict[str, Any]:
+        page = await asyncio.to_thread(
+            self.records.list_jobs, status=status, project=self.config.project,
+            created_after=created_after, created_before=created_before, limit=limit,
+            cursor=cursor)
+        base = self._base_url(request)
+        return {"object": "list", "data": [_job_json(j, base) for j in page.items],
+                "next_cursor": page.next_cursor}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=ERROR_RESPONSES)
+    async def job(self, job_id: str, request: Request) -> dict[str, Any]:
+        return _job_json(await self._job(job_id), self._base_url(request))
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=ERROR_RESPONSES)
+    async def cancel_job(self, job_id: str, request: Request) -> dict[str, Any]:
+        await self._job(job_id)
+        record = await asyncio.to_thread(self.records.request_cancel, job_id=job_id)
+        return _job_json(record, self._base_url(request))
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], responses=ERROR_RESPONSES)
+    async def job_events(self, job_id: str, request: Request) -> Any:
+        """Server-Sent Events: `progress` whenever status/progress/step change, then one of
+        `succeeded`, `failed`, `cancelled` with the job, and the stream ends."""
+        from sse_starlette.sse import EventSourceResponse
+
+        await self._job(job_id)
+        base = self._base_url(request)
+
+        async def events():
+            last = None
+            while True:
+                record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
+                state = (record.status, record.progress, record.step)
+                if state != last:
+                    last = state
+                    final = record.status in ("succeeded", "failed", "cancelled")
+                    yield {"event": record.status if final else "progress",
+                           "data": json.dumps(_job_json(record, base))}
+                    if final:
+                        return
+                await asyncio.sleep(0.2)
+
+        return EventSourceResponse(events(), ping=15)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz(self) -> Health:
@@ -172,8 +268,9 @@ class Ingress:
                                                   "description": "JSON, or SSE when stream"}},
               tags=["images"])
     async def generations(self, body: ImageGenerationRequest, request: Request) -> Any:
-        result = await self.generation.generate(body, base_url=self._base_url(request))
-        return _maybe_stream(result)
+        result = await self.generation.generate(body, base_url=self._base_url(request),
+                                                async_job=_wants_async(request))
+        return self._reply(result, request)
 
     @app.post("/v1/images/edits", response_model=ImagesResponse, responses=ERROR_RESPONSES,
               tags=["images"])
@@ -223,8 +320,9 @@ class Ingress:
                        seed=seed, steps=steps, guidance_scale=guidance_scale, model=model)
         result = await self.generation.edit(list(decoded), prompt=prompt, mask=mask_array,
                                             input_fidelity=input_fidelity, opts=opts,
-                                            base_url=self._base_url(request))
-        return _maybe_stream(result)
+                                            base_url=self._base_url(request),
+                                            async_job=_wants_async(request))
+        return self._reply(result, request)
 
     @app.post("/v1/images/variations", response_model=ImagesResponse,
               responses=ERROR_RESPONSES, tags=["images"])
@@ -243,8 +341,9 @@ class Ingress:
         decoded = await self.tools.decode(await image.read(), "image", keep_alpha=False)
         opts = Options(n=n, size=size, response_format=response_format, model=model,
                        seed=seed)
-        return await self.generation.variations(decoded, opts=opts,
-                                                base_url=self._base_url(request))
+        return self._reply(await self.generation.variations(
+            decoded, opts=opts, base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.get("/v1/models", tags=["images"])
     async def models(self) -> dict[str, Any]:
@@ -270,10 +369,11 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "output", "bg_color", "alpha_matting"})
-        return await self.tools.remove_background(
+        return self._reply(await self.tools.remove_background(
             await image.read(), output=output, bg_color=bg_color, alpha_matting=alpha_matting,
             output_format=output_format, response_format=response_format,
-            base_url=self._base_url(request))
+            base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.post("/v1/images/face-swap", response_model=ImagesResponse,
               responses={**ERROR_RESPONSES, 422: {"model": errors.ErrorEnvelope,
@@ -292,10 +392,11 @@ class Ingress:
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"source", "target", "target_face_index",
                                               "all_faces"})
-        return await self.tools.face_swap(
+        return self._reply(await self.tools.face_swap(
             await source.read(), await target.read(), target_face_index=target_face_index,
             all_faces=all_faces, output_format=output_format, response_format=response_format,
-            base_url=self._base_url(request))
+            base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.post("/v1/images/upscale", response_model=ImagesResponse, responses=ERROR_RESPONSES,
               tags=["tools"])
@@ -308,9 +409,10 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "scale"})
-        return await self.tools.upscale(
+        return self._reply(await self.tools.upscale(
             await image.read(), scale=scale, output_format=output_format,
-            response_format=response_format, base_url=self._base_url(request))
+            response_format=response_format, base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.post("/v1/images/edit-ops", response_model=ImagesResponse, responses=ERROR_RESPONSES,
               tags=["tools"])
@@ -326,9 +428,10 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "ops"})
-        return await self.tools.edit_ops(
+        return self._reply(await self.tools.edit_ops(
             await image.read(), ops, output_format=output_format,
-            response_format=response_format, base_url=self._base_url(request))
+            response_format=response_format, base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.post("/v1/images/style-transfer", response_model=ImagesResponse,
               responses=ERROR_RESPONSES, tags=["tools"])
@@ -347,10 +450,11 @@ class Ingress:
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "style", "prompt", "strength", "seed",
                                               "steps"})
-        return await self.tools.style_transfer(
+        return self._reply(await self.tools.style_transfer(
             await image.read(), style=style, prompt=prompt, strength=strength, seed=seed,
             steps=steps, output_format=output_format, response_format=response_format,
-            base_url=self._base_url(request))
+            base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     @app.get("/v1/styles", tags=["tools"])
     async def styles(self) -> dict[str, Any]:
@@ -473,12 +577,18 @@ class Ingress:
                                param="asset_id", code="not_found")
             # FileResponse sets Content-Type, ETag, Last-Modified and answers Range requests.
             return FileResponse(path, media_type=record.content_type)
+        url = await asyncio.to_thread(self.assets.url, key=record.key)
+        if url:  # S3/Supabase: the client downloads from the store directly
+            return RedirectResponse(url, status_code=307)
         try:
             data = await asyncio.to_thread(self.assets.get, key=record.key)
         except AssetNotFound:
             raise ApiError(404, f"no asset {asset_id!r}", param="asset_id") from None
         return Response(data, media_type=record.content_type)
 
-    def check_health(self) -> Any:
-        with self.records.engine.connect():
-            pass
+    def check_health(self) -> None:
+        """The record store answers; and (every health period, from every ingress replica)
+        jobs whose worker stopped beating are marked failed, never left running."""
+        stale = self.records.fail_stale_jobs(older_than_s=self.config.job_stale_s)
+        if stale:
+            logger.warning("marked %d stale job(s) failed: %s", len(stale), stale[:5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from graphs.images import CONTENT_TYPES, Format, encode
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
 from storage.assets import AssetStore, asset_key
 from storage.records import RecordStore, new_id
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -42,11 +45,48 @@ def output_format_for(image: np.ndarray, requested: Format) -> Format:
     return requested
 
 
+class JobCancelled(Exception):
+    """The job's cancel was requested (DELETE /v1/jobs/{id}): stop the work."""
+
+
+class Progress:
+    """What a job's work reports as it goes. Synchronous requests get a silent one (`live`
+    False: nobody polls them); async jobs write progress and heartbeats to the record store
+    (throttled) and learn there when a cancel was requested."""
+
+    def __init__(self, records: RecordStore | None = None, job_id: str | None = None,
+                 min_interval_s: float = 0.25):
+        self.records = records
+        self.job_id = job_id
+        self.live = records is not None
+        self._min_interval_s = min_interval_s
+        self._last = 0.0
+
+    async def __call__(self, fraction: float, step: str | None = None, *,
+                       force: bool = False) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self._min_interval_s:
+            return
+        self._last = now
+        stop = await asyncio.to_thread(self.records.update_progress, job_id=self.job_id,
+                                       progress=min(max(fraction, 0.0), 1.0), step=step)
+        if stop:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+Work = Callable[[Progress], Awaitable[Output]]
+
+
 class JobRunner:
-    def __init__(self, *, assets: AssetStore, records: RecordStore, project: str = "default"):
+    def __init__(self, *, assets: AssetStore, records: RecordStore, project: str = "default",
+                 heartbeat_s: float = 10.0):
         self.assets = assets
         self.records = records
         self.project = project
+        self.heartbeat_s = heartbeat_s  # running jobs beat this often (see check_health)
+        self._tasks: set[asyncio.Task] = set()
 
     async def run(
         self,
@@ -55,28 +95,58 @@ class JobRunner:
         prompt: str | None,
         params: dict[str, Any],
         model_info: dict[str, Any],
-        work: Callable[[], Awaitable[Output]],
+        work: Work,
         base_url: str,
         response_format: str = "b64_json",
         output_format: Format = "png",
         compression: int | None = None,
         revised_prompt: str | None = None,
-    ) -> ImagesResponse:
-        started = time.perf_counter()
+        async_job: bool = False,
+    ) -> ImagesResponse | str:
+        """Run `work` as a recorded job and store its images. With `async_job`, return the job
+        id at once and run it in the background (GET /v1/jobs/{id} and /events follow it)."""
         job_id = await asyncio.to_thread(
             self.records.create_job, kind=kind, prompt=prompt, params=params,
             model=model_info["name"], project=self.project)
+        execute = self._execute(
+            job_id, kind=kind, model_info=model_info, work=work, base_url=base_url,
+            response_format=response_format, output_format=output_format,
+            compression=compression, revised_prompt=revised_prompt, live=async_job)
+        if not async_job:
+            return await execute
+        task = asyncio.create_task(execute)
+        self._tasks.add(task)  # keep a reference until it ends
+        task.add_done_callback(self._job_done)
+        return job_id
+
+    def _job_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.info("async job ended with %s", type(task.exception()).__name__)
+
+    async def _execute(self, job_id: str, *, kind: str, model_info: dict[str, Any], work: Work,
+                       base_url: str, response_format: str, output_format: Format,
+                       compression: int | None, revised_prompt: str | None,
+                       live: bool) -> ImagesResponse:
+        started = time.perf_counter()
+        heartbeat: asyncio.Task | None = None
         try:
-            await asyncio.to_thread(self.records.start_job, job_id=job_id)
-            out = await work()
+            if not await asyncio.to_thread(self.records.start_job, job_id=job_id):
+                raise JobCancelled(f"job {job_id} was cancelled before it started")
+            progress = Progress(self.records, job_id) if live else Progress()
+            # Every running job beats, sync ones too: the stale-job sweeper tells a dead worker
+            # from a slow one by the heartbeat alone.
+            heartbeat = asyncio.create_task(self._heartbeat(job_id, asyncio.current_task()))
+            out = await work(progress)
+            await progress(0.95, "storing", force=True)
             stored = time.perf_counter()
             data: list[ImageData] = []
             formats = []
             seeds = out.seeds or [None] * len(out.images)
             for image, seed in zip(out.images, seeds, strict=True):
                 fmt = output_format_for(image, output_format)
-                asset_id, blob = await asyncio.to_thread(self._store, image, fmt, job_id, kind,
-                                                         compression)
+                asset_id, blob, key = await asyncio.to_thread(self._store, image, fmt, job_id,
+                                                              kind, compression)
                 formats.append(fmt)
                 data.append(ImageData(
                     id=asset_id,
@@ -84,40 +154,64 @@ class JobRunner:
                     revised_prompt=revised_prompt,
                     b64_json=base64.b64encode(blob).decode()
                     if response_format == "b64_json" else None,
-                    url=self.asset_url(asset_id, base_url) if response_format == "url" else None,
+                    url=await self.public_url(asset_id, key, base_url)
+                    if response_format == "url" else None,
                 ))
             timings = {**out.timings, "store_s": time.perf_counter() - stored,
                        "total_s": time.perf_counter() - started}
+            height, width = out.images[0].shape[:2]
+            response = ImagesResponse(
+                created=int(time.time()),
+                data=data,
+                size=f"{width}x{height}",
+                output_format=formats[0],
+                metadata=ResponseMetadata(
+                    job_id=job_id,
+                    model=out.model,
+                    tiny=model_info["tiny"],
+                    fallback=model_info["fallback"],
+                    fallback_reason=model_info["fallback_reason"],
+                    batch_size=out.batch_size,
+                    timings=timings,
+                    extra=out.extra,
+                ),
+            )
+            result = None
+            if live:  # what GET /v1/jobs/{id} returns: the response, with URLs not base64
+                result = response.model_dump(mode="json")
+                for item in result["data"]:
+                    item["b64_json"] = None
+                    item["url"] = self.asset_url(item["id"], base_url)
             await asyncio.to_thread(self.records.finish_job, job_id=job_id,
                                     asset_ids=[d.id for d in data], timings=timings,
-                                    model=out.model)
-        except BaseException as exc:  # cancellation included: the record must not stay running
-            reason = to_api_error(exc).message if isinstance(exc, Exception) else "cancelled"
+                                    model=out.model, result=result)
+            return response
+        except (JobCancelled, asyncio.CancelledError) as exc:
+            # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
+            await asyncio.shield(asyncio.to_thread(
+                self.records.cancel_job, job_id=job_id, reason=str(exc) or "cancelled"))
+            raise
+        except BaseException as exc:  # the record must never stay running
+            reason = to_api_error(exc).message if isinstance(exc, Exception) else "interrupted"
             await asyncio.shield(asyncio.to_thread(self.records.fail_job, job_id=job_id,
                                                    error=f"{type(exc).__name__}: {reason}"))
             raise
-        height, width = out.images[0].shape[:2]
-        return ImagesResponse(
-            created=int(time.time()),
-            data=data,
-            size=f"{width}x{height}",
-            output_format=formats[0],
-            metadata=ResponseMetadata(
-                job_id=job_id,
-                model=out.model,
-                tiny=model_info["tiny"],
-                fallback=model_info["fallback"],
-                fallback_reason=model_info["fallback_reason"],
-                batch_size=out.batch_size,
-                timings=timings,
-                extra=out.extra,
-            ),
-        )
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+
+    async def _heartbeat(self, job_id: str, worker: asyncio.Task) -> None:
+        """Beat while the job runs; cancel the worker when a cancel is requested."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if await asyncio.to_thread(self.records.heartbeat, job_id=job_id):
+                worker.cancel(f"job {job_id} was cancelled")
+                return
 
     async def store_image(self, image: np.ndarray, *, kind: str, job_id: str | None = None,
                           fmt: Format = "png") -> str:
         """Store one image outside a job's outputs (e.g. a chat upload); return its id."""
-        asset_id, _ = await asyncio.to_thread(self._store, image, fmt, job_id, kind)
+        asset_id, _, _ = await asyncio.to_thread(self._store, image, fmt, job_id, kind)
         return asset_id
 
     async def load_image(self, asset_id: str) -> np.ndarray:
@@ -132,7 +226,7 @@ class JobRunner:
                                        max_bytes=2**31)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
-               compression: int | None = None) -> tuple[str, bytes]:
+               compression: int | None = None) -> tuple[str, bytes, str]:
         blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
@@ -142,7 +236,12 @@ class JobRunner:
                                store=self.assets.name, key=key, content_type=CONTENT_TYPES[fmt],
                                size_bytes=len(blob), width=width, height=height,
                                project=self.project)
-        return asset_id, blob
+        return asset_id, blob, key
+
+    async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
+        """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""
+        return await asyncio.to_thread(self.assets.url, key=key) or \
+            self.asset_url(asset_id, base_url)
 
     @staticmethod
     def asset_url(asset_id: str, base_url: str) -> str:

@@ -10,18 +10,21 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from storage.config import StorageSettings
 
 Profile = Literal["tiny", "local", "production"]
 
 
-class Settings(BaseSettings):
+class Settings(StorageSettings):
+    """Gateway settings; the storage fields (data_dir, database_url, asset_store, bucket,
+    credentials…) are inherited from `storage.config.StorageSettings`."""
+
     model_config = SettingsConfigDict(env_prefix="PHOTOSTUDIO_", env_file=".env", extra="ignore")
 
     profile: Profile = "tiny"
-    data_dir: Path = Field(Path("./data"), description="assets, SQLite database, Ray temp files")
     zoo_dir: Path | None = Field(None, description="tiny model cache (default ~/.cache/...)")
-    database_url: str | None = Field(None, description="default sqlite:///<data_dir>/photostudio.db")
     generator_model: str | None = None
     generator_source: str | None = Field(None, description="local folder or hub id of weights")
     public_base_url: str | None = Field(None, description="base of asset URLs in responses")

@@ -141,8 +141,8 @@ class ToolService:
     # -- background removal ---------------------------------------------------------------
     async def remove_background(self, data: bytes, *, output: str, bg_color: str | None,
                                 alpha_matting: bool, output_format: Format, response_format: str,
-                                base_url: str) -> ImagesResponse:
-
+                                base_url: str, async_job: bool = False
+                                ) -> ImagesResponse | str:
         color = parse_color(bg_color)
         if color is not None and output != "solid":
             raise ApiError(400, "bg_color is only used with output=solid", param="bg_color")
@@ -152,11 +152,12 @@ class ToolService:
         image = await self.decode(data, "image")
         info = await self.info("matting")
 
-        async def work() -> Output:
+        async def work(progress) -> Output:
             return await self.matting_op(image, output=output, bg_color=color,
                                          alpha_matting=alpha_matting)
 
         return await self.runner.run(
+            async_job=async_job,
             kind="remove-background", prompt=None, params={"output": output,
                                                            "alpha_matting": alpha_matting},
             model_info=info, work=work, base_url=base_url, response_format=response_format,
@@ -165,7 +166,7 @@ class ToolService:
     # -- face swap --------------------------------------------------------------------------
     async def face_swap(self, source: bytes, target: bytes, *, target_face_index: int | None,
                         all_faces: bool, output_format: Format, response_format: str,
-                        base_url: str) -> ImagesResponse:
+                        base_url: str, async_job: bool = False) -> ImagesResponse | str:
         if all_faces and target_face_index is not None:
             raise ApiError(400, "give either target_face_index or all_faces=true, not both",
                            param="target_face_index")
@@ -173,11 +174,12 @@ class ToolService:
                                         self.decode(target, "target", keep_alpha=False))
         info = await self.info("faceswap")
 
-        async def work() -> Output:
+        async def work(progress) -> Output:
             return await self.faceswap_op(src, tgt, target_face_index=target_face_index,
                                           all_faces=all_faces)
 
         return await self.runner.run(
+            async_job=async_job,
             kind="face-swap", prompt=None,
             params={"target_face_index": target_face_index, "all_faces": all_faces},
             model_info=info, work=work, base_url=base_url, response_format=response_format,
@@ -185,7 +187,8 @@ class ToolService:
 
     # -- upscale ----------------------------------------------------------------------------
     async def upscale(self, data: bytes, *, scale: int, output_format: Format,
-                      response_format: str, base_url: str) -> ImagesResponse:
+                      response_format: str, base_url: str,
+                                async_job: bool = False) -> ImagesResponse | str:
         from models.upscale import ALLOWED_SCALES
 
         if scale not in ALLOWED_SCALES:  # before decoding: a cheap check first
@@ -194,28 +197,31 @@ class ToolService:
         image = await self.decode(data, "image")
         info = await self.info("upscaler")
 
-        async def work() -> Output:
+        async def work(progress) -> Output:
             return await self.upscale_op(image, scale=scale)
 
         return await self.runner.run(
+            async_job=async_job,
             kind="upscale", prompt=None, params={"scale": scale}, model_info=info, work=work,
             base_url=base_url, response_format=response_format, output_format=output_format)
 
     # -- edit ops ---------------------------------------------------------------------------
     async def edit_ops(self, data: bytes, ops_json: str, *, output_format: Format,
-                       response_format: str, base_url: str) -> ImagesResponse:
+                       response_format: str, base_url: str,
+                                async_job: bool = False) -> ImagesResponse | str:
         """Runs in the ingress (in a worker thread): the ops are cheap, bounded by the pixel
         limit, and a deployment hop would only add two copies of the image."""
         edit = parse_edit_request(ops_json)
         image = await self.decode(data, "image")
         check_ops((image.shape[1], image.shape[0]), edit.ops, max_pixels=self.limits.max_pixels)
 
-        async def work() -> Output:
+        async def work(progress) -> Output:
             out = await asyncio.to_thread(apply_ops, image, edit.ops,
                                           max_pixels=self.limits.max_pixels)
             return Output(images=[out], model="edit-ops")
 
         return await self.runner.run(
+            async_job=async_job,
             kind="edit-ops", prompt=None,
             params={"ops": [op.model_dump() for op in edit.ops]}, model_info=EDIT_OPS_INFO,
             work=work, base_url=base_url, response_format=response_format,
@@ -225,16 +231,17 @@ class ToolService:
     async def style_transfer(self, data: bytes, *, style: str, prompt: str | None,
                              strength: float | None, seed: int | None, steps: int | None,
                              output_format: Format, response_format: str,
-                             base_url: str) -> ImagesResponse:
+                             base_url: str, async_job: bool = False) -> ImagesResponse | str:
         image = await self.decode(data, "image", keep_alpha=False)
         info = await self.generation.model_info()
         request, resolved = await self.style_request(image, style=style, prompt=prompt,
                                                      strength=strength, seed=seed, steps=steps)
 
-        async def work() -> Output:
+        async def work(progress) -> Output:
             return await self.style_run(request, resolved)
 
         return await self.runner.run(
+            async_job=async_job,
             kind="style-transfer", prompt=resolved.prompt,
             params={"style": style, "strength": request.strength, "width": request.width,
                     "height": request.height, "steps": request.steps},

@@ -152,6 +152,9 @@ def check_chat_request(request: Any, *, max_tokens_limit: int = MAX_TOKENS_LIMIT
     """Validate an OpenAI chat-completions request dict; return a copy with defaults filled in
     (``max_tokens`` 256 capped at the limit, ``temperature`` 1.0, ``top_p`` 1.0).
 
+    ``model`` is optional and informational: a deployment serves one model, and responses name
+    the model that answered.
+
     Raises `ValueError` naming the field and what is allowed. Streaming and ``n > 1`` are not
     part of the router's protocol and are refused.
     """
@@ -380,8 +383,11 @@ def build_tiny_llm(path: Path) -> None:
     ``generation_config.json``, ``model.safetensors`` and the tokenizer files."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from models.zoo import SEED
+
+    hf_logging.disable_progress_bar()
 
     tokenizer = tiny_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -581,7 +587,7 @@ class TransformersChatEngine:
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": req.get("model") or self.name,
+            "model": self.name,  # one model per deployment: the one that answered
             "system_fingerprint": f"transformers-{self._info.name}",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "logprobs": None, "finish_reason": finish_reason}],

@@ -390,7 +390,8 @@ class RecordStore:
                 .returning(Job.id)
                 .execution_options(synchronize_session=False)))
         if ids:
-            logger.warning("marked %d stale running job(s) failed: %s", len(ids), ", ".join(ids))
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            logger.warning("marked %d stale running job(s) failed: %s", len(ids), shown)
         return ids
 
     def purge_jobs(self, *, created_before: datetime, dry_run: bool = False) -> list[str]:

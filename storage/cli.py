@@ -1,0 +1,203 @@
+"""`photostudio db …` and `photostudio storage …`: schema migrations and retention.
+
+    photostudio db upgrade [--database-url URL]       apply migrations (replica-safe)
+    photostudio db check [--database-url URL]         models and migrations agree?
+    photostudio storage cleanup --older-than 30d [--dry-run] [--database-url URL]
+
+Configuration comes from `storage.config.StorageSettings` (``PHOTOSTUDIO_*`` variables and
+`.env`), or from the settings factory `add_subcommands` is given; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.assets import AssetStore
+    from storage.records import AssetRecord, RecordStore
+
+logger = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` (also ``s`` and ``w``) → timedelta."""
+    match = _DURATION.match(text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"older_than must be a positive duration like 30d, 12h or 90m "
+                         f"(units: s, m, h, d, w); got {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def db_upgrade(url: str) -> str | None:
+    """Upgrade the database at `url` to the newest migration; returns that revision."""
+    from sqlalchemy import create_engine
+
+    from storage import migrate
+
+    engine = create_engine(migrate.normalize_url(url))
+    try:
+        _, after = migrate.upgrade(engine)
+        return after
+    finally:
+        engine.dispose()
+
+
+def db_check(url: str) -> list:
+    """Differences between the models and the database's schema (empty: in sync)."""
+    from sqlalchemy import create_engine
+
+    from storage import migrate
+
+    engine = create_engine(migrate.normalize_url(url))
+    try:
+        return migrate.check(engine)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class CleanupReport:
+    cutoff: datetime
+    dry_run: bool
+    assets: list[AssetRecord] = field(default_factory=list)  # deleted (or, dry run, to be)
+    jobs: list[str] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (asset id, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (asset id, error)
+
+
+def cleanup(older_than: timedelta, dry_run: bool, *, records: RecordStore,
+            assets: AssetStore, now: datetime | None = None) -> CleanupReport:
+    """Retention: delete what is older than `older_than` — assets (object first, then its
+    record; a failed object delete keeps the record so a later run retries), then ended jobs
+    left without assets, then chat sessions idle that long (with their messages). Queued and
+    running jobs are never deleted. `dry_run` lists what would go and deletes nothing."""
+    from storage.models import as_utc, utcnow
+
+    if older_than <= timedelta(0):
+        raise ValueError(f"older_than must be positive, got {older_than}")
+    now = as_utc(now) if now else utcnow()
+    cutoff = now - older_than
+    report = CleanupReport(cutoff=cutoff, dry_run=dry_run)
+    for record in records.iter_assets_created_before(created_before=cutoff):
+        if record.store != assets.name:
+            report.skipped.append((record.id, f"stored in {record.store!r}, not in the "
+                                              f"configured {assets.name!r} store"))
+            continue
+        if not dry_run:
+            try:
+                assets.delete(key=record.key)
+                records.delete_asset_record(asset_id=record.id)
+            except Exception as exc:
+                logger.warning("could not delete asset %s (%s): %s", record.id, record.key, exc)
+                report.failed.append((record.id, f"{type(exc).__name__}: {exc}"))
+                continue
+        report.assets.append(record)
+    report.jobs = records.purge_jobs(created_before=cutoff, dry_run=dry_run)
+    report.sessions = records.expire_sessions(older_than=older_than, dry_run=dry_run, now=now)
+    return report
+
+
+# -- argparse ---------------------------------------------------------------------------------
+SettingsFactory = Callable[[], Any]
+
+
+def _default_settings():
+    from storage.config import StorageSettings
+
+    return StorageSettings()
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction,
+                    settings_factory: SettingsFactory | None = None) -> None:
+    """Add ``db`` and ``storage`` to a parser's subcommands. `settings_factory` returns an
+    object with `StorageSettings`' fields and methods (default: `StorageSettings()`)."""
+    factory = settings_factory or _default_settings
+
+    db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply migrations up to the newest (replica-safe)")
+    up.add_argument("--database-url", default=None,
+                    help="SQLAlchemy URL (default: $PHOTOSTUDIO_DATABASE_URL or the SQLite "
+                         "file in the data dir)")
+    up.set_defaults(func=lambda ns: _db_upgrade(ns, factory))
+    ck = dbsub.add_parser("check", help="fail if the models and the migrations disagree")
+    ck.add_argument("--database-url", default=None)
+    ck.set_defaults(func=lambda ns: _db_check(ns, factory))
+
+    st = subparsers.add_parser("storage", help="asset and record retention")
+    stsub = st.add_subparsers(dest="storage_command", required=True)
+    cl = stsub.add_parser("cleanup", help="delete assets, ended jobs and idle chat sessions "
+                                          "older than a duration")
+    cl.add_argument("--older-than", required=True, type=_duration_arg,
+                    help="e.g. 30d, 12h, 90m")
+    cl.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    cl.add_argument("--database-url", default=None)
+    cl.set_defaults(func=lambda ns: _cleanup(ns, factory))
+
+
+def _duration_arg(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _database_url(ns: argparse.Namespace, factory: SettingsFactory) -> str:
+    return ns.database_url or factory().resolved_database_url()
+
+
+def _db_upgrade(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    from storage.migrate import redact_url
+
+    url = _database_url(ns, factory)
+    revision = db_upgrade(url)
+    print(f"{redact_url(url)}: schema at revision {revision}")
+    return 0
+
+
+def _db_check(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    diffs = db_check(_database_url(ns, factory))
+    for diff in diffs:
+        print(f"differs: {diff}")
+    print("models and migrations agree" if not diffs else
+          f"{len(diffs)} difference(s): write a migration (alembic revision --autogenerate)")
+    return 1 if diffs else 0
+
+
+def _cleanup(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    from storage.records import RecordStore
+
+    settings = factory()
+    records = RecordStore(ns.database_url or settings.resolved_database_url())
+    try:
+        assets = settings.build_asset_store()
+        report = cleanup(ns.older_than, ns.dry_run, records=records, assets=assets)
+    finally:
+        records.close()
+    verb = "would delete" if report.dry_run else "deleted"
+    print(f"cutoff {report.cutoff.isoformat()} ({'dry run' if report.dry_run else 'applied'})")
+    for asset in report.assets:
+        print(f"  {verb} asset {asset.id} {asset.key} ({asset.created_at.isoformat()})")
+    for job_id in report.jobs:
+        print(f"  {verb} job {job_id}")
+    for session_id in report.sessions:
+        print(f"  {verb} session {session_id}")
+    for asset_id, why in report.skipped:
+        print(f"  skipped asset {asset_id}: {why}")
+    for asset_id, error in report.failed:
+        print(f"  FAILED asset {asset_id}: {error}", file=sys.stderr)
+    print(f"{verb}: {len(report.assets)} asset(s), {len(report.jobs)} job(s), "
+          f"{len(report.sessions)} session(s); skipped {len(report.skipped)}, "
+          f"failed {len(report.failed)}")
+    return 1 if report.failed else 0

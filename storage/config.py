@@ -1,0 +1,86 @@
+"""Storage configuration: which asset store and database, from ``PHOTOSTUDIO_*`` variables.
+
+`StorageSettings` holds only the storage fields, so `graphs.settings.Settings` can inherit
+them (one Settings object, fields defined once) and `photostudio db|storage` commands can read
+them without importing the gateway. Secrets are `SecretStr`: masked in reprs and logs. S3
+credentials left unset come from boto3's own chain (``AWS_ACCESS_KEY_ID``…, shared config,
+instance roles), which is the better choice on a cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from storage.assets import AssetStore
+    from storage.records import RecordStore
+
+AssetStoreKind = Literal["local", "s3", "supabase"]
+
+
+class StorageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PHOTOSTUDIO_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="assets, SQLite database, Ray temp files")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL (sqlite:///…, postgresql://… e.g. Supabase's "
+        "connection string); default sqlite:///<data_dir>/photostudio.db")
+    asset_store: AssetStoreKind = Field("local", description="local, s3 or supabase")
+    asset_root: Path | None = Field(None, description="local store folder (default "
+                                    "<data_dir>/assets)")
+    asset_bucket: str | None = Field(None, description="s3/supabase bucket")
+    asset_prefix: str = Field("", description="key prefix inside the bucket")
+    asset_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2…); for supabase, default "
+        "<supabase_url>/storage/v1/s3")
+    asset_region: str | None = None
+    asset_access_key_id: str | None = Field(None, description="default: boto3's chain")
+    asset_secret_access_key: SecretStr | None = None
+    asset_session_token: SecretStr | None = None
+    asset_presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600,
+                                        description="lifetime of presigned asset URLs")
+    asset_max_attempts: int = Field(4, ge=1, le=20, description="upload attempts")
+    supabase_url: str | None = Field(None, description="https://<project-ref>.supabase.co")
+    supabase_anon_key: SecretStr | None = Field(
+        None, description="with asset_session_token: act as a user under RLS")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'photostudio.db').expanduser().resolve()}"
+
+    def asset_store_settings(self) -> dict:
+        """The `build_asset_store` settings for the configured kind (secrets included: do not
+        log this dict)."""
+        if self.asset_store == "local":
+            root = self.asset_root or self.data_dir / "assets"
+            return {"root": str(Path(root).expanduser().resolve())}
+        common = {
+            "bucket": self.asset_bucket, "prefix": self.asset_prefix,
+            "endpoint_url": self.asset_endpoint_url, "region": self.asset_region,
+            "access_key_id": self.asset_access_key_id,
+            "secret_access_key": self.asset_secret_access_key,
+            "session_token": self.asset_session_token,
+            "presign_expiry_s": self.asset_presign_expiry_s,
+            "max_attempts": self.asset_max_attempts,
+        }
+        if self.asset_store == "supabase":
+            common.update(supabase_url=self.supabase_url, anon_key=self.supabase_anon_key)
+        return common
+
+    def build_asset_store(self) -> AssetStore:
+        from storage.assets import build_asset_store
+
+        if self.asset_store != "local" and not self.asset_bucket:
+            raise ValueError(f"asset_bucket is required with asset_store={self.asset_store!r} "
+                             "(set PHOTOSTUDIO_ASSET_BUCKET)")
+        return build_asset_store(self.asset_store, **self.asset_store_settings())
+
+    def build_record_store(self) -> RecordStore:
+        from storage.records import RecordStore
+
+        return RecordStore(self.resolved_database_url())
