@@ -8,7 +8,7 @@ build the same graph.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
@@ -22,7 +22,12 @@ DEFAULT_MODELS = {
     "faceswap": {"tiny": "tiny-insightface", "local": "inswapper-128",
                  "production": "inswapper-128"},
     "upscale": {"tiny": "tiny-esrgan", "local": "realesrgan-x4", "production": "realesrgan-x4"},
+    "llm": {"tiny": "tiny-llm", "local": "qwen2.5-1.5b-instruct",
+            "production": "qwen2.5-1.5b-instruct"},
 }
+# The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
+# tiny without (rules + embeddings answer; /v1/capabilities says so).
+DEFAULT_LLM_BACKEND = {"tiny": "off", "local": "transformers", "production": "vllm"}
 
 
 class AppArgs(BaseModel):
@@ -48,6 +53,14 @@ class AppArgs(BaseModel):
     faceswap_source: str | None = Field(None, description="folder with a pack + inswapper_128")
     upscale_model: str | None = Field(None, description="tiny-esrgan or realesrgan-x4")
     upscale_source: str | None = Field(None, description="a .pth file or folder of them")
+    llm_backend: Literal["off", "auto", "vllm", "transformers"] | None = Field(
+        None, description="the router's LLM stage; default per profile (tiny: off)")
+    llm_model: str | None = Field(None, description="e.g. tiny-llm, qwen2.5-1.5b-instruct")
+    llm_source: str | None = Field(None, description="weights: local folder or hub id")
+    llm_num_gpus: float | None = Field(None, ge=0, le=1)
+    llm_gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM; must equal llm_num_gpus (checked)")
+    llm_max_model_len: int = Field(4096, ge=256)
     router_embeddings: bool = Field(True, description="the router's sentence-embedding "
                                     "stage (all-MiniLM-L6-v2, offline)")
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
@@ -116,7 +129,21 @@ def build_app(args: AppArgs) -> Application:
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
         model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
         zoo_dir=zoo_dir, allow_fallback=allow_fallback)
-    router = Router.bind(None, use_embeddings=args.router_embeddings)
+    llm = None
+    backend = args.llm_backend or DEFAULT_LLM_BACKEND[profile]
+    if backend != "off":
+        from deployments import llm as llm_dep
+
+        num_gpus = 0.0
+        if use_gpu:
+            num_gpus = args.llm_num_gpus if args.llm_num_gpus is not None \
+                else llm_dep.DEFAULT_NUM_GPUS
+        llm = llm_dep.llm_deployment(llm_dep.LLMAppConfig(
+            backend=backend, model=model_for("llm", args.llm_model), source=args.llm_source,
+            num_gpus=num_gpus, gpu_memory_utilization=args.llm_gpu_memory_utilization,
+            max_model_len=args.llm_max_model_len, zoo_dir=zoo_dir,
+            allow_fallback=allow_fallback))
+    router = Router.bind(llm, use_embeddings=args.router_embeddings)
     config = IngressConfig(
         profile=profile,
         asset_dir=str(data_dir / "assets"),
@@ -128,4 +155,4 @@ def build_app(args: AppArgs) -> Application:
         job_heartbeat_s=args.job_heartbeat_s,
         job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
     )
-    return Ingress.bind(gen, mat, swap, up, router, config)
+    return Ingress.bind(gen, mat, swap, up, router, llm, config)

@@ -150,7 +150,8 @@ async def reject_unknown_fields(request: Request, allowed: set[str]) -> None:
 class Ingress:
     def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
-                 router: DeploymentHandle, config: IngressConfig):
+                 router: DeploymentHandle, llm: DeploymentHandle | None,
+                 config: IngressConfig):
         self.config = config
         from storage.config import StorageSettings
 
@@ -168,6 +169,7 @@ class Ingress:
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes))
         self.router = router
+        self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner)
 
@@ -250,6 +252,11 @@ class Ingress:
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
         warnings = []
+        if self.llm is not None:
+            infos["llm"] = await self.llm.info.remote()
+        else:
+            warnings.append("no LLM deployed: the chat router answers with rules + "
+                            "embeddings only (prompt compression is deterministic)")
         for deployment, info in infos.items():
             if info["fallback"]:
                 warnings.append(f"{deployment} fell back to tiny model {info['name']!r}: "

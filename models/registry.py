@@ -139,6 +139,27 @@ MODELS: dict[str, ModelSpec] = {
             tiny_fallback="tiny-u2net",
         ),
         ModelSpec(
+            name="tiny-llm",
+            family="llm",
+            source="tiny:tiny-llm",
+            description="Tiny random-weight Qwen2-architecture chat LM (built offline; its "
+            "answers are garbage: for tests/dev)",
+        ),
+        ModelSpec(
+            name="qwen2.5-0.5b-instruct",
+            family="llm",
+            source="Qwen/Qwen2.5-0.5B-Instruct",
+            description="Qwen2.5 0.5B Instruct",
+            tiny_fallback="tiny-llm",
+        ),
+        ModelSpec(
+            name="qwen2.5-1.5b-instruct",
+            family="llm",
+            source="Qwen/Qwen2.5-1.5B-Instruct",
+            description="Qwen2.5 1.5B Instruct",
+            tiny_fallback="tiny-llm",
+        ),
+        ModelSpec(
             name="tiny-esrgan",
             family="upscale",
             source="tiny:tiny-esrgan",

@@ -61,7 +61,7 @@ def ray_cluster(zoo_dir):
 
     temp_dir = tempfile.mkdtemp(prefix="psray", dir="/tmp")  # short: Ray's socket paths
     # Logical CPUs: the production graph (6) and a second small app (4.5) must both fit.
-    ray.init(num_cpus=16, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
+    ray.init(num_cpus=24, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
     # Serve starts here, once, on a free port: any test's serve.run then shares this proxy.
     ray.http_port = free_port()
@@ -95,6 +95,7 @@ def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
     app["args"].update(
         generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
         faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
+        llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
         data_dir=str(data_dir), zoo_dir=str(zoo_dir))
     return config
 

@@ -44,7 +44,13 @@ def test_serve_config_validates_and_packs_one_gpu():
     assert args.profile == "production"
     fractions = {d["name"]: d.get("ray_actor_options", {}).get("num_gpus", 0)
                  for d in app["deployments"]}
-    assert 0 < sum(fractions.values()) <= 1, fractions
+    # vLLM's share sits on its own placement group, set from the builder args
+    fractions["vLLM"] = app["args"]["llm_num_gpus"]
+    assert sum(fractions.values()) == pytest.approx(1.0), fractions  # one GPU, fully packed
+    from deployments.llm import check_gpu_memory_utilization
+
+    check_gpu_memory_utilization(app["args"]["llm_num_gpus"],
+                                 app["args"]["llm_gpu_memory_utilization"])
     for d in app["deployments"]:
         assert d.get("max_ongoing_requests") and d.get("max_queued_requests"), d["name"]
         assert d.get("autoscaling_config"), d["name"]

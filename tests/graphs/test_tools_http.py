@@ -223,7 +223,8 @@ def test_cmyk_and_exif_uploads_are_converted(http):
 
 def test_capabilities_list_every_deployment(http):
     caps = http.get("/v1/capabilities").json()
-    assert set(caps["deployments"]) == {"generator", "matting", "faceswap", "upscaler"}
+    assert set(caps["deployments"]) == {"generator", "matting", "faceswap", "upscaler", "llm"}
+    assert caps["deployments"]["llm"]["name"] == "tiny-llm"
     assert caps["deployments"]["matting"]["name"] == "tiny-u2net"
     assert {"/v1/images/remove-background", "/v1/images/face-swap", "/v1/images/upscale",
             "/v1/images/edit-ops", "/v1/images/style-transfer"} <= set(caps["endpoints"])
