@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generator.py
 	$(BIN)/python bench/matting.py
 	$(BIN)/python bench/upscale.py
+	$(BIN)/python bench/router.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

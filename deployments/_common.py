@@ -25,4 +25,7 @@ def replica_info(info: LoadedInfo, limits: dict[str, Any]) -> dict[str, Any]:
         # Outside a replica (unit tests) get_gpu_ids() would start a local Ray: don't.
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else [],
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # the replica's actor (namespace "serve"): operators and fault tests address it
+        "actor_name": ray.get_runtime_context().get_actor_name() if ray.is_initialized()
+        else None,
     }

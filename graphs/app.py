@@ -72,6 +72,7 @@ class AppArgs(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
     job_heartbeat_s: float = Field(10.0, gt=0, description="running jobs beat this often")
+    session_ttl_s: float = Field(24 * 3600, gt=0, description="idle chat sessions expire")
     job_stale_s: float = Field(60.0, gt=0, description="a running job without a heartbeat "
                                "for this long is marked failed (its replica died)")
 
@@ -154,5 +155,6 @@ def build_app(args: AppArgs) -> Application:
         max_upload_bytes=args.max_upload_bytes,
         job_heartbeat_s=args.job_heartbeat_s,
         job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
+        session_ttl_s=args.session_ttl_s,
     )
     return Ingress.bind(gen, mat, swap, up, router, llm, config)

@@ -177,8 +177,10 @@ class ChatService:
                 continue
             await progress(index / len(plan.steps), f"step {index + 1}: {step.intent}",
                            force=True)
-            inputs = {ref.role: await self._input(ref, uploads, outputs, ctx)
-                      for ref in step.inputs}
+            inputs: dict[str, list[np.ndarray]] = {}
+            for ref in step.inputs:
+                inputs.setdefault(ref.role, []).append(
+                    await self._input(ref, uploads, outputs, ctx))
             started = time.perf_counter()
             out, refined = await self._run_step(step, inputs)
             refined_prompt = refined or refined_prompt
@@ -194,9 +196,14 @@ class ChatService:
         return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
                       timings=timings, extra=extra)
 
-    async def _run_step(self, step, inputs: dict[str, np.ndarray]) -> tuple[Output, str | None]:
+    async def _run_step(self, step, inputs: dict[str, list[np.ndarray]]
+                        ) -> tuple[Output, str | None]:
         p = step.params
-        image = inputs.get("image")
+        image = inputs["image"][0] if inputs.get("image") else None
+        if image is not None and inputs.get("reference"):  # several images: one composite
+            from graphs.generation import composite
+
+            image = composite([image, *inputs["reference"]])
         if step.intent in ("image_generation", "image_edit"):
             refined = await self.router.refine.remote(p.get("prompt") or "an image",
                                                       style=p.get("style"))
@@ -221,7 +228,7 @@ class ChatService:
             return await self.tools.upscale_op(image, scale=int(p.get("scale") or 2)), None
         if step.intent == "face_swap":
             return await self.tools.faceswap_op(
-                inputs["source_face"], inputs["target"],
+                inputs["source_face"][0], inputs["target"][0],
                 target_face_index=p.get("target_face_index"),
                 all_faces=bool(p.get("all_faces"))), None
         if step.intent == "style_transfer":

@@ -111,6 +111,12 @@ def to_api_error(exc: BaseException) -> ApiError:
         return _validation_error(exc)
     if isinstance(exc, StarletteHTTPException):
         return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError)):
+        return ApiError(503, "a model replica died or became unreachable while working on "
+                        "this request; retry (Serve is starting a new one)",
+                        code="replica_died", headers={"Retry-After": "5"})
     if isinstance(exc, BackPressureError):
         return ApiError(503, "the gateway is at capacity; retry after the indicated delay",
                         code="overloaded", headers={"Retry-After": "1"})

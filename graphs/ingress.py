@@ -8,7 +8,8 @@ route signatures, and string annotations then stop resolving (bodies read as mis
 import asyncio
 import json
 import logging
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,7 @@ class IngressConfig(BaseModel):
     max_upload_bytes: int = 20 * 1024 * 1024
     job_heartbeat_s: float = 10.0
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
+    session_ttl_s: float = 24 * 3600  # chat sessions idle this long are deleted
 
 
 ResponseFormat = Literal["b64_json", "url"]
@@ -89,6 +91,20 @@ class PromptBody(BaseModel):
 
     prompt: str = Field(..., max_length=MAX_PROMPT_ACCEPTED)
     style: str | None = Field(None, max_length=300)
+
+
+class ProjectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+                    description="1-64 of a-z, 0-9, '-', '_'")
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+
+
+def _project_json(record) -> dict[str, Any]:
+    return {"id": record.id, "object": "project", "name": record.name,
+            "description": record.description, "created_at": record.created_at.isoformat()}
 
 
 def _session_json(record, messages: list | None = None) -> dict[str, Any]:
@@ -170,6 +186,7 @@ class Ingress:
                           max_upload_bytes=config.max_upload_bytes))
         self.router = router
         self.llm = llm
+        self._sessions_swept = 0.0
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner)
 
@@ -188,6 +205,58 @@ class Ingress:
         record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
         if record is None or record.project != self.config.project:
             raise ApiError(404, f"no job {job_id!r}", param="job_id", code="not_found")
+        return record
+
+    # -- projects and gallery -----------------------------------------------------------------
+    @app.post("/v1/projects", tags=["projects"], responses=ERROR_RESPONSES, status_code=201)
+    async def create_project(self, body: ProjectBody) -> dict[str, Any]:
+        if await asyncio.to_thread(self.records.get_project, project_id=body.id):
+            raise ApiError(409, f"project {body.id!r} exists", param="id", code="exists")
+        record = await asyncio.to_thread(self.records.create_project, project_id=body.id,
+                                         name=body.name, description=body.description)
+        return _project_json(record)
+
+    @app.get("/v1/projects", tags=["projects"], responses=ERROR_RESPONSES)
+    async def projects(self, limit: int = Query(50, ge=1, le=200),
+                       cursor: str | None = Query(None, max_length=512)) -> dict[str, Any]:
+        page = await asyncio.to_thread(self.records.list_projects, limit=limit, cursor=cursor)
+        return {"object": "list", "data": [_project_json(p) for p in page.items],
+                "next_cursor": page.next_cursor}
+
+    @app.get("/v1/projects/{project_id}", tags=["projects"], responses=ERROR_RESPONSES)
+    async def project(self, project_id: str) -> dict[str, Any]:
+        return _project_json(await self._project(project_id))
+
+    @app.get("/v1/projects/{project_id}/assets", tags=["projects"], responses=ERROR_RESPONSES)
+    async def project_assets(self, project_id: str, request: Request,
+                             limit: int = Query(50, ge=1, le=200),
+                             cursor: str | None = Query(None, max_length=512)
+                             ) -> dict[str, Any]:
+        await self._project(project_id)
+        page = await asyncio.to_thread(self.records.list_assets, project=project_id,
+                                       limit=limit, cursor=cursor)
+        base = self._base_url(request)
+        return {"object": "list", "next_cursor": page.next_cursor, "data": [{
+            "id": a.id, "kind": a.kind, "url": self.runner.asset_url(a.id, base),
+            "content_type": a.content_type, "width": a.width, "height": a.height,
+            "size_bytes": a.size_bytes, "created_at": a.created_at.isoformat(),
+            "job_id": a.job_id, "prompt": a.prompt, "parameters": a.params,
+        } for a in page.items]}
+
+    @app.delete("/v1/assets/{asset_id}", tags=["assets"], responses=ERROR_RESPONSES)
+    async def delete_asset(self, asset_id: str) -> dict[str, Any]:
+        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
+        if record is None or record.project != self.config.project:
+            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
+        await asyncio.to_thread(self.records.delete_asset, asset_id=asset_id,
+                                assets=self.assets)
+        return {"id": asset_id, "deleted": True}
+
+    async def _project(self, project_id: str):
+        record = await asyncio.to_thread(self.records.get_project, project_id=project_id)
+        if record is None:
+            raise ApiError(404, f"no project {project_id!r}", param="project_id",
+                           code="not_found")
         return record
 
     # -- jobs -------------------------------------------------------------------------------
@@ -599,3 +668,9 @@ class Ingress:
         stale = self.records.fail_stale_jobs(older_than_s=self.config.job_stale_s)
         if stale:
             logger.warning("marked %d stale job(s) failed: %s", len(stale), stale[:5])
+        if time.monotonic() - self._sessions_swept > 300:  # every 5 minutes is plenty
+            self._sessions_swept = time.monotonic()
+            expired = self.records.expire_sessions(
+                older_than=timedelta(seconds=self.config.session_ttl_s))
+            if expired:
+                logger.info("expired %d idle chat session(s)", len(expired))

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 SEED = 0
 _COMPLETE = ".complete"
+# Bump when a builder changes what it builds: caches built by an older version are rebuilt.
+ZOO_VERSION = "2"
 
 
 def default_zoo_dir() -> Path:
@@ -49,20 +51,10 @@ def _tiny_clip_tokenizer():
         left, right = pair.split(" ")
         merges.append((left, right))
         vocab.setdefault(left + right, len(vocab))
-    with tempfile.TemporaryDirectory() as tmp:
-        import json
-
-        vocab_file = Path(tmp, "vocab.json")
-        merges_file = Path(tmp, "merges.txt")
-        vocab_file.write_text(json.dumps(vocab))
-        merges_file.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges))
-        tokenizer = CLIPTokenizer(
-            vocab_file=str(vocab_file),
-            merges_file=str(merges_file),
-            pad_token="<|endoftext|>",
-            model_max_length=77,
-        )
-    return tokenizer
+    # transformers 5 takes the vocabulary and merges directly (vocab_file=/merges_file= are
+    # ignored there: the tokenizer would know only its special tokens).
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>",
+                         model_max_length=77)
 
 
 def build_tiny_sd(path: Path) -> None:
@@ -173,25 +165,31 @@ def ensure(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
         raise ValueError(f"unknown tiny model {name!r}; available: {', '.join(sorted(BUILDERS))}")
     root = Path(zoo_dir) if zoo_dir else default_zoo_dir()
     target = root / name
-    if (target / _COMPLETE).exists():
+    if _is_current(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         logger.info("building tiny model %r in %s", name, target)
         _builder(name)(tmp)
-        (tmp / _COMPLETE).write_text("ok\n")
+        (tmp / _COMPLETE).write_text(ZOO_VERSION)
+        if target.exists() and not _is_current(target):
+            # Incomplete (a crashed build) or built by an older builder: replace it.
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / _COMPLETE).exists():
-                # A stale, incomplete folder from a crashed build: replace it.
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(tmp, target)
+            if not _is_current(target):  # lost a race to a concurrent build of the old kind
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_current(folder: Path) -> bool:
+    marker = folder / _COMPLETE
+    return marker.exists() and marker.read_text().strip() == ZOO_VERSION
 
 
 def build_all(zoo_dir: str | os.PathLike | None = None) -> dict[str, Path]:

@@ -1,1 +1,10 @@
-"""Intent routing, parameter extraction and prompt handling (pure Python, no Ray)."""
+"""Intent routing, parameter extraction and prompt handling (pure Python, no Ray).
+
+- `router.cascade.Cascade`: chat message (+ attached image count + session context) → `Plan`,
+  through rules (`router.rules`, `router.params`), a sentence-embedding classifier
+  (`router.embeddings`, exemplars in `router.exemplars`) and, when still unsure, an LLM
+  (`router.llm`); `router.planner` attaches parameters and image inputs.
+- `router.prompts`: prompt validation, analysis, compression and refinement.
+- `router.schemas`: the typed inputs and outputs; `router.styles`: style presets.
+- `python -m router.eval FILE.jsonl`: accuracy on a labelled set.
+"""

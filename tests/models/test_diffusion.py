@@ -153,3 +153,25 @@ def test_loads_real_weights_from_a_local_folder(zoo_dir, tmp_path):
     model = DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=False)
     assert model.info.name == "sd15" and not model.info.fallback
     assert model.info.source == str(folder)
+
+
+def test_the_prompt_matters(tiny):
+    """The tiny tokenizer knows real tokens, so different prompts condition differently."""
+    tokenizer = tiny._pipe("text2img").tokenizer
+    assert len(tokenizer) > 60
+    assert tokenizer("a cat").input_ids != tokenizer("a dog").input_ids
+
+    def gen(prompt):
+        return tiny.generate([GenerationRequest(prompt=prompt, width=64, height=64, steps=2,
+                                                seed=1)])[0].images[0]
+
+    assert not np.array_equal(gen("a cat"), gen("a dog on the moon"))
+
+
+def test_outdated_zoo_builds_are_rebuilt(tmp_path):
+    path = zoo.ensure("tiny-taesd", tmp_path)
+    (path / ".complete").write_text("1")  # built by an older builder
+    (path / "stale-file").write_text("x")
+    again = zoo.ensure("tiny-taesd", tmp_path)
+    assert again == path and not (path / "stale-file").exists()
+    assert (path / ".complete").read_text() == zoo.ZOO_VERSION

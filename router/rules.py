@@ -1,0 +1,682 @@
+"""Stage 1 of the cascade: rules. Fast (regular expressions over the folded text), always
+available, English and French.
+
+How a message becomes steps:
+
+1. *Cues*: phrases that name an operation ("remove the background", "upscale", "swap faces",
+   "make it look like a watercolor", "génère", "détoure"…). Patterns run in priority order
+   (face swap, background removal, upscale, style, edit, generation); a matched span is
+   claimed, so "remove the background" is never also read as an object-removal edit.
+2. *Negation*: a cue preceded in its clause by "don't", "no need to", "without", "ne … pas",
+   "pas besoin de", "sans"… is dropped ("don't remove the background, just upscale");
+   "keep the background" vetoes background removal.
+3. *Steps*: remaining cues in message order; consecutive cues of one intent merge; a style
+   mention inside a generation becomes its `style` parameter; "X after Y-ing" / "before X-ing,
+   Y" / "but first" reorder.
+4. *Confidence*: from the weakest cue used; a sequential clause ("…, then <something>") no cue
+   explains, or only weak cues, leave the rules unsure, and the embedding stage looks again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from router.params import STYLE_TERMS_RE, Extracted, StyleMention, extract, find_styles
+from router.schemas import SessionContext
+from router.text import STOPWORDS, detect_language, fold, nfc
+
+Span = tuple[int, int]
+STYLE = rf"(?:{STYLE_TERMS_RE})(?![\w-])"
+# Art-form nouns that name a style only after "into / as / like a" ("turn it into a sketch").
+STYLE_NOUN = (r"(?:sketch|drawing|painting|cartoon|caricature|illustration|mosaic|statue|"
+              r"sculpture|comic|cartoon\s+character|dessin|peinture|caricature|bd)(?![\w-])")
+
+STRONG, SURE, GOOD, FAIR, WEAK = 0.95, 0.9, 0.85, 0.8, 0.6
+# The rules decide alone at or above this confidence.
+RULES_THRESHOLD = 0.8
+
+_OBJ = (r"(?:it|this|that|them|him|her|me|us|myself|everything|"
+        r"(?:the|this|that|my|our|his|her|their|your)\s+(?:\w+\s+)?(?:image|photo|picture|pic|"
+        r"selfie|portrait|shot|result|scene|drawing|one|file|output|version|render))")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    intent: str
+    regex: re.Pattern[str]
+    weight: float
+    name: str
+    weak: bool = False  # dropped next to a generation cue, or when no image exists
+    veto: bool = False  # "keep the background": a negated cue by construction
+
+
+def _p(intent: str, name: str, regex: str, weight: float, **kw) -> Pattern:
+    return Pattern(intent, re.compile(regex), weight, name, **kw)
+
+
+B, U, F, S, E, G, Q = ("background_removal", "upscale", "face_swap", "style_transfer",
+                       "image_edit", "image_generation", "general")
+_BG = r"(?:background|backround|backgroud|backdrop|bg|bgs|backgrounds|fond|fonds|arriere-plan|" \
+      r"arriere\s+plan|arriere-plans|decor)"
+
+PATTERNS: tuple[Pattern, ...] = (
+    # vetoes
+    _p(B, "keep-bg", rf"\b(?:keep|keeping|preserve|leave|retain|garde\w*|conserve\w*|laisse\w*)"
+       rf"\s+(?:the\s+|its\s+|their\s+|le\s+|l'|son\s+|leur\s+|same\s+|original\s+)*{_BG}\b",
+       STRONG, veto=True),
+    # face swap
+    _p(F, "face-swap", r"\bface[\s-]?swap\w*|\bswap\w*\s+(?:(?:of|the|our|their|my|his|her|"
+       r"both|these|those|two|les|all|\w+'s)\s+){0,3}faces?\b|\bswitch\w*\s+"
+       r"(?:the\s+|our\s+|their\s+)?faces\b|\bfaces?\s+(?:swap|switch|exchange|replacement|"
+       r"transfer)\w*|\bexchange\s+(?:the\s+|our\s+|their\s+)?faces\b", STRONG),
+    _p(F, "put-face", r"\b(?:put|place|paste|stick|transfer|map|apply|use|add|swap|transplant|"
+       r"want|need)\w*\s+(?:my|his|her|their|our|the|this|that|your|a|one|the\s+same|"
+       r"(?:my|his|her|the|our|their)\s+\w+'s|\w+'s)\s+(?:own\s+)?face\b"
+       r"(?!\s+(?:paint|mask|cream)|\s+to\b)", SURE),
+    _p(F, "replace-face", r"\breplac\w*\s+(?:my|his|her|their|the|this|that|your|its)\s+"
+       r"(?:\w+'s\s+|\w+\s+)?face\b|\b(?:chang|switch|exchang|trad)\w*\s+(?:my|his|her|their|"
+       r"the|our)\s+(?:\w+'s\s+)?faces?\s+(?:with|for)\b|"
+       r"\bface\s+(?:of|from)\s+.{0,40}?\b(?:onto|on|into|with)\b", SURE),
+    _p(F, "swap-me", r"\bswap\w*\s+(?:me|him|her|them|us|myself)\b", GOOD),
+    _p(F, "fr-face", r"\b(?:echange\w*|inverse\w*|permute\w*|intervert\w*|swap\w*|change\w*)\s+"
+       r"(?:de\s+|les\s+|nos\s+|leurs\s+|ses\s+|nos\s+deux\s+|mon\s+)?visages?\b(?!\s+de\s+l)"
+       r"|\b(?:mets|met|mettre|mettez|place\w*|colle\w*|ajoute\w*|pose\w*|greffe\w*)\s+(?:mon|ton|"
+       r"son|le|ce|notre|leur|un|ma)\s+(?:propre\s+)?(?:visage|tete|figure)\b|\bremplac\w*\s+"
+       r"(?:le|son|ce|leur|mon|sa)\s+(?:visage|tete)\b", STRONG),
+    # background removal
+    _p(B, "remove-bg", rf"\b(?:remove|removing|removed|delete|deleting|erase|erasing|drop|strip|"
+       rf"clear|lose|take\s+out|take\s+away|take\s+off|get\s+rid\s+of|getting\s+rid\s+of|"
+       rf"eliminate|ditch|kill|nuke|cut\s+out|cut\s+away|cut|hide|blank\s+out|white\s+out)\s+"
+       rf"(?:(?:the|its|their|this|that|my|his|her|your|our|any|all|of|just|only|please)\s+)*"
+       rf"(?:(?!in\b|on\b|from\b|of\b|behind\b|at\b|and\b)\w+\s+){{0,2}}{_BG}\b", STRONG),
+    _p(B, "bg-removal", rf"\b{_BG}[\s-]+(?:removal|remover|removed|remove|free|transparent|gone|"
+       rf"off|out|erased|deleted|supprime|enleve|transparente?)\b|\bno[\s-]+{_BG}\b|"
+       rf"\bwithout\s+(?:a\s+|the\s+|any\s+)?{_BG}\b|\btransparent\s+{_BG}s?\b|"
+       rf"\b(?:alpha|transparent)\s+(?:channel|png|image|version|cutout|cut-out|layer)\b|"
+       rf"\bpng\s+(?:transparent|with\s+(?:transparency|alpha))\b|\bmake\s+{_OBJ}\s+"
+       rf"transparent\b|{_BG}\s+(?:to\s+|en\s+)?transparen\w+", STRONG),
+    _p(B, "cut-out", r"\b(?:cut|clip)\s*-?\s*out\b|\b(?:erase|remove|delete|cut|clear)\s+"
+       r"(?:everything|all|anything|stuff)\s+(?:behind|around|but|except|apart)\b|\bcutouts?\b|"
+       r"\bcut\s+(?:it|this|him|her|them|that|me|us|the\s+\w+(?:\s+\w+)?)\s+out\b", SURE),
+    _p(B, "isolate-any", r"\b(?:isolate|isolating)\s+(?:the\s+|this\s+|that\s+|my\s+|a\s+|"
+       r"his\s+|her\s+|their\s+|its\s+)?\w+", GOOD),
+    _p(B, "isolate", r"\b(?:isolate|isolating|extract|extracting|separate|separating|segment|"
+       r"segmenting|mask\s+out|pull\s+out|lift)\s+(?:the\s+|this\s+|my\s+|a\s+|his\s+|her\s+)?"
+       r"(?:\w+\s+)?(?:subject|object|person|product|foreground|item|figure|character|him|her|"
+       r"it|them|me|dog|cat|car|shoe|logo|model)\b", GOOD),
+    _p(B, "fr-bg", rf"\b(?:enleve\w*|enlever|supprime\w*|retire\w*|efface\w*|vire\w*|ote\w*|"
+       rf"elimine\w*|degage\w*|enlevez|retirez|supprimez)(?:[\s-]+(?:moi|lui|leur))?\s+"
+       rf"(?:(?:pas|juste|seulement|simplement|vite|donc|moi|lui|stp)\s+)*"
+       rf"(?:(?:le|l'|son|ce|cet|leur|mon|ton|tout\s+le|les|ses|sa|du)\s*)?"
+       rf"{_BG}\b|\bdetour\w*|\bsans\s+(?:le\s+|son\s+|de\s+)?(?:fond|arriere-plan)\b|"
+       rf"\bfond\s+(?:transparent|blanc\s+transparent|vide)\b|\bpng\s+transparent\b|"
+       rf"\bdecoup\w*|\bisole[rz]?\s+(?:le|la|l'|ce|cette)\b|\bsupprimer\s+le\s+fond\b", STRONG),
+    # upscale (strong)
+    _p(U, "upscale", r"\bup[\s-]?scal\w*|\bupres\w*|\bupsampl\w*|\bupsiz\w*|\bsuper[\s-]?res"
+       r"(?:olution)?\b|\besrgan\b|\b(?:scale|size|resize|blow)\w*\s+(?:it\s+|this\s+|them\s+|"
+       r"the\s+\w+\s+)?up\b", STRONG),
+    _p(U, "make-res-higher", r"\bmake\s+(?:the|its|their|this)\s+(?:image\s+|photo\s+)?"
+       r"(?:resolution|res|size|quality|definition)\s+(?:\w+\s+)?(?:higher|bigger|larger|better)\b|"
+       r"\b(?:\d+|two|three|four|twice|double)\s*(?:x|times)?\s+(?:the\s+)?(?:resolution|size)\b|"
+       r"^\W*(?:\d{1,2}\s?x|x\s?\d{1,2})\W*(?:please|pls|stp|svp)?\W*$", SURE),
+    _p(U, "bigger-version", r"\b(?:bigger|larger|high[\s-]?res(?:olution)?|hi-?res|higher[\s-]"
+       r"res(?:olution)?|hd|4k|8k|sharper|upscaled|enlarged|full[\s-]size|print[\s-]size)\s+"
+       r"(?:version|copy|file|one|edition)\b|\bversion\s+(?:plus\s+grande|en\s+(?:hd|4k|haute\s+"
+       r"(?:resolution|definition)))\b", SURE),
+    _p(U, "enlarge", r"\benlarg\w*|\bmagnif(?:y|ied)\w*|\bblow\s+(?:it\s+|this\s+)?up\b",
+       SURE),
+    _p(U, "make-bigger", rf"\b(?:make|making|render|get|turn|have)\s+{_OBJ}\s+(?:(?:\d+\s?x|\w+\s+"
+       rf"times|a\s+(?:lot|bit|little)|much|even|way)\s+)?(?:(?:\w+\s+){{0,3}}(?:and|&)\s+)?"
+       rf"(?:bigger|larger|huger|higher[\s-]res(?:olution)?|hi-?res|high[\s-]res(?:olution)?|"
+       rf"hd|4k|8k|uhd|full[\s-]hd|crisper|sharper\s+and\s+bigger)\b", SURE),
+    _p(U, "increase-res", r"\b(?:increase|increasing|boost|boosting|raise|improve|improving|"
+       r"enhance|enhancing|bump\s+up|up|augment|maximi[sz]e|better)\s+(?:the\s+|its\s+|their\s+|"
+       r"this\s+|my\s+|image\s+|photo\s+|picture\s+)*(?:resolution|res|size|quality|definition|"
+       r"sharpness|details?|pixel\s+count|dpi|pixels|clarity)\b", GOOD),
+    _p(U, "double-size", r"\b(?:double|doubl\w+|triple|quadruple)\w*\s+(?:the\s+|its\s+|their\s+|"
+       r"la\s+|sa\s+|leur\s+)?(?:size|resolution|dimensions|taille|resolution|res)\b|"
+       r"\b(?:twice|deux\s+fois|\w+\s+times)\s+(?:as\s+)?(?:big|large|bigger|larger|plus\s+"
+       r"grande?s?)\b|\b(?:\d+|two|three|four|eight)\s*(?:x|times)\s+(?:bigger|larger)\b",
+       SURE),
+    _p(U, "fr-upscale", r"\bagrandi\w*|\bgrossi[rs]\w*|\b(?:augmente\w*|ameliore\w*|accroi\w*|"
+       r"monte\w*|booste\w*)\s+(?:la\s+|sa\s+|leur\s+)?(?:resolution|definition|qualite|taille|"
+       r"nettete)\b|\b(?:rends|rendre|rend|fais|faire)[\s-]+(?:la|le|les|l'|-la|-le)?\s*"
+       r"(?:\w+\s+){0,2}plus\s+grande?s?\b|\b(?:passe\w*|mets|mettre|converti\w*)[\s-]+"
+       r"(?:la|le|les|-la|-le)?\s*(?:(?:cette|cet|ce|ma|mon|l')\s*\w+\s+)?(?:(?:juste|seulement|"
+       r"simplement|vite|donc|just|only)\s+)?en\s+(?:haute\s+"
+       r"(?:definition|resolution|qualite)|hd|4k|8k|uhd)\b|\bdouble[rz]?\s+la\s+taille\b",
+       SURE),
+    # style transfer
+    _p(S, "make-style", rf"\b(?:make|making|turn|convert|transform|change|changing|redo|redraw|"
+       rf"repaint|"
+       rf"reimagine|recreate|style|restyle|stylize|stylise|switch)\w*\s+"
+       rf"{_OBJ}\s+(?:(?:look|looks|appear|seem)\s+)?(?:(?:more\s+)?(?:like|into|to|as|in|"
+       rf"into\s+the\s+style\s+of|in\s+the\s+style\s+of)\s+)?(?:an?\s+|the\s+|some\s+|a\s+real\s+)"
+       rf"?(?:\w+\s+)?{STYLE}", STRONG),
+    _p(S, "draw-as-style", rf"\b(?:draw|paint|render|show|do|put|picture|imagine)\w*\s+{_OBJ}\s+"
+       rf"(?:more\s+)?(?:like|into|as|in|in\s+the\s+style\s+of)\s+(?:an?\s+|the\s+|some\s+)?"
+       rf"(?:\w+\s+)?{STYLE}", STRONG),
+    _p(S, "only-style", rf"^\W*(?:an?\s+|une?\s+|in\s+|en\s+)?{STYLE}\W*(?:please|pls|stp|svp|"
+       rf"s'il\s+te\s+plait|now|maintenant)?\W*$", SURE),
+    _p(S, "turn-into-style", rf"\b(?:turn|convert|transform|change|switch|transpose)\w*\s+"
+       rf"(?:\w+\s+){{0,3}}?(?:into|to)\s+(?:an?\s+|the\s+)?(?:\w+\s+)?(?:{STYLE}|{STYLE_NOUN})",
+       SURE),
+    _p(S, "into-art-form", rf"\b(?:turn|convert|transform|change|redo|redraw|make|making|render|"
+       rf"show|draw|paint|transforme\w*|converti\w*)\w*[\s-]+{_OBJ}?\s*(?:-?(?:la|le|moi)\s+)?"
+       rf"(?:into|to|as|like|en)\s+(?:an?\s+|une?\s+)?(?:\w+\s+)?{STYLE_NOUN}", GOOD),
+    _p(S, "style-version", rf"\b(?:make|create|give\s+me|do|want|need|fais|cree)\w*\s+"
+       rf"(?:an?\s+|une?\s+)(?:{STYLE}|{STYLE_NOUN}|\w+)\s+(?:version|copy|rendition)\s+of\s+"
+       rf"(?:me|this|it|my|the|us|him|her)\b", GOOD),
+    _p(S, "look-like", rf"\b(?:look|looks|looking)\s+(?:more\s+)?like\s+(?:an?\s+|the\s+)?"
+       rf"(?:\w+\s+)?{STYLE}", SURE),
+    _p(S, "give-look", rf"\b(?:give|add|apply|use)\s+(?:{_OBJ})?"
+       rf"\s*(?:an?\s+|the\s+|some\s+)?(?:\w+\s+)?{STYLE}[\w\s-]{{0,15}}?(?:style|look|effect|"
+       rf"filter|vibe|feel|touch|aesthetic|treatment|finish)\b", STRONG),
+    _p(S, "stylize", r"\b(?:cartooni[sz]\w*|cartoonif\w*|toonif\w*|animef\w*|anime-?if\w*|"
+       r"styli[sz]\w*|restyl\w*|style\s+transfer|transfert\s+de\s+style|(?:apply|add|use)\s+"
+       r"(?:an?\s+|the\s+)?(?:\w+\s+){0,3}?(?:style|filter|art\s+filter)\b)", GOOD),
+    _p(S, "now-in-style", rf"\b(?:now|next|maintenant|et|then|puis|ensuite|same|meme|redo)\s+"
+       rf"(?:\w+\s+)?(?:in|en|as|comme|style|version|but\s+in|mais\s+en)\s+(?:an?\s+|une?\s+|"
+       rf"style\s+)?(?:\w+\s+)?{STYLE}", SURE),
+    _p(S, "fr-style", rf"\b(?:transforme\w*|converti\w*|passe[rz]?|fais|faites|rends|rendre|"
+       rf"mets|mettre|change\w*|modifie\w*|redessine\w*|repeins)(?:[\s-]+(?:en|la|le|les|l'|"
+       rf"moi|-la|-le|-les|-en|-moi))?\s+(?:(?:cette|ma|mon|la|le|ce|l'|mes|ces)\s*(?:\w+\s+)?)?"
+       rf"(?:en|une?|comme|fa[cç]on|style|version|au|a\s+la|a\s+l')?\s*(?:une?\s+|style\s+|"
+       rf"version\s+)?(?:[\w']+\s+){{0,3}}?{STYLE}", STRONG),
+    _p(S, "in-style-short", rf"(?:^|[\s,])(?:in|en|as|comme|into)\s+(?:an?\s+|une?\s+)?"
+       rf"{STYLE}", FAIR),
+    # edit
+    _p(E, "combine", r"\b(?:combine|combining|merge|merging|blend|blending|composite|"
+       r"compositing|collage|mash\s+up|fuse|fusing|stitch|splice|fusionn\w*|combin\w*|assembl\w*|"
+       r"melang\w*|montage|photomontage)\w*\b", SURE),
+    _p(E, "remove-object", r"\b(?:remove|removing|delete|deleting|erase|erasing|get\s+rid\s+of|"
+       r"take\s+out|take\s+away|eliminate|clean\s+up|wipe|retouch\s+out|paint\s+out)\s+"
+       r"(?:the|this|that|those|these|a|an|his|her|their|its|all|any|my|some)?\s*\w+", GOOD),
+    _p(E, "replace", r"\b(?:replace|replacing|swap|switch|exchange|substitute|trade)\w*\s+(?:the|"
+       r"this|that|his|her|their|its|a|an|my)?\s*\w+(?:\s+\w+){0,4}?\s+(?:with|by|for|to|into)\b"
+       r"|\breplac\w*\s+(?:the|this|that|his|her|their|its|an?|my|all)\s+\w+", SURE),
+    _p(E, "change", r"\b(?:change|changing|alter|modify|recolou?r|update|swap|switch)\w*\s+(?:the|"
+       r"this|that|his|her|their|its|my|all)\s+(?!style\b|image\b|photo\b|picture\b)\w+",
+       GOOD),
+    _p(E, "make-thing", r"\b(?:make|making|turn|paint|color|colour|dye|get)\s+(?:the|his|her|their|"
+       r"its|"
+       r"my|this|that|those|these|all)\s+(?!image\b|photo\b|picture\b|pic\b|selfie\b|result\b|"
+       r"one\b)\w+|\bmake\s+(?:him|her|them)\s+(?!look\b)(?:into\s+|an?\s+|more\s+|less\s+)?"
+       r"\w+|\bturn\s+(?:him|her|them|me|us)\s+(?:into|to)\s+\w+|\bmake\s+(?:me|us|him|her|them)"
+       r"\s+look\s+(?!like\b)\w+|\b(?:want|need|like|would\s+like)\s+(?:the|his|her|their|its|my)"
+       r"\s+\w+(?:\s+\w+)?\s+to\s+(?:be|look|become|appear)\b", FAIR),
+    _p(E, "make-it-other", r"\b(?:make|making|turn)\s+(?:it|this|that|them|the\s+(?:image|"
+       r"photo|picture|pic|scene|result))\s+"
+       r"(?!look\b|an?\b|the\b|into\b|to\b|more\s+like\b|like\b)\w+", FAIR),
+    _p(E, "draw-on", r"\b(?:draw|paint|sketch|write)\w*\s+(?:\w+\s+){1,4}?(?:on|onto|over)\s+"
+       r"(?:him|her|them|it|his\s+\w+|her\s+\w+|their\s+\w+|its\s+\w+|my\s+\w+|this\s+\w+)\b",
+       SURE),
+    _p(E, "add", r"\b(?:add|adding|insert|inserting|include|put|place|attach)\w*\s+"
+       r"(?:an?|some|the|more|another|two|three|few|his|her|their|its|my|snow|rain|fog|sun|"
+       r"text|light|lights|color|colour)\b(?:\s+\w+){0,5}?\s+(?:to|on|onto|in|into|at|under|"
+       r"behind|next\s+to|inside|beside|over|around|near|above|below|across)\b", SURE),
+    _p(E, "add-simple", r"\b(?:add|adding|insert)\s+\w+", GOOD),
+    _p(E, "put-on", r"\b(?:put|place|move|paste|insert|drop|set|position)\s+(?:\w+\s+){1,6}?"
+       r"(?:on|onto|in|into|at|under|behind|next\s+to|inside|beside|in\s+front\s+of|over|"
+       r"against)\b", GOOD),
+    _p(E, "give-thing", r"\bgive\s+(?:him|her|them|it|the\s+\w+|this\s+\w+)\s+(?:an?\s+|"
+       r"some\s+|more\s+|less\s+)?\w+", FAIR),
+    _p(E, "edit-verb", r"\b(?:brighten|darken|lighten|recolou?r|colori[sz]e|retouch|fix|repair|"
+       r"restore|crop|rotate|flip|mirror|blur|unblur|straighten|whiten|smooth|fill|inpaint|"
+       r"outpaint|extend|expand|desaturate|saturate|warm\s+up|cool\s+down|relight|touch\s+up|"
+       r"edit|tweak|adjust|correct|remaster|reshape|widen|shorten|lengthen|age|de-?age)"
+       r"(?:s|ed|d|ing|en|ning|ped|ping)?\b",
+       FAIR),
+    _p(E, "fr-put-on-him", r"\b(?:mets|met|mettez|ajoute|ajoutez|colle|pose)[\s-]+"
+       r"(?:lui|leur|moi)\s+(?:une?|des|du|de\s+la|de\s+l')\s*\w+", GOOD),
+    _p(E, "fr-edit", r"\b(?:ajout\w*|rajout\w*)\b|\b(?:enleve\w*|enlever|supprime\w*|retire\w*|"
+       r"efface\w*|vire\w*|ote\w*|elimine\w*)\s+(?:la|le|les|l'|ce|cette|ces|son|sa|ses|un|une|"
+       r"des|tous|toutes)?\s*\w+|\bremplac\w*|\bchang\w*\s+(?:le|la|les|l'|son|sa|ses|ce|cette|"
+       r"leur)\s*\w+|\b(?:mets|met|mettre|mettez|place\w*|pose\w*|deplace\w*)(?:[\s-]+(?:le|la|"
+       r"les|lui|moi|leur))?\s+(?:\w+\s+){0,4}?(?:sur|dans|devant|derriere|sous|a\s+cote|au|"
+       r"a\s+la|contre)\b|\b(?:rends|rendre|rendez|fais|faire)[\s-]+(?:ses|son|sa|le|la|les|l'|"
+       r"leurs?)\s*\w+|\b(?:fai(?:s|re|tes)\s+disparaitre|eclairci\w*|assombri\w*|colori\w*|recadr\w*|retouch\w*|repar\w*|"
+       r"restaur\w*|floute?\w*|corrig\w*|remplis\w*|redresse\w*|modifie\w*|transforme[rz]?\s+"
+       r"(?:le|la|les|l'|son|sa|ses)\s*\w+\s+en)\b", GOOD),
+    # generation
+    _p(G, "generate", r"(?<!\ba\s)(?<!\ban\s)(?<!\bthe\s)(?<!\bune\s)"
+       r"\b(?:generate|generating|create|creating|draw|paint|render|design|"
+       r"imagine|produce|illustrate|sketch|visuali[sz]e|dream\s+up|come\s+up\s+with|conjure|"
+       r"compose|craft|invent|envision|depict|mock\s+up|whip\s+up|picture\s+me|"
+       r"gener\w*|cree|creer|creez|creee?s?|creation|dessine\w*|peins|peindre|peignez|"
+       r"imagine[rz]?|realise[rz]?|produis|produire|illustre[rz]?|con[cç]oi[st]|compose[rz]?|"
+       r"invente[rz]?|visualise[rz]?|represente[rz]?)\b", SURE),
+    _p(G, "make-a", r"\b(?:make|give|show|get|send|bring|build|fais|faites|fait|montre|"
+       r"donne)(?:[\s-]+(?:me|us|moi|nous))?\s+(?=(?:an?|some|another|\d+|one|two|three|four|"
+       r"five|six|seven|eight|nine|ten|a\s+couple\s+of|a\s+few|une?|des|deux|trois|quatre|cinq|"
+       r"plusieurs)\s+(?!(?:[\w-]+\s+)?(?:png|jpe?g|webp|gif|version|copy|file|cutout|cut-out|"
+       r"transparent|bigger|larger|higher|hd)\b))",
+       GOOD),
+    _p(G, "want-image", r"(?:(?:\bi(?:'d|\s+would)?\s+|^\W*|\bwe\s+)(?:like|love|want|need)|"
+       r"\bi'm\s+looking\s+for|"
+       r"\bcan\s+i\s+(?:get|have|see)|\bcould\s+i\s+(?:get|have|see)|\bmay\s+i\s+have|"
+       r"\blet'?s\s+(?:see|have|get|make)|\bje\s+(?:voudrais|veux|souhaite|souhaiterais|"
+       r"aimerais)|\bj'aimerais|\bj'ai\s+besoin\s+d'|\bil\s+me\s+faut|\bmontre[\s-]*moi|"
+       r"\bdonne[\s-]*moi)\s+"
+       r"(?:to\s+(?:see|have|get)\s+)?(?:an?|some|\d+|one|two|three|four|five|une?|des|deux|"
+       r"trois|quatre|cinq)\s+(?:new\s+)?(?:[\w-]+\s+){0,3}?(?:image|picture|photo|pic|"
+       r"illustration|drawing|painting|render|portrait|wallpaper|logo|poster|sticker|icon|shot|"
+       r"artwork|art|design|versions?|variations?|scene|dessin|peinture|affiche|fond\s+d'ecran|"
+       r"visuel|rendu|variantes?|banner|avatar|cover|thumbnail)s?\b", GOOD),
+    _p(G, "again", r"^\W*(?:another(?:\s+one)?|one\s+more|again|more|encore|une\s+autre|un\s+"
+       r"autre|re-?generate|regenerate|retry|try\s+again|redo\s+it|refais|recommence|same\s+"
+       r"again|do\s+it\s+again|new\s+one|give\s+me\s+another)\b", GOOD),
+    # weak cues (dropped next to a generation cue, or when there is no image at all)
+    _p(U, "hd-words", r"\b(?:higher|high|better|full|max(?:imum)?|haute|meilleure|plus\s+haute)"
+       r"[\s-](?:resolution|res|definition|quality|qualite)\b|\bhi-?res\b|\b(?:in|to|en)\s+"
+       r"(?:hd|4k|8k|uhd)\b|\bhd\b|\b4k\b|\b8k\b|\benhance\w*|\bameliore\w*|\bsharp\w*|"
+       r"\bdeblur\w*|\bnet(?:tete|te)\b|\bbigger\b|\blarger\b|\bplus\s+grand", WEAK, weak=True),
+    _p(G, "image-of", r"\b(?:an?\s+|the\s+)?(?:image|picture|photo|pic|illustration|drawing|"
+       r"painting|render|rendering|portrait|wallpaper|artwork|poster|logo|icon|sticker|shot|"
+       r"close-?up|scene|view|landscape|still)s?\s+(?:of|showing|with|depicting|featuring)\b|"
+       r"\b(?:une?|des)\s+(?:image|photo|illustration|dessin|peinture|portrait|affiche|logo)s?"
+       r"\s+(?:de|d'|du|des|avec|montrant)", WEAK, weak=True),
+)
+
+# General (questions, greetings, help): checked on the whole message.
+_INFO_Q = re.compile(
+    r"^\W*(?:how(?!\s+about)|what(?!\s+about|\s+if)|what's|whats|which|why|who|when|where|"
+    r"is\s+(?:it(?!\s+possible\s+to\s+(?!know|see))|there|my|this|the|that)|"
+    r"are\s+(?:you|there|my|the|your)|does|do\s+you|did\s+you|"
+    r"(?:can|could|may)\s+i(?!\s+(?:get|have|see|please\s+(?:get|have)))|puis-je|"
+    r"est-ce\s+que\s+je\s+peux|je\s+peux\s+(?!avoir)|"
+    r"can\s+you\s+(?:tell|explain|help|describe|list)|could\s+you\s+(?:tell|explain|help|"
+    r"describe|list)|tell\s+me|explain|list|describe|comment|quel\w*|pourquoi|qui|quand|"
+    r"ou\s+(?:est|sont)|combien|est-ce\s+que|qu'est|c'est\s+quoi|peux-tu\s+(?:m'expliquer|"
+    r"me\s+dire|m'aider)|explique\w*|dis[\s-]moi|aide[\s-]moi|do\s+i\s+need|should\s+i|"
+    r"is\s+it\s+possible\s+to\s+(?:know|see)|est-il|y\s+a-t-il|as-tu|avez-vous|tu\s+(?:peux|sais)"
+    r"\s+(?:faire\s+quoi|quoi))\b")
+_GREETING = re.compile(
+    r"^\W*(?:hi|hello|hey|hiya|yo|howdy|good\s+(?:morning|afternoon|evening|night)|thanks?|"
+    r"thank\s+you|thx|ty|cheers|merci|bonjour|bonsoir|salut|coucou|ok(?:ay)?|cool|great|nice|"
+    r"awesome|perfect|parfait|super|genial|top|bye|goodbye|au\s+revoir|help|aide|sos|wow|"
+    r"amazing|love\s+it|j'adore|bravo|excellent|nope|no|yes|oui|non|yep|sure|d'accord)\b")
+_GENERAL_CUE = re.compile(
+    r"\b(?:tell\s+me|explain|what\s+(?:styles|formats|sizes|can\s+you)|which\s+(?:styles|"
+    r"formats)|list\s+(?:the|your|all)|help\s+me\s+(?:understand|choose)|dis-moi|explique|"
+    r"quels?\s+(?:styles|formats))\b")
+_REQUEST_IN_QUESTION = re.compile(
+    r"^\W*(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+)?|(?:is|would|will)\s+it\s+be\s+"
+    r"possible\s+to\s+|is\s+it\s+possible\s+to\s+|(?:est-il|serait-il|c'est)\s+possible\s+"
+    r"d(?:e\s+|')|est-ce\s+que\s+(?:tu\s+peux|vous\s+pouvez|tu\s+pourrais|vous\s+pourriez)\s+|"
+    r"(?:peux|pourrais)-tu\s+|(?:pouvez|pourriez)-vous\s+|tu\s+(?:peux|pourrais)\s+)"
+    r"(?!tell|explain|help|describe|list|m'expliquer|me\s+dire|m'aider|expliquer|dire)")
+
+_NEGATION = re.compile(
+    r"(?:\bdon'?t|\bdo\s+not|\bdoes\s*n[o']?t|\bdid\s*n[o']?t|\bnever|\bnot|\bno\s+need\s+"
+    r"(?:to|for)|\bno|\bwithout|\bw/o|\bstop|\bskip|\bavoid|\binstead\s+of|\brather\s+than|"
+    r"\bpas|\bne|(?:^|\s)n'|\bsans|\bjamais|\bplutot\s+que|\bau\s+lieu\s+d|\bexcept|"
+    r"\bwon'?t|\bshouldn'?t|\bcan'?t|\bnor|\bneither|\bni)(?:\b|(?<='))")
+_CLAUSE_BREAK = re.compile(r"[,.;!?:]|\b(?:but|mais|just|only|juste|seulement|instead|plutot|"
+                           r"then|puis|ensuite|rather|and\s+then|et\s+puis)\b")
+# "X, then Y": a new operation; what no cue explains after it is suspicious.
+SEQ_CONNECTOR = re.compile(
+    r"(?:,\s*|\s+)(?:and\s+then|then|after\s+that|afterwards|finally|and\s+also|also|"
+    r"(?<=[,;]\s)next|"
+    r"puis|ensuite|et\s+puis|et\s+ensuite|apres\s+(?:ca|cela)|enfin|et\s+aussi)\b\s*,?|"
+    r"[.;!?]+\s+|\n+")
+_BEFORE = re.compile(r"\b(?:before|avant\s+de|avant\s+d')\s*$")
+_AFTER = re.compile(r"\b(?:after|once|apres\s+avoir|apres|une\s+fois)\s*(?:you\s+|having\s+|"
+                    r"i\s+|we\s+)?$")
+_FIRST = re.compile(r"\b(?:but\s+first|first|mais\s+d'abord|d'abord|tout\s+d'abord)\s*,?\s*$")
+_DEICTIC = re.compile(r"\b(?:it|this|that|them|him|her|me|myself|us|my|our|the\s+(?:image|"
+                      r"photo|picture|pic|selfie|result)|la|le|les|cette|ce|cet|ma|mon|mes|moi|"
+                      r"nos|notre)\b|-(?:la|le|les|moi)\b|\bl'")
+
+
+@dataclass
+class Cue:
+    intent: str
+    span: Span
+    weight: float
+    name: str
+    negated: bool = False
+    weak: bool = False
+    style: str | None = None
+
+
+@dataclass
+class DraftStep:
+    """A step before parameters and inputs are attached (see router.planner)."""
+
+    intent: str
+    start: int
+    end: int  # end of the last cue merged into this step
+    cues: list[Cue]
+    confidence: float
+    stage: str = "rules"
+    style: str | None = None
+    region: Span = (0, 0)  # the text this step's prompt/instruction comes from
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.cues]
+
+
+@dataclass
+class Segment:
+    span: Span
+    sequential: bool  # starts after "then", "puis", "." …
+    cues: list[Cue] = field(default_factory=list)
+
+
+@dataclass
+class RuleResult:
+    original: str
+    folded: str
+    language: str
+    images: int
+    context: SessionContext
+    params: Extracted
+    styles: list[StyleMention]
+    cues: list[Cue]
+    steps: list[DraftStep]
+    confidence: float
+    segments: list[Segment]
+    uncovered: list[Segment]  # sequential clauses no cue explains
+    general: str | None = None  # why the message is general, when it is
+
+    @property
+    def intents(self) -> list[str]:
+        return [s.intent for s in self.steps]
+
+
+def _overlaps(span: Span, spans: list[Span]) -> bool:
+    return any(span[0] < e and s < span[1] for s, e in spans)
+
+
+def _window_start(folded: str, pos: int, prev_end: int) -> int:
+    start = prev_end
+    for match in _CLAUSE_BREAK.finditer(folded, prev_end, pos):
+        start = max(start, match.end())
+    return start
+
+
+def find_cues(folded: str, *, claimed: list[Span] | None = None) -> list[Cue]:
+    taken: list[Span] = list(claimed or [])
+    cues: list[Cue] = []
+    for pattern in PATTERNS:
+        for match in pattern.regex.finditer(folded):
+            span = match.span()
+            # trim leading separators a pattern may have consumed
+            while span[0] < span[1] and not folded[span[0]].isalnum():
+                span = (span[0] + 1, span[1])
+            if span[0] >= span[1] or _overlaps(span, taken):
+                continue
+            taken.append(span)
+            cues.append(Cue(pattern.intent, span, pattern.weight, pattern.name,
+                            negated=pattern.veto, weak=pattern.weak))
+    cues.sort(key=lambda c: c.span[0])
+    prev_end = 0
+    for cue in cues:
+        window = folded[_window_start(folded, cue.span[0], prev_end):cue.span[0]]
+        if not cue.negated and _NEGATION.search(window):
+            cue.negated = True
+        prev_end = cue.span[1]
+    return cues
+
+
+def split_segments(folded: str) -> list[Segment]:
+    segments: list[Segment] = []
+    pos, sequential = 0, False
+    for match in SEQ_CONNECTOR.finditer(folded):
+        if match.start() > pos:
+            segments.append(Segment((pos, match.start()), sequential))
+        pos, sequential = match.end(), True
+    if pos < len(folded):
+        segments.append(Segment((pos, len(folded)), sequential))
+    return [s for s in segments if folded[s.span[0]:s.span[1]].strip()] or \
+        [Segment((0, len(folded)), False)]
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9][a-z0-9'-]*", text) if w not in STOPWORDS]
+
+
+def _style_cues(styles: list[StyleMention], cues: list[Cue], folded: str) -> None:
+    """Explicit style phrases ("in the style of X", "X style", "style X") no pattern claimed
+    become style cues; bare style words stay parameters (a generation's style)."""
+    taken = [c.span for c in cues]
+    for mention in styles:
+        if not mention.explicit or _overlaps(mention.span, taken):
+            continue
+        cues.append(Cue(S, mention.span, GOOD, "style-phrase", style=mention.value))
+    cues.sort(key=lambda c: c.span[0])
+    prev_end = 0
+    for cue in cues:
+        if cue.name == "style-phrase":
+            window = folded[_window_start(folded, cue.span[0], prev_end):cue.span[0]]
+            cue.negated = bool(_NEGATION.search(window))
+        prev_end = cue.span[1]
+
+
+def _style_of(cue: Cue, styles: list[StyleMention]) -> str | None:
+    if cue.style:
+        return cue.style
+    inside = [m for m in styles if m.span[0] < cue.span[1] + 2 and cue.span[0] < m.span[1]]
+    return inside[0].value if inside else None
+
+
+def analyze(message: str, images: int = 0, context: SessionContext | None = None
+            ) -> RuleResult:
+    """Run the rules on one message. Never raises on text content."""
+    context = context or SessionContext()
+    original = nfc(message)
+    folded = fold(original)
+    language = detect_language(folded)
+    cues = find_cues(folded)
+    styles = find_styles(folded)
+    explicit = [m.span for m in styles if m.explicit]
+    # "style bande dessinée": a generation verb inside a style phrase is part of its name
+    cues = [c for c in cues if not (c.intent == G and any(s <= c.span[0] and c.span[1] <= e
+                                                          for s, e in explicit))]
+    _style_cues(styles, cues, folded)
+    params = extract(folded, original, cue_spans=[c.span for c in cues if not c.negated])
+    segments = split_segments(folded)
+    for seg in segments:
+        seg.cues = [c for c in cues if seg.span[0] <= c.span[0] < seg.span[1]]
+
+    result = RuleResult(original=original, folded=folded, language=language, images=images,
+                        context=context, params=params, styles=styles, cues=cues, steps=[],
+                        confidence=0.0, segments=segments, uncovered=[])
+    active = [c for c in cues if not c.negated]
+    has_image = images > 0 or bool(context.last_image_id)
+    has_generation = any(c.intent == G and not c.weak for c in active)
+
+    # Weak cues: only where nothing stronger explains the message.
+    kept: list[Cue] = []
+    for cue in active:
+        if cue.weak and any(not c.weak and segment_of(segments, c.span[0]) is
+                            segment_of(segments, cue.span[0]) for c in active):
+            continue
+        if cue.weak and cue.intent == U and (has_generation or not has_image):
+            continue
+        if cue.weak and cue.intent == U and any(c.intent == U and not c.weak for c in active):
+            continue
+        if cue.weak and cue.intent == G and (has_image or any(
+                not c.weak and c.intent in (G, E, S, F) for c in active)):
+            continue
+        kept.append(cue)
+    active = kept
+
+    active = _drop_subsumed(folded, active)
+
+    # General: information questions override; greetings only when nothing else is asked.
+    greeting = _GREETING.search(folded)
+    if _INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded):
+        result.general = "question"
+    elif not active and greeting and len(content_words(folded[greeting.end():])) <= 3:
+        result.general = "greeting"  # "thanks, that's perfect"; not "hi! a cat on a bike"
+    elif _GENERAL_CUE.search(folded) and not [c for c in active if not c.weak]:
+        result.general = "help"
+    if result.general:
+        result.steps = [DraftStep(Q, 0, len(folded), [], SURE, region=(0, len(folded)))]
+        result.confidence = SURE
+        return result
+
+    steps = _build_steps(result, active, has_image)
+    result.steps = steps
+    _mark_uncovered(result)
+    conf = min((s.confidence for s in steps), default=0.0)
+    if result.uncovered:
+        conf = min(conf, 0.5)
+    result.confidence = conf
+    return result
+
+
+_DET_ONLY = re.compile(r"^\s*(?:(?:an?|the|some|une?|des|quick|new|nice|good|proper|little|small|"
+                       r"petite?|rapide|nouvel(?:le)?|nouveau|vraie?|real)\s+){0,3}$")
+_BY_MEANS = re.compile(r"\b(?:by|via|through|using)\s*$")
+
+
+def _drop_subsumed(folded: str, cues: list[Cue]) -> list[Cue]:
+    """'make a face swap', 'fais un échange de visage': the verb's object is an operation, so
+    the generic generation verb goes. 'put me in this poster by swapping my face': the means
+    ("by …") names the operation, so the goal's cue goes."""
+    drop: set[int] = set()
+    for i, cue in enumerate(cues):
+        nxt = cues[i + 1] if i + 1 < len(cues) else None
+        if (cue.intent == G and cue.name in ("make-a", "generate", "want-image") and nxt
+                and nxt.intent != G and _DET_ONLY.match(folded[cue.span[1]:nxt.span[0]])):
+            drop.add(i)
+        if i > 0 and _BY_MEANS.search(folded[cues[i - 1].span[1]:cue.span[0]]) and \
+                cues[i - 1].intent != cue.intent and cue.intent != G:
+            drop.add(i - 1)
+    return [c for i, c in enumerate(cues) if i not in drop]
+
+
+def _build_steps(result: RuleResult, cues: list[Cue], has_image: bool) -> list[DraftStep]:
+    folded, styles = result.folded, result.styles
+    steps: list[DraftStep] = []
+    pending_styles: list[str | None] = []  # style phrases seen before their generation cue
+    gen_spans = [c.span for c in cues if c.intent == G]
+    for cue in cues:
+        intent = cue.intent
+        weight = cue.weight
+        style = _style_of(cue, styles) if intent == S else None
+        if intent == S:
+            # A style phrase next to a generation cue is that generation's style.
+            seg = segment_of(result.segments, cue.span[0])
+            gen_here = [s for s in gen_spans if seg.span[0] <= s[0] < seg.span[1]]
+            earlier_gen = [s for s in gen_here if s[0] < cue.span[0]]
+            if earlier_gen or (gen_here and cue.name in ("style-phrase", "in-style-short")):
+                target = next((st for st in reversed(steps) if st.intent == G), None)
+                if target is None:
+                    pending_styles.append(style)  # "in watercolor style, draw a fox"
+                elif not target.style:
+                    target.style = style
+                continue
+            deictic = bool(_DEICTIC.search(folded[cue.span[0]:cue.span[1]]))
+            prev_image_step = bool(steps)
+            if not (has_image or deictic or prev_image_step):
+                # "a watercolor painting of a fox" with no image: a generation in that style
+                intent, weight = G, min(weight, FAIR)
+            elif not (has_image or prev_image_step):
+                weight = min(weight, FAIR)  # asks to restyle an image nobody gave (yet)
+        if steps and steps[-1].intent == intent and intent not in (Q,):
+            last = steps[-1]
+            last.cues.append(cue)
+            last.end = max(last.end, cue.span[1])
+            last.confidence = max(last.confidence, weight)
+            if style and not last.style:
+                last.style = style
+            continue
+        steps.append(DraftStep(intent, cue.span[0], cue.span[1], [cue], weight,
+                               style=style if intent in (S, G) else None))
+        if intent == G and pending_styles:
+            steps[-1].style = steps[-1].style or pending_styles.pop()
+
+    # Generation style from a style word in its own text ("an anime girl", "en aquarelle").
+    attach_regions(result, steps)
+    for step in steps:
+        if step.intent == G and not step.style:
+            inside = [m for m in styles if step.region[0] <= m.span[0] < step.region[1]]
+            if inside:
+                step.style = inside[0].value
+
+    if not steps and not result.general:
+        # Nothing recognised: a plain description with no image is a generation (weakly).
+        words = content_words(folded)
+        if words and not has_image:
+            step = DraftStep(G, 0, 0, [], 0.55 if len(words) >= 2 else 0.4)
+            steps.append(step)
+            attach_regions(result, steps)
+            if styles:
+                step.style = styles[0].value
+    _reorder(result, steps)
+    return steps
+
+
+def segment_of(segments: list[Segment], pos: int) -> Segment:
+    for seg in segments:
+        if seg.span[0] <= pos < seg.span[1]:
+            return seg
+    return segments[-1]
+
+
+def attach_regions(result: RuleResult, steps: list[DraftStep]) -> None:
+    """Each step's text runs from its first cue to the next step's first cue; a generation
+    without a verb cue starts at the beginning of its clause."""
+    folded = result.folded
+    starts = sorted(s.start for s in steps)
+    for step in steps:
+        # by position in the text, not in the plan ("X after Y-ing" reorders the plan)
+        end = next((s for s in starts if s > step.start), len(folded))
+        start = step.start
+        if step.intent == G and (not step.cues or step.cues[0].weak) and \
+                step.start == starts[0]:
+            start = min(start, segment_of(result.segments, step.start).span[0])
+        step.region = (start, end)
+
+
+def _reorder(result: RuleResult, steps: list[DraftStep]) -> None:
+    """'X after Y-ing' → Y, X; 'before X-ing, Y' → Y, X; 'X but first Y' → Y, X."""
+    folded = result.folded
+    i = 0
+    moved = set()
+    while i < len(steps):
+        step = steps[i]
+        seg_start = max(0, step.start - 40)
+        before = folded[seg_start:step.start]
+        key = id(step)
+        if key in moved:
+            i += 1
+            continue
+        if i > 0 and _AFTER.search(before):
+            steps[i - 1], steps[i] = steps[i], steps[i - 1]
+            moved.add(key)
+            i = max(0, i - 1)
+            continue
+        if i + 1 < len(steps) and _BEFORE.search(before):
+            steps[i], steps[i + 1] = steps[i + 1], steps[i]
+            moved.add(key)
+            continue
+        if i > 0 and _FIRST.search(before) and re.search(r"\bbut\b|\bmais\b", before):
+            steps.insert(0, steps.pop(i))
+            moved.add(key)
+            continue
+        i += 1
+
+
+def _mark_uncovered(result: RuleResult) -> None:
+    """Sequential clauses with content no cue (negated or not) or parameter explains."""
+    claimed = result.params.claimed() + [m.span for m in result.styles]
+    for seg in result.segments:
+        if not seg.sequential or seg.cues:
+            continue
+        text = result.folded[seg.span[0]:seg.span[1]]
+        chars = list(text)
+        for s, e in claimed:
+            for k in range(max(s, seg.span[0]), min(e, seg.span[1])):
+                chars[k - seg.span[0]] = " "
+        words = content_words("".join(chars))
+        if len(words) >= 1 and not re.fullmatch(r"(?:please|pls|thanks?|merci|stp|svp|"
+                                                r"s'il\s+te\s+plait|ok|done|that's\s+it)",
+                                                " ".join(words)):
+            result.uncovered.append(seg)
