@@ -78,7 +78,7 @@ class ChatService:
     # -- the endpoint -----------------------------------------------------------------------
     async def chat(self, *, message: str, session_id: str | None,
                    context: dict[str, Any] | None, uploads: list[np.ndarray],
-                   base_url: str) -> ChatResponse:
+                   base_url: str, async_job: bool = False) -> ChatResponse:
         started = time.perf_counter()
         session = await self._session(session_id)
         ctx = self._context(session, context)
@@ -107,48 +107,65 @@ class ChatService:
             return reply
 
         images_by_source = {"upload": uploads}
+        done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
+        last = image_steps[-1]
+        prompt = next((s.params.get("prompt") for s in image_steps if s.params.get("prompt")),
+                      None)
+
+        async def reply_for(response) -> ChatResponse:
+            out_meta = response.metadata
+            meta = {**metadata, "timings": {**metadata["timings"], **{
+                k: round(v, 4) for k, v in out_meta.timings.items()}},
+                "models": out_meta.extra.get("models", {}),
+                "steps": out_meta.extra.get("steps", [])}
+            if out_meta.extra.get("refined_prompt"):
+                meta["refined_prompt"] = out_meta.extra["refined_prompt"]
+            meta["timings"]["total"] = time.perf_counter() - started
+            images = []
+            for item in response.data:
+                record = await asyncio.to_thread(self.records.get_asset, asset_id=item.id)
+                images.append(ChatImage(
+                    id=item.id, url=self.runner.asset_url(item.id, base_url),
+                    width=record.width, height=record.height,
+                    format=record.content_type.split("/")[-1]))
+            return ChatResponse(
+                session_id=session.id, message=f"Here is your image ({done}).", type="image",
+                data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
+                actions=[
+                    ChatAction(id="upscale", label="Upscale 2×", type="chat",
+                               data={"message": "make it bigger"}),
+                    ChatAction(id="remove_background", label="Remove background",
+                               type="chat", data={"message": "remove the background"}),
+                    ChatAction(id="watercolor", label="Watercolor", type="chat",
+                               data={"message": "now in watercolor"}),
+                    ChatAction(id="download", label="Download", type="link",
+                               data={"url": images[0].url}),
+                ],
+                suggestions=["make it bigger", "now in watercolor", "remove the background"],
+                metadata=meta)
+
+        built: dict[str, ChatResponse] = {}
+
+        async def remember(response) -> None:  # the session's context for follow-ups
+            built["reply"] = reply = await reply_for(response)
+            await self._remember(session.id, reply, {
+                "last_image_id": reply.data.images[0].id, "last_intent": last.intent,
+                **({"last_prompt": prompt} if prompt else {}),
+                **({"last_style": st} if (st := last.params.get("style")) else {})})
+
         response = await self.runner.run(
             kind="chat", prompt=message, params={"plan": plan_json, "session_id": session.id},
             model_info={"name": "chat", "tiny": False, "fallback": False,
                         "fallback_reason": None},
             work=lambda progress: self._execute(plan, images_by_source, ctx, progress),
-            base_url=base_url)
-        out_meta = response.metadata
-        metadata["timings"].update({k: round(v, 4) for k, v in out_meta.timings.items()})
-        metadata.update(models=out_meta.extra.get("models", {}),
-                        steps=out_meta.extra.get("steps", []))
-        if out_meta.extra.get("refined_prompt"):
-            metadata["refined_prompt"] = out_meta.extra["refined_prompt"]
-        metadata["timings"]["total"] = time.perf_counter() - started
-        images = []
-        for item in response.data:
-            record = await asyncio.to_thread(self.records.get_asset, asset_id=item.id)
-            images.append(ChatImage(id=item.id, url=self.runner.asset_url(item.id, base_url),
-                                    width=record.width, height=record.height,
-                                    format=record.content_type.split("/")[-1]))
-        done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
-        reply = ChatResponse(
-            session_id=session.id, message=f"Here is your image ({done}).", type="image",
-            data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
-            actions=[
-                ChatAction(id="upscale", label="Upscale 2×", type="chat",
-                           data={"message": "make it bigger"}),
-                ChatAction(id="remove_background", label="Remove background", type="chat",
-                           data={"message": "remove the background"}),
-                ChatAction(id="watercolor", label="Watercolor", type="chat",
-                           data={"message": "now in watercolor"}),
-                ChatAction(id="download", label="Download", type="link",
-                           data={"url": images[0].url}),
-            ],
-            suggestions=["make it bigger", "now in watercolor", "remove the background"],
-            metadata=metadata)
-        last = image_steps[-1]
-        await self._remember(session.id, reply, {
-            "last_image_id": images[0].id, "last_intent": last.intent,
-            **({"last_prompt": p} if (p := next((s.params.get("prompt") for s in image_steps
-                                                 if s.params.get("prompt")), None)) else {}),
-            **({"last_style": s} if (s := last.params.get("style")) else {})})
-        return reply
+            base_url=base_url, async_job=async_job, on_success=remember)
+        if isinstance(response, str):  # async: the job runs on; the session learns at the end
+            return ChatResponse(
+                session_id=session.id, type="processing", data=ChatData(
+                    plan=plan_json, job_id=response),
+                message=f"Working on it ({len(image_steps)} step(s)); follow "
+                        f"/v1/jobs/{response}/events for progress.", metadata=metadata)
+        return built["reply"]
 
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
         await asyncio.to_thread(

@@ -573,15 +573,19 @@ class Ingress:
 
     @app.post("/v1/chat", response_model=ChatResponse, responses=ERROR_RESPONSES, tags=["chat"],
               openapi_extra=_CHAT_BODY)
-    async def chat(self, request: Request) -> ChatResponse:
+    async def chat(self, request: Request) -> Any:
         body, files = await self._chat_input(request)
         uploads = []
         for i, f in enumerate(files):
             uploads.append(await self.tools.decode(await f.read(),
                                                    "image" if i == 0 else f"image[{i}]"))
-        return await self.chat_service.chat(message=body.message, session_id=body.session_id,
-                                            context=body.context, uploads=uploads,
-                                            base_url=self._base_url(request))
+        reply = await self.chat_service.chat(
+            message=body.message, session_id=body.session_id, context=body.context,
+            uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
+        if reply.type == "processing":
+            return JSONResponse(reply.model_dump(mode="json"), status_code=202,
+                                headers={"Location": f"/v1/jobs/{reply.data.job_id}"})
+        return reply
 
     @app.post("/v1/chat/plan", responses=ERROR_RESPONSES, tags=["chat"],
               openapi_extra=_CHAT_BODY)

@@ -102,6 +102,7 @@ class JobRunner:
         compression: int | None = None,
         revised_prompt: str | None = None,
         async_job: bool = False,
+        on_success: Callable[[ImagesResponse], Awaitable[None]] | None = None,
     ) -> ImagesResponse | str:
         """Run `work` as a recorded job and store its images. With `async_job`, return the job
         id at once and run it in the background (GET /v1/jobs/{id} and /events follow it)."""
@@ -111,7 +112,8 @@ class JobRunner:
         execute = self._execute(
             job_id, kind=kind, model_info=model_info, work=work, base_url=base_url,
             response_format=response_format, output_format=output_format,
-            compression=compression, revised_prompt=revised_prompt, live=async_job)
+            compression=compression, revised_prompt=revised_prompt, live=async_job,
+            on_success=on_success)
         if not async_job:
             return await execute
         task = asyncio.create_task(execute)
@@ -127,7 +129,7 @@ class JobRunner:
     async def _execute(self, job_id: str, *, kind: str, model_info: dict[str, Any], work: Work,
                        base_url: str, response_format: str, output_format: Format,
                        compression: int | None, revised_prompt: str | None,
-                       live: bool) -> ImagesResponse:
+                       live: bool, on_success=None) -> ImagesResponse:
         started = time.perf_counter()
         heartbeat: asyncio.Task | None = None
         try:
@@ -182,6 +184,8 @@ class JobRunner:
                 for item in result["data"]:
                     item["b64_json"] = None
                     item["url"] = self.asset_url(item["id"], base_url)
+            if on_success is not None:  # e.g. the chat remembers its images in the session
+                await on_success(response)
             await asyncio.to_thread(self.records.finish_job, job_id=job_id,
                                     asset_ids=[d.id for d in data], timings=timings,
                                     model=out.model, result=result)

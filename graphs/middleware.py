@@ -212,6 +212,16 @@ def track_downstream(response: Any) -> Any:
     return response
 
 
+def detached_context() -> contextvars.Context:
+    """A copy of the current context in which deployment calls are not tied to the request
+    being handled: for background work that outlives it (an async job started by a 202),
+    ``asyncio.create_task(work, context=detached_context())``, so the request's timeout
+    never cancels it."""
+    context = contextvars.copy_context()
+    context.run(_downstream.set, None)
+    return context
+
+
 def cancel_downstream(calls: Iterable[Any]) -> int:
     """Cancel deployment calls (best effort, as Serve's `.cancel()`); returns how many."""
     cancelled = 0
@@ -438,5 +448,6 @@ def install(app: Any, config: HardeningConfig | None = None) -> None:
 
 __all__ = [
     "BodySizeLimit", "CancellableHandle", "HardeningConfig", "RequestId", "RequestTimeout",
-    "RequestTooLarge", "cancel_downstream", "cors_middleware", "install", "track_downstream",
+    "RequestTooLarge", "cancel_downstream", "cors_middleware", "detached_context", "install",
+    "track_downstream",
 ]

@@ -12,7 +12,7 @@ from models.matting import MattingRequest
 
 # The keys every model deployment's info() reports (see deployments/generator.py).
 INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices"}
+             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_a_serve_batch_is_one_model_call(matting):
 
 
 def test_bad_request_fails_alone_with_a_value_error(matting):
-    with pytest.raises(ValueError, match=r"image must have dtype uint8, got float32"):
+    with pytest.raises(ValueError, match=r"image must have dtype uint8 \(0-255\), got float32"):
         asyncio.run(matting.remove(MattingRequest(image=np.zeros((8, 8, 3), np.float32))))
     with pytest.raises(ValueError, match=r"output must be one of cutout, mask, solid"):
         asyncio.run(matting.remove(MattingRequest(image=np.zeros((8, 8, 3), np.uint8),

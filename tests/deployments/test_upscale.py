@@ -13,7 +13,7 @@ from models.upscale import UpscaleRequest
 
 # The keys every model deployment's info() reports (see deployments/generator.py).
 INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices"}
+             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_bad_request_is_a_value_error(upscaler):
     img = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match=r"scale must be one of 2, 4, got 3"):
         asyncio.run(upscaler.upscale(UpscaleRequest(image=img, scale=3)))
-    with pytest.raises(ValueError, match=r"image must be uint8"):
+    with pytest.raises(ValueError, match=r"image must have dtype uint8"):
         asyncio.run(upscaler.upscale(UpscaleRequest(image=img.astype(np.float32), scale=2)))
 
 

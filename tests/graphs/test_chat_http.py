@@ -133,3 +133,34 @@ def test_templates_and_prompt_tools(http):
     refined = http.post("/v1/prompts/refine", json={"prompt": "a fox, no people",
                                                     "style": "anime"}).json()
     assert "fox" in refined["prompt"] and "people" in refined["negative_prompt"]
+
+
+def test_async_chat_streams_plan_stages_then_remembers(http, gateway):
+    import json
+
+    r = http.post("/v1/chat?async=true",
+                  json={"message": "generate a red sneaker and remove the background"})
+    assert r.status_code == 202, r.text
+    reply = r.json()
+    assert reply["type"] == "processing" and reply["data"]["job_id"]
+    steps, final, result = [], None, None
+    with httpx.stream("GET", f"{gateway.base_url}/v1/jobs/{reply['data']['job_id']}/events",
+                      timeout=120) as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line.split(":", 1)[1])
+                if data["step"] and data["step"] not in steps:
+                    steps.append(data["step"])
+                final, result = event, data["result"]
+    assert final == "succeeded"
+    # stages are sampled every 200 ms: the first one is long enough to be seen live, and the
+    # final event's result lists every step that ran
+    assert "step 1: image_generation" in steps
+    assert [s["intent"] for s in result["metadata"]["extra"]["steps"]] == [
+        "image_generation", "background_removal"]
+    follow = chat(http, "make it bigger", session_id=reply["session_id"])
+    assert [s["intent"] for s in follow["data"]["plan"]["steps"]] == ["upscale"]
+    assert follow["type"] == "image"
