@@ -15,6 +15,8 @@ from typing import Any
 
 from ray import serve
 
+from graphs import observability
+
 logger = logging.getLogger("ray.serve")
 
 # Default GPU share of one replica on GPU profiles (SD 1.5 fp16 needs ~3.5 GB at batch 8,
@@ -69,13 +71,15 @@ class Generator:
         # model call at a time per replica, batches and health probes alike.
         self._model_lock = asyncio.Lock()
         self._probes = 0
+        self._queue = observability.QueueDepth("Generator")  # requests waiting for a batch
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
         from models.diffusion import check_inputs
 
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
-        return await self._batched(request)
+        with self._queue.waiting():
+            return await self._batched(request)
 
     async def generate_stream(self, request, partial_images: int = 0):
         """Generate one request unbatched, streaming events as they happen:
@@ -125,6 +129,7 @@ class Generator:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
     async def _batched(self, requests: list) -> list:
         self._serve_batches[len(requests)] += 1
+        observability.record_batch("Generator", _images_in(requests))
         started = time.perf_counter()
         try:
             async with self._model_lock:

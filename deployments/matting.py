@@ -17,6 +17,8 @@ from typing import Any
 
 from ray import serve
 
+from graphs import observability
+
 logger = logging.getLogger("ray.serve")
 
 # GPU share of one replica on GPU profiles (u2net needs well under 1 GB; BiRefNet at
@@ -83,6 +85,7 @@ class Matting:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, requests: list) -> list:
+        observability.record_batch("Matting", len(requests))
         self._serve_batches[len(requests)] += 1
         started = time.perf_counter()
         try:

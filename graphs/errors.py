@@ -161,8 +161,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, desc in {
         400: "invalid request (the message says what to fix)",
         404: "not found",
+        413: "request body or an uploaded image too large (the message names the limit)",
+        415: "an upload is not a PNG, JPEG or WebP image",
+        # FastAPI would document its own 422 body here; validation errors are 400 instead
+        422: "well-formed but unprocessable (e.g. no face found)",
         503: "overloaded or starting; see Retry-After",
+        504: "not completed within the gateway's request timeout; the work was cancelled",
     }.items()
 }
+ERROR_RESPONSES[503]["headers"] = {"Retry-After": {
+    "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+# Answers any route can give (body limit, timeout, overload): documented on every operation.
+COMMON_RESPONSES = {status: ERROR_RESPONSES[status] for status in (413, 503, 504)}
 
-__all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "ERROR_RESPONSES"]
+__all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "ERROR_RESPONSES",
+           "COMMON_RESPONSES"]

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from graphs import errors
+from graphs import errors, middleware, observability
 from graphs.chat import ChatService
-from graphs.errors import ERROR_RESPONSES, ApiError
+from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import MAX_EDIT_IMAGES, GenerationService, Options
 from graphs.jobs import JobRunner
 from graphs.schemas import (
@@ -43,6 +43,7 @@ from graphs.schemas import (
 )
 from graphs.tools import Limits, ToolService
 from storage.assets import AssetNotFound, LocalAssetStore
+from storage.records import MAX_PAGE
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,8 +53,12 @@ app = FastAPI(
     description="AI photo features behind one API: generation (OpenAI-compatible), "
     "background removal, face swap, upscaling and chat. Every error is "
     '`{"error": {"message", "type", "param", "code"}}`.',
+    responses=COMMON_RESPONSES,
 )
 errors.install(app)
+# Body limit (413), timeout (504, cancels model calls), request id, CORS, metrics. Before
+# @serve.ingress(app): Serve freezes the app when the class is decorated.
+middleware.install(app, middleware.HardeningConfig.from_settings())
 
 
 class IngressConfig(BaseModel):
@@ -168,6 +173,12 @@ class Ingress:
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
                  router: DeploymentHandle, llm: DeploymentHandle | None,
                  config: IngressConfig):
+        observability.install_log_redaction()
+        # Calls through these handles are cancelled when a request times out (504).
+        generator, matting, faceswap, upscaler, router = (
+            middleware.CancellableHandle(h)
+            for h in (generator, matting, faceswap, upscaler, router))
+        llm = middleware.CancellableHandle(llm) if llm is not None else None
         self.config = config
         from storage.config import StorageSettings
 
@@ -208,7 +219,8 @@ class Ingress:
         return record
 
     # -- projects and gallery -----------------------------------------------------------------
-    @app.post("/v1/projects", tags=["projects"], responses=ERROR_RESPONSES, status_code=201)
+    @app.post("/v1/projects", tags=["projects"], status_code=201, responses={
+        **ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description": "exists"}})
     async def create_project(self, body: ProjectBody) -> dict[str, Any]:
         if await asyncio.to_thread(self.records.get_project, project_id=body.id):
             raise ApiError(409, f"project {body.id!r} exists", param="id", code="exists")
@@ -348,7 +360,9 @@ class Ingress:
                                                 async_job=_wants_async(request))
         return self._reply(result, request)
 
-    @app.post("/v1/images/edits", response_model=ImagesResponse, responses=ERROR_RESPONSES,
+    @app.post("/v1/images/edits", response_model=ImagesResponse,
+              responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
+                                                  "description": "JSON, or SSE when stream"}},
               tags=["images"])
     async def edits(
         self,
@@ -598,8 +612,9 @@ class Ingress:
         plan = await self.chat_service.plan(body.message, images=len(files), context=context)
         return plan.model_dump(mode="json")
 
-    @app.get("/v1/sessions", tags=["chat"])
-    async def sessions(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+    @app.get("/v1/sessions", tags=["chat"], responses=ERROR_RESPONSES)
+    async def sessions(self, limit: int = Query(50, ge=1, le=MAX_PAGE),
+                       cursor: str | None = None) -> dict[str, Any]:
         page = await asyncio.to_thread(self.records.list_sessions, project=self.config.project,
                                        limit=limit, cursor=cursor)
         return {"data": [_session_json(s) for s in page.items], "next_cursor": page.next_cursor}
@@ -645,7 +660,9 @@ class Ingress:
         return result.model_dump(mode="json")
 
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
-        "content": {"image/png": {}}, "description": "the asset's bytes"}}, tags=["assets"])
+        "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("image/png", "image/jpeg", "image/webp")},
+        "description": "the asset's bytes"}}, tags=["assets"])
     async def asset(self, asset_id: str) -> Response:
         record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
         if record is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from graphs import middleware, observability
 from graphs.errors import ApiError, to_api_error
 from graphs.images import CONTENT_TYPES, Format, encode
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
@@ -116,7 +117,8 @@ class JobRunner:
             on_success=on_success)
         if not async_job:
             return await execute
-        task = asyncio.create_task(execute)
+        # detached: the request that started it answers 202 now; its timeout must not cancel it
+        task = asyncio.create_task(execute, context=middleware.detached_context())
         self._tasks.add(task)  # keep a reference until it ends
         task.add_done_callback(self._job_done)
         return job_id
@@ -139,7 +141,8 @@ class JobRunner:
             # Every running job beats, sync ones too: the stale-job sweeper tells a dead worker
             # from a slow one by the heartbeat alone.
             heartbeat = asyncio.create_task(self._heartbeat(job_id, asyncio.current_task()))
-            out = await work(progress)
+            with observability.stage_timer("model", kind=kind):
+                out = await work(progress)
             await progress(0.95, "storing", force=True)
             stored = time.perf_counter()
             data: list[ImageData] = []
@@ -189,6 +192,7 @@ class JobRunner:
             await asyncio.to_thread(self.records.finish_job, job_id=job_id,
                                     asset_ids=[d.id for d in data], timings=timings,
                                     model=out.model, result=result)
+            observability.record_images(kind, len(data))
             return response
         except (JobCancelled, asyncio.CancelledError) as exc:
             # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
@@ -231,15 +235,18 @@ class JobRunner:
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
                compression: int | None = None) -> tuple[str, bytes, str]:
-        blob = encode(image, fmt, quality=90 if compression is None else compression)
+        with observability.stage_timer("encode", kind=kind):
+            blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
+        started = time.perf_counter()
         self.assets.put(key=key, data=blob, content_type=CONTENT_TYPES[fmt])
         height, width = image.shape[:2]
         self.records.add_asset(asset_id=asset_id, job_id=job_id, kind=kind,
                                store=self.assets.name, key=key, content_type=CONTENT_TYPES[fmt],
                                size_bytes=len(blob), width=width, height=height,
                                project=self.project)
+        observability.observe_stage("store", time.perf_counter() - started, kind=kind)
         return asset_id, blob, key
 
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:

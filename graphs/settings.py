@@ -31,3 +31,12 @@ class Settings(StorageSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+    # Hardening (graphs/middleware.py). Lists from the environment are JSON:
+    # PHOTOSTUDIO_CORS_ALLOW_ORIGINS='["https://studio.example.com"]'
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1,
+                                   description="whole request body; larger → 413")
+    request_timeout_s: float = Field(120, gt=0, description="no response started by then → "
+                                     "504 and the work is cancelled (keep it below the Serve "
+                                     "proxy's request_timeout_s)")
+    cors_allow_origins: list[str] = Field(default_factory=list,
+                                          description="browser origins allowed; empty = closed")

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from graphs import observability
 from graphs.editing import apply_ops, check_ops, parse_edit_request
 from graphs.errors import ApiError
 from graphs.generation import GenerationService
@@ -72,9 +73,11 @@ class ToolService:
         return self._info[name]
 
     async def decode(self, data: bytes, field: str, *, keep_alpha: bool = True) -> np.ndarray:
-        return await asyncio.to_thread(decode, data, field=field, max_pixels=self.limits.max_pixels,
-                                       max_bytes=self.limits.max_upload_bytes,
-                                       keep_alpha=keep_alpha)
+        with observability.stage_timer("decode", kind="upload"):
+            return await asyncio.to_thread(decode, data, field=field,
+                                           max_pixels=self.limits.max_pixels,
+                                           max_bytes=self.limits.max_upload_bytes,
+                                           keep_alpha=keep_alpha)
 
     # -- array-in, array-out operations (shared by the tool routes and the chat) -------------
     async def matting_op(self, image: np.ndarray, *, output: str = "cutout",

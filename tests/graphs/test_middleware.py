@@ -1,0 +1,504 @@
+"""Hardening middlewares (graphs/middleware.py): body size, timeout, request id, CORS.
+
+Unit tests run a tiny FastAPI app in-process (httpx ASGITransport); one test deploys an
+ingress with the middlewares on the session Ray cluster and goes through Serve's proxy.
+
+No `from __future__ import annotations`: Serve's class-based FastAPI views (the deployed
+ingress below) need real annotations on the route methods.
+"""
+
+import asyncio
+import re
+import uuid
+
+import httpx
+import pytest
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from graphs import errors, middleware, observability
+from graphs.middleware import CancellableHandle, HardeningConfig
+
+LIMIT = 1024
+TIMEOUT_S = 0.3
+
+
+class FakeResponse:
+    """Stands in for a DeploymentResponse: awaiting it never finishes; `cancel()` is seen."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._never = asyncio.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self):
+        return self._never.wait().__await__()
+
+
+class FakeHandle:
+    def __init__(self) -> None:
+        self.responses: list[FakeResponse] = []
+
+    def options(self, **_kwargs):
+        return self
+
+    @property
+    def work(self):
+        return self
+
+    def remote(self, *_args, **_kwargs) -> FakeResponse:
+        self.responses.append(FakeResponse())
+        return self.responses[-1]
+
+
+def make_app(config: HardeningConfig | None = None) -> tuple[FastAPI, dict]:
+    state: dict = {"calls": 0, "cancelled": False, "handle": FakeHandle()}
+    app = FastAPI()
+    errors.install(app)
+    middleware.install(app, config or HardeningConfig(max_request_bytes=LIMIT,
+                                                      request_timeout_s=TIMEOUT_S,
+                                                      timeout_exempt_paths=["/exempt/*"]))
+    handle = CancellableHandle(state["handle"])
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        state["calls"] += 1
+        body = await request.body()
+        return {"bytes": len(body), "request_id": observability.current_request_id()}
+
+    @app.post("/upload")
+    async def upload(file: UploadFile = File(...)) -> dict:
+        state["calls"] += 1
+        return {"bytes": len(await file.read())}
+
+    @app.get("/id")
+    async def request_id() -> dict:
+        return {"request_id": observability.current_request_id()}
+
+    @app.get("/hang")
+    async def hang() -> dict:
+        state["calls"] += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            state["cancelled"] = True
+            raise
+        return {}
+
+    @app.get("/model")
+    async def model() -> dict:
+        await handle.work.remote("x")  # never finishes: only the timeout ends it
+        return {}
+
+    @app.get("/exempt/slow")
+    async def exempt_slow() -> dict:
+        await asyncio.sleep(TIMEOUT_S * 2)
+        return {"done": True}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks():
+            yield b"first;"
+            await asyncio.sleep(TIMEOUT_S * 2)  # past the deadline, after the start
+            yield b"second"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    return app, state
+
+
+def call(app: FastAPI, method: str, path: str, **kwargs) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(run())
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    return error
+
+
+# --- body size ----------------------------------------------------------------------------
+
+
+def test_content_length_over_the_limit_is_413_and_the_handler_never_runs():
+    app, state = make_app()
+    r = call(app, "POST", "/echo", content=b"x" * (LIMIT + 1))
+    error = assert_envelope(r, 413, "request_too_large")
+    assert "1 KiB (1024 bytes)" in error["message"] and "1025" in error["message"]
+    assert error["type"] == "request_too_large"
+    assert state["calls"] == 0
+    assert r.headers["x-request-id"]  # RequestId is outside: even rejections carry it
+
+
+def test_413_by_content_length_reads_nothing():
+    """Pure ASGI: the body is never received when Content-Length is already too big."""
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not run")
+
+    async def receive():
+        raise AssertionError("the body must not be read")
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [
+        (b"content-length", str(10 * LIMIT).encode())]}
+    asyncio.run(middleware.BodySizeLimit(app, max_bytes=LIMIT)(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert b'"request_too_large"' in sent[1]["body"]
+
+
+def test_invalid_content_length_is_400():
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not run")
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x",
+             "headers": [(b"content-length", b"12abc")]}
+    asyncio.run(middleware.BodySizeLimit(app, max_bytes=LIMIT)(scope, None, send))
+    assert sent[0]["status"] == 400 and b"invalid_content_length" in sent[1]["body"]
+
+
+async def _chunks(n: int, size: int = 256):
+    for _ in range(n):
+        yield b"y" * size
+
+
+def test_chunked_body_growing_past_the_limit_is_413():
+    app, state = make_app()
+    r = call(app, "POST", "/echo", content=_chunks(8))  # 2 KiB, no Content-Length
+    error = assert_envelope(r, 413, "request_too_large")
+    assert "1024 bytes" in error["message"]
+    assert state["calls"] == 1  # it started reading, and was cut off
+
+
+def test_chunked_multipart_upload_past_the_limit_is_413_not_a_parse_error():
+    """FastAPI turns errors while parsing a form into 400; ours must stay a 413."""
+    app, _ = make_app()
+
+    async def multipart():
+        yield (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+               b"Content-Type: image/png\r\n\r\n")
+        async for chunk in _chunks(8):
+            yield chunk
+        yield b"\r\n--b--\r\n"
+
+    r = call(app, "POST", "/upload", content=multipart(),
+             headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_envelope(r, 413, "request_too_large")
+
+
+def test_bodies_within_the_limit_pass():
+    app, _ = make_app()
+    assert call(app, "POST", "/echo", content=b"z" * LIMIT).json()["bytes"] == LIMIT
+    assert call(app, "POST", "/echo", content=_chunks(4)).json()["bytes"] == LIMIT
+    r = call(app, "POST", "/upload", files={"file": ("a.png", b"p" * 100, "image/png")})
+    assert r.status_code == 200 and r.json() == {"bytes": 100}
+
+
+def test_body_limit_must_be_positive():
+    with pytest.raises(ValueError, match="max_bytes"):
+        middleware.BodySizeLimit(None, max_bytes=0)
+
+
+# --- timeout --------------------------------------------------------------------------------
+
+
+def test_slow_handler_gets_504_and_is_cancelled():
+    app, state = make_app()
+    r = call(app, "GET", "/hang")
+    error = assert_envelope(r, 504, "timeout")
+    assert "0.3 s" in error["message"] and error["type"] == "timeout_error"
+    assert state["calls"] == 1 and state["cancelled"] is True
+
+
+def test_timeout_cancels_the_deployment_calls_of_the_request():
+    app, state = make_app()
+    r = call(app, "GET", "/model")
+    assert_envelope(r, 504, "timeout")
+    [response] = state["handle"].responses
+    assert response.cancelled is True
+
+
+def test_exempt_paths_are_not_timed():
+    app, _ = make_app()
+    assert call(app, "GET", "/exempt/slow").json() == {"done": True}
+
+
+def test_event_stream_accept_header_exempts():
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(TIMEOUT_S * 2)
+        seen.append("finished")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x",
+             "headers": [(b"accept", b"text/event-stream")]}
+    asyncio.run(middleware.RequestTimeout(app, seconds=TIMEOUT_S)(scope, None, send))
+    assert seen == ["finished"] and sent[0]["status"] == 200
+
+
+def test_a_started_response_is_not_cut_at_the_deadline():
+    app, _ = make_app()
+    r = call(app, "GET", "/stream")
+    assert r.status_code == 200 and r.text == "first;second"
+
+
+def test_a_handler_exception_passes_through_unchanged():
+    async def app(scope, receive, send):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        asyncio.run(middleware.RequestTimeout(app, seconds=5)(
+            {"type": "http", "path": "/", "headers": []}, None, None))
+
+
+def test_cancellable_handle_tracks_only_inside_a_timed_request():
+    fake = FakeHandle()
+    handle = CancellableHandle(fake)
+    response = handle.work.options(stream=False).remote(1)  # outside a request: no tracking
+    assert response is fake.responses[0]
+    assert middleware.cancel_downstream([response]) == 1 and response.cancelled
+    assert CancellableHandle(handle).unwrap() is fake
+
+
+def test_background_work_in_a_detached_context_outlives_the_timeout():
+    """An async job started by a request keeps its model calls when the request times out."""
+    fake = FakeHandle()
+    handle = CancellableHandle(fake)
+    jobs: list[asyncio.Task] = []
+
+    async def app(scope, receive, send):
+        async def job():
+            handle.remote("job")
+        jobs.append(asyncio.create_task(job(), context=middleware.detached_context()))
+        handle.remote("request")
+        await asyncio.Event().wait()  # the request itself never answers
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(middleware.RequestTimeout(app, seconds=0.1)(
+        {"type": "http", "path": "/", "headers": []}, None, send))
+    assert sent[0]["status"] == 504
+    job_call, request_call = sorted(fake.responses, key=lambda r: r.cancelled)
+    assert request_call.cancelled is True and job_call.cancelled is False
+
+
+# --- request id -----------------------------------------------------------------------------
+
+
+def test_request_id_is_generated_when_missing():
+    app, _ = make_app()
+    r = call(app, "GET", "/id")
+    request_id = r.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert r.json()["request_id"] == request_id  # the handler saw the same id
+
+
+def test_request_id_is_echoed():
+    app, _ = make_app()
+    r = call(app, "GET", "/id", headers={"X-Request-ID": "client-42.abc"})
+    assert r.headers["x-request-id"] == "client-42.abc"
+    assert r.json()["request_id"] == "client-42.abc"
+    assert r.headers.get_list("x-request-id") == ["client-42.abc"]
+
+
+@pytest.mark.parametrize("bad", ["x" * 200, "a b", "id;drop", "é"])
+def test_unsafe_request_ids_are_replaced(bad):
+    app, _ = make_app()
+    r = call(app, "GET", "/id", headers={"X-Request-ID": bad.encode("utf-8")})
+    assert r.headers["x-request-id"] != bad
+    assert re.fullmatch(r"[0-9a-f]{32}", r.json()["request_id"])
+
+
+def test_request_id_is_reset_after_the_request():
+    seen: list = []
+
+    async def app(scope, receive, send):
+        seen.append(observability.request_id_var.get())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    async def run():
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/", "headers": [(b"x-request-id", b"abc")]}
+        await middleware.RequestId(app, echo=True)(scope, None, send)  # same task, inline
+        return observability.request_id_var.get(), dict(sent[0]["headers"])
+
+    after, headers = asyncio.run(run())
+    assert seen == ["abc"] and after is None
+    assert headers[b"x-request-id"] == b"abc"
+
+
+# --- CORS -----------------------------------------------------------------------------------
+
+ORIGIN = "https://studio.example.com"
+
+
+def test_cors_is_closed_by_default():
+    app, _ = make_app()
+    r = call(app, "GET", "/id", headers={"Origin": ORIGIN})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    preflight = call(app, "OPTIONS", "/echo", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_open_for_an_allowed_origin_only():
+    app, _ = make_app(HardeningConfig(cors_allow_origins=[ORIGIN]))
+    r = call(app, "GET", "/id", headers={"Origin": ORIGIN})
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+    preflight = call(app, "OPTIONS", "/echo", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, authorization"})
+    assert preflight.status_code == 200
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    other = call(app, "GET", "/id", headers={"Origin": "https://evil.example.com"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_headers_on_middleware_errors():
+    """CORS is outside the body limit: a browser can read the 413 envelope."""
+    app, _ = make_app(HardeningConfig(cors_allow_origins=[ORIGIN], max_request_bytes=LIMIT))
+    r = call(app, "POST", "/echo", content=b"x" * (LIMIT + 1), headers={"Origin": ORIGIN})
+    assert r.status_code == 413 and r.headers["access-control-allow-origin"] == ORIGIN
+
+
+@pytest.mark.parametrize("origins,credentials,match", [
+    (["https://a.example.com/"], False, "scheme://host"),
+    (["a.example.com"], False, "scheme://host"),
+    (["*"], True, "credentials"),
+])
+def test_cors_config_is_checked(origins, credentials, match):
+    with pytest.raises(ValueError, match=match):
+        middleware.cors_middleware(origins, allow_credentials=credentials)
+
+
+def test_config_from_settings_reads_names_it_knows():
+    class FakeSettings:
+        max_request_bytes = 2048
+        cors_allow_origins = f"{ORIGIN}, https://b.example.com"
+        request_timeout_s = None  # unset → default
+
+    config = HardeningConfig.from_settings(FakeSettings())
+    assert config.max_request_bytes == 2048 and config.request_timeout_s == 120
+    assert config.cors_allow_origins == [ORIGIN, "https://b.example.com"]
+
+
+# --- through Serve's proxy ------------------------------------------------------------------
+
+SERVE_TIMEOUT_S = 1.0
+
+
+def hardened_serve_app():
+    """An ingress built like graphs/ingress.py (middlewares installed before
+    ``@serve.ingress``) in front of a model deployment whose calls never finish."""
+    from ray import serve
+
+    api = FastAPI()
+    errors.install(api)
+    middleware.install(api, HardeningConfig(max_request_bytes=LIMIT,
+                                            request_timeout_s=SERVE_TIMEOUT_S))
+
+    @serve.deployment(name="Sleeper", ray_actor_options={"num_cpus": 0.1})
+    class Sleeper:
+        def __init__(self):
+            self.cancelled = []
+
+        async def work(self, key):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(key)
+                raise
+
+        def cancelled_keys(self):
+            return list(self.cancelled)
+
+    @serve.deployment(name="HardenedIngress", ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(api)
+    class HardenedIngress:
+        def __init__(self, sleeper):
+            self.sleeper = CancellableHandle(sleeper)
+
+        @api.get("/id")
+        async def request_id(self) -> dict:
+            return {"request_id": observability.current_request_id()}
+
+        @api.post("/echo")
+        async def echo(self, request: Request) -> dict:
+            return {"bytes": len(await request.body())}
+
+        @api.get("/slow")
+        async def slow(self, key: str) -> dict:
+            await self.sleeper.work.remote(key)
+            return {}
+
+    return HardenedIngress.bind(Sleeper.bind())
+
+
+def test_middlewares_behind_the_serve_proxy(ray_cluster):
+    """Deployed ingress: one X-Request-ID (Serve's own is not duplicated), 413 by
+    Content-Length and by a chunked body, and a 504 that cancels the model call in the
+    downstream replica."""
+    from ray import serve
+
+    from tests.conftest import wait_until
+
+    name = f"mw-{uuid.uuid4().hex[:6]}"
+    prefix = f"/{name}"
+    serve.run(hardened_serve_app(), name=name, route_prefix=prefix)
+    base = f"http://127.0.0.1:{ray_cluster.http_port}{prefix}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            r = client.get("/id", headers={"X-Request-ID": "proxy-test-1"})
+            assert r.status_code == 200, r.text
+            assert r.headers.get_list("x-request-id") == ["proxy-test-1"]
+            assert r.json()["request_id"] == "proxy-test-1"
+            generated = client.get("/id")
+            assert generated.headers.get_list("x-request-id") == [
+                generated.json()["request_id"]]
+
+            big = client.post("/echo", content=b"x" * (LIMIT + 1))
+            assert_envelope(big, 413, "request_too_large")
+            chunked = client.post("/echo", content=iter([b"y" * 512] * 8))
+            assert_envelope(chunked, 413, "request_too_large")
+            assert client.post("/echo", content=b"ok").json()["bytes"] == 2
+
+            slow = client.get("/slow", params={"key": "k1"})
+            assert_envelope(slow, 504, "timeout")
+        sleeper = serve.get_deployment_handle("Sleeper", app_name=name)
+        wait_until(lambda: "k1" in sleeper.cancelled_keys.remote().result(timeout_s=10),
+                   timeout=30, what="the downstream model call to be cancelled")
+    finally:
+        serve.delete(name)
