@@ -47,7 +47,7 @@ class ChatService:
         self.records = runner.records
 
     # -- sessions -------------------------------------------------------------------------
-    async def _session(self, session_id: str | None):
+    async def session(self, session_id: str | None):
         if session_id is None:
             return await asyncio.to_thread(self.records.create_session,
                                            project=self.runner.project)
@@ -59,7 +59,7 @@ class ChatService:
         return session
 
     @staticmethod
-    def _context(session, overrides: dict[str, Any] | None):
+    def context(session, overrides: dict[str, Any] | None):
         from router.schemas import SessionContext
 
         context: dict[str, Any] = {}
@@ -80,8 +80,8 @@ class ChatService:
                    context: dict[str, Any] | None, uploads: list[np.ndarray],
                    base_url: str, async_job: bool = False) -> ChatResponse:
         started = time.perf_counter()
-        session = await self._session(session_id)
-        ctx = self._context(session, context)
+        session = await self.session(session_id)
+        ctx = self.context(session, context)
         upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
         plan = await self.plan(message, images=len(uploads), context=ctx)
         await asyncio.to_thread(self.records.add_message, session_id=session.id, role="user",

@@ -204,10 +204,10 @@ class Ingress:
     def _base_url(self, request: Request) -> str:
         return self.config.public_base_url or str(request.base_url)
 
-    def _reply(self, result: Any, request: Request) -> Any:
+    async def _reply(self, result: Any, request: Request) -> Any:
         """JSON, an SSE stream, or for async jobs 202 + the job (Location: /v1/jobs/{id})."""
         if isinstance(result, str):
-            record = self.records.get_job(job_id=result)
+            record = await asyncio.to_thread(self.records.get_job, job_id=result)
             return JSONResponse(_job_json(record, self._base_url(request)), status_code=202,
                                 headers={"Location": f"/v1/jobs/{result}"})
         return _maybe_stream(result)
@@ -358,7 +358,7 @@ class Ingress:
     async def generations(self, body: ImageGenerationRequest, request: Request) -> Any:
         result = await self.generation.generate(body, base_url=self._base_url(request),
                                                 async_job=_wants_async(request))
-        return self._reply(result, request)
+        return await self._reply(result, request)
 
     @app.post("/v1/images/edits", response_model=ImagesResponse,
               responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
@@ -412,7 +412,7 @@ class Ingress:
                                             input_fidelity=input_fidelity, opts=opts,
                                             base_url=self._base_url(request),
                                             async_job=_wants_async(request))
-        return self._reply(result, request)
+        return await self._reply(result, request)
 
     @app.post("/v1/images/variations", response_model=ImagesResponse,
               responses=ERROR_RESPONSES, tags=["images"])
@@ -431,7 +431,7 @@ class Ingress:
         decoded = await self.tools.decode(await image.read(), "image", keep_alpha=False)
         opts = Options(n=n, size=size, response_format=response_format, model=model,
                        seed=seed)
-        return self._reply(await self.generation.variations(
+        return await self._reply(await self.generation.variations(
             decoded, opts=opts, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
 
@@ -459,7 +459,7 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "output", "bg_color", "alpha_matting"})
-        return self._reply(await self.tools.remove_background(
+        return await self._reply(await self.tools.remove_background(
             await image.read(), output=output, bg_color=bg_color, alpha_matting=alpha_matting,
             output_format=output_format, response_format=response_format,
             base_url=self._base_url(request),
@@ -482,7 +482,7 @@ class Ingress:
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"source", "target", "target_face_index",
                                               "all_faces"})
-        return self._reply(await self.tools.face_swap(
+        return await self._reply(await self.tools.face_swap(
             await source.read(), await target.read(), target_face_index=target_face_index,
             all_faces=all_faces, output_format=output_format, response_format=response_format,
             base_url=self._base_url(request),
@@ -499,7 +499,7 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "scale"})
-        return self._reply(await self.tools.upscale(
+        return await self._reply(await self.tools.upscale(
             await image.read(), scale=scale, output_format=output_format,
             response_format=response_format, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
@@ -518,7 +518,7 @@ class Ingress:
         response_format: ResponseFormat = Form("b64_json"),
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "ops"})
-        return self._reply(await self.tools.edit_ops(
+        return await self._reply(await self.tools.edit_ops(
             await image.read(), ops, output_format=output_format,
             response_format=response_format, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
@@ -540,7 +540,7 @@ class Ingress:
     ) -> ImagesResponse:
         await reject_unknown_fields(request, {"image", "style", "prompt", "strength", "seed",
                                               "steps"})
-        return self._reply(await self.tools.style_transfer(
+        return await self._reply(await self.tools.style_transfer(
             await image.read(), style=style, prompt=prompt, strength=strength, seed=seed,
             steps=steps, output_format=output_format, response_format=response_format,
             base_url=self._base_url(request),
@@ -607,8 +607,8 @@ class Ingress:
         body, files = await self._chat_input(request)
         context = None
         if body.session_id:
-            session = await self.chat_service._session(body.session_id)
-            context = self.chat_service._context(session, body.context)
+            session = await self.chat_service.session(body.session_id)
+            context = self.chat_service.context(session, body.context)
         plan = await self.chat_service.plan(body.message, images=len(files), context=context)
         return plan.model_dump(mode="json")
 

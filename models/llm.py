@@ -472,30 +472,8 @@ class TransformersChatEngine:
             # Offline (HF_HUB_OFFLINE=1) and not cached: LocalEntryNotFoundError (an OSError).
             snapshot_download(location, allow_patterns=["config.json"])
 
-        from models import zoo
-
-        def tiny(spec: ModelSpec, reason: str | None = None) -> Resolved:
-            location = zoo.ensure(spec.source.removeprefix("tiny:"), zoo_dir)
-            return Resolved(spec, str(location), reason)
-
-        if spec.tiny:
-            return tiny(spec)
-        if not spec.tiny_fallback or spec.tiny_fallback in MODELS:
-            return resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback,
-                           load_check=check)
-        # The fallback is one of this family's own tiny models, which the central registry
-        # doesn't list: same policy as `registry.resolve`, with the fallback done here.
-        try:
-            return resolve(spec, zoo_dir=zoo_dir, allow_fallback=False, load_check=check)
-        except RuntimeError as exc:
-            if not allow_fallback:
-                raise
-            cause = exc.__cause__ or exc
-            reason = (f"weights for {spec.name!r} ({spec.source}) unavailable: "
-                      f"{cause.__class__.__name__}")
-            logger.error("FALLING BACK TO TINY MODEL %r: %s. Outputs are from random weights!",
-                         spec.tiny_fallback, reason)
-            return tiny(llm_spec(spec.tiny_fallback), reason)
+        # tiny models and fallbacks are registry models (models/registry.py): one policy
+        return resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
 
     def _load(self, resolved: Resolved) -> None:
         import torch

@@ -47,7 +47,7 @@ import numpy as np
 
 from models.base import LoadedInfo, ModelFamily
 from models.base import check_image as _check_image
-from models.registry import MODELS, ModelSpec, Resolved, resolve, spec_for_source
+from models.registry import MODELS, ModelSpec, resolve, spec_for_source
 
 logger = logging.getLogger(__name__)
 
@@ -444,24 +444,9 @@ class MattingModel(ModelFamily):
             else:
                 locate_model_file(location)
 
-        # The registry's fallback looks the tiny model up in its own table; while that table
-        # does not list this family's tiny model, the same policy is applied here.
-        own_fallback = (allow_fallback and spec.tiny_fallback is not None
-                        and spec.tiny_fallback not in MODELS)
-        try:
-            resolved = resolve(spec, zoo_dir=zoo_dir, load_check=check,
-                               allow_fallback=allow_fallback and not own_fallback)
-        except RuntimeError as exc:
-            if not own_fallback:
-                raise
-            cause = exc.__cause__ or exc
-            reason = (f"weights for {spec.name!r} ({spec.source}) unavailable: "
-                      f"{cause.__class__.__name__}")
-            logger.error("FALLING BACK TO TINY MODEL %r: %s. Outputs are from random weights!",
-                         spec.tiny_fallback, reason)
-            tiny = resolve(SPECS[spec.tiny_fallback], zoo_dir=zoo_dir, allow_fallback=False,
-                           load_check=check)
-            resolved = Resolved(tiny.spec, tiny.location, reason)
+        # tiny fallbacks are registry models (models/registry.py): one fallback policy
+        resolved = resolve(spec, zoo_dir=zoo_dir, load_check=check,
+                           allow_fallback=allow_fallback)
         return cls.load(resolved.location, name=resolved.spec.name, device=device, home=home,
                         tiny=resolved.spec.tiny, fallback_reason=resolved.fallback_reason,
                         **kwargs)
