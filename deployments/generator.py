@@ -3,12 +3,21 @@
 Concurrent requests are collected by `@serve.batch` (batch size counted in images, not
 requests) and the model runs compatible ones in shared pipeline calls. The deployment keeps
 a record of the batch sizes it actually ran (`stats`), which the tests and benchmarks read.
+
+Cancellation (client disconnects, request timeouts, cancelled jobs): Serve cancels the
+caller's task on this replica (``asyncio.CancelledError`` in `generate`), and the model stops
+at the next denoising step. Policy for batches: a request whose caller left before its pipeline
+call started is dropped from it; a running pipeline call stops at the next step once every
+request in it is gone, and otherwise runs on for the callers still waiting (removing one
+request's latents mid-call would change the others' batch). `stats()` counts it all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -22,6 +31,9 @@ logger = logging.getLogger("ray.serve")
 # Default GPU share of one replica on GPU profiles (SD 1.5 fp16 needs ~3.5 GB at batch 8,
 # 512x512; see serve_config.yaml for the production packing of one GPU).
 DEFAULT_NUM_GPUS = 0.4
+# Serve batches that may wait for the model at once (see Generator._batched): at least the
+# replica's max_ongoing_requests (16 here and in serve_config.yaml), since each holds >= 1.
+MAX_WAITING_BATCHES = 64
 
 
 def _images_in(batch: list[Any]) -> int:
@@ -71,15 +83,29 @@ class Generator:
         # model call at a time per replica, batches and health probes alike.
         self._model_lock = asyncio.Lock()
         self._probes = 0
+        self._cancelled_requests = 0  # callers that left before their result
+        self._dropped_requests = 0  # ... removed from a batch before its pipeline call
+        self._interrupted_calls = 0  # pipeline calls stopped early (all their callers gone)
+        self._steps_run_cancelled = 0  # steps those calls ran before stopping
+        self._steps_skipped = 0  # steps not run because of cancellation
+        self._last_interrupt: dict[str, int] | None = None
         self._queue = observability.QueueDepth("Generator")  # requests waiting for a batch
+        # (request, cancel event, future) of Serve batches waiting for the model: see _batched
+        self._waiting: collections.deque = collections.deque()
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
         from models.diffusion import check_inputs
 
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
-        with self._queue.waiting():
-            return await self._batched(request)
+        cancel = threading.Event()  # set when our caller leaves: read by the model per step
+        try:
+            with self._queue.waiting():
+                return await self._batched(request, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            self._cancelled_requests += 1
+            raise
 
     async def generate_stream(self, request, partial_images: int = 0):
         """Generate one request unbatched, streaming events as they happen:
@@ -87,8 +113,6 @@ class Generator:
         (`partial_images` previews decoded from intermediate latents), then
         ``{"type": "result", "result": GenerationResult}``. If the caller stops listening
         (client disconnect, job cancelled), denoising stops at the next step."""
-        import threading
-
         from models.diffusion import check_inputs
 
         check_inputs(request, self.model.limits)
@@ -102,6 +126,7 @@ class Generator:
         async with self._model_lock:
             work = asyncio.ensure_future(asyncio.to_thread(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
+                on_cancelled=self._record_cancelled,
                 on_step=lambda step, total: emit(
                     {"type": "progress", "step": step, "total": total}),
                 on_preview=lambda index, images: emit(
@@ -122,35 +147,102 @@ class Generator:
             finally:
                 # Abandoned (client gone, job cancelled): stop denoising at the next step, and
                 # keep the lock until the thread is out of the pipeline.
-                cancel.set()
                 if not work.done():
+                    cancel.set()
+                    self._cancelled_requests += 1
                     await asyncio.wait({work})
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_images_in)
-    async def _batched(self, requests: list) -> list:
+    # Serve (2.60) takes the next batch off its queue as soon as the previous one has been
+    # handed over, not when the model is free: under load the model would run many small
+    # batches one after another (measured: mean batch 2-3 at 8 waiting clients). So every
+    # batch Serve forms comes in here at once (one slot per request the replica may hold),
+    # waits for the model, and whichever gets the model runs all the waiting requests,
+    # oldest first, max_batch_size images per pipeline call (BENCHMARKS.md, "Batching").
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_images_in,
+                 max_concurrent_batches=MAX_WAITING_BATCHES)
+    async def _batched(self, requests: list, cancels: list) -> list:
+        """`cancels`: one event per request, set when its caller left (see `generate`). The
+        result for a cancelled request is None; Serve drops it (its caller is gone)."""
         self._serve_batches[len(requests)] += 1
-        observability.record_batch("Generator", _images_in(requests))
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        mine = [(req, cancel, loop.create_future()) for req, cancel in zip(requests, cancels,
+                                                                             strict=True)]
+        self._waiting.extend(mine)
         try:
-            async with self._model_lock:
-                results = await asyncio.to_thread(
-                    self.model.generate,
-                    requests,
-                    max_batch_images=self._max_batch_images,
-                    on_batch=self._record_pipeline_batch,
-                )
-        except Exception as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            while not all(f.done() for _, _, f in mine):
+                async with self._model_lock:
+                    if not all(f.done() for _, _, f in mine):
+                        await self._run_waiting()
+        finally:
+            for item in mine:  # left before its turn (cancelled): nobody runs it for us
+                if item in self._waiting:
+                    self._waiting.remove(item)
+        errors = [f.exception() for _, _, f in mine if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        return [f.result() for _, _, f in mine]
+
+    async def _run_waiting(self) -> None:
+        """(Holding the model lock.) One pipeline call on the oldest waiting requests, up to
+        max_batch_size images; their futures get the results (or the error)."""
+        chunk, images = [], 0
+        while self._waiting and (not chunk or images + self._waiting[0][0].n
+                                 <= self._max_batch_images):
+            chunk.append(self._waiting.popleft())
+            images += chunk[-1][0].n
+        if not chunk:
+            return
+        observability.record_batch("Generator", images)
+        started = time.perf_counter()
+        work = asyncio.ensure_future(asyncio.to_thread(
+            self.model.generate,
+            [req for req, _, _ in chunk],
+            max_batch_images=self._max_batch_images,
+            on_batch=self._record_pipeline_batch,
+            cancel=[cancel for _, cancel, _ in chunk],
+            on_cancelled=self._record_cancelled,
+        ))
+        try:
+            await asyncio.wait({work})  # its error, if any, is settled request by request
+        except asyncio.CancelledError:
+            await asyncio.wait({work})  # keep the lock until the thread is out of the pipeline
             raise
+        finally:
+            self._settle(chunk, work, started)
+
+    def _settle(self, chunk: list, work: asyncio.Future, started: float) -> None:
+        if not work.done():
+            return
+        exc = work.exception()
+        if exc is not None:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            for _, _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         self._last_error = None
         self._last_ok = time.monotonic()
-        for res in results:
-            self._images += len(res.images)
-            res.timings["batch_s"] = time.perf_counter() - started
-        return results
+        for (_, _, future), res in zip(chunk, work.result(), strict=True):
+            if res is not None:
+                self._images += len(res.images)
+                res.timings["batch_s"] = time.perf_counter() - started
+            if not future.done():
+                future.set_result(res)
 
     def _record_pipeline_batch(self, images: int) -> None:
         self._pipeline_batches[images] += 1
+
+    def _record_cancelled(self, steps_run: int, total: int, images: int) -> None:
+        """From the model's thread: a pipeline call stopped early, or a request dropped from
+        a batch before its call (`steps_run` 0). Plain counters: the GIL keeps them whole."""
+        if steps_run == 0:
+            self._dropped_requests += 1
+        else:
+            self._interrupted_calls += 1
+            self._last_interrupt = {"steps_run": steps_run, "total_steps": total,
+                                    "images": images}
+        self._steps_run_cancelled += steps_run
+        self._steps_skipped += max(0, total - steps_run)
 
     def info(self) -> dict[str, Any]:
         from deployments._common import replica_info
@@ -164,6 +256,15 @@ class Generator:
             "images": self._images,
             "health_probes": self._probes,
             "last_error": self._last_error,
+            "model_busy": self._model_lock.locked(),  # a model call is running now
+            "cancelled": {
+                "requests": self._cancelled_requests,
+                "dropped_before_start": self._dropped_requests,
+                "interrupted_calls": self._interrupted_calls,
+                "steps_run": self._steps_run_cancelled,
+                "steps_skipped": self._steps_skipped,
+                "last_interrupt": self._last_interrupt,
+            },
         }
 
     async def check_health(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -46,7 +47,7 @@ class Matting:
         device: str | None = None,
         threads: int | None = None,
         max_batch_size: int = 8,
-        batch_wait_timeout_s: float = 0.01,
+        batch_wait_timeout_s: float | None = None,
         max_batch_images: int | None = None,
         health_probe_interval_s: float = 60.0,
         health_probe_timeout_s: float = 20.0,
@@ -56,7 +57,8 @@ class Matting:
         named rembg models live (default `$REMBG_HOME` or ~/.rembg); `threads`: onnxruntime
         intra-op threads (default: $OMP_NUM_THREADS, which Ray sets to the replica's num_cpus);
         `max_batch_images`: images per ONNX run (default: 8 on CUDA, 1 on CPU, where batching
-        measured no faster)."""
+        measured no faster); `batch_wait_timeout_s`: how long a batch waits to fill (default
+        10 ms on CUDA; none on CPU, where an image per run gains nothing from waiting)."""
         from models.matting import MattingModel, matting_spec
 
         spec = matting_spec(model, source=model_path)
@@ -66,11 +68,14 @@ class Matting:
         )
         self._max_batch_images = max_batch_images or self.model.max_batch_images
         self._batched.set_max_batch_size(max_batch_size)
+        if batch_wait_timeout_s is None:
+            batch_wait_timeout_s = 0.01 if self.model.info.device == "cuda" else 0.0
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._probe_interval_s = health_probe_interval_s
         self._probe_timeout_s = health_probe_timeout_s
         self._serve_batches: Counter[int] = Counter()  # requests per @serve.batch call
         self._onnx_batches: Counter[int] = Counter()  # images per ONNX run
+        self._onnx_lock = threading.Lock()  # two batches' worker threads count into it
         self._images = 0
         self._probes = 0
         self._last_ok = 0.0  # monotonic time of the last successful model call
@@ -83,7 +88,12 @@ class Matting:
         check_inputs(request, max_side=self.model.max_side)  # fail this request, not its batch
         return await self._batched(request)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # Two batches at a time: a model call is mostly onnxruntime and PIL, which release the
+    # GIL, so while one batch's masks are computed the next one's resizing and compositing
+    # run beside it (on CPU a replica of one onnxruntime thread then keeps two cores busy; on
+    # a GPU the CPU pre/post-processing overlaps the other batch's inference). BENCHMARKS.md,
+    # "Background removal".
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def _batched(self, requests: list) -> list:
         observability.record_batch("Matting", len(requests))
         self._serve_batches[len(requests)] += 1
@@ -106,7 +116,8 @@ class Matting:
         return results
 
     def _record_onnx_batch(self, images: int) -> None:
-        self._onnx_batches[images] += 1
+        with self._onnx_lock:
+            self._onnx_batches[images] += 1
 
     def info(self) -> dict[str, Any]:
         from deployments._common import replica_info

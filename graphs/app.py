@@ -66,6 +66,9 @@ class AppArgs(BaseModel):
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
+    generator_torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch CPU threads of a Generator replica (default: "
+        "its num_cpus); on CPU, more threads also make batches pay off more")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=5, description="how long a batch waits for more requests; requests "
         "that arrive while a batch runs join the next one anyway")
@@ -75,6 +78,14 @@ class AppArgs(BaseModel):
     session_ttl_s: float = Field(24 * 3600, gt=0, description="idle chat sessions expire")
     job_stale_s: float = Field(60.0, gt=0, description="a running job without a heartbeat "
                                "for this long is marked failed (its replica died)")
+    auth_enabled: bool | None = Field(None, description="API keys (default on); false only "
+                                      "for the tiny/local profiles")
+    project: str = Field("default", description="the project of every request when auth "
+                         "is off")
+    rate_limit_storage: str | None = Field(None, description="redis://host:port/db (shared "
+                                           "by ingress replicas) or memory://")
+    requests_per_minute: int | None = Field(None, ge=1, description="default per API key")
+    images_per_day: int | None = Field(None, ge=1, description="default per API key")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -93,6 +104,7 @@ def build_app(args: AppArgs) -> Application:
     database_url = (args.database_url or settings.database_url
                     or f"sqlite:///{data_dir / 'photostudio.db'}")
     use_gpu = args.use_gpu if args.use_gpu is not None else profile == "production"
+    auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
     def model_for(kind: str, explicit: str | None) -> str:
@@ -116,6 +128,7 @@ def build_app(args: AppArgs) -> Application:
         allow_fallback=allow_fallback,
         zoo_dir=zoo_dir,
         max_batch_size=args.max_batch_size,
+        torch_threads=args.generator_torch_threads,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
     )
     matting_name = model_for("matting", args.matting_model)
@@ -156,5 +169,23 @@ def build_app(args: AppArgs) -> Application:
         job_heartbeat_s=args.job_heartbeat_s,
         job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
         session_ttl_s=args.session_ttl_s,
+        project=args.project,
+        auth=auth_config,
     )
     return Ingress.bind(gen, mat, swap, up, router, llm, config)
+
+
+def auth_config_for(args: AppArgs, settings: Settings, profile: str):
+    """API keys are on unless explicitly turned off, which only tiny/local profiles allow."""
+    from graphs.auth import AuthConfig
+    from graphs.quotas import QuotaConfig
+
+    enabled = args.auth_enabled if args.auth_enabled is not None else settings.auth_enabled
+    if not enabled and profile == "production":
+        raise ValueError("the production profile requires API-key auth: remove "
+                         "auth_enabled=false (PHOTOSTUDIO_AUTH_ENABLED); it is only for the "
+                         "tiny and local profiles")
+    return AuthConfig(enabled=enabled, project=args.project, quotas=QuotaConfig(
+        storage_url=args.rate_limit_storage or settings.rate_limit_storage,
+        requests_per_minute=args.requests_per_minute or settings.requests_per_minute,
+        images_per_day=args.images_per_day or settings.images_per_day))

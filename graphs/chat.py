@@ -4,12 +4,22 @@ remembers the result for follow-ups ("make it bigger", "now in watercolor").
 
 `general` messages get a text answer without touching a GPU; a step whose image is missing
 gets a text answer asking for it (never an error).
+
+The request path is kept short (BENCHMARKS.md, "Gateway overhead"): messages the router's
+rules decide alone (greetings, clear operations) are planned here with the same rules and
+thresholds as the Router deployment, without the hop; the rest go to the Router. A text turn
+is recorded in one trip to the record store's thread (new session, the user's message, the
+answer), and on SQLite the session writes go through one writer thread: SQLite takes one
+writer at a time, and writers racing for its lock only wait and retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,25 +55,37 @@ class ChatService:
         self.tools = tools
         self.runner = runner
         self.records = runner.records
+        self._rules = None  # router.cascade.Cascade with the Router's thresholds, no models
+        self._router_stages: set[str] = set()
+        dialect = getattr(getattr(self.records, "engine", None), "dialect", None)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chat-writes") \
+            if getattr(dialect, "name", None) == "sqlite" else None
+
+    async def _write(self, fn, /, **kwargs):
+        """A session write, off the event loop (SQLite: on the one writer thread)."""
+        if self._writer is None:
+            return await asyncio.to_thread(fn, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
 
     # -- sessions -------------------------------------------------------------------------
     async def session(self, session_id: str | None):
         if session_id is None:
-            return await asyncio.to_thread(self.records.create_session,
-                                           project=self.runner.project)
+            return await self._write(self.records.create_session, project=self.runner.project)
         session = await asyncio.to_thread(self.records.get_session, session_id=session_id,
                                           message_limit=20)
-        if session is None:
+        if session is None or session.project != self.runner.project:  # another project's
             raise ApiError(404, f"no session {session_id!r}", param="session_id",
                            code="not_found")
         return session
 
     @staticmethod
     def context(session, overrides: dict[str, Any] | None):
+        """The session's context for follow-ups (`session` None: a new session, none yet)."""
         from router.schemas import SessionContext
 
         context: dict[str, Any] = {}
-        for message in session.messages:
+        for message in session.messages if session is not None else []:
             context.update(message.data.get("context", {}))
         if overrides:
             context.update(overrides)
@@ -73,21 +95,40 @@ class ChatService:
             raise ApiError(400, f"context: {exc}", param="context") from None
 
     async def plan(self, message: str, *, images: int, context=None):
-        return await self.router.plan.remote(message, images=images, context=context)
+        """The Router's plan: from the rules here when they decide alone (the same plan the
+        Router would return), else from the Router deployment."""
+        if self._rules is None:
+            from router.cascade import Cascade
+
+            info = await self.router.info.remote()
+            self._router_stages = set(info["stages"])
+            self._rules = Cascade(rules_threshold=info["thresholds"]["rules"],
+                                  llm_threshold=info["thresholds"]["llm"])
+        try:
+            plan = self._rules.plan_if_rules_decide(
+                message, images, context, embeddings="embedding" in self._router_stages,
+                llm="llm" in self._router_stages)
+        except ValueError:
+            plan = None  # the Router answers invalid arguments, with its message
+        if plan is not None:
+            return plan
+        # Positional: over Serve's gRPC transport (RAY_SERVE_THROUGHPUT_OPTIMIZED) a keyword
+        # argument named `context` collides with the replica's own and the call fails.
+        return await self.router.plan.remote(message, images, context)
 
     # -- the endpoint -----------------------------------------------------------------------
     async def chat(self, *, message: str, session_id: str | None,
                    context: dict[str, Any] | None, uploads: list[np.ndarray],
                    base_url: str, async_job: bool = False) -> ChatResponse:
         started = time.perf_counter()
-        session = await self.session(session_id)
+        # a new session is created once the message is planned (a failed plan leaves none)
+        session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
         upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
         plan = await self.plan(message, images=len(uploads), context=ctx)
-        await asyncio.to_thread(self.records.add_message, session_id=session.id, role="user",
-                                content=message, image_ids=upload_ids,
-                                data={"context": {"last_image_id": upload_ids[-1]}}
-                                if upload_ids else {})
+        user_message = {"role": "user", "content": message, "image_ids": upload_ids,
+                        "data": {"context": {"last_image_id": upload_ids[-1]}}
+                        if upload_ids else {}}
         metadata: dict[str, Any] = {"stage": plan.stage, "confidence": plan.confidence,
                                     "timings": {f"plan_{k}": v for k, v in plan.timings.items()},
                                     "language": plan.language}
@@ -96,16 +137,22 @@ class ChatService:
         plan_json = plan.model_dump(mode="json")
         image_steps = [s for s in plan.steps if s.intent != "general"]
         if plan.missing_inputs or not image_steps:
-            text = plan.clarification if plan.missing_inputs else HELP_TEXT
-            reply = ChatResponse(
-                session_id=session.id, message=text or HELP_TEXT, type="text",
+            text = (plan.clarification if plan.missing_inputs else HELP_TEXT) or HELP_TEXT
+            answer = {"role": "assistant", "content": text, "image_ids": [],
+                      "data": {"type": "text", "context": {}, "plan": plan_json}}
+            recorded = await self._write(
+                self._record_turn, session_id=session.id if session else None,
+                project=self.runner.project, messages=[user_message, answer])
+            return ChatResponse(
+                session_id=recorded, message=text, type="text",
                 data=ChatData(plan=plan_json), metadata=metadata,
                 suggestions=[] if plan.missing_inputs else [
                     "create a cat wearing a crown", "remove the background",
                     "swap my face onto the knight, then upscale"])
-            await self._remember(session.id, reply, {})
-            return reply
 
+        session_id = await self._write(self._record_turn,
+                                       session_id=session.id if session else None,
+                                       project=self.runner.project, messages=[user_message])
         images_by_source = {"upload": uploads}
         done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
         last = image_steps[-1]
@@ -129,7 +176,7 @@ class ChatService:
                     width=record.width, height=record.height,
                     format=record.content_type.split("/")[-1]))
             return ChatResponse(
-                session_id=session.id, message=f"Here is your image ({done}).", type="image",
+                session_id=session_id, message=f"Here is your image ({done}).", type="image",
                 data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
                 actions=[
                     ChatAction(id="upscale", label="Upscale 2×", type="chat",
@@ -148,30 +195,40 @@ class ChatService:
 
         async def remember(response) -> None:  # the session's context for follow-ups
             built["reply"] = reply = await reply_for(response)
-            await self._remember(session.id, reply, {
+            await self._remember(session_id, reply, {
                 "last_image_id": reply.data.images[0].id, "last_intent": last.intent,
                 **({"last_prompt": prompt} if prompt else {}),
                 **({"last_style": st} if (st := last.params.get("style")) else {})})
 
         response = await self.runner.run(
-            kind="chat", prompt=message, params={"plan": plan_json, "session_id": session.id},
+            kind="chat", prompt=message, params={"plan": plan_json, "session_id": session_id},
             model_info={"name": "chat", "tiny": False, "fallback": False,
                         "fallback_reason": None},
             work=lambda progress: self._execute(plan, images_by_source, ctx, progress),
             base_url=base_url, async_job=async_job, on_success=remember)
         if isinstance(response, str):  # async: the job runs on; the session learns at the end
             return ChatResponse(
-                session_id=session.id, type="processing", data=ChatData(
+                session_id=session_id, type="processing", data=ChatData(
                     plan=plan_json, job_id=response),
                 message=f"Working on it ({len(image_steps)} step(s)); follow "
                         f"/v1/jobs/{response}/events for progress.", metadata=metadata)
         return built["reply"]
 
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
-        await asyncio.to_thread(
+        await self._write(
             self.records.add_message, session_id=session_id, role="assistant",
             content=reply.message, image_ids=[i.id for i in reply.data.images],
             data={"type": reply.type, "context": context, "plan": reply.data.plan})
+
+    def _record_turn(self, *, session_id: str | None, project: str,
+                     messages: list[dict[str, Any]]) -> str:
+        """(On the writer thread.) Create the session if `session_id` is None, append the
+        messages; return the session's id."""
+        if session_id is None:
+            session_id = self.records.create_session(project=project).id
+        for message in messages:
+            self.records.add_message(session_id=session_id, **message)
+        return session_id
 
     # -- executing a plan -------------------------------------------------------------------
     async def _input(self, ref, uploads: dict, outputs: list[np.ndarray], ctx) -> np.ndarray:

@@ -21,6 +21,50 @@ from storage import cli as storage_cli
 console = Console(stderr=True)
 
 
+def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
+                     throughput_optimized: bool = False,
+                     free_ports: bool = False) -> dict[str, str]:
+    """Environment for Ray Serve's HTTP request path (BENCHMARKS.md, "Gateway overhead").
+
+    Set it before `ray.init`: Ray's workers inherit it. `haproxy`: HAProxy in front of the
+    ingress replicas (direct ingress) instead of Serve's Python proxy, whose one process is
+    the request-rate ceiling of a small machine; its config, admin socket and state files go
+    under `state_dir` (Serve's default, /tmp/haproxy-serve, is shared by every Serve on the
+    machine). `throughput_optimized`: Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED (user code on the
+    replica's event loop, gRPC between replicas, buffered request logs): any blocking call in
+    an async method then stalls the replica's HTTP server. `free_ports`: HAProxy's stats and
+    metrics ports on free ports (several gateways on one machine) instead of 8404 / 9101."""
+    env: dict[str, str] = {}
+    if haproxy:
+        state = Path(state_dir) / "haproxy"
+        if len(str(state)) > 28:
+            # Serve puts the node id (56 characters) under this folder and HAProxy refuses an
+            # admin socket path over 97 characters: a short folder keyed by `state_dir`.
+            import hashlib
+            import tempfile
+
+            digest = hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
+            state = Path(tempfile.gettempdir()) / f"psh-{digest}"
+        state.mkdir(parents=True, exist_ok=True)
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        })
+        if free_ports:
+            import socket
+
+            for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    env[name] = str(sock.getsockname()[1])
+    if throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    return env
+
+
 def _serve(ns: argparse.Namespace) -> int:
     from graphs.settings import Settings
 
@@ -28,6 +72,16 @@ def _serve(ns: argparse.Namespace) -> int:
     profile = ns.profile or settings.profile
     data_dir = Path(ns.data_dir or settings.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    auth_enabled = ns.auth if ns.auth is not None else settings.auth_enabled
+    if not auth_enabled and profile == "production":
+        console.print("[red]the production profile requires API-key auth; --no-auth (or "
+                      "PHOTOSTUDIO_AUTH_ENABLED=false) is only for the tiny and local profiles")
+        return 2
+    if auth_enabled:
+        _bootstrap_key(settings, data_dir)
+    else:
+        console.print("[yellow bold]API-key auth is OFF[/] (--no-auth): anyone who can reach "
+                      "the port can use the gateway")
     if profile != "production":
         # Ray 2.60 turns token auth on by default; a local single-user gateway doesn't need it.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -36,6 +90,15 @@ def _serve(ns: argparse.Namespace) -> int:
     if len(str(ray_tmp)) > 48:
         ray_tmp = Path("/tmp") / f"photostudio-ray-{os.getuid()}"
         console.print(f"[yellow]data dir path is long; Ray temp files go to {ray_tmp}")
+    if not ns.address:
+        # HAProxy in front of the ingress instead of Serve's Python proxy: about twice the
+        # requests/s on a small machine (BENCHMARKS.md). RAY_SERVE_ENABLE_HA_PROXY=0 in the
+        # environment keeps the Python proxy. Set before Ray starts: its workers inherit it.
+        haproxy = os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1") == "1"
+        # free_ports: HAProxy's stats/metrics listeners on free ports, not the fixed
+        # 8404/9101 that a second gateway (or a leftover HAProxy) on the machine already holds
+        for name, value in request_path_env(ray_tmp, haproxy=haproxy, free_ports=True).items():
+            os.environ.setdefault(name, value)
 
     import ray
     from ray import serve
@@ -65,7 +128,7 @@ def _serve(ns: argparse.Namespace) -> int:
         serve.start(http_options={"host": ns.host or settings.host,
                                   "port": ns.port or settings.port})
         args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
-                       use_gpu=(ns.gpus or 0) > 0 or None)
+                       use_gpu=(ns.gpus or 0) > 0 or None, auth_enabled=auth_enabled)
         console.print(f"[bold]Deploying[/] profile={profile} (first start may build tiny models)")
         serve.run(build_app(args), name="photostudio", route_prefix="/", blocking=False)
         url = f"http://{ns.host or settings.host}:{ns.port or settings.port}"
@@ -78,8 +141,46 @@ def _serve(ns: argparse.Namespace) -> int:
             serve.shutdown()
         finally:
             ray.shutdown()
+            config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+            if config:
+                _stop_leftover_haproxy(Path(config).parent)
         console.print("[bold]Stopped.")
     return 0
+
+
+def _stop_leftover_haproxy(state_dir: Path) -> None:
+    """Ray can leave its HAProxy running after a failed start (seen: orphaned, holding its
+    ports); stop the ones whose config lives under this gateway's state dir."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "haproxy" in (proc.info["name"] or "") and str(state_dir) in cmdline:
+                proc.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def _bootstrap_key(settings, data_dir: Path) -> None:
+    """First start with auth on and no key at all: make one (project `default`, every scope)
+    and print it once, so a newcomer can call the gateway at once."""
+    from storage.records import RecordStore
+
+    url = settings.database_url or f"sqlite:///{data_dir / 'photostudio.db'}"
+    records = RecordStore(url)
+    try:
+        if records.list_api_keys():
+            console.print("API keys: use one of yours (`photostudio keys list`; new ones with "
+                          "`photostudio keys create`)")
+            return
+        key, token = records.create_api_key(project="default", name="bootstrap (first start)",
+                                            scopes=["generate", "tools", "chat", "admin"])
+    finally:
+        records.close()
+    console.print(f"[green bold]Created the first API key[/] ({key.id}, project default, all "
+                  "scopes). It is shown only now; send it as 'Authorization: Bearer <key>':")
+    console.print(f"    {token}", markup=False, highlight=False)
 
 
 def _zoo_build(ns: argparse.Namespace) -> int:
@@ -108,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="connect to an existing Ray cluster")
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="start the Ray dashboard (http://127.0.0.1:8265)")
+    p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                   help="API keys (default: on; --no-auth only for tiny/local profiles); with "
+                        "auth on and no key yet, the first start creates one and prints it")
     p.set_defaults(func=_serve)
 
     z = sub.add_parser("zoo", help="tiny model zoo")
@@ -121,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
     return ns.func(ns)
 
 

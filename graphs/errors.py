@@ -160,19 +160,28 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": desc}
     for status, desc in {
         400: "invalid request (the message says what to fix)",
+        401: "missing, invalid or revoked API key (Authorization: Bearer <key>)",
+        403: "the API key lacks the scope this operation needs",
         404: "not found",
         413: "request body or an uploaded image too large (the message names the limit)",
         415: "an upload is not a PNG, JPEG or WebP image",
         # FastAPI would document its own 422 body here; validation errors are 400 instead
         422: "well-formed but unprocessable (e.g. no face found)",
+        429: "the API key's requests/minute or images/day limit is reached; see Retry-After",
         503: "overloaded or starting; see Retry-After",
         504: "not completed within the gateway's request timeout; the work was cancelled",
     }.items()
 }
-ERROR_RESPONSES[503]["headers"] = {"Retry-After": {
-    "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
-# Answers any route can give (body limit, timeout, overload): documented on every operation.
-COMMON_RESPONSES = {status: ERROR_RESPONSES[status] for status in (413, 503, 504)}
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+ERROR_RESPONSES[503]["headers"] = {"Retry-After": _RETRY_AFTER}
+ERROR_RESPONSES[429]["headers"] = {"Retry-After": _RETRY_AFTER, **{
+    f"X-RateLimit-{name}": {"description": desc, "schema": {"type": "integer"}}
+    for name, desc in (("Limit", "the window's limit"), ("Remaining", "left in the window"),
+                       ("Reset", "seconds until the window resets"))}}
+# Answers any route can give (auth, limits, body limit, timeout, overload): documented on
+# every operation.
+COMMON_RESPONSES = {status: ERROR_RESPONSES[status]
+                    for status in (401, 403, 413, 429, 503, 504)}
 
 __all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "ERROR_RESPONSES",
            "COMMON_RESPONSES"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from graphs import auth
 from graphs.errors import ApiError, to_api_error
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import (
@@ -220,7 +221,7 @@ class GenerationService:
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
             base_url=base_url, response_format=opts.response_format,
             output_format=opts.output_format, compression=opts.output_compression,
-            async_job=async_job)
+            async_job=async_job, images=opts.n)
         if isinstance(response, str):  # an async job's id
             return response
         return self._openai_fields(response, opts, prompt, images_in)
@@ -261,7 +262,7 @@ class GenerationService:
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
             base_url=base_url, response_format="b64_json", output_format=opts.output_format,
-            compression=opts.output_compression))
+            compression=opts.output_compression, images=0))  # charged before the stream
         try:
             while not job.done() or not previews.empty():
                 getter = asyncio.ensure_future(previews.get())
@@ -304,6 +305,7 @@ class GenerationService:
         info = await self.model_info()
         req = self._request(prompt, opts, info)
         if opts.stream:
+            await auth.charge_images(opts.n)  # a 429 before the stream starts
             return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
                                info=info, base_url=base_url, event_prefix="image_generation")
         return await self.run(kind="generations", prompt=prompt, req=req, opts=opts, info=info,
@@ -341,6 +343,7 @@ class GenerationService:
         req = self._request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
                             mask=repaint, strength=strength)
         if opts.stream:
+            await auth.charge_images(opts.n)
             return self.stream(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
                                base_url=base_url, event_prefix="image_edit",
                                images_in=len(images), alpha=alpha)

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from graphs import errors, middleware, observability
+from graphs import auth, errors, middleware, observability
+from graphs.auth import AuthConfig
 from graphs.chat import ChatService
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import MAX_EDIT_IMAGES, GenerationService, Options
@@ -40,6 +41,7 @@ from graphs.schemas import (
     ImagesResponse,
     OutputFormat,
     Quality,
+    Readiness,
 )
 from graphs.tools import Limits, ToolService
 from storage.assets import AssetNotFound, LocalAssetStore
@@ -56,6 +58,10 @@ app = FastAPI(
     responses=COMMON_RESPONSES,
 )
 errors.install(app)
+# API keys, scopes and per-key limits: innermost (added first), so 401/403/429 answers still
+# carry the request id, metrics and CORS headers of the middlewares below.
+app.add_middleware(auth.AuthMiddleware)
+auth.document(app)
 # Body limit (413), timeout (504, cancels model calls), request id, CORS, metrics. Before
 # @serve.ingress(app): Serve freezes the app when the class is decorated.
 middleware.install(app, middleware.HardeningConfig.from_settings())
@@ -73,6 +79,7 @@ class IngressConfig(BaseModel):
     job_heartbeat_s: float = 10.0
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
     session_ttl_s: float = 24 * 3600  # chat sessions idle this long are deleted
+    auth: AuthConfig = AuthConfig()
 
 
 ResponseFormat = Literal["b64_json", "url"]
@@ -136,10 +143,35 @@ def _job_json(record, base_url: str) -> dict[str, Any]:
         "started_at": record.started_at.isoformat() if record.started_at else None,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "result": record.result, "error": record.error,
-        "assets": [{"id": a, "url": f"{base_url.rstrip('/')}/v1/assets/{a}"}
-                   for a in record.asset_ids],
+        "assets": [{"id": a, "url": JobRunner.asset_url(a, base_url)} for a in record.asset_ids],
         "links": {"self": f"/v1/jobs/{record.id}", "events": f"/v1/jobs/{record.id}/events"},
     }
+
+
+def _deployment_statuses() -> dict[str, str]:
+    """Serve's status of each deployment of the application this replica belongs to."""
+    app_name = serve.get_replica_context().app_name
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return {}
+    return {name: str(getattr(d.status, "value", d.status))
+            for name, d in status.deployments.items()}
+
+
+async def _dependency_checks(records, gate) -> dict[str, str]:
+    checks = {}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(records.ping), timeout=5)
+        checks["records"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; it is reported
+        checks["records"] = f"failed ({type(exc).__name__})"
+    if gate is not None and gate.config.enabled:
+        try:
+            ok = await asyncio.wait_for(gate.quotas.storage.check(), timeout=5)
+            checks["rate_limits"] = "ok" if ok else "unreachable"
+        except Exception as exc:  # noqa: BLE001
+            checks["rate_limits"] = f"failed ({type(exc).__name__})"
+    return checks
 
 
 def _maybe_stream(result: Any) -> Any:
@@ -186,6 +218,8 @@ class Ingress:
                                      "database_url": config.database_url, **config.storage})
         self.assets = storage.build_asset_store()
         self.records = storage.build_record_store()  # migrates to head (locked) on start
+        auth.configure(records=self.records,
+                       config=config.auth.model_copy(update={"project": config.project}))
         self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project,
                                 heartbeat_s=config.job_heartbeat_s)
         self.generation = GenerationService(generator=generator, runner=self.runner,
@@ -214,7 +248,7 @@ class Ingress:
 
     async def _job(self, job_id: str):
         record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
-        if record is None or record.project != self.config.project:
+        if record is None or record.project != auth.current_project():
             raise ApiError(404, f"no job {job_id!r}", param="job_id", code="not_found")
         return record
 
@@ -231,6 +265,9 @@ class Ingress:
     @app.get("/v1/projects", tags=["projects"], responses=ERROR_RESPONSES)
     async def projects(self, limit: int = Query(50, ge=1, le=200),
                        cursor: str | None = Query(None, max_length=512)) -> dict[str, Any]:
+        if not auth.current().admin:  # a key sees its own project only
+            own = await self._project(auth.current_project())
+            return {"object": "list", "data": [_project_json(own)], "next_cursor": None}
         page = await asyncio.to_thread(self.records.list_projects, limit=limit, cursor=cursor)
         return {"object": "list", "data": [_project_json(p) for p in page.items],
                 "next_cursor": page.next_cursor}
@@ -257,16 +294,34 @@ class Ingress:
 
     @app.delete("/v1/assets/{asset_id}", tags=["assets"], responses=ERROR_RESPONSES)
     async def delete_asset(self, asset_id: str) -> dict[str, Any]:
-        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
-        if record is None or record.project != self.config.project:
-            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
+        await self._asset(asset_id)
         await asyncio.to_thread(self.records.delete_asset, asset_id=asset_id,
                                 assets=self.assets)
         return {"id": asset_id, "deleted": True}
 
+    async def _asset(self, asset_id: str):
+        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
+        principal = auth.current()
+        visible = record is not None and (
+            principal.signed_asset == asset_id if principal.signed_asset
+            else record.project == principal.project)
+        if not visible:
+            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
+        return record
+
+    async def _session(self, session_id: str):
+        record = await asyncio.to_thread(self.records.get_session, session_id=session_id)
+        if record is None or record.project != auth.current_project():
+            raise ApiError(404, f"no session {session_id!r}", param="session_id",
+                           code="not_found")
+        return record
+
     async def _project(self, project_id: str):
-        record = await asyncio.to_thread(self.records.get_project, project_id=project_id)
-        if record is None:
+        """The project, if the caller may see it (its own; admin keys: any), else 404."""
+        visible = auth.current().admin or project_id == auth.current_project()
+        record = visible and await asyncio.to_thread(self.records.get_project,
+                                                     project_id=project_id)
+        if not record:
             raise ApiError(404, f"no project {project_id!r}", param="project_id",
                            code="not_found")
         return record
@@ -281,7 +336,7 @@ class Ingress:
                    limit: int = Query(50, ge=1, le=200),
                    cursor: str | None = Query(None, max_length=512)) -> dict[str, Any]:
         page = await asyncio.to_thread(
-            self.records.list_jobs, status=status, project=self.config.project,
+            self.records.list_jobs, status=status, project=auth.current_project(),
             created_after=created_after, created_before=created_before, limit=limit,
             cursor=cursor)
         base = self._base_url(request)
@@ -325,7 +380,24 @@ class Ingress:
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz(self) -> Health:
+        """Liveness: this ingress replica answers."""
         return Health()
+
+    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses=ERROR_RESPONSES)
+    async def readyz(self) -> Readiness:
+        """Readiness: every deployment of this application is HEALTHY in Serve (its replicas
+        pass their model probes), the record store answers and the rate-limit storage
+        answers. 503 + Retry-After naming what is not ready."""
+        deployments, checks = await asyncio.gather(
+            asyncio.to_thread(_deployment_statuses),
+            _dependency_checks(self.records, auth.gate()))
+        bad = [f"{name} is {status}" for name, status in deployments.items()
+               if status != "HEALTHY"]
+        bad += [f"{name}: {status}" for name, status in checks.items() if status != "ok"]
+        if bad or not deployments:
+            raise ApiError(503, "not ready: " + ("; ".join(bad) or "no deployments found"),
+                           code="not_ready", headers={"Retry-After": "5"})
+        return Readiness(deployments=deployments, checks=checks)
 
     @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
     async def capabilities(self) -> Capabilities:
@@ -615,16 +687,13 @@ class Ingress:
     @app.get("/v1/sessions", tags=["chat"], responses=ERROR_RESPONSES)
     async def sessions(self, limit: int = Query(50, ge=1, le=MAX_PAGE),
                        cursor: str | None = None) -> dict[str, Any]:
-        page = await asyncio.to_thread(self.records.list_sessions, project=self.config.project,
+        page = await asyncio.to_thread(self.records.list_sessions, project=auth.current_project(),
                                        limit=limit, cursor=cursor)
         return {"data": [_session_json(s) for s in page.items], "next_cursor": page.next_cursor}
 
     @app.get("/v1/sessions/{session_id}", tags=["chat"], responses=ERROR_RESPONSES)
     async def session(self, session_id: str, request: Request) -> dict[str, Any]:
-        record = await asyncio.to_thread(self.records.get_session, session_id=session_id)
-        if record is None or record.project != self.config.project:
-            raise ApiError(404, f"no session {session_id!r}", param="session_id",
-                           code="not_found")
+        record = await self._session(session_id)
         base = self._base_url(request)
         return _session_json(record, messages=[{
             "role": m.role, "content": m.content, "created_at": m.created_at.isoformat(),
@@ -634,6 +703,7 @@ class Ingress:
 
     @app.delete("/v1/sessions/{session_id}", tags=["chat"], responses=ERROR_RESPONSES)
     async def delete_session(self, session_id: str) -> dict[str, Any]:
+        await self._session(session_id)
         if not await asyncio.to_thread(self.records.delete_session, session_id=session_id):
             raise ApiError(404, f"no session {session_id!r}", param="session_id",
                            code="not_found")
@@ -664,9 +734,7 @@ class Ingress:
                     for t in ("image/png", "image/jpeg", "image/webp")},
         "description": "the asset's bytes"}}, tags=["assets"])
     async def asset(self, asset_id: str) -> Response:
-        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
-        if record is None:
-            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
+        record = await self._asset(asset_id)
         if isinstance(self.assets, LocalAssetStore):
             path: Path = self.assets.path(record.key)
             if not path.exists():

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from graphs import middleware, observability
+from graphs import auth, middleware, observability
 from graphs.errors import ApiError, to_api_error
 from graphs.images import CONTENT_TYPES, Format, encode
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
@@ -85,9 +85,14 @@ class JobRunner:
                  heartbeat_s: float = 10.0):
         self.assets = assets
         self.records = records
-        self.project = project
+        self._project = project  # when no API key says otherwise (auth off, tests)
         self.heartbeat_s = heartbeat_s  # running jobs beat this often (see check_health)
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def project(self) -> str:
+        """The project of the request being handled: its API key's (graphs.auth)."""
+        return auth.current_project(default=self._project)
 
     async def run(
         self,
@@ -104,9 +109,12 @@ class JobRunner:
         revised_prompt: str | None = None,
         async_job: bool = False,
         on_success: Callable[[ImagesResponse], Awaitable[None]] | None = None,
+        images: int = 1,
     ) -> ImagesResponse | str:
         """Run `work` as a recorded job and store its images. With `async_job`, return the job
-        id at once and run it in the background (GET /v1/jobs/{id} and /events follow it)."""
+        id at once and run it in the background (GET /v1/jobs/{id} and /events follow it).
+        `images` are charged to the caller's daily quota first (429 when over it)."""
+        await auth.charge_images(images)
         job_id = await asyncio.to_thread(
             self.records.create_job, kind=kind, prompt=prompt, params=params,
             model=model_info["name"], project=self.project)
@@ -256,4 +264,6 @@ class JobRunner:
 
     @staticmethod
     def asset_url(asset_id: str, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/v1/assets/{asset_id}"
+        """The asset's URL; with auth on, signed so it works without the API key until it
+        expires (graphs.auth)."""
+        return f"{base_url.rstrip('/')}/v1/assets/{asset_id}{auth.sign_asset(asset_id)}"

@@ -8,6 +8,13 @@ and breaks streaming), each answering with the project's error envelope.
 - `RequestTimeout`: 504 when no response has started within the deadline; the handler task
   is cancelled, and so are the deployment calls it made through a `CancellableHandle`.
 - `cors_middleware`: Starlette's CORSMiddleware built from an allow-list, closed by default.
+- `ErrorEnvelopeGuard`: an exception that escapes the app (a dead replica's RayActorError,
+  a bug) is answered here with the envelope (`errors.to_api_error`), never re-raised to
+  Serve. `keep_envelope_handlers`: a downstream deployment's full queue (BackPressureError)
+  stays our 503 envelope; Serve would otherwise register its plain-text handler over ours.
+- `AdmissionControl`: 503 + ``Retry-After`` (the envelope) for requests over this replica's
+  in-flight limit (by default half the deployment's ``max_ongoing_requests``), so Serve's
+  own queue-full answer (a plain-text 503 from the proxy) is not reached under overload.
 - `install(app, HardeningConfig)`: all of them (and `observability.MetricsMiddleware`) in
   the right order. A Serve ingress freezes its FastAPI app when the class is decorated, so
   call it at module level, before ``@serve.ingress(app)``.
@@ -355,6 +362,179 @@ class RequestTimeout:
 
 
 # ---------------------------------------------------------------------------------------------
+# Exceptions that escape the app
+# ---------------------------------------------------------------------------------------------
+
+
+class ErrorEnvelopeGuard:
+    """Answers an exception that escapes the app with the error envelope, and does not
+    re-raise it.
+
+    FastAPI's handlers cover the exception classes registered with them; anything else (a
+    replica that died: RayActorError; a bug) would reach Starlette's ServerErrorMiddleware,
+    which answers and then re-raises it into Serve's replica. Here it becomes
+    `errors.to_api_error(exc)` (503 + Retry-After for a dead replica, 500 for a bug, logged)
+    and goes no further. If the response had already started, the exception is re-raised
+    (the status is out; the connection is cut)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            from graphs.errors import to_api_error
+
+            await to_api_error(exc).response()(scope, receive, send)
+
+
+def _serve_unavailable_exceptions() -> tuple[type[BaseException], ...]:
+    try:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    except ImportError:
+        return ()
+    return (BackPressureError, DeploymentUnavailableError)
+
+
+def keep_envelope_handlers(app: Any) -> None:
+    """Answer Serve's BackPressureError (a downstream deployment's queue is full) and
+    DeploymentUnavailableError with the envelope (`errors.to_api_error`: 503 +
+    Retry-After), and keep it that way inside a Serve replica.
+
+    Serve registers its own handlers for exactly these two classes on an ingress's FastAPI
+    app when the replica starts (after our code ran), answering plain text ("Request dropped
+    due to backpressure ...") without Retry-After; Starlette picks the handler of the exact
+    class, so a generic handler of ours never sees them. The app's `add_exception_handler` is
+    therefore wrapped: later registrations for these two classes are ignored."""
+    classes = _serve_unavailable_exceptions()
+    if not classes or getattr(app, "_photostudio_envelope_handlers", False):
+        return
+
+    async def envelope(_request: Any, exc: Exception) -> Any:
+        from graphs.errors import to_api_error
+
+        return to_api_error(exc).response()
+
+    for cls in classes:
+        app.add_exception_handler(cls, envelope)
+    original = app.add_exception_handler
+
+    def add_exception_handler(exc_class_or_status_code: Any, handler: Any) -> None:
+        if exc_class_or_status_code in classes:
+            logger.debug("keeping the envelope handler for %s", exc_class_or_status_code)
+            return
+        original(exc_class_or_status_code, handler)
+
+    app.add_exception_handler = add_exception_handler
+    app._photostudio_envelope_handlers = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission control (load shedding before Serve's own queue is full)
+# ---------------------------------------------------------------------------------------------
+
+
+def _serve_max_ongoing_requests() -> int | None:
+    """This Serve replica's ``max_ongoing_requests`` (None outside a replica)."""
+    if "ray.serve" not in sys.modules:
+        return None
+    try:
+        from ray.serve.context import _get_internal_replica_context
+
+        context = _get_internal_replica_context()
+        return int(context._deployment_config.max_ongoing_requests) if context else None
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def admission_limit(max_ongoing: int) -> int:
+    """Requests admitted at once by a replica with this ``max_ongoing_requests``: half. The
+    other half are slots for requests being shed at that moment (a burst arrives all at
+    once, faster than they are answered) and for exempt probes."""
+    return max(1, max_ongoing // 2)
+
+
+class AdmissionControl:
+    """Sheds load with 503 + ``Retry-After`` in the envelope once `max_in_flight` requests
+    are in this replica (a response still streaming counts until it ends).
+
+    Why: when every ingress replica has ``max_ongoing_requests`` requests, Serve's proxy
+    queues the next ones and, past ``max_queued_requests``, answers a plain-text 503 that is
+    not our envelope. Admitting fewer (`admission_limit`: half) keeps a replica below
+    Serve's limit, so the excess reaches this middleware and gets the envelope at once
+    instead of waiting in the proxy's queue. Sizing: a burst of B requests arriving at once
+    at one replica is answered with the envelope while B <= ``max_ongoing_requests`` +
+    ``max_queued_requests``; beyond that Serve answers first.
+
+    `max_in_flight`: None (default) derives it from the Serve replica's
+    ``max_ongoing_requests`` (read per request, so a redeploy that changes it applies; no
+    limit outside Serve); 0 turns shedding off. `exempt_paths` (exact, or prefix ending in
+    ``*``) are never shed and not counted: health probes must answer under overload."""
+
+    def __init__(self, app: ASGIApp, *, max_in_flight: int | None = None,
+                 retry_after_s: int = 1, exempt_paths: Sequence[str] = ()):
+        if max_in_flight is not None and (isinstance(max_in_flight, bool)
+                                          or max_in_flight < 0):
+            raise ValueError(f"max_in_flight must be >= 0 or None, got {max_in_flight!r}")
+        if retry_after_s < 1:
+            raise ValueError(f"retry_after_s must be >= 1, got {retry_after_s!r}")
+        self.app = app
+        self._max_in_flight = max_in_flight
+        self.retry_after_s = int(retry_after_s)
+        self.exact = {p for p in exempt_paths if not p.endswith("*")}
+        self.prefixes = tuple(p[:-1] for p in exempt_paths if p.endswith("*"))
+        self.in_flight = 0
+        self.rejected = 0
+
+    @property
+    def limit(self) -> int | None:
+        """Requests admitted at once; None: no limit."""
+        if self._max_in_flight is not None:
+            return self._max_in_flight or None
+        ongoing = _serve_max_ongoing_requests()
+        if ongoing is None:
+            return None
+        return admission_limit(ongoing)
+
+    def exempt(self, scope: Scope) -> bool:
+        path = scope.get("path", "")
+        return path in self.exact or bool(self.prefixes and path.startswith(self.prefixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        if limit is not None and self.in_flight >= limit:
+            self.rejected += 1
+            await ApiError(503, f"the gateway is at capacity ({limit} requests in progress "
+                           f"on this replica); retry after {self.retry_after_s} s",
+                           code="overloaded",
+                           headers={"Retry-After": str(self.retry_after_s)}
+                           ).response()(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+# ---------------------------------------------------------------------------------------------
 # CORS
 # ---------------------------------------------------------------------------------------------
 
@@ -408,8 +588,16 @@ class HardeningConfig(BaseModel):
     cors_allow_origin_regex: str | None = None
     cors_allow_credentials: bool = False
     metrics: bool = True
+    max_in_flight: int | None = Field(
+        None, ge=0, description="requests admitted at once per ingress replica, more → 503 + "
+        "Retry-After; None: half the replica's max_ongoing_requests; 0: off")
+    admission_retry_after_s: int = Field(1, ge=1, description="Retry-After of those 503s")
+    admission_exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description="never shed (health probes)")
 
-    @field_validator("cors_allow_origins", "timeout_exempt_paths", mode="before")
+    @field_validator("cors_allow_origins", "timeout_exempt_paths", "admission_exempt_paths",
+                     mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):  # "a, b" from an environment variable
@@ -429,14 +617,21 @@ class HardeningConfig(BaseModel):
 
 def install(app: Any, config: HardeningConfig | None = None) -> None:
     """Add the middlewares to a Starlette/FastAPI app. Outermost first: RequestId (every
-    answer carries the id) → Metrics (every status counted, 413/504 included) → CORS
-    (error answers carry CORS headers too) → RequestTimeout (covers reading the body) →
-    BodySizeLimit → the app."""
+    answer carries the id) → Metrics (every status counted, 413/503/504 included) → CORS
+    (error answers carry CORS headers too) → ErrorEnvelopeGuard (escaping exceptions become
+    the envelope) → AdmissionControl (sheds before any work) → RequestTimeout (covers
+    reading the body) → BodySizeLimit → the app."""
     config = config or HardeningConfig()
     # add_middleware puts each new one outermost: add innermost first.
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(RequestTimeout, seconds=config.request_timeout_s,
                        exempt_paths=list(config.timeout_exempt_paths))
+    app.add_middleware(AdmissionControl, max_in_flight=config.max_in_flight,
+                       retry_after_s=config.admission_retry_after_s,
+                       exempt_paths=list(config.admission_exempt_paths))
+    app.add_middleware(ErrorEnvelopeGuard)
+    if hasattr(app, "add_exception_handler"):
+        keep_envelope_handlers(app)
     cors = cors_middleware(config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origin_regex,
                            allow_credentials=config.cors_allow_credentials)
@@ -447,7 +642,9 @@ def install(app: Any, config: HardeningConfig | None = None) -> None:
 
 
 __all__ = [
-    "BodySizeLimit", "CancellableHandle", "HardeningConfig", "RequestId", "RequestTimeout",
-    "RequestTooLarge", "cancel_downstream", "cors_middleware", "detached_context", "install",
+    "AdmissionControl", "BodySizeLimit", "CancellableHandle", "ErrorEnvelopeGuard",
+    "HardeningConfig", "RequestId",
+    "RequestTimeout", "RequestTooLarge", "cancel_downstream", "cors_middleware",
+    "admission_limit", "detached_context", "install", "keep_envelope_handlers",
     "track_downstream",
 ]

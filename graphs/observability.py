@@ -398,6 +398,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"),
      lambda m: "[REDACTED_AWS_KEY_ID]"),
     # OpenAI / Stripe / GitHub / Slack style tokens
+    (re.compile(r"\bpsk_[A-Za-z0-9_-]{8,}"), lambda m: REDACTED),  # our own API keys
     (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}\b|\bgh[pousr]_[A-Za-z0-9]{20,}\b"
                 r"|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),
      lambda m: REDACTED),

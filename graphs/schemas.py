@@ -117,6 +117,12 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    deployments: dict[str, str] = Field(description="each deployment's Serve status")
+    checks: dict[str, str] = Field(description="record store, rate-limit storage")
+
+
 # --- chat ------------------------------------------------------------------------------------
 
 class ChatRequest(BaseModel):

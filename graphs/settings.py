@@ -40,3 +40,11 @@ class Settings(StorageSettings):
                                      "proxy's request_timeout_s)")
     cors_allow_origins: list[str] = Field(default_factory=list,
                                           description="browser origins allowed; empty = closed")
+    # API keys and per-key limits (graphs/auth.py, graphs/quotas.py)
+    auth_enabled: bool = Field(True, description="false only for the tiny/local profiles "
+                               "(the production profile refuses to start without auth)")
+    rate_limit_storage: str = Field(
+        "memory://", description="redis://host:port/db to share limits between ingress "
+        "replicas; memory:// counts per replica (one-replica local use)")
+    requests_per_minute: int = Field(600, ge=1, description="default per API key")
+    images_per_day: int = Field(1000, ge=1, description="default per API key")

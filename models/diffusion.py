@@ -9,6 +9,7 @@ pulling in torch.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -47,11 +48,21 @@ class GenerationRequest:
     strength: float = 0.75
 
     @property
+    def pipeline_steps(self) -> int:
+        """`num_inference_steps` for the pipeline. img2img/inpaint run int(steps * strength)
+        of them; when that would be 0 (e.g. 1 step at strength 0.6, which diffusers refuses)
+        the schedule is lengthened just enough for one step to run."""
+        if self.mode == "text2img" or int(self.steps * self.strength) >= 1:
+            return self.steps
+        steps = math.ceil(1 / self.strength)
+        return steps if int(steps * self.strength) >= 1 else steps + 1
+
+    @property
     def effective_steps(self) -> int:
         """Denoising steps that actually run: img2img/inpaint skip the first (1-strength)."""
         if self.mode == "text2img":
             return self.steps
-        return max(1, min(self.steps, int(self.steps * self.strength)))
+        return max(1, min(self.pipeline_steps, int(self.pipeline_steps * self.strength)))
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can run in one pipeline call."""
@@ -61,6 +72,22 @@ class GenerationRequest:
 
 class GenerationCancelled(RuntimeError):
     """The caller went away (or cancelled the job): denoising stopped early."""
+
+    def __init__(self, message: str, *, step: int = 0, total: int = 0):
+        super().__init__(message)
+        self.step = step  # denoising steps that ran before the stop
+        self.total = total
+
+
+class _AllOf:
+    """Set when every one of `events` is set: a shared pipeline call stops only when all
+    the requests in it are gone."""
+
+    def __init__(self, events: Sequence[Any]):
+        self.events = list(events)
+
+    def is_set(self) -> bool:
+        return all(e.is_set() for e in self.events)
 
 
 @dataclass
@@ -223,18 +250,33 @@ class DiffusionModel(ModelFamily):
         previews: int = 0,
         on_preview: Callable[[int, list[np.ndarray]], None] | None = None,
         cancel: Any = None,
-    ) -> list[GenerationResult]:
+        on_cancelled: Callable[[int, int, int], None] | None = None,
+    ) -> list[GenerationResult | None]:
         """Run requests, grouping compatible ones into shared pipeline calls.
 
         Each image gets its own seeded generator, so a request's images depend on its seed
         only, not on what it was batched with (up to float rounding). `on_batch(images)` is
         called for each pipeline call, `on_step(step, total)` after each denoising step, and
-        `on_preview(index, images)` with `previews` evenly spaced intermediate decodes. A set
-        `cancel` (threading.Event) stops denoising at the next step and raises
-        `GenerationCancelled`.
+        `on_preview(index, images)` with `previews` evenly spaced intermediate decodes.
+
+        Cancellation: `cancel` is one event for the whole call (anything with ``is_set()``,
+        e.g. a threading.Event) or a sequence of them, one per request.
+        - One event: once set, denoising stops at the next step and `GenerationCancelled` is
+          raised.
+        - Per request (a batch of callers): a request whose event is set before its pipeline
+          call starts is dropped from it; a running pipeline call stops at the next step only
+          when the events of all its requests are set (the others still want their images).
+          Cancelled requests get ``None`` in the returned list, which stays aligned with
+          `requests`; nothing is raised.
+        `on_cancelled(steps_run, total_steps, images)` is called for each pipeline call
+        stopped early and for each request dropped before its call (``steps_run`` 0).
         """
         for req in requests:
             check_inputs(req, self.limits)
+        per_request = cancel is not None and not hasattr(cancel, "is_set")
+        cancels = list(cancel) if per_request else None
+        if cancels is not None and len(cancels) != len(requests):
+            raise ValueError(f"cancel: got {len(cancels)} events for {len(requests)} requests")
         seeds = [
             req.seed if req.seed is not None else secrets.randbelow(MAX_SEED) for req in requests
         ]
@@ -242,21 +284,45 @@ class DiffusionModel(ModelFamily):
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(req.batch_key(), []).append(i)
+        def run(chunk: list[int]) -> None:
+            if cancels is None:
+                try:
+                    self._run_chunk(requests, seeds, chunk, results, on_step, on_batch,
+                                    previews, on_preview, cancel)
+                except GenerationCancelled as exc:
+                    if on_cancelled is not None:
+                        on_cancelled(exc.step, exc.total, sum(requests[i].n for i in chunk))
+                    raise
+                return
+            live = []
+            for i in chunk:  # callers already gone are dropped before the call starts
+                if cancels[i].is_set():
+                    if on_cancelled is not None:
+                        on_cancelled(0, requests[i].effective_steps, requests[i].n)
+                else:
+                    live.append(i)
+            if not live:
+                return
+            try:
+                self._run_chunk(requests, seeds, live, results, on_step, on_batch, previews,
+                                on_preview, _AllOf([cancels[i] for i in live]))
+            except GenerationCancelled as exc:  # every caller in it left: results stay None
+                if on_cancelled is not None:
+                    on_cancelled(exc.step, exc.total, sum(requests[i].n for i in live))
+
         for indices in groups.values():
             # Split a group into chunks of at most max_batch_images images (whole requests).
             chunk: list[int] = []
             count = 0
             for i in indices:
                 if chunk and count + requests[i].n > max_batch_images:
-                    self._run_chunk(requests, seeds, chunk, results, on_step, on_batch, previews,
-                                    on_preview, cancel)
+                    run(chunk)
                     chunk, count = [], 0
                 chunk.append(i)
                 count += requests[i].n
             if chunk:
-                self._run_chunk(requests, seeds, chunk, results, on_step, on_batch, previews,
-                                    on_preview, cancel)
-        return [r for r in results if r is not None]
+                run(chunk)
+        return results
 
     def _run_chunk(self, requests, seeds, indices, results, on_step, on_batch, previews=0,
                    on_preview=None, cancel=None) -> None:
@@ -284,7 +350,7 @@ class DiffusionModel(ModelFamily):
         kwargs: dict[str, Any] = dict(
             prompt=prompts,
             negative_prompt=negatives,
-            num_inference_steps=first.steps,
+            num_inference_steps=first.pipeline_steps,
             guidance_scale=first.guidance_scale,
             generator=generators,
             output_type="np",
@@ -299,10 +365,12 @@ class DiffusionModel(ModelFamily):
         # final image).
         total = first.effective_steps
         preview_steps = preview_schedule(total, previews) if on_preview else []
+        stopped_at: list[int] = []  # steps run when the cancel was seen
         if on_step is not None or preview_steps or cancel is not None:
             def _callback(pipe, step, timestep, callback_kwargs):
                 if cancel is not None and cancel.is_set():
-                    pipe._interrupt = True  # diffusers stops at the next step
+                    pipe._interrupt = True  # diffusers skips the remaining steps
+                    stopped_at.append(step + 1)
                     return callback_kwargs
                 if on_step is not None:
                     on_step(step + 1, total)
@@ -316,8 +384,10 @@ class DiffusionModel(ModelFamily):
         with torch.inference_mode():
             out = self._pipe(first.mode)(**kwargs).images
         elapsed = time.perf_counter() - started
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("generation cancelled before it finished")
+        if stopped_at or (cancel is not None and cancel.is_set()):
+            step = stopped_at[0] if stopped_at else total
+            raise GenerationCancelled(f"generation cancelled after {step} of {total} steps",
+                                      step=step, total=total)
         if on_batch is not None:
             on_batch(len(prompts))
         arrays = (np.clip(np.asarray(out), 0.0, 1.0) * 255).round().astype(np.uint8)

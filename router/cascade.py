@@ -210,6 +210,36 @@ class Cascade:
         confidence = min((s.confidence for s in steps), default=0.0)
         return steps, confidence, used
 
+    def plan_if_rules_decide(self, message: str, images: int = 0,
+                             context: SessionContext | dict | None = None, *,
+                             embeddings: bool, llm: bool) -> Plan | None:
+        """The plan `plan` returns when the rules alone decide it, else None (the embedding or
+        LLM stage would look at the message, or a prompt needs rewriting).
+
+        `embeddings` / `llm`: whether the cascade that would otherwise plan the message (a
+        Router deployment) has those stages; this cascade's own thresholds must be that
+        one's. Well under a millisecond and no model: a caller in front of the Router
+        answers rule-decided messages (greetings, clear operations) without the hop."""
+        message, images, context = check_request(message, images, context)
+        started = time.perf_counter()
+        if not message.strip():
+            return self._empty(images, context, started)
+        result = R.analyze(message, images, context)
+        if embeddings and result.confidence < self.rules_threshold:
+            return None
+        plan = self._after_rules(result, {"rules": time.perf_counter() - started}, started)
+        if plan.stage != "rules":
+            return None
+        if plan.confidence < self.llm_threshold:
+            if llm:
+                return None
+            plan = plan.model_copy(update={"llm_error": "no LLM configured"})
+        if any(s.intent in PROMPT_INTENTS and len(s.params.get("prompt") or "") > COMPRESS_ABOVE
+               for s in plan.steps):
+            return None
+        return plan.model_copy(update={"timings": dict(plan.timings,
+                                                       total=time.perf_counter() - started)})
+
     # --- stage 3 ----------------------------------------------------------------------------
 
     async def plan(self, message: str, images: int = 0,

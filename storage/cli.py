@@ -3,6 +3,10 @@
     photostudio db upgrade [--database-url URL]       apply migrations (replica-safe)
     photostudio db check [--database-url URL]         models and migrations agree?
     photostudio storage cleanup --older-than 30d [--dry-run] [--database-url URL]
+    photostudio keys create --project P [--name N] [--scope S ...] [--requests-per-minute N]
+                            [--images-per-day N] [--create-project]   (token on stdout, once)
+    photostudio keys list [--project P] [--all]
+    photostudio keys revoke KEY_ID
 
 Configuration comes from `storage.config.StorageSettings` (``PHOTOSTUDIO_*`` variables and
 `.env`), or from the settings factory `add_subcommands` is given; flags override it.
@@ -145,6 +149,33 @@ def add_subcommands(subparsers: argparse._SubParsersAction,
     cl.add_argument("--database-url", default=None)
     cl.set_defaults(func=lambda ns: _cleanup(ns, factory))
 
+    from storage.models import API_KEY_SCOPES
+
+    keys = subparsers.add_parser("keys", help="API keys (Authorization: Bearer <key>)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key; prints its token once (stdout)")
+    kc.add_argument("--project", default="default", help="the key's project (default: default)")
+    kc.add_argument("--name", default=None, help="what the key is for (default: the project)")
+    kc.add_argument("--scope", action="append", choices=API_KEY_SCOPES, dest="scopes",
+                    help="repeat for several; default: every scope but admin")
+    kc.add_argument("--requests-per-minute", type=int, default=None,
+                    help="this key's limit (default: the gateway's)")
+    kc.add_argument("--images-per-day", type=int, default=None,
+                    help="this key's quota (default: the gateway's)")
+    kc.add_argument("--create-project", action="store_true",
+                    help="create the project if it does not exist")
+    kc.add_argument("--database-url", default=None)
+    kc.set_defaults(func=lambda ns: _keys_create(ns, factory))
+    kl = ksub.add_parser("list", help="list keys (never their tokens)")
+    kl.add_argument("--project", default=None, help="only this project's")
+    kl.add_argument("--all", action="store_true", help="include revoked keys")
+    kl.add_argument("--database-url", default=None)
+    kl.set_defaults(func=lambda ns: _keys_list(ns, factory))
+    kr = ksub.add_parser("revoke", help="revoke a key (refused from the next request on)")
+    kr.add_argument("key_id")
+    kr.add_argument("--database-url", default=None)
+    kr.set_defaults(func=lambda ns: _keys_revoke(ns, factory))
+
 
 def _duration_arg(text: str) -> timedelta:
     try:
@@ -201,3 +232,63 @@ def _cleanup(ns: argparse.Namespace, factory: SettingsFactory) -> int:
           f"{len(report.sessions)} session(s); skipped {len(report.skipped)}, "
           f"failed {len(report.failed)}")
     return 1 if report.failed else 0
+
+
+def _records(ns: argparse.Namespace, factory: SettingsFactory) -> RecordStore:
+    from storage.records import RecordStore
+
+    return RecordStore(_database_url(ns, factory))
+
+
+def _keys_create(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    records = _records(ns, factory)
+    try:
+        if ns.create_project and records.get_project(project_id=ns.project) is None:
+            records.create_project(project_id=ns.project)
+            print(f"created project {ns.project!r}", file=sys.stderr)
+        try:
+            key, token = records.create_api_key(
+                project=ns.project, name=ns.name or ns.project, scopes=ns.scopes,
+                requests_per_minute=ns.requests_per_minute, images_per_day=ns.images_per_day)
+        except ValueError as exc:
+            hint = " (or pass --create-project)" if "no project" in str(exc) else ""
+            print(f"error: {exc}{hint}", file=sys.stderr)
+            return 2
+    finally:
+        records.close()
+    print(f"created key {key.id} for project {key.project!r}, scopes: "
+          f"{', '.join(key.scopes) or 'none'}; the token below is shown only now:",
+          file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _keys_list(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    records = _records(ns, factory)
+    try:
+        keys = records.list_api_keys(project=ns.project, include_revoked=ns.all)
+    finally:
+        records.close()
+    for key in keys:
+        state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+        limits = (f"{key.requests_per_minute or 'default'} req/min, "
+                  f"{key.images_per_day or 'default'} images/day")
+        print(f"{key.id}  {key.prefix}…  project={key.project}  name={key.name!r}  "
+              f"scopes={','.join(key.scopes) or '-'}  {limits}  {state}  "
+              f"created {key.created_at.isoformat()}")
+    print(f"{len(keys)} key(s)", file=sys.stderr)
+    return 0
+
+
+def _keys_revoke(ns: argparse.Namespace, factory: SettingsFactory) -> int:
+    records = _records(ns, factory)
+    try:
+        if records.revoke_api_key(key_id=ns.key_id):
+            print(f"revoked {ns.key_id}")
+            return 0
+        key = records.get_api_key(key_id=ns.key_id)
+    finally:
+        records.close()
+    print(f"error: {'key already revoked' if key else 'no such key'}: {ns.key_id}",
+          file=sys.stderr)
+    return 1

@@ -167,3 +167,25 @@ class ProviderConfig(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+API_KEY_SCOPES = ("generate", "tools", "chat", "admin")
+
+
+class ApiKey(Base):
+    """An API key of one project. Only the SHA-256 of the token is stored (tokens are 256-bit
+    random, so a fast hash is enough; nothing here can recover a token)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_project_created", "project", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings, e.g. "psk_Ab12"
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    images_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

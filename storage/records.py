@@ -15,10 +15,12 @@ return False. Listings are newest first with opaque cursors (keyset pagination o
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
 import re
+import secrets
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -44,9 +46,11 @@ from sqlalchemy.pool import StaticPool
 from storage import migrate
 from storage.models import (
     ACTIVE_JOB_STATUSES,
+    API_KEY_SCOPES,
     JOB_STATUSES,
     MESSAGE_ROLES,
     TERMINAL_JOB_STATUSES,
+    ApiKey,
     Asset,
     Base,
     ChatSession,
@@ -63,8 +67,9 @@ if TYPE_CHECKING:
     from storage.assets import AssetStore
 
 __all__ = [
-    "JOB_STATUSES", "AssetRecord", "AssetView", "Base", "JobRecord", "MessageRecord", "Page",
-    "ProjectRecord", "ProviderConfigRecord", "RecordStore", "SessionRecord", "new_id",
+    "JOB_STATUSES", "ApiKeyRecord", "AssetRecord", "AssetView", "Base", "JobRecord",
+    "MessageRecord", "Page", "ProjectRecord", "ProviderConfigRecord", "RecordStore",
+    "SessionRecord", "hash_api_key", "new_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +194,29 @@ class ProviderConfigRecord:
 
 
 @dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: never the token itself (that is shown once, at creation)."""
+
+    id: str
+    project: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    requests_per_minute: int | None
+    images_per_day: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def hash_api_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing; pass `next_cursor` back for the next one (None: last page)."""
 
@@ -269,6 +297,11 @@ class RecordStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raises if the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(select(literal(1)))
 
     # -- jobs -----------------------------------------------------------------------------
     def create_job(self, *, kind: str, prompt: str | None, params: dict[str, Any],
@@ -372,9 +405,10 @@ class RecordStore:
                           lambda row: _record(JobRecord, row))
 
     def fail_stale_jobs(self, *, older_than_s: float) -> list[str]:
-        """Mark running jobs whose last heartbeat (or start) is older than `older_than_s` as
-        failed: their replica died or hung. Returns their ids. Run it periodically from any
-        replica; it is one conditional UPDATE, safe to run from several at once."""
+        """Mark running jobs whose last heartbeat (or start) is older than `older_than_s`, and
+        queued jobs created that long ago, as failed: their replica died or hung. Returns their
+        ids. Run it periodically from any replica; conditional UPDATEs, safe to run from
+        several at once."""
         if not older_than_s > 0:
             raise ValueError(f"older_than_s must be > 0, got {older_than_s!r}")
         now = utcnow()
@@ -389,6 +423,16 @@ class RecordStore:
                               f"than {older_than_s:g}s; the job was marked failed")
                 .returning(Job.id)
                 .execution_options(synchronize_session=False)))
+            # A job is started right after it is created (graphs.jobs.JobRunner): one still
+            # queued this long lost its replica in between.
+            ids += s.scalars(
+                update(Job)
+                .where(Job.status == "queued", Job.created_at < _ts(cutoff))
+                .values(status="failed", finished_at=now, updated_at=now,
+                        error=f"never started: the replica that accepted it stopped within "
+                              f"{older_than_s:g}s; the job was marked failed")
+                .returning(Job.id)
+                .execution_options(synchronize_session=False))
         if ids:
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
             logger.warning("marked %d stale running job(s) failed: %s", len(ids), shown)
@@ -526,6 +570,71 @@ class RecordStore:
         _check_limit(limit)
         return self._page(select(Project), Project.created_at, Project.id, "projects", limit,
                           cursor, lambda row: _record(ProjectRecord, row))
+
+    # -- API keys ---------------------------------------------------------------------------
+    def create_api_key(self, *, project: str, name: str, scopes: Sequence[str] | None = None,
+                       requests_per_minute: int | None = None,
+                       images_per_day: int | None = None) -> tuple[ApiKeyRecord, str]:
+        """A new key of `project` (which must exist) and its token, ``psk_<43 chars>``: the
+        only time the token is available. `scopes` None: every scope but admin."""
+        scopes = list(API_KEY_SCOPES[:-1] if scopes is None else dict.fromkeys(scopes))
+        for scope in scopes:
+            _check_one_of("scope", scope, API_KEY_SCOPES)
+        for label, value in (("requests_per_minute", requests_per_minute),
+                             ("images_per_day", images_per_day)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if self.get_project(project_id=project) is None:
+            raise ValueError(f"no project {project!r}; create it first")
+        token = "psk_" + secrets.token_urlsafe(32)
+        row = ApiKey(id=new_id("key"), project=project, name=name, key_hash=hash_api_key(token),
+                     prefix=token[:8], scopes=scopes, requests_per_minute=requests_per_minute,
+                     images_per_day=images_per_day, created_at=utcnow(), revoked_at=None)
+        with self._session.begin() as s:
+            s.add(row)
+        return _record(ApiKeyRecord, row), token
+
+    def authenticate_api_key(self, *, token: str) -> ApiKeyRecord | None:
+        """The key whose token this is, revoked or not (None: no such key)."""
+        with self._session() as s:
+            row = s.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(token))
+                            ).scalar_one_or_none()
+            return _record(ApiKeyRecord, row) if row else None
+
+    def get_api_key(self, *, key_id: str) -> ApiKeyRecord | None:
+        with self._session() as s:
+            row = s.get(ApiKey, key_id)
+            return _record(ApiKeyRecord, row) if row else None
+
+    def list_api_keys(self, *, project: str | None = None, include_revoked: bool = False
+                      ) -> list[ApiKeyRecord]:
+        q = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if project is not None:
+            q = q.where(ApiKey.project == project)
+        if not include_revoked:
+            q = q.where(ApiKey.revoked_at.is_(None))
+        with self._session() as s:
+            return [_record(ApiKeyRecord, row) for row in s.execute(q).scalars()]
+
+    def revoke_api_key(self, *, key_id: str) -> bool:
+        """Revoke a key (at once, for every replica: keys are checked on each request).
+        False: no such key, or already revoked."""
+        with self._session.begin() as s:
+            return s.execute(update(ApiKey).where(ApiKey.id == key_id,
+                                                  ApiKey.revoked_at.is_(None))
+                             .values(revoked_at=utcnow())).rowcount == 1
+
+    def shared_secret(self, *, name: str) -> str:
+        """A random secret every replica reads the same (created on first use; e.g. the key
+        that signs asset URLs). Kept as a provider config of kind ``secret``."""
+        found = self.get_provider_config(name=name)
+        if found is None:
+            try:
+                found = self.create_provider_config(
+                    name=name, kind="secret", settings={"secret": secrets.token_urlsafe(32)})
+            except ValueError:  # another replica created it first
+                found = self.get_provider_config(name=name)
+        return found.settings["secret"]
 
     # -- chat sessions ----------------------------------------------------------------------
     def create_session(self, *, project: str = "default", title: str | None = None,

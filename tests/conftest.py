@@ -3,8 +3,10 @@
 - `zoo_dir`: tiny models, built once and cached across runs (``$PHOTOSTUDIO_ZOO_DIR`` or
   ``~/.cache/photostudio/zoo``).
 - `ray_cluster`: a local Ray with ONE logical GPU (GPU-fraction scheduling on a CPU machine).
+- `redis_url`: the local Redis (started when its port is closed, as `.ci/run` does).
 - `gateway`: `serve_config.yaml` (production graph) deployed as `serve deploy` would, with
-  tiny-model overrides, reachable over real HTTP through the Serve proxy.
+  tiny-model overrides, reachable over real HTTP through the Serve proxy; auth is on (as in
+  production): `gateway.api_key` / `gateway.headers` carry a key of project `default`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,6 +57,31 @@ def zoo_dir() -> Path:
     return path
 
 
+REDIS_PORT = 6379
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis (per-key rate limits are shared through it); started like .ci/run
+    does when nothing listens on its port."""
+    if not _port_open(REDIS_PORT):
+        if shutil.which("redis-server") is None:
+            pytest.fail("Redis is not running on 127.0.0.1:6379 and redis-server is not "
+                        "installed: install redis-server or start a Redis there")
+        workdir = tempfile.mkdtemp(prefix="psredis")
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1",
+                        "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
+                        "--dir", workdir, "--logfile", f"{workdir}/redis.log"], check=True)
+        wait_until(lambda: _port_open(REDIS_PORT), timeout=20, what="Redis to listen")
+    return f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(zoo_dir):
     import ray
@@ -79,6 +107,29 @@ class Gateway:
     app_name: str
     config: dict
     data_dir: Path
+    api_key: str = ""  # project `default`, every scope (admin included)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'photostudio.db'}"
+
+    def create_key(self, **kwargs) -> str:
+        """A new key in the gateway's record store (what `photostudio keys create` does)."""
+        from storage.records import RecordStore
+
+        records = RecordStore(self.database_url)
+        try:
+            kwargs.setdefault("project", "default")
+            kwargs.setdefault("name", "test")
+            if records.get_project(project_id=kwargs["project"]) is None:
+                records.create_project(project_id=kwargs["project"])
+            return records.create_api_key(**kwargs)[1]
+        finally:
+            records.close()
 
     def handle(self, deployment: str):
         from ray import serve
@@ -86,8 +137,8 @@ class Gateway:
         return serve.get_deployment_handle(deployment, app_name=self.app_name)
 
 
-def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
-    """serve_config.yaml with tiny-model overrides (the only changes)."""
+def production_config(*, data_dir: Path, zoo_dir: Path, redis_url: str | None = None) -> dict:
+    """serve_config.yaml with tiny-model overrides (and the test Redis)."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config = copy.deepcopy(config)
     config.pop("http_options", None)  # the test cluster's proxy listens on a free port
@@ -97,11 +148,13 @@ def production_config(*, data_dir: Path, zoo_dir: Path) -> dict:
         faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
         llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
         data_dir=str(data_dir), zoo_dir=str(zoo_dir))
+    if redis_url:
+        app["args"]["rate_limit_storage"] = redis_url
     return config
 
 
 @pytest.fixture(scope="session")
-def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
+def gateway(ray_cluster, zoo_dir, redis_url, tmp_path_factory) -> Gateway:
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -109,7 +162,7 @@ def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
     port = ray_cluster.http_port
     client = _get_global_client()
     data_dir = tmp_path_factory.mktemp("gateway-data")
-    config = production_config(data_dir=data_dir, zoo_dir=zoo_dir)
+    config = production_config(data_dir=data_dir, zoo_dir=zoo_dir, redis_url=redis_url)
     client.deploy_apps(ServeDeploySchema.model_validate(config)
                        if hasattr(ServeDeploySchema, "model_validate")
                        else ServeDeploySchema.parse_obj(config))
@@ -132,12 +185,18 @@ def gateway(ray_cluster, zoo_dir, tmp_path_factory) -> Gateway:
             return False
 
     wait_until(routed, timeout=60, what="the proxy to route /healthz")
-    return Gateway(base_url=base_url, app_name=app_name, config=config, data_dir=data_dir)
+    gateway = Gateway(base_url=base_url, app_name=app_name, config=config, data_dir=data_dir)
+    # the suite's own key: every scope, and limits no test run reaches (tests of the limits
+    # make keys of their own)
+    gateway.api_key = gateway.create_key(scopes=["generate", "tools", "chat", "admin"],
+                                         requests_per_minute=1_000_000,
+                                         images_per_day=1_000_000)
+    return gateway
 
 
 @pytest.fixture
 def http(gateway):
     import httpx
 
-    with httpx.Client(base_url=gateway.base_url, timeout=120) as client:
+    with httpx.Client(base_url=gateway.base_url, timeout=120, headers=gateway.headers) as client:
         yield client

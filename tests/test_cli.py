@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,22 +38,58 @@ def test_serve_starts_generates_and_stops_on_ctrl_c(tmp_path, zoo_dir):
         [sys.executable, "-m", "graphs.cli", "serve", "--profile", "tiny", "--port", str(port),
          "--data-dir", str(tmp_path / "d"), "--no-dashboard"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         def up():
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:
-                assert proc.poll() is None, proc.stdout.read()
+                assert proc.poll() is None, "".join(lines)
                 return False
 
         wait_until(up, timeout=180, interval=1, what="photostudio serve to answer")
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations",
-                       json={"prompt": "a cat", "size": "64x64"}, timeout=120)
+        url = f"http://127.0.0.1:{port}/v1/images/generations"
+        body = {"prompt": "a cat", "size": "64x64"}
+        # auth is on by default: the first start made a key and printed it once
+        assert httpx.post(url, json=body, timeout=30).status_code == 401
+        key = re.search(r"psk_[\w-]{43}", "".join(lines)).group(0)
+        r = httpx.post(url, json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+        output = "".join(lines)
         assert proc.returncode == 0, output
         assert "Stopped." in output
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_production_profile_refuses_no_auth(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "graphs.cli", "serve", "--profile", "production",
+                          "--no-auth", "--data-dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "requires API-key auth" in out.stderr
+
+
+def test_request_path_env_keeps_haproxys_socket_path_short(tmp_path):
+    from graphs.cli import request_path_env
+
+    deep = tmp_path / ("a" * 60)
+    env = request_path_env(deep, free_ports=True)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in env
+    # Serve adds "/<56-character node id>" before the socket's name; HAProxy's limit is 97
+    sock = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    assert len(str(sock.parent / ("n" * 56) / sock.name)) <= 97
+    assert Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]).is_dir()
+    assert env == {**request_path_env(deep, free_ports=True),  # the same folder each time
+                   **{k: env[k] for k in env if k.endswith("_PORT")}}
+    assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) != 8404
+    assert request_path_env(deep, haproxy=False) == {}
+    assert request_path_env(deep, haproxy=False, throughput_optimized=True) == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}

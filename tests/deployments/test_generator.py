@@ -37,3 +37,50 @@ def test_bad_request_fails_alone_before_batching(generator):
     with pytest.raises(ValueError, match="width"):
         asyncio.run(generator.generate(GenerationRequest(prompt="x", width=13, height=64)))
     assert generator.stats()["serve_batches"] == {}
+
+
+def _handler(generator, requests):
+    """The body of the @serve.batch method for one Serve batch (no Serve queue here)."""
+    import threading
+
+    return Generator.func_or_class._batched.__wrapped__(
+        generator, requests, [threading.Event() for _ in requests])
+
+
+def test_batches_waiting_for_the_model_run_together(generator):
+    """Serve hands batches over while the model is busy: the ones waiting then share the
+    next pipeline call instead of running one after another."""
+    before = dict(generator.stats()["pipeline_batches"])
+
+    async def three_batches():
+        generator._model_lock = asyncio.Lock()  # this test's event loop
+        reqs = [[GenerationRequest(prompt="a cat", width=64, height=64, steps=1, seed=i)]
+                for i in range(3)]
+        return await asyncio.gather(*(_handler(generator, r) for r in reqs))
+
+    results = asyncio.run(three_batches())
+    assert [len(r) for r in results] == [1, 1, 1]
+    assert [r[0].seeds for r in results] == [[0], [1], [2]]
+    assert [r[0].batch_size for r in results] == [1, 2, 2]  # first alone, then the two waiting
+    after = generator.stats()["pipeline_batches"]
+    assert {k: after[k] - before.get(k, 0) for k in after} == {1: 1, 2: 1}
+    assert not generator._waiting
+
+
+def test_a_model_error_fails_every_waiting_batch(generator, monkeypatch):
+    def broken(requests, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(generator.model, "generate", broken)
+
+    async def two_batches():
+        generator._model_lock = asyncio.Lock()  # this test's event loop
+        reqs = [[GenerationRequest(prompt="a cat", width=64, height=64, steps=1)]
+                for _ in range(2)]
+        return await asyncio.gather(*(_handler(generator, r) for r in reqs),
+                                    return_exceptions=True)
+
+    errors = asyncio.run(two_batches())
+    assert [str(e) for e in errors] == ["out of memory", "out of memory"]
+    assert "out of memory" in generator.stats()["last_error"]
+    assert not generator._waiting

@@ -145,7 +145,7 @@ def test_async_chat_streams_plan_stages_then_remembers(http, gateway):
     assert reply["type"] == "processing" and reply["data"]["job_id"]
     steps, final, result = [], None, None
     with httpx.stream("GET", f"{gateway.base_url}/v1/jobs/{reply['data']['job_id']}/events",
-                      timeout=120) as stream:
+                      timeout=120, headers=gateway.headers) as stream:
         event = None
         for line in stream.iter_lines():
             if line.startswith("event:"):

@@ -52,7 +52,8 @@ def test_events_stream_progress_in_order(http, gateway):
                   json={"prompt": "a fox", "size": "128x128", "steps": 12})
     job_id = r.json()["id"]
     events = []
-    with httpx.stream("GET", f"{gateway.base_url}/v1/jobs/{job_id}/events", timeout=120) as s:
+    with httpx.stream("GET", f"{gateway.base_url}/v1/jobs/{job_id}/events", timeout=120,
+                      headers=gateway.headers) as s:
         name = None
         for line in s.iter_lines():
             if line.startswith("event:"):

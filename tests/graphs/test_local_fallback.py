@@ -14,7 +14,8 @@ def fallback_app(gateway, zoo_dir, tmp_path_factory):
 
     args = AppArgs(profile="local", generator_model="sd15",
                    generator_source="nobody/weights-not-here", zoo_dir=str(zoo_dir),
-                   data_dir=str(tmp_path_factory.mktemp("fallback-data")))
+                   data_dir=str(tmp_path_factory.mktemp("fallback-data")),
+                   auth_enabled=False)  # explicit: allowed for the local profile
     serve.run(build_app(args), name="local-fallback", route_prefix="/local")
     yield f"{gateway.base_url}/local"
     serve.delete("local-fallback")

@@ -415,6 +415,90 @@ def test_config_from_settings_reads_names_it_knows():
     assert config.cors_allow_origins == [ORIGIN, "https://b.example.com"]
 
 
+# --- admission control ----------------------------------------------------------------------
+
+
+def admission_app(limit: int | None) -> tuple[FastAPI, asyncio.Event]:
+    release = asyncio.Event()
+    app = FastAPI()
+    errors.install(app)
+    middleware.install(app, HardeningConfig(max_in_flight=limit, request_timeout_s=30))
+
+    @app.get("/work")
+    async def work() -> dict:
+        await release.wait()
+        return {"ok": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app, release
+
+
+def test_requests_over_the_in_flight_limit_get_503_with_retry_after():
+    app, release = admission_app(2)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.ensure_future(client.get("/work")) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both admitted and waiting
+            over = await client.get("/work")
+            probe = await client.get("/healthz")  # exempt: answers at capacity
+            release.set()
+            done = await asyncio.gather(*held)
+            after = await client.get("/work")  # slots free again
+            return over, probe, done, after
+
+    over, probe, done, after = asyncio.run(run())
+    error = assert_envelope(over, 503, "overloaded")
+    assert over.headers["retry-after"] == "1" and error["type"] == "service_unavailable"
+    assert "2 requests in progress" in error["message"]
+    assert probe.status_code == 200
+    assert [r.status_code for r in done] == [200, 200] and after.status_code == 200
+
+
+def test_admission_limit_defaults_to_half_of_serve_max_ongoing(monkeypatch):
+    control = middleware.AdmissionControl(None)
+    assert control.limit is None  # outside Serve and not set: no limit
+    monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 200)
+    assert control.limit == 100
+    monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 1)
+    assert control.limit == 1
+    assert middleware.AdmissionControl(None, max_in_flight=0).limit is None  # off
+    with pytest.raises(ValueError, match="max_in_flight"):
+        middleware.AdmissionControl(None, max_in_flight=-1)
+
+
+def test_serve_errors_and_escaping_exceptions_become_the_envelope():
+    from ray.serve.exceptions import BackPressureError
+
+    app = FastAPI()
+    errors.install(app)
+    middleware.install(app, HardeningConfig(request_timeout_s=30))
+
+    @app.get("/full")
+    async def full() -> dict:
+        raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    @app.get("/bug")
+    async def bug() -> dict:
+        raise RuntimeError("a bug")
+
+    # what Serve's replica does when it starts: its plain-text handler, registered last
+    from starlette.responses import PlainTextResponse
+
+    app.add_exception_handler(BackPressureError,
+                              lambda _r, exc: PlainTextResponse(exc.message, status_code=503))
+
+    # raise_app_exceptions (the default) would raise here if anything were re-raised
+    r = call(app, "GET", "/full")
+    assert_envelope(r, 503, "overloaded")
+    assert r.headers["retry-after"] == "1"
+    assert_envelope(call(app, "GET", "/bug"), 500, "internal_error")
+
+
 # --- through Serve's proxy ------------------------------------------------------------------
 
 SERVE_TIMEOUT_S = 1.0
@@ -502,3 +586,77 @@ def test_middlewares_behind_the_serve_proxy(ray_cluster):
                    timeout=30, what="the downstream model call to be cancelled")
     finally:
         serve.delete(name)
+
+
+
+def shedding_serve_app(name: str):
+    """An ingress whose requests hold their slot for a second; Serve's limits (8 ongoing +
+    30 queued) hold a burst of 30, of which admission control lets 4 in at once. /model
+    calls a deployment that takes 1 request + 1 queued (more: BackPressureError)."""
+    from ray import serve
+
+    api = FastAPI()
+    errors.install(api)
+    middleware.install(api, HardeningConfig())
+
+    @serve.deployment(name=f"{name}-model", ray_actor_options={"num_cpus": 0.1},
+                      max_ongoing_requests=1, max_queued_requests=1)
+    class Model:
+        async def work(self) -> str:
+            await asyncio.sleep(1.0)
+            return "done"
+
+    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.1},
+                      max_ongoing_requests=8, max_queued_requests=30)
+    @serve.ingress(api)
+    class Shedding:
+        def __init__(self, model):
+            self.model = model
+
+        @api.get("/work")
+        async def work(self) -> dict:
+            await asyncio.sleep(1.0)
+            return {"ok": True}
+
+        @api.get("/model")
+        async def model(self) -> dict:
+            return {"result": await self.model.work.remote()}
+
+    return Shedding.bind(Model.bind())
+
+
+def test_overload_behind_the_serve_proxy_gets_the_envelope_at_once(ray_cluster):
+    """30 requests at once against an ingress that admits 4 (half its max_ongoing_requests):
+    the excess is answered with the envelope's 503 + Retry-After by our middleware, not
+    queued in Serve's proxy and not Serve's plain-text 503. And a full downstream queue
+    (BackPressureError raised in the ingress) is the envelope's 503 too, not Serve's text."""
+    from ray import serve
+
+    name = f"shed-{uuid.uuid4().hex[:6]}"
+    serve.run(shedding_serve_app(name), name=name, route_prefix=f"/{name}")
+    base = f"http://127.0.0.1:{ray_cluster.http_port}/{name}"
+    try:
+        responses = asyncio.run(_burst(base, 30))
+        # a downstream deployment's full queue (BackPressureError in the ingress) too
+        downstream = asyncio.run(_burst(base, 4, path="/model"))
+    finally:
+        serve.delete(name)
+    statuses = sorted(r.status_code for r in downstream)
+    assert 200 in statuses and 503 in statuses, statuses
+    for r in downstream:
+        if r.status_code == 503:
+            assert_envelope(r, 503, "overloaded")
+            assert r.headers["retry-after"].isdigit()
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) >= middleware.admission_limit(8)
+    for r in responses:
+        if r.status_code == 503:
+            error = assert_envelope(r, 503, "overloaded")
+            assert r.headers["retry-after"] == "1" and "4 requests in progress" in \
+                error["message"]
+
+
+async def _burst(base: str, n: int, path: str = "/work") -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        return await asyncio.gather(*(client.get(path) for _ in range(n)))

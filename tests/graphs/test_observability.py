@@ -53,6 +53,8 @@ SECRETS = {
     (f"x-api-key: {SECRETS['api_key']}", SECRETS["api_key"]),
     (f"?api_key={SECRETS['api_key']}&n=1", SECRETS["api_key"]),
     (f'"password": "{SECRETS["db_password"]}"', SECRETS["db_password"]),
+    ("gateway key psk_JPxO6CxKFASUyYAgJwBz8KVLg_PMw1n7F2sCAmmeZHQ printed",
+     "psk_JPxO6CxKFASUyYAgJwBz8KVLg_PMw1n7F2sCAmmeZHQ"),
 ])
 def test_secrets_are_redacted(text, secret):
     out = observability.redact_text(text)

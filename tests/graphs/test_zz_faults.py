@@ -37,7 +37,7 @@ def test_killed_generator_replica_fails_the_job_and_recovers(http, gateway):
         try:
             return httpx.post(f"{gateway.base_url}/v1/images/generations",
                               json={"prompt": "back", "size": "64x64"},
-                              timeout=60).status_code == 200
+                              timeout=60, headers=gateway.headers).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -175,3 +175,83 @@ def test_outdated_zoo_builds_are_rebuilt(tmp_path):
     again = zoo.ensure("tiny-taesd", tmp_path)
     assert again == path and not (path / "stale-file").exists()
     assert (path / ".complete").read_text() == zoo.ZOO_VERSION
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+
+def _events(n: int):
+    import threading
+
+    return [threading.Event() for _ in range(n)]
+
+
+def test_one_cancel_event_stops_at_the_next_step_and_raises(tiny):
+    import threading
+
+    from models.diffusion import GenerationCancelled
+
+    cancel = threading.Event()
+    stops = []
+
+    def on_step(step, total):
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled) as info:
+        tiny.generate([GenerationRequest(prompt="x", width=64, height=64, steps=20, seed=0)],
+                      cancel=cancel, on_step=on_step,
+                      on_cancelled=lambda *a: stops.append(a))
+    assert (info.value.step, info.value.total) == (3, 20)  # seen at the step after it was set
+    assert stops == [(3, 20, 1)]
+
+
+def test_batch_request_cancelled_before_its_call_is_dropped_the_rest_unchanged(tiny):
+    reqs = [GenerationRequest(prompt=p, width=64, height=64, steps=2, seed=s)
+            for p, s in (("a cat", 1), ("a dog", 2), ("a fox", 3))]
+    cancels = _events(3)
+    cancels[1].set()
+    stops, calls = [], []
+    out = tiny.generate(reqs, cancel=cancels, on_cancelled=lambda *a: stops.append(a),
+                        on_batch=calls.append)
+    assert out[1] is None and out[0] is not None and out[2] is not None  # aligned
+    assert calls == [2]  # one pipeline call of the two live images
+    assert stops == [(0, 2, 1)]
+    alone = tiny.generate([reqs[2]])[0]
+    assert np.abs(out[2].images[0].astype(int) - alone.images[0].astype(int)).max() <= 2
+
+
+def test_batch_call_stops_only_when_all_its_requests_are_gone(tiny):
+    reqs = [GenerationRequest(prompt="x", width=64, height=64, steps=12, seed=s)
+            for s in (1, 2)]
+    # One of two leaves mid-call: the call runs to the end for the other.
+    cancels = _events(2)
+    stops = []
+    out = tiny.generate(reqs, cancel=cancels, on_cancelled=lambda *a: stops.append(a),
+                        on_step=lambda step, total: step == 3 and cancels[0].set())
+    assert out[1] is not None and len(out[1].images) == 1 and stops == []
+    # Both leave: the call stops at the next step; nothing raised, both results None.
+    cancels = _events(2)
+
+    def both_leave(step, total):
+        if step == 3:
+            cancels[0].set()
+        if step == 5:
+            cancels[1].set()
+
+    out = tiny.generate(reqs, cancel=cancels, on_cancelled=lambda *a: stops.append(a),
+                        on_step=both_leave)
+    assert out == [None, None]
+    assert stops == [(6, 12, 2)]
+
+
+@pytest.mark.parametrize("steps,strength", [(1, 0.6), (2, 0.3), (3, 0.1), (1, 1.0)])
+def test_img2img_runs_at_least_one_step_however_few_steps(tiny, steps, strength):
+    """steps * strength < 1 would leave diffusers no timestep (its ValueError was a 500 found by
+    the fuzz test: 1 step, a style preset's strength)."""
+    base = np.full((64, 64, 3), 128, np.uint8)
+    req = GenerationRequest(prompt="x", mode="img2img", image=base, width=64, height=64,
+                            steps=steps, strength=strength, seed=1)
+    assert req.effective_steps == 1 or steps * strength >= 1
+    (out,) = tiny.generate([req])
+    assert out.images[0].shape == (64, 64, 3)

@@ -268,3 +268,57 @@ def test_long_prompt_rewrite_falls_back_on_garbage():
     plan = asyncio.run(Cascade(llm=_llm_returning("nope")).plan(LONG))
     assert len(plan.steps[0].params["prompt"]) < 3000
     assert "not valid JSON" in plan.llm_error and "deterministic" in plan.warnings[0]
+
+
+# --- the rules-only shortcut (a caller in front of the Router deployment) --------------------
+
+def _without_timings(plan: Plan) -> dict:
+    return plan.model_dump(exclude={"timings"})
+
+
+@pytest.mark.parametrize("with_llm", [False, True])
+def test_rules_shortcut_gives_the_full_cascades_plan_or_none(classifier, with_llm):
+    """Every labelled message: when the shortcut answers, the full cascade (embeddings, and an
+    LLM or none) plans exactly the same; when it doesn't, a later stage had work to do."""
+    from pathlib import Path
+
+    from router.eval import load_cases
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    calls: list = []
+    llm = _llm_returning(json.dumps({"steps": [{"intent": Q, "params": {}}],
+                                     "confidence": 0.9}), calls) if with_llm else None
+    full = Cascade(classifier=classifier, llm=llm)
+    local = Cascade()  # no models at all, as the ingress holds it
+    decided = deferred = 0
+    cases = [c for name in ("eval", "dev", "holdout")
+             for c in load_cases(data / f"router_{name}.jsonl")]
+    for case in [*cases, {"message": "", "images": 0}, {"message": LONG, "images": 0}]:
+        images, context = case.get("images", 0), case.get("context")
+        quick = local.plan_if_rules_decide(case["message"], images, context,
+                                           embeddings=True, llm=with_llm)
+        calls.clear()
+        plan = asyncio.run(full.plan(case["message"], images, context))
+        if quick is None:
+            deferred += 1
+            continue
+        decided += 1
+        assert _without_timings(quick) == _without_timings(plan), case["message"]
+        assert quick.stage == "rules" and set(quick.timings) == {"rules", "total"}
+        assert calls == []
+    assert decided > 0 and deferred > 0
+    # the everyday cases the shortcut is for
+    hello = local.plan_if_rules_decide("hello, what can you do?", embeddings=True, llm=True)
+    assert hello is not None and hello.intents == [Q]
+    assert local.plan_if_rules_decide(LONG, embeddings=False, llm=False) is None
+
+
+def test_rules_shortcut_defers_what_only_later_stages_decide(classifier):
+    local = Cascade()
+    assert local.plan_if_rules_decide("glorp a quux", 0, embeddings=True, llm=True) is None
+    # without those stages the rules' answer stands, as the full cascade's would
+    alone = local.plan_if_rules_decide("glorp a quux", 0, embeddings=False, llm=False)
+    assert alone is not None
+    assert _without_timings(alone) == _without_timings(
+        asyncio.run(Cascade().plan("glorp a quux", 0)))
+    assert alone.llm_error == "no LLM configured"

@@ -115,10 +115,18 @@ def empty_tables(store) -> None:
     """Delete every row except the default project the migrations seed."""
     from sqlalchemy import delete
 
-    from storage.models import Asset, ChatSession, Job, Message, Project, ProviderConfig
+    from storage.models import (
+        ApiKey,
+        Asset,
+        ChatSession,
+        Job,
+        Message,
+        Project,
+        ProviderConfig,
+    )
 
     with store.engine.begin() as conn:
-        for table in (Message, ChatSession, Asset, Job, ProviderConfig):
+        for table in (Message, ChatSession, Asset, Job, ProviderConfig, ApiKey):
             conn.execute(delete(table))
         conn.execute(delete(Project).where(Project.id != "default"))
 

@@ -24,7 +24,8 @@ def cluster_app(gateway, zoo_dir, s3_endpoint, pg_url, tmp_path_factory):
         data_dir=str(tmp_path_factory.mktemp("cluster-data")), database_url=pg_url,
         storage={"asset_store": "s3", "asset_bucket": bucket, "asset_endpoint_url": s3_endpoint,
                  "asset_region": S3_REGION, "asset_access_key_id": S3_ACCESS_KEY_ID,
-                 "asset_secret_access_key": S3_SECRET, "asset_prefix": "gw"})
+                 "asset_secret_access_key": S3_SECRET, "asset_prefix": "gw"},
+        auth_enabled=False)  # explicit (tiny profile): this file tests storage
     serve.run(build_app(args), name="cluster-storage", route_prefix="/cluster")
     yield f"{gateway.base_url}/cluster", bucket, pg_url
     serve.delete("cluster-storage")

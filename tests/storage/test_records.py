@@ -128,11 +128,14 @@ def test_fail_stale_jobs_marks_only_silent_running_jobs(records):
     set_columns(records, Job, queued, created_at=now - timedelta(hours=1))
     records.finish_job(job_id=done, asset_ids=[], timings={})
     set_columns(records, Job, done, heartbeat_at=now - timedelta(hours=1))
-    assert records.fail_stale_jobs(older_than_s=300) == [silent]
+    fresh = new_job(records)  # queued a moment ago: about to start
+    assert sorted(records.fail_stale_jobs(older_than_s=300)) == sorted([silent, queued])
     job = records.get_job(job_id=silent)
     assert job.status == "failed" and "replica died" in job.error and job.finished_at
     assert records.get_job(job_id=alive).status == "running"
-    assert records.get_job(job_id=queued).status == "queued"
+    never = records.get_job(job_id=queued)  # its replica died between create and start
+    assert never.status == "failed" and "never started" in never.error
+    assert records.get_job(job_id=fresh).status == "queued"
     assert records.get_job(job_id=done).status == "succeeded"
     assert records.fail_stale_jobs(older_than_s=300) == []  # idempotent
     assert records.heartbeat(job_id=silent) is True  # its worker, if alive after all: stop

@@ -1,0 +1,295 @@
+"""API keys: who is calling, which project they act in, what they may do.
+
+`Authorization: Bearer psk_…` on every request but the public ones (health, docs). The key
+is looked up by its SHA-256 in the record store on every request, so a revoked key is refused
+by every replica from the next request on. The key's project scopes everything the request
+touches (jobs, assets, sessions, projects): `current_project()` is what the services read.
+
+Scopes (a key has a subset; none given at creation = all but admin):
+- generate: /v1/images/generations, /edits, /variations
+- tools: background removal, face swap, upscale, edit-ops, style transfer
+- chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
+- admin: create projects and list every project
+Reading a key's own jobs, assets, models and capabilities needs only a valid key.
+
+Asset URLs in responses (`response_format=url`, job and gallery listings) are signed and
+expire (`asset_url_ttl_s`), so an <img> tag or a plain download can fetch them without the key;
+unsigned, GET /v1/assets/{id} needs a key of the asset's project.
+
+Auth is on unless `enabled: false` is set explicitly, which the app builder allows only for
+the tiny and local profiles. With auth off every request acts in the configured project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from graphs.errors import ApiError
+from graphs.quotas import QuotaConfig, Quotas, Usage
+
+logger = logging.getLogger("ray.serve")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+# (method or "*", path pattern, scope); first match wins; unmatched: any valid key
+ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
+    (method, re.compile(pattern), scope) for method, pattern, scope in (
+        ("POST", r"^/v1/images/(generations|edits|variations)$", "generate"),
+        ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
+         "tools"),
+        ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
+        ("POST", r"^/v1/projects$", "admin"),
+    ))
+
+
+class AuthConfig(BaseModel):
+    enabled: bool = True
+    project: str = Field("default", description="the project of every request when auth is "
+                         "off")
+    quotas: QuotaConfig = QuotaConfig()
+    asset_url_ttl_s: int = Field(24 * 3600, ge=60, description="signed asset URLs expire")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as."""
+
+    key_id: str | None  # None: auth disabled
+    project: str
+    scopes: frozenset[str]
+    requests_per_minute: int | None = None
+    images_per_day: int | None = None
+    signed_asset: str | None = None  # a signed asset URL: only that asset, nothing else
+
+    def allows(self, scope: str) -> bool:
+        return (self.key_id is None and self.signed_asset is None) or scope in self.scopes
+
+    @property
+    def admin(self) -> bool:
+        return self.allows("admin")
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "photostudio_principal", default=None)
+_gate: Gate | None = None
+
+
+def gate() -> Gate | None:
+    return _gate
+
+
+def current(default_project: str = "default") -> Principal:
+    """The caller of the request being handled (the configured project when auth is off)."""
+    principal = _principal.get()
+    if principal is not None:
+        return principal
+    if _gate is not None:
+        return _gate.anonymous
+    return Principal(key_id=None, project=default_project, scopes=frozenset())
+
+
+def current_project(default: str = "default") -> str:
+    return current(default).project
+
+
+def acting_as(principal: Principal) -> contextvars.Token:
+    """Set the caller (tests, background work); returns the token to reset it."""
+    return _principal.set(principal)
+
+
+def required_scope(method: str, path: str) -> str | None:
+    for m, pattern, scope in ROUTE_SCOPES:
+        if (m == "*" or m == method) and pattern.match(path):
+            return scope
+    return None
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "the Authorization header must be 'Bearer <API key>'",
+                               code="invalid_authorization",
+                               headers={"WWW-Authenticate": "Bearer"})
+            return token.strip()
+    return None
+
+
+class Gate:
+    """Authentication, scope checks and quotas of one ingress replica."""
+
+    def __init__(self, *, records: Any, config: AuthConfig):
+        self.records = records
+        self.config = config
+        self.quotas = Quotas(config.quotas)
+        self.anonymous = Principal(key_id=None, project=config.project,
+                                   scopes=frozenset())
+        self._secret = (records.shared_secret(name="asset-url-signing").encode()
+                        if config.enabled else b"")
+
+    # -- signed asset URLs ----------------------------------------------------------------
+    def _signature(self, asset_id: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{asset_id}:{expires}".encode(),
+                        hashlib.sha256).hexdigest()[:32]
+
+    def sign(self, asset_id: str) -> str:
+        """The query string that lets anyone holding the URL fetch this one asset until it
+        expires ("" with auth off)."""
+        if not self.config.enabled:
+            return ""
+        expires = int(time.time()) + self.config.asset_url_ttl_s
+        return f"?expires={expires}&sig={self._signature(asset_id, expires)}"
+
+    def _signed_asset(self, method: str, path: str, query: bytes) -> str | None:
+        if method not in ("GET", "HEAD") or not path.startswith("/v1/assets/") or not query:
+            return None
+        params = parse_qs(query.decode("latin-1"))
+        asset_id = path.removeprefix("/v1/assets/")
+        try:
+            expires = int(params["expires"][0])
+            sig = params["sig"][0]
+        except (KeyError, ValueError):
+            return None
+        if expires < time.time():
+            raise ApiError(403, "this asset URL has expired; list the job or the gallery "
+                           "again for a fresh one", code="url_expired")
+        if not hmac.compare_digest(sig, self._signature(asset_id, expires)):
+            raise ApiError(403, "this asset URL's signature is not valid",
+                           code="invalid_signature")
+        return asset_id
+
+    async def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]],
+                    query: bytes = b"") -> tuple[Principal, Usage | None]:
+        """The request's principal and its requests/minute usage; ApiError 401/403/429."""
+        if not self.config.enabled or path in PUBLIC_PATHS or method == "OPTIONS":
+            return self.anonymous, None
+        token = _bearer(headers)
+        if token is None and (asset_id := self._signed_asset(method, path, query)):
+            return Principal(key_id=None, project="", scopes=frozenset(),
+                             signed_asset=asset_id), None
+        if token is None:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (create "
+                           "one with `photostudio keys create --project <id>`)",
+                           code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)
+        if record is None or not record.active:
+            what = "has been revoked" if record is not None else "is not valid"
+            raise ApiError(401, f"this API key {what}", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        principal = Principal(key_id=record.id, project=record.project,
+                              scopes=frozenset(record.scopes),
+                              requests_per_minute=record.requests_per_minute,
+                              images_per_day=record.images_per_day)
+        scope = required_scope(method, path)
+        if scope is not None and not principal.allows(scope):
+            has = ", ".join(sorted(record.scopes)) or "none"
+            raise ApiError(403, f"this API key lacks the {scope!r} scope needed for "
+                           f"{method} {path} (it has: {has})", code="insufficient_scope")
+        usage = await self.quotas.check_request(principal.key_id,
+                                                per_minute=principal.requests_per_minute)
+        return principal, usage
+
+    async def charge_images(self, n: int) -> None:
+        """Charge `n` images to the caller's daily quota (429 when over it)."""
+        principal = current()
+        if principal.key_id is None or n <= 0:
+            return
+        await self.quotas.charge_images(principal.key_id, n, per_day=principal.images_per_day)
+
+
+def configure(*, records: Any, config: AuthConfig) -> Gate:
+    """Called once by the ingress replica when its record store is ready."""
+    global _gate
+    _gate = Gate(records=records, config=config)
+    if not config.enabled:
+        logger.warning("API-key auth is DISABLED (explicit local setting): every request acts "
+                       "in project %r with every scope", config.project)
+    return _gate
+
+
+def sign_asset(asset_id: str) -> str:
+    """Query string to append to an asset URL ("" when auth is off or not configured)."""
+    return _gate.sign(asset_id) if _gate is not None else ""
+
+
+async def charge_images(n: int) -> None:
+    if _gate is not None:
+        await _gate.charge_images(n)
+
+
+class AuthMiddleware:
+    """ASGI: admits each HTTP request through the replica's `Gate` (set by `configure`),
+    sets the caller for the request, adds X-RateLimit-* headers to its response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gate = _gate
+        if gate is None:  # the replica's constructor hasn't run yet
+            await ApiError(503, "the gateway is starting", code="starting",
+                           headers={"Retry-After": "2"}).response()(scope, receive, send)
+            return
+        try:
+            principal, usage = await gate.admit(scope["method"], scope["path"],
+                                                scope.get("headers", []),
+                                                scope.get("query_string", b""))
+        except ApiError as exc:
+            await exc.response()(scope, receive, send)
+            return
+        token = _principal.set(principal)
+        extra = [(k.lower().encode(), v.encode()) for k, v in usage.headers().items()
+                 ] if usage is not None else []
+
+        async def send_with_headers(message):
+            if extra and message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                # a 429 of the images quota already says which window it is about
+                if not any(name == b"x-ratelimit-limit" for name, _ in headers):
+                    message = {**message, "headers": [*headers, *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _principal.reset(token)
+
+
+def document(app: Any) -> None:
+    """Declare the bearer scheme in the OpenAPI spec: every operation needs it but the public
+    ones (/docs' "Authorize" button then sends the key)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = build()
+        spec.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key, `psk_…` (`photostudio keys create`)"}
+        spec["security"] = [{"apiKey": []}]
+        for path, item in spec.get("paths", {}).items():
+            if path in PUBLIC_PATHS:
+                for operation in item.values():
+                    if isinstance(operation, dict):
+                        operation["security"] = []
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi

@@ -1,0 +1,113 @@
+"""Per-key rate limits (requests/minute) and quotas (images/day), shared by every ingress
+replica through Redis, with the `limits` library.
+
+Why Redis + `limits` rather than a Ray actor: the counters must be shared by every ingress
+replica and survive a replica (or the Serve controller) restarting; a Ray actor would be one
+more single point of failure in the request path and would need its own persistence. Redis
+does this with one atomic round trip per check, and `limits` is the well-kept implementation
+of the window algorithms (the one behind slowapi / Flask-Limiter).
+
+- requests/minute: sliding-window counter (no burst of 2x at a window edge).
+- images/day: a moving window (the images of the last 24 h; one atomic script adds a
+  request's n images only if they all fit, so a refused request costs nothing). Images are
+  charged when a request is accepted (before any model runs), so a client can't exceed its
+  day by sending many requests at once; work that fails afterwards is not refunded.
+- `memory://` keeps counters in the replica: for one-replica local use and unit tests.
+- If the storage fails (Redis down), requests pass (fail open, logged) unless
+  `fail_open` is False, in which case they get 503: availability of the product is chosen
+  over exactness of the limits by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerDay, RateLimitItemPerMinute
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+from pydantic import BaseModel, Field
+
+from graphs.errors import ApiError
+
+logger = logging.getLogger("ray.serve")
+
+
+class QuotaConfig(BaseModel):
+    storage_url: str = Field(
+        "memory://", description="redis://host:port/db (shared by replicas) or memory://")
+    requests_per_minute: int = Field(600, ge=1, description="default per key")
+    images_per_day: int = Field(1000, ge=1, description="default per key")
+    fail_open: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One window's state after a check: what the X-RateLimit-* headers say."""
+
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds
+
+    def headers(self, *, prefix: str = "X-RateLimit") -> dict[str, str]:
+        return {f"{prefix}-Limit": str(self.limit),
+                f"{prefix}-Remaining": str(max(self.remaining, 0)),
+                f"{prefix}-Reset": str(max(math.ceil(self.reset_at - time.time()), 0))}
+
+
+def _storage(url: str) -> Storage:
+    if url.startswith(("redis://", "rediss://")):
+        return storage_from_string("async+" + url, implementation="redispy",
+                                   socket_timeout=1.0, socket_connect_timeout=1.0)
+    if url.startswith("memory://"):
+        return storage_from_string("async+memory://")
+    raise ValueError(f"quota storage must be redis://, rediss:// or memory://, got {url!r}")
+
+
+class Quotas:
+    def __init__(self, config: QuotaConfig):
+        self.config = config
+        self.storage = _storage(config.storage_url)
+        self._requests = SlidingWindowCounterRateLimiter(self.storage)
+        self._images = MovingWindowRateLimiter(self.storage)
+
+    async def check_request(self, key_id: str, *, per_minute: int | None) -> Usage | None:
+        """Count one request of `key_id`. ApiError 429 when over its requests/minute; None
+        when the storage failed and `fail_open`."""
+        item = RateLimitItemPerMinute(per_minute or self.config.requests_per_minute)
+        return await self._hit(self._requests, item, key_id, "requests", 1,
+                               f"rate limit of {item.amount} requests per minute reached")
+
+    async def charge_images(self, key_id: str, n: int, *, per_day: int | None) -> Usage | None:
+        """Charge `n` images to `key_id`'s day. ApiError 429 when that would exceed it."""
+        item = RateLimitItemPerDay(per_day or self.config.images_per_day)
+        if n > item.amount:
+            raise ApiError(429, f"this request makes {n} images but the key's quota is "
+                           f"{item.amount} images per day", code="quota_exceeded",
+                           param="n")
+        return await self._hit(self._images, item, key_id, "images", n,
+                               f"daily quota of {item.amount} images reached")
+
+    async def _hit(self, limiter, item, key_id: str, what: str, cost: int,
+                   message: str) -> Usage | None:
+        try:
+            allowed = await limiter.hit(item, key_id, what, cost=cost)
+            stats = await limiter.get_window_stats(item, key_id, what)
+        except Exception as exc:  # storage down or unreachable
+            if self.config.fail_open:
+                logger.error("rate-limit storage failed (%s: %s); letting the request "
+                             "through (fail_open)", type(exc).__name__, exc)
+                return None
+            raise ApiError(503, "rate limiting is unavailable; retry shortly",
+                           code="rate_limiter_unavailable",
+                           headers={"Retry-After": "5"}) from None
+        usage = Usage(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
+        if not allowed:
+            retry = max(math.ceil(stats.reset_time - time.time()), 1)
+            code = "rate_limited" if what == "requests" else "quota_exceeded"
+            raise ApiError(429, f"{message}; retry in {retry} s", code=code,
+                           headers={"Retry-After": str(retry), **usage.headers()})
+        return usage

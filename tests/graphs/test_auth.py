@@ -1,0 +1,188 @@
+"""The auth gate in process (no Ray): a real Starlette app behind `AuthMiddleware`, keys in a
+SQLite record store, limits in memory and in the real Redis (shared like replicas share it)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from graphs import auth, errors
+from graphs.auth import AuthConfig, AuthMiddleware
+from graphs.errors import ApiError
+from graphs.quotas import QuotaConfig, Quotas
+from storage.records import RecordStore
+
+
+@pytest.fixture
+def records(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'auth.db'}")
+    yield store
+    store.close()
+
+
+def make_app(records, **config) -> httpx.AsyncClient:
+    app = FastAPI()
+    errors.install(app)
+    app.add_middleware(AuthMiddleware)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True}
+
+    @app.post("/v1/images/generations")
+    async def generate():
+        await auth.charge_images(2)
+        return {"project": auth.current_project()}
+
+    @app.post("/v1/images/upscale")
+    async def upscale():
+        return {"project": auth.current_project()}
+
+    @app.get("/v1/assets/{asset_id}")
+    async def asset(asset_id: str):
+        p = auth.current()
+        return {"project": p.project, "signed": p.signed_asset}
+
+    auth.configure(records=records, config=AuthConfig(**config))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+def sync(fn):
+    """Run an async test on a fresh event loop (the suite has no asyncio plugin)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return run
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def envelope(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"], error
+    return error
+
+
+@sync
+async def test_keys_scopes_and_revocation(records):
+    _, token = records.create_api_key(project="default", name="t", scopes=["generate"])
+    async with make_app(records) as client:
+        assert (await client.get("/healthz")).status_code == 200  # public
+        r = await client.post("/v1/images/generations")
+        envelope(r, 401, "missing_api_key")
+        assert r.headers["www-authenticate"] == "Bearer"
+        envelope(await client.post("/v1/images/generations",
+                                   headers={"Authorization": "Basic abc"}),
+                 401, "invalid_authorization")
+        envelope(await client.post("/v1/images/generations", headers=bearer("psk_nope")),
+                 401, "invalid_api_key")
+        ok = await client.post("/v1/images/generations", headers=bearer(token))
+        assert ok.status_code == 200 and ok.json() == {"project": "default"}
+        assert ok.headers["x-ratelimit-limit"] == "600"
+        assert int(ok.headers["x-ratelimit-remaining"]) == 599
+        error = envelope(await client.post("/v1/images/upscale", headers=bearer(token)),
+                         403, "insufficient_scope")
+        assert "'tools'" in error["message"]
+        key_id = records.authenticate_api_key(token=token).id
+        records.revoke_api_key(key_id=key_id)
+        error = envelope(await client.post("/v1/images/generations", headers=bearer(token)),
+                         401, "invalid_api_key")
+        assert "revoked" in error["message"]
+
+
+@sync
+async def test_requests_per_minute_and_images_per_day(records):
+    _, token = records.create_api_key(project="default", name="t", requests_per_minute=3,
+                                      images_per_day=5)
+    async with make_app(records) as client:
+        for _ in range(2):  # 2 images each: 4 of 5
+            assert (await client.post("/v1/images/generations",
+                                      headers=bearer(token))).status_code == 200
+        r = await client.post("/v1/images/generations", headers=bearer(token))
+        envelope(r, 429, "quota_exceeded")  # the third request, but 6 images > 5
+        assert 0 < int(r.headers["retry-after"]) <= 24 * 3600
+        assert r.headers["x-ratelimit-limit"] == "5"
+        r = await client.post("/v1/images/upscale", headers=bearer(token))
+        envelope(r, 429, "rate_limited")  # 4th request in the minute > 3
+        assert 0 < int(r.headers["retry-after"]) <= 60
+        assert r.headers["x-ratelimit-limit"] == "3"
+        assert r.headers["x-ratelimit-remaining"] == "0"
+
+
+@sync
+async def test_auth_off_acts_in_the_configured_project(records):
+    async with make_app(records, enabled=False, project="studio") as client:
+        r = await client.post("/v1/images/upscale")
+        assert r.status_code == 200 and r.json() == {"project": "studio"}
+        assert "x-ratelimit-limit" not in r.headers
+
+
+@sync
+async def test_signed_asset_urls(records):
+    async with make_app(records) as client:
+        query = auth.sign_asset("img_1")
+        r = await client.get(f"/v1/assets/img_1{query}")
+        assert r.status_code == 200 and r.json()["signed"] == "img_1"
+        envelope(await client.get(f"/v1/assets/img_2{query}"), 403, "invalid_signature")
+        envelope(await client.get("/v1/assets/img_1"), 401, "missing_api_key")
+        past = int(time.time()) - 5
+        envelope(await client.get(f"/v1/assets/img_1?expires={past}&sig=00"), 403,
+                 "url_expired")
+
+
+def test_production_profile_requires_auth():
+    from graphs.app import AppArgs, Settings, auth_config_for
+
+    with pytest.raises(ValueError, match="production profile requires API-key auth"):
+        auth_config_for(AppArgs(auth_enabled=False), Settings(), "production")
+    assert auth_config_for(AppArgs(auth_enabled=False), Settings(), "local").enabled is False
+    assert auth_config_for(AppArgs(), Settings(), "tiny").enabled is True  # on by default
+
+
+@sync
+async def test_redis_limits_are_shared_between_replicas(redis_url):
+    """Two `Quotas` (as two ingress replicas hold) count one key's requests together."""
+    config = QuotaConfig(storage_url=redis_url, requests_per_minute=4)
+    replicas = [Quotas(config), Quotas(config)]
+    key = f"key_{uuid.uuid4().hex}"
+    for i in range(4):
+        usage = await replicas[i % 2].check_request(key, per_minute=None)
+        assert usage.remaining == 3 - i
+    with pytest.raises(ApiError) as caught:
+        await replicas[0].check_request(key, per_minute=None)
+    assert caught.value.status == 429 and "Retry-After" in caught.value.headers
+
+
+@sync
+async def test_limiter_down_fails_open_or_closed():
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    assert await Quotas(QuotaConfig(storage_url=down)).check_request("k", per_minute=None) \
+        is None
+    with pytest.raises(ApiError) as caught:
+        await Quotas(QuotaConfig(storage_url=down, fail_open=False)).check_request(
+            "k", per_minute=None)
+    assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+
+
+def test_contextvar_isolates_concurrent_requests(records):
+    """Two requests of two projects at once each see their own project."""
+    records.create_project(project_id="other")
+    _, a = records.create_api_key(project="default", name="a")
+    _, b = records.create_api_key(project="other", name="b")
+
+    async def both():
+        async with make_app(records) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/images/upscale", headers=bearer(t)) for t in (a, b) * 5))
+
+    projects = [r.json()["project"] for r in asyncio.run(both())]
+    assert projects == ["default", "other"] * 5
