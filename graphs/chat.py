@@ -8,7 +8,7 @@ gets a text answer asking for it (never an error).
 The request path is kept short (BENCHMARKS.md, "Gateway overhead"): messages the router's
 rules decide alone (greetings, clear operations) are planned here with the same rules and
 thresholds as the Router deployment, without the hop; the rest go to the Router. A text turn
-is recorded in one trip to the record store's thread (new session, the user's message, the
+is recorded in one transaction (`RecordStore.add_turn`: new session, the user's message, the
 answer), and on SQLite the session writes go through one writer thread: SQLite takes one
 writer at a time, and writers racing for its lock only wait and retry.
 """
@@ -141,7 +141,7 @@ class ChatService:
             answer = {"role": "assistant", "content": text, "image_ids": [],
                       "data": {"type": "text", "context": {}, "plan": plan_json}}
             recorded = await self._write(
-                self._record_turn, session_id=session.id if session else None,
+                self.records.add_turn, session_id=session.id if session else None,
                 project=self.runner.project, messages=[user_message, answer])
             return ChatResponse(
                 session_id=recorded, message=text, type="text",
@@ -150,7 +150,7 @@ class ChatService:
                     "create a cat wearing a crown", "remove the background",
                     "swap my face onto the knight, then upscale"])
 
-        session_id = await self._write(self._record_turn,
+        session_id = await self._write(self.records.add_turn,
                                        session_id=session.id if session else None,
                                        project=self.runner.project, messages=[user_message])
         images_by_source = {"upload": uploads}
@@ -159,7 +159,7 @@ class ChatService:
         prompt = next((s.params.get("prompt") for s in image_steps if s.params.get("prompt")),
                       None)
 
-        async def reply_for(response) -> ChatResponse:
+        async def reply_for(response, assets) -> ChatResponse:
             out_meta = response.metadata
             meta = {**metadata, "timings": {**metadata["timings"], **{
                 k: round(v, 4) for k, v in out_meta.timings.items()}},
@@ -168,13 +168,12 @@ class ChatService:
             if out_meta.extra.get("refined_prompt"):
                 meta["refined_prompt"] = out_meta.extra["refined_prompt"]
             meta["timings"]["total"] = time.perf_counter() - started
-            images = []
-            for item in response.data:
-                record = await asyncio.to_thread(self.records.get_asset, asset_id=item.id)
-                images.append(ChatImage(
-                    id=item.id, url=self.runner.asset_url(item.id, base_url),
-                    width=record.width, height=record.height,
-                    format=record.content_type.split("/")[-1]))
+            # the asset rows as the runner stored them: their records are written with the
+            # job's success, after this
+            images = [ChatImage(id=asset.id, url=self.runner.asset_url(asset.id, base_url),
+                                width=asset.width, height=asset.height,
+                                format=asset.content_type.split("/")[-1])
+                      for asset in assets]
             return ChatResponse(
                 session_id=session_id, message=f"Here is your image ({done}).", type="image",
                 data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
@@ -193,8 +192,8 @@ class ChatService:
 
         built: dict[str, ChatResponse] = {}
 
-        async def remember(response) -> None:  # the session's context for follow-ups
-            built["reply"] = reply = await reply_for(response)
+        async def remember(response, assets) -> None:  # the session's context for follow-ups
+            built["reply"] = reply = await reply_for(response, assets)
             await self._remember(session_id, reply, {
                 "last_image_id": reply.data.images[0].id, "last_intent": last.intent,
                 **({"last_prompt": prompt} if prompt else {}),
@@ -219,16 +218,6 @@ class ChatService:
             self.records.add_message, session_id=session_id, role="assistant",
             content=reply.message, image_ids=[i.id for i in reply.data.images],
             data={"type": reply.type, "context": context, "plan": reply.data.plan})
-
-    def _record_turn(self, *, session_id: str | None, project: str,
-                     messages: list[dict[str, Any]]) -> str:
-        """(On the writer thread.) Create the session if `session_id` is None, append the
-        messages; return the session's id."""
-        if session_id is None:
-            session_id = self.records.create_session(project=project).id
-        for message in messages:
-            self.records.add_message(session_id=session_id, **message)
-        return session_id
 
     # -- executing a plan -------------------------------------------------------------------
     async def _input(self, ref, uploads: dict, outputs: list[np.ndarray], ctx) -> np.ndarray:

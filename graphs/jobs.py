@@ -3,6 +3,11 @@
 Nothing is lost: the job record exists before work starts and always ends `succeeded` or
 `failed` with a reason (cancellation included); each image is encoded once, written
 completely (atomic store) and recorded before it is returned.
+
+Record writes are few: a synchronous job is created already running, and its images are
+recorded with its success in one transaction (`RecordStore.finish_job(assets=...)`): two
+transactions per job, whatever the number of images. When a job fails after some of its
+images were stored, those are recorded as it fails (retention can then find and delete them).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from graphs import auth, middleware, observability
 from graphs.errors import ApiError, to_api_error
 from graphs.images import CONTENT_TYPES, Format, encode
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
 from storage.assets import AssetStore, asset_key
-from storage.records import RecordStore, new_id
+from storage.records import NewAsset, RecordStore, new_id
 
 logger = logging.getLogger("ray.serve")
 
@@ -78,6 +84,8 @@ class Progress:
 
 
 Work = Callable[[Progress], Awaitable[Output]]
+# called with the response and its images' asset rows (not yet in the record store)
+OnSuccess = Callable[[ImagesResponse, list[NewAsset]], Awaitable[None]]
 
 
 class JobRunner:
@@ -108,21 +116,29 @@ class JobRunner:
         compression: int | None = None,
         revised_prompt: str | None = None,
         async_job: bool = False,
-        on_success: Callable[[ImagesResponse], Awaitable[None]] | None = None,
+        on_success: OnSuccess | None = None,
         images: int = 1,
     ) -> ImagesResponse | str:
         """Run `work` as a recorded job and store its images. With `async_job`, return the job
         id at once and run it in the background (GET /v1/jobs/{id} and /events follow it).
-        `images` are charged to the caller's daily quota first (429 when over it)."""
+        `images` are charged to the caller's daily quota first (429 when over it).
+
+        `on_success(response, assets)` runs once the images are stored, before the job is
+        recorded succeeded (its failure fails the job). The images' asset records are written
+        with the job's success, after it: read their size and type from `assets`, not from
+        the record store."""
         await auth.charge_images(images)
+        # A synchronous job starts at once and nobody else knows its id: created running. An
+        # async one is created queued: its id goes out in the 202, and a DELETE may cancel
+        # it before the background task starts it.
         job_id = await asyncio.to_thread(
             self.records.create_job, kind=kind, prompt=prompt, params=params,
-            model=model_info["name"], project=self.project)
+            model=model_info["name"], project=self.project, start=not async_job)
         execute = self._execute(
             job_id, kind=kind, model_info=model_info, work=work, base_url=base_url,
             response_format=response_format, output_format=output_format,
             compression=compression, revised_prompt=revised_prompt, live=async_job,
-            on_success=on_success)
+            started=not async_job, on_success=on_success)
         if not async_job:
             return await execute
         # detached: the request that started it answers 202 now; its timeout must not cancel it
@@ -139,11 +155,14 @@ class JobRunner:
     async def _execute(self, job_id: str, *, kind: str, model_info: dict[str, Any], work: Work,
                        base_url: str, response_format: str, output_format: Format,
                        compression: int | None, revised_prompt: str | None,
-                       live: bool, on_success=None) -> ImagesResponse:
-        started = time.perf_counter()
+                       live: bool, started: bool,
+                       on_success: OnSuccess | None = None) -> ImagesResponse:
+        began = time.perf_counter()
         heartbeat: asyncio.Task | None = None
+        unrecorded: list[NewAsset] = []  # stored images whose records are not written yet
         try:
-            if not await asyncio.to_thread(self.records.start_job, job_id=job_id):
+            if not started and not await asyncio.to_thread(self.records.start_job,
+                                                           job_id=job_id):
                 raise JobCancelled(f"job {job_id} was cancelled before it started")
             progress = Progress(self.records, job_id) if live else Progress()
             # Every running job beats, sync ones too: the stale-job sweeper tells a dead worker
@@ -158,20 +177,21 @@ class JobRunner:
             seeds = out.seeds or [None] * len(out.images)
             for image, seed in zip(out.images, seeds, strict=True):
                 fmt = output_format_for(image, output_format)
-                asset_id, blob, key = await asyncio.to_thread(self._store, image, fmt, job_id,
-                                                              kind, compression)
+                asset, blob = await asyncio.to_thread(self._store, image, fmt, job_id, kind,
+                                                      compression)
+                unrecorded.append(asset)
                 formats.append(fmt)
                 data.append(ImageData(
-                    id=asset_id,
+                    id=asset.id,
                     seed=seed,
                     revised_prompt=revised_prompt,
                     b64_json=base64.b64encode(blob).decode()
                     if response_format == "b64_json" else None,
-                    url=await self.public_url(asset_id, key, base_url)
+                    url=await self.public_url(asset.id, asset.key, base_url)
                     if response_format == "url" else None,
                 ))
             timings = {**out.timings, "store_s": time.perf_counter() - stored,
-                       "total_s": time.perf_counter() - started}
+                       "total_s": time.perf_counter() - began}
             height, width = out.images[0].shape[:2]
             response = ImagesResponse(
                 created=int(time.time()),
@@ -196,25 +216,43 @@ class JobRunner:
                     item["b64_json"] = None
                     item["url"] = self.asset_url(item["id"], base_url)
             if on_success is not None:  # e.g. the chat remembers its images in the session
-                await on_success(response)
-            await asyncio.to_thread(self.records.finish_job, job_id=job_id,
-                                    asset_ids=[d.id for d in data], timings=timings,
-                                    model=out.model, result=result)
+                await on_success(response, list(unrecorded))
+            # the images' records and the job's success in one transaction (the records are
+            # written even when the job had ended meanwhile, e.g. failed as stale)
+            await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
+                                    model=out.model, result=result, assets=unrecorded)
+            unrecorded = []
             observability.record_images(kind, len(data))
             return response
         except (JobCancelled, asyncio.CancelledError) as exc:
             # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
             await asyncio.shield(asyncio.to_thread(
-                self.records.cancel_job, job_id=job_id, reason=str(exc) or "cancelled"))
+                self._end, job_id, unrecorded, self.records.cancel_job,
+                reason=str(exc) or "cancelled"))
             raise
         except BaseException as exc:  # the record must never stay running
             reason = to_api_error(exc).message if isinstance(exc, Exception) else "interrupted"
-            await asyncio.shield(asyncio.to_thread(self.records.fail_job, job_id=job_id,
-                                                   error=f"{type(exc).__name__}: {reason}"))
+            await asyncio.shield(asyncio.to_thread(
+                self._end, job_id, unrecorded, self.records.fail_job,
+                error=f"{type(exc).__name__}: {reason}"))
             raise
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+
+    def _end(self, job_id: str, unrecorded: list[NewAsset], end: Callable[..., bool],
+             **kwargs: Any) -> None:
+        """(In a thread.) Record the images a failing job had stored, then end it with `end`
+        (cancel_job / fail_job). The job is ended even when the images cannot be recorded."""
+        if unrecorded:
+            try:
+                self.records.add_assets(assets=unrecorded)
+            except IntegrityError:  # finish_job committed them as the job was interrupted
+                logger.info("job %s: its images were recorded already", job_id)
+            except Exception:
+                logger.exception("job %s: could not record its %d stored image(s) %s",
+                                 job_id, len(unrecorded), [a.key for a in unrecorded])
+        end(job_id=job_id, **kwargs)
 
     async def _heartbeat(self, job_id: str, worker: asyncio.Task) -> None:
         """Beat while the job runs; cancel the worker when a cancel is requested."""
@@ -226,9 +264,14 @@ class JobRunner:
 
     async def store_image(self, image: np.ndarray, *, kind: str, job_id: str | None = None,
                           fmt: Format = "png") -> str:
-        """Store one image outside a job's outputs (e.g. a chat upload); return its id."""
-        asset_id, _, _ = await asyncio.to_thread(self._store, image, fmt, job_id, kind)
-        return asset_id
+        """Store one image outside a job's outputs (e.g. a chat upload) and record it at once;
+        return its id."""
+        def store_and_record() -> str:
+            asset, _ = self._store(image, fmt, job_id, kind)
+            self.records.add_assets(assets=[asset])
+            return asset.id
+
+        return await asyncio.to_thread(store_and_record)
 
     async def load_image(self, asset_id: str) -> np.ndarray:
         """A stored image back as an array (e.g. a chat session's last image)."""
@@ -242,20 +285,20 @@ class JobRunner:
                                        max_bytes=2**31)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
-               compression: int | None = None) -> tuple[str, bytes, str]:
+               compression: int | None = None) -> tuple[NewAsset, bytes]:
+        """(In a thread.) Encode and store one image; return its asset row, not yet recorded
+        (the caller records it), and the encoded bytes."""
         with observability.stage_timer("encode", kind=kind):
             blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
         started = time.perf_counter()
         self.assets.put(key=key, data=blob, content_type=CONTENT_TYPES[fmt])
-        height, width = image.shape[:2]
-        self.records.add_asset(asset_id=asset_id, job_id=job_id, kind=kind,
-                               store=self.assets.name, key=key, content_type=CONTENT_TYPES[fmt],
-                               size_bytes=len(blob), width=width, height=height,
-                               project=self.project)
         observability.observe_stage("store", time.perf_counter() - started, kind=kind)
-        return asset_id, blob, key
+        height, width = image.shape[:2]
+        return NewAsset(id=asset_id, job_id=job_id, kind=kind, store=self.assets.name, key=key,
+                        content_type=CONTENT_TYPES[fmt], size_bytes=len(blob), width=width,
+                        height=height, project=self.project), blob
 
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
         """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""

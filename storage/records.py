@@ -23,7 +23,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -34,11 +34,13 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     literal,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOB_STATUSES", "ApiKeyRecord", "AssetRecord", "AssetView", "Base", "JobRecord",
-    "MessageRecord", "Page", "ProjectRecord", "ProviderConfigRecord", "RecordStore",
+    "MessageRecord", "NewAsset", "Page", "ProjectRecord", "ProviderConfigRecord", "RecordStore",
     "SessionRecord", "hash_api_key", "new_id",
 ]
 
@@ -126,6 +128,23 @@ class AssetRecord:
     width: int
     height: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewAsset:
+    """An asset row to record (`add_assets`, or `finish_job` with the job's outputs): its
+    object is already in the asset store under `key`."""
+
+    id: str
+    job_id: str | None
+    kind: str
+    store: str
+    key: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    project: str = "default"
 
 
 @dataclass(frozen=True)
@@ -261,13 +280,24 @@ def _ts(value: datetime) -> ColumnElement:
     return literal(as_utc(value), UTCDateTime())
 
 
+def _message_row(*, now: datetime, role: str, content: str,
+                 data: dict[str, Any] | None = None,
+                 image_ids: list[str] | None = None) -> dict[str, Any]:
+    """A message's column values (`add_turn`), checked as `add_message` checks them."""
+    _check_one_of("role", role, MESSAGE_ROLES)
+    return {"role": role, "content": content, "data": data or {},
+            "image_ids": list(image_ids or []), "created_at": now}
+
+
 class RecordStore:
     def __init__(self, url: str, *, migrate_schema: bool = True, echo: bool = False):
         url = migrate.normalize_url(url)
         self._redacted_url = migrate.redact_url(url)
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
-        connect_args: dict[str, Any] = {}
         is_sqlite = url.startswith("sqlite")
+        # A pre-ping is one more round trip per checkout: worth it for a server whose
+        # connections can drop (Postgres, poolers), not for a local SQLite file or memory.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not is_sqlite}
+        connect_args: dict[str, Any] = {}
         if is_sqlite:
             connect_args = {"timeout": 30, "check_same_thread": False}
             if migrate.is_memory_sqlite(url):
@@ -305,13 +335,18 @@ class RecordStore:
 
     # -- jobs -----------------------------------------------------------------------------
     def create_job(self, *, kind: str, prompt: str | None, params: dict[str, Any],
-                   model: str | None, project: str = "default") -> str:
+                   model: str | None, project: str = "default", start: bool = False) -> str:
+        """A new job, `queued`; with `start`, already `running` (started and last seen now):
+        for a caller that runs it at once, before anyone else knows its id (a queued job can
+        be cancelled before it starts: see `start_job`)."""
         job_id = new_id("job")
         now = utcnow()
-        with self._session.begin() as s:
-            s.add(Job(id=job_id, kind=kind, status="queued", project=project, prompt=prompt,
-                      params=params, model=model, timings={}, asset_ids=[], progress=0.0,
-                      cancel_requested=False, created_at=now, updated_at=now))
+        with self.engine.begin() as conn:
+            conn.execute(insert(Job.__table__).values(
+                id=job_id, kind=kind, status="running" if start else "queued", project=project,
+                prompt=prompt, params=params, model=model, timings={}, asset_ids=[],
+                progress=0.0, cancel_requested=False, created_at=now, updated_at=now,
+                started_at=now if start else None, heartbeat_at=now if start else None))
         return job_id
 
     def start_job(self, *, job_id: str) -> bool:
@@ -336,16 +371,27 @@ class RecordStore:
             values["step"] = step
         return self._touch(job_id, **values)
 
-    def finish_job(self, *, job_id: str, asset_ids: list[str], timings: dict[str, Any],
-                   model: str | None = None, result: Any = None) -> bool:
-        """→ succeeded. False (nothing changed) when the job had already ended."""
-        values: dict[str, Any] = dict(status="succeeded", finished_at=utcnow(), progress=1.0,
-                                      asset_ids=asset_ids, timings=timings)
+    def finish_job(self, *, job_id: str, asset_ids: list[str] | None = None,
+                   timings: dict[str, Any], model: str | None = None, result: Any = None,
+                   assets: Sequence[NewAsset] = ()) -> bool:
+        """→ succeeded, recording the job's output `assets` in the same transaction (the job's
+        `asset_ids` default to theirs). False when the job had already ended (cancelled,
+        failed as stale…): its status stays as it is, but the assets are recorded all the
+        same, since their objects exist (retention finds and deletes them like any other).
+        Nothing at all is written when the transaction fails (e.g. a duplicate asset id)."""
+        if asset_ids is None:
+            asset_ids = [a.id for a in assets]
+        now = utcnow()
+        values: dict[str, Any] = dict(status="succeeded", finished_at=now, updated_at=now,
+                                      progress=1.0, asset_ids=asset_ids, timings=timings)
         if model:
             values["model"] = model
         if result is not None:
             values["result"] = result
-        return self._transition(job_id, ACTIVE_JOB_STATUSES, **values)
+        with self.engine.begin() as conn:
+            # the INSERT first: on SQLite it takes the write lock before anything is read
+            self._insert_assets(conn, assets, now)
+            return self._transition_on(conn, job_id, ACTIVE_JOB_STATUSES, **values)
 
     def fail_job(self, *, job_id: str, error: str) -> bool:
         """→ failed with a reason. False (nothing changed) when the job had already ended."""
@@ -455,15 +501,21 @@ class RecordStore:
                                   .execution_options(synchronize_session=False)))
 
     def _transition(self, job_id: str, from_statuses: Sequence[str], **values: Any) -> bool:
+        with self.engine.begin() as conn:
+            return self._transition_on(conn, job_id, from_statuses, **values)
+
+    @staticmethod
+    def _transition_on(conn: Connection, job_id: str, from_statuses: Sequence[str],
+                       **values: Any) -> bool:
         values.setdefault("updated_at", utcnow())
-        with self._session.begin() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_statuses))
-                            .values(**values).execution_options(synchronize_session=False))
-            if res.rowcount == 1:
-                return True
-            if s.scalar(select(Job.id).where(Job.id == job_id)) is None:
-                raise KeyError(f"no job {job_id!r}")
-            return False
+        res = conn.execute(update(Job.__table__)
+                           .where(Job.id == job_id, Job.status.in_(from_statuses))
+                           .values(**values))
+        if res.rowcount == 1:
+            return True
+        if conn.scalar(select(Job.id).where(Job.id == job_id)) is None:
+            raise KeyError(f"no job {job_id!r}")
+        return False
 
     def _touch(self, job_id: str, **values: Any) -> bool:
         now = utcnow()
@@ -483,10 +535,21 @@ class RecordStore:
     def add_asset(self, *, asset_id: str, job_id: str | None, kind: str, store: str, key: str,
                   content_type: str, size_bytes: int, width: int, height: int,
                   project: str = "default") -> None:
-        with self._session.begin() as s:
-            s.add(Asset(id=asset_id, job_id=job_id, project=project, kind=kind, store=store,
-                        key=key, content_type=content_type, size_bytes=size_bytes,
-                        width=width, height=height, created_at=utcnow()))
+        self.add_assets(assets=[NewAsset(
+            id=asset_id, job_id=job_id, kind=kind, store=store, key=key,
+            content_type=content_type, size_bytes=size_bytes, width=width, height=height,
+            project=project)])
+
+    def add_assets(self, *, assets: Sequence[NewAsset]) -> None:
+        """Record assets whose objects are stored, all or none (one transaction)."""
+        with self.engine.begin() as conn:
+            self._insert_assets(conn, assets, utcnow())
+
+    @staticmethod
+    def _insert_assets(conn: Connection, assets: Sequence[NewAsset], now: datetime) -> None:
+        if assets:
+            conn.execute(insert(Asset.__table__),
+                         [{**asdict(a), "created_at": now} for a in assets])
 
     def get_asset(self, *, asset_id: str) -> AssetRecord | None:
         with self._session() as s:
@@ -664,6 +727,34 @@ class RecordStore:
             s.add(row)
             s.flush()
             return _record(MessageRecord, row)
+
+    def add_turn(self, *, session_id: str | None, project: str,
+                 messages: Sequence[dict[str, Any]]) -> str:
+        """A chat turn in one transaction: create a session of `project` when `session_id` is
+        None (as `create_session` does), else bump the session's `updated_at`, then append
+        `messages` in order, each given as `add_message`'s keyword arguments (role, content,
+        data, image_ids). Returns the session's id. Same errors as `add_message`, raised
+        before anything is written: ValueError for a role, KeyError for an unknown session
+        (a session of another project counts as unknown)."""
+        now = utcnow()
+        rows = [_message_row(now=now, **message) for message in messages]
+        with self.engine.begin() as conn:
+            if session_id is None:
+                session_id = new_id("sess")
+                conn.execute(insert(ChatSession.__table__).values(
+                    id=session_id, project=project, title=None, data={}, created_at=now,
+                    updated_at=now))
+            else:  # the UPDATE first: it takes the write lock (SQLite), proves the session
+                touched = conn.execute(update(ChatSession.__table__)
+                                       .where(ChatSession.id == session_id,
+                                              ChatSession.project == project)
+                                       .values(updated_at=now))
+                if touched.rowcount != 1:
+                    raise KeyError(f"no session {session_id!r}")
+            if rows:
+                conn.execute(insert(Message.__table__),
+                             [{**row, "session_id": session_id} for row in rows])
+        return session_id
 
     def get_session(self, *, session_id: str, message_limit: int | None = None
                     ) -> SessionRecord | None:

@@ -6,10 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from storage.assets import LocalAssetStore
 from storage.models import ChatSession, Job, Message
-from storage.records import RecordStore
+from storage.records import NewAsset, RecordStore
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -91,6 +92,91 @@ def test_first_terminal_state_wins(records):
     job = records.get_job(job_id=job_id)
     assert job.status == "succeeded" and job.error is None
     assert records.update_progress(job_id=job_id, progress=0.1) is True  # worker: stop
+
+
+def test_a_job_can_be_created_running(records):
+    job_id = new_job(records, start=True)
+    job = records.get_job(job_id=job_id)
+    assert job.status == "running" and job.started_at is not None
+    assert job.heartbeat_at == job.started_at and job.started_at >= job.created_at
+    assert job.finished_at is None and job.progress == 0.0 and job.cancel_requested is False
+    assert [j.id for j in records.list_jobs(status="running").items] == [job_id]
+    assert records.start_job(job_id=job_id) is False  # not queued: nothing to start
+    assert records.get_job(job_id=job_id).started_at == job.started_at
+    assert records.fail_stale_jobs(older_than_s=300) == []  # it beat at creation
+    set_columns(records, Job, job_id,
+                heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10))
+    assert records.fail_stale_jobs(older_than_s=300) == [job_id]  # a running job like others
+    queued = records.get_job(job_id=new_job(records, start=False))
+    assert queued.status == "queued" and queued.started_at is queued.heartbeat_at is None
+
+
+# -- a job's outputs, recorded with its success -------------------------------------------------
+def output(asset_id: str, job_id: str | None, *, project="default", width=64, height=48,
+           content_type="image/png") -> NewAsset:
+    return NewAsset(id=asset_id, job_id=job_id, kind="generation", store="local",
+                    key=f"{project}/generation/2026/01/{asset_id}.png",
+                    content_type=content_type, size_bytes=123, width=width, height=height,
+                    project=project)
+
+
+def test_finish_job_records_its_assets(records):
+    job_id = new_job(records, start=True, project="p1")
+    outputs = [output("img_a", job_id, project="p1"),
+               output("img_b", job_id, project="p1", width=32, height=16,
+                      content_type="image/webp")]
+    assert records.finish_job(job_id=job_id, timings={"total_s": 0.5}, model="m2",
+                              assets=outputs) is True
+    job = records.get_job(job_id=job_id)
+    assert job.status == "succeeded" and job.asset_ids == ["img_a", "img_b"]  # from assets
+    assert job.model == "m2" and job.timings == {"total_s": 0.5} and job.progress == 1.0
+    b = records.get_asset(asset_id="img_b")
+    assert (b.job_id, b.project, b.width, b.height, b.content_type, b.size_bytes) == \
+        (job_id, "p1", 32, 16, "image/webp", 123)
+    assert b.created_at.tzinfo is not None and b.created_at == job.finished_at
+    listed = records.list_assets(project="p1").items
+    assert {a.id for a in listed} == {"img_a", "img_b"}
+    assert all(a.prompt == "a cat" and a.job_kind == "generation" for a in listed)
+
+
+def test_finish_job_writes_its_assets_and_its_success_or_neither(records):
+    add_asset(records, "img_taken")
+    job_id = new_job(records, start=True)
+    with pytest.raises(IntegrityError):  # the second asset's id exists: the insert fails
+        records.finish_job(job_id=job_id, timings={},
+                           assets=[output("img_new", job_id), output("img_taken", job_id)])
+    job = records.get_job(job_id=job_id)
+    assert job.status == "running" and job.asset_ids == [] and job.finished_at is None
+    assert records.get_asset(asset_id="img_new") is None
+    assert records.get_asset(asset_id="img_taken").job_id is None  # the old row, untouched
+    # and the job can still end normally afterwards
+    assert records.finish_job(job_id=job_id, timings={}, assets=[output("img_new", job_id)])
+    assert records.get_job(job_id=job_id).asset_ids == ["img_new"]
+
+
+def test_finish_job_on_an_ended_job_still_records_the_assets(records):
+    job_id = new_job(records, start=True)
+    assert records.fail_job(job_id=job_id, error="replica died") is True
+    assert records.finish_job(job_id=job_id, timings={"total_s": 9},
+                              assets=[output("img_late", job_id)]) is False
+    job = records.get_job(job_id=job_id)
+    assert job.status == "failed" and job.error == "replica died"  # first terminal state wins
+    assert job.asset_ids == [] and job.timings == {}
+    assert records.get_asset(asset_id="img_late").job_id == job_id  # the object is findable
+    with pytest.raises(KeyError):  # an unknown job: raises, and records nothing
+        records.finish_job(job_id="job_missing", timings={},
+                           assets=[output("img_orphan", "job_missing")])
+    assert records.get_asset(asset_id="img_orphan") is None
+
+
+def test_add_assets_is_all_or_nothing(records):
+    add_asset(records, "img_taken")
+    with pytest.raises(IntegrityError):
+        records.add_assets(assets=[output("img_1", None), output("img_taken", None)])
+    assert records.get_asset(asset_id="img_1") is None
+    records.add_assets(assets=[output("img_1", None), output("img_2", "job_x")])
+    assert records.get_asset(asset_id="img_2").job_id == "job_x"
+    records.add_assets(assets=[])  # nothing to do
 
 
 # -- cancellation -----------------------------------------------------------------------------
@@ -360,6 +446,80 @@ def test_delete_and_expire_sessions(records):
     assert records.get_session(session_id=old.id) is None and count_messages(records,
                                                                               old.id) == 0
     assert len(records.get_session(session_id=keep.id).messages) == 1
+
+
+def turn(*contents: str, images: list[str] | None = None) -> list[dict]:
+    """A user message and the assistant's answer(s), as the chat endpoint records them."""
+    roles = ["user"] + ["assistant"] * (len(contents) - 1)
+    return [{"role": role, "content": c, "image_ids": images if i == 0 and images else [],
+             "data": {"context": {"last_image_id": images[-1]}} if i == 0 and images else
+             {"type": "text", "plan": {"steps": []}} if role == "assistant" else {}}
+            for i, (role, c) in enumerate(zip(roles, contents, strict=True))]
+
+
+def session_count(records) -> int:
+    with records.engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(ChatSession))
+
+
+def test_add_turn_creates_a_session_with_its_messages(records):
+    session_id = records.add_turn(session_id=None, project="p1",
+                                  messages=turn("hi, remove the background", "attach a photo",
+                                                images=["img_up"]))
+    got = records.get_session(session_id=session_id)
+    assert session_id.startswith("sess_") and got.project == "p1"
+    assert (got.title, got.data) == (None, {})  # as create_session makes it
+    assert got.created_at == got.updated_at
+    assert [(m.role, m.content) for m in got.messages] == [
+        ("user", "hi, remove the background"), ("assistant", "attach a photo")]
+    user, answer = got.messages
+    assert user.image_ids == ["img_up"] and user.data == {"context": {"last_image_id": "img_up"}}
+    assert answer.image_ids == [] and answer.data == {"type": "text", "plan": {"steps": []}}
+    assert user.id < answer.id and user.created_at == answer.created_at == got.updated_at
+    assert [s.id for s in records.list_sessions(project="p1").items] == [session_id]
+    assert records.list_sessions(project="p2").items == []  # projects stay apart
+    # a message given with only role and content gets the same defaults as add_message's
+    bare = records.add_turn(session_id=None, project="p1",
+                            messages=[{"role": "system", "content": "be brief"}])
+    (m,) = records.get_session(session_id=bare).messages
+    assert (m.data, m.image_ids) == ({}, [])
+
+
+def test_add_turn_appends_to_a_session(records):
+    first = records.add_turn(session_id=None, project="p1", messages=turn("make a cat"))
+    records.add_message(session_id=first, role="assistant", content="here it is",
+                        image_ids=["img_1"])
+    set_columns(records, ChatSession, first, updated_at=T0)
+    other = records.add_turn(session_id=None, project="p1", messages=turn("hello"))
+    set_columns(records, ChatSession, other, updated_at=T0 + timedelta(minutes=1))
+    assert records.add_turn(session_id=first, project="p1",
+                            messages=turn("make it bigger", "sure")) == first
+    got = records.get_session(session_id=first)
+    assert [m.content for m in got.messages] == ["make a cat", "here it is", "make it bigger",
+                                                 "sure"]
+    assert got.updated_at > T0 + timedelta(minutes=1)  # bumped: now the most recent
+    assert [s.id for s in records.list_sessions(project="p1").items] == [first, other]
+    assert [m.content for m in records.get_session(session_id=other).messages] == ["hello"]
+
+
+def test_add_turn_errors_write_nothing(records):
+    session_id = records.add_turn(session_id=None, project="p1", messages=turn("hi"))
+    sessions = session_count(records)
+    # the same errors as add_message's, for the same mistakes
+    with pytest.raises(KeyError, match="no session 'sess_missing'"):
+        records.add_turn(session_id="sess_missing", project="p1", messages=turn("x"))
+    with pytest.raises(KeyError, match=f"no session '{session_id}'"):  # another project's
+        records.add_turn(session_id=session_id, project="p2", messages=turn("x"))
+    bad_role = [{"role": "user", "content": "ok"}, {"role": "bot", "content": "x"}]
+    for target in (None, session_id):
+        with pytest.raises(ValueError,
+                           match="role must be one of user, assistant, system, tool"):
+            records.add_turn(session_id=target, project="p1", messages=bad_role)
+    with pytest.raises(TypeError):
+        records.add_turn(session_id=None, project="p1",
+                         messages=[{"role": "user", "content": "x", "colour": "red"}])
+    assert session_count(records) == sessions  # no session was created
+    assert count_messages(records, session_id) == 1  # and nothing was appended
 
 
 # -- provider configs -------------------------------------------------------------------------
