@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from graphs.cli import free_port  # noqa: E402  (re-exported for the bench scripts)
 
 # Ray Serve request-path settings a bench gateway can run with (graphs.cli.request_path_env).
 SETTINGS = {
@@ -41,12 +44,6 @@ def pct(values: list[float], q: float) -> float:
 def machine() -> str:
     return f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}), " \
            f"{time.strftime('%Y-%m-%d')}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -154,6 +154,8 @@ async def bench(args: argparse.Namespace, gateway) -> int:
     print(f"accepted: p50 {s['accepted_p50_s'] * 1e3:.0f} ms, p99 "
           f"{s['accepted_p99_s'] * 1e3:.0f} ms, max {s['accepted_max_s'] * 1e3:.0f} ms; "
           f"429/503 answered within p99 {s['shed_p99_s'] * 1e3:.0f} ms")
+    print(f"  of which the job in the ingress (model call + storing): p50 "
+          f"{s['accepted_job_p50_s'] * 1e3:.0f} ms, p99 {s['accepted_job_p99_s'] * 1e3:.0f} ms")
     print(f"/healthz during overload: {len(probes)} probes, p99 "
           f"{pct(probes, 99) * 1e3:.0f} ms, failures {len(probe_failures)}")
     failures = s["failures"]

@@ -21,6 +21,32 @@ from storage import cli as storage_cli
 console = Console(stderr=True)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now, chosen below the kernel's ephemeral range (and above
+    Ray's worker ports, 10002-19999). Port 0's answer comes from the ephemeral range, where
+    the many outgoing connections of a starting Ray cluster can take it before the listener
+    binds it (HAProxy then fails: "Address already in use")."""
+    import random
+    import socket
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(20000, max(20001, min(low, 65536))))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the low range is full: take what the kernel gives
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
                      throughput_optimized: bool = False,
                      free_ports: bool = False) -> dict[str, str]:
@@ -54,12 +80,8 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
         })
         if free_ports:
-            import socket
-
             for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", 0))
-                    env[name] = str(sock.getsockname()[1])
+                env[name] = str(free_port())
     if throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     return env

@@ -79,6 +79,26 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+# A flag in the request's ``scope["state"]``: the request ended because a model deployment's
+# queue was full (Serve's BackPressureError). middleware.AdmissionControl then holds the route.
+DOWNSTREAM_FULL = "photostudio.downstream_full"
+
+
+def is_backpressure(exc: BaseException) -> bool:
+    """Serve's BackPressureError (a deployment's queue is full), wrapped or not."""
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(_unwrap(exc), BackPressureError)
+
+
+def respond(scope: dict[str, Any], exc: BaseException) -> JSONResponse:
+    """The envelope answer to `exc` (`to_api_error`); flags `DOWNSTREAM_FULL` in the scope
+    when a deployment's queue was full."""
+    if is_backpressure(exc):
+        scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
+    return to_api_error(exc).response()
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
@@ -147,8 +167,8 @@ def to_api_error(exc: BaseException) -> ApiError:
 
 
 def install(app: FastAPI) -> None:
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        return to_api_error(exc).response()
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return respond(request.scope, exc)
 
     app.add_exception_handler(ApiError, handle)
     app.add_exception_handler(RequestValidationError, handle)
@@ -183,5 +203,5 @@ ERROR_RESPONSES[429]["headers"] = {"Retry-After": _RETRY_AFTER, **{
 COMMON_RESPONSES = {status: ERROR_RESPONSES[status]
                     for status in (401, 403, 413, 429, 503, 504)}
 
-__all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "ERROR_RESPONSES",
-           "COMMON_RESPONSES"]
+__all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "respond",
+           "is_backpressure", "DOWNSTREAM_FULL", "ERROR_RESPONSES", "COMMON_RESPONSES"]

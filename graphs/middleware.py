@@ -27,6 +27,7 @@ import contextvars
 import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graphs.errors import ApiError
+from graphs.errors import DOWNSTREAM_FULL, ApiError, is_backpressure, respond
 from graphs.observability import MetricsMiddleware, request_id_var
 
 logger = logging.getLogger("ray.serve")
@@ -397,9 +398,7 @@ class ErrorEnvelopeGuard:
         except Exception as exc:
             if started:
                 raise
-            from graphs.errors import to_api_error
-
-            await to_api_error(exc).response()(scope, receive, send)
+            await respond(scope, exc)(scope, receive, send)
 
 
 def _serve_unavailable_exceptions() -> tuple[type[BaseException], ...]:
@@ -424,10 +423,8 @@ def keep_envelope_handlers(app: Any) -> None:
     if not classes or getattr(app, "_photostudio_envelope_handlers", False):
         return
 
-    async def envelope(_request: Any, exc: Exception) -> Any:
-        from graphs.errors import to_api_error
-
-        return to_api_error(exc).response()
+    async def envelope(request: Any, exc: Exception) -> Any:
+        return respond(request.scope, exc)
 
     for cls in classes:
         app.add_exception_handler(cls, envelope)
@@ -483,10 +480,20 @@ class AdmissionControl:
     `max_in_flight`: None (default) derives it from the Serve replica's
     ``max_ongoing_requests`` (read per request, so a redeploy that changes it applies; no
     limit outside Serve); 0 turns shedding off. `exempt_paths` (exact, or prefix ending in
-    ``*``) are never shed and not counted: health probes must answer under overload."""
+    ``*``) are never shed and not counted: health probes must answer under overload.
+
+    Route holds: once a request on a route in `hold_paths` (POST, exact or prefix ending in
+    ``*``) ends because its model deployment's queue was full (Serve's BackPressureError,
+    answered 503 ``overloaded``), new requests on that route are shed here for `hold_s`
+    before their body is read. Without it each of them would be read, decoded, checked
+    against the key's quotas and recorded before the same BackPressureError, which under 10x
+    overload costs the replica more CPU than the requests it can serve (bench/overload.py).
+    The deployment's own queue keeps it busy meanwhile; routes that do not always need a
+    model (chat) are not held by default."""
 
     def __init__(self, app: ASGIApp, *, max_in_flight: int | None = None,
-                 retry_after_s: int = 1, exempt_paths: Sequence[str] = ()):
+                 retry_after_s: int = 1, exempt_paths: Sequence[str] = (),
+                 hold_paths: Sequence[str] = (), hold_s: float = 0.5):
         if max_in_flight is not None and (isinstance(max_in_flight, bool)
                                           or max_in_flight < 0):
             raise ValueError(f"max_in_flight must be >= 0 or None, got {max_in_flight!r}")
@@ -499,6 +506,12 @@ class AdmissionControl:
         self.prefixes = tuple(p[:-1] for p in exempt_paths if p.endswith("*"))
         self.in_flight = 0
         self.rejected = 0
+        if hold_s < 0:
+            raise ValueError(f"hold_s must be >= 0, got {hold_s!r}")
+        self.hold_s = float(hold_s)
+        self.hold_exact = {p for p in hold_paths if not p.endswith("*")}
+        self.hold_prefixes = tuple(p[:-1] for p in hold_paths if p.endswith("*"))
+        self.held_until: dict[str, float] = {}  # path -> monotonic time its hold ends
 
     @property
     def limit(self) -> int | None:
@@ -520,18 +533,38 @@ class AdmissionControl:
             return
         limit = self.limit
         if limit is not None and self.in_flight >= limit:
-            self.rejected += 1
-            await ApiError(503, f"the gateway is at capacity ({limit} requests in progress "
-                           f"on this replica); retry after {self.retry_after_s} s",
-                           code="overloaded",
-                           headers={"Retry-After": str(self.retry_after_s)}
-                           ).response()(scope, receive, send)
+            await self._shed(scope, receive, send, f"the gateway is at capacity ({limit} "
+                             "requests in progress on this replica)")
             return
+        path = scope.get("path", "")
+        holdable = self.hold_s > 0 and scope.get("method") == "POST" and self.holds(path)
+        if holdable and self.held_until:
+            until = self.held_until.get(path)
+            if until is not None and time.monotonic() < until:
+                await self._shed(scope, receive, send, f"the model deployment behind {path} "
+                                 "is at capacity (its queue is full)")
+                return
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
+        except BaseException as exc:
+            if holdable and is_backpressure(exc):
+                scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
+            raise
         finally:
             self.in_flight -= 1
+            if holdable and scope.get("state", {}).get(DOWNSTREAM_FULL):
+                self.held_until[path] = time.monotonic() + self.hold_s
+
+    def holds(self, path: str) -> bool:
+        return path in self.hold_exact or bool(self.hold_prefixes
+                                               and path.startswith(self.hold_prefixes))
+
+    async def _shed(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        self.rejected += 1
+        await ApiError(503, f"{why}; retry after {self.retry_after_s} s", code="overloaded",
+                       headers={"Retry-After": str(self.retry_after_s)}
+                       ).response()(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,9 +628,14 @@ class HardeningConfig(BaseModel):
     admission_exempt_paths: list[str] = Field(
         default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
         description="never shed (health probes)")
+    admission_hold_paths: list[str] = Field(
+        default_factory=lambda: ["/v1/images/*"],
+        description="POST routes shed for admission_hold_s after their model deployment's "
+        "queue was full (AdmissionControl)")
+    admission_hold_s: float = Field(0.5, ge=0, description="0: no route holds")
 
     @field_validator("cors_allow_origins", "timeout_exempt_paths", "admission_exempt_paths",
-                     mode="before")
+                     "admission_hold_paths", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):  # "a, b" from an environment variable
@@ -628,7 +666,9 @@ def install(app: Any, config: HardeningConfig | None = None) -> None:
                        exempt_paths=list(config.timeout_exempt_paths))
     app.add_middleware(AdmissionControl, max_in_flight=config.max_in_flight,
                        retry_after_s=config.admission_retry_after_s,
-                       exempt_paths=list(config.admission_exempt_paths))
+                       exempt_paths=list(config.admission_exempt_paths),
+                       hold_paths=list(config.admission_hold_paths),
+                       hold_s=config.admission_hold_s)
     app.add_middleware(ErrorEnvelopeGuard)
     if hasattr(app, "add_exception_handler"):
         keep_envelope_handlers(app)

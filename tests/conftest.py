@@ -24,18 +24,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from graphs.cli import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 # No model hub here: make any accidental hub access fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -471,6 +471,60 @@ def test_admission_limit_defaults_to_half_of_serve_max_ongoing(monkeypatch):
         middleware.AdmissionControl(None, max_in_flight=-1)
 
 
+def test_a_full_model_queue_holds_its_route_before_the_body_is_read():
+    """After a BackPressureError on /v1/images/x, the next requests there are shed by
+    admission (the handler never runs, the body is never read) until the hold ends; other
+    routes, GETs and chat are not held."""
+    from ray.serve.exceptions import BackPressureError
+
+    app = FastAPI()
+    errors.install(app)
+    middleware.install(app, HardeningConfig(request_timeout_s=30, admission_hold_s=0.3))
+    ran: list[str] = []
+    full = {"queue": True}
+
+    @app.post("/v1/images/x")
+    async def images_x(request: Request) -> dict:
+        ran.append("x")
+        await request.body()
+        if full["queue"]:
+            raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+        return {"ok": True}
+
+    @app.post("/v1/images/y")
+    async def images_y() -> dict:
+        ran.append("y")
+        return {"ok": True}
+
+    @app.post("/v1/chat")
+    async def chat() -> dict:
+        ran.append("chat")
+        raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    async def scenario() -> list:
+        transport = httpx.ASGITransport(app=app)
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            out.append(await client.post("/v1/images/x", content=b"1"))  # the queue is full
+            out.append(await client.post("/v1/images/x", content=b"2"))  # held: shed at once
+            out.append(await client.post("/v1/images/y"))  # another route: not held
+            out.append(await client.post("/v1/chat"))
+            out.append(await client.post("/v1/chat"))  # chat is not held: runs again
+            full["queue"] = False
+            await asyncio.sleep(0.35)  # the hold ends
+            out.append(await client.post("/v1/images/x", content=b"3"))
+        return out
+
+    first, held, other, chat1, chat2, after = asyncio.run(scenario())
+    assert_envelope(first, 503, "overloaded")
+    error = assert_envelope(held, 503, "overloaded")
+    assert "/v1/images/x" in error["message"] and held.headers["retry-after"] == "1"
+    assert other.status_code == 200 and after.status_code == 200
+    assert_envelope(chat1, 503, "overloaded")
+    assert_envelope(chat2, 503, "overloaded")
+    assert ran == ["x", "y", "chat", "chat", "x"]  # the held request never reached a handler
+
+
 def test_serve_errors_and_escaping_exceptions_become_the_envelope():
     from ray.serve.exceptions import BackPressureError
 
