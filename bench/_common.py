@@ -46,6 +46,18 @@ def machine() -> str:
            f"{time.strftime('%Y-%m-%d')}"
 
 
+WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", "15"))
+
+
+def match_worker_priority() -> int:
+    """Lower this (load-generating) process to the CPU priority of Ray's workers, which Ray
+    starts at niceness 15 (RAY_worker_niceness) so its own daemons stay responsive. A client
+    left at 0 on the same few cores takes the CPU first and starves the replicas it measures;
+    a real client runs elsewhere. Call it after the gateway started (Ray's daemons, forked
+    from this process, keep 0). Returns the niceness now."""
+    return os.nice(max(0, WORKER_NICENESS - os.nice(0)))
+
+
 @contextmanager
 def gateway(port: int | None = None, *, serve_env: dict[str, str] | None = None,
             access_log: bool = False, **app_args):
@@ -135,10 +147,13 @@ class Child:
     (ready when GET {url}/healthz answers 200). `stop()` closes its stdin: a gateway then
     shuts Ray down."""
 
-    def __init__(self, name: str, cmd: list[str], *, url: str | None = None):
+    def __init__(self, name: str, cmd: list[str], *, url: str | None = None, nice: int = 0):
+        """`nice`: the child's niceness (a plain server compared with our replicas runs at
+        WORKER_NICENESS, as they do)."""
         self.name = name
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
         self.url = url
         self.pids: dict[str, list[int]] = {}
 

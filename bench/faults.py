@@ -435,11 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.job_stale_s is None:
             args.job_stale_s = 20
     app_args = {"job_stale_s": args.job_stale_s} if args.job_stale_s else None
-    from bench._common import machine
+    from bench._common import machine, match_worker_priority
 
     print(f"machine: {machine()}")
     with production_gateway(deployments={"Ingress": {"num_replicas": 2}},
                             app_args=app_args) as gateway:
+        match_worker_priority()
         return asyncio.run(bench(args, gateway))
 
 

@@ -42,7 +42,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import SETTINGS, Child, free_port, machine, pct  # noqa: E402
+from bench._common import (  # noqa: E402
+    SETTINGS,
+    WORKER_NICENESS,
+    Child,
+    free_port,
+    machine,
+    match_worker_priority,
+    pct,
+)
 
 CHAT_MESSAGE = "hello, what can you do?"
 PROMPT = "a cat in a crown"
@@ -259,13 +267,15 @@ def main() -> None:
     model = DiffusionModel.from_spec(get_spec("tiny-sd"))
     port = free_port()
     plain = Child("plain", [sys.executable, __file__, "--child", "plain", "--port", str(port),
-                            "--size", str(ns.size)], url=f"http://127.0.0.1:{port}")
+                            "--size", str(ns.size)], url=f"http://127.0.0.1:{port}",
+                  nice=WORKER_NICENESS)  # as Ray runs our replicas
     serves: dict[str, Child] = {}
     try:
         plain.wait_ready()
         for name in names:  # one Ray at a time: several starting at once time out on 2 cores
             serves[name] = Child.gateway(f"serve:{name}", name)
             serves[name].wait_ready()
+        match_worker_priority()  # the client and the in-process model, like the servers
         results = asyncio.run(measure(ns, model, plain, serves))
     finally:
         for child in (plain, *serves.values()):

@@ -205,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.calibrate_seconds = 8, 6
-    from bench._common import machine
+    from bench._common import machine, match_worker_priority
 
     print(f"machine: {machine()}")
     with production_gateway(haproxy=args.haproxy) as gateway:
+        match_worker_priority()
         return asyncio.run(bench(args, gateway))
 
 

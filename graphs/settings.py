@@ -40,6 +40,9 @@ class Settings(StorageSettings):
                                      "proxy's request_timeout_s)")
     cors_allow_origins: list[str] = Field(default_factory=list,
                                           description="browser origins allowed; empty = closed")
+    admission_hold_s: float = Field(0.5, ge=0, description="an /v1/images/* route whose model "
+                                    "queue was full is shed this long before its body is read "
+                                    "(503 + Retry-After); 0: off")
     # API keys and per-key limits (graphs/auth.py, graphs/quotas.py)
     auth_enabled: bool = Field(True, description="false only for the tiny/local profiles "
                                "(the production profile refuses to start without auth)")

@@ -1,11 +1,13 @@
-"""The CPU bench scripts run end to end in their quick `--toy` modes (so they can't rot): each
-starts its own local Ray with the tiny profile, measures a little, and prints its tables.
-The numbers themselves are not asserted (timings belong in BENCHMARKS.md), only that every
-row the full run fills in is there and well-formed.
+"""The CPU bench scripts run end to end in their quick modes (`--toy`, `--quick`), so they
+can't rot: each starts its own local Ray with the tiny profile, measures a little, and prints
+its tables. The numbers themselves are not asserted (timings belong in BENCHMARKS.md), only
+that every row the full run fills in is there and well-formed, and for overload and faults
+the outcomes the issue requires.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -72,3 +74,40 @@ def test_matting_bench_toy(zoo_dir):
         assert len(cells) == 9 and cells[3].endswith("x") and cells[8].endswith("x"), row
     assert re.search(r"ours >= 1.5x rembg's images/s at concurrency 16: [\d.]+x at "
                      r"concurrency 4 \((met|missed)\)", out)
+
+
+@pytest.mark.slow
+def test_overload_quick_sheds_with_429_and_503_only(redis_url, zoo_dir, tmp_path):
+    """bench/overload.py --quick: the production graph (tiny models) behind HAProxy (the
+    `photostudio serve` default) driven at 10x its measured capacity for a few seconds: every
+    request ends in 200, 429 or 503 (the last two with the error envelope and Retry-After),
+    none hangs, no 500/504, no job left running."""
+    out = tmp_path / "overload.json"
+    stdout = run_bench("bench/overload.py", "--quick", "--haproxy", "--json", str(out),
+                       timeout=900)
+    assert "PASS" in stdout
+    result = json.loads(out.read_text())
+    summary = result["summary"]
+    assert result["failures"] == 0 and summary["failures"] == 0, summary
+    assert set(summary["by_status"]) <= {"200", "429", "503"}, summary["by_status"]
+    assert summary["by_status"].get("200", 0) > 0, summary["by_status"]
+    # the 10/min key went over its limit: its excess came back as 429
+    assert summary["by_status"].get("429", 0) > 0, summary["by_status"]
+
+
+@pytest.mark.slow
+def test_faults_quick_nothing_lost_and_recovers(redis_url, zoo_dir, tmp_path):
+    """bench/faults.py --quick: under steady load on the production graph (2 Ingress
+    replicas), a killed Generator replica and a killed Ingress replica: every async job ends
+    `succeeded` or `failed` with a reason (none left running), every recorded asset decodes,
+    and the service recovers (the script prints the recovery times)."""
+    out = tmp_path / "faults.json"
+    run_bench("bench/faults.py", "--quick", "--json", str(out), timeout=1200)
+    result = json.loads(out.read_text())
+    assert result["failures"] == [] and result["broken_assets"] == [], result
+    assert sum(result["jobs"].values()) > 0, result  # some async jobs were accepted
+    assert set(result["jobs"]) <= {"succeeded", "failed"}, result["jobs"]
+    for deployment in ("Generator", "Ingress"):
+        recovery = result["recovery"][deployment]
+        assert recovery["first_success_s"] is not None, recovery
+        assert recovery["healthy_s"] is not None, recovery
