@@ -81,10 +81,12 @@ def test_overload_quick_sheds_with_429_and_503_only(redis_url, zoo_dir, tmp_path
     """bench/overload.py --quick: the production graph (tiny models) behind HAProxy (the
     `photostudio serve` default) driven at 10x its measured capacity for a few seconds: every
     request ends in 200, 429 or 503 (the last two with the error envelope and Retry-After),
-    none hangs, no 500/504, no job left running."""
+    none hangs, no 500/504, no job left running. At 5x its capacity, not the full run's 10x:
+    on a 2-core CI machine 10x of the tool route is past the front door's own request rate
+    (BENCHMARKS.md, "Overload and faults"), which this smoke test is not about."""
     out = tmp_path / "overload.json"
-    stdout = run_bench("bench/overload.py", "--quick", "--haproxy", "--json", str(out),
-                       timeout=900)
+    stdout = run_bench("bench/overload.py", "--quick", "--haproxy", "--factor", "5",
+                       "--json", str(out), timeout=900)
     assert "PASS" in stdout
     result = json.loads(out.read_text())
     summary = result["summary"]
