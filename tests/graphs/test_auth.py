@@ -53,6 +53,13 @@ def make_app(records, **config) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
+@pytest.fixture(autouse=True)
+def _no_gate_left_behind(monkeypatch):
+    """auth.configure sets the process's gate: restore it after each test, so later in-process
+    tests (e.g. tests/graphs/test_jobs.py) don't run as this test's anonymous caller."""
+    monkeypatch.setattr(auth, "_gate", auth._gate)
+
+
 def sync(fn):
     """Run an async test on a fresh event loop (the suite has no asyncio plugin)."""
     @functools.wraps(fn)

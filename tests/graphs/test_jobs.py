@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
+from graphs import auth
 from graphs.jobs import JobRunner, Output
 from storage.assets import LocalAssetStore
 from storage.records import RecordStore
@@ -17,7 +18,8 @@ MODEL_INFO = {"name": "tiny", "tiny": True, "fallback": False, "fallback_reason"
 
 
 @pytest.fixture
-def runner(tmp_path):
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setattr(auth, "_gate", None)  # no replica's gate: the runner's own project
     records = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
     yield JobRunner(assets=LocalAssetStore(tmp_path / "assets"), records=records,
                     project="p1")
