@@ -46,6 +46,17 @@ def machine() -> str:
            f"{time.strftime('%Y-%m-%d')}"
 
 
+def client_connector():
+    """The benches' aiohttp connector: no connection limit, and idle keep-alive connections
+    dropped after 2 s. The servers close theirs after 5 s (uvicorn's default, which the
+    plain FastAPI app and rembg's server use) or Serve's `keep_alive_timeout_s`; a client
+    that keeps one longer can send a POST on a connection the server is closing at that
+    moment and get `ServerDisconnectedError` (aiohttp retries only idempotent requests)."""
+    import aiohttp
+
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0)
+
+
 WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", "15"))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from bench._common import client_connector
 from graphs.cli import free_port
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -286,7 +287,7 @@ def pct(values: list[float], q: float) -> float:
 def session_for(concurrency_hint: int = 0):
     import aiohttp
 
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+    return aiohttp.ClientSession(connector=client_connector())
 
 
 async def closed_loop(base_url: str, *, routes: list[str], token: str, concurrency: int,
@@ -368,3 +369,56 @@ def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
         "shed_p99_s": pct(shed, 99), "failures": sum(problems.values()),
         "problems": dict(problems.most_common(10)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# HAProxy's own view (what it answered and why), read from its admin socket
+# ---------------------------------------------------------------------------------------------
+
+HAPROXY_FIELDS = ("status", "scur", "smax", "qcur", "econ", "eresp", "wretr", "wredis",
+                  "chkdown", "downtime", "cli_abrt", "srv_abrt", "hrsp_2xx", "hrsp_4xx",
+                  "hrsp_5xx", "eint")
+
+
+def haproxy_stats() -> list[dict[str, str]]:
+    """`show stat` of every HAProxy this process's gateway started (the admin sockets under
+    RAY_SERVE_HAPROXY_SOCKET_PATH's folder, one per node), for the frontend and the app
+    backends and servers: HAProxy's own 5xx (`hrsp_5xx` on the frontend beyond the
+    backend's), connection / response errors (`econ`, `eresp`) and servers marked DOWN
+    (`chkdown`). Serve's template rewrites HAProxy's 502/503/504 into a plain 500, so these
+    counters tell those 500s apart from ours. Empty without HAProxy."""
+    import csv
+
+    path = os.environ.get("RAY_SERVE_HAPROXY_SOCKET_PATH")
+    if not path:
+        return []
+    rows: list[dict[str, str]] = []
+    for sock_path in Path(path).parent.glob(f"*/{Path(path).name}"):
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(str(sock_path))
+                sock.sendall(b"show stat\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+        except OSError as exc:
+            rows.append({"pxname": str(sock_path), "svname": "-", "status": f"error: {exc}"})
+            continue
+        text = data.decode(errors="replace").lstrip("# ")
+        for row in csv.DictReader(text.splitlines()):
+            if row.get("pxname") in ("stats", "prometheus", "default_backend"):
+                continue
+            rows.append({"pxname": row.get("pxname", ""), "svname": row.get("svname", ""),
+                         **{k: row.get(k, "") for k in HAPROXY_FIELDS}})
+    return rows
+
+
+def print_haproxy_stats(log: Callable[[str], None] = print) -> None:
+    rows = haproxy_stats()
+    if not rows:
+        return
+    log("HAProxy (show stat): " + " ".join(("pxname/svname",) + HAPROXY_FIELDS))
+    for r in rows:
+        log(f"  {r['pxname']}/{r['svname']}: "
+            + " ".join(f"{k}={r.get(k, '')}" for k in HAPROXY_FIELDS if r.get(k, "") != ""))

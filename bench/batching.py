@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import Child, machine, pct  # noqa: E402
+from bench._common import Child, client_connector, machine, pct  # noqa: E402
 
 
 def parse_config(text: str) -> dict:
@@ -72,7 +72,7 @@ async def measure(ns, gateways: dict[str, Child]) -> dict:
     import aiohttp
 
     results: dict[tuple[str, int], list[dict]] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+    async with aiohttp.ClientSession(connector=client_connector(),
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
         for child in gateways.values():  # warm-up: code paths hot, batches of every size seen
             await load(session, child.url, concurrency=4, requests=8, size=ns.size,

@@ -46,6 +46,7 @@ from bench._common import (  # noqa: E402
     SETTINGS,
     WORKER_NICENESS,
     Child,
+    client_connector,
     free_port,
     machine,
     match_worker_priority,
@@ -289,7 +290,7 @@ async def measure(ns, model, plain: Child, serves: dict[str, Child]) -> dict:
     targets = {"plain FastAPI": plain.url, **{f"ours ({n})": c.url for n, c in serves.items()}}
     lat: dict[str, list[tuple]] = {"in-process": [], **{t: [] for t in targets}}
     rates: dict[tuple[str, int], list[tuple[float, list[float], int]]] = {}
-    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    conn = client_connector()
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         for url in targets.values():  # warm-up: code paths hot, first-minute slowness spent

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (  # noqa: E402
     WORKER_NICENESS,
     Child,
+    client_connector,
     free_port,
     machine,
     match_worker_priority,
@@ -128,7 +129,7 @@ async def measure(ns, images, ours_url, theirs_url, model_file, our_pids, their_
             return body
 
     results: dict[tuple[str, int], list[dict]] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+    async with aiohttp.ClientSession(connector=client_connector(),
                                      timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def ours(i):
             body = await post(session, f"{ours_url}/v1/images/remove-background", "image", i)

@@ -37,6 +37,7 @@ from bench._serving import (  # noqa: E402
     deployment_options,
     open_loop,
     pct,
+    print_haproxy_stats,
     production_gateway,
     summarize,
     tiny_png,
@@ -56,6 +57,20 @@ def configured(config: dict) -> dict:
     ingress = out["Ingress"]
     ingress["admitted_in_flight"] = admission_limit(ingress["max_ongoing_requests"])
     return out
+
+
+def fixed_replicas() -> dict[str, dict]:
+    """Every autoscaled deployment fixed at its `min_replicas` (the overrides for
+    `production_gateway`). This bench runs the whole cluster on one small machine, whose
+    cores the overload already fills: a replica the autoscaler adds there only takes CPU from
+    the others (starting a worker process imports torch) and makes HAProxy reload, and it
+    would be measured as capacity the machine does not have. On a cluster the new replicas
+    land on new nodes; `--autoscale` keeps the config's autoscaling anyway."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    return {d["name"]: {"num_replicas": d["autoscaling_config"].get("min_replicas", 1)}
+            for d in config["applications"][0]["deployments"] if "autoscaling_config" in d}
 
 
 async def no_job_running(base_url: str, token: str, timeout_s: float) -> int:
@@ -158,6 +173,7 @@ async def bench(args: argparse.Namespace, gateway) -> int:
           f"{s['accepted_job_p50_s'] * 1e3:.0f} ms, p99 {s['accepted_job_p99_s'] * 1e3:.0f} ms")
     print(f"/healthz during overload: {len(probes)} probes, p99 "
           f"{pct(probes, 99) * 1e3:.0f} ms, failures {len(probe_failures)}")
+    print_haproxy_stats()
     failures = s["failures"]
     if s["problems"]:
         print(f"FAILURES ({failures}):")
@@ -202,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
                         "background is removed")
     parser.add_argument("--haproxy", action="store_true", help="HAProxy in front instead of "
                         "Serve's Python proxy")
+    parser.add_argument("--autoscale", action="store_true", help="keep the config's "
+                        "autoscaling (default: every deployment fixed at its min_replicas; "
+                        "see fixed_replicas)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.calibrate_seconds = 8, 6
     from bench._common import machine, match_worker_priority
 
     print(f"machine: {machine()}")
-    with production_gateway(haproxy=args.haproxy) as gateway:
+    deployments = None if args.autoscale else fixed_replicas()
+    with production_gateway(haproxy=args.haproxy, deployments=deployments) as gateway:
         match_worker_priority()
         return asyncio.run(bench(args, gateway))
 

@@ -9,8 +9,10 @@ The request path is kept short (BENCHMARKS.md, "Gateway overhead"): messages the
 rules decide alone (greetings, clear operations) are planned here with the same rules and
 thresholds as the Router deployment, without the hop; the rest go to the Router. A text turn
 is recorded in one transaction (`RecordStore.add_turn`: new session, the user's message, the
-answer), and on SQLite the session writes go through one writer thread: SQLite takes one
-writer at a time, and writers racing for its lock only wait and retry.
+answer); the turns of concurrent requests are committed together (`TurnWriter`: one
+transaction for whatever arrived while the previous one was being written), and on SQLite the
+session writes go through one writer thread: SQLite takes one writer at a time, and writers
+racing for its lock only wait and retry.
 """
 
 from __future__ import annotations
@@ -47,6 +49,47 @@ INTENT_LABELS = {
 }
 
 
+class TurnWriter:
+    """Group commit of chat turns (`RecordStore.add_turns`). A turn arriving while no write
+    is under way is written at once (no added latency when idle); turns arriving during a
+    write wait for it to end and are then written together in one transaction. Under load a
+    transaction carries several turns, so the per-transaction cost (connection, commit,
+    statement set-up), most of a text turn's CPU, is paid once per batch. Each caller gets
+    its own turn's session id or error (a failed turn does not fail the others)."""
+
+    def __init__(self, add_turns: Any, write: Any):
+        self._add_turns = add_turns  # RecordStore.add_turns
+        self._write = write  # async (fn, /, **kwargs) -> result: off the event loop
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._flush_task: asyncio.Task | None = None
+        self.batches = 0  # transactions written, and the turns in them (tests, stats)
+        self.turns = 0
+
+    async def add(self, **turn: Any) -> str:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((turn, future))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._write(self._add_turns, turns=[t for t, _ in batch])
+            except Exception as exc:  # the database itself: every turn of the batch fails
+                results = [exc] * len(batch)
+            self.batches += 1
+            self.turns += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its request was cancelled; the turn is written anyway
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
 class ChatService:
     def __init__(self, *, router: Any, generation: GenerationService, tools: ToolService,
                  runner: JobRunner):
@@ -60,6 +103,7 @@ class ChatService:
         dialect = getattr(getattr(self.records, "engine", None), "dialect", None)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chat-writes") \
             if getattr(dialect, "name", None) == "sqlite" else None
+        self.turns = TurnWriter(self.records.add_turns, self._write)
 
     async def _write(self, fn, /, **kwargs):
         """A session write, off the event loop (SQLite: on the one writer thread)."""
@@ -140,9 +184,9 @@ class ChatService:
             text = (plan.clarification if plan.missing_inputs else HELP_TEXT) or HELP_TEXT
             answer = {"role": "assistant", "content": text, "image_ids": [],
                       "data": {"type": "text", "context": {}, "plan": plan_json}}
-            recorded = await self._write(
-                self.records.add_turn, session_id=session.id if session else None,
-                project=self.runner.project, messages=[user_message, answer])
+            recorded = await self.turns.add(
+                session_id=session.id if session else None, project=self.runner.project,
+                messages=[user_message, answer])
             return ChatResponse(
                 session_id=recorded, message=text, type="text",
                 data=ChatData(plan=plan_json), metadata=metadata,
@@ -150,9 +194,9 @@ class ChatService:
                     "create a cat wearing a crown", "remove the background",
                     "swap my face onto the knight, then upscale"])
 
-        session_id = await self._write(self.records.add_turn,
-                                       session_id=session.id if session else None,
-                                       project=self.runner.project, messages=[user_message])
+        session_id = await self.turns.add(session_id=session.id if session else None,
+                                          project=self.runner.project,
+                                          messages=[user_message])
         images_by_source = {"upload": uploads}
         done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
         last = image_steps[-1]

@@ -736,25 +736,53 @@ class RecordStore:
         data, image_ids). Returns the session's id. Same errors as `add_message`, raised
         before anything is written: ValueError for a role, KeyError for an unknown session
         (a session of another project counts as unknown)."""
+        (result,) = self.add_turns([{"session_id": session_id, "project": project,
+                                     "messages": messages}])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def add_turns(self, turns: Sequence[dict[str, Any]]) -> list[str | Exception]:
+        """Several chat turns (each `add_turn`'s keyword arguments) in one transaction: a
+        group commit for a writer that collects the turns of concurrent requests. Returns,
+        in order, each turn's session id or the error that turn alone would have raised
+        (ValueError, KeyError, TypeError); a failed turn writes nothing, the others are
+        written. An error of the database itself fails the transaction and is raised."""
         now = utcnow()
-        rows = [_message_row(now=now, **message) for message in messages]
+        results: list[str | Exception] = []
+        rows: list[list[dict[str, Any]]] = []
+        for turn in turns:
+            try:
+                rows.append([_message_row(now=now, **m) for m in turn["messages"]])
+                results.append(turn["session_id"] or "")
+            except (ValueError, TypeError) as exc:
+                rows.append([])
+                results.append(exc)
+        new_sessions: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
-            if session_id is None:
-                session_id = new_id("sess")
-                conn.execute(insert(ChatSession.__table__).values(
-                    id=session_id, project=project, title=None, data={}, created_at=now,
-                    updated_at=now))
-            else:  # the UPDATE first: it takes the write lock (SQLite), proves the session
-                touched = conn.execute(update(ChatSession.__table__)
-                                       .where(ChatSession.id == session_id,
-                                              ChatSession.project == project)
-                                       .values(updated_at=now))
-                if touched.rowcount != 1:
-                    raise KeyError(f"no session {session_id!r}")
-            if rows:
-                conn.execute(insert(Message.__table__),
-                             [{**row, "session_id": session_id} for row in rows])
-        return session_id
+            for i, turn in enumerate(turns):
+                if isinstance(results[i], Exception):
+                    continue
+                if turn["session_id"] is None:
+                    results[i] = new_id("sess")
+                    new_sessions.append({"id": results[i], "project": turn["project"],
+                                         "title": None, "data": {}, "created_at": now,
+                                         "updated_at": now})
+                else:  # the UPDATE first: it takes the write lock (SQLite), proves the session
+                    touched = conn.execute(update(ChatSession.__table__)
+                                           .where(ChatSession.id == turn["session_id"],
+                                                  ChatSession.project == turn["project"])
+                                           .values(updated_at=now))
+                    if touched.rowcount != 1:
+                        results[i] = KeyError(f"no session {turn['session_id']!r}")
+                        continue
+                messages += [{**row, "session_id": results[i]} for row in rows[i]]
+            if new_sessions:
+                conn.execute(insert(ChatSession.__table__), new_sessions)
+            if messages:  # sessions before their messages (foreign key), in turn order
+                conn.execute(insert(Message.__table__), messages)
+        return results
 
     def get_session(self, *, session_id: str, message_limit: int | None = None
                     ) -> SessionRecord | None:

@@ -571,3 +571,29 @@ def test_repr_hides_the_database_password(tmp_path):
 
     assert redact_url("postgresql://app:hunter2@db.example.supabase.co:5432/postgres") == \
         "postgresql://app:***@db.example.supabase.co:5432/postgres"
+
+
+def test_add_turns_writes_a_batch_and_isolates_each_turns_error(records):
+    existing = records.add_turn(session_id=None, project="p1", messages=turn("make a cat"))
+    sessions = session_count(records)
+    results = records.add_turns([
+        {"session_id": None, "project": "p1", "messages": turn("hello", "hi there")},
+        {"session_id": existing, "project": "p1", "messages": turn("make it bigger")},
+        {"session_id": "sess_missing", "project": "p1", "messages": turn("x")},
+        {"session_id": existing, "project": "p2", "messages": turn("x")},  # another project's
+        {"session_id": None, "project": "p1",
+         "messages": [{"role": "bot", "content": "x"}]},
+        {"session_id": None, "project": "p2", "messages": turn("bonjour")},
+    ])
+    new_p1, appended, missing, foreign, bad_role, new_p2 = results
+    assert appended == existing
+    assert isinstance(missing, KeyError) and "sess_missing" in str(missing)
+    assert isinstance(foreign, KeyError)
+    assert isinstance(bad_role, ValueError) and "role must be one of" in str(bad_role)
+    assert session_count(records) == sessions + 2  # the failed turns created nothing
+    assert [m.content for m in records.get_session(session_id=new_p1).messages] == [
+        "hello", "hi there"]
+    assert [m.content for m in records.get_session(session_id=existing).messages] == [
+        "make a cat", "make it bigger"]
+    assert records.get_session(session_id=new_p2).project == "p2"
+    assert records.add_turns([]) == []
