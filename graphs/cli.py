@@ -47,6 +47,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# Connections one node's HAProxy holds at once (Ray's RAY_SERVE_HAPROXY_MAXCONN, default
+# 4096); the next ones wait in the kernel's accept queue until one ends. Serve's HAProxy
+# template sets no per-server limit, so this is what bounds the requests an ingress replica
+# has open: enough for what it admits (half its max_ongoing_requests, 100) plus a burst
+# being shed and idle keep-alives (those end after keep_alive_timeout_s). At 4096, 10x
+# overload on 2 cores put 2,276 connections on one ingress replica: its event loop fell
+# behind, HAProxy's health check marked it DOWN, and traffic went to Serve's fallback proxy
+# (plain-text 503s and 500s; BENCHMARKS.md, "Overload and faults"). Raise it with more
+# ingress replicas per node.
+HAPROXY_MAXCONN = 256
+
+
 def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
                      throughput_optimized: bool = False,
                      free_ports: bool = False) -> dict[str, str]:
@@ -56,9 +68,10 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     ingress replicas (direct ingress) instead of Serve's Python proxy, whose one process is
     the request-rate ceiling of a small machine; its config, admin socket and state files go
     under `state_dir` (Serve's default, /tmp/haproxy-serve, is shared by every Serve on the
-    machine). `throughput_optimized`: Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED (user code on the
-    replica's event loop, gRPC between replicas, buffered request logs): any blocking call in
-    an async method then stalls the replica's HTTP server. `free_ports`: HAProxy's stats and
+    machine), and it holds at most `HAPROXY_MAXCONN` connections. `throughput_optimized`:
+    Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED (user code on the replica's event loop, gRPC
+    between replicas, buffered request logs): any blocking call in an async method then
+    stalls the replica's HTTP server. `free_ports`: HAProxy's stats and
     metrics ports on free ports (several gateways on one machine) instead of 8404 / 9101."""
     env: dict[str, str] = {}
     if haproxy:
@@ -74,6 +87,7 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
         state.mkdir(parents=True, exist_ok=True)
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_MAXCONN": str(HAPROXY_MAXCONN),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),

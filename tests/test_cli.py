@@ -83,6 +83,7 @@ def test_request_path_env_keeps_haproxys_socket_path_short(tmp_path):
     env = request_path_env(deep, free_ports=True)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in env
+    assert env["RAY_SERVE_HAPROXY_MAXCONN"] == "256"  # not Ray's 4096 (cli.HAPROXY_MAXCONN)
     # Serve adds "/<56-character node id>" before the socket's name; HAProxy's limit is 97
     sock = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
     assert len(str(sock.parent / ("n" * 56) / sock.name)) <= 97
