@@ -38,8 +38,14 @@ class FaceSwap:
         zoo_dir: str | None = None,
         allow_fallback: bool = False,
         device: str | None = None,
+        niceness: int = 0,
     ):
+        """`niceness`: added to the replica's CPU niceness
+        (`deployments._common.lower_cpu_priority`)."""
+        from deployments._common import lower_cpu_priority
         from models.faceswap import FaceSwapModel, faceswap_spec
+
+        lower_cpu_priority(niceness)
 
         spec = faceswap_spec(model, model_dir)
         self.model = FaceSwapModel.from_spec(spec, zoo_dir=zoo_dir,

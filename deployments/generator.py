@@ -59,10 +59,16 @@ class Generator:
         max_batch_size: int = 8,
         batch_wait_timeout_s: float = 0.005,
         torch_threads: int | None = None,
+        niceness: int = 0,
     ):
         """`torch_threads`: CPU threads for torch (default: Ray's, i.e. the replica's num_cpus;
-        more threads than that measured slower here, fighting the other replicas)."""
+        more threads than that measured slower here, fighting the other replicas); `niceness`:
+        added to the replica's CPU niceness (`deployments._common.lower_cpu_priority`)."""
         import torch
+
+        from deployments._common import lower_cpu_priority
+
+        lower_cpu_priority(niceness)
 
         from models.diffusion import DiffusionModel
         from models.registry import spec_for_source

@@ -51,6 +51,7 @@ class Matting:
         max_batch_images: int | None = None,
         health_probe_interval_s: float = 60.0,
         health_probe_timeout_s: float = 20.0,
+        niceness: int = 0,
     ):
         """`model`: a matting model name (`models.matting.known_models()`); `model_path`: an
         .onnx file (or folder with one) to use instead of the named weights; `rembg_home`: where
@@ -58,8 +59,13 @@ class Matting:
         intra-op threads (default: $OMP_NUM_THREADS, which Ray sets to the replica's num_cpus);
         `max_batch_images`: images per ONNX run (default: 8 on CUDA, 1 on CPU, where batching
         measured no faster); `batch_wait_timeout_s`: how long a batch waits to fill (default
-        10 ms on CUDA; none on CPU, where an image per run gains nothing from waiting)."""
+        10 ms on CUDA; none on CPU, where an image per run gains nothing from waiting);
+        `niceness`: added to the replica's CPU niceness
+        (`deployments._common.lower_cpu_priority`)."""
+        from deployments._common import lower_cpu_priority
         from models.matting import MattingModel, matting_spec
+
+        lower_cpu_priority(niceness)
 
         spec = matting_spec(model, source=model_path)
         self.model = MattingModel.from_spec(

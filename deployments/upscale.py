@@ -42,8 +42,14 @@ class Upscaler:
         tile: int = 256,
         tile_overlap: int = 32,
         allow_fallback: bool = False,
+        niceness: int = 0,
     ):
+        """`niceness`: added to the replica's CPU niceness
+        (`deployments._common.lower_cpu_priority`)."""
+        from deployments._common import lower_cpu_priority
         from models.upscale import UpscaleModel, check_tiling
+
+        lower_cpu_priority(niceness)
 
         check_tiling(tile, tile_overlap)
         self.model = UpscaleModel.from_name(model, model_path=model_path, zoo_dir=zoo_dir,

@@ -72,6 +72,10 @@ class AppArgs(BaseModel):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=5, description="how long a batch waits for more requests; requests "
         "that arrive while a batch runs join the next one anyway")
+    model_niceness: int = Field(
+        4, ge=0, le=19, description="added to the CPU niceness of the model replicas "
+        "(Generator, Matting, FaceSwap, Upscaler): on a node whose cores are full, the request "
+        "path runs first and sheds overload quickly (BENCHMARKS.md, 'Overload'); 0 = off")
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
     job_heartbeat_s: float = Field(10.0, gt=0, description="running jobs beat this often")
@@ -130,19 +134,20 @@ def build_app(args: AppArgs) -> Application:
         max_batch_size=args.max_batch_size,
         torch_threads=args.generator_torch_threads,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
+        niceness=args.model_niceness,
     )
     matting_name = model_for("matting", args.matting_model)
     mat = matting.Matting.options(**gpu_options(matting.DEFAULT_NUM_GPUS)).bind(
         model=matting_name, model_path=args.matting_source, zoo_dir=zoo_dir,
-        allow_fallback=allow_fallback)
+        allow_fallback=allow_fallback, niceness=args.model_niceness)
     faceswap_name = model_for("faceswap", args.faceswap_model)
     swap = faceswap.FaceSwap.options(**gpu_options(faceswap.DEFAULT_NUM_GPUS)).bind(
         model=faceswap_name, model_dir=args.faceswap_source, zoo_dir=zoo_dir,
-        allow_fallback=allow_fallback)
+        allow_fallback=allow_fallback, niceness=args.model_niceness)
     upscale_name = model_for("upscale", args.upscale_model)
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
         model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
-        zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+        zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
     llm = None
     backend = args.llm_backend or DEFAULT_LLM_BACKEND[profile]
     if backend != "off":

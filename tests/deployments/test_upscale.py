@@ -13,7 +13,8 @@ from models.upscale import UpscaleRequest
 
 # The keys every model deployment's info() reports (see deployments/generator.py).
 INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name"}
+             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name",
+             "niceness"}
 
 
 @pytest.fixture(scope="module")

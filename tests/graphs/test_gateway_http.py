@@ -32,6 +32,16 @@ def test_every_gpu_replica_is_scheduled_on_the_one_logical_gpu(gateway, ray_clus
     assert ray_cluster.available_resources().get("GPU", 0) == pytest.approx(1 - used)
 
 
+def test_model_replicas_yield_the_cpu_to_the_request_path(gateway):
+    # AppArgs.model_niceness (4): on a node whose cores are full, the Ingress runs first
+    import os
+
+    workers = int(os.environ.get("RAY_worker_niceness", "15"))  # Ray starts workers there
+    for name in ("Generator", "Matting", "FaceSwap", "Upscaler"):
+        info = gateway.handle(name).info.remote().result(timeout_s=60)
+        assert info["niceness"] == min(19, workers + 4), (name, info["niceness"])
+
+
 def test_generation_over_http(http):
     r = http.post("/v1/images/generations",
                   json={"prompt": "a cat wearing a crown", "n": 2, "size": "64x48", "seed": 5})

@@ -286,7 +286,7 @@ def test_deployment_swaps_reports_and_probes(faceswap_zoo, source):
     info = dep.info()
     assert set(info) == {"name", "family", "source", "tiny", "fallback", "fallback_reason",
                          "device", "dtype", "limits", "gpu_ids", "cuda_visible_devices",
-                         "actor_name"}
+                         "actor_name", "niceness"}
     assert info["family"] == "faceswap" and info["tiny"] and info["limits"] == {}
 
     target = draw(200, 200, [(100, 100, 50)])
