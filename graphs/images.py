@@ -17,7 +17,10 @@ def encode(array: np.ndarray, fmt: Format = "png", *, quality: int = 90) -> byte
         # zlib level 1 with the run-length strategy: on photos and cut-outs measured faster
         # than plain level 1 and about as small as level 6, which is 3-5x slower. OpenCV's
         # encoder (the tools extra) does it in ~2/3 of Pillow's time, same pixels
-        # (BENCHMARKS.md, "Background removal"); Pillow otherwise. PNG is lossless.
+        # (BENCHMARKS.md, "Background removal"); Pillow otherwise. With OpenCV, every row
+        # uses PNG's "up" filter instead of trying all five per row (libpng's default
+        # heuristic): a 640x480 RGBA cut-out encodes in about half the time (27 -> 14-18 ms)
+        # for 1-6 % more bytes. PNG is lossless.
         blob = _png_cv2(array)
         if blob is not None:
             return blob
@@ -48,7 +51,8 @@ def _png_cv2(array: np.ndarray) -> bytes | None:
         code = cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
         array = cv2.cvtColor(np.ascontiguousarray(array), code)
     ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+                                           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+                                           cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
     return buf.tobytes() if ok else None
 
 
