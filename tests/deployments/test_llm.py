@@ -23,11 +23,7 @@ from deployments.llm import (
     vllm_llm_config,
 )
 from models.base import LoadedInfo
-
-# The keys every model deployment's info() reports (see deployments/_common.py).
-INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name",
-             "niceness"}
+from tests.deployments import INFO_KEYS
 
 ASK = [{"role": "system", "content": "Answer with JSON only."},
        {"role": "user", "content": "make it a watercolor"}]

@@ -9,11 +9,7 @@ import pytest
 
 from deployments.matting import Matting
 from models.matting import MattingRequest
-
-# The keys every model deployment's info() reports (see deployments/generator.py).
-INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name",
-             "niceness"}
+from tests.deployments import INFO_KEYS
 
 
 @pytest.fixture(scope="module")

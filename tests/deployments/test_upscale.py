@@ -10,11 +10,7 @@ import pytest
 
 from deployments.upscale import Upscaler
 from models.upscale import UpscaleRequest
-
-# The keys every model deployment's info() reports (see deployments/generator.py).
-INFO_KEYS = {"name", "family", "source", "tiny", "fallback", "fallback_reason", "device",
-             "dtype", "limits", "gpu_ids", "cuda_visible_devices", "actor_name",
-             "niceness"}
+from tests.deployments import INFO_KEYS
 
 
 @pytest.fixture(scope="module")

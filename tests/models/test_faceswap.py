@@ -24,6 +24,7 @@ from models.faceswap import (
     faceswap_spec,
     find_weights,
 )
+from tests.deployments import INFO_KEYS
 
 SKIN = (224, 172, 105)
 GRAY = 128
@@ -284,9 +285,7 @@ def test_deployment_swaps_reports_and_probes(faceswap_zoo, source):
     dep = FaceSwap.func_or_class(zoo_dir=str(faceswap_zoo.parent))
     dep.check_health()
     info = dep.info()
-    assert set(info) == {"name", "family", "source", "tiny", "fallback", "fallback_reason",
-                         "device", "dtype", "limits", "gpu_ids", "cuda_visible_devices",
-                         "actor_name", "niceness"}
+    assert set(info) == INFO_KEYS
     assert info["family"] == "faceswap" and info["tiny"] and info["limits"] == {}
 
     target = draw(200, 200, [(100, 100, 50)])
