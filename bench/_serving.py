@@ -120,9 +120,7 @@ def production_gateway(*, deployments: dict[str, dict] | None = None,
     if haproxy:
         from graphs.cli import request_path_env
 
-        for name, value in request_path_env(tmp, haproxy=True, free_ports=True).items():
-            os.environ[name] = os.environ.get(name, value) if name.endswith("MAXCONN") \
-                else value
+        os.environ.update(request_path_env(tmp, haproxy=True, free_ports=True))
     import ray
     from ray import serve
     from ray.serve.context import _get_global_client

@@ -95,6 +95,7 @@ class Generator:
         self._steps_run_cancelled = 0  # steps those calls ran before stopping
         self._steps_skipped = 0  # steps not run because of cancellation
         self._last_interrupt: dict[str, int] | None = None
+        self._steps = 0  # denoising steps run by every pipeline call so far (live)
         self._queue = observability.QueueDepth("Generator")  # requests waiting for a batch
         # (request, cancel event, future) of Serve batches waiting for the model: see _batched
         self._waiting: collections.deque = collections.deque()
@@ -133,8 +134,8 @@ class Generator:
             work = asyncio.ensure_future(asyncio.to_thread(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
                 on_cancelled=self._record_cancelled,
-                on_step=lambda step, total: emit(
-                    {"type": "progress", "step": step, "total": total}),
+                on_step=lambda step, total: (self._count_step(step, total), emit(
+                    {"type": "progress", "step": step, "total": total})),
                 on_preview=lambda index, images: emit(
                     {"type": "partial", "index": index, "images": images}),
             ))
@@ -205,6 +206,7 @@ class Generator:
             [req for req, _, _ in chunk],
             max_batch_images=self._max_batch_images,
             on_batch=self._record_pipeline_batch,
+            on_step=self._count_step,
             cancel=[cancel for _, cancel, _ in chunk],
             on_cancelled=self._record_cancelled,
         ))
@@ -238,6 +240,9 @@ class Generator:
     def _record_pipeline_batch(self, images: int) -> None:
         self._pipeline_batches[images] += 1
 
+    def _count_step(self, _step: int, _total: int) -> None:
+        self._steps += 1  # from the pipeline's thread: a plain counter, the GIL keeps it whole
+
     def _record_cancelled(self, steps_run: int, total: int, images: int) -> None:
         """From the model's thread: a pipeline call stopped early, or a request dropped from
         a batch before its call (`steps_run` 0). Plain counters: the GIL keeps them whole."""
@@ -263,6 +268,7 @@ class Generator:
             "health_probes": self._probes,
             "last_error": self._last_error,
             "model_busy": self._model_lock.locked(),  # a model call is running now
+            "denoising_steps": self._steps,  # grows during a call, step by step
             "cancelled": {
                 "requests": self._cancelled_requests,
                 "dropped_before_start": self._dropped_requests,

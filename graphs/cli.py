@@ -87,7 +87,9 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
         state.mkdir(parents=True, exist_ok=True)
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_MAXCONN": str(HAPROXY_MAXCONN),
+            # an operator's own value wins over ours
+            "RAY_SERVE_HAPROXY_MAXCONN": os.environ.get("RAY_SERVE_HAPROXY_MAXCONN",
+                                                        str(HAPROXY_MAXCONN)),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
-    import os, threading, time
+    import os, threading
     from deployments._common import lower_cpu_priority
 
     def nice_of(tid):  # field 19 of /proc/<pid>/task/<tid>/stat, after the command's ")"
@@ -24,8 +24,7 @@ CHILD = textwrap.dedent("""
     print(lower_cpu_priority(0) == start)
     got = lower_cpu_priority(3)
     after = threading.Thread(target=stop.wait)  # and one started after it
-    after.start()
-    time.sleep(0.1)
+    after.start()  # returns once the thread runs
     print(got == min(19, start + 3))
     print(sorted({nice_of(t) for t in os.listdir("/proc/self/task")}) == [got])
     print(lower_cpu_priority(40) == 19)

@@ -36,9 +36,10 @@ def test_client_disconnect_stops_the_generation_at_the_next_step(gateway, http):
         "prompt": "a generation whose client leaves", "size": "256x256", "steps": 50},
         api_key=gateway.api_key)
     try:
-        wait_until(lambda: _stats(gateway)["model_busy"], timeout=60, interval=0.1,
-                   what="the generator to start denoising")
-        time.sleep(1.5)  # a step or two
+        busy = wait_until(lambda: (s := _stats(gateway))["model_busy"] and s, timeout=60,
+                          interval=0.1, what="the generator to start denoising")
+        wait_until(lambda: _stats(gateway)["denoising_steps"] >= busy["denoising_steps"] + 2,
+                   timeout=60, interval=0.1, what="a step or two")
     finally:
         sock.close()  # the client disconnects
     left = time.monotonic()
