@@ -289,7 +289,7 @@ def job_outcomes(gateway, job_ids: list[str]) -> tuple[Counter, list[str], list[
     reasons: Counter = Counter()
     try:
         for job_id in job_ids:
-            job = records.get_job(job_id=job_id)
+            job = records.get_job(job_id=job_id, project="default")  # the bench key's
             if job is None:
                 open_jobs.append(f"{job_id}: no record")
                 continue

@@ -70,15 +70,18 @@ class Generator:
 
         lower_cpu_priority(niceness)
 
-        from models.diffusion import DiffusionModel
+        from models.diffusion import MAX_IMAGES_PER_REQUEST, DiffusionModel
         from models.registry import spec_for_source
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         spec = spec_for_source(model, family="diffusion", source=source)
         self.model = DiffusionModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
-        self._max_batch_images = max_batch_size
-        self._batched.set_max_batch_size(max_batch_size)
+        self._max_batch_images = max_batch_size  # images per pipeline call
+        # Serve refuses a request larger than its batch size ("Size of item is greater than
+        # max_batch_size"): its queue must admit the largest request (n=10); a request larger
+        # than max_batch_size then runs as several pipeline calls (DiffusionModel.generate).
+        self._batched.set_max_batch_size(max(max_batch_size, MAX_IMAGES_PER_REQUEST))
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._serve_batches: Counter[int] = Counter()  # requests per @serve.batch call
         self._pipeline_batches: Counter[int] = Counter()  # images per pipeline call

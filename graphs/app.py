@@ -78,6 +78,9 @@ class AppArgs(BaseModel):
         "path runs first and sheds overload quickly (BENCHMARKS.md, 'Overload'); 0 = off")
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, description="uploads larger → 413")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="uploads larger → 413")
+    max_request_pixels: int = Field(
+        2 * 4096 * 4096, ge=64 * 64, description="the images of one request together (chat "
+        "uploads, edit references + mask, face-swap pair): more → 413 before any is decoded")
     job_heartbeat_s: float = Field(10.0, gt=0, description="running jobs beat this often")
     session_ttl_s: float = Field(24 * 3600, gt=0, description="idle chat sessions expire")
     job_stale_s: float = Field(60.0, gt=0, description="a running job without a heartbeat "
@@ -171,6 +174,7 @@ def build_app(args: AppArgs) -> Application:
         storage=args.storage,
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,
+        max_request_pixels=args.max_request_pixels,
         job_heartbeat_s=args.job_heartbeat_s,
         job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
         session_ttl_s=args.session_ttl_s,

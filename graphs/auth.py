@@ -141,24 +141,29 @@ class Gate:
                         if config.enabled else b"")
 
     # -- signed asset URLs ----------------------------------------------------------------
-    def _signature(self, asset_id: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{asset_id}:{expires}".encode(),
+    def _signature(self, project: str, asset_id: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{project}/{asset_id}:{expires}".encode(),
                         hashlib.sha256).hexdigest()[:32]
 
-    def sign(self, asset_id: str) -> str:
-        """The query string that lets anyone holding the URL fetch this one asset until it
-        expires ("" with auth off)."""
+    def sign(self, asset_id: str, project: str) -> str:
+        """The query string that lets anyone holding the URL fetch this one asset of `project`
+        until it expires ("" with auth off). The project is signed too: the request it allows
+        reads the asset through its project, like every other read by id."""
         if not self.config.enabled:
             return ""
         expires = int(time.time()) + self.config.asset_url_ttl_s
-        return f"?expires={expires}&sig={self._signature(asset_id, expires)}"
+        return (f"?project={project}&expires={expires}"
+                f"&sig={self._signature(project, asset_id, expires)}")
 
-    def _signed_asset(self, method: str, path: str, query: bytes) -> str | None:
+    def _signed_asset(self, method: str, path: str, query: bytes
+                      ) -> tuple[str, str] | None:
+        """(project, asset id) of a validly signed asset URL; None when it is not one."""
         if method not in ("GET", "HEAD") or not path.startswith("/v1/assets/") or not query:
             return None
         params = parse_qs(query.decode("latin-1"))
         asset_id = path.removeprefix("/v1/assets/")
         try:
+            project = params["project"][0]
             expires = int(params["expires"][0])
             sig = params["sig"][0]
         except (KeyError, ValueError):
@@ -166,10 +171,10 @@ class Gate:
         if expires < time.time():
             raise ApiError(403, "this asset URL has expired; list the job or the gallery "
                            "again for a fresh one", code="url_expired")
-        if not hmac.compare_digest(sig, self._signature(asset_id, expires)):
+        if not hmac.compare_digest(sig, self._signature(project, asset_id, expires)):
             raise ApiError(403, "this asset URL's signature is not valid",
                            code="invalid_signature")
-        return asset_id
+        return project, asset_id
 
     async def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]],
                     query: bytes = b"") -> tuple[Principal, Usage | None]:
@@ -177,9 +182,9 @@ class Gate:
         if not self.config.enabled or path in PUBLIC_PATHS or method == "OPTIONS":
             return self.anonymous, None
         token = _bearer(headers)
-        if token is None and (asset_id := self._signed_asset(method, path, query)):
-            return Principal(key_id=None, project="", scopes=frozenset(),
-                             signed_asset=asset_id), None
+        if token is None and (signed := self._signed_asset(method, path, query)):
+            return Principal(key_id=None, project=signed[0], scopes=frozenset(),
+                             signed_asset=signed[1]), None
         if token is None:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (create "
                            "one with `photostudio keys create --project <id>`)",
@@ -202,12 +207,14 @@ class Gate:
                                                 per_minute=principal.requests_per_minute)
         return principal, usage
 
-    async def charge_images(self, n: int) -> None:
+    async def charge_images(self, n: int) -> ImageCharge:
         """Charge `n` images to the caller's daily quota (429 when over it)."""
         principal = current()
         if principal.key_id is None or n <= 0:
-            return
+            return ImageCharge(None, 0)
         await self.quotas.charge_images(principal.key_id, n, per_day=principal.images_per_day)
+        return ImageCharge(self.quotas, n, key_id=principal.key_id,
+                           per_day=principal.images_per_day)
 
 
 def configure(*, records: Any, config: AuthConfig) -> Gate:
@@ -220,14 +227,48 @@ def configure(*, records: Any, config: AuthConfig) -> Gate:
     return _gate
 
 
-def sign_asset(asset_id: str) -> str:
-    """Query string to append to an asset URL ("" when auth is off or not configured)."""
-    return _gate.sign(asset_id) if _gate is not None else ""
+def sign_asset(asset_id: str, project: str) -> str:
+    """Query string to append to the URL of an asset of `project` ("" when auth is off or not
+    configured)."""
+    return _gate.sign(asset_id, project) if _gate is not None else ""
 
 
-async def charge_images(n: int) -> None:
+async def charge_images(n: int) -> ImageCharge:
+    """THE image accounting of every route, chat plan, workflow, batch or video: charge `n`
+    images to the caller's daily quota before the work runs (ApiError 429 when over it), and
+    `refund` the returned charge for what failed work did not produce."""
     if _gate is not None:
-        await _gate.charge_images(n)
+        return await _gate.charge_images(n)
+    return ImageCharge(None, 0)
+
+
+class ImageCharge:
+    """Images charged to one key's day (`charge_images`). Work marks what it made
+    (`produced`); when it fails, `refund_unproduced` gives back the rest. It remembers the key,
+    so a refund from a background job (async work outlives its request) reaches the right
+    window."""
+
+    def __init__(self, quotas: Quotas | None, images: int, *, key_id: str | None = None,
+                 per_day: int | None = None):
+        self._quotas = quotas
+        self.key_id = key_id
+        self.per_day = per_day
+        self.images = images  # charged and not refunded
+        self._produced = 0
+
+    def produced(self, n: int) -> None:
+        """`n` of the charged images were made (a plan step ran): they stay charged."""
+        self._produced = min(self.images, self._produced + n)
+
+    async def refund_unproduced(self) -> int:
+        """Give back what was charged and not produced; returns how many."""
+        n = self.images - self._produced
+        if n <= 0:
+            return 0
+        self.images -= n
+        if self._quotas is not None and self.key_id is not None:
+            await self._quotas.refund_images(self.key_id, n, per_day=self.per_day)
+        return n
 
 
 class AuthMiddleware:

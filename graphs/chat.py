@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from graphs import auth
 from graphs.errors import ApiError
 from graphs.generation import GenerationService, Options
 from graphs.jobs import JobRunner, Output
@@ -47,6 +48,16 @@ INTENT_LABELS = {
     "image_generation": "generated", "image_edit": "edited", "face_swap": "face-swapped",
     "background_removal": "cut out", "upscale": "upscaled", "style_transfer": "restyled",
 }
+
+
+def step_images(step) -> int:
+    """Images a plan step makes (what it is charged): a generation or edit its `n`, any other
+    image step one."""
+    if step.intent == "general":
+        return 0
+    if step.intent in ("image_generation", "image_edit"):
+        return int(step.params.get("n") or 1)
+    return 1
 
 
 class TurnWriter:
@@ -117,11 +128,22 @@ class ChatService:
         if session_id is None:
             return await self._write(self.records.create_session, project=self.runner.project)
         session = await asyncio.to_thread(self.records.get_session, session_id=session_id,
-                                          message_limit=20)
-        if session is None or session.project != self.runner.project:  # another project's
+                                          project=self.runner.project, message_limit=20)
+        if session is None:  # missing, or another project's
             raise ApiError(404, f"no session {session_id!r}", param="session_id",
                            code="not_found")
         return session
+
+    async def check_context(self, overrides: dict[str, Any] | None) -> None:
+        """Ids the client puts in the context must be the caller's own: an unknown or another
+        project's image is a 404, whatever the message asks (a dry-run plan too)."""
+        image_id = (overrides or {}).get("last_image_id")
+        if image_id is None:
+            return
+        if not isinstance(image_id, str) or await asyncio.to_thread(
+                self.records.get_asset, asset_id=image_id, project=self.runner.project) is None:
+            raise ApiError(404, f"no asset {image_id!r}", param="context.last_image_id",
+                           code="not_found")
 
     @staticmethod
     def context(session, overrides: dict[str, Any] | None):
@@ -168,8 +190,21 @@ class ChatService:
         # a new session is created once the message is planned (a failed plan leaves none)
         session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
-        upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
+        await self.check_context(context)
         plan = await self.plan(message, images=len(uploads), context=ctx)
+        image_steps = [s for s in plan.steps if s.intent != "general"]
+        # every image this plan makes, charged before any of it runs (429 before a job exists)
+        runs = bool(image_steps) and not plan.missing_inputs  # else a text answer
+        # images the plan takes from the session, resolved in the caller's project now: an
+        # unknown or foreign id is a 404 before anything is charged, stored or run
+        session_images = await self._session_images(image_steps, ctx) if runs else {}
+        charge = await auth.charge_images(sum(map(step_images, image_steps)) if runs else 0)
+        try:
+            # uploads are stored once the message is planned: a refused request stores nothing
+            upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
+        except BaseException:
+            await asyncio.shield(charge.refund_unproduced())
+            raise
         user_message = {"role": "user", "content": message, "image_ids": upload_ids,
                         "data": {"context": {"last_image_id": upload_ids[-1]}}
                         if upload_ids else {}}
@@ -179,8 +214,7 @@ class ChatService:
         if plan.llm_error:
             metadata["llm_error"] = plan.llm_error
         plan_json = plan.model_dump(mode="json")
-        image_steps = [s for s in plan.steps if s.intent != "general"]
-        if plan.missing_inputs or not image_steps:
+        if not runs:
             text = (plan.clarification if plan.missing_inputs else HELP_TEXT) or HELP_TEXT
             answer = {"role": "assistant", "content": text, "image_ids": [],
                       "data": {"type": "text", "context": {}, "plan": plan_json}}
@@ -194,10 +228,14 @@ class ChatService:
                     "create a cat wearing a crown", "remove the background",
                     "swap my face onto the knight, then upscale"])
 
-        session_id = await self.turns.add(session_id=session.id if session else None,
-                                          project=self.runner.project,
-                                          messages=[user_message])
-        images_by_source = {"upload": uploads}
+        try:
+            session_id = await self.turns.add(session_id=session.id if session else None,
+                                              project=self.runner.project,
+                                              messages=[user_message])
+        except BaseException:
+            await asyncio.shield(charge.refund_unproduced())
+            raise
+        images_by_source = {"upload": uploads, "session": session_images}
         done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
         last = image_steps[-1]
         prompt = next((s.params.get("prompt") for s in image_steps if s.params.get("prompt")),
@@ -214,7 +252,8 @@ class ChatService:
             meta["timings"]["total"] = time.perf_counter() - started
             # the asset rows as the runner stored them: their records are written with the
             # job's success, after this
-            images = [ChatImage(id=asset.id, url=self.runner.asset_url(asset.id, base_url),
+            images = [ChatImage(id=asset.id, url=self.runner.asset_url(asset.id, base_url,
+                                                                       asset.project),
                                 width=asset.width, height=asset.height,
                                 format=asset.content_type.split("/")[-1])
                       for asset in assets]
@@ -247,8 +286,8 @@ class ChatService:
             kind="chat", prompt=message, params={"plan": plan_json, "session_id": session_id},
             model_info={"name": "chat", "tiny": False, "fallback": False,
                         "fallback_reason": None},
-            work=lambda progress: self._execute(plan, images_by_source, ctx, progress),
-            base_url=base_url, async_job=async_job, on_success=remember)
+            work=lambda progress: self._execute(plan, images_by_source, ctx, progress, charge),
+            base_url=base_url, async_job=async_job, on_success=remember, images=charge)
         if isinstance(response, str):  # async: the job runs on; the session learns at the end
             return ChatResponse(
                 session_id=session_id, type="processing", data=ChatData(
@@ -269,9 +308,24 @@ class ChatService:
             return uploads["upload"][ref.index or 0]
         if ref.source == "previous_step":
             return outputs[ref.index if ref.index is not None else -1]
-        return await self.runner.load_image(ref.image_id or ctx.last_image_id)
+        return uploads["session"][ref.image_id or ctx.last_image_id]
 
-    async def _execute(self, plan, uploads: dict, ctx, progress) -> Output:
+    async def _session_images(self, steps, ctx) -> dict[str, np.ndarray]:
+        """The session images `steps` read, by id, each resolved once through the runner
+        (`JobRunner.load_image`: the caller's project only, upload limits)."""
+        images: dict[str, np.ndarray] = {}
+        for step in steps:
+            for ref in step.inputs:
+                if ref.source != "session":
+                    continue
+                image_id = ref.image_id or ctx.last_image_id
+                if image_id not in images:
+                    images[image_id] = await self.runner.load_image(
+                        image_id, param="context.last_image_id")
+        return images
+
+    async def _execute(self, plan, uploads: dict, ctx, progress,
+                       charge: auth.ImageCharge | None = None) -> Output:
         outputs: list[np.ndarray] = []  # each step's first image, by step index
         models: dict[str, str] = {}
         steps_meta = []
@@ -290,6 +344,8 @@ class ChatService:
                     await self._input(ref, uploads, outputs, ctx))
             started = time.perf_counter()
             out, refined = await self._run_step(step, inputs)
+            if charge is not None:  # a failing later step refunds only what it did not make
+                charge.produced(step_images(step))
             refined_prompt = refined or refined_prompt
             timings[f"step{index}_{step.intent}"] = time.perf_counter() - started
             models[step.intent] = out.model

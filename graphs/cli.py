@@ -1,6 +1,7 @@
 """`photostudio` command line: run the gateway locally, build the tiny model zoo.
 
     photostudio serve [--profile tiny|local|production] [--host H] [--port N] [--gpus N]
+                      [--ray-host H]
     photostudio zoo build [--zoo-dir DIR]
 """
 
@@ -57,6 +58,43 @@ def free_port(host: str = "127.0.0.1") -> int:
 # (plain-text 503s and 500s; BENCHMARKS.md, "Overload and faults"). Raise it with more
 # ingress replicas per node.
 HAPROXY_MAXCONN = 256
+# HAProxy's client-side timeouts (Serve's defaults: no `timeout http-request`, `timeout
+# client` 3600 s, keep-alive 90 s: 256 silent sockets would hold every `maxconn` slot).
+# Request headers (each request's, kept-alive ones' too) must arrive whole within this long,
+# else 408 and close (slowloris); set by graphs/haproxy_guard.py, Serve has no knob for it.
+HAPROXY_TIMEOUT_HTTP_REQUEST_S = 10
+# A client silent this long while sending its body or reading the answer is dropped (a slow
+# model answer or a quiet SSE stream is not: HAProxy waits on the server then, not the client).
+HAPROXY_TIMEOUT_CLIENT_S = 60
+# An idle kept-alive connection is closed after this long (serve.start's http_options, as
+# serve_config.yaml's; also the replicas' uvicorn keep-alive).
+KEEP_ALIVE_TIMEOUT_S = 10
+# Where Ray's own servers listen with `photostudio serve` (GCS, raylet, workers, agents,
+# dashboard) unless --ray-host says otherwise; HAProxy's stats page and Prometheus exporter
+# listen here always (graphs/haproxy_guard.py).
+LOCAL_HOST = "127.0.0.1"
+
+
+def local_ray_options(ray_host: str = LOCAL_HOST) -> tuple[dict[str, str], dict]:
+    """(environment, `ray.init` keyword arguments) for a local Ray whose servers listen on
+    `ray_host`. Ray turns a loopback node address into the machine's routable one (it
+    assumes a cluster) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's switch for a
+    single-machine Ray: with it and node address 127.0.0.1, GCS, raylet, workers and agents
+    listen on loopback only. The dashboard stays on 127.0.0.1 either way."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(ray_host).is_loopback
+    except ValueError:
+        loopback = ray_host == "localhost"
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if loopback else {}
+    return env, {"_node_ip_address": ray_host, "dashboard_host": LOCAL_HOST}
+
+
+def http_options(host: str, port: int) -> dict:
+    """`serve.start`'s http_options for `photostudio serve` (serve_config.yaml's in
+    production)."""
+    return {"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_TIMEOUT_S}
 
 
 def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
@@ -68,7 +106,10 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     ingress replicas (direct ingress) instead of Serve's Python proxy, whose one process is
     the request-rate ceiling of a small machine; its config, admin socket and state files go
     under `state_dir` (Serve's default, /tmp/haproxy-serve, is shared by every Serve on the
-    machine), and it holds at most `HAPROXY_MAXCONN` connections. `throughput_optimized`:
+    machine), and it holds at most `HAPROXY_MAXCONN` connections, with the client timeouts
+    above; Serve starts it through graphs/haproxy_guard.py (request-header timeout, stats and
+    metrics on 127.0.0.1, admin socket for this user only). An operator's own value of any
+    of these variables wins over ours. `throughput_optimized`:
     Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED (user code on the replica's event loop, gRPC
     between replicas, buffered request logs): any blocking call in an async method then
     stalls the replica's HTTP server. `free_ports`: HAProxy's stats and
@@ -85,11 +126,20 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
             digest = hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
             state = Path(tempfile.gettempdir()) / f"psh-{digest}"
         state.mkdir(parents=True, exist_ok=True)
+        state.chmod(0o700)  # HAProxy's admin socket and config: this user only
+        from graphs.haproxy_guard import write_launcher
+
+        ours = {
+            "RAY_SERVE_HAPROXY_MAXCONN": str(HAPROXY_MAXCONN),
+            "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_TIMEOUT_CLIENT_S),
+            "PHOTOSTUDIO_HAPROXY_TIMEOUT_HTTP_REQUEST_S": str(HAPROXY_TIMEOUT_HTTP_REQUEST_S),
+            "PHOTOSTUDIO_HAPROXY_STATS_HOST": LOCAL_HOST,
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_launcher(state / "haproxy-guard")),
+        }
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             # an operator's own value wins over ours
-            "RAY_SERVE_HAPROXY_MAXCONN": os.environ.get("RAY_SERVE_HAPROXY_MAXCONN",
-                                                        str(HAPROXY_MAXCONN)),
+            **{name: os.environ.get(name, value) for name, value in ours.items()},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
@@ -120,12 +170,15 @@ def _serve(ns: argparse.Namespace) -> int:
     else:
         console.print("[yellow bold]API-key auth is OFF[/] (--no-auth): anyone who can reach "
                       "the port can use the gateway")
-    if profile != "production":
-        # Ray 2.60 turns token auth on by default; a local single-user gateway doesn't need it.
+    ray_env, ray_kwargs = local_ray_options(ns.ray_host or LOCAL_HOST)
+    if profile != "production" and (ray_env or ns.address):
+        # Ray 2.60 turns token auth on by default; a local single-user gateway whose Ray
+        # listens on loopback only doesn't need it (a local Ray on another address keeps it).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Ray's unix sockets live under its temp dir and must stay under ~107 characters.
+    # Ray's unix sockets live under its temp dir and must stay under 108 characters:
+    # "<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" adds up to 64.
     ray_tmp = data_dir / "ray"
-    if len(str(ray_tmp)) > 48:
+    if len(str(ray_tmp)) > 40:
         ray_tmp = Path("/tmp") / f"photostudio-ray-{os.getuid()}"
         console.print(f"[yellow]data dir path is long; Ray temp files go to {ray_tmp}")
     if not ns.address:
@@ -137,6 +190,14 @@ def _serve(ns: argparse.Namespace) -> int:
         # 8404/9101 that a second gateway (or a leftover HAProxy) on the machine already holds
         for name, value in request_path_env(ray_tmp, haproxy=haproxy, free_ports=True).items():
             os.environ.setdefault(name, value)
+        for name, value in ray_env.items():  # read when Ray is imported: set before
+            os.environ.setdefault(name, value)
+        # Serve's HTTP servers drop unsafe X-Request-IDs and Serve's per-request hint headers
+        # from clients (graphs/serve_proxy.py); read by Ray's processes: set before it starts
+        from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
+
+        for name, value in SERVE_PROXY_ENV.items():
+            os.environ.setdefault(name, value)
 
     import ray
     from ray import serve
@@ -146,7 +207,7 @@ def _serve(ns: argparse.Namespace) -> int:
     # Logical CPUs, not cores: the graph's six deployments ask for ~5.5 CPUs between them, and
     # on a small machine they share the cores (the models mostly wait on each other anyway).
     init_kwargs: dict = {"_temp_dir": str(ray_tmp), "include_dashboard": ns.dashboard,
-                         "num_cpus": max(8, os.cpu_count() or 1)}
+                         "num_cpus": max(8, os.cpu_count() or 1), **ray_kwargs}
     if ns.gpus is not None:
         init_kwargs["num_gpus"] = ns.gpus  # logical GPUs: lets fractions schedule anywhere
     if ns.address:
@@ -163,8 +224,8 @@ def _serve(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        serve.start(http_options={"host": ns.host or settings.host,
-                                  "port": ns.port or settings.port})
+        serve.start(http_options=http_options(ns.host or settings.host,
+                                              ns.port or settings.port))
         args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
                        use_gpu=(ns.gpus or 0) > 0 or None, auth_enabled=auth_enabled)
         console.print(f"[bold]Deploying[/] profile={profile} (first start may build tiny models)")
@@ -245,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="generator model name (see registry)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--address", default=None, help="connect to an existing Ray cluster")
+    p.add_argument("--ray-host", default=None,
+                   help="address Ray's own servers (GCS, raylet, workers, agents) listen on; "
+                        "default 127.0.0.1: this machine only. Another address keeps Ray's "
+                        "token auth on (README, Production deploy)")
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="start the Ray dashboard (http://127.0.0.1:8265)")
     p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,

@@ -20,10 +20,9 @@ saves a deployment hop and a copy of the image.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import (
@@ -36,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from graphs import safe_json
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -46,6 +47,10 @@ MAX_FACTOR = 5.0
 MIN_BLUR_RADIUS = 0.1
 MAX_BLUR_RADIUS = 100.0
 MAX_COLOUR_CHARS = 64
+# Work budget of one chain, in cost units (`_Op.cost`: about a nanosecond of one core of the
+# 2-core dev machine per unit): ~3 s of CPU. A tiny upload resized to 4096x4096 and blurred 19
+# times at radius 100 (~40 s there) is refused before any pixel work.
+MAX_CHAIN_COST = 3_000_000_000
 
 Resample = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
 Size = tuple[int, int]  # (width, height), as Pillow counts
@@ -54,9 +59,16 @@ Size = tuple[int, int]  # (width, height), as Pillow counts
 class _Op(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # cost units per pixel (measured with Pillow on the 2-core dev machine, ~ns per pixel)
+    weight: ClassVar[float] = 10.0
+
     def output_size(self, size: Size, path: str, max_pixels: int = MAX_PIXELS) -> Size:
         """Size after this op; raises `ValueError` (starting with `path`) if it can't apply."""
         return size
+
+    def cost(self, size: Size, new: Size) -> float:
+        """Work of this op from `size` to `new`, in cost units (see MAX_CHAIN_COST)."""
+        return self.weight * max(size[0] * size[1], new[0] * new[1])
 
     def apply(self, img: Image.Image) -> Image.Image:  # pragma: no cover - every op overrides
         raise NotImplementedError
@@ -107,6 +119,7 @@ class CropOp(_Op):
     """Keep the rectangle (x, y, width, height); it must lie inside the image."""
 
     op: Literal["crop"] = "crop"
+    weight: ClassVar[float] = 1.0
     x: int = Field(..., ge=0, le=MAX_SIDE, description="left edge, pixels from the left")
     y: int = Field(..., ge=0, le=MAX_SIDE, description="top edge, pixels from the top")
     width: int = Field(..., ge=1, le=MAX_SIDE)
@@ -139,6 +152,9 @@ class ResizeOp(_Op):
         nw = self.width if self.width is not None else max(1, round(w * self.height / h))
         nh = self.height if self.height is not None else max(1, round(h * self.width / w))
         return (nw, nh)
+
+    def cost(self, size: Size, new: Size) -> float:
+        return self.weight * (size[0] * size[1] + new[0] * new[1])
 
     def output_size(self, size: Size, path: str, max_pixels: int = MAX_PIXELS) -> Size:
         new = self.target_size(size)
@@ -189,6 +205,10 @@ class RotateOp(_Op):
                              f"limit of {MAX_SIDE} pixels per side and {max_pixels:,} pixels in "
                              "all; set expand to false or resize first")
         return new
+
+    def cost(self, size: Size, new: Size) -> float:
+        right_angle = self.degrees % 90.0 == 0.0  # a transpose; any other angle resamples
+        return (10.0 if right_angle else 80.0) * max(size[0] * size[1], new[0] * new[1])
 
     def _fill_for(self, mode: str) -> tuple[int, ...]:
         from PIL import ImageColor
@@ -260,6 +280,7 @@ class ContrastOp(_Op):
     """Scale contrast about the mean grey: 0 is flat grey, 1 unchanged."""
 
     op: Literal["contrast"] = "contrast"
+    weight: ClassVar[float] = 30.0
     factor: float = _FACTOR
 
     def apply(self, img: Image.Image) -> Image.Image:
@@ -272,6 +293,7 @@ class SaturationOp(_Op):
     """Scale colour saturation: 0 is greyscale, 1 unchanged, 2 twice as colourful."""
 
     op: Literal["saturation"] = "saturation"
+    weight: ClassVar[float] = 35.0
     factor: float = _FACTOR
 
     def apply(self, img: Image.Image) -> Image.Image:
@@ -284,6 +306,7 @@ class GrayscaleOp(_Op):
     """Convert to grey (ITU-R 601 luma); the result keeps 3 (or 4) equal colour channels."""
 
     op: Literal["grayscale"] = "grayscale"
+    weight: ClassVar[float] = 15.0
 
     def apply(self, img: Image.Image) -> Image.Image:
         from PIL import ImageOps
@@ -304,6 +327,15 @@ class BlurOp(_Op):
         if self.region is not None:
             _check_inside(self.region, size, f"{path}.region")
         return size
+
+    def cost(self, size: Size, new: Size) -> float:
+        if self.region is None:
+            pixels = size[0] * size[1]
+        else:  # the region and its margin (see apply)
+            pad = 2 * (math.ceil(3 * self.radius) + 4)
+            pixels = min(size[0], self.region.width + pad) * min(size[1],
+                                                                 self.region.height + pad)
+        return (60.0 + 0.7 * self.radius) * pixels
 
     def _blur(self, img: Image.Image) -> Image.Image:
         from PIL import ImageFilter
@@ -406,7 +438,7 @@ def parse_edit_request(data: str | bytes | list[Any] | dict[str, Any]) -> EditRe
     """
     if isinstance(data, str | bytes):
         try:
-            data = json.loads(data)
+            data = safe_json.loads(data, what="ops")  # depth-limited: never RecursionError
         except ValueError as exc:
             raise ValueError(f"ops must be a JSON list of edit ops ({exc})") from None
     if isinstance(data, list):
@@ -435,20 +467,40 @@ def _coerce_ops(ops: Sequence[Any]) -> list[_Op]:
         raise _as_value_error(exc, "ops") from None
 
 
-def check_ops(size: Size, ops: Sequence[EditOp], *, max_pixels: int = MAX_PIXELS) -> Size:
+def check_ops(size: Size, ops: Sequence[EditOp], *, max_pixels: int = MAX_PIXELS,
+              max_cost: float = MAX_CHAIN_COST) -> Size:
     """Check the chain against an image of `size` (width, height); return the output size.
 
     Cheap (no pixels): call it as soon as the image size is known to reject a bad chain before
-    any work. Raises `ValueError` whose message starts with the op's parameter path.
+    any work: geometry, and the chain's total work (`chain_cost`) against `max_cost`. Raises
+    `ValueError` whose message starts with the op's parameter path.
     """
     checked = _coerce_ops(ops)
     w, h = size
     if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > max_pixels:
         raise ValueError(f"image must be 1 to {MAX_SIDE} pixels per side and at most "
                          f"{max_pixels:,} pixels in all, got {w}x{h}")
+    total = 0.0
     for i, op in enumerate(checked):
-        size = op.output_size(size, f"ops[{i}]", max_pixels)
+        new = op.output_size(size, f"ops[{i}]", max_pixels)
+        total += op.cost(size, new)
+        if total > max_cost:
+            raise ValueError(
+                f"ops[{i}] takes the chain over its work budget ({total / max_cost:.1f}x of "
+                f"{max_cost:,.0f} units by this op, ~ pixels x op weight): apply fewer ops, a "
+                "smaller blur radius or region, or work on a smaller image")
+        size = new
     return size
+
+
+def chain_cost(size: Size, ops: Sequence[EditOp], *, max_pixels: int = MAX_PIXELS) -> float:
+    """The chain's total work on an image of `size`, in cost units (no budget applied)."""
+    total = 0.0
+    for i, op in enumerate(_coerce_ops(ops)):
+        new = op.output_size(size, f"ops[{i}]", max_pixels)
+        total += op.cost(size, new)
+        size = new
+    return total
 
 
 def apply_ops(image: np.ndarray, ops: Sequence[EditOp], *,
@@ -478,6 +530,7 @@ def apply_ops(image: np.ndarray, ops: Sequence[EditOp], *,
 __all__ = [
     "BlurOp", "BrightnessOp", "ContrastOp", "CropOp", "EditOp", "EditRequest", "FlipOp",
     "GrayscaleOp", "MAX_OPS", "MAX_PIXELS", "MAX_SIDE", "OP_NAMES", "Region", "ResizeOp",
-    "RotateOp", "SaturationOp", "apply_ops", "check_ops", "param_path", "parse_edit_request",
+    "MAX_CHAIN_COST", "RotateOp", "SaturationOp", "apply_ops", "chain_cost", "check_ops",
+    "param_path", "parse_edit_request",
     "rotated_size",
 ]

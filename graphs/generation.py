@@ -235,8 +235,8 @@ class GenerationService:
 
     async def stream(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,
                      info: dict[str, Any], base_url: str, event_prefix: str,
-                     images_in: int = 0, alpha: np.ndarray | None = None
-                     ) -> AsyncIterator[dict[str, str]]:
+                     charge: auth.ImageCharge, images_in: int = 0,
+                     alpha: np.ndarray | None = None) -> AsyncIterator[dict[str, str]]:
         """SSE events (sse-starlette dicts). Errors after the stream started become an
         `error` event carrying the usual envelope."""
         previews: asyncio.Queue = asyncio.Queue()
@@ -262,7 +262,7 @@ class GenerationService:
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
             base_url=base_url, response_format="b64_json", output_format=opts.output_format,
-            compression=opts.output_compression, images=0))  # charged before the stream
+            compression=opts.output_compression, images=charge))  # charged before the stream
         try:
             while not job.done() or not previews.empty():
                 getter = asyncio.ensure_future(previews.get())
@@ -305,9 +305,10 @@ class GenerationService:
         info = await self.model_info()
         req = self._request(prompt, opts, info)
         if opts.stream:
-            await auth.charge_images(opts.n)  # a 429 before the stream starts
+            charge = await auth.charge_images(opts.n)  # a 429 before the stream starts
             return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
-                               info=info, base_url=base_url, event_prefix="image_generation")
+                               info=info, base_url=base_url, event_prefix="image_generation",
+                               charge=charge)
         return await self.run(kind="generations", prompt=prompt, req=req, opts=opts, info=info,
                               base_url=base_url, async_job=async_job)
 
@@ -343,9 +344,9 @@ class GenerationService:
         req = self._request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
                             mask=repaint, strength=strength)
         if opts.stream:
-            await auth.charge_images(opts.n)
+            charge = await auth.charge_images(opts.n)
             return self.stream(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
-                               base_url=base_url, event_prefix="image_edit",
+                               base_url=base_url, event_prefix="image_edit", charge=charge,
                                images_in=len(images), alpha=alpha)
         return await self.run(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
                               base_url=base_url, images_in=len(images), alpha=alpha,

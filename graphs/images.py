@@ -73,15 +73,9 @@ class ImageInputError(ValueError):
         self.code = code
 
 
-def decode(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
-           max_bytes: int = DEFAULT_MAX_BYTES, keep_alpha: bool = True) -> np.ndarray:
-    """Decode an uploaded image once, at the edge, to an HxWx3 (or HxWx4) uint8 array.
-
-    Honours EXIF orientation; converts palette, grayscale, CMYK and 16-bit images to 8-bit
-    RGB(A); refuses non-images, truncated files, animations, and images over `max_pixels`
-    (checked from the header, before pixels are decoded: a decompression-bomb guard).
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _open(data: bytes, *, field: str, max_pixels: int, max_bytes: int):
+    """The image's header, checked (format, size, frames) before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageInputError(field, "the file is empty; upload a PNG, JPEG or WebP image")
@@ -112,6 +106,40 @@ def decode(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_P
     if getattr(img, "n_frames", 1) > 1:
         raise ImageInputError(field, "animated images are not supported; upload one frame",
                               status=415, code="unsupported_image")
+    return img
+
+
+def probe(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+          max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, int]:
+    """(width, height) from the header alone, with every check `decode` makes before it
+    decodes: cheap, so a request's uploads can be budgeted before any of them is decoded."""
+    return _open(data, field=field, max_pixels=max_pixels, max_bytes=max_bytes).size
+
+
+def check_pixel_budget(sizes: list[tuple[str, tuple[int, int]]], *, max_total_pixels: int
+                       ) -> None:
+    """The uploads of one request together (`(field, (width, height))` each, from `probe`)
+    stay within `max_total_pixels`: decoding them all is what holds memory."""
+    total = sum(w * h for _, (w, h) in sizes)
+    if total > max_total_pixels:
+        largest = max(sizes, key=lambda item: item[1][0] * item[1][1])
+        raise ImageInputError(
+            largest[0], f"the {len(sizes)} images of this request have {total} pixels "
+            f"together; the limit per request is {max_total_pixels} pixels: send fewer or "
+            f"smaller images", status=413, code="images_too_large")
+
+
+def decode(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_bytes: int = DEFAULT_MAX_BYTES, keep_alpha: bool = True) -> np.ndarray:
+    """Decode an uploaded image once, at the edge, to an HxWx3 (or HxWx4) uint8 array.
+
+    Honours EXIF orientation; converts palette, grayscale, CMYK and 16-bit images to 8-bit
+    RGB(A); refuses non-images, truncated files, animations, and images over `max_pixels`
+    (checked from the header, before pixels are decoded: a decompression-bomb guard).
+    """
+    from PIL import Image, ImageOps
+
+    img = _open(data, field=field, max_pixels=max_pixels, max_bytes=max_bytes)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphs import auth, errors, middleware, observability
 from graphs.auth import AuthConfig
@@ -62,6 +63,26 @@ errors.install(app)
 # carry the request id, metrics and CORS headers of the middlewares below.
 app.add_middleware(auth.AuthMiddleware)
 auth.document(app)
+
+
+def _document_chat_request(app: FastAPI) -> None:
+    """/v1/chat and /v1/chat/plan read their body themselves (JSON or multipart), so FastAPI
+    does not publish the `ChatRequest` schema their JSON body refers to: add it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = build()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        if "ChatRequest" not in schemas:
+            schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas["ChatRequest"] = schema
+        return spec
+
+    app.openapi = openapi
+
+
+_document_chat_request(app)
 # Body limit (413), timeout (504, cancels model calls), request id, CORS, metrics. Before
 # @serve.ingress(app): Serve freezes the app when the class is decorated.
 middleware.install(app, middleware.HardeningConfig.from_settings())
@@ -75,6 +96,7 @@ class IngressConfig(BaseModel):
     project: str = "default"
     storage: dict[str, Any] = {}  # StorageSettings overrides (the environment fills the rest)
     max_image_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2 * 4096 * 4096  # all the images of one request together
     max_upload_bytes: int = 20 * 1024 * 1024
     job_heartbeat_s: float = 10.0
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
@@ -143,7 +165,8 @@ def _job_json(record, base_url: str) -> dict[str, Any]:
         "started_at": record.started_at.isoformat() if record.started_at else None,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "result": record.result, "error": record.error,
-        "assets": [{"id": a, "url": JobRunner.asset_url(a, base_url)} for a in record.asset_ids],
+        "assets": [{"id": a, "url": JobRunner.asset_url(a, base_url, record.project)}
+                   for a in record.asset_ids],
         "links": {"self": f"/v1/jobs/{record.id}", "events": f"/v1/jobs/{record.id}/events"},
     }
 
@@ -221,14 +244,17 @@ class Ingress:
         auth.configure(records=self.records,
                        config=config.auth.model_copy(update={"project": config.project}))
         self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project,
-                                heartbeat_s=config.job_heartbeat_s)
+                                heartbeat_s=config.job_heartbeat_s,
+                                max_image_pixels=config.max_image_pixels,
+                                max_image_bytes=config.max_upload_bytes)
         self.generation = GenerationService(generator=generator, runner=self.runner,
                                             matting=matting)
         self.tools = ToolService(
             handles={"matting": matting, "faceswap": faceswap, "upscaler": upscaler},
             generation=self.generation, runner=self.runner,
             limits=Limits(max_pixels=config.max_image_pixels,
-                          max_upload_bytes=config.max_upload_bytes))
+                          max_upload_bytes=config.max_upload_bytes,
+                          max_request_pixels=config.max_request_pixels))
         self.router = router
         self.llm = llm
         self._sessions_swept = 0.0
@@ -236,19 +262,24 @@ class Ingress:
                                         tools=self.tools, runner=self.runner)
 
     def _base_url(self, request: Request) -> str:
+        """Base of the URLs in responses: `public_base_url` (PHOTOSTUDIO_PUBLIC_BASE_URL),
+        else the request's base URL, whose scheme and host `middleware.PublicOrigin` has
+        already fixed (trusted proxies or allowed hosts only: never any client's Host)."""
         return self.config.public_base_url or str(request.base_url)
 
     async def _reply(self, result: Any, request: Request) -> Any:
         """JSON, an SSE stream, or for async jobs 202 + the job (Location: /v1/jobs/{id})."""
         if isinstance(result, str):
-            record = await asyncio.to_thread(self.records.get_job, job_id=result)
+            record = await asyncio.to_thread(self.records.get_job, job_id=result,
+                                             project=auth.current_project())
             return JSONResponse(_job_json(record, self._base_url(request)), status_code=202,
                                 headers={"Location": f"/v1/jobs/{result}"})
         return _maybe_stream(result)
 
     async def _job(self, job_id: str):
-        record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
-        if record is None or record.project != auth.current_project():
+        record = await asyncio.to_thread(self.records.get_job, job_id=job_id,
+                                         project=auth.current_project())
+        if record is None:
             raise ApiError(404, f"no job {job_id!r}", param="job_id", code="not_found")
         return record
 
@@ -286,7 +317,7 @@ class Ingress:
                                        limit=limit, cursor=cursor)
         base = self._base_url(request)
         return {"object": "list", "next_cursor": page.next_cursor, "data": [{
-            "id": a.id, "kind": a.kind, "url": self.runner.asset_url(a.id, base),
+            "id": a.id, "kind": a.kind, "url": self.runner.asset_url(a.id, base, project_id),
             "content_type": a.content_type, "width": a.width, "height": a.height,
             "size_bytes": a.size_bytes, "created_at": a.created_at.isoformat(),
             "job_id": a.job_id, "prompt": a.prompt, "parameters": a.params,
@@ -294,24 +325,25 @@ class Ingress:
 
     @app.delete("/v1/assets/{asset_id}", tags=["assets"], responses=ERROR_RESPONSES)
     async def delete_asset(self, asset_id: str) -> dict[str, Any]:
-        await self._asset(asset_id)
+        record = await self._asset(asset_id)
         await asyncio.to_thread(self.records.delete_asset, asset_id=asset_id,
-                                assets=self.assets)
+                                project=record.project, assets=self.assets)
         return {"id": asset_id, "deleted": True}
 
     async def _asset(self, asset_id: str):
-        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
         principal = auth.current()
-        visible = record is not None and (
-            principal.signed_asset == asset_id if principal.signed_asset
-            else record.project == principal.project)
-        if not visible:
+        # a signed URL reads only its own asset, in the project it was signed for
+        visible = principal.signed_asset is None or principal.signed_asset == asset_id
+        record = visible and await asyncio.to_thread(
+            self.records.get_asset, asset_id=asset_id, project=principal.project)
+        if not record:
             raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
         return record
 
     async def _session(self, session_id: str):
-        record = await asyncio.to_thread(self.records.get_session, session_id=session_id)
-        if record is None or record.project != auth.current_project():
+        record = await asyncio.to_thread(self.records.get_session, session_id=session_id,
+                                         project=auth.current_project())
+        if record is None:
             raise ApiError(404, f"no session {session_id!r}", param="session_id",
                            code="not_found")
         return record
@@ -350,7 +382,8 @@ class Ingress:
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=ERROR_RESPONSES)
     async def cancel_job(self, job_id: str, request: Request) -> dict[str, Any]:
         await self._job(job_id)
-        record = await asyncio.to_thread(self.records.request_cancel, job_id=job_id)
+        record = await asyncio.to_thread(self.records.request_cancel, job_id=job_id,
+                                         project=auth.current_project())
         return _job_json(record, self._base_url(request))
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -359,13 +392,19 @@ class Ingress:
         `succeeded`, `failed`, `cancelled` with the job, and the stream ends."""
         from sse_starlette.sse import EventSourceResponse
 
-        await self._job(job_id)
+        project = (await self._job(job_id)).project
         base = self._base_url(request)
 
         async def events():
             last = None
             while True:
-                record = await asyncio.to_thread(self.records.get_job, job_id=job_id)
+                record = await asyncio.to_thread(self.records.get_job, job_id=job_id,
+                                                 project=project)
+                if record is None:  # deleted meanwhile (retention)
+                    yield {"event": "error", "data": json.dumps({"error": {
+                        "message": f"job {job_id!r} was deleted", "type": "not_found_error",
+                        "param": "job_id", "code": "not_found"}})}
+                    return
                 state = (record.status, record.progress, record.step)
                 if state != last:
                     last = state
@@ -470,11 +509,12 @@ class Ingress:
         if len(uploads) > MAX_EDIT_IMAGES:
             raise ApiError(400, f"give 1 to {MAX_EDIT_IMAGES} images, got {len(uploads)}",
                            param="image", code="too_many_images")
-        blobs = [await f.read() for f in uploads]
-        decoded = await asyncio.gather(*(
-            self.tools.decode(blob, "image" if i == 0 else f"image[{i}]")
-            for i, blob in enumerate(blobs)))
-        mask_array = await self.tools.decode(await mask.read(), "mask") if mask else None
+        files = [("image" if i == 0 else f"image[{i}]", await f.read())
+                 for i, f in enumerate(uploads)]
+        if mask is not None:
+            files.append(("mask", await mask.read()))
+        decoded = await self.tools.decode_many(files)
+        mask_array = decoded.pop() if mask is not None else None
         opts = Options(n=n, size=size, quality=quality, background=background,
                        output_format=output_format, output_compression=output_compression,
                        response_format=response_format, stream=stream,
@@ -627,9 +667,17 @@ class Ingress:
     # -- chat -----------------------------------------------------------------------------
     async def _chat_input(self, request: Request) -> tuple[ChatRequest, list[UploadFile]]:
         """POST /v1/chat takes JSON, or multipart with the same fields plus `image` files."""
+        from graphs import safe_json
+
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
-            form = await request.form()
+            try:  # the parser stops at the first file over the limit: nothing more is read
+                form = await request.form(max_files=MAX_IMAGES, max_fields=16)
+            except StarletteHTTPException as exc:
+                raise ApiError(400, f"{exc.detail} A chat message takes at most {MAX_IMAGES} "
+                               "images (fields 'image' / 'image[]') and the fields message, "
+                               "session_id and context", param="image",
+                               code="too_many_files") from None
             await reject_unknown_fields(request, {"message", "session_id", "context", "image",
                                                   "image[]"})
             files = [f for key in ("image", "image[]") for f in form.getlist(key)
@@ -637,16 +685,17 @@ class Ingress:
             fields = {k: form.get(k) for k in ("message", "session_id", "context")
                       if form.get(k) is not None}
             if "context" in fields:
-                try:
-                    fields["context"] = json.loads(fields["context"])
-                except ValueError:
-                    raise ApiError(400, "context must be a JSON object", param="context"
-                                   ) from None
+                try:  # depth-limited: deep nesting is a 400, never a RecursionError
+                    fields["context"] = safe_json.loads(fields["context"], what="context")
+                except ValueError as exc:
+                    raise ApiError(400, f"context must be a JSON object ({exc})",
+                                   param="context", code="invalid_json") from None
             body = fields
         else:
             files = []
             try:
-                body = json.loads(await request.body() or b"null")
+                body = safe_json.loads(await request.body() or b"null",
+                                       what="the request body")
             except ValueError as exc:
                 raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
                                "object or multipart form", code="invalid_json") from None
@@ -661,10 +710,10 @@ class Ingress:
               openapi_extra=_CHAT_BODY)
     async def chat(self, request: Request) -> Any:
         body, files = await self._chat_input(request)
-        uploads = []
-        for i, f in enumerate(files):
-            uploads.append(await self.tools.decode(await f.read(),
-                                                   "image" if i == 0 else f"image[{i}]"))
+        # every file's header checked and the request's pixels budgeted before any is decoded
+        uploads = await self.tools.decode_many(
+            [("image" if i == 0 else f"image[{i}]", await f.read())
+             for i, f in enumerate(files)])
         reply = await self.chat_service.chat(
             message=body.message, session_id=body.session_id, context=body.context,
             uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
@@ -677,10 +726,11 @@ class Ingress:
               openapi_extra=_CHAT_BODY)
     async def chat_plan(self, request: Request) -> dict[str, Any]:
         body, files = await self._chat_input(request)
-        context = None
-        if body.session_id:
-            session = await self.chat_service.session(body.session_id)
-            context = self.chat_service.context(session, body.context)
+        session = await self.chat_service.session(body.session_id) if body.session_id \
+            else None
+        await self.chat_service.check_context(body.context)
+        context = self.chat_service.context(session, body.context) \
+            if session is not None or body.context else None
         plan = await self.chat_service.plan(body.message, images=len(files), context=context)
         return plan.model_dump(mode="json")
 
@@ -698,13 +748,15 @@ class Ingress:
         return _session_json(record, messages=[{
             "role": m.role, "content": m.content, "created_at": m.created_at.isoformat(),
             "type": m.data.get("type"),
-            "images": [{"id": i, "url": self.runner.asset_url(i, base)} for i in m.image_ids],
+            "images": [{"id": i, "url": self.runner.asset_url(i, base, record.project)}
+                       for i in m.image_ids],
         } for m in record.messages])
 
     @app.delete("/v1/sessions/{session_id}", tags=["chat"], responses=ERROR_RESPONSES)
     async def delete_session(self, session_id: str) -> dict[str, Any]:
         await self._session(session_id)
-        if not await asyncio.to_thread(self.records.delete_session, session_id=session_id):
+        if not await asyncio.to_thread(self.records.delete_session, session_id=session_id,
+                                       project=auth.current_project()):
             raise ApiError(404, f"no session {session_id!r}", param="session_id",
                            code="not_found")
         return {"id": session_id, "deleted": True}
@@ -732,24 +784,48 @@ class Ingress:
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {t: {"schema": {"type": "string", "format": "binary"}}
                     for t in ("image/png", "image/jpeg", "image/webp")},
-        "description": "the asset's bytes"}}, tags=["assets"])
-    async def asset(self, asset_id: str) -> Response:
+        "description": "the asset's bytes",
+        "headers": {"ETag": {"description": "the asset's entity tag (its bytes never "
+                             "change)", "schema": {"type": "string"}}}},
+        304: {"description": "If-None-Match matched the ETag: the cached copy is current"},
+        307: {"description": "stores with their own URLs (S3, Supabase): download there"}},
+        tags=["assets"])
+    async def asset(self, asset_id: str, request: Request) -> Response:
+        """The asset's bytes. ``HEAD`` answers the same headers without them. ``ETag`` is the
+        asset id (an asset is written once and never changes), so ``If-None-Match`` gets a
+        304 without touching the store. Cache-Control: ``no-store`` with an API key;
+        ``private, max-age`` until the URL expires with a signed URL (the URL is the
+        credential: no shared cache may keep it, the browser may until it expires)."""
         record = await self._asset(asset_id)
+        headers = {"ETag": f'"{record.id}"'}
+        if auth.current().signed_asset == asset_id:
+            try:
+                left = int(request.query_params.get("expires", "")) - int(time.time())
+            except ValueError:
+                left = 0
+            headers["Cache-Control"] = f"private, max-age={max(0, left)}"
+        not_modified = middleware.etag_matches(request.headers.get("if-none-match"),
+                                               headers["ETag"])
         if isinstance(self.assets, LocalAssetStore):
             path: Path = self.assets.path(record.key)
             if not path.exists():
                 raise ApiError(404, f"asset {asset_id!r} is recorded but its bytes are gone",
                                param="asset_id", code="not_found")
-            # FileResponse sets Content-Type, ETag, Last-Modified and answers Range requests.
-            return FileResponse(path, media_type=record.content_type)
+            if not_modified:
+                return Response(status_code=304, headers=headers)
+            # FileResponse sets Content-Type, Content-Length, Last-Modified and answers Range
+            # requests; our ETag replaces its mtime-based one (the same in every store).
+            return FileResponse(path, media_type=record.content_type, headers=headers)
         url = await asyncio.to_thread(self.assets.url, key=record.key)
         if url:  # S3/Supabase: the client downloads from the store directly
             return RedirectResponse(url, status_code=307)
+        if not_modified:
+            return Response(status_code=304, headers=headers)
         try:
             data = await asyncio.to_thread(self.assets.get, key=record.key)
         except AssetNotFound:
             raise ApiError(404, f"no asset {asset_id!r}", param="asset_id") from None
-        return Response(data, media_type=record.content_type)
+        return Response(data, media_type=record.content_type, headers=headers)
 
     def check_health(self) -> None:
         """The record store answers; and (every health period, from every ingress replica)

@@ -25,9 +25,16 @@ from sqlalchemy.exc import IntegrityError
 
 from graphs import auth, middleware, observability
 from graphs.errors import ApiError, to_api_error
-from graphs.images import CONTENT_TYPES, Format, encode
+from graphs.images import (
+    CONTENT_TYPES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Format,
+    decode,
+    encode,
+)
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
-from storage.assets import AssetStore, asset_key
+from storage.assets import AssetNotFound, AssetStore, asset_key
 from storage.records import NewAsset, RecordStore, new_id
 
 logger = logging.getLogger("ray.serve")
@@ -90,11 +97,15 @@ OnSuccess = Callable[[ImagesResponse, list[NewAsset]], Awaitable[None]]
 
 class JobRunner:
     def __init__(self, *, assets: AssetStore, records: RecordStore, project: str = "default",
-                 heartbeat_s: float = 10.0):
+                 heartbeat_s: float = 10.0, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_image_bytes: int = DEFAULT_MAX_BYTES):
         self.assets = assets
         self.records = records
         self._project = project  # when no API key says otherwise (auth off, tests)
         self.heartbeat_s = heartbeat_s  # running jobs beat this often (see check_health)
+        # a stored image read back by id is checked like an upload (it may predate a limit)
+        self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -117,28 +128,35 @@ class JobRunner:
         revised_prompt: str | None = None,
         async_job: bool = False,
         on_success: OnSuccess | None = None,
-        images: int = 1,
+        images: int | auth.ImageCharge = 1,
     ) -> ImagesResponse | str:
         """Run `work` as a recorded job and store its images. With `async_job`, return the job
         id at once and run it in the background (GET /v1/jobs/{id} and /events follow it).
-        `images` are charged to the caller's daily quota first (429 when over it).
+        `images` are charged to the caller's daily quota first (429 when over it), or were
+        charged by the caller (an `auth.ImageCharge`); if the job does not succeed, what its
+        work did not produce (`ImageCharge.produced`) is refunded.
 
         `on_success(response, assets)` runs once the images are stored, before the job is
         recorded succeeded (its failure fails the job). The images' asset records are written
         with the job's success, after it: read their size and type from `assets`, not from
         the record store."""
-        await auth.charge_images(images)
+        charge = images if isinstance(images, auth.ImageCharge) else \
+            await auth.charge_images(images)
+        try:
+            job_id = await asyncio.to_thread(
+                self.records.create_job, kind=kind, prompt=prompt, params=params,
+                model=model_info["name"], project=self.project, start=not async_job)
+        except BaseException:
+            await asyncio.shield(charge.refund_unproduced())
+            raise
         # A synchronous job starts at once and nobody else knows its id: created running. An
         # async one is created queued: its id goes out in the 202, and a DELETE may cancel
         # it before the background task starts it.
-        job_id = await asyncio.to_thread(
-            self.records.create_job, kind=kind, prompt=prompt, params=params,
-            model=model_info["name"], project=self.project, start=not async_job)
         execute = self._execute(
             job_id, kind=kind, model_info=model_info, work=work, base_url=base_url,
             response_format=response_format, output_format=output_format,
             compression=compression, revised_prompt=revised_prompt, live=async_job,
-            started=not async_job, on_success=on_success)
+            started=not async_job, on_success=on_success, charge=charge)
         if not async_job:
             return await execute
         # detached: the request that started it answers 202 now; its timeout must not cancel it
@@ -155,7 +173,7 @@ class JobRunner:
     async def _execute(self, job_id: str, *, kind: str, model_info: dict[str, Any], work: Work,
                        base_url: str, response_format: str, output_format: Format,
                        compression: int | None, revised_prompt: str | None,
-                       live: bool, started: bool,
+                       live: bool, started: bool, charge: auth.ImageCharge,
                        on_success: OnSuccess | None = None) -> ImagesResponse:
         began = time.perf_counter()
         heartbeat: asyncio.Task | None = None
@@ -214,7 +232,7 @@ class JobRunner:
                 result = response.model_dump(mode="json")
                 for item in result["data"]:
                     item["b64_json"] = None
-                    item["url"] = self.asset_url(item["id"], base_url)
+                    item["url"] = self.asset_url(item["id"], base_url, self.project)
             if on_success is not None:  # e.g. the chat remembers its images in the session
                 await on_success(response, list(unrecorded))
             # the images' records and the job's success in one transaction (the records are
@@ -226,12 +244,14 @@ class JobRunner:
             return response
         except (JobCancelled, asyncio.CancelledError) as exc:
             # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
+            await asyncio.shield(charge.refund_unproduced())
             await asyncio.shield(asyncio.to_thread(
                 self._end, job_id, unrecorded, self.records.cancel_job,
                 reason=str(exc) or "cancelled"))
             raise
         except BaseException as exc:  # the record must never stay running
             reason = to_api_error(exc).message if isinstance(exc, Exception) else "interrupted"
+            await asyncio.shield(charge.refund_unproduced())
             await asyncio.shield(asyncio.to_thread(
                 self._end, job_id, unrecorded, self.records.fail_job,
                 error=f"{type(exc).__name__}: {reason}"))
@@ -273,16 +293,25 @@ class JobRunner:
 
         return await asyncio.to_thread(store_and_record)
 
-    async def load_image(self, asset_id: str) -> np.ndarray:
-        """A stored image back as an array (e.g. a chat session's last image)."""
-        from graphs.images import decode
-
-        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id)
+    async def load_image(self, asset_id: str, *, param: str = "asset_id") -> np.ndarray:
+        """THE resolver of "an image referenced by id" (chat context and plans, and every
+        route or workflow that takes an asset id): the asset must belong to the caller's
+        project (another project's id is a 404, exactly like a missing one) and is decoded with
+        the upload limits. `param` names the request field that carried the id."""
+        if not isinstance(asset_id, str) or not asset_id:
+            raise ApiError(400, f"{param} must be an asset id", param=param)
+        record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id,
+                                         project=self.project)
         if record is None:
-            raise ApiError(404, f"no asset {asset_id!r}", param="asset_id", code="not_found")
-        data = await asyncio.to_thread(self.assets.get, key=record.key)
-        return await asyncio.to_thread(decode, data, field="asset", max_pixels=2**31,
-                                       max_bytes=2**31)
+            raise ApiError(404, f"no asset {asset_id!r}", param=param, code="not_found")
+        try:
+            data = await asyncio.to_thread(self.assets.get, key=record.key)
+        except AssetNotFound:
+            raise ApiError(404, f"asset {asset_id!r} is recorded but its bytes are gone",
+                           param=param, code="not_found") from None
+        return await asyncio.to_thread(decode, data, field=param,
+                                       max_pixels=self.max_image_pixels,
+                                       max_bytes=self.max_image_bytes)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
                compression: int | None = None) -> tuple[NewAsset, bytes]:
@@ -303,10 +332,11 @@ class JobRunner:
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
         """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""
         return await asyncio.to_thread(self.assets.url, key=key) or \
-            self.asset_url(asset_id, base_url)
+            self.asset_url(asset_id, base_url, self.project)
 
     @staticmethod
-    def asset_url(asset_id: str, base_url: str) -> str:
-        """The asset's URL; with auth on, signed so it works without the API key until it
-        expires (graphs.auth)."""
-        return f"{base_url.rstrip('/')}/v1/assets/{asset_id}{auth.sign_asset(asset_id)}"
+    def asset_url(asset_id: str, base_url: str, project: str) -> str:
+        """The URL of an asset of `project`; with auth on, signed so it works without the API
+        key until it expires (graphs.auth)."""
+        return (f"{base_url.rstrip('/')}/v1/assets/{asset_id}"
+                f"{auth.sign_asset(asset_id, project)}")

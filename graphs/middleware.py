@@ -15,6 +15,15 @@ and breaks streaming), each answering with the project's error envelope.
 - `AdmissionControl`: 503 + ``Retry-After`` (the envelope) for requests over this replica's
   in-flight limit (by default half the deployment's ``max_ongoing_requests``), so Serve's
   own queue-full answer (a plain-text 503 from the proxy) is not reached under overload.
+- `CancelOnDisconnect`: the client disconnects → the handler task and its deployment calls
+  are cancelled (synchronous requests too, not only streams).
+- `JsonDepthLimit`: 400 for JSON bodies nested deeper than 64 (`graphs.safe_json`), before
+  Python's recursive parser sees them.
+- `PublicOrigin`: the scheme and Host of URLs in responses and redirects come from
+  ``PHOTOSTUDIO_PUBLIC_BASE_URL``, trusted proxies, or an allow-list; never from any client.
+- `ConditionalRequests`: HEAD on every GET route; ``If-None-Match`` → 304 by ``ETag``.
+- `SecurityHeaders`: ``X-Content-Type-Options: nosniff`` and ``Cache-Control: no-store``
+  (unless the route set its own) on every response.
 - `install(app, HardeningConfig)`: all of them (and `observability.MetricsMiddleware`) in
   the right order. A Serve ingress freezes its FastAPI app when the class is decorated, so
   call it at module level, before ``@serve.ingress(app)``.
@@ -41,12 +50,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphs.errors import DOWNSTREAM_FULL, ApiError, is_backpressure, respond
 from graphs.observability import MetricsMiddleware, request_id_var
+from graphs.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
+from graphs.serve_proxy import CALLBACK as SERVE_PROXY_CALLBACK
+from graphs.serve_proxy import REQUEST_ID_RE as _REQUEST_ID_RE
 
 logger = logging.getLogger("ray.serve")
 
 MiB = 1024 * 1024
 REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def _format_bytes(n: int) -> str:
@@ -80,7 +91,13 @@ class RequestId:
     ``[A-Za-z0-9._:@/+=-]``, else a new uuid4 (an id lands in every log line: no control
     characters or megabyte headers). `echo`: ``"auto"`` sets the response header except
     inside a Serve replica, where Serve's HTTP server (proxy or direct ingress) already adds
-    ``X-Request-ID`` to every response and a second one would make the header a list."""
+    ``X-Request-ID`` to every response and a second one would make the header a list.
+
+    Serve's server echoes and logs the client's header as it is, before this middleware
+    runs: `graphs.serve_proxy` (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``) drops invalid
+    ids there. An invalid id seen here inside a replica means that is not set: logged once."""
+
+    _warned_unsanitized = False
 
     def __init__(self, app: ASGIApp, *, header: str = REQUEST_ID_HEADER,
                  echo: bool | str = "auto"):
@@ -103,9 +120,16 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get(self.header)
-        request_id = given if self.valid(given) else uuid.uuid4().hex
+        valid = self.valid(given)
+        request_id = given if valid else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         echo = self.echo
+        if given is not None and not valid and not echo and not RequestId._warned_unsanitized:
+            RequestId._warned_unsanitized = True
+            logger.warning("a client's X-Request-ID is not 1-128 characters of "
+                           "[A-Za-z0-9._:@/+=-] and Serve's HTTP server echoes it as sent: set "
+                           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=%s in the environment "
+                           "Ray starts in (graphs/serve_proxy.py)", SERVE_PROXY_CALLBACK)
 
         async def send_with_id(message: Message) -> None:
             if echo and message["type"] == "http.response.start":
@@ -327,7 +351,9 @@ class RequestTimeout:
                 started = True
             await send(message)
 
-        calls: list[Any] = []
+        calls = _downstream.get()  # shared with CancelOnDisconnect outside, if any
+        if calls is None:
+            calls = []
         token = _downstream.set(calls)
         try:
             task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
@@ -360,6 +386,432 @@ class RequestTimeout:
         await ApiError(504, f"the request did not complete within {self.seconds:g} s and "
                        "was cancelled; retry, or ask for less work (smaller size, fewer "
                        "images or steps)", code="timeout").response()(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client disconnects cancel the request's work
+# ---------------------------------------------------------------------------------------------
+
+
+def _has_no_body(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    return "transfer-encoding" not in headers and headers.get("content-length", "0") == "0"
+
+
+class CancelOnDisconnect:
+    """Cancels a request's handler, and the deployment calls it made (`track_downstream`,
+    `CancellableHandle`), as soon as the client disconnects: synchronous requests stop like
+    streamed ones (whose generators end when the stream is closed), and a job they run ends
+    `cancelled` (graphs/jobs.py) instead of holding the model for nothing.
+
+    It reads ``receive()`` for ``http.disconnect`` once the handler has read the request body
+    (at once for requests without a body) and hands the handler every message it would have
+    received. This does not depend on Serve noticing the disconnect itself (Serve does not
+    when told so by ``X-Request-Disconnect-Disabled``, or behind a proxy that keeps the
+    upstream connection). A disconnect after the response is complete changes nothing. The
+    cancelled request ends with ``CancelledError`` (counted 499 by the metrics), as it does
+    when Serve cancels it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        queue: asyncio.Queue[Message] | None = None  # messages after the body (the watcher's)
+        watcher: asyncio.Task | None = None
+        handler: asyncio.Task | None = None
+        complete = False
+        cancelled = False
+        calls = _downstream.get()
+        if calls is None:
+            calls = []
+
+        def disconnected() -> None:
+            nonlocal cancelled
+            if complete or cancelled or handler is None or handler.done():
+                return
+            cancelled = True
+            handler.cancel()
+            n = cancel_downstream(calls)
+            logger.info("client disconnected: cancelled %s %s and %d downstream call(s)",
+                        scope.get("method"), scope.get("path"), n)
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                queue.put_nowait(message)
+                if message["type"] == "http.disconnect":
+                    disconnected()
+                    return
+
+        def start_watching() -> None:
+            nonlocal queue, watcher
+            if watcher is None:
+                queue = asyncio.Queue()
+                watcher = asyncio.ensure_future(watch())
+
+        async def handler_receive() -> Message:
+            if queue is None:  # the body is still being read: straight from the client
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    start_watching()
+                elif message["type"] == "http.disconnect":
+                    disconnected()
+                return message
+            message = await queue.get()
+            if message["type"] == "http.disconnect":
+                queue.put_nowait(message)  # every later receive() sees it too
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            elif message["type"] == "http.response.pathsend":
+                complete = True
+            await send(message)
+
+        token = _downstream.set(calls)
+        try:
+            handler = asyncio.ensure_future(self.app(scope, handler_receive, tracking_send))
+        finally:
+            _downstream.reset(token)  # the task copied the context (and shares the list)
+        if _has_no_body(scope):
+            start_watching()
+        try:
+            await handler  # our own cancellation (Serve's) cancels the handler too
+        except asyncio.CancelledError:
+            if not cancelled:  # Serve cancelled us (it saw the client leave, or timed out)
+                cancel_downstream(calls)
+            raise
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON nesting depth
+# ---------------------------------------------------------------------------------------------
+
+
+class JsonTooDeepError(ApiError, StarletteHTTPException):
+    """400 raised from ``receive()`` when a JSON body nests too deep. Also a Starlette
+    HTTPException, so FastAPI's body parsing re-raises it (as `RequestTooLarge`)."""
+
+    def __init__(self, max_depth: int):
+        ApiError.__init__(self, 400, str(JsonTooDeep(max_depth, "the JSON request body")),
+                          code="json_too_deep")
+        self.status_code = 400
+        self.detail = self.message
+
+
+def _json_content_type(scope: Scope) -> bool:
+    """A body FastAPI parses as JSON: application/json, application/*+json, or none given."""
+    content_type = Headers(scope=scope).get("content-type")
+    if not content_type:
+        return True
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/")
+                                          and main.endswith("+json"))
+
+
+class JsonDepthLimit:
+    """400 ``json_too_deep`` for a JSON body nested deeper than `max_depth`, checked as the
+    handler finishes reading it (`safe_json.json_depth_exceeds`, no recursion), before
+    anything parses it: Python's json recursion would otherwise raise ``RecursionError``
+    inside FastAPI's body parsing (or the handler's). Bodies are checked only when a handler
+    reads them, so requests refused earlier (401, 413) cost nothing. Multipart fields that
+    hold JSON are parsed with `safe_json.loads`."""
+
+    def __init__(self, app: ASGIApp, *, max_depth: int = MAX_JSON_DEPTH):
+        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+            raise ValueError(f"max_depth must be a positive integer, got {max_depth!r}")
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _json_content_type(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+
+        async def checked_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body = message.get("body", b"")
+                if body:
+                    chunks.append(body)
+                if not message.get("more_body", False) and chunks:
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    if json_depth_exceeds(data, self.max_depth):
+                        raise JsonTooDeepError(self.max_depth)
+            return message
+
+        await self.app(scope, checked_receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public origin (scheme and host) URLs in responses are built from
+# ---------------------------------------------------------------------------------------------
+
+_HOST_RE = re.compile(r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+                      r"|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _valid_host(value: str | None) -> str | None:
+    """The lower-cased host name of a ``host[:port]`` value, or None when it is not one."""
+    if not value:
+        return None
+    match = _HOST_RE.fullmatch(value)
+    return match.group("name").lower() if match else None
+
+
+def _last(value: str | None) -> str | None:
+    """The last entry of a comma-separated forwarded header: the one the nearest proxy
+    (the trusted one) set."""
+    if not value:
+        return None
+    return value.rsplit(",", 1)[-1].strip() or None
+
+
+def default_host(host: str, port: int) -> str:
+    """``host:port`` of the configured listen address (``localhost`` for 0.0.0.0 / ::)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "localhost"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port in (80, 443) else f"{host}:{port}"
+
+
+def _parse_base_url(public_base_url: str) -> tuple[str, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(public_base_url)
+    if parts.scheme not in ("http", "https") or _valid_host(parts.netloc) is None \
+            or parts.query or parts.fragment:
+        raise ValueError(f"public_base_url must be http(s)://host[:port][/path], got "
+                         f"{public_base_url!r}")
+    return parts.scheme, parts.netloc
+
+
+# Set by the ingress replica from its config (`set_public_base_url`): wins over the
+# middleware's own setting (the builder arg `public_base_url` arrives after install()).
+_public_origin_override: tuple[str, str] | None = None
+
+
+def set_public_base_url(public_base_url: str | None) -> None:
+    """The replica's public base URL (e.g. the builder arg), for every `PublicOrigin`."""
+    global _public_origin_override
+    _public_origin_override = _parse_base_url(public_base_url) if public_base_url else None
+
+
+class PublicOrigin:
+    """Fixes the scheme and ``Host`` that everything downstream builds URLs from (asset URLs
+    in responses via ``request.base_url``, Starlette's trailing-slash redirects), so a
+    client's ``Host`` or ``X-Forwarded-*`` headers never choose the host of a URL the gateway
+    returns (or stores in a job's result, shown to others).
+
+    - `public_base_url` set (``PHOTOSTUDIO_PUBLIC_BASE_URL``, or `set_public_base_url`;
+      production must set it): its scheme and host, always.
+    - Else, from a peer in `trusted_proxies` (IPs or CIDRs; ``*`` = any; default none):
+      ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` (the last entry: the trusted proxy's).
+    - Else the request's ``Host`` if its name is in `allowed_hosts` (exact, ``*.suffix``,
+      or ``*``), which always holds localhost, 127.0.0.1 and [::1] (local use: any port);
+      any other host becomes `fallback_host` (the configured listen address), logged once.
+      The scheme is the connection's; an ``X-Forwarded-Proto`` from an untrusted peer makes
+      it ``http`` (uvicorn may already have applied the header; the original is unknown).
+
+    Note: Serve's uvicorn applies ``X-Forwarded-For`` / ``-Proto`` from 127.0.0.1 peers (its
+    ``FORWARDED_ALLOW_IPS`` default), and behind Serve's HAProxy every peer is 127.0.0.1,
+    so the client address seen here can be a client's claim: prefer `public_base_url` to
+    `trusted_proxies` there."""
+
+    _warned = False
+
+    def __init__(self, app: ASGIApp, *, public_base_url: str | None = None,
+                 trusted_proxies: Sequence[str] = (), allowed_hosts: Sequence[str] = (),
+                 fallback_host: str = "localhost:8000"):
+        import ipaddress
+
+        self.app = app
+        self.fixed = _parse_base_url(public_base_url) if public_base_url else None
+        self.trust_all = "*" in trusted_proxies
+        self.trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies
+                        if p != "*"]
+        names = {h.lower() for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
+        self.any_host = "*" in names
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+        self.names = {n for n in names if not n.startswith("*")}
+        if _valid_host(fallback_host) is None:
+            raise ValueError(f"fallback_host must be host[:port], got {fallback_host!r}")
+        self.fallback_host = fallback_host
+
+    def trusted_peer(self, scope: Scope) -> bool:
+        if self.trust_all:
+            return True
+        client = scope.get("client")
+        if not self.trusted or not client:
+            return False
+        import ipaddress
+
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    def allowed(self, name: str) -> bool:
+        return self.any_host or name in self.names or (
+            bool(self.suffixes) and name.endswith(self.suffixes))
+
+    def origin(self, scope: Scope) -> tuple[str, str]:
+        """(scheme, host[:port]) for this request."""
+        if _public_origin_override is not None:
+            return _public_origin_override
+        if self.fixed is not None:
+            return self.fixed
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        forwarded_proto = headers.get("x-forwarded-proto")
+        if self.trusted_peer(scope):
+            proto = (_last(forwarded_proto) or "").lower()
+            scheme = proto if proto in ("http", "https") else scope.get("scheme", "http")
+            forwarded_host = _last(headers.get("x-forwarded-host"))
+            if _valid_host(forwarded_host) is not None:
+                return scheme, forwarded_host
+            if _valid_host(host) is not None:
+                return scheme, host
+            return scheme, self.fallback_host
+        scheme = "http" if forwarded_proto is not None else scope.get("scheme", "http")
+        if scheme not in ("http", "https"):
+            scheme = "http"
+        name = _valid_host(host)
+        if name is not None and self.allowed(name):
+            return scheme, host
+        if not PublicOrigin._warned:
+            PublicOrigin._warned = True
+            logger.warning("Host %.80r is not an allowed host: URLs in responses use %s "
+                           "instead. Set PHOTOSTUDIO_PUBLIC_BASE_URL (production must) or add "
+                           "the name to PHOTOSTUDIO_ALLOWED_HOSTS", host, self.fallback_host)
+        return scheme, self.fallback_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scheme, host = self.origin(scope)
+        # In place: scope["state"] (flags set inside, read outside) stays shared.
+        scope["scheme"] = scheme
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"host"]
+        scope["headers"].append((b"host", host.encode("latin-1")))
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# HEAD, conditional GET, and the headers every response carries
+# ---------------------------------------------------------------------------------------------
+
+# Not sent with a 304 (RFC 9110 15.4.5: it describes the stored representation, no body).
+_NOT_ON_304 = frozenset({b"content-length", b"content-type", b"content-encoding",
+                         b"content-range", b"content-disposition", b"accept-ranges",
+                         b"transfer-encoding"})
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith(("W/", "w/")) else tag
+
+
+def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
+    """``If-None-Match`` against an ETag, by the weak comparison (RFC 9110 13.1.2)."""
+    if not if_none_match or not etag:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    wanted = _opaque(etag)
+    return any(_opaque(tag) == wanted for tag in if_none_match.split(","))
+
+
+class ConditionalRequests:
+    """``HEAD`` on every ``GET`` route (FastAPI registers GET alone): the request runs as a
+    GET and the answer goes out with the same status and headers and no body. And
+    ``If-None-Match`` on a GET/HEAD whose answer is a 200 or 206 with a matching ``ETag``
+    becomes ``304 Not Modified`` with that ETag (and Cache-Control, Vary, ...), no body.
+    Routes that can answer a 304 more cheaply (before fetching bytes) may do so; this makes
+    every route with an ETag correct."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method") if scope["type"] == "http" else None
+        if method not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if_none_match = Headers(scope=scope).get("if-none-match")
+        head = method == "HEAD"
+        if not head and if_none_match is None:
+            await self.app(scope, receive, send)
+            return
+        if head:
+            scope.setdefault("state", {})  # shared by the copy: flags set inside reach out
+            scope = {**scope, "method": "GET"}
+        bodiless = False
+
+        async def conditional_send(message: Message) -> None:
+            nonlocal bodiless
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                if if_none_match is not None and status in (200, 206):
+                    etag = Headers(raw=list(message.get("headers", []))).get("etag")
+                    if etag_matches(if_none_match, etag):
+                        message = {**message, "status": 304, "headers": [
+                            (k, v) for k, v in message.get("headers", [])
+                            if k.lower() not in _NOT_ON_304]}
+                        bodiless = True
+                bodiless = bodiless or head
+                await send(message)
+                return
+            if bodiless and kind in ("http.response.body", "http.response.pathsend"):
+                if kind == "http.response.pathsend" or not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b"",
+                                "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive, conditional_send)
+
+
+class SecurityHeaders:
+    """Adds to every response ``X-Content-Type-Options: nosniff`` and, unless the route set
+    its own, ``Cache-Control: no-store``: API answers carry a project's data (or a bearer
+    asset URL's bytes) and must not be kept by shared caches or on disk. The asset route
+    sets ``private, max-age`` (bounded by the URL's expiry) for signed asset URLs."""
+
+    def __init__(self, app: ASGIApp, *, cache_control: str = "no-store"):
+        self.app = app
+        self.cache_control = cache_control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-content-type-options" not in headers:
+                    headers["X-Content-Type-Options"] = "nosniff"
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = self.cache_control
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,9 +1085,29 @@ class HardeningConfig(BaseModel):
         description="POST routes shed for admission_hold_s after their model deployment's "
         "queue was full (AdmissionControl)")
     admission_hold_s: float = Field(0.5, ge=0, description="0: no route holds")
+    max_json_depth: int = Field(MAX_JSON_DEPTH, ge=1, description="JSON bodies nested deeper "
+                                "→ 400 json_too_deep")
+    public_base_url: str | None = Field(
+        None, description="scheme://host[:port][/path] of URLs in responses (PublicOrigin); "
+        "production must set it")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="peer IPs/CIDRs whose X-Forwarded-Proto/-Host are "
+        "used ('*': any); empty: none")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names used as sent (besides localhost, "
+        "127.0.0.1, [::1]); 'name', '*.suffix' or '*'")
+    fallback_host: str = Field("localhost:8000", description="host[:port] of URLs when the "
+                               "Host is not allowed (from PHOTOSTUDIO_HOST/PORT)")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value:
+            _parse_base_url(value)  # raises ValueError with the rule
+        return value or None
 
     @field_validator("cors_allow_origins", "timeout_exempt_paths", "admission_exempt_paths",
-                     "admission_hold_paths", mode="before")
+                     "admission_hold_paths", "trusted_proxies", "allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):  # "a, b" from an environment variable
@@ -650,20 +1122,32 @@ class HardeningConfig(BaseModel):
             settings = Settings()
         values = {name: getattr(settings, name) for name in cls.model_fields
                   if getattr(settings, name, None) is not None}
+        if "fallback_host" not in values and getattr(settings, "port", None) is not None:
+            values["fallback_host"] = default_host(getattr(settings, "host", "localhost"),
+                                                   settings.port)
         return cls(**values)
 
 
 def install(app: Any, config: HardeningConfig | None = None) -> None:
-    """Add the middlewares to a Starlette/FastAPI app. Outermost first: RequestId (every
-    answer carries the id) → Metrics (every status counted, 413/503/504 included) → CORS
-    (error answers carry CORS headers too) → ErrorEnvelopeGuard (escaping exceptions become
-    the envelope) → AdmissionControl (sheds before any work) → RequestTimeout (covers
-    reading the body) → BodySizeLimit → the app."""
+    """Add the middlewares to a Starlette/FastAPI app. Outermost first: SecurityHeaders
+    (nosniff and no-store on every answer) → RequestId (every answer carries the id) →
+    Metrics (every status counted, 413/503/504 included) → CORS (error answers carry CORS
+    headers too) → ErrorEnvelopeGuard (escaping exceptions become the envelope) →
+    AdmissionControl (sheds before any work) → CancelOnDisconnect → RequestTimeout (covers
+    reading the body) → BodySizeLimit → JsonDepthLimit → PublicOrigin → ConditionalRequests
+    (HEAD, 304) → the app."""
     config = config or HardeningConfig()
     # add_middleware puts each new one outermost: add innermost first.
+    app.add_middleware(ConditionalRequests)
+    app.add_middleware(PublicOrigin, public_base_url=config.public_base_url,
+                       trusted_proxies=list(config.trusted_proxies),
+                       allowed_hosts=list(config.allowed_hosts),
+                       fallback_host=config.fallback_host)
+    app.add_middleware(JsonDepthLimit, max_depth=config.max_json_depth)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(RequestTimeout, seconds=config.request_timeout_s,
                        exempt_paths=list(config.timeout_exempt_paths))
+    app.add_middleware(CancelOnDisconnect)
     app.add_middleware(AdmissionControl, max_in_flight=config.max_in_flight,
                        retry_after_s=config.admission_retry_after_s,
                        exempt_paths=list(config.admission_exempt_paths),
@@ -679,12 +1163,14 @@ def install(app: Any, config: HardeningConfig | None = None) -> None:
     if config.metrics:
         app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestId)
+    app.add_middleware(SecurityHeaders)
 
 
 __all__ = [
-    "AdmissionControl", "BodySizeLimit", "CancellableHandle", "ErrorEnvelopeGuard",
-    "HardeningConfig", "RequestId",
-    "RequestTimeout", "RequestTooLarge", "cancel_downstream", "cors_middleware",
-    "admission_limit", "detached_context", "install", "keep_envelope_handlers",
-    "track_downstream",
+    "AdmissionControl", "BodySizeLimit", "CancelOnDisconnect", "CancellableHandle",
+    "ConditionalRequests", "ErrorEnvelopeGuard", "HardeningConfig", "JsonDepthLimit",
+    "JsonTooDeepError", "PublicOrigin", "RequestId", "RequestTimeout", "RequestTooLarge",
+    "SecurityHeaders", "cancel_downstream", "cors_middleware", "admission_limit",
+    "default_host", "detached_context", "etag_matches", "install", "keep_envelope_handlers",
+    "set_public_base_url", "track_downstream",
 ]

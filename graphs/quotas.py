@@ -11,7 +11,8 @@ of the window algorithms (the one behind slowapi / Flask-Limiter).
 - images/day: a moving window (the images of the last 24 h; one atomic script adds a
   request's n images only if they all fit, so a refused request costs nothing). Images are
   charged when a request is accepted (before any model runs), so a client can't exceed its
-  day by sending many requests at once; work that fails afterwards is not refunded.
+  day by sending many requests at once; what failing work did not produce is refunded
+  (`refund_images`: the newest entries of the key's window are removed).
 - `memory://` keeps counters in the replica: for one-replica local use and unit tests.
 - If the storage fails (Redis down), requests pass (fail open, logged) unless
   `fail_open` is False, in which case they get 503: availability of the product is chosen
@@ -90,6 +91,28 @@ class Quotas:
                            param="n")
         return await self._hit(self._images, item, key_id, "images", n,
                                f"daily quota of {item.amount} images reached")
+
+    async def refund_images(self, key_id: str, n: int, *, per_day: int | None) -> None:
+        """Give back `n` images charged by `charge_images` that were not produced. `limits`
+        has no refund, so this removes the `n` newest entries of the key's moving window in
+        the storage's own layout (a Redis list, newest first; the memory storage's event list,
+        newest first). Best effort: a storage failure is logged, never raised."""
+        if n <= 0:
+            return
+        item = RateLimitItemPerDay(per_day or self.config.images_per_day)
+        key = item.key_for(key_id, "images")
+        try:
+            bridge = getattr(self.storage, "bridge", None)
+            if bridge is not None:  # Redis
+                await bridge.get_connection().lpop(bridge.prefixed_key(key), n)
+            else:  # memory://
+                events = getattr(self.storage, "events", {}).get(key)
+                if events:
+                    async with self.storage.locks[key]:
+                        del events[:n]
+        except Exception as exc:  # noqa: BLE001 - a lost refund must not fail the request
+            logger.error("could not refund %d image(s) to key %s (%s: %s)", n, key_id,
+                         type(exc).__name__, exc)
 
     async def _hit(self, limiter, item, key_id: str, what: str, cost: int,
                    message: str) -> Usage | None:

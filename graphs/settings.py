@@ -27,7 +27,16 @@ class Settings(StorageSettings):
     zoo_dir: Path | None = Field(None, description="tiny model cache (default ~/.cache/...)")
     generator_model: str | None = None
     generator_source: str | None = Field(None, description="local folder or hub id of weights")
-    public_base_url: str | None = Field(None, description="base of asset URLs in responses")
+    public_base_url: str | None = Field(
+        None, description="scheme://host[:port][/path] of URLs in responses (asset URLs, "
+        "redirects); production must set it. Unset: the request's Host if allowed")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="peer IPs/CIDRs (JSON list) whose X-Forwarded-Proto "
+        "and X-Forwarded-Host are used when public_base_url is unset; '*' = any")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header names used as sent in URLs when "
+        "public_base_url is unset (JSON list; 'name', '*.suffix'); localhost, 127.0.0.1 and "
+        "[::1] always are; any other Host becomes host:port below")
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

@@ -14,17 +14,28 @@ from graphs import observability
 from graphs.editing import apply_ops, check_ops, parse_edit_request
 from graphs.errors import ApiError
 from graphs.generation import GenerationService
-from graphs.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Format, decode
+from graphs.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Format,
+    check_pixel_budget,
+    decode,
+    probe,
+)
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import ImagesResponse
+from graphs.workpool import ImageWorkPool
 
 EDIT_OPS_INFO = {"name": "edit-ops", "tiny": False, "fallback": False, "fallback_reason": None}
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_upload_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS  # one image
+    max_upload_bytes: int = DEFAULT_MAX_BYTES  # one file
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS  # all the images of one request
+    image_threads: int = 2  # image work (decodes, edit ops) at once: graphs.workpool
+    image_waiting: int = 32  # ... waiting; more → 503
 
 
 def parse_color(value: str | None, *, field: str = "bg_color") -> tuple[int, int, int] | None:
@@ -66,6 +77,9 @@ class ToolService:
         self.runner = runner
         self.limits = limits
         self._info: dict[str, dict[str, Any]] = {}
+        # CPU-heavy image work, off the default executor the record/auth calls use
+        self.pool = ImageWorkPool(threads=limits.image_threads,
+                                  max_waiting=limits.image_waiting)
 
     async def info(self, name: str) -> dict[str, Any]:
         if name not in self._info:
@@ -74,10 +88,25 @@ class ToolService:
 
     async def decode(self, data: bytes, field: str, *, keep_alpha: bool = True) -> np.ndarray:
         with observability.stage_timer("decode", kind="upload"):
-            return await asyncio.to_thread(decode, data, field=field,
-                                           max_pixels=self.limits.max_pixels,
-                                           max_bytes=self.limits.max_upload_bytes,
-                                           keep_alpha=keep_alpha)
+            return await self.pool.run(decode, data, field=field,
+                                       max_pixels=self.limits.max_pixels,
+                                       max_bytes=self.limits.max_upload_bytes,
+                                       keep_alpha=keep_alpha)
+
+    async def decode_many(self, uploads: list[tuple[str, bytes]], *, keep_alpha: bool = True
+                          ) -> list[np.ndarray]:
+        """The images of one request (`(field, bytes)` each): every header is checked and
+        their pixels together are held to `max_request_pixels` before any is decoded, so a
+        request of many large images is refused before it costs memory."""
+        def sizes() -> list[tuple[str, tuple[int, int]]]:
+            return [(field, probe(data, field=field, max_pixels=self.limits.max_pixels,
+                                  max_bytes=self.limits.max_upload_bytes))
+                    for field, data in uploads]
+
+        check_pixel_budget(await self.pool.run(sizes),
+                           max_total_pixels=self.limits.max_request_pixels)
+        return list(await asyncio.gather(*(self.decode(data, field, keep_alpha=keep_alpha)
+                                           for field, data in uploads)))
 
     # -- array-in, array-out operations (shared by the tool routes and the chat) -------------
     async def matting_op(self, image: np.ndarray, *, output: str = "cutout",
@@ -173,8 +202,8 @@ class ToolService:
         if all_faces and target_face_index is not None:
             raise ApiError(400, "give either target_face_index or all_faces=true, not both",
                            param="target_face_index")
-        src, tgt = await asyncio.gather(self.decode(source, "source", keep_alpha=False),
-                                        self.decode(target, "target", keep_alpha=False))
+        src, tgt = await self.decode_many([("source", source), ("target", target)],
+                                          keep_alpha=False)
         info = await self.info("faceswap")
 
         async def work(progress) -> Output:
@@ -212,15 +241,16 @@ class ToolService:
     async def edit_ops(self, data: bytes, ops_json: str, *, output_format: Format,
                        response_format: str, base_url: str,
                                 async_job: bool = False) -> ImagesResponse | str:
-        """Runs in the ingress (in a worker thread): the ops are cheap, bounded by the pixel
-        limit, and a deployment hop would only add two copies of the image."""
+        """Runs in the ingress, on the image-work pool (`graphs.workpool`): each chain is held
+        to a work budget (`graphs.editing.MAX_CHAIN_COST`, checked before any pixel work), and
+        a deployment hop would only add two copies of the image."""
         edit = parse_edit_request(ops_json)
         image = await self.decode(data, "image")
         check_ops((image.shape[1], image.shape[0]), edit.ops, max_pixels=self.limits.max_pixels)
 
         async def work(progress) -> Output:
-            out = await asyncio.to_thread(apply_ops, image, edit.ops,
-                                          max_pixels=self.limits.max_pixels)
+            out = await self.pool.run(apply_ops, image, edit.ops,
+                                      max_pixels=self.limits.max_pixels)
             return Output(images=[out], model="edit-ops")
 
         return await self.runner.run(

@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -270,9 +270,19 @@ class DiffusionModel(ModelFamily):
           `requests`; nothing is raised.
         `on_cancelled(steps_run, total_steps, images)` is called for each pipeline call
         stopped early and for each request dropped before its call (``steps_run`` 0).
+
+        A request of more than `max_batch_images` images runs in parts of at most that many
+        (consecutive seeds, so its images are the same as in one call); its result joins them.
         """
         for req in requests:
             check_inputs(req, self.limits)
+        if max_batch_images < 1:
+            raise ValueError(f"max_batch_images must be at least 1, got {max_batch_images}")
+        if any(req.n > max_batch_images for req in requests):
+            return self._generate_in_parts(
+                requests, max_batch_images=max_batch_images, on_step=on_step,
+                on_batch=on_batch, previews=previews, on_preview=on_preview, cancel=cancel,
+                on_cancelled=on_cancelled)
         per_request = cancel is not None and not hasattr(cancel, "is_set")
         cancels = list(cancel) if per_request else None
         if cancels is not None and len(cancels) != len(requests):
@@ -323,6 +333,41 @@ class DiffusionModel(ModelFamily):
             if chunk:
                 run(chunk)
         return results
+
+    def _generate_in_parts(self, requests: Sequence[GenerationRequest], *,
+                           max_batch_images: int, cancel: Any = None, **kwargs: Any
+                           ) -> list[GenerationResult | None]:
+        """`generate` with each request split into parts of at most `max_batch_images` images;
+        part k of a request starts at its seed + k * max_batch_images."""
+        per_request = cancel is not None and not hasattr(cancel, "is_set")
+        cancels = list(cancel) if per_request else None
+        if cancels is not None and len(cancels) != len(requests):
+            raise ValueError(f"cancel: got {len(cancels)} events for {len(requests)} requests")
+        parts: list[GenerationRequest] = []
+        owners: list[int] = []  # the request each part belongs to
+        for i, req in enumerate(requests):
+            seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
+            for offset in range(0, req.n, max_batch_images):
+                parts.append(replace(req, n=min(max_batch_images, req.n - offset),
+                                     seed=(seed + offset) % (MAX_SEED + 1)))
+                owners.append(i)
+        part_cancel = [cancels[i] for i in owners] if cancels is not None else cancel
+        results = self.generate(parts, max_batch_images=max_batch_images, cancel=part_cancel,
+                                **kwargs)
+        joined: list[GenerationResult | None] = []
+        for i in range(len(requests)):
+            mine = [results[k] for k, owner in enumerate(owners) if owner == i]
+            if any(r is None for r in mine):  # cancelled (its caller left): no result
+                joined.append(None)
+                continue
+            joined.append(GenerationResult(
+                images=[img for r in mine for img in r.images],
+                seeds=[s for r in mine for s in r.seeds],
+                model=mine[0].model,
+                batch_size=max(r.batch_size for r in mine),
+                timings={"inference_s": sum(r.timings.get("inference_s", 0.0) for r in mine)},
+            ))
+        return joined
 
     def _run_chunk(self, requests, seeds, indices, results, on_step, on_batch, previews=0,
                    on_preview=None, cancel=None) -> None:

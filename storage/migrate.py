@@ -7,7 +7,8 @@ migrates and the others wait, then find the schema at head and do nothing:
   transactional: a failed upgrade leaves the previous schema). A transaction-scoped lock also
   works through a transaction-mode pooler (Supabase's port 6543).
 - SQLite: the migration runs in one ``BEGIN EXCLUSIVE`` transaction on its own connection;
-  other processes wait on SQLite's busy timeout.
+  other processes wait on SQLite's busy timeout. Switching a fresh file to WAL, the one step
+  before that lock, is retried on SQLITE_BUSY (see `enable_wal`).
 
 Databases created before migrations existed (tables, no ``alembic_version``) are stamped at
 revision 0001 and upgraded from there.
@@ -16,6 +17,8 @@ revision 0001 and upgraded from there.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +35,7 @@ LEGACY_REVISION = "0001"
 # pg_advisory_xact_lock key: any constant 64-bit integer shared by all replicas
 _PG_LOCK_KEY = 0x70686F746F737464  # "photostd"
 _SQLITE_BUSY_TIMEOUT_S = 120
+_sleep = time.sleep  # the back-off of `enable_wal` (tests replace it)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,41 @@ def is_memory_sqlite(url: str) -> bool:
     return u.get_backend_name() == "sqlite" and u.database in (None, "", ":memory:")
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "database is locked" in str(exc)
+
+
+def enable_wal(dbapi_conn: sqlite3.Connection, *, timeout_s: float) -> str:
+    """``PRAGMA journal_mode=WAL`` on a new SQLite connection, retried on SQLITE_BUSY for up to
+    `timeout_s`; returns the journal mode now in force (``memory`` for an in-memory database).
+
+    The mode is stored in the file, so once it is WAL the pragma writes nothing. Switching a
+    file that is not WAL yet is a read-then-write: SQLite reads the header under a shared lock,
+    then asks for the write lock. When another connection holds or wants that lock (replicas
+    starting at once on a fresh file all switch it; any writer in rollback mode), SQLite
+    answers SQLITE_BUSY at once, without calling the busy handler (waiting while holding the
+    shared lock could deadlock), so the busy timeout does not help: the statement itself is
+    retried, with a short back-off, once the lock is gone (by then the other connection has
+    usually switched the file already)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.002
+    while True:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return str(cur.fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        finally:
+            cur.close()
+        _sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+
+
 @contextmanager
 def _locked_connection(engine: Engine) -> Iterator[Connection]:
     """A connection inside a transaction that holds the migration lock."""
@@ -94,7 +133,7 @@ def _locked_connection(engine: Engine) -> Iterator[Connection]:
         @event.listens_for(locker, "connect")
         def _autocommit_driver(dbapi_conn, _record):
             dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # as the record store's engine
+            enable_wal(dbapi_conn, timeout_s=_SQLITE_BUSY_TIMEOUT_S)  # as the store's engine
 
         @event.listens_for(locker, "begin")
         def _begin_exclusive(conn):

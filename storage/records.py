@@ -255,12 +255,15 @@ def _encode_cursor(kind: str, when: datetime, ident: str | int) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, Any]:
+def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if data["k"] != kind:
+        # a crafted cursor must not reach the query: a kind, a timestamp and one id only
+        ident = data["i"]
+        if data["k"] != kind or not isinstance(data["t"], str) or not isinstance(ident, str) \
+                or len(ident) > 128:
             raise ValueError(kind)
-        return as_utc(datetime.fromisoformat(data["t"])), data["i"]
+        return as_utc(datetime.fromisoformat(data["t"])), ident
     except Exception:
         raise ValueError(f"cursor is not a valid {kind} cursor: pass back the next_cursor of "
                          f"a previous {kind} listing, unchanged") from None
@@ -312,7 +315,9 @@ class RecordStore:
             def _sqlite_pragmas(dbapi_conn, _record):  # concurrent readers + one writer
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA journal_mode=WAL")
+                # retried on SQLITE_BUSY: replicas starting at once on a fresh file all switch
+                # it to WAL, and SQLite does not wait on its busy timeout for that
+                migrate.enable_wal(dbapi_conn, timeout_s=30)
                 # WAL + NORMAL: no corruption on a crash, one fsync per checkpoint, not per
                 # commit (a power cut may lose the last few records, never half of one).
                 cur.execute("PRAGMA synchronous=NORMAL")
@@ -404,14 +409,17 @@ class RecordStore:
         return self._transition(job_id, ACTIVE_JOB_STATUSES, status="cancelled",
                                 finished_at=utcnow(), error=reason, cancel_requested=True)
 
-    def request_cancel(self, *, job_id: str) -> JobRecord:
-        """Ask for a job to stop. A queued job is cancelled at once (no worker has it); a
-        running one gets `cancel_requested` set, which its worker sees on its next heartbeat or
-        progress update; an ended job is left as it is. Returns the job as it now stands."""
+    def request_cancel(self, *, job_id: str, project: str) -> JobRecord:
+        """Ask for a job of `project` to stop (KeyError when there is none). A queued job is
+        cancelled at once (no worker has it); a running one gets `cancel_requested` set, which
+        its worker sees on its next heartbeat or progress update; an ended job is left as it
+        is. Returns the job as it now stands."""
+        if self.get_job(job_id=job_id, project=project) is None:
+            raise KeyError(f"no job {job_id!r}")
         if not self._transition(job_id, ("queued",), status="cancelled", finished_at=utcnow(),
                                 error="cancelled before it started", cancel_requested=True):
             self._transition(job_id, ("running",), cancel_requested=True)
-        job = self.get_job(job_id=job_id)
+        job = self.get_job(job_id=job_id, project=project)
         if job is None:  # deleted meanwhile
             raise KeyError(f"no job {job_id!r}")
         return job
@@ -423,12 +431,14 @@ class RecordStore:
             raise KeyError(f"no job {job_id!r}")
         return bool(flag)
 
-    def get_job(self, *, job_id: str) -> JobRecord | None:
+    def get_job(self, *, job_id: str, project: str) -> JobRecord | None:
+        """The job, if it belongs to `project` (another project's job is None, like a missing
+        one: every read by id is scoped to the caller's project)."""
         with self._session() as s:
             row = s.get(Job, job_id)
-            return _record(JobRecord, row) if row else None
+            return _record(JobRecord, row) if row and row.project == project else None
 
-    def list_jobs(self, *, status: str | None = None, project: str | None = None,
+    def list_jobs(self, *, project: str, status: str | None = None,
                   kind: str | None = None, created_after: datetime | None = None,
                   created_before: datetime | None = None, limit: int = 50,
                   cursor: str | None = None) -> Page[JobRecord]:
@@ -439,8 +449,7 @@ class RecordStore:
         if status is not None:
             _check_one_of("status", status, JOB_STATUSES)
             q = q.where(Job.status == status)
-        if project is not None:
-            q = q.where(Job.project == project)
+        q = q.where(Job.project == project)
         if kind is not None:
             q = q.where(Job.kind == kind)
         if created_after is not None:
@@ -551,12 +560,13 @@ class RecordStore:
             conn.execute(insert(Asset.__table__),
                          [{**asdict(a), "created_at": now} for a in assets])
 
-    def get_asset(self, *, asset_id: str) -> AssetRecord | None:
+    def get_asset(self, *, asset_id: str, project: str) -> AssetRecord | None:
+        """The asset's record, if it belongs to `project` (else None, like a missing one)."""
         with self._session() as s:
             row = s.get(Asset, asset_id)
-            return _record(AssetRecord, row) if row else None
+            return _record(AssetRecord, row) if row and row.project == project else None
 
-    def list_assets(self, *, project: str = "default", kind: str | None = None,
+    def list_assets(self, *, project: str, kind: str | None = None,
                     limit: int = 50, cursor: str | None = None) -> Page[AssetView]:
         """A project's assets, newest first, each with its job's prompt and parameters."""
         _check_limit(limit)
@@ -590,11 +600,11 @@ class RecordStore:
                 return
             after = (rows[-1].created_at, rows[-1].id)
 
-    def delete_asset(self, *, asset_id: str, assets: AssetStore) -> bool:
+    def delete_asset(self, *, asset_id: str, project: str, assets: AssetStore) -> bool:
         """Delete the object (through `assets`, which must be the store it lives in), then the
-        record. False when there is no such asset. If the object cannot be deleted, the error
+        record. False when `project` has no such asset. If the object cannot be deleted, the error
         propagates and the record stays (a later attempt retries)."""
-        record = self.get_asset(asset_id=asset_id)
+        record = self.get_asset(asset_id=asset_id, project=project)
         if record is None:
             return False
         if record.store != assets.name:
@@ -784,12 +794,13 @@ class RecordStore:
                 conn.execute(insert(Message.__table__), messages)
         return results
 
-    def get_session(self, *, session_id: str, message_limit: int | None = None
+    def get_session(self, *, session_id: str, project: str, message_limit: int | None = None
                     ) -> SessionRecord | None:
-        """The session with its messages, oldest first (the last `message_limit` if given)."""
+        """The session of `project` with its messages, oldest first (the last `message_limit`
+        if given); None when `project` has no such session."""
         with self._session() as s:
             row = s.get(ChatSession, session_id)
-            if row is None:
+            if row is None or row.project != project:
                 return None
             q = select(Message).where(Message.session_id == session_id)
             if message_limit is not None:
@@ -801,7 +812,7 @@ class RecordStore:
             return _record(SessionRecord, row,
                            messages=[_record(MessageRecord, m) for m in messages])
 
-    def list_sessions(self, *, project: str = "default", limit: int = 50,
+    def list_sessions(self, *, project: str, limit: int = 50,
                       cursor: str | None = None) -> Page[SessionRecord]:
         """A project's sessions, most recently active first (without their messages)."""
         _check_limit(limit)
@@ -810,8 +821,9 @@ class RecordStore:
                           lambda row: _record(SessionRecord, row, messages=[]),
                           key=lambda row: (row.updated_at, row.id))
 
-    def delete_session(self, *, session_id: str) -> bool:
-        return bool(self._delete_sessions(ChatSession.id == session_id))
+    def delete_session(self, *, session_id: str, project: str) -> bool:
+        return bool(self._delete_sessions((ChatSession.id == session_id)
+                                          & (ChatSession.project == project)))
 
     def expire_sessions(self, *, older_than: timedelta, dry_run: bool = False,
                         now: datetime | None = None) -> list[str]:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from graphs.cli import free_port
+from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# As `photostudio serve` and cluster.yaml: Serve's HTTP servers drop unsafe X-Request-IDs and
+# Serve's per-request hint headers from clients (graphs/serve_proxy.py). Before Ray starts.
+for _name, _value in SERVE_PROXY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -94,3 +94,37 @@ def test_request_path_env_keeps_haproxys_socket_path_short(tmp_path):
     assert request_path_env(deep, haproxy=False) == {}
     assert request_path_env(deep, haproxy=False, throughput_optimized=True) == {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def test_serve_binds_ray_to_loopback_and_sets_the_front_doors_timeouts(tmp_path, monkeypatch):
+    import stat
+
+    from graphs import cli
+
+    for name in ("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "RAY_SERVE_HAPROXY_BINARY_PATH",
+                 "PHOTOSTUDIO_HAPROXY_TIMEOUT_HTTP_REQUEST_S", "PHOTOSTUDIO_HAPROXY_STATS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    env = cli.request_path_env(tmp_path, free_ports=True)
+    assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "60"  # Serve's default: 3600
+    assert env["PHOTOSTUDIO_HAPROXY_TIMEOUT_HTTP_REQUEST_S"] == "10"  # Serve's: none
+    assert env["PHOTOSTUDIO_HAPROXY_STATS_HOST"] == "127.0.0.1"  # Serve's: every interface
+    launcher = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])  # Serve starts HAProxy through it
+    assert os.access(launcher, os.X_OK) and "-m graphs.haproxy_guard" in launcher.read_text()
+    state = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent  # admin socket: this user only
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert cli.http_options("127.0.0.1", 8000) == {"host": "127.0.0.1", "port": 8000,
+                                                    "keep_alive_timeout_s": 10}  # Serve's: 90
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "30")  # an operator's value wins
+    assert cli.request_path_env(tmp_path)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "30"
+
+    ray_env, init_kwargs = cli.local_ray_options()
+    assert init_kwargs == {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
+    # Ray keeps a loopback node address only with this (else it takes the routable one)
+    assert ray_env == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    resolved = subprocess.run(
+        [sys.executable, "-c", "from ray._private.services import resolve_ip_for_localhost; "
+                               "print(resolve_ip_for_localhost('127.0.0.1'))"],
+        env={**os.environ, **ray_env}, capture_output=True, text=True, check=True, timeout=120)
+    assert resolved.stdout.strip() == "127.0.0.1"
+    assert cli.local_ray_options("10.0.0.5") == (
+        {}, {"_node_ip_address": "10.0.0.5", "dashboard_host": "127.0.0.1"})

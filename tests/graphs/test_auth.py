@@ -136,13 +136,21 @@ async def test_auth_off_acts_in_the_configured_project(records):
 @sync
 async def test_signed_asset_urls(records):
     async with make_app(records) as client:
-        query = auth.sign_asset("img_1")
+        query = auth.sign_asset("img_1", "p1")
+        assert query.startswith("?project=p1&expires=") and "&sig=" in query
         r = await client.get(f"/v1/assets/img_1{query}")
-        assert r.status_code == 200 and r.json()["signed"] == "img_1"
+        # the request it allows reads the asset through the project it was signed for
+        assert r.status_code == 200 and r.json() == {"project": "p1", "signed": "img_1"}
         envelope(await client.get(f"/v1/assets/img_2{query}"), 403, "invalid_signature")
+        # the project is signed too: another project in the same URL is refused
+        forged = query.replace("project=p1", "project=p2")
+        envelope(await client.get(f"/v1/assets/img_1{forged}"), 403, "invalid_signature")
         envelope(await client.get("/v1/assets/img_1"), 401, "missing_api_key")
+        # a URL without its project (the older format) is no signed URL at all
+        unscoped = query.replace("project=p1&", "")
+        envelope(await client.get(f"/v1/assets/img_1{unscoped}"), 401, "missing_api_key")
         past = int(time.time()) - 5
-        envelope(await client.get(f"/v1/assets/img_1?expires={past}&sig=00"), 403,
+        envelope(await client.get(f"/v1/assets/img_1?project=p1&expires={past}&sig=00"), 403,
                  "url_expired")
 
 

@@ -124,10 +124,13 @@ def test_projects_are_isolated(gateway, two_projects):
 
 def test_signed_asset_url_works_without_a_key(gateway, two_projects):
     url = two_projects["url"]
-    assert "sig=" in url and "expires=" in url
+    assert "sig=" in url and "expires=" in url and "project=default&" in url
     r = httpx.get(url, timeout=30)  # as an <img> tag would: no Authorization header
     assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
     envelope(httpx.get(url.replace("sig=", "sig=0"), timeout=30), 403, "invalid_signature")
+    # the project is signed: the same URL can't be pointed at another project
+    envelope(httpx.get(url.replace("project=default&", "project=rival&"), timeout=30), 403,
+             "invalid_signature")
     unsigned = url.split("?")[0]
     envelope(httpx.get(unsigned, timeout=30), 401, "missing_api_key")
 

@@ -50,7 +50,7 @@ def test_concurrent_turns_share_transactions_and_each_gets_its_own_session(recor
         pool.shutdown()
     assert len(set(ids)) == 20 and all(i.startswith("sess_") for i in ids)
     for i, session_id in enumerate(ids):  # every caller got its own turn's session
-        got = records.get_session(session_id=session_id)
+        got = records.get_session(session_id=session_id, project="p1")
         assert [m.content for m in got.messages] == [f"hello {i}", f"re: hello {i}"]
     assert writer.turns == 20
     assert writer.batches == len(commits) < 20  # group commit: fewer transactions than turns
@@ -74,10 +74,11 @@ def test_a_failed_turn_fails_alone_and_one_alone_is_written_at_once(records):
         pool.shutdown()
     assert follow_up == alone
     assert isinstance(missing, KeyError) and isinstance(foreign, KeyError)
-    assert [m.content for m in records.get_session(session_id=alone).messages] == [
-        "first", "re: first", "follow-up", "re: follow-up"]
-    assert [m.content for m in records.get_session(session_id=fine).messages] == [
-        "fine", "re: fine"]
+    assert [m.content for m in records.get_session(session_id=alone, project="p1").messages] \
+        == ["first", "re: first", "follow-up", "re: follow-up"]
+    assert records.get_session(session_id=alone, project="p2") is None  # p1's, not p2's
+    assert [m.content for m in records.get_session(session_id=fine, project="p1").messages] \
+        == ["fine", "re: fine"]
 
 
 def test_a_database_error_reaches_every_turn_of_its_batch_and_the_writer_goes_on():

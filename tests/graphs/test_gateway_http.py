@@ -83,7 +83,7 @@ def test_job_is_recorded(http, gateway):
     body = http.post("/v1/images/generations",
                      json={"prompt": "a recorded job", "seed": 1, "size": "64x64"}).json()
     records = RecordStore(f"sqlite:///{gateway.data_dir / 'photostudio.db'}")
-    job = records.get_job(job_id=body["metadata"]["job_id"])
+    job = records.get_job(job_id=body["metadata"]["job_id"], project="default")
     assert job.status == "succeeded" and job.prompt == "a recorded job"
     assert job.asset_ids == [body["data"][0]["id"]] and job.model == "tiny-sd"
     assert job.params["width"] == 64 and job.timings["total_s"] > 0

@@ -72,7 +72,7 @@ def test_quality_maps_to_steps(client, gateway):
     for quality in ("low", "high"):
         res = client.images.generate(prompt="a tree", quality=quality, size="64x64")
         job_id = res.model_extra["metadata"]["job_id"]
-        steps[quality] = records.get_job(job_id=job_id).params["steps"]
+        steps[quality] = records.get_job(job_id=job_id, project="default").params["steps"]
     assert steps["low"] < steps["high"]
 
 

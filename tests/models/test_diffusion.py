@@ -255,3 +255,29 @@ def test_img2img_runs_at_least_one_step_however_few_steps(tiny, steps, strength)
     assert req.effective_steps == 1 or steps * strength >= 1
     (out,) = tiny.generate([req])
     assert out.images[0].shape == (64, 64, 3)
+
+
+def test_a_request_larger_than_a_batch_runs_in_parts_with_the_same_images(tiny):
+    """n=10 with batches of 4 images: three pipeline calls (4+4+2), and the images and seeds of
+    one call of 10 (issue #13, 3: n 9 or 10 used to fail on the generator's batch size)."""
+    req = GenerationRequest(prompt="a fox", n=10, width=64, height=64, steps=2, seed=41)
+    calls: list[int] = []
+    [split] = tiny.generate([req], max_batch_images=4, on_batch=calls.append)
+    [whole] = tiny.generate([req], max_batch_images=16)
+    assert calls == [4, 4, 2]
+    assert split.seeds == whole.seeds == [41 + k for k in range(10)]
+    assert len(split.images) == 10
+    for a, b in zip(split.images, whole.images, strict=True):  # batch size: float rounding
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_parts_keep_other_requests_and_cancellation_aligned(tiny):
+    import threading
+
+    big = GenerationRequest(prompt="a fox", n=5, width=64, height=64, steps=2, seed=1)
+    small = GenerationRequest(prompt="a cat", n=1, width=64, height=64, steps=2, seed=2)
+    gone = threading.Event()
+    gone.set()  # the small request's caller left before its call
+    out = tiny.generate([big, small], max_batch_images=2, cancel=[threading.Event(), gone])
+    assert len(out[0].images) == 5 and out[0].seeds == [1, 2, 3, 4, 5]
+    assert out[1] is None

@@ -71,19 +71,20 @@ def test_cleanup_dry_run_then_for_real(records, tmp_path):
     assert [a.id for a in dry.assets] == ["img_old"]
     assert dry.jobs == [ids["old_job"]] and dry.sessions == [ids["old_session"]]
     assert store.get(key=dry.assets[0].key) == b"img_old"  # nothing deleted
-    assert records.get_asset(asset_id="img_old") and records.get_job(job_id=ids["old_job"])
+    assert records.get_asset(asset_id="img_old", project="default")
+    assert records.get_job(job_id=ids["old_job"], project="default")
 
     done = cleanup(timedelta(days=30), False, records=records, assets=store, now=now)
     assert [a.id for a in done.assets] == ["img_old"] and not done.failed
     assert done.jobs == [ids["old_job"]] and done.sessions == [ids["old_session"]]
     assert not store.path(done.assets[0].key).exists()
-    assert records.get_asset(asset_id="img_old") is None
-    assert records.get_job(job_id=ids["old_job"]) is None
-    assert records.get_session(session_id=ids["old_session"]) is None
+    assert records.get_asset(asset_id="img_old", project="default") is None
+    assert records.get_job(job_id=ids["old_job"], project="default") is None
+    assert records.get_session(session_id=ids["old_session"], project="default") is None
     # recent things and a running job stay, whatever their age
     assert store.get(key="default/generation/2026/01/img_new.png") == b"img_new"
-    assert records.get_job(job_id=ids["stuck"]).status == "running"
-    assert records.get_session(session_id=ids["new_session"]) is not None
+    assert records.get_job(job_id=ids["stuck"], project="default").status == "running"
+    assert records.get_session(session_id=ids["new_session"], project="default") is not None
     again = cleanup(timedelta(days=30), False, records=records, assets=store, now=now)
     assert (again.assets, again.jobs, again.sessions) == ([], [], [])
 
@@ -98,8 +99,10 @@ def test_cleanup_keeps_records_whose_object_could_not_be_deleted(records, tmp_pa
     ids = seed(records, store, now=now)
     report = cleanup(timedelta(days=30), False, records=records, assets=store, now=now)
     assert report.assets == [] and report.failed == [("img_old", "OSError: permission denied")]
-    assert records.get_asset(asset_id="img_old") is not None  # retried by a later run
-    assert report.jobs == [] and records.get_job(job_id=ids["old_job"]) is not None
+    # retried by a later run
+    assert records.get_asset(asset_id="img_old", project="default") is not None
+    assert report.jobs == []
+    assert records.get_job(job_id=ids["old_job"], project="default") is not None
     records.add_asset(asset_id="img_elsewhere", job_id=None, kind="generation", store="s3",
                       key="k.png", content_type="image/png", size_bytes=1, width=1, height=1)
     set_columns(records, Asset, "img_elsewhere", created_at=now - 90 * DAY)
@@ -146,11 +149,11 @@ def test_photostudio_db_and_storage_commands(tmp_path):
     out = run_cli("storage", "cleanup", "--older-than", "30d", "--dry-run", env=env)
     assert out.returncode == 0, out.stderr
     assert "would delete asset img_old" in out.stdout and "img_new" not in out.stdout
-    assert records.get_asset(asset_id="img_old") is not None
+    assert records.get_asset(asset_id="img_old", project="default") is not None
     out = run_cli("storage", "cleanup", "--older-than", "30d", env=env)
     assert out.returncode == 0, out.stderr
     assert "deleted: 1 asset(s), 1 job(s), 1 session(s)" in out.stdout
-    assert records.get_asset(asset_id="img_old") is None
+    assert records.get_asset(asset_id="img_old", project="default") is None
     records.close()
     bad = run_cli("storage", "cleanup", "--older-than", "30x", env=env)
     assert bad.returncode == 2 and "30d, 12h or 90m" in bad.stderr

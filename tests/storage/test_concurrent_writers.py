@@ -37,7 +37,8 @@ def test_two_processes_write_concurrently(db_url):
     store = RecordStore(db_url)
     jobs, cursor = [], None
     while True:
-        page = store.list_jobs(kind="generations", limit=200, cursor=cursor)
+        page = store.list_jobs(project="default", kind="generations", limit=200,
+                                cursor=cursor)
         jobs += page.items
         if not page.next_cursor:
             break
@@ -48,5 +49,5 @@ def test_two_processes_write_concurrently(db_url):
         tag, i = job.prompt.split("-")
         assert job.status == "succeeded" and job.params == {"i": int(i)}
         assert job.asset_ids == [f"img_{tag}_{i}"]
-        assert store.get_asset(asset_id=f"img_{tag}_{i}").job_id == job.id
+        assert store.get_asset(asset_id=f"img_{tag}_{i}", project="default").job_id == job.id
     store.close()

@@ -44,9 +44,9 @@ def test_generation_url_downloads_from_s3_and_records_in_postgres(cluster_app, s
     image = httpx.get(item["url"], timeout=30)
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 64)
     records = RecordStore(pg_url)
-    asset = records.get_asset(asset_id=item["id"])
+    asset = records.get_asset(asset_id=item["id"], project="default")
     assert asset.store == "s3" and asset.key.startswith("default/generations/")
-    job = records.get_job(job_id=r.json()["metadata"]["job_id"])
+    job = records.get_job(job_id=r.json()["metadata"]["job_id"], project="default")
     assert job.status == "succeeded" and job.asset_ids == [item["id"]]
     # GET /v1/assets/{id} redirects to the store
     redirect = httpx.get(f"{base}/v1/assets/{item['id']}", timeout=30)

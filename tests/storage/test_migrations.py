@@ -3,7 +3,9 @@ and several replicas starting at once on one fresh database."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 
 import pytest
 from alembic import command
@@ -86,12 +88,12 @@ def test_database_from_before_migrations_is_stamped_and_upgraded(tmp_path):
     engine.dispose()
     records = RecordStore(url)
     try:
-        job = records.get_job(job_id="job_old")
+        job = records.get_job(job_id="job_old", project="default")
         assert (job.prompt, job.params, job.progress, job.cancel_requested) == \
             ("a cat", {"n": 1}, 0.0, False)
         assert job.created_at.isoformat() == "2026-11-01T10:00:00+00:00"
         assert migrate.check(records.engine) == []
-        assert records.list_jobs().items[0].id == "job_old"
+        assert records.list_jobs(project="default").items[0].id == "job_old"
     finally:
         records.close()
 
@@ -131,6 +133,70 @@ def test_replicas_starting_at_once_migrate_exactly_once(fresh_url):
             s.close()
 
 
+@pytest.mark.parametrize("migrate_schema", [True, False],
+                         ids=["migration-connection", "store-connection"])
+def test_switch_to_wal_waits_for_a_writer_on_a_fresh_sqlite_file(tmp_path, monkeypatch,
+                                                                 migrate_schema):
+    """Switching a fresh file to WAL reads its header, then needs the write lock; while
+    another connection holds that lock (a replica starting at the same moment), SQLite answers
+    'database is locked' at once, busy timeout or not. A starting store waits for the lock
+    instead (here: the other connection commits at the store's first back-off)."""
+    path = tmp_path / "fresh.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock (the file is still in rollback mode)
+    backoffs: list[float] = []
+
+    def back_off(seconds: float) -> None:
+        backoffs.append(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    monkeypatch.setattr(migrate, "_sleep", back_off)
+    store = RecordStore(f"sqlite:///{path}", migrate_schema=migrate_schema)
+    try:
+        store.ping()
+        assert backoffs, "the store never met the other connection's write lock"
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if migrate_schema:
+            with store.engine.connect() as conn:
+                assert migrate.current_revision(conn) == migrate.head_revision()
+    finally:
+        store.close()
+        other.close()
+
+
+def test_switch_to_wal_gives_up_after_the_busy_timeout(tmp_path, monkeypatch):
+    """A lock held for longer than the timeout still ends in 'database is locked'."""
+    path = tmp_path / "held.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    backoffs: list[float] = []
+
+    def back_off(seconds: float) -> None:
+        backoffs.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(migrate, "_sleep", back_off)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            migrate.enable_wal(conn, timeout_s=0.1)
+        assert len(backoffs) > 1  # it did wait and retry
+    finally:
+        conn.close()
+        other.close()
+
+
+def test_enable_wal_on_memory_and_wal_files(tmp_path):
+    memory = sqlite3.connect(":memory:")
+    assert migrate.enable_wal(memory, timeout_s=1) == "memory"
+    memory.close()
+    for _ in range(2):  # the second time, the file is WAL already
+        conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+        assert migrate.enable_wal(conn, timeout_s=1) == "wal"
+        conn.close()
+
+
 def test_postgres_urls_use_psycopg3():
     assert migrate.normalize_url("postgres://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
     assert migrate.normalize_url("postgresql://h/db") == "postgresql+psycopg://h/db"
@@ -142,6 +208,6 @@ def test_memory_sqlite_works_in_process():
     records = RecordStore("sqlite://")
     try:
         job_id = records.create_job(kind="k", prompt=None, params={}, model=None)
-        assert records.get_job(job_id=job_id).status == "queued"
+        assert records.get_job(job_id=job_id, project="default").status == "queued"
     finally:
         records.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -31,14 +33,14 @@ def new_job(records: RecordStore, **kw) -> str:
 def test_job_lifecycle_success(records):
     job_id = records.create_job(kind="generation", prompt="a cat", params={"n": 2},
                                 model="tiny-sd")
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "queued" and job.params == {"n": 2} and job.started_at is None
     assert job.progress == 0.0 and job.cancel_requested is False and job.result is None
     assert records.start_job(job_id=job_id) is True
-    assert records.get_job(job_id=job_id).status == "running"
+    assert records.get_job(job_id=job_id, project="default").status == "running"
     assert records.finish_job(job_id=job_id, asset_ids=["img_1", "img_2"],
                               timings={"total_s": 1.5}, result={"images": 2}) is True
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "succeeded" and job.asset_ids == ["img_1", "img_2"]
     assert job.timings == {"total_s": 1.5} and job.finished_at >= job.started_at
     assert job.progress == 1.0 and job.result == {"images": 2}
@@ -47,22 +49,25 @@ def test_job_lifecycle_success(records):
 def test_job_failure_keeps_the_reason(records):
     job_id = new_job(records, prompt="x", params={}, model=None)
     records.fail_job(job_id=job_id, error="ValueError: width must be ...")
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "failed" and "width" in job.error
-    assert [j.id for j in records.list_jobs(status="failed").items] == [job_id]
+    assert [j.id for j in records.list_jobs(project="default", status="failed").items] == \
+        [job_id]
 
 
 def test_unknown_job_update_raises(records):
     for call in (records.start_job, records.heartbeat, records.is_cancel_requested,
-                 records.request_cancel, records.cancel_job):
+                 records.cancel_job):
         with pytest.raises(KeyError):
             call(job_id="job_missing")
+    with pytest.raises(KeyError):
+        records.request_cancel(job_id="job_missing", project="default")
     with pytest.raises(KeyError):
         records.update_progress(job_id="job_missing", progress=0.5)
 
 
 def test_timestamps_are_timezone_aware_utc(records):
-    job = records.get_job(job_id=new_job(records))
+    job = records.get_job(job_id=new_job(records), project="default")
     assert job.created_at.tzinfo is not None and job.created_at.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - job.created_at) < timedelta(minutes=5)
 
@@ -70,13 +75,13 @@ def test_timestamps_are_timezone_aware_utc(records):
 def test_progress_step_and_heartbeat(records):
     job_id = new_job(records)
     records.start_job(job_id=job_id)
-    started = records.get_job(job_id=job_id)
+    started = records.get_job(job_id=job_id, project="default")
     assert records.update_progress(job_id=job_id, progress=0.25, step="denoising 1/4") is False
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert (job.progress, job.step) == (0.25, "denoising 1/4")
     assert job.heartbeat_at >= started.heartbeat_at and job.updated_at >= started.updated_at
     assert records.update_progress(job_id=job_id, progress=1) is False  # step kept
-    assert records.get_job(job_id=job_id).step == "denoising 1/4"
+    assert records.get_job(job_id=job_id, project="default").step == "denoising 1/4"
     for bad in (-0.1, 1.01, float("nan"), "half"):
         with pytest.raises(ValueError, match="progress must be a number from 0 to 1"):
             records.update_progress(job_id=job_id, progress=bad)
@@ -89,25 +94,26 @@ def test_first_terminal_state_wins(records):
     assert records.fail_job(job_id=job_id, error="late failure") is False
     assert records.cancel_job(job_id=job_id) is False
     assert records.start_job(job_id=job_id) is False
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "succeeded" and job.error is None
     assert records.update_progress(job_id=job_id, progress=0.1) is True  # worker: stop
 
 
 def test_a_job_can_be_created_running(records):
     job_id = new_job(records, start=True)
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "running" and job.started_at is not None
     assert job.heartbeat_at == job.started_at and job.started_at >= job.created_at
     assert job.finished_at is None and job.progress == 0.0 and job.cancel_requested is False
-    assert [j.id for j in records.list_jobs(status="running").items] == [job_id]
+    assert [j.id for j in records.list_jobs(project="default", status="running").items] == \
+        [job_id]
     assert records.start_job(job_id=job_id) is False  # not queued: nothing to start
-    assert records.get_job(job_id=job_id).started_at == job.started_at
+    assert records.get_job(job_id=job_id, project="default").started_at == job.started_at
     assert records.fail_stale_jobs(older_than_s=300) == []  # it beat at creation
     set_columns(records, Job, job_id,
                 heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10))
     assert records.fail_stale_jobs(older_than_s=300) == [job_id]  # a running job like others
-    queued = records.get_job(job_id=new_job(records, start=False))
+    queued = records.get_job(job_id=new_job(records, start=False), project="default")
     assert queued.status == "queued" and queued.started_at is queued.heartbeat_at is None
 
 
@@ -127,10 +133,10 @@ def test_finish_job_records_its_assets(records):
                       content_type="image/webp")]
     assert records.finish_job(job_id=job_id, timings={"total_s": 0.5}, model="m2",
                               assets=outputs) is True
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="p1")
     assert job.status == "succeeded" and job.asset_ids == ["img_a", "img_b"]  # from assets
     assert job.model == "m2" and job.timings == {"total_s": 0.5} and job.progress == 1.0
-    b = records.get_asset(asset_id="img_b")
+    b = records.get_asset(asset_id="img_b", project="p1")
     assert (b.job_id, b.project, b.width, b.height, b.content_type, b.size_bytes) == \
         (job_id, "p1", 32, 16, "image/webp", 123)
     assert b.created_at.tzinfo is not None and b.created_at == job.finished_at
@@ -145,13 +151,14 @@ def test_finish_job_writes_its_assets_and_its_success_or_neither(records):
     with pytest.raises(IntegrityError):  # the second asset's id exists: the insert fails
         records.finish_job(job_id=job_id, timings={},
                            assets=[output("img_new", job_id), output("img_taken", job_id)])
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "running" and job.asset_ids == [] and job.finished_at is None
-    assert records.get_asset(asset_id="img_new") is None
-    assert records.get_asset(asset_id="img_taken").job_id is None  # the old row, untouched
+    assert records.get_asset(asset_id="img_new", project="default") is None
+    # the old row, untouched
+    assert records.get_asset(asset_id="img_taken", project="default").job_id is None
     # and the job can still end normally afterwards
     assert records.finish_job(job_id=job_id, timings={}, assets=[output("img_new", job_id)])
-    assert records.get_job(job_id=job_id).asset_ids == ["img_new"]
+    assert records.get_job(job_id=job_id, project="default").asset_ids == ["img_new"]
 
 
 def test_finish_job_on_an_ended_job_still_records_the_assets(records):
@@ -159,49 +166,51 @@ def test_finish_job_on_an_ended_job_still_records_the_assets(records):
     assert records.fail_job(job_id=job_id, error="replica died") is True
     assert records.finish_job(job_id=job_id, timings={"total_s": 9},
                               assets=[output("img_late", job_id)]) is False
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "failed" and job.error == "replica died"  # first terminal state wins
     assert job.asset_ids == [] and job.timings == {}
-    assert records.get_asset(asset_id="img_late").job_id == job_id  # the object is findable
+    # the object is findable
+    assert records.get_asset(asset_id="img_late", project="default").job_id == job_id
     with pytest.raises(KeyError):  # an unknown job: raises, and records nothing
         records.finish_job(job_id="job_missing", timings={},
                            assets=[output("img_orphan", "job_missing")])
-    assert records.get_asset(asset_id="img_orphan") is None
+    assert records.get_asset(asset_id="img_orphan", project="default") is None
 
 
 def test_add_assets_is_all_or_nothing(records):
     add_asset(records, "img_taken")
     with pytest.raises(IntegrityError):
         records.add_assets(assets=[output("img_1", None), output("img_taken", None)])
-    assert records.get_asset(asset_id="img_1") is None
+    assert records.get_asset(asset_id="img_1", project="default") is None
     records.add_assets(assets=[output("img_1", None), output("img_2", "job_x")])
-    assert records.get_asset(asset_id="img_2").job_id == "job_x"
+    assert records.get_asset(asset_id="img_2", project="default").job_id == "job_x"
     records.add_assets(assets=[])  # nothing to do
 
 
 # -- cancellation -----------------------------------------------------------------------------
 def test_cancelling_a_queued_job_is_immediate(records):
     job_id = new_job(records)
-    job = records.request_cancel(job_id=job_id)
+    job = records.request_cancel(job_id=job_id, project="default")
     assert job.status == "cancelled" and job.cancel_requested and job.finished_at is not None
     assert records.start_job(job_id=job_id) is False  # a worker picking it up must not run it
-    assert records.get_job(job_id=job_id).status == "cancelled"
+    assert records.get_job(job_id=job_id, project="default").status == "cancelled"
 
 
 def test_cancelling_a_running_job_asks_its_worker(records):
     job_id = new_job(records)
     records.start_job(job_id=job_id)
     assert records.is_cancel_requested(job_id=job_id) is False
-    job = records.request_cancel(job_id=job_id)
+    job = records.request_cancel(job_id=job_id, project="default")
     assert job.status == "running" and job.cancel_requested
     assert records.is_cancel_requested(job_id=job_id) is True
     assert records.heartbeat(job_id=job_id) is True  # the worker sees it on its next beat
     assert records.update_progress(job_id=job_id, progress=0.5) is True
     assert records.cancel_job(job_id=job_id, reason="cancelled by the user") is True
     assert records.finish_job(job_id=job_id, asset_ids=[], timings={}) is False
-    job = records.get_job(job_id=job_id)
+    job = records.get_job(job_id=job_id, project="default")
     assert job.status == "cancelled" and job.error == "cancelled by the user"
-    assert records.request_cancel(job_id=job_id).status == "cancelled"  # ended: unchanged
+    # ended: unchanged
+    assert records.request_cancel(job_id=job_id, project="default").status == "cancelled"
 
 
 # -- stale jobs -------------------------------------------------------------------------------
@@ -216,13 +225,14 @@ def test_fail_stale_jobs_marks_only_silent_running_jobs(records):
     set_columns(records, Job, done, heartbeat_at=now - timedelta(hours=1))
     fresh = new_job(records)  # queued a moment ago: about to start
     assert sorted(records.fail_stale_jobs(older_than_s=300)) == sorted([silent, queued])
-    job = records.get_job(job_id=silent)
+    job = records.get_job(job_id=silent, project="default")
     assert job.status == "failed" and "replica died" in job.error and job.finished_at
-    assert records.get_job(job_id=alive).status == "running"
-    never = records.get_job(job_id=queued)  # its replica died between create and start
+    assert records.get_job(job_id=alive, project="default").status == "running"
+    # its replica died between create and start
+    never = records.get_job(job_id=queued, project="default")
     assert never.status == "failed" and "never started" in never.error
-    assert records.get_job(job_id=fresh).status == "queued"
-    assert records.get_job(job_id=done).status == "succeeded"
+    assert records.get_job(job_id=fresh, project="default").status == "queued"
+    assert records.get_job(job_id=done, project="default").status == "succeeded"
     assert records.fail_stale_jobs(older_than_s=300) == []  # idempotent
     assert records.heartbeat(job_id=silent) is True  # its worker, if alive after all: stop
     with pytest.raises(ValueError, match="older_than_s"):
@@ -256,15 +266,15 @@ def test_list_jobs_is_newest_first_and_stable_under_equal_timestamps(records):
     for i, job_id in enumerate(ids):
         created = T0 if i in (1, 2, 4, 5) else T0 + timedelta(seconds=i - 3)
         set_columns(records, Job, job_id, created_at=created)
-    items, pages = all_pages(records.list_jobs, limit=3)
-    expected = sorted(ids, key=lambda j: (records.get_job(job_id=j).created_at, j),
-                      reverse=True)
+    items, pages = all_pages(lambda **kw: records.list_jobs(project="default", **kw), limit=3)
+    expected = sorted(ids, key=lambda j: (records.get_job(job_id=j, project="default").created_at,
+                                          j), reverse=True)
     assert [j.id for j in items] == expected and pages == 3
     # a job created between two page fetches does not shift later pages
-    first = records.list_jobs(limit=3)
+    first = records.list_jobs(project="default", limit=3)
     new_job(records)
     rest, _ = all_pages(lambda limit, cursor: records.list_jobs(
-        limit=limit, cursor=cursor or first.next_cursor), limit=3)
+        project="default", limit=limit, cursor=cursor or first.next_cursor), limit=3)
     assert [j.id for j in first.items + rest] == expected
 
 
@@ -277,32 +287,55 @@ def test_list_jobs_filters(records):
     set_columns(records, Job, c, created_at=T0 + timedelta(hours=2))
     records.start_job(job_id=c)
 
-    def ids(**kw):
-        return [j.id for j in records.list_jobs(**kw).items]
+    def ids(project="p1", **kw):  # a listing is always one project's
+        return [j.id for j in records.list_jobs(project=project, **kw).items]
 
-    assert ids(project="p1") == [c, a]
-    assert ids(status="running") == [c] and ids(status="queued") == [b, a]
-    assert ids(kind="upscale") == [c, b]
-    assert ids(created_after=T0 + timedelta(hours=1)) == [c, b]  # inclusive
-    assert ids(created_before=T0 + timedelta(hours=1)) == [a]  # exclusive
+    assert ids() == [c, a] and ids(project="p2") == [b] and ids(project="default") == []
+    assert ids(status="running") == [c] and ids(status="queued") == [a]
+    assert ids(project="p2", status="queued") == [b] and ids(project="p2", status="running") == []
+    assert ids(kind="upscale") == [c] and ids(kind="generation") == [a]
+    assert ids(project="p2", kind="upscale") == [b] and ids(project="p2", kind="generation") == []
+    assert ids(created_after=T0 + timedelta(hours=1)) == [c]
+    assert ids(project="p2", created_after=T0 + timedelta(hours=1)) == [b]  # inclusive
+    assert ids(created_before=T0 + timedelta(hours=1)) == [a]
+    assert ids(project="p2", created_before=T0 + timedelta(hours=1)) == []  # exclusive
     naive = (T0 + timedelta(minutes=30)).replace(tzinfo=None)  # naive means UTC
-    assert ids(created_after=naive, created_before=T0 + timedelta(hours=3)) == [c, b]
-    assert ids(project="p1", status="queued") == [a]
+    assert ids(created_after=naive, created_before=T0 + timedelta(hours=3)) == [c]
+    assert ids(project="p2", created_after=naive, created_before=T0 + timedelta(hours=3)) == [b]
 
 
 def test_list_jobs_rejects_bad_arguments(records):
     with pytest.raises(ValueError, match="status must be one of queued, running"):
-        records.list_jobs(status="done")
+        records.list_jobs(project="default", status="done")
     for limit in (0, 1001, "5"):
         with pytest.raises(ValueError, match="limit must be an integer from 1 to 1000"):
-            records.list_jobs(limit=limit)
+            records.list_jobs(project="default", limit=limit)
     with pytest.raises(ValueError, match="cursor is not a valid jobs cursor"):
-        records.list_jobs(cursor="not-a-cursor")
+        records.list_jobs(project="default", cursor="not-a-cursor")
     records.create_project(project_id="p9")
     records.create_project(project_id="p8")
     other = records.list_projects(limit=1).next_cursor
     with pytest.raises(ValueError, match="cursor is not a valid jobs cursor"):
-        records.list_jobs(cursor=other)  # a cursor of another listing
+        records.list_jobs(project="default", cursor=other)  # a cursor of another listing
+
+
+def crafted_cursor(kind: str, **data) -> str:
+    raw = json.dumps({"k": kind, "t": T0.isoformat(), "i": "x_1", **data})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("kind", ["jobs", "assets", "sessions"])
+def test_crafted_cursors_are_rejected(records, kind):
+    listing = {"jobs": records.list_jobs, "assets": records.list_assets,
+               "sessions": records.list_sessions}[kind]
+    # the helper makes well-formed cursors: one with a string id and timestamp is accepted
+    assert listing(project="default", cursor=crafted_cursor(kind)).items == []
+    for bad in ({"i": ["x_1", "x_2"]}, {"i": {"$gt": ""}}, {"i": 7}, {"i": None},
+                {"i": "x" * 129}, {"t": 1767268800}, {"t": ["2026-01-01"]}, {"t": None},
+                {"t": {"iso": T0.isoformat()}}):
+        with pytest.raises(ValueError, match=f"cursor is not a valid {kind} cursor: pass "
+                                             f"back the next_cursor"):
+            listing(project="default", cursor=crafted_cursor(kind, **bad))
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -316,10 +349,10 @@ def add_asset(records, asset_id, *, job_id=None, project="default", kind="genera
 
 def test_assets_are_recorded(records):
     add_asset(records, "img_1", job_id="job_1")
-    asset = records.get_asset(asset_id="img_1")
+    asset = records.get_asset(asset_id="img_1", project="default")
     assert (asset.width, asset.height, asset.content_type) == (64, 48, "image/png")
     assert asset.key == "default/generation/2026/01/img_1.png"
-    assert records.get_asset(asset_id="nope") is None
+    assert records.get_asset(asset_id="nope", project="default") is None
 
 
 def test_project_assets_newest_first_with_their_prompt(records):
@@ -346,15 +379,16 @@ def test_project_assets_newest_first_with_their_prompt(records):
 def test_delete_asset_removes_object_then_record(records, tmp_path):
     store = LocalAssetStore(tmp_path / "assets")
     add_asset(records, "img_1")
-    key = records.get_asset(asset_id="img_1").key
+    key = records.get_asset(asset_id="img_1", project="default").key
     store.put(key=key, data=b"png", content_type="image/png")
-    assert records.delete_asset(asset_id="img_1", assets=store) is True
-    assert not store.path(key).exists() and records.get_asset(asset_id="img_1") is None
-    assert records.delete_asset(asset_id="img_1", assets=store) is False
+    assert records.delete_asset(asset_id="img_1", project="default", assets=store) is True
+    assert not store.path(key).exists()
+    assert records.get_asset(asset_id="img_1", project="default") is None
+    assert records.delete_asset(asset_id="img_1", project="default", assets=store) is False
     add_asset(records, "img_2", store="s3")
     with pytest.raises(ValueError, match="lives in the 's3' store"):
-        records.delete_asset(asset_id="img_2", assets=store)
-    assert records.get_asset(asset_id="img_2") is not None
+        records.delete_asset(asset_id="img_2", project="default", assets=store)
+    assert records.get_asset(asset_id="img_2", project="default") is not None
 
 
 def test_failed_object_delete_keeps_the_record(records, tmp_path):
@@ -364,8 +398,53 @@ def test_failed_object_delete_keeps_the_record(records, tmp_path):
 
     add_asset(records, "img_1")
     with pytest.raises(OSError, match="unreachable"):
-        records.delete_asset(asset_id="img_1", assets=Broken(tmp_path))
-    assert records.get_asset(asset_id="img_1") is not None
+        records.delete_asset(asset_id="img_1", project="default", assets=Broken(tmp_path))
+    assert records.get_asset(asset_id="img_1", project="default") is not None
+
+
+def test_reads_and_writes_by_id_are_scoped_to_the_project(records, tmp_path):
+    """Another project's job, asset or session is None to its getter, like a missing one, and
+    deleting or cancelling it through another project leaves it as it was."""
+    store = LocalAssetStore(tmp_path / "assets")
+    queued = new_job(records, project="p1")
+    running = new_job(records, project="p1", start=True)
+    add_asset(records, "img_p1", job_id=queued, project="p1")
+    key = records.get_asset(asset_id="img_p1", project="p1").key
+    store.put(key=key, data=b"png", content_type="image/png")
+    session = records.add_turn(session_id=None, project="p1", messages=turn("hi", "hello"))
+
+    for project in ("p2", "default"):
+        assert records.get_job(job_id=queued, project=project) is None
+        assert records.get_job(job_id=running, project=project) is None
+        assert records.get_asset(asset_id="img_p1", project=project) is None
+        assert records.get_session(session_id=session, project=project) is None
+        assert records.get_session(session_id=session, project=project,
+                                   message_limit=1) is None
+        assert records.list_jobs(project=project).items == []
+        assert records.list_assets(project=project).items == []
+        assert records.list_sessions(project=project).items == []
+        assert records.delete_asset(asset_id="img_p1", project=project, assets=store) is False
+        assert records.delete_session(session_id=session, project=project) is False
+        for job_id in (queued, running):
+            with pytest.raises(KeyError, match=f"no job '{job_id}'"):
+                records.request_cancel(job_id=job_id, project=project)
+
+    # untouched: the owner still sees all of it, as it was
+    assert records.get_job(job_id=queued, project="p1").status == "queued"
+    job = records.get_job(job_id=running, project="p1")
+    assert job.status == "running" and job.cancel_requested is False
+    assert records.is_cancel_requested(job_id=running) is False
+    assert records.get_asset(asset_id="img_p1", project="p1").job_id == queued
+    assert store.get(key=key) == b"png"
+    assert [m.content for m in records.get_session(session_id=session,
+                                                   project="p1").messages] == ["hi", "hello"]
+    # and the owner's own calls work on them
+    assert records.request_cancel(job_id=queued, project="p1").status == "cancelled"
+    assert records.request_cancel(job_id=running, project="p1").cancel_requested is True
+    assert records.delete_asset(asset_id="img_p1", project="p1", assets=store) is True
+    assert not store.path(key).exists()
+    assert records.delete_session(session_id=session, project="p1") is True
+    assert records.get_session(session_id=session, project="p1") is None
 
 
 # -- projects ---------------------------------------------------------------------------------
@@ -402,19 +481,19 @@ def test_session_with_messages(records):
     m2 = records.add_message(session_id=s.id, role="assistant", content="done",
                              data={"plan": [{"tool": "matting"}]}, image_ids=["img_2"])
     records.add_message(session_id=s.id, role="user", content="now upscale it")
-    got = records.get_session(session_id=s.id)
+    got = records.get_session(session_id=s.id, project="p1")
     assert (got.title, got.project, got.data) == ("Portrait edits", "p1", {"lang": "en"})
     assert [m.content for m in got.messages] == ["remove the background", "done",
                                                  "now upscale it"]
     assert got.messages[0] == m1 and got.messages[1].data == {"plan": [{"tool": "matting"}]}
     assert m2.image_ids == ["img_2"] and got.updated_at >= got.created_at
-    last = records.get_session(session_id=s.id, message_limit=2)
+    last = records.get_session(session_id=s.id, project="p1", message_limit=2)
     assert [m.content for m in last.messages] == ["done", "now upscale it"]
     with pytest.raises(ValueError, match="role must be one of user, assistant, system, tool"):
         records.add_message(session_id=s.id, role="bot", content="x")
     with pytest.raises(KeyError):
         records.add_message(session_id="sess_missing", role="user", content="x")
-    assert records.get_session(session_id="sess_missing") is None
+    assert records.get_session(session_id="sess_missing", project="p1") is None
 
 
 def test_sessions_list_by_last_activity(records):
@@ -435,17 +514,18 @@ def test_delete_and_expire_sessions(records):
     gone = records.create_session()
     for s in (keep, old, gone):
         records.add_message(session_id=s.id, role="user", content="hi")
-    assert records.delete_session(session_id=gone.id) is True
-    assert records.delete_session(session_id=gone.id) is False
+    assert records.delete_session(session_id=gone.id, project="default") is True
+    assert records.delete_session(session_id=gone.id, project="default") is False
     assert count_messages(records, gone.id) == 0
     set_columns(records, ChatSession, old.id,
                 updated_at=datetime.now(timezone.utc) - timedelta(days=40))
     assert records.expire_sessions(older_than=timedelta(days=30), dry_run=True) == [old.id]
-    assert records.get_session(session_id=old.id) is not None  # dry run: nothing deleted
+    # dry run: nothing deleted
+    assert records.get_session(session_id=old.id, project="default") is not None
     assert records.expire_sessions(older_than=timedelta(days=30)) == [old.id]
-    assert records.get_session(session_id=old.id) is None and count_messages(records,
-                                                                              old.id) == 0
-    assert len(records.get_session(session_id=keep.id).messages) == 1
+    assert records.get_session(session_id=old.id, project="default") is None
+    assert count_messages(records, old.id) == 0
+    assert len(records.get_session(session_id=keep.id, project="default").messages) == 1
 
 
 def turn(*contents: str, images: list[str] | None = None) -> list[dict]:
@@ -466,7 +546,7 @@ def test_add_turn_creates_a_session_with_its_messages(records):
     session_id = records.add_turn(session_id=None, project="p1",
                                   messages=turn("hi, remove the background", "attach a photo",
                                                 images=["img_up"]))
-    got = records.get_session(session_id=session_id)
+    got = records.get_session(session_id=session_id, project="p1")
     assert session_id.startswith("sess_") and got.project == "p1"
     assert (got.title, got.data) == (None, {})  # as create_session makes it
     assert got.created_at == got.updated_at
@@ -481,7 +561,7 @@ def test_add_turn_creates_a_session_with_its_messages(records):
     # a message given with only role and content gets the same defaults as add_message's
     bare = records.add_turn(session_id=None, project="p1",
                             messages=[{"role": "system", "content": "be brief"}])
-    (m,) = records.get_session(session_id=bare).messages
+    (m,) = records.get_session(session_id=bare, project="p1").messages
     assert (m.data, m.image_ids) == ({}, [])
 
 
@@ -494,12 +574,13 @@ def test_add_turn_appends_to_a_session(records):
     set_columns(records, ChatSession, other, updated_at=T0 + timedelta(minutes=1))
     assert records.add_turn(session_id=first, project="p1",
                             messages=turn("make it bigger", "sure")) == first
-    got = records.get_session(session_id=first)
+    got = records.get_session(session_id=first, project="p1")
     assert [m.content for m in got.messages] == ["make a cat", "here it is", "make it bigger",
                                                  "sure"]
     assert got.updated_at > T0 + timedelta(minutes=1)  # bumped: now the most recent
     assert [s.id for s in records.list_sessions(project="p1").items] == [first, other]
-    assert [m.content for m in records.get_session(session_id=other).messages] == ["hello"]
+    assert [m.content for m in records.get_session(session_id=other, project="p1").messages] == \
+        ["hello"]
 
 
 def test_add_turn_errors_write_nothing(records):
@@ -558,10 +639,11 @@ def test_purge_jobs_keeps_active_jobs_and_jobs_with_assets(records):
         set_columns(records, Job, job_id, created_at=old)
     cutoff = datetime.now(timezone.utc) - timedelta(days=30)
     assert records.purge_jobs(created_before=cutoff, dry_run=True) == [done]
-    assert records.get_job(job_id=done) is not None
+    assert records.get_job(job_id=done, project="default") is not None
     assert records.purge_jobs(created_before=cutoff) == [done]
-    assert records.get_job(job_id=done) is None
-    assert all(records.get_job(job_id=j) for j in (running, with_asset, recent))
+    assert records.get_job(job_id=done, project="default") is None
+    assert all(records.get_job(job_id=j, project="default")
+               for j in (running, with_asset, recent))
 
 
 def test_repr_hides_the_database_password(tmp_path):
@@ -591,9 +673,9 @@ def test_add_turns_writes_a_batch_and_isolates_each_turns_error(records):
     assert isinstance(foreign, KeyError)
     assert isinstance(bad_role, ValueError) and "role must be one of" in str(bad_role)
     assert session_count(records) == sessions + 2  # the failed turns created nothing
-    assert [m.content for m in records.get_session(session_id=new_p1).messages] == [
-        "hello", "hi there"]
-    assert [m.content for m in records.get_session(session_id=existing).messages] == [
-        "make a cat", "make it bigger"]
-    assert records.get_session(session_id=new_p2).project == "p2"
+    assert [m.content for m in records.get_session(session_id=new_p1, project="p1").messages] \
+        == ["hello", "hi there"]
+    assert [m.content for m in records.get_session(session_id=existing, project="p1").messages] \
+        == ["make a cat", "make it bigger"]
+    assert records.get_session(session_id=new_p2, project="p2").project == "p2"
     assert records.add_turns([]) == []

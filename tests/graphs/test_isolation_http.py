@@ -1,0 +1,210 @@
+"""Project isolation by id, over real HTTP on the deployed production graph (issue #13, 1).
+
+Every route and body field that takes an id is enumerated from the gateway's own OpenAPI
+document, so a new route (datasets, workflows, LoRAs, videos…) fails
+`test_every_id_taking_route_and_field_is_covered` until its foreign-id case is added to
+`FOREIGN_ID_CASES`. Each case sends project B's key with an id of project A: the answer is the
+404 envelope, nothing of A is changed, and B never gets A's pixels (no job of B succeeds on
+them, no asset appears in B's gallery).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from router.schemas import SessionContext
+from storage.records import RecordStore
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def client(gateway, token: str) -> httpx.Client:
+    return httpx.Client(base_url=gateway.base_url, timeout=120,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def not_found(r: httpx.Response) -> dict:
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert error["type"] == "not_found_error" and error["message"], error
+    return error
+
+
+@pytest.fixture(scope="module")
+def projects(gateway):
+    """Two projects with a key each; A owns a job, its output image, a chat session and a
+    chat upload."""
+    a = gateway.create_key(project="iso-a", scopes=["generate", "tools", "chat"])
+    b = gateway.create_key(project="iso-b", scopes=["generate", "tools", "chat"])
+    photo = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    with client(gateway, a) as ca:
+        r = ca.post("/v1/images/generations",
+                    json={"prompt": "a lighthouse", "size": "64x64", "steps": 1, "seed": 3})
+        assert r.status_code == 200, r.text
+        generated = r.json()
+        r = ca.post("/v1/chat", data={"message": "remove the background"},
+                    files=[("image", ("a.png", png(photo), "image/png"))])
+        assert r.status_code == 200, r.text
+        chat = r.json()
+    records = RecordStore(gateway.database_url)
+    try:
+        session = records.get_session(session_id=chat["session_id"], project="iso-a")
+        upload_id = session.messages[0].image_ids[0]
+    finally:
+        records.close()
+    return {
+        "a": a, "b": b, "photo": photo,
+        "job_id": generated["metadata"]["job_id"], "asset_id": generated["data"][0]["id"],
+        "asset_b64": generated["data"][0]["b64_json"], "session_id": chat["session_id"],
+        "upload_id": upload_id, "chat_url": chat["data"]["images"][0]["url"],
+    }
+
+
+# (method, OpenAPI path, where the id goes) for every id a request can carry
+FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
+    ("GET", "/v1/jobs/{job_id}", "path"): "job_id",
+    ("DELETE", "/v1/jobs/{job_id}", "path"): "job_id",
+    ("GET", "/v1/jobs/{job_id}/events", "path"): "job_id",
+    ("GET", "/v1/sessions/{session_id}", "path"): "session_id",
+    ("DELETE", "/v1/sessions/{session_id}", "path"): "session_id",
+    ("GET", "/v1/assets/{asset_id}", "path"): "asset_id",
+    ("DELETE", "/v1/assets/{asset_id}", "path"): "asset_id",
+    ("GET", "/v1/projects/{project_id}", "path"): "project_id",
+    ("GET", "/v1/projects/{project_id}/assets", "path"): "project_id",
+    ("POST", "/v1/chat", "session_id"): "session_id",
+    ("POST", "/v1/chat", "context.last_image_id"): "asset_id",
+    ("POST", "/v1/chat", "context.last_image_id (upload)"): "upload_id",
+    ("POST", "/v1/chat/plan", "session_id"): "session_id",
+    ("POST", "/v1/chat/plan", "context.last_image_id"): "asset_id",
+}
+# fields named like ids that are not references to existing records
+NOT_REFERENCES = {("POST", "/v1/projects", "id")}  # the id of the project being created
+
+
+def _resolve(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _id_fields(spec: dict, schema: dict, prefix: str = "") -> list[str]:
+    schema = _resolve(spec, schema)
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if name == "id" or name.endswith("_id") or name.endswith("_ids"):
+            out.append(path)
+        if name == "context":  # free-form JSON object: the session context's fields
+            out += [f"{path}.{f}" for f in SessionContext.model_fields
+                    if f.endswith("_id") or f.endswith("_ids")]
+        out += _id_fields(spec, prop, f"{path}.") if "properties" in _resolve(spec, prop) \
+            else []
+    return out
+
+
+def test_every_id_taking_route_and_field_is_covered(http):
+    spec = http.get("/openapi.json").json()
+    found = set()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if not isinstance(op, dict):
+                continue
+            method = method.upper()
+            for param in op.get("parameters", []):
+                if param["in"] == "path" or param["name"].endswith("_id"):
+                    found.add((method, path, param["in"] if param["in"] == "path"
+                               else param["name"]))
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                for field in _id_fields(spec, media.get("schema", {})):
+                    found.add((method, path, field))
+    covered = {(m, p, f.split(" ")[0]) for m, p, f in FOREIGN_ID_CASES} | NOT_REFERENCES
+    missing = sorted(found - covered)
+    assert not missing, ("routes/fields that take an id have no foreign-id case in "
+                         f"FOREIGN_ID_CASES: {missing}")
+    assert ("POST", "/v1/chat", "context.last_image_id") in found  # the walk sees the context
+
+
+def _gallery(c: httpx.Client, project: str) -> list[str]:
+    r = c.get(f"/v1/projects/{project}/assets", params={"limit": 200})
+    assert r.status_code == 200, r.text
+    return [a["id"] for a in r.json()["data"]]
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_ID_CASES), ids=lambda c: f"{c[0]} {c[1]} {c[2]}")
+def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
+    method, path, where = case
+    foreign = {"job_id": projects["job_id"], "session_id": projects["session_id"],
+               "asset_id": projects["asset_id"], "upload_id": projects["upload_id"],
+               "project_id": "iso-a"}[FOREIGN_ID_CASES[case]]
+    with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
+        before_b = _gallery(cb, "iso-b")
+        if where == "path":
+            r = cb.request(method, path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign))
+        elif where == "session_id":
+            r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
+        else:  # the chat context names an image of A
+            r = cb.post(path, json={"message": "remove the background",
+                                    "context": {"last_image_id": foreign}})
+        error = not_found(r)
+        assert foreign in error["message"]
+        # nothing of A changed; nothing of A reached B
+        assert ca.get(f"/v1/jobs/{projects['job_id']}").json()["status"] == "succeeded"
+        assert ca.get(f"/v1/sessions/{projects['session_id']}").status_code == 200
+        assert ca.get(f"/v1/assets/{projects['asset_id']}").status_code == 200
+        assert _gallery(cb, "iso-b") == before_b
+        jobs_b = cb.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+        assert not any(j["kind"] == "chat" for j in jobs_b)
+
+
+def test_async_chat_on_a_foreign_image_is_refused_before_a_job(gateway, projects):
+    with client(gateway, projects["b"]) as cb:
+        before = cb.get("/v1/jobs").json()["data"]
+        r = cb.post("/v1/chat?async=true", json={
+            "message": "remove the background",
+            "context": {"last_image_id": projects["asset_id"]}})
+        not_found(r)
+        assert cb.get("/v1/jobs").json()["data"] == before
+
+
+def test_the_owner_still_reads_its_image_through_the_chat(gateway, projects):
+    """The resolver is scoped, not closed: A's own id works, and gives A's pixels."""
+    with client(gateway, projects["a"]) as ca:
+        r = ca.post("/v1/chat", json={"message": "remove the background",
+                                      "context": {"last_image_id": projects["asset_id"]}})
+        assert r.status_code == 200, r.text
+        assert r.json()["type"] == "image"
+
+
+def test_a_signed_url_is_bound_to_its_project(gateway, projects):
+    url = httpx.URL(projects["chat_url"])
+    assert url.params["project"] == "iso-a"
+    assert httpx.get(str(url), timeout=30).status_code == 200  # no key needed
+    forged = url.copy_set_param("project", "iso-b")
+    r = httpx.get(str(forged), timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_signature"
+    # the signature of one asset opens no other asset
+    other = url.copy_with(path=f"/v1/assets/{projects['asset_id']}")
+    assert httpx.get(str(other), timeout=30).status_code in (403, 404)
+
+
+@pytest.mark.parametrize("listing", ["/v1/jobs", "/v1/sessions", "/v1/projects/iso-b/assets"])
+@pytest.mark.parametrize("ident", [[1, 2], {"a": 1}, None, "x" * 500])
+def test_crafted_cursors_are_a_400(gateway, projects, listing, ident):
+    raw = json.dumps({"k": listing.rsplit("/", 1)[-1], "t": "2026-01-01T00:00:00+00:00",
+                      "i": ident})
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with client(gateway, projects["b"]) as cb:
+        r = cb.get(listing, params={"cursor": cursor[:512]})
+        assert r.status_code == 400, r.text
+        assert "cursor" in r.json()["error"]["message"]

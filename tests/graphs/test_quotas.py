@@ -1,0 +1,82 @@
+"""Image accounting (issue #13, 2): `auth.charge_images` charges before work, and what failed
+work did not produce is refunded — in memory and in the real Redis the replicas share."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from graphs.auth import ImageCharge
+from graphs.errors import ApiError
+from graphs.quotas import QuotaConfig, Quotas
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def quotas(storage_url: str) -> Quotas:
+    return Quotas(QuotaConfig(storage_url=storage_url, images_per_day=5))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_url(request):
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return "memory://"
+
+
+def test_a_refund_gives_the_images_back(storage_url):
+    async def scenario():
+        q = quotas(storage_url)
+        key = f"key_{uuid.uuid4().hex}"
+        await q.charge_images(key, 4, per_day=None)
+        with pytest.raises(ApiError) as over:
+            await q.charge_images(key, 2, per_day=None)  # 6 > 5
+        assert over.value.status == 429 and over.value.code == "quota_exceeded"
+        await q.refund_images(key, 3, per_day=None)
+        usage = await q.charge_images(key, 4, per_day=None)  # 1 + 4 = 5: fits again
+        assert usage.remaining == 0
+        with pytest.raises(ApiError):
+            await q.charge_images(key, 1, per_day=None)
+
+    run(scenario())
+
+
+def test_a_refund_never_goes_below_an_empty_window(storage_url):
+    async def scenario():
+        q = quotas(storage_url)
+        key = f"key_{uuid.uuid4().hex}"
+        await q.refund_images(key, 3, per_day=None)  # nothing charged: nothing happens
+        await q.charge_images(key, 5, per_day=None)
+        with pytest.raises(ApiError):
+            await q.charge_images(key, 1, per_day=None)
+
+    run(scenario())
+
+
+def test_a_charge_refunds_only_what_was_not_produced():
+    async def scenario():
+        q = quotas("memory://")
+        key = f"key_{uuid.uuid4().hex}"
+        await q.charge_images(key, 5, per_day=None)
+        charge = ImageCharge(q, 5, key_id=key)
+        charge.produced(2)  # e.g. a plan's first step made 2 images, then a step failed
+        assert await charge.refund_unproduced() == 3
+        assert await charge.refund_unproduced() == 0  # idempotent
+        await q.charge_images(key, 3, per_day=None)  # the 3 are free again...
+        with pytest.raises(ApiError):
+            await q.charge_images(key, 1, per_day=None)  # ...and the 2 produced are not
+
+    run(scenario())
+
+
+def test_a_broken_storage_does_not_fail_a_refund(caplog):
+    async def scenario():
+        q = Quotas(QuotaConfig(storage_url="redis://127.0.0.1:1/0", images_per_day=5))
+        await q.refund_images("key_x", 2, per_day=None)
+
+    run(scenario())
+    assert "could not refund 2 image(s)" in caplog.text
