@@ -307,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--address", default=None, help="connect to an existing Ray cluster")
     p.add_argument("--ray-host", default=None,
-                   help="address Ray's own servers (GCS, raylet, workers, agents) listen on; "
-                        "default 127.0.0.1: this machine only. Another address keeps Ray's "
-                        "token auth on (README, Production deploy)")
+                   help="IP address of this machine that Ray's own servers (GCS, raylet, "
+                        "workers, agents) listen on; default 127.0.0.1: this machine only. "
+                        "Another address keeps Ray's token auth on (README, \"Ports that "
+                        "must stay private\")")
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="start the Ray dashboard (http://127.0.0.1:8265)")
     p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,

@@ -144,7 +144,7 @@ def write_launcher(path: str | Path) -> Path:
     text = (f"#!/bin/sh\n# Ray Serve's HAProxy via {__name__} (graphs/haproxy_guard.py)\n"
             f'exec {shlex.quote(sys.executable)} -m {__name__} "$@"\n')
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # gateways sharing a folder
         tmp.write_text(text)
         tmp.chmod(stat.S_IRWXU)
         os.replace(tmp, path)

@@ -229,6 +229,8 @@ class Ingress:
                  router: DeploymentHandle, llm: DeploymentHandle | None,
                  config: IngressConfig):
         observability.install_log_redaction()
+        # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
+        middleware.set_public_base_url(config.public_base_url)
         # Calls through these handles are cancelled when a request times out (504).
         generator, matting, faceswap, upscaler, router = (
             middleware.CancellableHandle(h)

@@ -692,7 +692,7 @@ class PublicOrigin:
         name = _valid_host(host)
         if name is not None and self.allowed(name):
             return scheme, host
-        if not PublicOrigin._warned:
+        if host is not None and not PublicOrigin._warned:
             PublicOrigin._warned = True
             logger.warning("Host %.80r is not an allowed host: URLs in responses use %s "
                            "instead. Set PHOTOSTUDIO_PUBLIC_BASE_URL (production must) or add "

@@ -48,6 +48,9 @@ class Extracted:
     target_face_index: int | None = None
     all_faces: bool = False
     spans: dict[str, list[Span]] = field(default_factory=dict)
+    # Words inside a claimed span that the subject prompt keeps ("2 logos" -> n=2 and the
+    # prompt keeps "logo"): (span, text to write there), the text no longer than the span.
+    keep: list[tuple[Span, str]] = field(default_factory=list)
 
     def add_span(self, name: str, span: Span) -> None:
         self.spans.setdefault(name, []).append(span)
@@ -119,26 +122,52 @@ def find_size(folded: str, out: Extracted) -> None:
 
 # --- count ---------------------------------------------------------------------------------
 
-_COUNT_NOUNS = (
-    r"images?|pictures?|pics?|photos?|photographs?|variations?|variants?|versions?|options?|"
-    r"renders?|renderings?|illustrations?|drawings?|paintings?|shots?|wallpapers?|logos?|"
-    r"posters?|icons?|stickers?|portraits?|designs?|alternatives?|takes?|samples?|outputs?|"
-    r"concepts?|ideas?|mockups?|covers?|avatars?|banners?|thumbnails?|artworks?|"
-    r"variantes?|dessins?|propositions?|affiches?|declinaisons?|essais?|rendus?|visuels?|"
-    r"peintures?|exemplaires?|tirages?"
+# What a count counts. Medium nouns only say "images" and leave the prompt with the number
+# ("3 images of a cabin" -> n=3, "a cabin"); subject nouns are what each image shows and stay
+# in it, in the singular ("2 logos for a bakery" -> n=2, "logo for a bakery").
+_MEDIUM_NOUNS = (
+    r"images?|pictures?|pics?|variations?|variants?|versions?|options?|renders?|renderings?|"
+    r"shots?|alternatives?|takes?|samples?|outputs?|concepts?|ideas?|examples?|suggestions?|"
+    r"variantes?|propositions?|declinaisons?|essais?|rendus?|visuels?|exemplaires?|tirages?|"
+    r"exemples?|idees?"
 )
+_SUBJECT_NOUNS = (
+    r"photos?|photographs?|illustrations?|drawings?|paintings?|wallpapers?|logos?|posters?|"
+    r"icons?|stickers?|portraits?|designs?|covers?|avatars?|banners?|thumbnails?|artworks?|"
+    r"mockups?|mascots?|flyers?|badges?|emojis?|sketches|sketch|"
+    r"dessins?|affiches?|peintures?|autocollants?|bannieres?|icones?|mascottes?|"
+    r"fonds?\s+d'ecran|vignettes?|miniatures?|tableaux|tableau|croquis|logotypes?"
+)
+_COUNT_NOUNS = f"{_SUBJECT_NOUNS}|{_MEDIUM_NOUNS}"
+_MEDIUM_RE = re.compile(rf"(?:{_MEDIUM_NOUNS})$")
+_COUNT_FILLER = (r"different|distinct|more|other|new|unique|separate|alternative|quick|"
+                 r"possible|autres?|nouvelles?|nouveaux|differente?s?|possibles?")
 _COUNT_RE = re.compile(
-    rf"\b(?P<num>{NUMBER_RE})\s+(?:(?:different|distinct|more|other|new|unique|separate|"
-    rf"alternative|quick|small|autres?|nouvelles?|nouveaux|differente?s?|petite?s?)\s+)?"
-    rf"(?:{_COUNT_NOUNS})\b")
+    rf"\b(?P<num>{NUMBER_RE})\s+(?:(?P<adj>{_COUNT_FILLER})\s+)?"
+    rf"(?:(?P<free>(?!(?:{_COUNT_NOUNS})\b)[a-z][\w-]*)\s+)?"
+    rf"(?P<n1>{_COUNT_NOUNS})\b(?:\s+(?P<n2>{_COUNT_NOUNS})\b)?")
 _COUNT_KV_RE = re.compile(r"\b(?:n|count|num|number of images|nombre d'images|nombre)\s*[=:]"
                           r"\s*(\d{1,3})\b")
 _NOT_COUNT_BEFORE = {"these", "those", "the", "my", "our", "your", "both", "ces", "les", "mes",
                      "nos", "vos", "between", "entre", "into", "en", "of", "last", "first",
                      "derniers", "dernieres"}
+_SINGULAR = {"sketches": "sketch", "tableaux": "tableau", "fonds": "fond", "croquis": "croquis"}
 
 
-def find_count(folded: str, out: Extracted) -> None:
+def singular(text: str) -> str:
+    """The singular of a counted noun as the user spelled it ("Logos" -> "Logo", "fonds
+    d'écran" -> "fond d'écran", "icônes" -> "icône")."""
+    head, sep, tail = text.partition(" ")
+    low = head.lower()
+    if low in _SINGULAR:
+        one = _SINGULAR[low]
+        head = one if head.islower() else one.capitalize()
+    elif len(head) > 3 and low.endswith("s") and not low.endswith("ss"):
+        head = head[:-1]
+    return head + sep + tail
+
+
+def find_count(folded: str, out: Extracted, original: str | None = None) -> None:
     match = _COUNT_KV_RE.search(folded)
     if match:
         out.n = int(match.group(1))
@@ -150,10 +179,26 @@ def find_count(folded: str, out: Extracted) -> None:
         before = folded[:match.start()].split()
         if before and before[-1] in _NOT_COUNT_BEFORE:
             continue
+        free = match.group("free")
+        if free and (free in _NOT_COUNT_BEFORE or free in ("of", "de", "d", "x", "by", "par")):
+            continue
         value = parse_number(match.group("num"))
         if value and 1 <= value <= 100:
             out.n = value
             out.add_span("n", match.span())
+            # "3 images of X": the medium noun goes; "3 images for my blog" keeps it (the
+            # prompt would be "for my blog")
+            after = folded[match.end():].lstrip()
+            medium_goes = not after or re.match(r"(?:of|de|d'|du|des|showing|with|avec|"
+                                                r"montrant|depicting|featuring|[:,.;!?(])",
+                                                after) is not None
+            for group in ("free", "n1", "n2"):
+                word = match.group(group)
+                if not word or (group != "free" and _MEDIUM_RE.match(word) and medium_goes):
+                    continue
+                start, end = match.span(group)
+                text = (original or folded)[start:end]
+                out.keep.append(((start, end), text if group == "free" else singular(text)))
             return
 
 
@@ -179,7 +224,9 @@ _SCALE_PATTERNS = [
     re.compile(r"(?<![\w.])(?P<v>\d{1,2})\s?x(?![\w])(?!\s*\d)"),  # 4x, 2 x
     re.compile(r"(?<![\w.])x\s?(?P<v>\d{1,2})\b"),  # x4
     re.compile(rf"\b(?:by|par|of)\s+(?:a\s+factor\s+(?:of\s+)?|un\s+facteur\s+(?:de\s+)?)?"
-               rf"(?P<v>{_SCALE_NUM})\b(?!\s*(?:px|pixels|%|images|photos))"),
+               rf"(?P<v>{_SCALE_NUM})\b(?!\s*(?:px|pixels|%|images|photos))"
+               rf"(?=\s*(?:$|[,.;:!?)]|x\b|times\b|fois\b|and\b|then\b|et\b|puis\b|"
+               rf"please\b|pls\b|stp\b|svp\b|s'il\b|for\b|pour\b|in\b|en\b|to\b|a\b))"),
     re.compile(rf"\b(?:factor|facteur|scale|echelle)\s*(?:of|de|=|:)?\s*(?P<v>{_SCALE_NUM})\b"),
     re.compile(rf"\b(?P<v>{_SCALE_NUM})\s*(?:times|fois)\b"),
 ]
@@ -342,7 +389,7 @@ _EXPLICIT_STYLE = [
     re.compile(rf"\b(?:fa[cç]on|inspired\s+by|inspire\s+de|inspiree\s+de)\s+{_X}"
                rf"(?=$|[,.;!?]|\s+(?:and|then|et|puis|avec|sans|pour|s'il)\b)"),
     re.compile(rf"\b(?:in|en|with)\s+(?:an?\s+|une?\s+)?{_X}[\s-]+(?:style|look|aesthetic)\b"),
-    re.compile(rf"\b(?:en\s+|au\s+)?style\s+(?:de\s+|d'|du\s+)?{_X}(?=$|[,.;!?]|\s+(?:and|then|"
+    re.compile(rf"(?:\b(?:en|au)\s+)?(?<![\w-])style\s+(?:de\s+|d'|du\s+)?{_X}(?=$|[,.;!?]|\s+(?:and|then|"
                rf"et|puis|avec|sans|pour|please|s'il|stp|svp|maintenant|now)\b)"),
     re.compile(rf"(?:^|[\s,])(?:an?\s+)?{_X}[\s-]+(?P<kind>style|look(?!\s+like)|aesthetic|"
                rf"effect|filter|vibe|version|rendition)\b"),
@@ -365,17 +412,58 @@ class StyleMention:
     explicit: bool  # an explicit "style" phrase, not just a style word in a description
 
 
+_LEAD_IN_X = re.compile(
+    r"^(?:.*\s)?(?:an?|the|une?|des|le|la|les|some|this|that|my|our|your|ce|cet|cette|mon|ma|"
+    r"mes|votre|notre)\s+(?=\S)")
+_VERB_IN_X = re.compile(
+    r"^(?:(?:please|pls|just|now|then|and|et|puis|maintenant|can\s+you|could\s+you)\s+)*"
+    r"(?:make|turn|convert|transform|render|give|apply|use|add|put|change|draw|sketch|paint|"
+    r"generate|create|design|imagine|illustrate|depict|picture|visuali[sz]e|do|show|get|"
+    r"fais|mets|rends|passe|transforme|dessine\w*|peins|genere\w*|cree\w*|imagine\w*|"
+    r"realise\w*|montre\w*)\w*(?:[\s-]+(?:me|us|moi|nous|it|this|that|them|la|le|les))?"
+    r"\s+")
+_FREE_SET = frozenset(FREE_STYLES)
+_X_BEFORE_KEYWORD = (3, 5)  # indices in _EXPLICIT_STYLE
+
+
+def _trim_x(x: str) -> int:
+    """Offset in X ("sketch a blueprint", "draw a pixel art") where the style words start:
+    after a leading verb and the last article, so a verb is never part of a style."""
+    offset = 0
+    verb = _VERB_IN_X.match(x)
+    if verb:
+        offset = verb.end()
+    article = _LEAD_IN_X.match(x[offset:])
+    if article:
+        offset += article.end()
+    return offset
+
+
+def _known_style(value: str) -> bool:
+    return (value in style_presets.STYLES or value in _FREE_SET
+            or _BARE_RE.fullmatch(value) is not None)
+
+
 def find_styles(folded: str, claimed: list[Span] | None = None) -> list[StyleMention]:
-    """Style mentions in order of position (explicit phrases first where they overlap)."""
+    """Style mentions in order of position. Explicit phrases come first where they overlap,
+    and among overlapping explicit phrases a known style wins ("draw a pixel art style
+    spaceship": "pixel art", not "spaceship")."""
     claimed = list(claimed or [])
-    found: list[StyleMention] = []
-    taken: list[Span] = []  # full matches (a mention's span may be narrower)
-    for pattern in _EXPLICIT_STYLE:
+    candidates: list[tuple[bool, int, Span, StyleMention]] = []
+    for order, pattern in enumerate(_EXPLICIT_STYLE):
         for match in pattern.finditer(folded):
             span = match.span()
-            if _overlaps(span, claimed) or _overlaps(span, taken):
+            if _overlaps(span, claimed):
                 continue
+            x_start = match.start("x")
             x = match.group("x")
+            # X before its keyword ("a blueprint-style drawing", "in a noir style") may have
+            # picked up a verb and an article: the style starts after them
+            offset = _trim_x(x) if order in _X_BEFORE_KEYWORD else 0
+            if offset and x[offset:].strip():
+                x, x_start = x[offset:], x_start + offset
+                if span[0] < x_start and match.start("x") <= span[0] + 1:
+                    span = (x_start, span[1])  # the verb/article stay outside the style
             # "X style" may have picked up the preceding words ("apply a pop art"): prefer a
             # known style term inside X.
             inner = _BARE_RE.search(x)
@@ -388,10 +476,20 @@ def find_styles(folded: str, claimed: list[Span] | None = None) -> list[StyleMen
             value = style_value(inner.group(0)) if inner else style_value(x)
             if value is None:
                 continue
-            taken.append(span)
-            if inner is not None and match.start("x") + inner.start() > span[0]:
-                span = (match.start("x") + inner.start(), span[1])
-            found.append(StyleMention(value, span, True))
+            mention_span = span
+            if inner is not None and order in _X_BEFORE_KEYWORD:
+                mention_span = (max(span[0], x_start + inner.start()), span[1])
+            elif inner is not None:  # "style japonais ukiyo-e, ..." ends at the known term
+                mention_span = (span[0], x_start + inner.end())
+            candidates.append((not _known_style(value), order, span,
+                               StyleMention(value, mention_span, True)))
+    found: list[StyleMention] = []
+    taken: list[Span] = []  # full matches (a mention's span may be narrower)
+    for _unknown, _order, span, mention in sorted(candidates, key=lambda c: c[:2]):
+        if _overlaps(span, taken):
+            continue
+        taken.append(span)
+        found.append(mention)
     for match in _BARE_RE.finditer(folded):
         span = match.span()
         if _overlaps(span, claimed) or _overlaps(span, taken):
@@ -517,7 +615,7 @@ def extract(folded: str, original: str, *, cue_spans: list[Span] | None = None) 
     out = Extracted()
     find_size(folded, out)
     find_seed(folded, out)
-    find_count(folded, out)
+    find_count(folded, out, original)
     find_scale(folded, out)
     find_faces(folded, out)
     find_negatives(folded, original, out, list(cue_spans or []) + out.claimed())

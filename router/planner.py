@@ -20,29 +20,69 @@ from router.schemas import (
     SessionContext,
     Step,
 )
-from router.text import blank_spans, squash
+from router.text import blank_spans, fold, squash, squash_keeping
 
+# Words around the subject that are conversation, not content: removed from the start of a
+# generation prompt (repeatedly: "hey! can you please draw me a fox" -> "a fox").
+_POLITE = (r"please|pls|plz|kindly|stp|svp|s'il\s+(?:te|vous)\s+plait|"
+           r"(?:would|do)\s+you\s+mind(?:\s+\w+ing\b)?|(?:can|could|would|will)\s+(?:you|u)"
+           r"(?:\s+please)?|"
+           r"(?:would|will)\s+it\s+be\s+possible\s+to|is\s+it\s+possible\s+to|"
+           r"i\s+was\s+wondering\s+if\s+you\s+could|i\s+(?:want|need|would\s+like|'d\s+like)\s+"
+           r"you\s+to|peux-tu|pourrais-tu|pouvez-vous|pourriez-vous|tu\s+(?:peux|pourrais)|"
+           r"vous\s+(?:pouvez|pourriez)|est-ce\s+que\s+(?:tu\s+(?:peux|pourrais)|vous\s+"
+           r"(?:pouvez|pourriez))|je\s+voudrais\s+que\s+tu|j'aimerais\s+que\s+tu")
+_GREET = (r"hi|hello|hey|hiya|yo|ok(?:ay)?|alright|right|so|well|bonjour|salut|coucou|bon|alors|"
+          r"d'accord|(?:great|cool|nice|perfect|awesome|thanks|thank\s+you|merci|parfait|super|"
+          r"genial|top)(?=\s*[,!.:;])")
+_GEN_VERB = (r"generate|create|make|draw|paint|render|design|imagine|sketch|picture|"
+             r"visuali[sz]e|envision|produce|illustrate|depict|do|craft|whip\s+up|"
+             r"come\s+up\s+with|dream\s+up|mock\s+up|genere[rz]?|cree[rz]?|dessine[rz]?|peins|"
+             r"peindre|imagine[rz]?|fais|faire|realise[rz]?|produis|produire|illustre[rz]?|"
+             r"represente[rz]?")
 _LEAD_FILLER = re.compile(
-    r"^(?:[\s,:;.!?-]|\b(?:please|pls|plz|kindly|can\s+you|could\s+you|would\s+you|will\s+you|"
-    r"can\s+i\s+(?:get|have)|i\s+want\s+you\s+to|i'd\s+like\s+you\s+to|for\s+me|for\s+us|me|us|"
-    r"moi|nous|-moi|-nous|also|just|now|then|and|et|puis|ensuite|quickly|maybe|vite|"
-    r"(?:an?|one|the|some|une?|des)\s+(?:new\s+)?(?:image|picture|pic|illustration|"
-    r"visual|visuel|render|rendering)s?\s+(?:of|showing|with|de|d'|du|des|avec|montrant)|"
+    r"^(?:[^\w\"'(\[]|_|\b(?:" + _POLITE + "|" + _GREET + r"|"
+    r"(?:can|could|may)\s+(?:i|we)\s+(?:please\s+)?(?:get|have|see)|"
+    r"i\s+(?:really\s+|would\s+|'d\s+)?(?:want|need|like|love|wish)(?:\s+to\s+(?:see|have|get))?|"
+    r"i'd\s+(?:really\s+)?(?:like|love)(?:\s+to\s+(?:see|have|get))?|"
+    r"i\s*'?\s*m\s+(?:looking\s+for|searching\s+for|after|thinking\s+of|imagining|picturing|"
+    r"dreaming\s+of)|i\s+am\s+(?:looking\s+for|searching\s+for|after|thinking\s+of|"
+    r"imagining|picturing)|"
+    r"we\s+(?:need|want|would\s+like|'d\s+like)|let'?s\s+(?:see|have|get|make|create|do|try|"
+    r"imagine|draw)|let\s+me\s+(?:see|have|get)|"
+    r"(?:show|give|make|get|send|draw|create|paint|render|generate|design|bring|find|sketch)"
+    r"\s+(?:me|us)|"
+    r"(?:" + _GEN_VERB + r")(?=\s+(?:me\s+|us\s+|moi\s+)?(?:an?|the|some|this|my|one|two|three|"
+    r"four|five|\d+|another|une?|des|le|la|les|l'|mon|ma|deux|trois|quatre|cinq)\b|\s*:)|"
+    r"(?:picture|imagine|envision|imagine|visuali[sz]e)\s+(?:this|that|ceci|cela)|"
+    r"(?:" + _GEN_VERB + r")[\s-]*(?:moi|nous)|"
+    r"je\s+(?:voudrais|veux|souhaite|souhaiterais|aimerais)(?:\s+(?:bien|voir|avoir))*|"
+    r"j'aimerais(?:\s+(?:bien|voir|avoir))*|j'ai\s+besoin\s+(?:d'|de)|il\s+me\s+(?:faut|"
+    r"faudrait)|(?:montre|donne)[\s-]*(?:moi|nous)|"
+    r"me\s+(?=(?:dessiner|creer|generer|faire|montrer|peindre|imaginer|realiser)\b)|"
+    r"for\s+me|for\s+us|me|us|moi|nous|-moi|-nous|also|just|now|then|and|et|puis|ensuite|"
+    r"quickly|maybe|vite|je\s+cherche|on\s+cherche|"
+    r"maintenant|(?:something\s+|quelque\s+chose\s+)?(?:totally|completely|entirely|tout\s+a\s+"
+    r"fait|completement)\s+(?:different|differente?)|"
+    r"(?:an?|une?)\s+(?:new|nouvelle?|nouvel)\s+(?:one|image|picture|photo|version|une)|"
+    r"(?:an?|one|the|some|une?|des)\s+(?:new\s+|quick\s+|nouvelle\s+)?(?:image|picture|pic|"
+    r"illustration|visual|visuel|render|rendering)s?\s+(?:of|showing|with|that\s+shows?|"
+    r"which\s+shows?|depicting|featuring|where|de|d'|du|des|avec|montrant|qui\s+montre)|"
     r"(?:image|picture|pic|illustration|render|rendering)s?\s+(?:of|showing|de|d'|du|des)|"
-    r"of|de|d'|du|des|showing|with|depicting|featuring|montrant|avec|pour\s+moi|stp|svp|"
-    r"s'il\s+(?:te|vous)\s+plait|peux-tu|pourrais-tu|tu\s+peux|pouvez-vous|an?\s+image|"
-    r"how\s+about|what\s+about|et\s+si|it|this|that|me\s+an?\s+image\s+of)\b)+",
+    r"of|de|d'|du|des|showing|with|depicting|featuring|montrant|avec|pour\s+moi|"
+    r"how\s+about|what\s+about|et\s+si|it|this|that)\b)+",
     re.IGNORECASE)
 _TRAIL_FILLER = re.compile(
-    r"(?:[\s,:;.!?-]|\b(?:please|pls|plz|thanks|thank\s+you|thx|for\s+me|stp|svp|s'il\s+te\s+"
+    r"(?:[^\w\"')\]]|_|\b(?:please|pls|plz|thanks|thank\s+you|thx|ty|for\s+me|stp|svp|s'il\s+te\s+"
     r"plait|s'il\s+vous\s+plait|merci|and|then|et|puis|ensuite|but|mais|also|now|too|aussi|"
     r"maintenant|ok|okay|for\s+us|pour\s+moi|and\s+then|with|avec|in|en|as|of|de|after|before|"
-    r"apres|avant|it|them|-la|-le|la|le|les|so|a|an|the|une?|des|de|d'|du|some|any)\b)+$",
+    r"apres|avant|it|them|-la|-le|la|le|les|so|a|an|the|une?|des|de|d'|du|some|any|instead|"
+    r"plutot|a\s+la\s+place|if\s+(?:you\s+)?(?:can|could|possible)|si\s+(?:possible|tu\s+peux|"
+    r"vous\s+pouvez)|on|at|to|for|from|by|about|right\s+now|asap)\b)+$",
     re.IGNORECASE)
 _EDIT_LEAD = re.compile(
-    r"^(?:[\s,:;.!?-]|\b(?:please|pls|kindly|can\s+you|could\s+you|would\s+you|will\s+you|"
-    r"also|just|now|then|and|et|puis|ensuite|stp|svp|peux-tu|pourrais-tu|tu\s+peux|pouvez-vous|"
-    r"i\s+want\s+you\s+to|i'd\s+like\s+you\s+to|i\s+want\s+to|let's)\b)+", re.IGNORECASE)
+    r"^(?:[^\w\"'(\[]|_|\b(?:" + _POLITE + "|" + _GREET + r"|also|just|now|then|and|et|puis|"
+    r"ensuite|maintenant|i\s+want\s+to|let's|i\s+need\s+you\s+to)\b)+", re.IGNORECASE)
 
 _UPLOAD_ORDINAL = re.compile(
     r"\b(?:the\s+|la\s+|le\s+)?(?P<o>first|1st|second|2nd|third|3rd|last|premiere?|deuxieme|"
@@ -72,17 +112,30 @@ _WHAT = {
 
 
 def clean_prompt(result: RuleResult, region: Span, *, drop: list[Span], edit: bool) -> str:
-    """The text of `region` without the spans in `drop` and without instruction filler."""
+    """The text of `region` without the spans in `drop` and without conversational filler.
+    Words a parameter keeps (the "logo" of "2 logos") are written back singular; quoted text
+    comes out verbatim."""
     start, end = region
     if end <= start:
         return ""
-    folded = blank_spans(result.folded, drop)[start:end]
-    original = blank_spans(result.original, drop)[start:end]
-    lead = (_EDIT_LEAD if edit else _LEAD_FILLER).match(folded)
+    folded = list(blank_spans(result.folded, drop))
+    original = list(blank_spans(result.original, drop))
+    for (s, e), text in result.params.keep:
+        if start <= s < end and len(text) <= e - s:
+            folded[s:e] = list(fold(text).ljust(e - s))
+            original[s:e] = list(text.ljust(e - s))
+    for s, e in result.quotes:  # never cut into a quoted passage
+        folded[s:e] = list(result.folded[s:e])
+        original[s:e] = list(result.original[s:e])
+    folded_text = "".join(folded[start:end])
+    original_text = "".join(original[start:end])
+    lead = (_EDIT_LEAD if edit else _LEAD_FILLER).match(folded_text)
     cut_start = lead.end() if lead else 0
-    trail = _TRAIL_FILLER.search(folded, cut_start)
-    cut_end = trail.start() if trail else len(folded)
-    return squash(original[cut_start:cut_end])
+    trail = _TRAIL_FILLER.search(folded_text, cut_start)
+    cut_end = trail.start() if trail else len(folded_text)
+    keep = [(s - start - cut_start, e - start - cut_start) for s, e in result.quotes
+            if start + cut_start <= s and e <= start + cut_end]
+    return squash_keeping(original_text[cut_start:cut_end], keep)
 
 
 def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) -> dict[str, Any]:
@@ -95,7 +148,7 @@ def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) ->
                                       for c in other.cues]
         drop += [c.span for c in result.cues if c.negated]
         if intent == "image_generation":
-            drop += [c.span for c in step.cues if not c.weak]
+            drop += [_verb_part(result.folded, c) for c in step.cues if not c.weak]
             drop += [m.span for m in result.styles if m.explicit]
             prompt = clean_prompt(result, step.region, drop=drop, edit=False)
             if any(c.name == "again" for c in step.cues) or (not prompt and ctx.last_prompt
@@ -106,7 +159,14 @@ def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) ->
             if prompt:
                 params["prompt"] = prompt
         elif intent == "image_edit":
+            follow = [c for c in step.cues if c.name.startswith("follow-up")]
+            drop += [c.span for c in follow]
             prompt = clean_prompt(result, step.region, drop=drop, edit=True)
+            if follow and ctx.last_prompt and len(follow) == len(step.cues) and not any(
+                    c.name == "follow-up-same" for c in follow):
+                # "another one like this but in winter": the change on the last image's
+                # subject (img2img repaints the whole image from the prompt)
+                prompt = f"{ctx.last_prompt}, {prompt}" if prompt else ctx.last_prompt
             if prompt:
                 params["prompt"] = prompt
         if step.style:
@@ -120,6 +180,20 @@ def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) ->
         if extracted.seed is not None:
             params["seed"] = extracted.seed
     return params
+
+
+_WANT_VERB = re.compile(r"^.*?\b(?:like|love|want|need|for|get|have|see|make|voudrais|veux|"
+                        r"souhaite|souhaiterais|aimerais|besoin\s+d'|faut|moi)\s+"
+                        r"(?:to\s+(?:see|have|get)\s+)?")
+
+
+def _verb_part(folded: str, cue) -> Span:
+    """What of a generation cue the prompt leaves out: "I'd like a poster" names its subject
+    ("a poster" stays); other cues are only the verb."""
+    if cue.name != "want-image":
+        return cue.span
+    match = _WANT_VERB.match(folded, cue.span[0], cue.span[1])
+    return (cue.span[0], match.end()) if match else cue.span
 
 
 def _style_from_text(result: RuleResult, step: DraftStep) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from router.params import STYLE_TERMS_RE, Extracted, StyleMention, extract, find_styles
 from router.schemas import SessionContext
-from router.text import STOPWORDS, detect_language, fold, nfc
+from router.text import STOPWORDS, detect_language, fold, mask_spans, nfc, quoted_spans
 
 Span = tuple[int, int]
 STYLE = rf"(?:{STYLE_TERMS_RE})(?![\w-])"
@@ -264,6 +264,13 @@ PATTERNS: tuple[Pattern, ...] = (
        r"illustration|drawing|painting|render|portrait|wallpaper|logo|poster|sticker|icon|shot|"
        r"artwork|art|design|versions?|variations?|scene|dessin|peinture|affiche|fond\s+d'ecran|"
        r"visuel|rendu|variantes?|banner|avatar|cover|thumbnail)s?\b", GOOD),
+    # "something totally different: a koi pond", "a new image of …" (with an image in the
+    # session too: a new subject, not a follow-up)
+    _p(G, "new-image", r"\b(?:something\s+(?:(?:totally|completely|entirely)\s+)?(?:else|"
+       r"different)|(?:totally|completely|entirely)\s+different(?:\s+(?:one|image|picture))?|"
+       r"(?:an?\s+|une\s+)?(?:brand[\s-]new|new|fresh|nouvelle|autre)\s+(?:image|picture|one|"
+       r"photo|illustration)|tout\s+autre\s+chose|autre\s+chose|from\s+scratch|de\s+zero)"
+       r"(?=\s*(?:[:,.!?]|of\b|de\b|d'|showing\b|with\b|avec\b|$))", GOOD),
     _p(G, "again", r"^\W*(?:another(?:\s+one)?|one\s+more|again|more|encore|une\s+autre|un\s+"
        r"autre|re-?generate|regenerate|retry|try\s+again|redo\s+it|refais|recommence|same\s+"
        r"again|do\s+it\s+again|new\s+one|give\s+me\s+another)\b", GOOD),
@@ -381,6 +388,7 @@ class RuleResult:
     segments: list[Segment]
     uncovered: list[Segment]  # sequential clauses no cue explains
     general: str | None = None  # why the message is general, when it is
+    quotes: list[Span] = field(default_factory=list)  # verbatim quoted text (masked in folded)
 
     @property
     def intents(self) -> list[str]:
@@ -470,23 +478,34 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
     original = nfc(message)
     folded = fold(original)
     language = detect_language(folded)
+    # Quoted words to write in the image ('a sign saying "remove the background"') are
+    # neither instructions nor parameters: the rules read the text with their inside blanked.
+    quotes = verbatim_quotes(folded)
+    folded = mask_spans(folded, quotes)
+    has_image = images > 0 or bool(context.last_image_id)
     cues = find_cues(folded)
-    styles = find_styles(folded)
+    look = _look_like_cues(folded, claimed=[c.span for c in cues if c.intent != G])
+    if look:
+        cues = [c for c in cues if not (c.intent == G and _overlaps(c.span, [x.span
+                                                                           for x in look]))]
+        cues = sorted(cues + look, key=lambda c: c.span[0])
+    styles = find_styles(folded, [c.span for c in look])
     explicit = [m.span for m in styles if m.explicit]
     # "style bande dessinée": a generation verb inside a style phrase is part of its name
     cues = [c for c in cues if not (c.intent == G and any(s <= c.span[0] and c.span[1] <= e
                                                           for s, e in explicit))]
     _style_cues(styles, cues, folded)
-    params = extract(folded, original, cue_spans=[c.span for c in cues if not c.negated])
     segments = split_segments(folded)
+    if has_image:
+        cues = _follow_up(folded, cues, segments)
+    params = extract(folded, original, cue_spans=[c.span for c in cues if not c.negated])
     for seg in segments:
         seg.cues = [c for c in cues if seg.span[0] <= c.span[0] < seg.span[1]]
 
     result = RuleResult(original=original, folded=folded, language=language, images=images,
                         context=context, params=params, styles=styles, cues=cues, steps=[],
-                        confidence=0.0, segments=segments, uncovered=[])
+                        confidence=0.0, segments=segments, uncovered=[], quotes=quotes)
     active = [c for c in cues if not c.negated]
-    has_image = images > 0 or bool(context.last_image_id)
     has_generation = any(c.intent == G and not c.weak for c in active)
 
     # Weak cues: only where nothing stronger explains the message.
@@ -509,7 +528,7 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
 
     # General: information questions override; greetings only when nothing else is asked.
     greeting = _GREETING.search(folded)
-    if _INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded):
+    if _INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded) and not look:
         result.general = "question"
     elif not active and greeting and len(content_words(folded[greeting.end():])) <= 3:
         result.general = "greeting"  # "thanks, that's perfect"; not "hi! a cat on a bike"
@@ -528,6 +547,167 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
         conf = min(conf, 0.5)
     result.confidence = conf
     return result
+
+
+# --- quoted text ---------------------------------------------------------------------------
+
+_TEXT_INTRO = re.compile(
+    r"\b(?:says?|saying|said|reads?|reading|read|called|named|titled|entitled|text|words?|"
+    r"caption(?:ed)?|slogan|tagline|name|label(?:led)?|lettering|inscription|writing|written|"
+    r"spelling|spells|motto|headline|title|dit|disant|intitulee?s?|appelee?s?|nommee?s?|"
+    r"texte|mots?|inscrit|ecrit|marque|enseigne|devise|titre|legende)\W{0,3}$")
+
+
+def verbatim_quotes(folded: str) -> list[Span]:
+    """Quoted passages that are text for the image (a sign's words, a name): after "says",
+    "called", "the text"…, or short and inside a longer description. A message that only
+    quotes its whole prompt (`generate "a cat on a mat"`) is not verbatim text."""
+    spans = quoted_spans(folded)
+    if not spans:
+        return []
+    outside = content_words(mask_spans(folded, spans).replace('"', " ").replace("'", " "))
+    kept = []
+    for start, end in spans:
+        intro = _TEXT_INTRO.search(folded, max(0, start - 30), start)
+        short = len(folded[start + 1:end - 1].split()) <= 5
+        if intro or (short and len(outside) >= 2):
+            kept.append((start, end))
+    return kept
+
+
+# --- "what would X look like" ---------------------------------------------------------------
+
+_NOT_SUBJECT = (r"(?!(?:it|this|that|i|me|my|we|us|our|he|she|him|her|they|them|you|your|"
+                r"these|those|ca|cela|ceci|il|elle|mon|ma|mes|cette|ce|cet|notre|nos|would|"
+                r"might|could|will|may|does|do|should|can|is|are)\b)")
+_LOOK_LEAD = re.compile(
+    rf"\b(?:(?:show|tell)\s+me\s+|let\s+me\s+see\s+|i\s+wonder\s+|i'm\s+curious\s+)?"
+    rf"(?:what|how)\s+(?:(?:would|might|could|will|may|does|do)\s+)?{_NOT_SUBJECT}"
+    rf"(?=(?:[\w'-]+[\s,]+){{1,12}}?(?:(?:would|might|could|will|may)\s+)?(?:look|looks)\b)")
+_LOOK_TAIL = re.compile(r"\s(?:(?:would|might|could|will|may)\s+)?(?:look|looks)(?:\s+like)?\b")
+_FR_LOOK = re.compile(
+    rf"\b(?:montre[\s-]*moi\s+|dis[\s-]*moi\s+)?a\s+quoi\s+(?:(?:pourrai(?:t|ent)|"
+    rf"devrai(?:t|ent)|va|vont)\s+)?(?:ressembler|ressemblerai(?:t|ent)|ressemble(?:nt)?)\s+"
+    rf"{_NOT_SUBJECT}(?=\w)")
+
+
+def _look_like_cues(folded: str, *, claimed: list[Span]) -> list[Cue]:
+    """'Show me what an underwater hotel room could look like', 'how would X look', 'à quoi
+    ressemblerait X': a request to see X (generation). Two cues, the words before X and the
+    'would look like' after it, so the prompt is X (and what follows: "…look like as a
+    knight")."""
+    out: list[Cue] = []
+    lead = _LOOK_LEAD.search(folded)
+    if lead:
+        tail = _LOOK_TAIL.search(folded, lead.end())
+        if tail:
+            out = [Cue(G, lead.span(), SURE, "look-like"),
+                   Cue(G, (tail.start() + 1, tail.end()), SURE, "look-like")]
+    else:
+        fr = _FR_LOOK.search(folded)
+        if fr:
+            out = [Cue(G, (fr.start(), fr.end() - 1 if folded[fr.end() - 1] == " " else
+                           fr.end()), SURE, "look-like")]
+    return [] if any(_overlaps(c.span, claimed) for c in out) else out
+
+
+# --- follow-ups on the session's image ------------------------------------------------------
+
+# "the same thing/scene/size but …": nothing to keep in the prompt but the change
+_SAME_PRONOUN = (r"(?:thing|things|scene|one|image|picture|photo|pic|again|idea|composition|shot|"
+                 r"setup|version|exact\s+(?:thing|one|image)|size|colou?rs?|style|pose|angle|"
+                 r"framing|lighting|layout|format|chose|image|scene|photo|version|idee|"
+                 r"composition|taille|couleurs?|style|pose|angle|cadrage|eclairage)")
+_FOLLOW_UPS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # "keep everything the same but …", "garde tout pareil mais …"
+    ("follow-up", re.compile(
+        r"\b(?:keep(?:ing)?|leave)\s+(?:everything|it|all|the\s+rest|the\s+image)(?:\s+else)?"
+        r"\s+(?:the\s+)?(?:same|as\s+is|unchanged)\s*,?\s*(?:but|except|and\s+just|just)\b|"
+        r"\b(?:garde[rz]?|on\s+garde)\s+tout\s+(?:pareil|identique|la\s+meme\s+chose)\s*,?\s*"
+        r"(?:mais|sauf)\b")),
+    # "(make) another one like this but …", "one more like that", "another version of this"
+    ("follow-up", re.compile(
+        r"\b(?:(?:make|do|give|create|generate|draw|render|try)\s+(?:me\s+|us\s+)?)?"
+        r"(?:another(?:\s+one)?|one\s+more|a\s+new\s+one|a\s+second\s+one|a\s+different\s+one)"
+        r"\s+(?:(?:just|exactly|very\s+much|more\s+or\s+less)\s+)?(?:like|similar\s+to|as)\s+"
+        r"(?:this|that|it|the\s+(?:last|previous|first)(?:\s+one)?|before)(?:\s+one)?\s*,?\s*"
+        r"(?:(?:but|except|only)\b)?|"
+        r"\b(?:(?:make|do|give|create|generate|draw|render|try)\s+(?:me\s+|us\s+)?)?"
+        r"(?:another(?:\s+one)?|one\s+more)\s*,?\s*(?:but|except)\b|"
+        r"\b(?:(?:re)?fai(?:s|tes)(?:[\s-]+(?:en|moi))?[\s-]+une?(?:\s+autre)?|une?\s+autre)\s*,?\s*"
+        r"(?:mais|sauf)\b|"
+        r"\b(?:redo|remake|refais|refaites|recommence)(?:[\s-]+(?:it|this|that|la|le|les))?\s*,?\s*"
+        r"(?:but|except|mais|sauf)\b|"
+        r"\b(?:(?:make|do|give|create|generate)\s+(?:me\s+)?)?(?:another|a\s+new|a\s+different|"
+        r"a\s+second)\s+version\s+(?:of\s+)?(?:this|that|it)(?:\s+one)?\s*,?\s*"
+        r"(?:(?:but|except)\b)?|"
+        r"\b(?:(?:re)?fai(?:s|tes)|genere|cree|donne)(?:[\s-]+(?:en|moi|nous))?[\s-]+(?:une?\s+)?"
+        r"(?:(?:autre|nouvelle|deuxieme|seconde)\s+)?(?:version\s+|image\s+)?(?:comme|pareille?\s+"
+        r"(?:a|que)|similaire\s+a)\s+(?:ca|cela|ceci|celle-ci|celui-ci|celle-la|celui-la|"
+        r"la\s+derniere|la\s+precedente)\s*,?\s*(?:(?:mais|sauf)\b)?|"
+        r"\b(?:une?\s+)?(?:autre|nouvelle)\s+(?:version\s+|image\s+)?(?:comme|pareille?\s+"
+        r"(?:a|que)|similaire\s+a)\s+(?:ca|cela|ceci|celle-ci|celui-ci|celle-la|celui-la)\s*,?\s*"
+        r"(?:(?:mais|sauf)\b)?")),
+    # "the same X but …" / "le même X mais …" (X kept unless a pronoun: "same thing")
+    ("follow-up-same", re.compile(
+        r"\b(?:the\s+)?(?:exact\s+)?same(?P<x>\s+(?:[\w'-]+\s+){0,3}?)?\s*,?\s*"
+        r"(?:but|except|only)\b|"
+        r"\b(?:la|le|les)\s+memes?(?P<x2>\s+(?:[\w'-]+\s+){0,3}?)?\s*,?\s*(?:mais|sauf)\b")),
+    # "similar but …", "pareil mais …", "like this but …"
+    ("follow-up", re.compile(
+        r"\b(?:something\s+)?similar(?:\s+to\s+(?:this|that|it))?\s*,?\s*(?:but|except)\b|"
+        r"^\W*(?:just\s+)?like\s+(?:this|that)\s*,?\s*but\b|"
+        r"\b(?:pareil|pareille|similaire|idem)\s*,?\s*(?:mais|sauf)\b|"
+        r"^\W*(?:but|mais)\s+(?=(?:in|with|at|as|during|under|en|avec|la|de|sous|au)\b)")),
+    # "now in black and white", "this time with a hat", "maintenant avec de la neige"
+    ("follow-up-now", re.compile(
+        r"^\W*(?:(?:and|ok(?:ay)?|great|nice|cool|good|et|bon|super)\W+)?(?:now|this\s+time|"
+        r"next|maintenant|cette\s+fois(?:-ci)?|a\s+present)\s*,?\s*"
+        r"(?=(?:in|with|without|at|as|during|under|on|covered|wearing|from|seen|by|en|avec|sans|"
+        r"de\s+nuit|la\s+nuit|au|a\s+la|sous|dans|vue?\s+d[eu])\b)")),
+)
+_NEW_IMAGE = re.compile(
+    r"\b(?:new\s+(?:image|picture|photo|drawing|scene|subject)|brand[\s-]new|from\s+scratch|"
+    r"(?:completely|totally|entirely)\s+different|something\s+(?:else|different)|"
+    r"nouvelle\s+image|autre\s+chose|de\s+zero|rien\s+a\s+voir|tout\s+autre)\b")
+
+
+def _follow_up(folded: str, cues: list[Cue], segments: list[Segment]) -> list[Cue]:
+    """With an image to work on, 'the same X but Y', 'another one like this but Y', 'now in
+    black and white' ask to change that image: an edit whose prompt is the change (the
+    wrapper words become edit cues the prompt leaves out). Not when the change names another
+    operation ("the same but bigger": an upscale) or the user asks for something new."""
+    for name, pattern in _FOLLOW_UPS:
+        match = pattern.search(folded)
+        if not match or match.end() <= match.start():
+            continue
+        if name == "follow-up-now" and _NEW_IMAGE.search(folded):
+            continue
+        seg = segment_of(segments, match.start())
+        change = (match.end(), seg.span[1])
+        if not content_words(folded[change[0]:change[1]]):
+            continue
+        if any(c.intent not in (G, E) and not c.negated and change[0] <= c.span[0] < change[1]
+               for c in cues):
+            continue
+        wrapper: list[Cue] = []
+        x = match.groupdict().get("x") or match.groupdict().get("x2")
+        if name == "follow-up-same" and x and x.strip() and not re.fullmatch(
+                _SAME_PRONOUN, x.strip()):
+            x_start = match.start("x") if match.groupdict().get("x") else match.start("x2")
+            x_end = x_start + len(x)
+            # "the same dog but …": the subject stays, the words around it go
+            wrapper = [Cue(E, (match.start(), x_start), SURE, "follow-up-same"),
+                       Cue(E, (x_end, match.end()), SURE, "follow-up-but")]
+        else:
+            wrapper = [Cue(E, match.span(), SURE, "follow-up")]
+        wrapper = [c for c in wrapper if folded[c.span[0]:c.span[1]].strip()]
+        spans = [c.span for c in wrapper] + [match.span()]
+        kept = [c for c in cues if not (c.intent == G and _overlaps(c.span, spans))]
+        if any(_overlaps(c.span, spans) for c in kept):
+            continue  # another operation's words: not a follow-up
+        return sorted(kept + wrapper, key=lambda c: c.span[0])
+    return cues
 
 
 _DET_ONLY = re.compile(r"^\s*(?:(?:an?|the|some|une?|des|quick|new|nice|good|proper|little|small|"
@@ -629,8 +809,9 @@ def attach_regions(result: RuleResult, steps: list[DraftStep]) -> None:
         # by position in the text, not in the plan ("X after Y-ing" reorders the plan)
         end = next((s for s in starts if s > step.start), len(folded))
         start = step.start
-        if step.intent == G and (not step.cues or step.cues[0].weak) and \
-                step.start == starts[0]:
+        # (a style phrase read as a generation: "a picnic in a park, watercolor style")
+        if step.intent == G and (not step.cues or step.cues[0].weak
+                                 or step.cues[0].intent != G) and step.start == starts[0]:
             start = min(start, segment_of(result.segments, step.start).span[0])
         step.region = (start, end)
 

@@ -104,3 +104,43 @@ ma mes ton ta tes son sa ses notre nos votre vos leur leurs je tu il elle nous v
 moi toi lui y qui que qu est sont etre fais faire fait peux pourrais veux voudrais s il plait
 stp svp puis ensuite juste seulement
 """.split())
+
+
+# Quoted text ("…", “…”, «…», '…'): kept verbatim in prompts (a logo's or a sign's words) and
+# never read as instructions or parameters. Matched on folded text (curly quotes and
+# guillemets are '"' there); a single quote opens only after a non-word character, so
+# apostrophes (it's, l'orage) are not quotes.
+_QUOTED = re.compile(r"\"[^\"\n]{1,300}\"|(?<![\w'])'(?=[^\s'])[^'\n]{0,300}?[^\s']'(?![\w'])")
+
+
+def quoted_spans(folded: str) -> list[tuple[int, int]]:
+    """Spans of quoted passages, quotes included."""
+    return [m.span() for m in _QUOTED.finditer(folded)]
+
+
+def mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with the *inside* of each span blanked (the quote marks stay), positions kept."""
+    chars = list(text)
+    for start, end in spans:
+        for i in range(start + 1, end - 1):
+            chars[i] = " "
+    return "".join(chars)
+
+
+def squash_keeping(text: str, keep: list[tuple[int, int]]) -> str:
+    """`squash`, except that the spans in `keep` (quoted passages) come out exactly as they
+    are: never re-spaced, never stripped at the ends."""
+    if not keep:
+        return squash(text)
+    parts, pos = [], 0
+    kept: list[str] = []
+    for start, end in sorted(keep):
+        if start < pos or end > len(text):
+            continue
+        parts.append(text[pos:start])
+        parts.append(f"\x00{len(kept)}\x00")
+        kept.append(text[start:end])
+        pos = end
+    parts.append(text[pos:])
+    out = squash("".join(parts))
+    return re.sub(r"\x00(\d+)\x00", lambda m: kept[int(m.group(1))], out)
