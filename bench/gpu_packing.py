@@ -496,7 +496,7 @@ WORKERS = {"Generator": worker_generator, "Upscaler": worker_upscaler,
 def run_worker(ns: argparse.Namespace) -> int:
     import torch
 
-    import models  # noqa: F401  (torchvision guard: models/_compat.py)
+    import models  # noqa: F401  (torchvision guard: common/torchvision_compat.py)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" \
         else ns.device

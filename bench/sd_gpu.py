@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # models/__init__ makes `import torchvision` (pulled in by transformers) survive a CPU torch
-# with a CUDA torchvision wheel (models/_compat.py). It imports neither Ray nor graphs/.
+# with a CUDA torchvision wheel (common/torchvision_compat.py). It imports neither Ray nor graphs/.
 import models  # noqa: E402,F401
 
 SEED = 0

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import ray
+
 from models.base import LoadedInfo
 
 
 def replica_info(info: LoadedInfo, limits: dict[str, Any]) -> dict[str, Any]:
-    import ray
-
     return {
         "name": info.name,
         "family": info.family,

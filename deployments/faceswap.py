@@ -14,6 +14,9 @@ from typing import Any
 
 from ray import serve
 
+from deployments._common import lower_cpu_priority, replica_info
+from models.faceswap import FaceSwapModel, NoFaceError, check_inputs, faceswap_spec
+
 logger = logging.getLogger("ray.serve")
 
 # Default GPU share of one replica on GPU profiles (buffalo_l + inswapper_128 on the CUDA
@@ -42,9 +45,6 @@ class FaceSwap:
     ):
         """`niceness`: added to the replica's CPU niceness
         (`deployments._common.lower_cpu_priority`)."""
-        from deployments._common import lower_cpu_priority
-        from models.faceswap import FaceSwapModel, faceswap_spec
-
         lower_cpu_priority(niceness)
 
         spec = faceswap_spec(model, model_dir)
@@ -57,8 +57,6 @@ class FaceSwap:
 
     async def swap(self, request):
         """Swap faces for one `models.faceswap.FaceSwapRequest`; returns a `FaceSwapResult`."""
-        from models.faceswap import NoFaceError, check_inputs
-
         check_inputs(request)  # bad input fails fast, before taking a worker thread
         started = time.perf_counter()
         try:
@@ -78,8 +76,6 @@ class FaceSwap:
         return result
 
     def info(self) -> dict[str, Any]:
-        from deployments._common import replica_info
-
         return replica_info(self.model.info, {})
 
     def stats(self) -> dict[str, Any]:

@@ -24,7 +24,15 @@ from typing import Any
 
 from ray import serve
 
-from graphs import observability
+from deployments._common import lower_cpu_priority, replica_info
+from models.diffusion import (
+    MAX_IMAGES_PER_REQUEST,
+    DiffusionModel,
+    GenerationRequest,
+    check_inputs,
+)
+from models.registry import spec_for_source
+from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,15 +72,9 @@ class Generator:
         """`torch_threads`: CPU threads for torch (default: Ray's, i.e. the replica's num_cpus;
         more threads than that measured slower here, fighting the other replicas); `niceness`:
         added to the replica's CPU niceness (`deployments._common.lower_cpu_priority`)."""
-        import torch
-
-        from deployments._common import lower_cpu_priority
+        import torch  # heavy: only the replica imports it, not the driver building the graph
 
         lower_cpu_priority(niceness)
-
-        from models.diffusion import MAX_IMAGES_PER_REQUEST, DiffusionModel
-        from models.registry import spec_for_source
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         spec = spec_for_source(model, family="diffusion", source=source)
@@ -99,14 +101,12 @@ class Generator:
         self._steps_skipped = 0  # steps not run because of cancellation
         self._last_interrupt: dict[str, int] | None = None
         self._steps = 0  # denoising steps run by every pipeline call so far (live)
-        self._queue = observability.QueueDepth("Generator")  # requests waiting for a batch
+        self._queue = metrics.QueueDepth("Generator")  # requests waiting for a batch
         # (request, cancel event, future) of Serve batches waiting for the model: see _batched
         self._waiting: collections.deque = collections.deque()
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
-        from models.diffusion import check_inputs
-
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
         cancel = threading.Event()  # set when our caller leaves: read by the model per step
         try:
@@ -123,8 +123,6 @@ class Generator:
         (`partial_images` previews decoded from intermediate latents), then
         ``{"type": "result", "result": GenerationResult}``. If the caller stops listening
         (client disconnect, job cancelled), denoising stops at the next step."""
-        from models.diffusion import check_inputs
-
         check_inputs(request, self.model.limits)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -202,7 +200,7 @@ class Generator:
             images += chunk[-1][0].n
         if not chunk:
             return
-        observability.record_batch("Generator", images)
+        metrics.record_batch("Generator", images)
         started = time.perf_counter()
         work = asyncio.ensure_future(asyncio.to_thread(
             self.model.generate,
@@ -259,8 +257,6 @@ class Generator:
         self._steps_skipped += max(0, total - steps_run)
 
     def info(self) -> dict[str, Any]:
-        from deployments._common import replica_info
-
         return replica_info(self.model.info, vars(self.model.limits))
 
     def stats(self) -> dict[str, Any]:
@@ -287,8 +283,6 @@ class Generator:
         within the last minute (so a busy replica isn't slowed by probes)."""
         if self._last_error is None and time.monotonic() - self._last_ok < 60:
             return
-        from models.diffusion import GenerationRequest
-
         limits = self.model.limits
         probe = GenerationRequest(prompt="health probe", width=limits.min_side,
                                   height=limits.min_side, steps=1, guidance_scale=0.0, seed=0)

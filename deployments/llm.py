@@ -45,7 +45,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from deployments._common import replica_info
 from models.base import LoadedInfo
+from models.llm import check_chat_request, llm_spec
 
 logger = logging.getLogger("ray.serve")
 
@@ -193,8 +195,6 @@ class LLMServer:
         return response
 
     def info(self) -> dict[str, Any]:
-        from deployments._common import replica_info
-
         info = self.engine.info()
         return replica_info(info, _limits(info) | {"engine": info.extra.get("engine")})
 
@@ -263,8 +263,6 @@ class RayLLMEngine:
         return self._info
 
     async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
-        from models.llm import check_chat_request
-
         checked = check_chat_request(request, max_tokens_limit=self.max_tokens_limit)
         checked["model"] = self.model_id  # Ray's LLMServer serves exactly one model id
         checked["stream"] = False
@@ -342,8 +340,6 @@ def vllm_llm_config(config: LLMAppConfig) -> dict[str, Any]:
     is checked without vLLM). GPU share, vLLM memory and structured outputs agree by
     construction; a ``gpu_memory_utilization`` that disagrees with ``num_gpus`` (given directly
     or in ``vllm_engine_kwargs``) is refused."""
-    from models.llm import llm_spec
-
     if config.num_gpus <= 0:
         raise ValueError("num_gpus must be > 0 for the vLLM backend (vLLM needs a GPU); use "
                          "backend=transformers on CPU")
@@ -390,7 +386,7 @@ def llm_deployment(config: LLMAppConfig | dict[str, Any] | None = None) -> serve
                          f"({config.max_replicas})")
     if _use_vllm(config):
         kwargs = vllm_llm_config(config)
-        try:
+        try:  # needs vLLM (or SGLang): only GPU clusters have it
             from ray.serve.llm import LLMConfig, build_llm_deployment
         except ImportError as exc:
             raise RuntimeError(

@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 from ray import serve
 
-from graphs import observability
+from deployments._common import lower_cpu_priority, replica_info
+from models.matting import MattingModel, MattingRequest, check_inputs, matting_spec
+from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,9 +65,6 @@ class Matting:
         10 ms on CUDA; none on CPU, where an image per run gains nothing from waiting);
         `niceness`: added to the replica's CPU niceness
         (`deployments._common.lower_cpu_priority`)."""
-        from deployments._common import lower_cpu_priority
-        from models.matting import MattingModel, matting_spec
-
         lower_cpu_priority(niceness)
 
         spec = matting_spec(model, source=model_path)
@@ -89,8 +89,6 @@ class Matting:
 
     async def remove(self, request):
         """Remove the background of one `models.matting.MattingRequest`."""
-        from models.matting import check_inputs
-
         check_inputs(request, max_side=self.model.max_side)  # fail this request, not its batch
         return await self._batched(request)
 
@@ -101,7 +99,7 @@ class Matting:
     # "Background removal".
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def _batched(self, requests: list) -> list:
-        observability.record_batch("Matting", len(requests))
+        metrics.record_batch("Matting", len(requests))
         self._serve_batches[len(requests)] += 1
         started = time.perf_counter()
         try:
@@ -126,8 +124,6 @@ class Matting:
             self._onnx_batches[images] += 1
 
     def info(self) -> dict[str, Any]:
-        from deployments._common import replica_info
-
         return replica_info(self.model.info, {"max_side": self.model.max_side,
                                                   "max_batch_images": self._max_batch_images})
 
@@ -146,10 +142,6 @@ class Matting:
         """Probe the model on an 8x8 image, unless a request succeeded in the last interval."""
         if self._last_error is None and time.monotonic() - self._last_ok < self._probe_interval_s:
             return
-        import numpy as np
-
-        from models.matting import MattingRequest
-
         probe = MattingRequest(image=np.full((8, 8, 3), 128, np.uint8), output="mask")
         self._probes += 1
         try:

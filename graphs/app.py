@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from graphs.auth import AuthConfig
+from graphs.quotas import QuotaConfig
 from graphs.settings import Profile, Settings
 
 # Default model per deployment and profile (registry names, models/registry.py).
@@ -96,6 +98,8 @@ class AppArgs(BaseModel):
 
 
 def build_app(args: AppArgs) -> Application:
+    # here, not at the top: `photostudio` commands and config checks import AppArgs without
+    # the deployments (and the Ingress app with its middleware)
     from deployments import faceswap, generator, matting, upscale
     from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
@@ -186,9 +190,6 @@ def build_app(args: AppArgs) -> Application:
 
 def auth_config_for(args: AppArgs, settings: Settings, profile: str):
     """API keys are on unless explicitly turned off, which only tiny/local profiles allow."""
-    from graphs.auth import AuthConfig
-    from graphs.quotas import QuotaConfig
-
     enabled = args.auth_enabled if args.auth_enabled is not None else settings.auth_enabled
     if not enabled and profile == "production":
         raise ValueError("the production profile requires API-key auth: remove "

@@ -83,20 +83,14 @@ class Principal:
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "photostudio_principal", default=None)
-_gate: Gate | None = None
-
-
-def gate() -> Gate | None:
-    return _gate
 
 
 def current(default_project: str = "default") -> Principal:
-    """The caller of the request being handled (the configured project when auth is off)."""
+    """The caller of the request being handled (`AuthMiddleware` sets it, the configured
+    project's anonymous caller when auth is off); outside a request, `default_project`'s."""
     principal = _principal.get()
     if principal is not None:
         return principal
-    if _gate is not None:
-        return _gate.anonymous
     return Principal(key_id=None, project=default_project, scopes=frozenset())
 
 
@@ -208,7 +202,9 @@ class Gate:
         return principal, usage
 
     async def charge_images(self, n: int) -> ImageCharge:
-        """Charge `n` images to the caller's daily quota (429 when over it)."""
+        """THE image accounting of every route, chat plan, workflow, batch or video: charge
+        `n` images to the caller's daily quota before the work runs (ApiError 429 when over
+        it); the returned charge refunds what failed work did not produce."""
         principal = current()
         if principal.key_id is None or n <= 0:
             return ImageCharge(None, 0)
@@ -217,29 +213,16 @@ class Gate:
                            per_day=principal.images_per_day)
 
 
-def configure(*, records: Any, config: AuthConfig) -> Gate:
-    """Called once by the ingress replica when its record store is ready."""
-    global _gate
-    _gate = Gate(records=records, config=config)
+def configure(app: Any, *, records: Any, config: AuthConfig) -> Gate:
+    """The replica's gate, made once its record store is ready, and installed on `app` (the
+    state `AuthMiddleware` reads). The services that sign URLs or charge images get it
+    passed in (`graphs.jobs.JobRunner(gate=...)`): no module-global gate."""
+    gate = Gate(records=records, config=config)
+    app.state.auth_gate = gate
     if not config.enabled:
         logger.warning("API-key auth is DISABLED (explicit local setting): every request acts "
                        "in project %r with every scope", config.project)
-    return _gate
-
-
-def sign_asset(asset_id: str, project: str) -> str:
-    """Query string to append to the URL of an asset of `project` ("" when auth is off or not
-    configured)."""
-    return _gate.sign(asset_id, project) if _gate is not None else ""
-
-
-async def charge_images(n: int) -> ImageCharge:
-    """THE image accounting of every route, chat plan, workflow, batch or video: charge `n`
-    images to the caller's daily quota before the work runs (ApiError 429 when over it), and
-    `refund` the returned charge for what failed work did not produce."""
-    if _gate is not None:
-        return await _gate.charge_images(n)
-    return ImageCharge(None, 0)
+    return gate
 
 
 class ImageCharge:
@@ -282,7 +265,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        gate = _gate
+        gate = getattr(scope["app"].state, "auth_gate", None) if "app" in scope else None
         if gate is None:  # the replica's constructor hasn't run yet
             await ApiError(503, "the gateway is starting", code="starting",
                            headers={"Retry-After": "2"}).response()(scope, receive, send)

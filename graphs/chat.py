@@ -28,10 +28,12 @@ import numpy as np
 
 from graphs import auth
 from graphs.errors import ApiError
-from graphs.generation import GenerationService, Options
+from graphs.generation import GenerationService, Options, composite, fit_to_limits
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse
-from graphs.tools import ToolService, fit_to_limits
+from graphs.tools import ToolService
+from router.cascade import Cascade
+from router.schemas import SessionContext
 
 EDIT_STRENGTH = 0.65
 
@@ -148,8 +150,6 @@ class ChatService:
     @staticmethod
     def context(session, overrides: dict[str, Any] | None):
         """The session's context for follow-ups (`session` None: a new session, none yet)."""
-        from router.schemas import SessionContext
-
         context: dict[str, Any] = {}
         for message in session.messages if session is not None else []:
             context.update(message.data.get("context", {}))
@@ -164,8 +164,6 @@ class ChatService:
         """The Router's plan: from the rules here when they decide alone (the same plan the
         Router would return), else from the Router deployment."""
         if self._rules is None:
-            from router.cascade import Cascade
-
             info = await self.router.info.remote()
             self._router_stages = set(info["stages"])
             self._rules = Cascade(rules_threshold=info["thresholds"]["rules"],
@@ -198,7 +196,8 @@ class ChatService:
         # images the plan takes from the session, resolved in the caller's project now: an
         # unknown or foreign id is a 404 before anything is charged, stored or run
         session_images = await self._session_images(image_steps, ctx) if runs else {}
-        charge = await auth.charge_images(sum(map(step_images, image_steps)) if runs else 0)
+        charge = await self.runner.charge_images(
+            sum(map(step_images, image_steps)) if runs else 0)
         try:
             # uploads are stored once the message is planned: a refused request stores nothing
             upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
@@ -364,8 +363,6 @@ class ChatService:
         p = step.params
         image = inputs["image"][0] if inputs.get("image") else None
         if image is not None and inputs.get("reference"):  # several images: one composite
-            from graphs.generation import composite
-
             image = composite([image, *inputs["reference"]])
         if step.intent in ("image_generation", "image_edit"):
             refined = await self.router.refine.remote(p.get("prompt") or "an image",
@@ -381,10 +378,9 @@ class ChatService:
             if step.intent == "image_edit":
                 extra = dict(mode="img2img", image=image[..., :3], strength=EDIT_STRENGTH)
                 auto = auto or fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-            req = self.generation._request(refined.prompt, opts, info, auto_size=auto, **extra)
-            res = await self.generation.generator.generate.remote(req)
-            return Output(images=res.images, model=res.model, seeds=res.seeds,
-                          timings=res.timings), refined.prompt
+            req = self.generation.build_request(refined.prompt, opts, info, auto_size=auto,
+                                                **extra)
+            return await self.generation.run_request(req), refined.prompt
         if step.intent == "background_removal":
             return await self.tools.matting_op(image), None
         if step.intent == "upscale":

@@ -6,16 +6,19 @@ Every error leaves the gateway as ``{"error": {"message", "type", "param", "code
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from graphs.images import ImageInputError
+from common.errors import InputError
+from models.faceswap import NoFaceError
+from storage.assets import AssetStoreError
 
 logger = logging.getLogger("ray.serve")
 
@@ -65,15 +68,8 @@ class ApiError(Exception):
         return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
 
 
-# Fields whose ValueError messages (models' check_inputs) map onto a request parameter.
-_PARAM_ALIASES = {"width": "size", "height": "size"}
-_PARAM_RE = re.compile(r"[A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*(?=[ :])")
-
-
 def _unwrap(exc: BaseException) -> BaseException:
     """Ray wraps errors raised in a replica; the cause is what we map."""
-    from ray.exceptions import RayTaskError
-
     while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
         exc = exc.cause
     return exc
@@ -86,8 +82,6 @@ DOWNSTREAM_FULL = "photostudio.downstream_full"
 
 def is_backpressure(exc: BaseException) -> bool:
     """Serve's BackPressureError (a deployment's queue is full), wrapped or not."""
-    from ray.serve.exceptions import BackPressureError
-
     return isinstance(_unwrap(exc), BackPressureError)
 
 
@@ -117,13 +111,13 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, f"missing required parameter {param!r}", param=param,
                         code="missing_parameter")
     msg = first.get("msg", "invalid value")
+    if "param" in first.get("ctx", {}):  # our schemas' own checks: they name their field
+        return ApiError(400, msg, param=first["ctx"]["param"], code=kind)
     return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code=kind)
 
 
 def to_api_error(exc: BaseException) -> ApiError:
     """Map any exception to the status code and message the client sees."""
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
     exc = _unwrap(exc)
     if isinstance(exc, ApiError):
         return exc
@@ -131,8 +125,6 @@ def to_api_error(exc: BaseException) -> ApiError:
         return _validation_error(exc)
     if isinstance(exc, StarletteHTTPException):
         return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
     if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError)):
         return ApiError(503, "a model replica died or became unreachable while working on "
                         "this request; retry (Serve is starting a new one)",
@@ -145,23 +137,16 @@ def to_api_error(exc: BaseException) -> ApiError:
                         code="deployment_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request timed out", code="timeout")
-    from models.faceswap import NoFaceError
-    from storage.assets import AssetStoreError
-
     if isinstance(exc, AssetStoreError):
         logger.error("asset store failed: %s", exc)
         return ApiError(503, "the asset store is unavailable; retry shortly",
                         code="storage_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, NoFaceError):
         return ApiError(422, str(exc), param=exc.which, code="no_face")
-    if isinstance(exc, ImageInputError):
-        return ApiError(exc.status, str(exc), param=exc.field, code=exc.code)
-    if isinstance(exc, ValueError):
-        # Our checks start their messages with the parameter path: "ops[2].width must ...".
-        message = str(exc)
-        match = _PARAM_RE.match(message)
-        param = _PARAM_ALIASES.get(match.group(0), match.group(0)) if match else None
-        return ApiError(400, message, param=param, code="invalid_value")
+    if isinstance(exc, InputError):  # the field travels with the error (ImageInputError too)
+        return ApiError(exc.status, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, ValueError):  # a check that names no field: still the caller's input
+        return ApiError(400, str(exc), code="invalid_value")
     logger.exception("unhandled error", exc_info=exc)
     return ApiError(500, "internal error; it has been logged", code="internal_error")
 

@@ -7,6 +7,11 @@ variations, streamed or not, run on the generator as recorded jobs.
   intermediate latents by TAESD) then `<prefix>.completed`.
 - edits: a mask → inpaint; one image → img2img (input_fidelity high keeps more of it);
   several images → a side-by-side composite of the references, then img2img (see README).
+
+One door for generator work: `build_request` (options → a checked `GenerationRequest`) and
+`run_request` (one request on the Generator, as a job step's `Output`), used by these routes,
+the tools (style transfer), the chat and workflows. Requests are validated once at the edge by
+their schema (`graphs.schemas`), and once by the model's own `check_inputs`.
 """
 
 from __future__ import annotations
@@ -24,18 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from common.errors import InputError
 from graphs import auth
 from graphs.errors import ApiError, to_api_error
+from graphs.images import encode
 from graphs.jobs import JobRunner, Output
-from graphs.schemas import (
-    MAX_PROMPT_CHARS,
-    ImageGenerationRequest,
-    ImagesResponse,
-    Usage,
-    UsageDetails,
-)
+from graphs.schemas import ImagesResponse, OutputOptions, Usage, UsageDetails
 from models.diffusion import GenerationRequest, check_inputs
+from models.matting import MattingRequest
 from models.registry import SizeLimits
 
 logger = logging.getLogger("ray.serve")
@@ -46,7 +49,6 @@ INPUT_FIDELITY_STRENGTH = {"high": 0.35, "low": 0.65}  # img2img strength per in
 COMPOSITE_STRENGTH = 0.75
 VARIATION_STRENGTH = 0.55
 VARIATION_PROMPT = "a variation of this image, same subject and composition, high quality"
-MAX_EDIT_IMAGES = 16
 
 
 def parse_size(size: str, limits: SizeLimits, *, auto: tuple[int, int] | None = None
@@ -70,14 +72,17 @@ def parse_size(size: str, limits: SizeLimits, *, auto: tuple[int, int] | None = 
     return width, height
 
 
-def check_prompt(prompt: str) -> str:
-    if not prompt.strip():
-        raise ApiError(400, "prompt must not be empty", param="prompt", code="empty_prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ApiError(400, f"prompt is {len(prompt)} characters; the limit is "
-                       f"{MAX_PROMPT_CHARS}. Shorten it (keep subject, style and quality "
-                       "terms)", param="prompt", code="prompt_too_long")
-    return prompt
+def fit_to_limits(width: int, height: int, limits: dict[str, Any]) -> tuple[int, int]:
+    """The generator size closest to an input image: same aspect, within the model's limits,
+    multiples of the model's multiple."""
+    m, lo, hi = limits["multiple"], limits["min_side"], limits["max_side"]
+    scale = min(1.0, hi / max(width, height))
+    scale = max(scale, lo / min(width, height))
+
+    def snap(v: float) -> int:
+        return int(min(hi, max(lo, round(v / m) * m)))
+
+    return snap(width * scale), snap(height * scale)
 
 
 def usage_for(prompt: str, images_in: int = 0) -> Usage:
@@ -88,7 +93,8 @@ def usage_for(prompt: str, images_in: int = 0) -> Usage:
 
 @dataclass
 class Options:
-    """The output options shared by generations, edits and variations."""
+    """The output options shared by generations, edits, variations and the chat's steps (the
+    HTTP schemas check their combinations at the edge: `graphs.schemas.OutputOptions`)."""
 
     n: int = 1
     size: str = "auto"
@@ -106,20 +112,11 @@ class Options:
     model: str | None = None
     lora: str | None = None
 
-    def check(self) -> None:
-        if self.background == "transparent" and self.output_format == "jpeg":
-            raise ApiError(400, "background=transparent needs output_format png or webp "
-                           "(JPEG has no alpha channel)", param="background",
-                           code="invalid_combination")
-        if self.stream and self.n != 1:
-            raise ApiError(400, "stream=true generates one image: use n=1", param="n",
-                           code="invalid_combination")
-        if self.partial_images and not self.stream:
-            raise ApiError(400, "partial_images needs stream=true", param="partial_images",
-                           code="invalid_combination")
-        if self.stream and self.response_format == "url":
-            raise ApiError(400, "stream=true returns b64_json images", param="response_format",
-                           code="invalid_combination")
+    @classmethod
+    def of(cls, body: OutputOptions) -> Options:
+        """The options of a request schema (generations, edits)."""
+        return cls(**{f: getattr(body, f) for f in cls.__dataclass_fields__
+                      if f in OutputOptions.model_fields})
 
     @property
     def resolved_quality(self) -> str:
@@ -147,8 +144,13 @@ class GenerationService:
             raise ApiError(400, f"LoRA adapter {opts.lora!r} is not loaded; available: none",
                            param="lora", code="lora_not_found")
 
-    def _request(self, prompt: str, opts: Options, info: dict[str, Any], *,
-                 auto_size: tuple[int, int] | None = None, **extra: Any) -> GenerationRequest:
+    def build_request(self, prompt: str, opts: Options, info: dict[str, Any], *,
+                      auto_size: tuple[int, int] | None = None, **extra: Any
+                      ) -> GenerationRequest:
+        """THE way options become a generator request (routes, tools, chat, workflows):
+        model and LoRA checked, size parsed (`auto_size` for 'auto'), quality → steps, then
+        the model's own `check_inputs` (its errors name the request field: width/height →
+        size). `extra`: mode, image, mask, strength."""
         self._check_model(opts, info)
         limits = SizeLimits(**info["limits"])
         width, height = parse_size(opts.size, limits, auto=auto_size)
@@ -165,9 +167,16 @@ class GenerationService:
             seed=opts.seed, **extra)
         try:
             check_inputs(req, limits)
-        except ValueError as exc:
-            raise to_api_error(exc) from None
+        except InputError as exc:  # the model's field names, mapped to the request's
+            param = "size" if exc.param in ("width", "height") else exc.param
+            raise ApiError(exc.status, exc.message, param=param, code=exc.code) from None
         return req
+
+    async def run_request(self, req: GenerationRequest) -> Output:
+        """One request on the Generator (batched there with other callers'), as an `Output`."""
+        res = await self.generator.generate.remote(req)
+        return Output(images=res.images, model=res.model, seeds=res.seeds,
+                      batch_size=res.batch_size, timings=res.timings)
 
     # -- running --------------------------------------------------------------------------
     async def _finish_images(self, images: list[np.ndarray], opts: Options,
@@ -176,8 +185,6 @@ class GenerationService:
         if opts.background != "transparent":
             return images, {}
         if alpha is not None:
-            from PIL import Image
-
             out = []
             for img in images:
                 a = np.asarray(Image.fromarray(alpha).resize((img.shape[1], img.shape[0])))
@@ -186,8 +193,6 @@ class GenerationService:
         if self.matting is None:
             raise ApiError(400, "background=transparent needs the background-removal "
                            "deployment, which is not deployed", param="background")
-        from models.matting import MattingRequest
-
         results = await asyncio.gather(*(self.matting.remove.remote(
             MattingRequest(image=img, output="cutout")) for img in images))
         return [r.image for r in results], {"transparency": "background removed",
@@ -211,7 +216,7 @@ class GenerationService:
                         elif event["type"] == "result":
                             res = event["result"]
             else:
-                res = await self.generator.generate.remote(req)
+                res = await self.run_request(req)
             images, extra = await self._finish_images(res.images, opts, alpha)
             return Output(images=images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings,
@@ -271,8 +276,6 @@ class GenerationService:
                     getter.cancel()
                     continue
                 event = getter.result()
-                from graphs.images import encode
-
                 b64 = base64.b64encode(await asyncio.to_thread(
                     encode, event["images"][0], "png" if opts.output_format == "png"
                     else opts.output_format)).decode()
@@ -297,15 +300,12 @@ class GenerationService:
             **common})}
 
     # -- entry points ---------------------------------------------------------------------
-    async def generate(self, body: ImageGenerationRequest, *, base_url: str,
+    async def generate(self, prompt: str, opts: Options, *, base_url: str,
                        async_job: bool = False):
-        opts = Options(**body.model_dump(exclude={"prompt", "moderation", "user"}))
-        opts.check()
-        prompt = check_prompt(body.prompt)
         info = await self.model_info()
-        req = self._request(prompt, opts, info)
+        req = self.build_request(prompt, opts, info)
         if opts.stream:
-            charge = await auth.charge_images(opts.n)  # a 429 before the stream starts
+            charge = await self.runner.charge_images(opts.n)  # a 429 before the stream
             return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
                                info=info, base_url=base_url, event_prefix="image_generation",
                                charge=charge)
@@ -314,11 +314,6 @@ class GenerationService:
 
     async def edit(self, images: list[np.ndarray], *, prompt: str, mask: np.ndarray | None,
                    input_fidelity: str, opts: Options, base_url: str, async_job: bool = False):
-        opts.check()
-        prompt = check_prompt(prompt)
-        if not 1 <= len(images) <= MAX_EDIT_IMAGES:
-            raise ApiError(400, f"give 1 to {MAX_EDIT_IMAGES} images, got {len(images)}",
-                           param="image", code="too_many_images")
         info = await self.model_info()
         first = images[0]
         alpha = first[..., 3] if first.shape[2] == 4 else None
@@ -338,13 +333,11 @@ class GenerationService:
         else:
             source, mode, repaint = composite(images), "img2img", None
             strength = COMPOSITE_STRENGTH
-        from graphs.tools import fit_to_limits
-
         auto = fit_to_limits(source.shape[1], source.shape[0], info["limits"])
-        req = self._request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
+        req = self.build_request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
                             mask=repaint, strength=strength)
         if opts.stream:
-            charge = await auth.charge_images(opts.n)
+            charge = await self.runner.charge_images(opts.n)
             return self.stream(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
                                base_url=base_url, event_prefix="image_edit", charge=charge,
                                images_in=len(images), alpha=alpha)
@@ -354,12 +347,9 @@ class GenerationService:
 
     async def variations(self, image: np.ndarray, *, opts: Options, base_url: str,
                          async_job: bool = False):
-        opts.check()
         info = await self.model_info()
-        from graphs.tools import fit_to_limits
-
         auto = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-        req = self._request(VARIATION_PROMPT, opts, info, auto_size=auto, mode="img2img",
+        req = self.build_request(VARIATION_PROMPT, opts, info, auto_size=auto, mode="img2img",
                             image=image[..., :3], strength=VARIATION_STRENGTH)
         return await self.run(kind="variations", prompt=VARIATION_PROMPT, req=req, opts=opts,
                               info=info, base_url=base_url, images_in=1, async_job=async_job)
@@ -379,8 +369,6 @@ async def _streaming(generator: Any, req: GenerationRequest, partial_images: int
 def composite(images: list[np.ndarray]) -> np.ndarray:
     """References side by side (grid, equal cells, letterboxed) on one RGB canvas: the
     img2img starting point for multi-image edits."""
-    from PIL import Image
-
     count = len(images)
     cols = int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / cols))

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from common.errors import InputError
+
 Format = Literal["png", "jpeg", "webp"]
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PNG_ZLIB_RLE = 3  # zlib.Z_RLE, as Pillow's PNG `compress_type` (the zlib strategy)
@@ -63,14 +65,12 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputError):
     """A bad upload. `status`: 400 broken, 413 too large, 415 unsupported."""
 
     def __init__(self, field: str, message: str, *, status: int = 400, code: str = "invalid_image"):
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}", param=field, code=code, status=status)
         self.field = field
-        self.status = status
-        self.code = code
 
 
 def _open(data: bytes, *, field: str, max_pixels: int, max_bytes: int):

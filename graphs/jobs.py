@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
-from graphs import auth, middleware, observability
+from graphs import auth, middleware
 from graphs.errors import ApiError, to_api_error
 from graphs.images import (
     CONTENT_TYPES,
@@ -36,6 +36,7 @@ from graphs.images import (
 from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
 from storage.assets import AssetNotFound, AssetStore, asset_key
 from storage.records import NewAsset, RecordStore, new_id
+from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -97,10 +98,12 @@ OnSuccess = Callable[[ImagesResponse, list[NewAsset]], Awaitable[None]]
 
 class JobRunner:
     def __init__(self, *, assets: AssetStore, records: RecordStore, project: str = "default",
-                 heartbeat_s: float = 10.0, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 gate: auth.Gate | None = None, heartbeat_s: float = 10.0,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS,
                  max_image_bytes: int = DEFAULT_MAX_BYTES):
         self.assets = assets
         self.records = records
+        self.gate = gate  # signs asset URLs, charges images (None: auth off, nothing charged)
         self._project = project  # when no API key says otherwise (auth off, tests)
         self.heartbeat_s = heartbeat_s  # running jobs beat this often (see check_health)
         # a stored image read back by id is checked like an upload (it may predate a limit)
@@ -112,6 +115,13 @@ class JobRunner:
     def project(self) -> str:
         """The project of the request being handled: its API key's (graphs.auth)."""
         return auth.current_project(default=self._project)
+
+    async def charge_images(self, n: int) -> auth.ImageCharge:
+        """Charge `n` images to the caller's day before work runs (`auth.Gate.charge_images`:
+        429 when over it); the charge refunds what failed work did not make."""
+        if self.gate is None:
+            return auth.ImageCharge(None, 0)
+        return await self.gate.charge_images(n)
 
     async def run(
         self,
@@ -141,7 +151,7 @@ class JobRunner:
         with the job's success, after it: read their size and type from `assets`, not from
         the record store."""
         charge = images if isinstance(images, auth.ImageCharge) else \
-            await auth.charge_images(images)
+            await self.charge_images(images)
         try:
             job_id = await asyncio.to_thread(
                 self.records.create_job, kind=kind, prompt=prompt, params=params,
@@ -186,7 +196,7 @@ class JobRunner:
             # Every running job beats, sync ones too: the stale-job sweeper tells a dead worker
             # from a slow one by the heartbeat alone.
             heartbeat = asyncio.create_task(self._heartbeat(job_id, asyncio.current_task()))
-            with observability.stage_timer("model", kind=kind):
+            with metrics.stage_timer("model", kind=kind):
                 out = await work(progress)
             await progress(0.95, "storing", force=True)
             stored = time.perf_counter()
@@ -240,7 +250,7 @@ class JobRunner:
             await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
                                     model=out.model, result=result, assets=unrecorded)
             unrecorded = []
-            observability.record_images(kind, len(data))
+            metrics.record_images(kind, len(data))
             return response
         except (JobCancelled, asyncio.CancelledError) as exc:
             # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
@@ -317,13 +327,13 @@ class JobRunner:
                compression: int | None = None) -> tuple[NewAsset, bytes]:
         """(In a thread.) Encode and store one image; return its asset row, not yet recorded
         (the caller records it), and the encoded bytes."""
-        with observability.stage_timer("encode", kind=kind):
+        with metrics.stage_timer("encode", kind=kind):
             blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
         started = time.perf_counter()
         self.assets.put(key=key, data=blob, content_type=CONTENT_TYPES[fmt])
-        observability.observe_stage("store", time.perf_counter() - started, kind=kind)
+        metrics.observe_stage("store", time.perf_counter() - started, kind=kind)
         height, width = image.shape[:2]
         return NewAsset(id=asset_id, job_id=job_id, kind=kind, store=self.assets.name, key=key,
                         content_type=CONTENT_TYPES[fmt], size_bytes=len(blob), width=width,
@@ -334,9 +344,8 @@ class JobRunner:
         return await asyncio.to_thread(self.assets.url, key=key) or \
             self.asset_url(asset_id, base_url, self.project)
 
-    @staticmethod
-    def asset_url(asset_id: str, base_url: str, project: str) -> str:
+    def asset_url(self, asset_id: str, base_url: str, project: str) -> str:
         """The URL of an asset of `project`; with auth on, signed so it works without the API
         key until it expires (graphs.auth)."""
-        return (f"{base_url.rstrip('/')}/v1/assets/{asset_id}"
-                f"{auth.sign_asset(asset_id, project)}")
+        signed = self.gate.sign(asset_id, project) if self.gate is not None else ""
+        return f"{base_url.rstrip('/')}/v1/assets/{asset_id}{signed}"

@@ -17,7 +17,7 @@ and breaks streaming), each answering with the project's error envelope.
   own queue-full answer (a plain-text 503 from the proxy) is not reached under overload.
 - `CancelOnDisconnect`: the client disconnects → the handler task and its deployment calls
   are cancelled (synchronous requests too, not only streams).
-- `JsonDepthLimit`: 400 for JSON bodies nested deeper than 64 (`graphs.safe_json`), before
+- `JsonDepthLimit`: 400 for JSON bodies nested deeper than 64 (`common.safe_json`), before
   Python's recursive parser sees them.
 - `PublicOrigin`: the scheme and Host of URLs in responses and redirects come from
   ``PHOTOSTUDIO_PUBLIC_BASE_URL``, trusted proxies, or an allow-list; never from any client.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import logging
 import re
 import sys
@@ -40,6 +41,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import Headers, MutableHeaders
@@ -48,11 +50,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
 from graphs.errors import DOWNSTREAM_FULL, ApiError, is_backpressure, respond
-from graphs.observability import MetricsMiddleware, request_id_var
-from graphs.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
+from graphs.observability import MetricsMiddleware
 from graphs.serve_proxy import CALLBACK as SERVE_PROXY_CALLBACK
 from graphs.serve_proxy import REQUEST_ID_RE as _REQUEST_ID_RE
+from graphs.settings import Settings
+from telemetry.logs import request_id_var
 
 logger = logging.getLogger("ray.serve")
 
@@ -85,7 +89,7 @@ def _inside_serve_replica() -> bool:
 
 
 class RequestId:
-    """Puts the request id in `observability.request_id_var` (for logs) and in the response.
+    """Puts the request id in `telemetry.logs.request_id_var` (for logs) and in the response.
 
     The id is the client's ``X-Request-ID`` when it is 1-128 characters of
     ``[A-Za-z0-9._:@/+=-]``, else a new uuid4 (an id lands in every log line: no control
@@ -588,8 +592,6 @@ def default_host(host: str, port: int) -> str:
 
 
 def _parse_base_url(public_base_url: str) -> tuple[str, str]:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(public_base_url)
     if parts.scheme not in ("http", "https") or _valid_host(parts.netloc) is None \
             or parts.query or parts.fragment:
@@ -635,8 +637,6 @@ class PublicOrigin:
     def __init__(self, app: ASGIApp, *, public_base_url: str | None = None,
                  trusted_proxies: Sequence[str] = (), allowed_hosts: Sequence[str] = (),
                  fallback_host: str = "localhost:8000"):
-        import ipaddress
-
         self.app = app
         self.fixed = _parse_base_url(public_base_url) if public_base_url else None
         self.trust_all = "*" in trusted_proxies
@@ -656,8 +656,6 @@ class PublicOrigin:
         client = scope.get("client")
         if not self.trusted or not client:
             return False
-        import ipaddress
-
         try:
             address = ipaddress.ip_address(client[0])
         except ValueError:
@@ -1117,8 +1115,6 @@ class HardeningConfig(BaseModel):
     @classmethod
     def from_settings(cls, settings: Any = None) -> HardeningConfig:
         if settings is None:
-            from graphs.settings import Settings
-
             settings = Settings()
         values = {name: getattr(settings, name) for name in cls.model_fields
                   if getattr(settings, name, None) is not None}

@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-MAX_PROMPT_CHARS = 10_000  # longer prompts: 400 naming this limit
-MAX_PROMPT_ACCEPTED = 32_000  # what the schema accepts (OpenAI's limit) before the prompt rules
+from router.prompts import MAX_PROMPT_CHARS  # the prompt rules' limit: one number
+
+MAX_PROMPT_ACCEPTED = 32_000  # /v1/prompts/*: what they take in, to report on (OpenAI's limit)
 MAX_IMAGES = 10
+MAX_EDIT_IMAGES = 16  # reference images of one edit
 SIZE_PATTERN = r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"
 
 Quality = Literal["low", "medium", "high", "auto"]
 Background = Literal["transparent", "opaque", "auto"]
 OutputFormat = Literal["png", "jpeg", "webp"]
+ResponseFormat = Literal["b64_json", "url"]
 
 
-class ImageGenerationRequest(BaseModel):
-    """OpenAI-shaped image generation, plus our diffusion controls."""
+def _check_prompt(value: str) -> str:
+    """The edge's prompt rule (the model's `check_inputs` keeps its own)."""
+    if not value.strip():
+        raise PydanticCustomError("empty_prompt", "prompt must not be empty",
+                                  {"param": "prompt"})
+    if len(value) > MAX_PROMPT_CHARS:
+        raise PydanticCustomError(
+            "prompt_too_long", "prompt is {length} characters; the limit is {limit}. Shorten "
+            "it (keep subject, style and quality terms)",
+            {"param": "prompt", "length": len(value), "limit": MAX_PROMPT_CHARS})
+    return value
+
+
+# bounded by the schema (OpenAI's 32,000) so a huge value is refused before the rule runs
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_ACCEPTED,
+                              description=f"What to draw; at most {MAX_PROMPT_CHARS} "
+                              "characters."), AfterValidator(_check_prompt)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class OutputOptions(BaseModel):
+    """Output options of generations and edits, checked together once, here."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_ACCEPTED,
-                        description=f"What to draw; at most {MAX_PROMPT_CHARS} characters.")
-    model: str | None = Field(None, description="Model name (see /v1/capabilities).")
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images, 1-10.")
     size: str = Field("auto", pattern=SIZE_PATTERN,
                       description="WIDTHxHEIGHT (multiples of 8 within the model's limits) "
                                   "or 'auto' for the model's default.")
-    response_format: Literal["b64_json", "url"] = "b64_json"
+    response_format: ResponseFormat = "b64_json"
     quality: Quality = Field("auto", description="low|medium|high → fewer/more denoising "
                              "steps (see README); auto = medium")
     background: Background = Field("auto", description="transparent: generated, then the "
@@ -36,17 +59,163 @@ class ImageGenerationRequest(BaseModel):
     output_format: OutputFormat = "png"
     output_compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp "
                                            "encoder quality 0-100 (default 90)")
-    moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
-                                               "compatibility; no moderation model runs here")
     stream: bool = Field(False, description="Server-Sent Events with partial images")
     partial_images: int = Field(0, ge=0, le=3, description="previews streamed, 0-3")
+    model: str | None = Field(None, description="Model name (see /v1/capabilities).")
     user: str | None = Field(None, max_length=256)
     lora: str | None = Field(None, max_length=128, description="a loaded LoRA adapter name")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Seed of the first image; image k uses seed+k.")
+    seed: Seed | None = Field(None, description="Seed of the first image; image k uses seed+k.")
     steps: int | None = Field(None, ge=1, le=150, description="Denoising steps.")
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.background == "transparent" and self.output_format == "jpeg":
+            raise _combination("background", "background=transparent needs output_format png "
+                               "or webp (JPEG has no alpha channel)")
+        if self.stream and self.n != 1:
+            raise _combination("n", "stream=true generates one image: use n=1")
+        if self.partial_images and not self.stream:
+            raise _combination("partial_images", "partial_images needs stream=true")
+        if self.stream and self.response_format == "url":
+            raise _combination("response_format", "stream=true returns b64_json images")
+        return self
+
+
+def _combination(param: str, message: str) -> PydanticCustomError:
+    # `param` travels in the error's context: graphs.errors puts it in the envelope
+    return PydanticCustomError("invalid_combination", message, {"param": param})
+
+
+class ImageGenerationRequest(OutputOptions):
+    """OpenAI-shaped image generation, plus our diffusion controls."""
+
+    prompt: Prompt
+    moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
+                                               "compatibility; no moderation model runs here")
+
+
+# --- multipart forms (FastAPI form models: one field list, unknown fields are a 400) ----------
+
+FORM = "multipart/form-data"
+
+
+class EditForm(OutputOptions):
+    """POST /v1/images/edits (OpenAI-compatible multipart)."""
+
+    prompt: Prompt
+    image: list[UploadFile] | None = Field(None, description="one image (or use image[])")
+    images: list[UploadFile] | None = Field(None, alias="image[]",
+                                            description=f"1-{MAX_EDIT_IMAGES} reference images")
+    mask: UploadFile | None = Field(None, description="PNG with alpha; transparent = the area "
+                                    "to change; same size as the first image")
+    input_fidelity: Literal["high", "low"] = "low"
+
+    @property
+    def uploads(self) -> list[UploadFile]:
+        return [*(self.image or []), *(self.images or [])]
+
+    @model_validator(mode="after")
+    def _image_count(self):
+        count = len(self.uploads)
+        if not count:
+            raise PydanticCustomError("missing_parameter",
+                                      "missing required parameter 'image' (or 'image[]')",
+                                      {"param": "image"})
+        if count > MAX_EDIT_IMAGES:
+            raise PydanticCustomError("too_many_images",
+                                      "give 1 to {limit} images, got {count}",
+                                      {"param": "image", "limit": MAX_EDIT_IMAGES,
+                                       "count": count})
+        return self
+
+
+class VariationForm(BaseModel):
+    """POST /v1/images/variations (OpenAI-compatible multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile
+    n: int = Field(1, ge=1, le=MAX_IMAGES)
+    size: str = Field("auto", pattern=SIZE_PATTERN)
+    response_format: ResponseFormat = "b64_json"
+    output_format: OutputFormat = "png"
+    model: str | None = None
+    user: str | None = Field(None, max_length=256)
+    seed: Seed | None = None
+
+
+class ToolForm(BaseModel):
+    """What every tool route takes besides its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_format: OutputFormat = "png"
+    response_format: ResponseFormat = "b64_json"
+
+
+class RemoveBackgroundForm(ToolForm):
+    image: UploadFile = Field(..., description="PNG, JPEG or WebP")
+    output: Literal["cutout", "mask", "solid"] = Field(
+        "cutout", description="cutout: RGBA; mask: the alpha matte; solid: on bg_color")
+    bg_color: str | None = Field(None, max_length=32,
+                                 description="'#RRGGBB' or 'r,g,b' (output=solid)")
+    alpha_matting: bool = Field(False, description="refine edges (slower)")
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.bg_color and self.output != "solid":
+            raise _combination("bg_color", "bg_color is only used with output=solid")
+        if self.output == "cutout" and self.output_format == "jpeg":
+            raise _combination("output_format", "a cut-out has transparency: use output_format "
+                               "png or webp (or output=solid for JPEG)")
+        return self
+
+
+class FaceSwapForm(ToolForm):
+    source: UploadFile = Field(..., description="image with the face to use")
+    target: UploadFile = Field(..., description="image whose face(s) are replaced")
+    target_face_index: int | None = Field(
+        None, ge=0, description="which target face, left to right (default: largest)")
+    all_faces: bool = Field(False, description="replace every face in the target")
+
+    @model_validator(mode="after")
+    def _one_choice(self):
+        if self.all_faces and self.target_face_index is not None:
+            raise _combination("target_face_index", "give either target_face_index or "
+                               "all_faces=true, not both")
+        return self
+
+
+class UpscaleForm(ToolForm):
+    image: UploadFile
+    scale: int = Field(4, description="2 or 4")
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.scale not in (2, 4):  # (a Literal[2, 4] would refuse the form's text "2")
+            raise PydanticCustomError("invalid_scale", "scale must be one of 2, 4, got "
+                                      "{scale}", {"param": "scale", "scale": self.scale})
+        return self
+
+
+class EditOpsForm(ToolForm):
+    image: UploadFile
+    ops: str = Field(..., max_length=64 * 1024, description=(
+        'JSON list applied in order, e.g. [{"op": "crop", "x": 0, "y": 0, "width": 64, '
+        '"height": 64}, {"op": "grayscale"}]; ops: crop, resize, rotate, flip, brightness, '
+        "contrast, saturation, grayscale, blur"))
+
+
+class StyleTransferForm(ToolForm):
+    image: UploadFile
+    style: str = Field(..., max_length=300,
+                       description="a preset name (GET /v1/styles) or free text")
+    prompt: str | None = Field(None, max_length=2000, description="what the image shows")
+    strength: float | None = Field(None, gt=0, le=1, description="default: the preset's")
+    seed: Seed | None = None
+    steps: int | None = Field(None, ge=1, le=150)
 
 
 class ImageData(BaseModel):
@@ -92,6 +261,136 @@ class ImagesResponse(BaseModel):
     quality: Literal["low", "medium", "high"] | None = None
     usage: Usage | None = None
     metadata: ResponseMetadata
+
+
+class PromptRequest(BaseModel):
+    """POST /v1/prompts/validate and /refine: prompts up to 32,000 characters are taken in,
+    so that the answer can say what is wrong with a long one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_ACCEPTED)
+    style: str | None = Field(None, max_length=300)
+
+
+# --- resources: jobs, projects, assets, sessions (graphs/resources.py builds them) -----------
+
+class AssetLink(BaseModel):
+    id: str
+    url: str = Field(..., description="signed: works without the key until it expires")
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    step: str | None = None
+    model: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = Field(None, description="async jobs: the response")
+    error: str | None = None
+    assets: list[AssetLink] = Field(default_factory=list)
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    next_cursor: str | None = None
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+                    description="1-64 of a-z, 0-9, '-', '_'")
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+
+
+class Project(BaseModel):
+    id: str
+    object: Literal["project"] = "project"
+    name: str
+    description: str | None = None
+    created_at: datetime
+
+
+class ProjectList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Project]
+    next_cursor: str | None = None
+
+
+class GalleryAsset(BaseModel):
+    id: str
+    kind: str
+    url: str
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+    size_bytes: int | None = None
+    created_at: datetime
+    job_id: str | None = None
+    prompt: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class AssetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[GalleryAsset]
+    next_cursor: str | None = None
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class SessionMessage(BaseModel):
+    role: str
+    content: str
+    created_at: datetime
+    type: str | None = None
+    images: list[AssetLink] = Field(default_factory=list)
+
+
+class Session(BaseModel):
+    id: str
+    title: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    messages: list[SessionMessage] | None = Field(
+        None, description="oldest first (GET /v1/sessions/{id}; not in listings)")
+
+
+class SessionList(BaseModel):
+    data: list[Session]
+    next_cursor: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "photostudio"
+    deployment: str
+    tiny: bool
+    fallback: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class DeploymentInfo(BaseModel):

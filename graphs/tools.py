@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from graphs import observability
-from graphs.editing import apply_ops, check_ops, parse_edit_request
 from graphs.errors import ApiError
-from graphs.generation import GenerationService
+from graphs.generation import GenerationService, Options, fit_to_limits
 from graphs.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -25,6 +23,12 @@ from graphs.images import (
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import ImagesResponse
 from graphs.workpool import ImageWorkPool
+from models.editing import apply_ops, check_ops, parse_edit_request
+from models.faceswap import FaceSwapRequest
+from models.matting import MattingRequest
+from models.upscale import UpscaleRequest
+from router.styles import resolve_style
+from telemetry import metrics
 
 EDIT_OPS_INFO = {"name": "edit-ops", "tiny": False, "fallback": False, "fallback_reason": None}
 
@@ -58,17 +62,6 @@ def parse_color(value: str | None, *, field: str = "bg_color") -> tuple[int, int
     return rgb  # type: ignore[return-value]
 
 
-def fit_to_limits(width: int, height: int, limits: dict[str, Any]) -> tuple[int, int]:
-    """The generator size closest to an input image: same aspect, within the model's limits,
-    multiples of the model's multiple."""
-    m, lo, hi = limits["multiple"], limits["min_side"], limits["max_side"]
-    scale = min(1.0, hi / max(width, height))
-    scale = max(scale, lo / min(width, height))
-    def snap(v: float) -> int:
-        return int(min(hi, max(lo, round(v / m) * m)))
-    return snap(width * scale), snap(height * scale)
-
-
 class ToolService:
     def __init__(self, *, handles: dict[str, Any], generation: GenerationService,
                  runner: JobRunner, limits: Limits):
@@ -87,7 +80,7 @@ class ToolService:
         return self._info[name]
 
     async def decode(self, data: bytes, field: str, *, keep_alpha: bool = True) -> np.ndarray:
-        with observability.stage_timer("decode", kind="upload"):
+        with metrics.stage_timer("decode", kind="upload"):
             return await self.pool.run(decode, data, field=field,
                                        max_pixels=self.limits.max_pixels,
                                        max_bytes=self.limits.max_upload_bytes,
@@ -112,8 +105,6 @@ class ToolService:
     async def matting_op(self, image: np.ndarray, *, output: str = "cutout",
                          bg_color: tuple[int, int, int] | None = None,
                          alpha_matting: bool = False) -> Output:
-        from models.matting import MattingRequest
-
         res = await self.handles["matting"].remove.remote(MattingRequest(
             image=image, output=output, bg_color=bg_color, alpha_matting=alpha_matting))
         return Output(images=[res.image], model=res.model, batch_size=res.batch_size,
@@ -122,8 +113,6 @@ class ToolService:
     async def faceswap_op(self, source: np.ndarray, target: np.ndarray, *,
                           target_face_index: int | None = None, all_faces: bool = False
                           ) -> Output:
-        from models.faceswap import FaceSwapRequest
-
         res = await self.handles["faceswap"].swap.remote(FaceSwapRequest(
             source=source, target=target, target_face_index=target_face_index,
             all_faces=all_faces))
@@ -133,11 +122,6 @@ class ToolService:
                              "swapped_indices": res.swapped_indices})
 
     async def upscale_op(self, image: np.ndarray, *, scale: int) -> Output:
-        from models.upscale import ALLOWED_SCALES, UpscaleRequest
-
-        if scale not in ALLOWED_SCALES:
-            raise ApiError(400, f"scale must be one of {', '.join(map(str, ALLOWED_SCALES))}, "
-                           f"got {scale}", param="scale", code="invalid_scale")
         res = await self.handles["upscaler"].upscale.remote(UpscaleRequest(image=image,
                                                                           scale=scale))
         return Output(images=[res.image], model=res.model, timings=res.timings,
@@ -146,41 +130,31 @@ class ToolService:
     async def style_request(self, image: np.ndarray, *, style: str, prompt: str | None,
                             strength: float | None = None, seed: int | None = None,
                             steps: int | None = None):
-        """The img2img request a style transfer becomes (checked), and the resolved style."""
-        from models.diffusion import GenerationRequest, check_inputs
-        from models.registry import SizeLimits
-        from router.styles import resolve_style
-
+        """The img2img request a style transfer becomes (through the generation door, at high
+        quality unless `steps` says otherwise), and the resolved style."""
         resolved = resolve_style(style, prompt)
         info = await self.generation.model_info()
-        width, height = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-        request = GenerationRequest(
-            prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, n=1, width=width,
-            height=height, steps=steps or (4 if info["tiny"] else 30), guidance_scale=7.5,
-            seed=seed, mode="img2img", image=image[..., :3],
+        request = self.generation.build_request(
+            resolved.prompt, Options(quality="high", steps=steps, seed=seed,
+                                     negative_prompt=resolved.negative_prompt),
+            info, auto_size=fit_to_limits(image.shape[1], image.shape[0], info["limits"]),
+            mode="img2img", image=image[..., :3],
             strength=strength if strength is not None else resolved.strength)
-        check_inputs(request, SizeLimits(**info["limits"]))
         return request, resolved
 
     async def style_run(self, request, resolved) -> Output:
         """Run a request made by `style_request` on the generator."""
-        res = await self.generation.generator.generate.remote(request)
-        return Output(images=res.images, model=res.model, seeds=res.seeds,
-                      batch_size=res.batch_size, timings=res.timings,
-                      extra={"style": resolved.preset_name or "custom",
-                             "strength": request.strength, "prompt": resolved.prompt})
+        out = await self.generation.run_request(request)
+        out.extra.update({"style": resolved.preset_name or "custom",
+                          "strength": request.strength, "prompt": resolved.prompt})
+        return out
 
     # -- background removal ---------------------------------------------------------------
     async def remove_background(self, data: bytes, *, output: str, bg_color: str | None,
                                 alpha_matting: bool, output_format: Format, response_format: str,
                                 base_url: str, async_job: bool = False
                                 ) -> ImagesResponse | str:
-        color = parse_color(bg_color)
-        if color is not None and output != "solid":
-            raise ApiError(400, "bg_color is only used with output=solid", param="bg_color")
-        if output == "cutout" and output_format == "jpeg":
-            raise ApiError(400, "a cut-out has transparency: use output_format png or webp "
-                           "(or output=solid for JPEG)", param="output_format")
+        color = parse_color(bg_color)  # its combination with output: RemoveBackgroundForm
         image = await self.decode(data, "image")
         info = await self.info("matting")
 
@@ -199,9 +173,6 @@ class ToolService:
     async def face_swap(self, source: bytes, target: bytes, *, target_face_index: int | None,
                         all_faces: bool, output_format: Format, response_format: str,
                         base_url: str, async_job: bool = False) -> ImagesResponse | str:
-        if all_faces and target_face_index is not None:
-            raise ApiError(400, "give either target_face_index or all_faces=true, not both",
-                           param="target_face_index")
         src, tgt = await self.decode_many([("source", source), ("target", target)],
                                           keep_alpha=False)
         info = await self.info("faceswap")
@@ -221,12 +192,7 @@ class ToolService:
     async def upscale(self, data: bytes, *, scale: int, output_format: Format,
                       response_format: str, base_url: str,
                                 async_job: bool = False) -> ImagesResponse | str:
-        from models.upscale import ALLOWED_SCALES
-
-        if scale not in ALLOWED_SCALES:  # before decoding: a cheap check first
-            raise ApiError(400, f"scale must be one of {', '.join(map(str, ALLOWED_SCALES))}, "
-                           f"got {scale}", param="scale", code="invalid_scale")
-        image = await self.decode(data, "image")
+        image = await self.decode(data, "image")  # scale: checked by UpscaleForm and the model
         info = await self.info("upscaler")
 
         async def work(progress) -> Output:
@@ -242,7 +208,7 @@ class ToolService:
                        response_format: str, base_url: str,
                                 async_job: bool = False) -> ImagesResponse | str:
         """Runs in the ingress, on the image-work pool (`graphs.workpool`): each chain is held
-        to a work budget (`graphs.editing.MAX_CHAIN_COST`, checked before any pixel work), and
+        to a work budget (`models.editing.MAX_CHAIN_COST`, checked before any pixel work), and
         a deployment hop would only add two copies of the image."""
         edit = parse_edit_request(ops_json)
         image = await self.decode(data, "image")

@@ -11,7 +11,7 @@ is also where every API-key lookup and record-store call of the ingress runs. Im
   without bound);
 - each call runs in a copy of the caller's context (request id, caller), like `to_thread`.
 
-Cost per request is bounded separately (`graphs.editing.MAX_CHAIN_COST`, the upload limits).
+Cost per request is bounded separately (`models.editing.MAX_CHAIN_COST`, the upload limits).
 """
 
 from __future__ import annotations

@@ -5,6 +5,6 @@ model names to a family and a weight source; ``zoo.py`` builds tiny seeded versi
 family for offline use and tests, loaded through the same code path as real weights.
 """
 
-from models._compat import install_torchvision_guard
+from common.torchvision_compat import install_torchvision_guard
 
 install_torchvision_guard()

@@ -6,6 +6,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
+from common.errors import InputError
+
 
 @dataclass(frozen=True)
 class LoadedInfo:
@@ -47,19 +51,19 @@ class ModelFamily(ABC):
 
 def check_image(image: Any, *, name: str = "image", min_side: int = 1,
                 max_side: int = 4096) -> None:
-    """Raise `ValueError` naming `name` unless `image` is an HxWx3 (RGB) / HxWx4 (RGBA) uint8
-    array with sides in [min_side, max_side]. Shared by every family that takes images."""
-    import numpy as np
-
+    """Raise `InputError` (a `ValueError`) with param `name` unless `image` is an HxWx3 (RGB) /
+    HxWx4 (RGBA) uint8 array with sides in [min_side, max_side]. Shared by every family that
+    takes images."""
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array (HxWx3 RGB or HxWx4 RGBA, uint8), "
-                         f"got {type(image).__name__}")
+        raise InputError(f"{name} must be a numpy array (HxWx3 RGB or HxWx4 RGBA, uint8), "
+                         f"got {type(image).__name__}", param=name)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"{name} must have shape HxWx3 (RGB) or HxWx4 (RGBA), "
-                         f"got {tuple(image.shape)}")
+        raise InputError(f"{name} must have shape HxWx3 (RGB) or HxWx4 (RGBA), "
+                         f"got {tuple(image.shape)}", param=name)
     if image.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8 (0-255), got {image.dtype}")
+        raise InputError(f"{name} must have dtype uint8 (0-255), got {image.dtype}", param=name)
     height, width = image.shape[:2]
     if not (min_side <= height <= max_side and min_side <= width <= max_side):
-        raise ValueError(f"{name} sides must be between {min_side} and {max_side} pixels, "
-                         f"got {width}x{height}" + (" (empty image)" if image.size == 0 else ""))
+        raise InputError(f"{name} sides must be between {min_side} and {max_side} pixels, "
+                         f"got {width}x{height}" + (" (empty image)" if image.size == 0 else ""),
+                         param=name)

@@ -1,9 +1,9 @@
 """Stable Diffusion family on diffusers: text2img, img2img and inpaint on one set of weights.
 
 The three AutoPipelines share modules (``from_pipe``), so one replica holds one copy of the
-weights. GPU: fp16 + SDPA attention + channels_last; CPU: fp32. Torch and diffusers are
-imported lazily so the request types and `check_inputs` can be used by the ingress without
-pulling in torch.
+weights. GPU: fp16 + SDPA attention + channels_last; CPU: fp32. Torch and diffusers (and
+huggingface_hub, which comes with them) are imported lazily so the request types and
+`check_inputs` can be used by the ingress without pulling in torch.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
+from common.errors import InputError
+from models import zoo
 from models.base import LoadedInfo, ModelFamily
-from models.registry import ModelSpec, SizeLimits, resolve
+from models.registry import ModelSpec, SizeLimits, get_spec, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -100,33 +104,38 @@ class GenerationResult:
 
 
 def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
-    """Raise `ValueError` naming the field and the allowed range (diffusers-style)."""
+    """Raise `InputError` (a `ValueError`) naming the field, as `param` and in the message, and
+    the allowed range (diffusers-style)."""
     if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise ValueError("prompt must be a non-empty string")
+        raise InputError("prompt must be a non-empty string", param="prompt")
     if not 1 <= req.n <= MAX_IMAGES_PER_REQUEST:
-        raise ValueError(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {req.n}")
+        raise InputError(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {req.n}",
+                         param="n")
     for fname in ("width", "height"):
         value = getattr(req, fname)
         if not limits.min_side <= value <= limits.max_side or value % limits.multiple:
-            raise ValueError(
+            raise InputError(
                 f"{fname} must be a multiple of {limits.multiple} between {limits.min_side} "
-                f"and {limits.max_side}, got {value}"
+                f"and {limits.max_side}, got {value}", param=fname,
             )
     if not 1 <= req.steps <= limits.max_steps:
-        raise ValueError(f"steps must be between 1 and {limits.max_steps}, got {req.steps}")
+        raise InputError(f"steps must be between 1 and {limits.max_steps}, got {req.steps}",
+                         param="steps")
     if not 0.0 <= req.guidance_scale <= MAX_GUIDANCE:
-        raise ValueError(
-            f"guidance_scale must be between 0 and {MAX_GUIDANCE}, got {req.guidance_scale}"
+        raise InputError(
+            f"guidance_scale must be between 0 and {MAX_GUIDANCE}, got {req.guidance_scale}",
+            param="guidance_scale",
         )
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
-        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {req.seed}")
+        raise InputError(f"seed must be between 0 and {MAX_SEED}, got {req.seed}", param="seed")
     if req.mode != "text2img":
         if req.image is None:
-            raise ValueError(f"image is required for {req.mode}")
+            raise InputError(f"image is required for {req.mode}", param="image")
         if not 0.0 < req.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {req.strength}")
+            raise InputError(f"strength must be in (0, 1], got {req.strength}",
+                             param="strength")
     if req.mode == "inpaint" and req.mask is None:
-        raise ValueError("mask is required for inpaint")
+        raise InputError("mask is required for inpaint", param="mask")
 
 
 class DiffusionModel(ModelFamily):
@@ -201,8 +210,6 @@ class DiffusionModel(ModelFamily):
         """Resolve a registry spec to weights (tiny zoo, local folder or hub id) and load."""
 
         def check(location: str) -> None:
-            from pathlib import Path
-
             from huggingface_hub import snapshot_download
 
             if not Path(location).exists():
@@ -213,9 +220,6 @@ class DiffusionModel(ModelFamily):
                          limits=resolved.spec.limits, tiny=resolved.spec.tiny,
                          fallback_reason=resolved.fallback_reason)
         if resolved.spec.preview:
-            from models import zoo
-            from models.registry import get_spec
-
             preview = get_spec(resolved.spec.preview)
             location = (str(zoo.ensure(preview.source.removeprefix("tiny:"), zoo_dir))
                         if preview.tiny else preview.source)
@@ -459,8 +463,6 @@ def preview_schedule(steps: int, previews: int) -> list[int]:
 
 
 def _to_pil(array: np.ndarray, size: tuple[int, int]):
-    from PIL import Image
-
     img = Image.fromarray(array)
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS)

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InputError
 from models.base import LoadedInfo, ModelFamily
 from models.base import check_image as _check_image
-from models.registry import ModelSpec, resolve
+from models.registry import MODELS, ModelSpec, resolve, spec_for_source
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class FaceSwapResult:
 # --- input checks ----------------------------------------------------------------------------
 
 def check_image(image: Any, field_name: str) -> None:
-    """Raise `ValueError` naming `field_name` unless `image` is an HxWx3/4 uint8 array."""
+    """Raise `InputError` (a `ValueError`) with param `field_name` unless `image` is an
+    HxWx3/4 uint8 array."""
     _check_image(image, name=field_name, min_side=MIN_SIDE, max_side=MAX_SIDE)
 
 
@@ -110,7 +112,8 @@ def _check_index(value: Any, field_name: str) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{field_name} must be a non-negative integer or null, got {value!r}")
+        raise InputError(f"{field_name} must be a non-negative integer or null, got {value!r}",
+                         param=field_name)
 
 
 def check_inputs(req: FaceSwapRequest) -> None:
@@ -120,11 +123,12 @@ def check_inputs(req: FaceSwapRequest) -> None:
     _check_index(req.target_face_index, "target_face_index")
     _check_index(req.source_face_index, "source_face_index")
     if not isinstance(req.all_faces, (bool, np.bool_)):
-        raise ValueError(f"all_faces must be true or false, got {req.all_faces!r}")
+        raise InputError(f"all_faces must be true or false, got {req.all_faces!r}",
+                         param="all_faces")
     if req.all_faces and req.target_face_index is not None:
-        raise ValueError(
+        raise InputError(
             "give either target_face_index (swap one face) or all_faces=true (swap every "
-            "face), not both"
+            "face), not both", param="all_faces",
         )
 
 
@@ -194,8 +198,6 @@ def onnx_providers(device: str | None = None) -> tuple[str, list[str]]:
 
 def faceswap_spec(model: str = TINY_NAME, model_dir: str | None = None) -> ModelSpec:
     """The registry spec of face swap model `model`, pointed at `model_dir` when given."""
-    from models.registry import MODELS, spec_for_source
-
     if model == TINY_NAME and model not in MODELS:  # usable before the registry lists it
         return ModelSpec(
             name=TINY_NAME, family="faceswap", source=model_dir or f"tiny:{TINY_NAME}",
@@ -364,10 +366,10 @@ def _pick(faces: list[Any], index: int | None, field_name: str, which: str) -> i
         areas = [_describe(f).area for f in faces]
         return int(np.argmax(areas))
     if index >= len(faces):
-        raise ValueError(
+        raise InputError(
             f"{field_name} {index} is out of range: {len(faces)} face"
             f"{'s' if len(faces) != 1 else ''} found in the {which} image "
-            f"(valid: 0 to {len(faces) - 1}, ordered left to right)"
+            f"(valid: 0 to {len(faces) - 1}, ordered left to right)", param=field_name,
         )
     return int(index)
 

@@ -37,8 +37,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from common.errors import InputError
 from models.base import LoadedInfo
 from models.registry import MODELS, ModelSpec, Resolved, resolve, spec_for_source
+from models.zoo import SEED
 
 logger = logging.getLogger(__name__)
 
@@ -126,24 +128,29 @@ def check_response_format(response_format: Any) -> dict[str, Any] | None:
     if response_format is None:
         return None
     if not isinstance(response_format, dict):
-        raise ValueError(f"response_format must be an object with a 'type', got "
-                         f"{response_format!r:.80}")
+        raise InputError(f"response_format must be an object with a 'type', got "
+                         f"{response_format!r:.80}", param="response_format")
     if response_format.get("type") not in RESPONSE_FORMAT_TYPES:
-        raise ValueError(f"response_format.type must be one of "
-                         f"{', '.join(RESPONSE_FORMAT_TYPES)}, got {response_format.get('type')!r}")
+        raise InputError(f"response_format.type must be one of "
+                         f"{', '.join(RESPONSE_FORMAT_TYPES)}, got {response_format.get('type')!r}",
+                         param="response_format.type")
     if response_format["type"] == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
-            raise ValueError("response_format.json_schema must be an object with 'name' and "
-                             "'schema' when response_format.type is json_schema")
+            raise InputError("response_format.json_schema must be an object with 'name' and "
+                             "'schema' when response_format.type is json_schema",
+                             param="response_format.json_schema")
         if not isinstance(spec.get("name"), str) or not _SCHEMA_NAME.match(spec["name"]):
-            raise ValueError("response_format.json_schema.name must be 1-64 characters of "
-                             f"a-z, A-Z, 0-9, '_' or '-', got {spec.get('name')!r}")
+            raise InputError("response_format.json_schema.name must be 1-64 characters of "
+                             f"a-z, A-Z, 0-9, '_' or '-', got {spec.get('name')!r}",
+                             param="response_format.json_schema.name")
         if not isinstance(spec.get("schema"), dict):
-            raise ValueError("response_format.json_schema.schema must be a JSON Schema object, "
-                             f"got {type(spec.get('schema')).__name__}")
+            raise InputError("response_format.json_schema.schema must be a JSON Schema object, "
+                             f"got {type(spec.get('schema')).__name__}",
+                             param="response_format.json_schema.schema")
         if "strict" in spec and not isinstance(spec["strict"], bool):
-            raise ValueError("response_format.json_schema.strict must be true or false")
+            raise InputError("response_format.json_schema.strict must be true or false",
+                             param="response_format.json_schema.strict")
     return response_format
 
 
@@ -155,65 +162,70 @@ def check_chat_request(request: Any, *, max_tokens_limit: int = MAX_TOKENS_LIMIT
     ``model`` is optional and informational: a deployment serves one model, and responses name
     the model that answered.
 
-    Raises `ValueError` naming the field and what is allowed. Streaming and ``n > 1`` are not
-    part of the router's protocol and are refused.
+    Raises `InputError` (a `ValueError`) naming the field (`param`) and what is allowed.
+    Streaming and ``n > 1`` are not part of the router's protocol and are refused.
     """
     if not isinstance(request, dict):
         raise ValueError(f"request must be an object (OpenAI chat-completions request), got "
                          f"{type(request).__name__}")
     unknown = sorted(set(request) - set(REQUEST_FIELDS))
     if unknown:
-        raise ValueError(f"unsupported request field(s) {', '.join(unknown)}; allowed: "
-                         f"{', '.join(REQUEST_FIELDS)}")
+        raise InputError(f"unsupported request field(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(REQUEST_FIELDS)}", param=unknown[0],
+                         code="unknown_parameter")
     model = request.get("model")
     if model is not None and not isinstance(model, str):
-        raise ValueError(f"model must be a string, got {type(model).__name__}")
+        raise InputError(f"model must be a string, got {type(model).__name__}", param="model")
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {role, content} objects")
+        raise InputError("messages must be a non-empty list of {role, content} objects",
+                         param="messages")
     if len(messages) > MAX_MESSAGES:
-        raise ValueError(f"messages must hold at most {MAX_MESSAGES} messages, got "
-                         f"{len(messages)}")
+        raise InputError(f"messages must hold at most {MAX_MESSAGES} messages, got "
+                         f"{len(messages)}", param="messages")
     chars = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
-            raise ValueError(f"messages[{i}] must be an object with 'role' and 'content' "
-                             f"(and optionally 'name'), got {message!r:.80}")
+            raise InputError(f"messages[{i}] must be an object with 'role' and 'content' "
+                             f"(and optionally 'name'), got {message!r:.80}",
+                             param=f"messages[{i}]")
         if message.get("role") not in ROLES:
-            raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got "
-                             f"{message.get('role')!r}")
+            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got "
+                             f"{message.get('role')!r}", param=f"messages[{i}].role")
         if not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{i}].content must be a string, got "
-                             f"{type(message.get('content')).__name__}")
+            raise InputError(f"messages[{i}].content must be a string, got "
+                             f"{type(message.get('content')).__name__}",
+                             param=f"messages[{i}].content")
         chars += len(message["content"])
     if chars > MAX_PROMPT_CHARS:
-        raise ValueError(f"messages are too long: {chars} characters in all, at most "
-                         f"{MAX_PROMPT_CHARS} are allowed")
+        raise InputError(f"messages are too long: {chars} characters in all, at most "
+                         f"{MAX_PROMPT_CHARS} are allowed", param="messages")
     limit = min(max_tokens_limit, MAX_TOKENS_LIMIT)
     max_tokens = request.get("max_tokens")
     if max_tokens is None:
         max_tokens = min(DEFAULT_MAX_TOKENS, limit)
     elif not _is_int(max_tokens) or not 1 <= max_tokens <= limit:
-        raise ValueError(f"max_tokens must be an integer between 1 and {limit}, got "
-                         f"{max_tokens!r}")
+        raise InputError(f"max_tokens must be an integer between 1 and {limit}, got "
+                         f"{max_tokens!r}", param="max_tokens")
     temperature = request.get("temperature", 1.0)
     if not _is_number(temperature) or not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise ValueError(f"temperature must be a number between 0 and {MAX_TEMPERATURE:g}, got "
-                         f"{temperature!r}")
+        raise InputError(f"temperature must be a number between 0 and {MAX_TEMPERATURE:g}, got "
+                         f"{temperature!r}", param="temperature")
     top_p = request.get("top_p", 1.0)
     if not _is_number(top_p) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        raise InputError(f"top_p must be a number in (0, 1], got {top_p!r}", param="top_p")
     seed = request.get("seed")
     if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        raise ValueError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+        raise InputError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}",
+                         param="seed")
     if request.get("stream", False) is not False:
-        raise ValueError("stream must be false: the router's LLM protocol returns whole "
-                         "responses")
+        raise InputError("stream must be false: the router's LLM protocol returns whole "
+                         "responses", param="stream")
     if request.get("n", 1) != 1 or not _is_int(request.get("n", 1)):
-        raise ValueError(f"n must be 1, got {request.get('n')!r}")
+        raise InputError(f"n must be 1, got {request.get('n')!r}", param="n")
     user = request.get("user")
     if user is not None and not isinstance(user, str):
-        raise ValueError(f"user must be a string, got {type(user).__name__}")
+        raise InputError(f"user must be a string, got {type(user).__name__}", param="user")
     checked = dict(request)
     checked.update(messages=[dict(m) for m in messages], max_tokens=max_tokens,
                    temperature=float(temperature), top_p=float(top_p))
@@ -284,7 +296,7 @@ def parse_json_reply(text: Any, schema: dict[str, Any] | None = None) -> dict[st
         raise LLMReplyError(f"LLM reply must be a JSON object, got {type(value).__name__}",
                             reason="not_object")
     if schema is not None:
-        import jsonschema
+        import jsonschema  # heavy (~0.5 s): only replies checked against a schema need it
 
         validator_cls = jsonschema.validators.validator_for(
             schema, default=jsonschema.Draft202012Validator)
@@ -384,8 +396,6 @@ def build_tiny_llm(path: Path) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from models.zoo import SEED
 
     hf_logging.disable_progress_bar()
 

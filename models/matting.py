@@ -27,7 +27,7 @@ own ``predict`` once with a recording stand-in for the ONNX session (this captur
 tensor rembg's ``normalize`` makes), the tensors are stacked into one ONNX run, and each image's
 slice of the outputs is replayed through ``predict`` for rembg's post-processing.
 
-rembg, onnxruntime, PIL and torch are imported lazily: importing this module is cheap. (The
+rembg, onnxruntime and torch are imported lazily: importing this module is cheap. (The
 first ``import rembg`` on a machine compiles numba code for ~80 s; it is cached afterwards.)
 """
 
@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
+from common.errors import InputError
 from models.base import LoadedInfo, ModelFamily
 from models.base import check_image as _check_image
 from models.registry import MODELS, ModelSpec, resolve, spec_for_source
@@ -175,57 +177,67 @@ class MattingResult:
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+        raise InputError(f"{name} must be an integer between {low} and {high}, got {value!r}",
+                         param=name)
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        raise InputError(f"{name} must be between {low} and {high}, got {value}", param=name)
 
 
 def check_image(image: Any, *, name: str = "image", max_side: int = MAX_SIDE) -> None:
-    """Raise `ValueError` unless `image` is an HxWx3/HxWx4 uint8 array with sane sides."""
+    """Raise `InputError` (param `name`) unless `image` is an HxWx3/HxWx4 uint8 array with sane
+    sides."""
     _check_image(image, name=name, max_side=max_side)
 
 
 def check_inputs(req: MattingRequest, *, max_side: int = MAX_SIDE) -> None:
-    """Raise `ValueError` naming the field and the allowed values."""
+    """Raise `InputError` (a `ValueError`) naming the field (`param`) and the allowed values;
+    a plain `ValueError` for something that is not a request at all (a caller's bug)."""
     if not isinstance(req, MattingRequest):
         raise ValueError(f"request must be a MattingRequest, got {type(req).__name__}")
     check_image(req.image, max_side=max_side)
     if req.output not in OUTPUT_MODES:
-        raise ValueError(f"output must be one of {', '.join(OUTPUT_MODES)}; got {req.output!r}")
+        raise InputError(f"output must be one of {', '.join(OUTPUT_MODES)}; got {req.output!r}",
+                         param="output")
     if req.bg_color is not None:
         if req.output != "solid":
-            raise ValueError(f"bg_color is only used with output 'solid', not {req.output!r}")
+            raise InputError(f"bg_color is only used with output 'solid', not {req.output!r}",
+                             param="bg_color")
         if (
             not isinstance(req.bg_color, (tuple, list))
             or len(req.bg_color) != 3
             or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 255
                    for c in req.bg_color)
         ):
-            raise ValueError(
-                f"bg_color must be three integers 0-255 (r, g, b), got {req.bg_color!r}"
+            raise InputError(
+                f"bg_color must be three integers 0-255 (r, g, b), got {req.bg_color!r}",
+                param="bg_color",
             )
     for flag in ("alpha_matting", "post_process_mask"):
         if not isinstance(getattr(req, flag), (bool, np.bool_)):
-            raise ValueError(f"{flag} must be true or false, got {getattr(req, flag)!r}")
+            raise InputError(f"{flag} must be true or false, got {getattr(req, flag)!r}",
+                             param=flag)
     if req.alpha_matting:
         if req.output == "mask":
-            raise ValueError("alpha_matting only applies to output 'cutout' or 'solid', not 'mask'")
+            raise InputError("alpha_matting only applies to output 'cutout' or 'solid', not "
+                             "'mask'", param="alpha_matting")
         _check_int("alpha_matting_foreground_threshold", req.alpha_matting_foreground_threshold,
                    1, 255)
         _check_int("alpha_matting_background_threshold", req.alpha_matting_background_threshold,
                    0, 254)
         if req.alpha_matting_background_threshold >= req.alpha_matting_foreground_threshold:
-            raise ValueError(
+            raise InputError(
                 "alpha_matting_background_threshold must be below "
                 f"alpha_matting_foreground_threshold, got {req.alpha_matting_background_threshold}"
-                f" >= {req.alpha_matting_foreground_threshold}"
+                f" >= {req.alpha_matting_foreground_threshold}",
+                param="alpha_matting_background_threshold",
             )
         _check_int("alpha_matting_erode_size", req.alpha_matting_erode_size, 0, MAX_ERODE_SIZE)
         height, width = req.image.shape[:2]
         if height * width > MAX_ALPHA_MATTING_PIXELS:
-            raise ValueError(
+            raise InputError(
                 f"alpha_matting works on images of at most {MAX_ALPHA_MATTING_PIXELS:,} pixels "
-                f"(e.g. 2048x2048), got {width}x{height}; downscale the image or turn it off"
+                f"(e.g. 2048x2048), got {width}x{height}; downscale the image or turn it off",
+                param="alpha_matting",
             )
 
 
@@ -509,8 +521,6 @@ class MattingModel(ModelFamily):
 
     def _run(self, requests: list[MattingRequest], *, max_batch_images: int | None,
              on_batch: Callable[[int], None] | None) -> list[MattingResult]:
-        from PIL import Image
-
         if not requests:
             return []
         pil_images = [Image.fromarray(req.image) for req in requests]

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import zoo
+
 logger = logging.getLogger(__name__)
 
 
@@ -214,8 +216,6 @@ def resolve(
     `allow_fallback` the tiny model named by the spec is used instead and the reason is
     logged at ERROR level and returned, so callers can surface it.
     """
-    from models import zoo
-
     if spec.tiny:
         return Resolved(spec, str(zoo.ensure(spec.source.removeprefix("tiny:"), zoo_dir)))
     location = spec.source

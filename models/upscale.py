@@ -21,7 +21,7 @@ spandrel on CPU torch: spandrel imports torchvision (for two architectures we do
 the PyPI torchvision wheels are CUDA builds whose ``_C`` extension links ``libtorch_cuda.so``.
 With the CPU torch build, ``_C`` doesn't load and ``import torchvision`` then crashes in its own
 ``_meta_registrations`` ("operator torchvision::nms does not exist", pytorch/vision#9085).
-`models/_compat.py` handles that for every family (transformers breaks the same way).
+`common/torchvision_compat.py` handles that for every family (transformers breaks the same way).
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from common.errors import InputError
+from common.torchvision_compat import import_torchvision
+from models import zoo
 from models.base import LoadedInfo, ModelFamily, check_image
+from models.zoo import SEED
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +90,18 @@ def check_inputs(
     limits: UpscaleLimits | None = None,
     scales: tuple[int, ...] = ALLOWED_SCALES,
 ) -> None:
-    """Raise `ValueError` naming the field and what is allowed."""
+    """Raise `InputError` (a `ValueError`) naming the field (`param`) and what is allowed."""
     limits = limits or UpscaleLimits()
     allowed = ", ".join(str(s) for s in scales)
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in scales:
-        raise ValueError(f"scale must be one of {allowed}, got {scale!r}")
+        raise InputError(f"scale must be one of {allowed}, got {scale!r}", param="scale")
     check_image(image, min_side=limits.min_side, max_side=limits.max_side)
     h, w = image.shape[:2]
     if h * w * scale * scale > limits.max_output_pixels:
-        raise ValueError(
+        raise InputError(
             f"image is too large to upscale x{scale}: output would be {w * scale}x{h * scale} "
             f"pixels, at most {limits.max_output_pixels} pixels are allowed; send a smaller "
-            "image or a smaller scale"
+            "image or a smaller scale", param="image",
         )
 
 
@@ -111,9 +116,8 @@ def check_tiling(tile: Any, tile_overlap: Any) -> None:
 # -- spandrel import ------------------------------------------------------------------------
 
 def import_spandrel():
-    """`import spandrel`, with torchvision's CPU-torch import crash handled (models/_compat)."""
-    from models._compat import import_torchvision
-
+    """`import spandrel`, with torchvision's CPU-torch import crash handled
+    (common/torchvision_compat.py)."""
     try:
         import_torchvision()
     except ModuleNotFoundError:
@@ -172,8 +176,6 @@ def build_tiny_esrgan(path: Path) -> None:
     like the official release files: ``torch.save({"params_ema": state_dict}, ...)``.
     """
     import torch
-
-    from models.zoo import SEED
 
     path = Path(path)
     for scale, in_ch, seed in ((4, 3, SEED), (2, 12, SEED + 1)):
@@ -264,8 +266,6 @@ class UpscaleModel(ModelFamily):
         With `allow_fallback`, missing weights at `model_path` load the tiny model instead;
         the reason is logged at ERROR level and reported in `info.fallback_reason`.
         """
-        from models import zoo
-
         if model_path is None:
             if name not in zoo.BUILDERS or not zoo.BUILDERS[name].startswith("models.upscale:"):
                 raise ValueError(
@@ -323,8 +323,6 @@ class UpscaleModel(ModelFamily):
         rgb = np.ascontiguousarray(image[..., :3])
         out, tiles = self._upscale_rgb(rgb, net, native, scale, tile, tile_overlap)
         if image.shape[2] == 4:
-            from PIL import Image
-
             h, w = image.shape[:2]
             alpha = Image.fromarray(np.ascontiguousarray(image[..., 3]), mode="L")
             alpha = alpha.resize((w * scale, h * scale), Image.Resampling.BICUBIC)

@@ -6,7 +6,8 @@ ordinary `from_pretrained`/file path. Models are built once per cache folder; a 
 to a temporary folder that is renamed into place, so concurrent replicas never see a
 half-written model.
 
-Cache folder: ``$PHOTOSTUDIO_ZOO_DIR`` or ``~/.cache/photostudio/zoo``.
+Cache folder: ``$PHOTOSTUDIO_ZOO_DIR`` or ``~/.cache/photostudio/zoo``. torch, diffusers and
+transformers are imported inside the builders: importing the zoo (the registry does) is cheap.
 """
 
 from __future__ import annotations

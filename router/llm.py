@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -206,8 +207,6 @@ async def call_llm(llm: LLMCallable | None, request: dict[str, Any], *,
 async def ask_for_plan(llm: LLMCallable | None, message: str, *, images: int,
                        context: SessionContext, draft: Plan | None,
                        timeout_s: float) -> LLMOutcome:
-    import time
-
     started = time.perf_counter()
     try:
         request = build_plan_request(message, images=images, context=context, draft=draft)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from router import styles as style_presets
-from router.text import NUMBER_RE, parse_number, squash
+from router.text import NUMBER_RE, fold, parse_number, squash
 
 Span = tuple[int, int]
 
@@ -337,8 +337,6 @@ _TRAILING_NOUN = re.compile(r"(?:\s+(?:painting|character|characters|scene|perso
 def style_value(text: str) -> str | None:
     """A preset name for `text` ("Oil Painting", "à l'aquarelle", "a comic book") if one
     matches, else the cleaned free text ("van gogh"); None for empty filler."""
-    from router.text import fold
-
     core = fold(text).strip(" ,.;:!?\"'")
     core = _ARTICLES.sub("", core).strip()
     core = _TRAILING_FILLER.sub("", core).strip()

@@ -16,7 +16,9 @@ import re
 from collections import Counter
 from typing import Any
 
+from common.errors import InputError
 from router import styles as style_presets
+from router.llm import LLMError, call_llm, parse_json, response_text
 from router.params import Extracted, find_negatives, find_styles
 from router.schemas import PromptAnalysis, PromptIssue, PromptValidation, RefinedPrompt
 from router.text import STOPWORDS, detect_language, fold, nfc, squash
@@ -63,16 +65,16 @@ DEFAULT_DESCRIPTORS = ("highly detailed", "sharp focus", "high quality")
 
 
 def check_prompt(prompt: Any, *, param: str = "prompt") -> str:
-    """The prompt (NFC, stripped) or `ValueError` saying what to fix."""
+    """The prompt (NFC, stripped), or `InputError` (param `param`) saying what to fix."""
     if not isinstance(prompt, str):
-        raise ValueError(f"{param} must be a string, got {type(prompt).__name__}")
+        raise InputError(f"{param} must be a string, got {type(prompt).__name__}", param=param)
     text = nfc(prompt).strip()
     if not text:
-        raise ValueError(f"{param} must not be empty: describe the image you want")
+        raise InputError(f"{param} must not be empty: describe the image you want", param=param)
     if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{param} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
+        raise InputError(f"{param} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
                          f"characters (prompts over {COMPRESS_ABOVE} are compressed, longer "
-                         f"than {MAX_PROMPT_CHARS} are refused)")
+                         f"than {MAX_PROMPT_CHARS} are refused)", param=param)
     return text
 
 
@@ -209,8 +211,6 @@ async def compress_prompt_llm(prompt: str, llm: Any, *, timeout_s: float = 20.0,
                               limit: int = COMPRESS_ABOVE) -> tuple[str, str | None, str]:
     """(compressed, llm_error, method): the LLM's compression when it is valid (JSON, under
     the limit, subject kept), else the deterministic one and the reason."""
-    from router.llm import LLMError, call_llm, parse_json, response_text
-
     try:
         response = await call_llm(llm, compression_request(prompt, limit=limit),
                                   timeout_s=timeout_s)

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import InputError
+
 PLACEHOLDER = "{prompt}"
 MAX_STYLE_CHARS = 300
 DEFAULT_FREE_STRENGTH = 0.6
@@ -257,7 +259,8 @@ def get_style(name: str) -> StylePreset:
     """The preset called `name` (ignoring case, spaces, hyphens, underscores; aliases too)."""
     preset = _INDEX.get(_key(name)) if isinstance(name, str) else None
     if preset is None:
-        raise ValueError(f"style must be one of {', '.join(STYLES)}; got {name!r}")
+        raise InputError(f"style must be one of {', '.join(STYLES)}; got {name!r}",
+                         param="style")
     return preset
 
 
@@ -268,17 +271,18 @@ def resolve_style(style: str, subject: str | None = None) -> ResolvedStyle:
     where the input image is the subject.
     """
     if not isinstance(style, str) or not style.strip():
-        raise ValueError(f"style must be a preset name ({', '.join(STYLES)}) or a short "
-                         "description such as 'in the style of stained glass'")
+        raise InputError(f"style must be a preset name ({', '.join(STYLES)}) or a short "
+                         "description such as 'in the style of stained glass'", param="style")
     if len(style) > MAX_STYLE_CHARS:
-        raise ValueError(f"style must be at most {MAX_STYLE_CHARS} characters, got {len(style)}")
+        raise InputError(f"style must be at most {MAX_STYLE_CHARS} characters, got {len(style)}",
+                         param="style")
     preset = _lookup(style)
     if preset is not None:
         return ResolvedStyle(prompt=preset.render(subject), negative_prompt=preset.negative_prompt,
                              strength=preset.strength, preset_name=preset.name)
     text = _core(_tidy(re.sub(r"[{}]", "", style)))
     if not text:
-        raise ValueError(f"style must contain words, got {style!r}")
+        raise InputError(f"style must contain words, got {style!r}", param="style")
     if not re.match(r"(with|without)\b", text, re.IGNORECASE) and "style" not in text.lower():
         text = f"in the style of {text}"
     template = f"{PLACEHOLDER}, {text}, {FREE_TEMPLATE_SUFFIX}"

@@ -8,7 +8,8 @@ Keys are laid out ``{project}/{kind}/{yyyy}/{mm}/{id}.{ext}`` (see `asset_key`).
   presigned GET URLs; `storage.s3.SupabaseAssetStore`: Supabase Storage through its
   S3-compatible endpoint (same code path).
 
-`build_asset_store(kind, **settings)` builds one from configuration.
+`storage.config.build_asset_store(kind, **settings)` builds one from configuration (it
+imports both modules; `storage.s3` imports this one, never the reverse).
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
-
-ASSET_STORE_KINDS = ("local", "s3", "supabase")
+from typing import Protocol
 
 
 def asset_key(*, project: str, kind: str, asset_id: str, ext: str,
@@ -104,35 +103,3 @@ class LocalAssetStore:
     def url(self, *, key: str, expires_in: int | None = None) -> str | None:
         return None
 
-
-def build_asset_store(kind: str, **settings: Any) -> AssetStore:
-    """An asset store from configuration. Settings left as None are ignored (so a caller can
-    pass every configured field); unknown ones are an error.
-
-    - ``local``: ``root`` (folder).
-    - ``s3``: ``bucket``, optional ``prefix``, ``endpoint_url`` (MinIO, R2…), ``region``,
-      ``access_key_id``/``secret_access_key``/``session_token`` (else boto3's normal chain:
-      environment, shared config, instance role), ``presign_expiry_s``, ``addressing_style``,
-      ``max_attempts``… (see `storage.s3.S3AssetStore`).
-    - ``supabase``: ``bucket``, ``supabase_url`` (``https://<ref>.supabase.co``) or
-      ``endpoint_url``, ``region``, S3 access keys — or ``anon_key`` + ``session_token`` (a
-      user JWT) — and the options of ``s3`` (see `storage.s3.SupabaseAssetStore`).
-    """
-    settings = {k: v for k, v in settings.items() if v is not None}
-    if kind == "local":
-        cls: Any = LocalAssetStore
-    elif kind == "s3":
-        from storage.s3 import S3AssetStore as cls
-    elif kind == "supabase":
-        from storage.s3 import SupabaseAssetStore as cls
-    else:
-        raise ValueError(f"asset_store must be one of {', '.join(ASSET_STORE_KINDS)}; "
-                         f"got {kind!r}")
-    import inspect
-
-    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-    unknown = sorted(set(settings) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown setting {unknown[0]!r} for the {kind!r} asset store; "
-                         f"accepted: {', '.join(accepted)}")
-    return cls(**settings)

@@ -10,6 +10,12 @@
 
 Configuration comes from `storage.config.StorageSettings` (``PHOTOSTUDIO_*`` variables and
 `.env`), or from the settings factory `add_subcommands` is given; flags override it.
+
+`graphs.cli` imports this module for every ``photostudio`` command (``--help`` included), so
+what the commands need is imported inside them, not at the top: the database stack
+(`storage.records`, `storage.migrate`, `storage.tables`: SQLAlchemy and Alembic, about a second
+of imports) and the settings (`storage.config`: pydantic-settings and the S3 store's modules,
+a few hundred ms).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from storage.assets import AssetStore
+from storage.assets import AssetStore
+
+if TYPE_CHECKING:  # the database stack: see above
     from storage.records import AssetRecord, RecordStore
 
 logger = logging.getLogger(__name__)
@@ -86,7 +93,7 @@ def cleanup(older_than: timedelta, dry_run: bool, *, records: RecordStore,
     record; a failed object delete keeps the record so a later run retries), then ended jobs
     left without assets, then chat sessions idle that long (with their messages). Queued and
     running jobs are never deleted. `dry_run` lists what would go and deletes nothing."""
-    from storage.models import as_utc, utcnow
+    from storage.tables import as_utc, utcnow
 
     if older_than <= timedelta(0):
         raise ValueError(f"older_than must be positive, got {older_than}")
@@ -149,7 +156,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction,
     cl.add_argument("--database-url", default=None)
     cl.set_defaults(func=lambda ns: _cleanup(ns, factory))
 
-    from storage.models import API_KEY_SCOPES
+    from storage.tables import API_KEY_SCOPES
 
     keys = subparsers.add_parser("keys", help="API keys (Authorization: Bearer <key>)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

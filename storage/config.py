@@ -5,21 +5,57 @@ them (one Settings object, fields defined once) and `photostudio db|storage` com
 them without importing the gateway. Secrets are `SecretStr`: masked in reprs and logs. S3
 credentials left unset come from boto3's own chain (``AWS_ACCESS_KEY_ID``…, shared config,
 instance roles), which is the better choice on a cluster.
+
+`build_asset_store(kind, **settings)` picks and builds an asset store: the local one
+(`storage.assets`) or an S3-compatible one (`storage.s3`, which imports only the shared
+base and errors from `storage.assets`).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.assets import AssetStore, LocalAssetStore
+from storage.s3 import S3AssetStore, SupabaseAssetStore
+
 if TYPE_CHECKING:
-    from storage.assets import AssetStore
     from storage.records import RecordStore
 
 AssetStoreKind = Literal["local", "s3", "supabase"]
+ASSET_STORE_KINDS: tuple[str, ...] = get_args(AssetStoreKind)
+
+
+def build_asset_store(kind: str, **settings: Any) -> AssetStore:
+    """An asset store from configuration. Settings left as None are ignored (so a caller can
+    pass every configured field); unknown ones are an error.
+
+    - ``local``: ``root`` (folder).
+    - ``s3``: ``bucket``, optional ``prefix``, ``endpoint_url`` (MinIO, R2…), ``region``,
+      ``access_key_id``/``secret_access_key``/``session_token`` (else boto3's normal chain:
+      environment, shared config, instance role), ``presign_expiry_s``, ``addressing_style``,
+      ``max_attempts``… (see `storage.s3.S3AssetStore`).
+    - ``supabase``: ``bucket``, ``supabase_url`` (``https://<ref>.supabase.co``) or
+      ``endpoint_url``, ``region``, S3 access keys — or ``anon_key`` + ``session_token`` (a
+      user JWT) — and the options of ``s3`` (see `storage.s3.SupabaseAssetStore`).
+    """
+    settings = {k: v for k, v in settings.items() if v is not None}
+    stores: dict[str, type] = {"local": LocalAssetStore, "s3": S3AssetStore,
+                               "supabase": SupabaseAssetStore}
+    cls = stores.get(kind)
+    if cls is None:
+        raise ValueError(f"asset_store must be one of {', '.join(ASSET_STORE_KINDS)}; "
+                         f"got {kind!r}")
+    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} for the {kind!r} asset store; "
+                         f"accepted: {', '.join(accepted)}")
+    return cls(**settings)
 
 
 class StorageSettings(BaseSettings):
@@ -73,14 +109,14 @@ class StorageSettings(BaseSettings):
         return common
 
     def build_asset_store(self) -> AssetStore:
-        from storage.assets import build_asset_store
-
         if self.asset_store != "local" and not self.asset_bucket:
             raise ValueError(f"asset_bucket is required with asset_store={self.asset_store!r} "
                              "(set PHOTOSTUDIO_ASSET_BUCKET)")
         return build_asset_store(self.asset_store, **self.asset_store_settings())
 
     def build_record_store(self) -> RecordStore:
+        # here, not at the top: every `photostudio` command and the gateway's settings import
+        # this module, and storage.records brings sqlalchemy + alembic (~2 s of imports)
         from storage.records import RecordStore
 
         return RecordStore(self.resolved_database_url())

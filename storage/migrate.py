@@ -24,11 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, pool, text
 from sqlalchemy.engine import make_url
+
+from storage.tables import Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 LEGACY_REVISION = "0001"
@@ -168,12 +171,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
 
 
 def check(engine: Engine) -> list:
-    """Differences between the models and the migrated schema (empty when in sync), as
+    """Differences between the tables and the migrated schema (empty when in sync), as
     ``alembic check`` sees them."""
-    from alembic.autogenerate import compare_metadata
-
-    from storage.models import Base
-
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         return compare_metadata(ctx, Base.metadata)

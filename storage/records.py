@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -40,13 +40,15 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from common.errors import InputError
 from storage import migrate
-from storage.models import (
+from storage.assets import AssetStore
+from storage.tables import (
     ACTIVE_JOB_STATUSES,
     API_KEY_SCOPES,
     JOB_STATUSES,
@@ -64,9 +66,6 @@ from storage.models import (
     as_utc,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from storage.assets import AssetStore
 
 __all__ = [
     "JOB_STATUSES", "ApiKeyRecord", "AssetRecord", "AssetView", "Base", "JobRecord",
@@ -265,18 +264,20 @@ def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
             raise ValueError(kind)
         return as_utc(datetime.fromisoformat(data["t"])), ident
     except Exception:
-        raise ValueError(f"cursor is not a valid {kind} cursor: pass back the next_cursor of "
-                         f"a previous {kind} listing, unchanged") from None
+        raise InputError(f"cursor is not a valid {kind} cursor: pass back the next_cursor of "
+                         f"a previous {kind} listing, unchanged", param="cursor") from None
 
 
 def _check_limit(limit: int) -> None:
     if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
+        raise InputError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}",
+                         param="limit")
 
 
 def _check_one_of(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}",
+                         param=name)
 
 
 def _ts(value: datetime) -> ColumnElement:
@@ -622,15 +623,17 @@ class RecordStore:
                        description: str | None = None,
                        settings: dict[str, Any] | None = None) -> ProjectRecord:
         if not isinstance(project_id, str) or not PROJECT_ID.match(project_id):
-            raise ValueError("project_id must be 1–64 characters of a-z, 0-9, '-' or '_', "
-                             f"starting with a letter or digit; got {project_id!r}")
+            # param: the field of POST /v1/projects that carries it
+            raise InputError("project_id must be 1–64 characters of a-z, 0-9, '-' or '_', "
+                             f"starting with a letter or digit; got {project_id!r}", param="id")
         row = Project(id=project_id, name=name or project_id, description=description,
                       settings=settings or {}, created_at=utcnow())
         try:
             with self._session.begin() as s:
                 s.add(row)
         except IntegrityError:
-            raise ValueError(f"project_id {project_id!r} already exists") from None
+            raise InputError(f"project_id {project_id!r} already exists", param="id",
+                             code="exists", status=409) from None
         return _record(ProjectRecord, row)
 
     def get_project(self, *, project_id: str) -> ProjectRecord | None:
@@ -656,9 +659,10 @@ class RecordStore:
         for label, value in (("requests_per_minute", requests_per_minute),
                              ("images_per_day", images_per_day)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+                raise InputError(f"{label} must be a positive integer, got {value!r}",
+                                 param=label)
         if self.get_project(project_id=project) is None:
-            raise ValueError(f"no project {project!r}; create it first")
+            raise InputError(f"no project {project!r}; create it first", param="project")
         token = "psk_" + secrets.token_urlsafe(32)
         row = ApiKey(id=new_id("key"), project=project, name=name, key_hash=hash_api_key(token),
                      prefix=token[:8], scopes=scopes, requests_per_minute=requests_per_minute,
@@ -849,7 +853,7 @@ class RecordStore:
     def create_provider_config(self, *, name: str, kind: str, settings: dict[str, Any]
                                ) -> ProviderConfigRecord:
         if not name or len(name) > 128:
-            raise ValueError(f"name must be 1–128 characters, got {name!r}")
+            raise InputError(f"name must be 1–128 characters, got {name!r}", param="name")
         now = utcnow()
         row = ProviderConfig(name=name, kind=kind, settings=settings, created_at=now,
                              updated_at=now)
@@ -857,7 +861,8 @@ class RecordStore:
             with self._session.begin() as s:
                 s.add(row)
         except IntegrityError:
-            raise ValueError(f"a provider config named {name!r} already exists") from None
+            raise InputError(f"a provider config named {name!r} already exists", param="name",
+                             code="exists", status=409) from None
         return _record(ProviderConfigRecord, row)
 
     def get_provider_config(self, *, name: str) -> ProviderConfigRecord | None:
@@ -914,7 +919,5 @@ def _is_multi_entity(q) -> bool:
 
 
 def _behind_transaction_pooler(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-
     u = make_url(url)
     return u.port == 6543 or "pooler.supabase.com" in (u.host or "")

@@ -21,6 +21,17 @@ import logging
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
 from storage.assets import AssetNotFound, AssetStoreError, AssetWriteError
 
 logger = logging.getLogger(__name__)
@@ -45,13 +56,11 @@ def _secret(value: Any) -> str | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         code = exc.response.get("Error", {}).get("Code", "")
         return status >= 500 or status == 429 or code in RETRYABLE_CODES
-    return isinstance(exc, (ConnectionError, HTTPClientError))
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
 def _describe(exc: BaseException) -> str:
@@ -120,6 +129,7 @@ class S3AssetStore:
         self.retry_max_s = retry_max_s
         self._content_md5 = endpoint_url is not None
 
+        # heavy (~0.3 s of imports): only a process that builds an S3 store pays for them
         import boto3
         from botocore.config import Config
 
@@ -176,8 +186,6 @@ class S3AssetStore:
                 attempts=failed.attempts) from failed.cause
 
     def get(self, *, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
         object_key = self.object_key(key)
 
         def fetch() -> bytes:
@@ -214,8 +222,6 @@ class S3AssetStore:
 
     # -- extras ------------------------------------------------------------------------------
     def exists(self, *, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
             return True
@@ -226,8 +232,6 @@ class S3AssetStore:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (handy for MinIO and local tests)."""
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
@@ -240,15 +244,6 @@ class S3AssetStore:
 
     def _retrying(self, what: str, key: str, call):
         """`call()` with bounded retries of transient errors; any failure → `_GaveUp`."""
-        from tenacity import (
-            RetryError,
-            Retrying,
-            retry_if_exception,
-            stop_after_attempt,
-            wait_exponential,
-            wait_random,
-        )
-
         def log_retry(state) -> None:
             logger.warning("%s of asset %r failed (attempt %d of %d), retrying: %s", what, key,
                            state.attempt_number, self.max_attempts,

@@ -7,16 +7,24 @@
 - `gateway`: `serve_config.yaml` (production graph) deployed as `serve deploy` would, with
   tiny-model overrides, reachable over real HTTP through the Serve proxy; auth is on (as in
   production): `gateway.api_key` / `gateway.headers` carry a key of project `default`.
+  Every HTTP test shares it; a test that must break an app (kill a replica) or needs another
+  configuration uses an app of its own (tests/graphs/conftest.py `local_gateway`).
+- `served`: `photostudio serve` in a subprocess, once for the CLI and front-door tests.
+- `wait_until` / `async_wait_until`: poll a condition with a deadline (never a fixed sleep).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +54,19 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str = 
         if value:
             return value
         time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def async_wait_until(predicate, *, timeout: float, interval: float = 0.01,
+                           what: str = "condition"):
+    """`wait_until` inside an event loop: polls `predicate` (sync) without blocking the
+    loop, so the tasks it waits on keep running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
@@ -201,3 +222,72 @@ def http(gateway):
 
     with httpx.Client(base_url=gateway.base_url, timeout=120, headers=gateway.headers) as client:
         yield client
+
+
+@dataclass
+class Served:
+    """`photostudio serve` running in a subprocess: its process, port and output so far."""
+
+    proc: subprocess.Popen
+    port: int
+    lines: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, zoo_dir) -> Served:
+    """`photostudio serve --profile tiny` as a newcomer starts it: auth on (a fresh data dir:
+    the first start makes a key and prints it), HAProxy in front, its own Ray, the shipped
+    settings (not this machine's RAY_SERVE_* / PHOTOSTUDIO_HAPROXY_* overrides). Started
+    once for the CLI and the front-door tests (a start and a stop take ~1.5 min on 2 cores).
+    The teardown checks the last part of the CLI's promise: Ctrl-C stops it cleanly (exit
+    0, "Stopped."); a failure there is reported as an error of the last test that used it."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PHOTOSTUDIO_ZOO_DIR": str(zoo_dir)}
+    for name in list(env):
+        if name.startswith(("RAY_SERVE_", "PHOTOSTUDIO_HAPROXY_")) or name in (
+                "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+            env.pop(name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "graphs.cli", "serve", "--profile", "tiny", "--port", str(port),
+         "--data-dir", str(tmp_path_factory.mktemp("served") / "d"), "--no-dashboard"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    served = Served(proc=proc, port=port, lines=lines)
+    stopped_in = None
+    try:
+        def up():
+            try:
+                return httpx.get(f"{served.url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                assert proc.poll() is None, served.output
+                return False
+
+        wait_until(up, timeout=240, interval=1, what="photostudio serve to answer")
+        yield served
+        proc.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        try:
+            proc.wait(timeout=120)
+            stopped_in = time.monotonic() - began
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    reader.join(timeout=10)
+    assert stopped_in is not None, "photostudio serve still ran 120 s after Ctrl-C:\n" + \
+        served.output[-3000:]
+    assert proc.returncode == 0 and "Stopped." in served.output, served.output[-3000:]

@@ -1,19 +1,16 @@
-"""`photostudio serve` starts, answers over HTTP, and stops cleanly on Ctrl-C."""
+"""`photostudio serve` starts, answers over HTTP, and stops cleanly on Ctrl-C (the `served`
+fixture of tests/conftest.py, shared with tests/test_front_door.py); its other commands."""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import free_port, wait_until
 
 
 def test_help_lists_commands():
@@ -30,42 +27,17 @@ def test_zoo_build_reuses_the_cache(zoo_dir):
 
 
 @pytest.mark.slow
-def test_serve_starts_generates_and_stops_on_ctrl_c(tmp_path, zoo_dir):
-    port = free_port()
-    env = {**os.environ, "PHOTOSTUDIO_ZOO_DIR": str(zoo_dir)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "graphs.cli", "serve", "--profile", "tiny", "--port", str(port),
-         "--data-dir", str(tmp_path / "d"), "--no-dashboard"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        def up():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                assert proc.poll() is None, "".join(lines)
-                return False
-
-        wait_until(up, timeout=180, interval=1, what="photostudio serve to answer")
-        url = f"http://127.0.0.1:{port}/v1/images/generations"
-        body = {"prompt": "a cat", "size": "64x64"}
-        # auth is on by default: the first start made a key and printed it once
-        assert httpx.post(url, json=body, timeout=30).status_code == 401
-        key = re.search(r"psk_[\w-]{43}", "".join(lines)).group(0)
-        r = httpx.post(url, json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})
-        assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-        reader.join(timeout=10)
-        output = "".join(lines)
-        assert proc.returncode == 0, output
-        assert "Stopped." in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_serve_starts_and_generates_with_the_key_it_printed(served):
+    """`photostudio serve` answers over HTTP (tests/conftest.py `served`, whose teardown
+    checks that Ctrl-C then stops it cleanly)."""
+    url = f"{served.url}/v1/images/generations"
+    body = {"prompt": "a cat", "size": "64x64"}
+    # auth is on by default: the first start made a key and printed it once
+    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    keys = re.findall(r"psk_[\w-]{43}", served.output)
+    assert len(keys) == 1, served.output[-3000:]
+    r = httpx.post(url, json=body, timeout=120, headers={"Authorization": f"Bearer {keys[0]}"})
+    assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
 
 
 def test_production_profile_refuses_no_auth(tmp_path):

@@ -7,12 +7,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import selectors
-import signal
 import socket
 import stat
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pytest
 
 from graphs import cli
 from graphs.haproxy_guard import MARK, UnknownConfig, harden, real_haproxy, write_launcher
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port
 
 
 def serve_haproxy_config(folder: Path, **http) -> Path:
@@ -150,44 +147,8 @@ def test_cluster_yaml_starts_ray_with_the_same_front_door():
 
 
 # ---------------------------------------------------------------------------------------
-# `photostudio serve` itself (its own Ray, HAProxy on, as shipped)
+# `photostudio serve` itself (its own Ray, HAProxy on, as shipped): tests/conftest.py `served`
 # ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, zoo_dir):
-    """`photostudio serve --profile tiny` in a subprocess (its own Ray): (process, port)."""
-    port = free_port()
-    env = {**os.environ, "PHOTOSTUDIO_ZOO_DIR": str(zoo_dir)}
-    for name in list(env):  # the shipped defaults, not this machine's overrides
-        if name.startswith(("RAY_SERVE_", "PHOTOSTUDIO_HAPROXY_")) or name in (
-                "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
-            env.pop(name)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "graphs.cli", "serve", "--profile", "tiny", "--port", str(port),
-         "--data-dir", str(tmp_path_factory.mktemp("front-door") / "d"), "--no-dashboard",
-         "--no-auth"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        def up():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                assert proc.poll() is None, "".join(lines)
-                return False
-
-        wait_until(up, timeout=240, interval=1, what="photostudio serve to answer")
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
 
 def _read_response(sock: socket.socket) -> bytes:
     """One whole HTTP/1.1 response with a Content-Length (the connection stays open)."""
@@ -206,7 +167,7 @@ def _read_response(sock: socket.socket) -> bytes:
 
 @pytest.mark.slow
 def test_slow_header_sockets_are_closed_while_others_are_served(served):
-    _, port = served
+    port = served.port  # tests/conftest.py: `photostudio serve`, auth on
     header_timeout = cli.HAPROXY_TIMEOUT_HTTP_REQUEST_S
     partial = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
     started = time.monotonic()  # before the first socket: HAProxy's clocks start later
@@ -280,7 +241,7 @@ def _loopback(host: str) -> bool:
 def test_ray_and_haproxy_listen_on_loopback_only(served):
     import psutil
 
-    proc, _ = served
+    proc = served.proc
     root = psutil.Process(proc.pid)
     exposed: list[tuple[str, str, int]] = []
     listeners = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from storage.models import Base, UTCDateTime
+from storage.tables import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

@@ -326,6 +326,7 @@ def test_transformers_deployment_takes_the_gpu_share():
 
 # -- under Serve -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # a Serve app of its own
 def test_the_real_deployment_serves_chat_under_serve(ray_cluster, zoo_dir):
     from openai.types.chat import ChatCompletion
     from ray import serve

@@ -37,7 +37,7 @@ def make_app(records, **config) -> httpx.AsyncClient:
 
     @app.post("/v1/images/generations")
     async def generate():
-        await auth.charge_images(2)
+        await app.state.auth_gate.charge_images(2)
         return {"project": auth.current_project()}
 
     @app.post("/v1/images/upscale")
@@ -49,15 +49,10 @@ def make_app(records, **config) -> httpx.AsyncClient:
         p = auth.current()
         return {"project": p.project, "signed": p.signed_asset}
 
-    auth.configure(records=records, config=AuthConfig(**config))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-
-
-@pytest.fixture(autouse=True)
-def _no_gate_left_behind(monkeypatch):
-    """auth.configure sets the process's gate: restore it after each test, so later in-process
-    tests (e.g. tests/graphs/test_jobs.py) don't run as this test's anonymous caller."""
-    monkeypatch.setattr(auth, "_gate", auth._gate)
+    gate = auth.configure(app, records=records, config=AuthConfig(**config))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    client.gate = gate
+    return client
 
 
 def sync(fn):
@@ -136,7 +131,7 @@ async def test_auth_off_acts_in_the_configured_project(records):
 @sync
 async def test_signed_asset_urls(records):
     async with make_app(records) as client:
-        query = auth.sign_asset("img_1", "p1")
+        query = client.gate.sign("img_1", "p1")
         assert query.startswith("?project=p1&expires=") and "&sig=" in query
         r = await client.get(f"/v1/assets/img_1{query}")
         # the request it allows reads the asset through the project it was signed for

@@ -9,6 +9,8 @@ import socket
 import time
 from urllib.parse import urlparse
 
+import pytest
+
 from tests.conftest import wait_until
 
 
@@ -29,6 +31,7 @@ def _send_and_hang_up_later(base_url: str, path: str, body: dict,
     return sock
 
 
+@pytest.mark.slow  # a 50-step generation to walk away from
 def test_client_disconnect_stops_the_generation_at_the_next_step(gateway, http):
     before = _stats(gateway)["cancelled"]
     # 50 steps at 256x256 take ~50 s on the tiny model on 2 CPU cores: long enough to leave.

@@ -1,24 +1,17 @@
-"""The local profile falls back to tiny weights loudly: capabilities and response metadata."""
+"""The local profile falls back to tiny weights loudly: capabilities and response metadata.
+On the package's `local_gateway` (tests/graphs/conftest.py: a graph of its own, so slow)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def fallback_app(gateway, zoo_dir, tmp_path_factory):
-    from ray import serve
 
-    from graphs.app import AppArgs, build_app
-
-    args = AppArgs(profile="local", generator_model="sd15",
-                   generator_source="nobody/weights-not-here", zoo_dir=str(zoo_dir),
-                   data_dir=str(tmp_path_factory.mktemp("fallback-data")),
-                   auth_enabled=False)  # explicit: allowed for the local profile
-    serve.run(build_app(args), name="local-fallback", route_prefix="/local")
-    yield f"{gateway.base_url}/local"
-    serve.delete("local-fallback")
+@pytest.fixture
+def fallback_app(local_gateway) -> str:
+    return local_gateway.base_url
 
 
 def test_capabilities_say_fallback(fallback_app):

@@ -9,6 +9,7 @@ ingress below) need real annotations on the route methods.
 
 import asyncio
 import re
+import time
 import uuid
 
 import httpx
@@ -16,8 +17,10 @@ import pytest
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from graphs import errors, middleware, observability
+from graphs import errors, middleware
 from graphs.middleware import CancellableHandle, HardeningConfig
+from telemetry.logs import current_request_id, request_id_var
+from tests.conftest import async_wait_until, wait_until
 
 LIMIT = 1024
 TIMEOUT_S = 0.3
@@ -66,7 +69,7 @@ def make_app(config: HardeningConfig | None = None) -> tuple[FastAPI, dict]:
     async def echo(request: Request) -> dict:
         state["calls"] += 1
         body = await request.body()
-        return {"bytes": len(body), "request_id": observability.current_request_id()}
+        return {"bytes": len(body), "request_id": current_request_id()}
 
     @app.post("/upload")
     async def upload(file: UploadFile = File(...)) -> dict:
@@ -75,7 +78,7 @@ def make_app(config: HardeningConfig | None = None) -> tuple[FastAPI, dict]:
 
     @app.get("/id")
     async def request_id() -> dict:
-        return {"request_id": observability.current_request_id()}
+        return {"request_id": current_request_id()}
 
     @app.get("/hang")
     async def hang() -> dict:
@@ -94,7 +97,7 @@ def make_app(config: HardeningConfig | None = None) -> tuple[FastAPI, dict]:
 
     @app.get("/exempt/slow")
     async def exempt_slow() -> dict:
-        await asyncio.sleep(TIMEOUT_S * 2)
+        await asyncio.sleep(TIMEOUT_S * 2)  # the work: longer than the deadline
         return {"done": True}
 
     @app.get("/stream")
@@ -244,7 +247,7 @@ def test_event_stream_accept_header_exempts():
     seen: list[str] = []
 
     async def app(scope, receive, send):
-        await asyncio.sleep(TIMEOUT_S * 2)
+        await asyncio.sleep(TIMEOUT_S * 2)  # the work: longer than the deadline
         seen.append("finished")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -340,7 +343,7 @@ def test_request_id_is_reset_after_the_request():
     seen: list = []
 
     async def app(scope, receive, send):
-        seen.append(observability.request_id_var.get())
+        seen.append(request_id_var.get())
         await send({"type": "http.response.start", "status": 204, "headers": []})
 
     async def run():
@@ -351,7 +354,7 @@ def test_request_id_is_reset_after_the_request():
 
         scope = {"type": "http", "path": "/", "headers": [(b"x-request-id", b"abc")]}
         await middleware.RequestId(app, echo=True)(scope, None, send)  # same task, inline
-        return observability.request_id_var.get(), dict(sent[0]["headers"])
+        return request_id_var.get(), dict(sent[0]["headers"])
 
     after, headers = asyncio.run(run())
     assert seen == ["abc"] and after is None
@@ -418,32 +421,40 @@ def test_config_from_settings_reads_names_it_knows():
 # --- admission control ----------------------------------------------------------------------
 
 
-def admission_app(limit: int | None) -> tuple[FastAPI, asyncio.Event]:
+def admission_app(limit: int | None) -> tuple[FastAPI, asyncio.Event, dict]:
+    """/work holds its slot until `release` is set; `state["waiting"]` counts the requests
+    whose handler runs (admitted) and waits."""
     release = asyncio.Event()
+    state = {"waiting": 0}
     app = FastAPI()
     errors.install(app)
     middleware.install(app, HardeningConfig(max_in_flight=limit, request_timeout_s=30))
 
     @app.get("/work")
     async def work() -> dict:
-        await release.wait()
+        state["waiting"] += 1
+        try:
+            await release.wait()
+        finally:
+            state["waiting"] -= 1
         return {"ok": True}
 
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    return app, release
+    return app, release, state
 
 
 def test_requests_over_the_in_flight_limit_get_503_with_retry_after():
-    app, release = admission_app(2)
+    app, release, state = admission_app(2)
 
     async def run():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             held = [asyncio.ensure_future(client.get("/work")) for _ in range(2)]
-            await asyncio.sleep(0.05)  # both admitted and waiting
+            await async_wait_until(lambda: state["waiting"] == 2, timeout=30,
+                                   what="both requests admitted and waiting")
             over = await client.get("/work")
             probe = await client.get("/healthz")  # exempt: answers at capacity
             release.set()
@@ -471,15 +482,31 @@ def test_admission_limit_defaults_to_half_of_serve_max_ongoing(monkeypatch):
         middleware.AdmissionControl(None, max_in_flight=-1)
 
 
-def test_a_full_model_queue_holds_its_route_before_the_body_is_read():
+class ShiftedClock:
+    """The `time` module as graphs/middleware.py sees it, with `monotonic` moved forward by
+    `ahead` seconds: a test ends a hold by moving the clock, not by sleeping through it."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_a_full_model_queue_holds_its_route_before_the_body_is_read(monkeypatch):
     """After a BackPressureError on /v1/images/x, the next requests there are shed by
     admission (the handler never runs, the body is never read) until the hold ends; other
     routes, GETs and chat are not held."""
     from ray.serve.exceptions import BackPressureError
 
+    clock = ShiftedClock()
+    monkeypatch.setattr(middleware, "time", clock)
     app = FastAPI()
     errors.install(app)
-    middleware.install(app, HardeningConfig(request_timeout_s=30, admission_hold_s=0.3))
+    middleware.install(app, HardeningConfig(request_timeout_s=30, admission_hold_s=60))
     ran: list[str] = []
     full = {"queue": True}
 
@@ -511,12 +538,15 @@ def test_a_full_model_queue_holds_its_route_before_the_body_is_read():
             out.append(await client.post("/v1/chat"))
             out.append(await client.post("/v1/chat"))  # chat is not held: runs again
             full["queue"] = False
-            await asyncio.sleep(0.35)  # the hold ends
+            clock.ahead = 30  # half-way through the hold: still held
             out.append(await client.post("/v1/images/x", content=b"3"))
+            clock.ahead = 61  # the hold has ended
+            out.append(await client.post("/v1/images/x", content=b"4"))
         return out
 
-    first, held, other, chat1, chat2, after = asyncio.run(scenario())
+    first, held, other, chat1, chat2, still_held, after = asyncio.run(scenario())
     assert_envelope(first, 503, "overloaded")
+    assert_envelope(still_held, 503, "overloaded")
     error = assert_envelope(held, 503, "overloaded")
     assert "/v1/images/x" in error["message"] and held.headers["retry-after"] == "1"
     assert other.status_code == 200 and after.status_code == 200
@@ -591,7 +621,7 @@ def hardened_serve_app():
 
         @api.get("/id")
         async def request_id(self) -> dict:
-            return {"request_id": observability.current_request_id()}
+            return {"request_id": current_request_id()}
 
         @api.post("/echo")
         async def echo(self, request: Request) -> dict:
@@ -605,13 +635,12 @@ def hardened_serve_app():
     return HardenedIngress.bind(Sleeper.bind())
 
 
+@pytest.mark.slow  # a Serve app of its own
 def test_middlewares_behind_the_serve_proxy(ray_cluster):
     """Deployed ingress: one X-Request-ID (Serve's own is not duplicated), 413 by
     Content-Length and by a chunked body, and a 504 that cancels the model call in the
     downstream replica."""
     from ray import serve
-
-    from tests.conftest import wait_until
 
     name = f"mw-{uuid.uuid4().hex[:6]}"
     prefix = f"/{name}"
@@ -644,66 +673,94 @@ def test_middlewares_behind_the_serve_proxy(ray_cluster):
 
 
 def shedding_serve_app(name: str):
-    """An ingress whose requests hold their slot for a second; Serve's limits (8 ongoing +
-    30 queued) hold a burst of 30, of which admission control lets 4 in at once. /model
-    calls a deployment that takes 1 request + 1 queued (more: BackPressureError)."""
+    """An ingress whose /work requests hold their slot until the test opens the gate "work";
+    Serve's limits (8 ongoing + 30 queued) hold a burst of 30, of which admission control
+    lets 4 in at once. /model calls a deployment that takes 1 request + 1 queued (more:
+    BackPressureError) and answers when the gate "model" opens."""
     from ray import serve
 
     api = FastAPI()
     errors.install(api)
     middleware.install(api, HardeningConfig())
 
+    @serve.deployment(name=f"{name}-gate", ray_actor_options={"num_cpus": 0.1},
+                      max_ongoing_requests=100)
+    class Gate:
+        """Holds callers of `wait(key)` until `open(key)`; in its own replica, so the test
+        can open it while the held deployments are full."""
+
+        def __init__(self):
+            self.events: dict[str, asyncio.Event] = {}
+
+        async def wait(self, key: str) -> None:
+            await self.events.setdefault(key, asyncio.Event()).wait()
+
+        async def open(self, key: str) -> None:
+            self.events.setdefault(key, asyncio.Event()).set()
+
     @serve.deployment(name=f"{name}-model", ray_actor_options={"num_cpus": 0.1},
                       max_ongoing_requests=1, max_queued_requests=1)
     class Model:
+        def __init__(self, gate):
+            self.gate = gate
+
         async def work(self) -> str:
-            await asyncio.sleep(1.0)
+            await self.gate.wait.remote("model")
             return "done"
 
     @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.1},
                       max_ongoing_requests=8, max_queued_requests=30)
     @serve.ingress(api)
     class Shedding:
-        def __init__(self, model):
+        def __init__(self, model, gate):
             self.model = model
+            self.gate = gate
 
         @api.get("/work")
         async def work(self) -> dict:
-            await asyncio.sleep(1.0)
+            await self.gate.wait.remote("work")
             return {"ok": True}
 
         @api.get("/model")
         async def model(self) -> dict:
             return {"result": await self.model.work.remote()}
 
-    return Shedding.bind(Model.bind())
+    gate = Gate.bind()
+    return Shedding.bind(Model.bind(gate), gate)
 
 
+@pytest.mark.slow  # a Serve app of its own
 def test_overload_behind_the_serve_proxy_gets_the_envelope_at_once(ray_cluster):
-    """30 requests at once against an ingress that admits 4 (half its max_ongoing_requests):
-    the excess is answered with the envelope's 503 + Retry-After by our middleware, not
-    queued in Serve's proxy and not Serve's plain-text 503. And a full downstream queue
-    (BackPressureError raised in the ingress) is the envelope's 503 too, not Serve's text."""
+    """30 requests at once against an ingress that admits 4 (half its max_ongoing_requests)
+    and holds them: the other 26 are answered with the envelope's 503 + Retry-After by our
+    middleware while the 4 are held, not queued in Serve's proxy and not Serve's plain-text
+    503. And a full downstream queue (BackPressureError raised in the ingress) is the
+    envelope's 503 too, not Serve's text."""
     from ray import serve
 
     name = f"shed-{uuid.uuid4().hex[:6]}"
     serve.run(shedding_serve_app(name), name=name, route_prefix=f"/{name}")
     base = f"http://127.0.0.1:{ray_cluster.http_port}/{name}"
+    gate = serve.get_deployment_handle(f"{name}-gate", app_name=name)
+    admitted = middleware.admission_limit(8)
     try:
-        responses = asyncio.run(_burst(base, 30))
-        # a downstream deployment's full queue (BackPressureError in the ingress) too
-        downstream = asyncio.run(_burst(base, 4, path="/model"))
+        # the gate opens once every request but the admitted ones has its answer
+        responses = asyncio.run(_gated_burst(base, 30, "/work", gate, "work",
+                                             answered_before_open=30 - admitted))
+        # a downstream deployment's full queue (BackPressureError in the ingress) too: the
+        # model holds one call and queues one, so at least one of 4 is refused at once
+        downstream = asyncio.run(_gated_burst(base, 4, "/model", gate, "model",
+                                              answered_before_open=1))
     finally:
         serve.delete(name)
     statuses = sorted(r.status_code for r in downstream)
-    assert 200 in statuses and 503 in statuses, statuses
+    assert set(statuses) == {200, 503}, statuses
     for r in downstream:
         if r.status_code == 503:
             assert_envelope(r, 503, "overloaded")
             assert r.headers["retry-after"].isdigit()
     statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 503}, statuses
-    assert statuses.count(200) >= middleware.admission_limit(8)
+    assert statuses.count(200) == admitted and statuses.count(503) == 30 - admitted, statuses
     for r in responses:
         if r.status_code == 503:
             error = assert_envelope(r, 503, "overloaded")
@@ -711,6 +768,18 @@ def test_overload_behind_the_serve_proxy_gets_the_envelope_at_once(ray_cluster):
                 error["message"]
 
 
-async def _burst(base: str, n: int, path: str = "/work") -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        return await asyncio.gather(*(client.get(path) for _ in range(n)))
+async def _gated_burst(base: str, n: int, path: str, gate, key: str, *,
+                       answered_before_open: int) -> list[httpx.Response]:
+    """`n` requests at once; the gate `key` opens when `answered_before_open` of them have
+    their answer (or after a minute: then the assertions on the answers say what went
+    wrong), and the rest are awaited."""
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        pending = [asyncio.ensure_future(client.get(path)) for _ in range(n)]
+        try:
+            await async_wait_until(
+                lambda: sum(t.done() for t in pending) >= answered_before_open, timeout=60,
+                what=f"{answered_before_open} of {n} requests to {path} answered")
+        except TimeoutError:
+            pass
+        await gate.open.remote(key)
+        return await asyncio.gather(*pending)

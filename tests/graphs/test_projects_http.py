@@ -36,4 +36,4 @@ def test_project_errors(http):
     r = http.post("/v1/projects", json={"id": "Bad Id!"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "id"
     r = http.get("/v1/projects/default/assets", params={"cursor": "garbage"})
-    assert r.status_code == 400
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"

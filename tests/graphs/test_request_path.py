@@ -1,7 +1,7 @@
 """The request path's small holes (issue #13 items 9, 11-15), fixed in the middlewares and
 checked here on a plain FastAPI app with `middleware.install` (in-process, no Ray):
 
-- JSON nested 10,000 deep is a 400 (`graphs.safe_json`, `middleware.JsonDepthLimit`);
+- JSON nested 10,000 deep is a 400 (`common.safe_json`, `middleware.JsonDepthLimit`);
 - a client that disconnects cancels a synchronous request and its deployment calls
   (`middleware.CancelOnDisconnect`);
 - the Host / X-Forwarded-* of a client never choose the host of returned URLs or redirects
@@ -25,9 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 
-from graphs import errors, middleware, safe_json, serve_proxy
-from graphs.editing import parse_edit_request
+from common import safe_json
+from graphs import errors, middleware, serve_proxy
 from graphs.middleware import CancellableHandle, HardeningConfig
+from models.editing import parse_edit_request
 
 DEEP = "[" * 10_000 + "]" * 10_000
 

@@ -79,6 +79,7 @@ def _stats(gateway) -> dict:
     return gateway.handle("Generator").stats.remote().result(timeout_s=30)
 
 
+@pytest.mark.slow  # a 50-step generation to walk away from
 def test_a_synchronous_request_is_cancelled_when_its_client_leaves(gateway, http):
     """Even when the client asks Serve not to watch for its disconnect (Serve's own
     per-request hint): the gateway drops the hint and cancels the request itself; the

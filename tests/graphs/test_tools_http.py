@@ -148,8 +148,10 @@ def test_edit_ops_apply_in_order(http, photo):
 @pytest.mark.parametrize("ops,param", [
     ('[{"op": "crop", "x": 0, "y": 0, "width": 500, "height": 10}]', "ops[0].width"),
     ('[{"op": "brightness", "factor": 9}]', "ops[0].factor"),
-    ('[{"op": "sharpen"}]', None),
-    ("not json", None),
+    ('[{"op": "sharpen"}]', "ops[0].op"),
+    ("not json", "ops"),
+    ('[{"op": "blur", "region": {"x": 0, "y": 0, "width": 500, "height": 1}}]',
+     "ops[0].region.width"),
 ])
 def test_edit_ops_bad_chains_name_the_op(http, photo, ops, param):
     r = http.post("/v1/images/edit-ops", files={"image": ("a.png", photo)}, data={"ops": ops})

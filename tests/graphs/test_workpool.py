@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
-from graphs.editing import MAX_CHAIN_COST, chain_cost, check_ops, parse_edit_request
 from graphs.errors import ApiError
 from graphs.workpool import ImageWorkPool
+from models.editing import MAX_CHAIN_COST, chain_cost, check_ops, parse_edit_request
+from tests.conftest import async_wait_until
 
 
 def test_a_full_image_pool_leaves_the_default_executor_free_and_sheds_the_rest():
@@ -19,8 +20,7 @@ def test_a_full_image_pool_leaves_the_default_executor_free_and_sheds_the_rest()
         pool = ImageWorkPool(threads=2, max_waiting=1, niceness=0)
         release = threading.Event()
         busy = [asyncio.ensure_future(pool.run(release.wait)) for _ in range(3)]  # 2 + 1
-        while pool.in_use < 3:
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: pool.in_use == 3, timeout=30, what="3 places taken")
         # the record/auth path (asyncio.to_thread) still runs at once
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "record"), 5) == "record"
         with pytest.raises(ApiError) as full:
@@ -40,16 +40,15 @@ def test_a_cancelled_caller_frees_its_place_only_when_the_thread_is_done():
         pool = ImageWorkPool(threads=1, max_waiting=0, niceness=0)
         release = threading.Event()
         task = asyncio.ensure_future(pool.run(release.wait))
-        while pool.in_use < 1:
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: pool.in_use == 1, timeout=30, what="the place taken")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         with pytest.raises(ApiError):  # the thread still works for the gone caller
             await pool.run(lambda: None)
         release.set()
-        while pool.in_use:
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: pool.in_use == 0, timeout=30,
+                               what="the thread to end and free its place")
         assert await pool.run(lambda: 7) == 7
         pool.shutdown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from models import zoo
 from models.diffusion import DiffusionModel, GenerationRequest, check_inputs
 from models.registry import SizeLimits, get_spec, spec_for_source
@@ -108,15 +109,21 @@ LIMITS = SizeLimits(32, 512, 64, 64, max_steps=50)
     ({"n": 11}, "n", "between 1 and 10"),
     ({"prompt": "  "}, "prompt", "non-empty"),
     ({"seed": -5}, "seed", "between 0 and"),
+    ({"mode": "img2img"}, "image", "is required for img2img"),
+    ({"mode": "img2img", "image": np.zeros((64, 64, 3), np.uint8), "strength": 0.0},
+     "strength", "in (0, 1]"),
+    ({"mode": "inpaint", "image": np.zeros((64, 64, 3), np.uint8)}, "mask",
+     "is required for inpaint"),
 ])
 def test_bad_inputs_name_the_field_and_range(changes, field, allowed):
     req = GenerationRequest(prompt="ok", width=64, height=64, steps=2)
     for k, v in changes.items():
         setattr(req, k, v)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InputError) as err:
         check_inputs(req, LIMITS)
     assert str(err.value).startswith(field)
     assert allowed in str(err.value)
+    assert err.value.param == field  # the field travels in the error, not parsed from text
 
 
 def test_generate_checks_inputs_before_running(tiny):

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from models import zoo
 from models.faceswap import (
     SWAPPER_FILE,
@@ -220,8 +221,10 @@ def test_target_face_index_out_of_range(model, source):
     with pytest.raises(ValueError, match=r"target_face_index 2 .*2 faces found") as info:
         model.swap(source, target, target_face_index=2)
     assert not isinstance(info.value, NoFaceError)
-    with pytest.raises(ValueError, match=r"source_face_index 1 .*1 face found"):
+    assert isinstance(info.value, InputError) and info.value.param == "target_face_index"
+    with pytest.raises(InputError, match=r"source_face_index 1 .*1 face found") as info:
         model.swap(source, target, source_face_index=1)
+    assert info.value.param == "source_face_index"
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -239,13 +242,15 @@ def test_bad_inputs_name_the_field(model, source, field, value, message):
     kwargs = dict(source=source, target=draw(100, 100, [(50, 50, 30)]))
     kwargs[field] = value
     req = FaceSwapRequest(**kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message) as info:
         model.run(req)
+    assert info.value.param == field
 
 
 def test_index_and_all_faces_together_is_an_error(model, source):
-    with pytest.raises(ValueError, match="either target_face_index .* or all_faces"):
+    with pytest.raises(InputError, match="either target_face_index .* or all_faces") as info:
         model.swap(source, draw(100, 100, [(50, 50, 30)]), target_face_index=0, all_faces=True)
+    assert info.value.param == "all_faces"
 
 
 def test_missing_weights_name_the_expected_files_and_never_download(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import InputError
 from models import zoo
 from models.llm import (
     CHAT_TEMPLATE,
@@ -196,8 +197,34 @@ def test_max_tokens_limit_of_the_engine(llm_zoo):
         TransformersChatEngine("tiny-llm", zoo_dir=str(llm_zoo.parent), max_tokens_limit=5000)
 
 
-def test_check_health_generates_one_token(engine):
-    asyncio.run(engine.check_health())
+def test_check_health_generates_one_token(engine, monkeypatch):
+    """The probe is a real generation of exactly one new token, and it fails (raises) when
+    the model produces no token or cannot generate at all."""
+    real_generate = engine.model.generate
+    calls: list[dict] = []
+
+    def generate(**kwargs):
+        output = real_generate(**kwargs)
+        calls.append({"max_new_tokens": kwargs["max_new_tokens"],
+                      "do_sample": kwargs["do_sample"],
+                      "new_tokens": output.shape[1] - kwargs["input_ids"].shape[1]})
+        return output
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    assert asyncio.run(engine.check_health()) is None
+    assert calls == [{"max_new_tokens": 1, "do_sample": False, "new_tokens": 1}]
+
+    # a model that answers with the prompt only: no token, the probe fails
+    monkeypatch.setattr(engine.model, "generate", lambda **kwargs: kwargs["input_ids"])
+    with pytest.raises(RuntimeError, match="generated 0 tokens, expected 1"):
+        asyncio.run(engine.check_health())
+
+    def broken(**kwargs):
+        raise RuntimeError("CUDA error: device lost")
+
+    monkeypatch.setattr(engine.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        asyncio.run(engine.check_health())
 
 
 @pytest.mark.parametrize(
@@ -242,6 +269,28 @@ def test_check_health_generates_one_token(engine):
 def test_bad_requests_name_the_field(engine, request_, message):
     with pytest.raises(ValueError, match=message):
         asyncio.run(engine.chat(request_))
+
+
+@pytest.mark.parametrize("request_,param", [
+    ({}, "messages"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": ASK, "max_tokens": 0}, "max_tokens"),
+    ({"messages": ASK, "top_p": 0}, "top_p"),
+    ({"messages": ASK, "tools": []}, "tools"),
+    ({"messages": ASK, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "a plan", "schema": {}}}}, "response_format.json_schema.name"),
+])
+def test_bad_requests_carry_their_field(request_, param):
+    with pytest.raises(InputError) as info:
+        check_chat_request(request_)
+    assert info.value.param == param
+
+
+def test_a_request_that_is_not_an_object_names_no_field():
+    with pytest.raises(ValueError, match="request must be an object") as info:
+        check_chat_request([])
+    assert not isinstance(info.value, InputError)
 
 
 def test_check_chat_request_fills_defaults_without_changing_the_input():

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from models import zoo
 from models.matting import (
     MattingModel,
@@ -170,11 +171,13 @@ def test_alpha_matting(tiny, images):
     ],
 )
 def test_bad_images(tiny, image, message):
-    with pytest.raises(ValueError, match=message.replace("image must", r"images\[0\] must")
-                       .replace("image height", r"images\[0\] height")):
+    with pytest.raises(InputError, match=message.replace("image must", r"images\[0\] must")
+                       .replace("image height", r"images\[0\] height")) as info:
         tiny.remove([image])
-    with pytest.raises(ValueError, match=message):
+    assert info.value.param == "images[0]"
+    with pytest.raises(InputError, match=message) as info:
         check_inputs(MattingRequest(image=image))
+    assert info.value.param == "image"
 
 
 @pytest.mark.parametrize(
@@ -196,8 +199,9 @@ def test_bad_images(tiny, image, message):
     ],
 )
 def test_bad_options(tiny, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message) as info:
         tiny.remove([np.zeros((8, 8, 3), np.uint8)], **kwargs)
+    assert info.value.param == message.split()[0]  # every message here starts with its field
 
 
 def test_alpha_matting_size_cap():

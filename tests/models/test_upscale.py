@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from models import zoo
 from models.upscale import (
     UpscaleLimits,
@@ -209,8 +210,9 @@ def test_same_input_same_output_across_loads(tiny, upscale_zoo):
 
 @pytest.mark.parametrize("scale", [3, 1, 8, 0, "4", 2.0, True, None])
 def test_bad_scale_names_the_allowed_values(tiny, scale):
-    with pytest.raises(ValueError, match=r"scale must be one of 2, 4, got"):
+    with pytest.raises(InputError, match=r"scale must be one of 2, 4, got") as info:
         tiny.upscale(_image(8, 8), scale=scale)
+    assert info.value.param == "scale"
 
 
 @pytest.mark.parametrize(
@@ -226,17 +228,20 @@ def test_bad_scale_names_the_allowed_values(tiny, scale):
     ],
 )
 def test_bad_image_is_a_value_error(tiny, image, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match) as info:  # an InputError is a ValueError
         tiny.upscale(image, scale=2)
+    assert info.value.param == "image"
 
 
 def test_size_limits():
     limits = UpscaleLimits(max_side=64, max_output_pixels=128 * 128)
     check_inputs(_image(32, 32), 4, limits=limits)
-    with pytest.raises(ValueError, match=r"between 1 and 64 pixels, got 65x10"):
+    with pytest.raises(InputError, match=r"between 1 and 64 pixels, got 65x10") as info:
         check_inputs(_image(10, 65), 2, limits=limits)
-    with pytest.raises(ValueError, match=r"output would be 256x160 pixels, at most 16384"):
+    assert info.value.param == "image"
+    with pytest.raises(InputError, match=r"output would be 256x160 pixels, at most 16384") as info:
         check_inputs(_image(40, 64), 4, limits=limits)
+    assert info.value.param == "image"
 
 
 @pytest.mark.parametrize("tile,overlap,match", [

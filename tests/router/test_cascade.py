@@ -195,7 +195,7 @@ def test_broken_slow_or_odd_llms_fall_back(classifier):
         raise ConnectionError("connection refused")
 
     async def slow(request):
-        await asyncio.sleep(10)
+        await asyncio.Event().wait()  # never answers: only the timeout ends it
 
     async def not_a_dict(request):
         return "hello"

@@ -86,6 +86,7 @@ print("MODULES", " ".join(sorted(sys.modules)), file=sys.stderr)
 """
 
 
+@pytest.mark.slow  # a subprocess that loads the embedding model
 def test_eval_with_embeddings_never_imports_ray(cases_file):
     proc = _run("-c", RUN_AND_LIST_MODULES, str(cases_file))
     assert proc.returncode == 0, proc.stderr[-2000:]

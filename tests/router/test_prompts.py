@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from common.errors import InputError
 from router.prompts import (
     COMPRESS_ABOVE,
     MAX_PROMPT_CHARS,
@@ -46,8 +47,9 @@ def _chat_response(content: str, finish_reason: str = "stop") -> dict:
 def test_validate_rejects(prompt, code, message):
     result = validate_prompt(prompt)
     assert not result.valid and result.error.code == code and message in result.error.message
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message) as info:
         check_prompt(prompt)
+    assert info.value.param == "prompt"
     with pytest.raises(ValueError, match=message):
         refine_prompt(prompt)
 
@@ -176,7 +178,7 @@ def test_llm_compression_falls_back_on_bad_answers(content, error):
 
 def test_llm_compression_falls_back_on_timeout_and_errors():
     async def slow(request):
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # never answers: only the timeout ends it
 
     async def broken(request):
         raise ConnectionError("replica died")

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from common.errors import InputError
 from router.styles import (
     DEFAULT_FREE_STRENGTH,
     GENERIC_NEGATIVE,
@@ -129,8 +130,9 @@ def test_resolve_free_text():
 
 @pytest.mark.parametrize("bad", ["", "   ", "x" * 301, "{}"])
 def test_resolve_bad_style(bad):
-    with pytest.raises(ValueError, match="^style must"):
+    with pytest.raises(InputError, match="^style must") as info:
         resolve_style(bad, "a cat")
+    assert info.value.param == "style"
 
 
 def test_list_styles():

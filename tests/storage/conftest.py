@@ -115,7 +115,7 @@ def empty_tables(store) -> None:
     """Delete every row except the default project the migrations seed."""
     from sqlalchemy import delete
 
-    from storage.models import (
+    from storage.tables import (
         ApiKey,
         Asset,
         ChatSession,

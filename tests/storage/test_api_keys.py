@@ -9,8 +9,8 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from storage.models import ApiKey
 from storage.records import hash_api_key
+from storage.tables import ApiKey
 
 
 def test_create_stores_only_the_hash(records):

@@ -12,8 +12,8 @@ import pytest
 from storage.assets import LocalAssetStore
 from storage.cli import cleanup, db_check, db_upgrade, parse_duration
 from storage.migrate import head_revision
-from storage.models import Asset, ChatSession, Job
 from storage.records import RecordStore
+from storage.tables import Asset, ChatSession, Job
 from tests.storage.conftest import make_s3_store
 from tests.storage.test_records import set_columns
 

@@ -11,6 +11,8 @@ from PIL import Image
 
 from tests.storage.conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET, make_s3_store
 
+pytestmark = pytest.mark.slow  # a second graph of its own (S3 + PostgreSQL)
+
 
 @pytest.fixture(scope="module")
 def cluster_app(gateway, zoo_dir, s3_endpoint, pg_url, tmp_path_factory):

@@ -12,8 +12,8 @@ from alembic import command
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from storage import migrate
-from storage.models import Job, Project
 from storage.records import RecordStore
+from storage.tables import Job, Project
 
 TABLES = {"jobs", "assets", "projects", "sessions", "messages", "provider_configs",
           "alembic_version"}

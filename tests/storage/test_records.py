@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from common.errors import InputError
 from storage.assets import LocalAssetStore
-from storage.models import ChatSession, Job, Message
 from storage.records import NewAsset, RecordStore
+from storage.tables import ChatSession, Job, Message
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -305,13 +306,16 @@ def test_list_jobs_filters(records):
 
 
 def test_list_jobs_rejects_bad_arguments(records):
-    with pytest.raises(ValueError, match="status must be one of queued, running"):
+    with pytest.raises(InputError, match="status must be one of queued, running") as info:
         records.list_jobs(project="default", status="done")
+    assert info.value.param == "status"
     for limit in (0, 1001, "5"):
-        with pytest.raises(ValueError, match="limit must be an integer from 1 to 1000"):
+        with pytest.raises(InputError, match="limit must be an integer from 1 to 1000") as info:
             records.list_jobs(project="default", limit=limit)
-    with pytest.raises(ValueError, match="cursor is not a valid jobs cursor"):
+        assert info.value.param == "limit"
+    with pytest.raises(InputError, match="cursor is not a valid jobs cursor") as info:
         records.list_jobs(project="default", cursor="not-a-cursor")
+    assert info.value.param == "cursor"
     records.create_project(project_id="p9")
     records.create_project(project_id="p8")
     other = records.list_projects(limit=1).next_cursor
@@ -360,7 +364,7 @@ def test_project_assets_newest_first_with_their_prompt(records):
     for i in range(5):
         add_asset(records, f"img_{i}", job_id=job_id if i % 2 == 0 else None, project="p1",
                   kind="upscale" if i == 4 else "generation")
-        from storage.models import Asset
+        from storage.tables import Asset
 
         set_columns(records, Asset, f"img_{i}", created_at=T0 + timedelta(seconds=i // 2))
     add_asset(records, "img_other", project="p2")
@@ -454,11 +458,13 @@ def test_projects(records):
                                settings={"style": "film"})
     assert records.get_project(project_id="shoot-2026") == p
     assert p.settings == {"style": "film"} and p.created_at.tzinfo is not None
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(InputError, match="already exists") as info:
         records.create_project(project_id="shoot-2026")
+    assert (info.value.param, info.value.status, info.value.code) == ("id", 409, "exists")
     for bad in ("", "Upper", "-dash", "a/b", "x" * 65):
-        with pytest.raises(ValueError, match="project_id must be"):
+        with pytest.raises(InputError, match="project_id must be") as info:
             records.create_project(project_id=bad)
+        assert info.value.param == "id"  # POST /v1/projects's field
     for i in range(3):
         records.create_project(project_id=f"p{i}")
     items, _ = all_pages(records.list_projects, limit=2)

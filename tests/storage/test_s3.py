@@ -10,7 +10,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
-from storage.assets import AssetNotFound, AssetWriteError, build_asset_store
+from storage.assets import AssetNotFound, AssetWriteError
+from storage.config import build_asset_store
 from storage.s3 import S3AssetStore, SupabaseAssetStore, project_ref, supabase_s3_endpoint
 from tests.conftest import free_port
 from tests.storage.conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET, make_s3_store

@@ -5,8 +5,9 @@ Python's json module (and so ``json.loads``, FastAPI's body parsing, Starlette's
 ``RecursionError``, which is not a ``ValueError`` and became a 500. `check_depth` counts the
 nesting with a cheap scan before anything recursive runs; `loads` is ``json.loads`` after it.
 
-`JsonTooDeep` is a ``ValueError``, so callers that already turn bad JSON into a 400 keep
-doing so (and `errors.to_api_error` maps it to 400 where it escapes). Depth 64 is far beyond
+`JsonTooDeep` is a `common.errors.InputError` (a ``ValueError``), so callers that already
+turn bad JSON into a 400 keep doing so, and `errors.to_api_error` maps it to a 400 naming the
+field (the `param` given to `loads`) where it escapes. Depth 64 is far beyond
 any request this API takes (edit ops and chat contexts are 2-4 levels deep).
 
 Every place that parses JSON from a client uses this module; FastAPI's own body parsing is
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InputError
+
 MAX_JSON_DEPTH = 64
 
 # A JSON string: cut out before counting (brackets inside strings do not nest).
@@ -35,13 +38,18 @@ _STEPS[[ord("["), ord("{")]] = 1
 _STEPS[[ord("]"), ord("}")]] = -1
 
 
-class JsonTooDeep(ValueError):
-    """JSON nested deeper than the limit (arrays and objects count one level each)."""
+class JsonTooDeep(InputError):
+    """JSON nested deeper than the limit (arrays and objects count one level each). `what`
+    names it in the message; `param` is the request field it came in (None: the body)."""
 
-    def __init__(self, max_depth: int, what: str = "JSON"):
+    def __init__(self, max_depth: int, what: str = "JSON", *, param: str | None = None):
         super().__init__(f"{what} is nested deeper than {max_depth} levels of arrays/objects; "
-                         f"send at most {max_depth}")
+                         f"send at most {max_depth}", param=param, code="json_too_deep")
         self.max_depth = max_depth
+        self.what = what
+
+    def __reduce__(self):  # pickles (Ray) with its own arguments, not the message
+        return (type(self), (self.max_depth, self.what), {"param": self.param})
 
 
 def json_depth_exceeds(data: str | bytes | bytearray | memoryview,
@@ -74,21 +82,23 @@ def json_depth_exceeds(data: str | bytes | bytearray | memoryview,
 
 
 def check_depth(data: str | bytes | bytearray | memoryview, *, max_depth: int = MAX_JSON_DEPTH,
-                what: str = "JSON") -> None:
-    """Raise `JsonTooDeep` when `data` nests deeper than `max_depth`."""
+                what: str = "JSON", param: str | None = None) -> None:
+    """Raise `JsonTooDeep` (with `param`) when `data` nests deeper than `max_depth`."""
     if json_depth_exceeds(data, max_depth):
-        raise JsonTooDeep(max_depth, what)
+        raise JsonTooDeep(max_depth, what, param=param)
 
 
 def loads(data: str | bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH,
-          what: str = "JSON") -> Any:
+          what: str = "JSON", param: str | None = None) -> Any:
     """``json.loads`` of client input, after `check_depth`. Raises ``ValueError``
-    (``json.JSONDecodeError`` or `JsonTooDeep`) for anything that is not acceptable JSON."""
-    check_depth(data, max_depth=max_depth, what=what)
+    (``json.JSONDecodeError``, or `JsonTooDeep`, an `InputError` whose `param` is `param`:
+    the request field the JSON came in, None for a whole body) for anything that is not
+    acceptable JSON. `what` names the JSON in the message ("ops", "the request body")."""
+    check_depth(data, max_depth=max_depth, what=what, param=param)
     try:
         return json.loads(data)
     except RecursionError:  # unreachable after check_depth; never a 500 all the same
-        raise JsonTooDeep(max_depth, what) from None
+        raise JsonTooDeep(max_depth, what, param=param) from None
 
 
 __all__ = ["MAX_JSON_DEPTH", "JsonTooDeep", "check_depth", "json_depth_exceeds", "loads"]

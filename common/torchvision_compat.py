@@ -5,11 +5,15 @@ can't load, and ``torchvision/_meta_registrations.py`` then crashes the import w
 "operator torchvision::nms does not exist" (pytorch/vision#9085). That crash also breaks
 transformers (which imports torchvision when it is installed) and spandrel.
 
-`install_torchvision_guard()` (called from ``models/__init__``) adds an import hook that is
+`install_torchvision_guard()` (called from ``models/__init__``, and by
+``router.embeddings`` before sentence-transformers loads) adds an import hook that is
 free until something imports torchvision; then it imports it for real and, only if it hits
 that exact crash, declares the two missing operator schemas (no kernels: torchvision.ops.nms
 stays unusable, as it is anyway without ``_C``) and retries. With CUDA torch, or a matching
 CPU torchvision, the first import just works and nothing is declared.
+
+In `common/` because both `models/` and `router/` need it. torch and torchvision are imported
+inside the functions, only when something asks for torchvision.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from graphs.editing import (
+from common.errors import InputError
+from models.editing import (
     MAX_OPS,
     BlurOp,
     BrightnessOp,
@@ -274,27 +277,40 @@ def test_dict_ops_accepted():
 
 
 # -- errors ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("ops", "pattern"), [
-    ([CropOp(x=60, y=0, width=1, height=1)], r"^ops\[0\]\.x must be less than the image width"),
-    ([CropOp(x=50, y=0, width=20, height=1)], r"^ops\[0\]\.width must be at most 10"),
-    ([CropOp(x=0, y=39, width=1, height=2)], r"^ops\[0\]\.height must be at most 1"),
-    ([CropOp(x=0, y=40, width=1, height=1)], r"^ops\[0\]\.y must be less than the image height"),
+@pytest.mark.parametrize(("ops", "param", "pattern"), [
+    ([CropOp(x=60, y=0, width=1, height=1)], "ops[0].x", "must be less than the image width"),
+    ([CropOp(x=50, y=0, width=20, height=1)], "ops[0].width", "must be at most 10"),
+    ([CropOp(x=0, y=39, width=1, height=2)], "ops[0].height", "must be at most 1"),
+    ([CropOp(x=0, y=40, width=1, height=1)], "ops[0].y", "must be less than the image height"),
     ([GrayscaleOp(), BlurOp(region=Region(x=0, y=0, width=61, height=5))],
-     r"^ops\[1\]\.region\.width must be at most 60"),
-    ([ResizeOp(width=8000)], r"^ops\[0\]\.width must give an image of at most 8192"),
-    ([ResizeOp(width=8192, height=8192)], r"^ops\[0\]\.width must give .* pixels in all"),
-    ([ResizeOp(width=5000, height=5000), RotateOp(degrees=45)], r"^ops\[1\]\.expand would grow"),
+     "ops[1].region.width", "must be at most 60"),
+    ([ResizeOp(width=8000)], "ops[0].width", "must give an image of at most 8192"),
+    ([ResizeOp(width=8192, height=8192)], "ops[0].width", "must give .* pixels in all"),
+    ([ResizeOp(width=5000, height=5000), RotateOp(degrees=45)], "ops[1].expand",
+     "would grow"),
 ])
-def test_runtime_errors_name_the_parameter(ops, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_runtime_errors_name_the_parameter(ops, param, pattern):
+    """The field travels in the error (`param`), and the message starts with it."""
+    with pytest.raises(InputError, match=rf"^{re.escape(param)} {pattern}") as info:
         apply_ops(gradient(3), ops)
+    assert info.value.param == param and info.value.status == 400
 
 
 def test_max_pixels_is_configurable():
-    with pytest.raises(ValueError, match=r"^ops\[0\]\.height"):
+    with pytest.raises(InputError, match=r"^ops\[0\]\.height") as info:
         check_ops((W, H), [ResizeOp(height=100)], max_pixels=10_000)
-    with pytest.raises(ValueError, match="^image must be 1 to 8192 pixels per side"):
+    assert info.value.param == "ops[0].height"
+    with pytest.raises(InputError, match="^image must be 1 to 8192 pixels per side") as info:
         check_ops((W, H), [GrayscaleOp()], max_pixels=100)
+    assert info.value.param == "image"
+
+
+def test_the_chain_budget_names_the_op_that_crosses_it():
+    abusive = [{"op": "resize", "width": 4096, "height": 4096}] + [{"op": "blur",
+                                                                    "radius": 100}] * 19
+    with pytest.raises(InputError, match=r"^ops\[2\] takes the chain over") as info:
+        check_ops((1, 1), abusive)
+    assert info.value.param == "ops[2]"
 
 
 @pytest.mark.parametrize("image", [
@@ -307,9 +323,10 @@ def test_bad_image(image):
 
 
 def test_bad_op_count():
-    with pytest.raises(ValueError, match=r"^ops must have 1 to 20 items, got 0"):
+    with pytest.raises(InputError, match=r"^ops must have 1 to 20 items, got 0") as info:
         apply_ops(gradient(3), [])
-    with pytest.raises(ValueError, match=r"^ops must have 1 to 20 items, got 21"):
+    assert info.value.param == "ops"
+    with pytest.raises(InputError, match=r"^ops must have 1 to 20 items, got 21"):
         apply_ops(gradient(3), [GrayscaleOp()] * (MAX_OPS + 1))
 
 
@@ -351,26 +368,38 @@ def test_edit_request_schema():
     assert "discriminator" in str(schema)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ('[{"op": "brightness", "factor": 1.2}, {"op": "contrast", "factor": 9}]',
+@pytest.mark.parametrize(("data", "param", "message"), [
+    ('[{"op": "brightness", "factor": 1.2}, {"op": "contrast", "factor": 9}]', "ops[1].factor",
      "ops[1].factor: input should be less than or equal to 5, got 9"),
-    ('[{"op": "resize"}]', "ops[0]: give width, height or both"),
-    ('[{"op": "sharpen"}]', "ops[0].op: must be one of crop, resize"),
-    ('[{"x": 1}]', "ops[0].op: must be one of"),
-    ('[{"op": "crop", "x": 0, "y": 0, "width": 5}]', "ops[0].height: is required"),
-    ('[{"op": "grayscale", "strength": 1}]', "ops[0].strength: unknown parameter"),
+    ('[{"op": "resize"}]', "ops[0]", "ops[0]: give width, height or both"),
+    ('[{"op": "sharpen"}]', "ops[0].op", "ops[0].op: must be one of crop, resize"),
+    ('[{"x": 1}]', "ops[0].op", "ops[0].op: must be one of"),
+    ('[{"op": "crop", "x": 0, "y": 0, "width": 5}]', "ops[0].height",
+     "ops[0].height: is required"),
+    ('[{"op": "grayscale", "strength": 1}]', "ops[0].strength",
+     "ops[0].strength: unknown parameter"),
     ('[{"op": "blur", "region": {"x": 0, "y": 0, "width": 0, "height": 1}}]',
-     "ops[0].region.width: input should be greater than or equal to 1"),
-    ('[{"op": "flip", "direction": "up"}]', "ops[0].direction: input should be 'horizontal'"),
-    ('[{"op": "rotate", "degrees": 5, "fill": "nope"}]', "ops[0].fill: not a colour"),
-    ("[]", "ops: list should have at least 1 item"),
-    ("not json", "ops must be a JSON list of edit ops"),
-    ("5", "ops must be a list of edit ops"),
+     "ops[0].region.width", "ops[0].region.width: input should be greater than or equal to 1"),
+    ('[{"op": "flip", "direction": "up"}]', "ops[0].direction",
+     "ops[0].direction: input should be 'horizontal'"),
+    ('[{"op": "rotate", "degrees": 5, "fill": "nope"}]', "ops[0].fill",
+     "ops[0].fill: not a colour"),
+    ("[]", "ops", "ops: list should have at least 1 item"),
+    ("not json", "ops", "ops must be a JSON list of edit ops"),
+    ("5", "ops", "ops must be a list of edit ops"),
 ])
-def test_parse_edit_request_errors(data, message):
-    with pytest.raises(ValueError) as info:
+def test_parse_edit_request_errors(data, param, message):
+    """pydantic's errors come out as InputErrors: the path as `param` and first in the text."""
+    with pytest.raises(InputError) as info:
         parse_edit_request(data)
     assert str(info.value).startswith(message)
+    assert info.value.param == param and info.value.status == 400
+
+
+def test_too_deep_ops_json_names_the_field():
+    with pytest.raises(InputError, match="nested deeper than 64") as info:
+        parse_edit_request("[" * 65 + "]" * 65)
+    assert (info.value.param, info.value.code) == ("ops", "json_too_deep")
 
 
 def test_param_path():

@@ -13,18 +13,20 @@ saves a deployment hop and a copy of the image.
   through every op: geometric ops move it with the pixels (Pillow resamples RGBA premultiplied,
   so no dark fringes), rotate with ``expand`` gives transparent corners on RGBA unless ``fill``
   says otherwise, and colour ops and blur change the colour only.
-- Errors are `ValueError`s whose message starts with the parameter path, e.g.
-  ``ops[2].width must be at most 40 ...``; `parse_edit_request` turns pydantic's validation errors
-  into the same form for callers that get the ops as a JSON string (multipart forms).
+- Errors are `common.errors.InputError`s (``ValueError``s) whose `param` is the parameter path
+  and whose message starts with it, e.g. ``ops[2].width must be at most 40 ...``;
+  `parse_edit_request` turns pydantic's validation errors into the same form for callers that
+  get the ops as a JSON string (multipart forms).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from PIL import Image, ImageColor, ImageEnhance, ImageFilter, ImageOps
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,10 +37,8 @@ from pydantic import (
     model_validator,
 )
 
-from graphs import safe_json
-
-if TYPE_CHECKING:
-    from PIL import Image
+from common import safe_json
+from common.errors import InputError
 
 MAX_OPS = 20
 MAX_SIDE = 8192
@@ -63,7 +63,7 @@ class _Op(BaseModel):
     weight: ClassVar[float] = 10.0
 
     def output_size(self, size: Size, path: str, max_pixels: int = MAX_PIXELS) -> Size:
-        """Size after this op; raises `ValueError` (starting with `path`) if it can't apply."""
+        """Size after this op; raises `InputError` (param under `path`) if it can't apply."""
         return size
 
     def cost(self, size: Size, new: Size) -> float:
@@ -94,11 +94,12 @@ def _check_inside(box: Region | CropOp, size: Size, path: str) -> None:
     for pos, ext, limit in (("x", "width", w), ("y", "height", h)):
         start, extent = getattr(box, pos), getattr(box, ext)
         if start >= limit:
-            raise ValueError(f"{path}.{pos} must be less than the image {ext} ({limit} at this "
-                             f"step; the image is {w}x{h}), got {start}")
+            raise InputError(f"{path}.{pos} must be less than the image {ext} ({limit} at this "
+                             f"step; the image is {w}x{h}), got {start}", param=f"{path}.{pos}")
         if start + extent > limit:
-            raise ValueError(f"{path}.{ext} must be at most {limit - start} so that {pos}+{ext} "
-                             f"stays inside the image ({w}x{h} at this step), got {extent}")
+            raise InputError(f"{path}.{ext} must be at most {limit - start} so that {pos}+{ext} "
+                             f"stays inside the image ({w}x{h} at this step), got {extent}",
+                             param=f"{path}.{ext}")
 
 
 def _too_big(size: Size, max_pixels: int) -> bool:
@@ -161,13 +162,12 @@ class ResizeOp(_Op):
         if _too_big(new, max_pixels):
             field = "width" if self.width is not None else "height"
             kept = "" if self.width and self.height else " (the other side keeps the aspect ratio)"
-            raise ValueError(f"{path}.{field} must give an image of at most {MAX_SIDE} pixels per "
-                             f"side and {max_pixels:,} pixels in all, got {new[0]}x{new[1]}{kept}")
+            raise InputError(f"{path}.{field} must give an image of at most {MAX_SIDE} pixels per "
+                             f"side and {max_pixels:,} pixels in all, got {new[0]}x{new[1]}{kept}",
+                             param=f"{path}.{field}")
         return new
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import Image
-
         return img.resize(self.target_size(img.size),
                           resample=Image.Resampling[self.resample.upper()])
 
@@ -189,8 +189,6 @@ class RotateOp(_Op):
     @classmethod
     def _colour(cls, value: str | None) -> str | None:
         if value is not None:
-            from PIL import ImageColor
-
             try:
                 ImageColor.getrgb(value)
             except ValueError:
@@ -201,9 +199,9 @@ class RotateOp(_Op):
     def output_size(self, size: Size, path: str, max_pixels: int = MAX_PIXELS) -> Size:
         new = rotated_size(size, self.degrees) if self.expand else size
         if new != size and _too_big(new, max_pixels):
-            raise ValueError(f"{path}.expand would grow the image to {new[0]}x{new[1]}, over the "
+            raise InputError(f"{path}.expand would grow the image to {new[0]}x{new[1]}, over the "
                              f"limit of {MAX_SIDE} pixels per side and {max_pixels:,} pixels in "
-                             "all; set expand to false or resize first")
+                             "all; set expand to false or resize first", param=f"{path}.expand")
         return new
 
     def cost(self, size: Size, new: Size) -> float:
@@ -211,8 +209,6 @@ class RotateOp(_Op):
         return (10.0 if right_angle else 80.0) * max(size[0] * size[1], new[0] * new[1])
 
     def _fill_for(self, mode: str) -> tuple[int, ...]:
-        from PIL import ImageColor
-
         if self.fill is None:
             return (0, 0, 0, 0) if mode == "RGBA" else (0, 0, 0)
         colour = ImageColor.getcolor(self.fill, mode)
@@ -223,8 +219,6 @@ class RotateOp(_Op):
         return tuple(colour)
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import Image
-
         return img.rotate(self.degrees, resample=Image.Resampling.BICUBIC, expand=self.expand,
                           fillcolor=self._fill_for(img.mode))
 
@@ -255,8 +249,6 @@ class FlipOp(_Op):
     direction: Literal["horizontal", "vertical"]
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageOps
-
         return ImageOps.mirror(img) if self.direction == "horizontal" else ImageOps.flip(img)
 
 
@@ -271,8 +263,6 @@ class BrightnessOp(_Op):
     factor: float = _FACTOR
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageEnhance
-
         return _on_colour(img, lambda rgb: ImageEnhance.Brightness(rgb).enhance(self.factor))
 
 
@@ -284,8 +274,6 @@ class ContrastOp(_Op):
     factor: float = _FACTOR
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageEnhance
-
         return _on_colour(img, lambda rgb: ImageEnhance.Contrast(rgb).enhance(self.factor))
 
 
@@ -297,8 +285,6 @@ class SaturationOp(_Op):
     factor: float = _FACTOR
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageEnhance
-
         return _on_colour(img, lambda rgb: ImageEnhance.Color(rgb).enhance(self.factor))
 
 
@@ -309,8 +295,6 @@ class GrayscaleOp(_Op):
     weight: ClassVar[float] = 15.0
 
     def apply(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageOps
-
         return _on_colour(img, lambda rgb: ImageOps.grayscale(rgb).convert("RGB"))
 
 
@@ -338,8 +322,6 @@ class BlurOp(_Op):
         return (60.0 + 0.7 * self.radius) * pixels
 
     def _blur(self, img: Image.Image) -> Image.Image:
-        from PIL import ImageFilter
-
         kernel = ImageFilter.GaussianBlur(self.radius)
         if img.mode != "RGBA":
             return img.filter(kernel)
@@ -403,8 +385,9 @@ def param_path(loc: Sequence[Any]) -> str:
     return out
 
 
-def _as_value_error(exc: ValidationError, prefix: str = "") -> ValueError:
-    """The first error as 'path: message' (pydantic's message, lower-cased start)."""
+def _as_input_error(exc: ValidationError, prefix: str = "") -> InputError:
+    """The first error as 'path: message' (pydantic's message, lower-cased start), with the
+    path as `param`."""
     err = exc.errors(include_url=False)[0]
     loc = ((prefix,) if prefix else ()) + tuple(err.get("loc", ()))
     path = param_path(loc) or "ops"
@@ -427,44 +410,47 @@ def _as_value_error(exc: ValidationError, prefix: str = "") -> ValueError:
     msg = msg[:1].lower() + msg[1:]
     extra = exc.error_count() - 1
     more = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
-    return ValueError(f"{path}: {msg}{more}")
+    return InputError(f"{path}: {msg}{more}", param=path)
 
 
 def parse_edit_request(data: str | bytes | list[Any] | dict[str, Any]) -> EditRequest:
     """Validate ops from a JSON string (e.g. a multipart form field), a list or ``{"ops": ...}``.
 
-    Raises `ValueError` with the parameter path first, e.g. ``ops[1].factor: input should be
-    less than or equal to 5, got 9.0``.
+    Raises `InputError` with the parameter path as `param` and first in the message, e.g.
+    ``ops[1].factor: input should be less than or equal to 5, got 9.0``.
     """
     if isinstance(data, str | bytes):
-        try:
-            data = safe_json.loads(data, what="ops")  # depth-limited: never RecursionError
-        except ValueError as exc:
-            raise ValueError(f"ops must be a JSON list of edit ops ({exc})") from None
+        try:  # depth-limited: never RecursionError
+            data = safe_json.loads(data, what="ops", param="ops")
+        except ValueError as exc:  # json.JSONDecodeError, or JsonTooDeep (an InputError)
+            raise InputError(f"ops must be a JSON list of edit ops ({exc})", param="ops",
+                             code=getattr(exc, "code", "invalid_json")) from None
     if isinstance(data, list):
         data = {"ops": data}
     if not isinstance(data, dict):
-        raise ValueError(f"ops must be a list of edit ops, got {type(data).__name__}")
+        raise InputError(f"ops must be a list of edit ops, got {type(data).__name__}",
+                         param="ops")
     try:
         return EditRequest.model_validate(data)
     except ValidationError as exc:
-        raise _as_value_error(exc) from None
+        raise _as_input_error(exc) from None
 
 
 def _coerce_ops(ops: Sequence[Any]) -> list[_Op]:
     if isinstance(ops, EditRequest):
         ops = ops.ops
     if not isinstance(ops, Sequence) or isinstance(ops, str | bytes):
-        raise ValueError(f"ops must be a list of edit ops, got {type(ops).__name__}")
+        raise InputError(f"ops must be a list of edit ops, got {type(ops).__name__}",
+                         param="ops")
     if not 1 <= len(ops) <= MAX_OPS:
-        raise ValueError(f"ops must have 1 to {MAX_OPS} items, got {len(ops)}")
+        raise InputError(f"ops must have 1 to {MAX_OPS} items, got {len(ops)}", param="ops")
     if all(isinstance(op, _Op) for op in ops):
         return list(ops)
     try:
         return list(_OPS_ADAPTER.validate_python(
             [op.model_dump() if isinstance(op, _Op) else op for op in ops]))
     except ValidationError as exc:
-        raise _as_value_error(exc, "ops") from None
+        raise _as_input_error(exc, "ops") from None
 
 
 def check_ops(size: Size, ops: Sequence[EditOp], *, max_pixels: int = MAX_PIXELS,
@@ -473,22 +459,23 @@ def check_ops(size: Size, ops: Sequence[EditOp], *, max_pixels: int = MAX_PIXELS
 
     Cheap (no pixels): call it as soon as the image size is known to reject a bad chain before
     any work: geometry, and the chain's total work (`chain_cost`) against `max_cost`. Raises
-    `ValueError` whose message starts with the op's parameter path.
+    `InputError` whose `param` is the op's parameter path (``ops[2].width``; ``ops[2]`` for
+    the work budget), which its message starts with.
     """
     checked = _coerce_ops(ops)
     w, h = size
     if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > max_pixels:
-        raise ValueError(f"image must be 1 to {MAX_SIDE} pixels per side and at most "
-                         f"{max_pixels:,} pixels in all, got {w}x{h}")
+        raise InputError(f"image must be 1 to {MAX_SIDE} pixels per side and at most "
+                         f"{max_pixels:,} pixels in all, got {w}x{h}", param="image")
     total = 0.0
     for i, op in enumerate(checked):
         new = op.output_size(size, f"ops[{i}]", max_pixels)
         total += op.cost(size, new)
         if total > max_cost:
-            raise ValueError(
+            raise InputError(
                 f"ops[{i}] takes the chain over its work budget ({total / max_cost:.1f}x of "
                 f"{max_cost:,.0f} units by this op, ~ pixels x op weight): apply fewer ops, a "
-                "smaller blur radius or region, or work on a smaller image")
+                "smaller blur radius or region, or work on a smaller image", param=f"ops[{i}]")
         size = new
     return size
 
@@ -510,8 +497,6 @@ def apply_ops(image: np.ndarray, ops: Sequence[EditOp], *,
     The whole chain is checked first (`check_ops`), so a bad op fails before any pixel work.
     The input array is not modified.
     """
-    from PIL import Image
-
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):

@@ -1,0 +1,111 @@
+"""The metrics API (telemetry/metrics.py) and the Grafana dashboard that queries it.
+
+Recording inside a Serve replica and Ray's Prometheus export are tested with the ingress's
+middleware in tests/graphs/test_observability.py.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from telemetry import metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "monitoring" / "grafana-dashboard.json"
+
+
+# --- metrics API ----------------------------------------------------------------------------
+
+
+def test_metric_api_is_a_noop_without_ray():
+    """In a fresh interpreter (the test session may have Ray up): nothing is recorded, and
+    neither Ray nor the web stack (Starlette, FastAPI) is even imported: model replicas use
+    this package."""
+    code = textwrap.dedent("""
+        import sys
+        from telemetry import logs
+        from telemetry import metrics as m
+        results = [m.record_request("/v1/x", 200, 0.1, method="POST"),
+                   m.set_in_flight(3), m.observe_stage("model", 0.5, kind="generation"),
+                   m.record_batch("Generator", 4), m.set_queue_depth("Generator", 2),
+                   m.record_images("generation", 3), m.record_chore("sweep", ok=True)]
+        with m.stage_timer("decode"):
+            pass
+        with m.QueueDepth("Matting").waiting():
+            pass
+        logs.install_log_redaction()
+        assert results == [False] * 7, results
+        assert not m.metrics_enabled() and logs.current_request_id() is None
+        assert "ray" not in sys.modules, "the metric API imported ray"
+        web = sorted(n for n in sys.modules if n.split(".")[0] in ("starlette", "fastapi"))
+        assert not web, f"telemetry imported the web stack: {web}"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: metrics.observe_stage("upload", 1.0), "stage must be one of"),
+    (lambda: metrics.observe_stage("model", -1), "non-negative"),
+    (lambda: metrics.record_request("/x", 700, 0.1), "status"),
+    (lambda: metrics.record_request("", 200, 0.1), "route"),
+    (lambda: metrics.record_batch("Generator", 0), "batch size"),
+    (lambda: metrics.set_queue_depth("Generator", -1), "queue depth"),
+    (lambda: metrics.record_images("generation", -2), "image count"),
+    (lambda: metrics.set_in_flight(-1), "in-flight count"),
+    (lambda: metrics.record_chore("", ok=True), "chore"),
+])
+def test_metric_api_checks_its_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_exported_names_follow_rays_prometheus_naming():
+    names = metrics.exported_metric_names()
+    assert "ray_photostudio_http_requests_total" in names
+    assert {"ray_photostudio_http_request_duration_seconds_bucket",
+            "ray_photostudio_http_request_duration_seconds_sum",
+            "ray_photostudio_http_request_duration_seconds_count"} <= names
+    assert "ray_photostudio_queue_depth" in names
+    for spec in metrics.METRICS.values():  # tags Serve reserves would fail in a replica
+        assert not {"deployment", "replica", "application"} & set(spec.tag_keys)
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+def test_dashboard_panels_query_only_metrics_we_export():
+    dashboard = json.loads(DASHBOARD.read_text())
+    for key in ("title", "uid", "panels", "schemaVersion", "templating", "time"):
+        assert key in dashboard, key
+    known = metrics.exported_metric_names()
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exprs = []
+    for panel in dashboard["panels"]:
+        assert {"id", "type", "title", "gridPos"} <= set(panel), panel.get("title")
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            exprs.append(expr)
+            series = set(re.findall(r"\bray_[A-Za-z0-9_:]+", expr))
+            assert series and series <= known, (panel["title"], series - known)
+            assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}")
+            for var in re.findall(r"\$(?:\{)?([A-Za-z_]\w*)", expr):
+                assert var in variables | {"__rate_interval", "__interval", "__range"}, var
+    used = {m for e in exprs for m in re.findall(r"\bray_[A-Za-z0-9_:]+", e)}
+    for spec in metrics.METRICS.values():  # every metric has at least one panel
+        assert used & set(spec.exported_names()), spec.name
