@@ -32,24 +32,18 @@ from graphs.generation import GenerationService, Options, composite, fit_to_limi
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse
 from graphs.tools import ToolService
+from router import replies
 from router.cascade import Cascade
 from router.schemas import SessionContext
 
 EDIT_STRENGTH = 0.65
 
-HELP_TEXT = (
-    "I can create images from a description (\"a cat wearing a crown, watercolor\"), "
-    "remove the background of a photo, swap a face from one photo onto another, upscale an "
-    "image 2× or 4×, restyle it (watercolor, anime, oil painting, ukiyo-e, cyberpunk, "
-    "comic…), or edit it from an instruction. Attach images to the message when a step needs "
-    "them, and chain steps: \"generate a red sneaker and remove the background\". Follow-ups "
-    "work on the last image: \"make it bigger\", \"now in watercolor\"."
-)
-
-INTENT_LABELS = {
-    "image_generation": "generated", "image_edit": "edited", "face_swap": "face-swapped",
-    "background_removal": "cut out", "upscale": "upscaled", "style_transfer": "restyled",
-}
+# Reply texts in the message's language (English or French): router/replies.py.
+HELP_TEXT = replies.help_text("en")
+INTENT_LABELS = replies.DONE["en"]
+# The deployment behind each tool step (its info() says tiny / fallback and why).
+TOOL_DEPLOYMENTS = {"background_removal": "matting", "upscale": "upscaler",
+                    "face_swap": "faceswap"}
 
 
 def step_images(step) -> int:
@@ -214,7 +208,8 @@ class ChatService:
             metadata["llm_error"] = plan.llm_error
         plan_json = plan.model_dump(mode="json")
         if not runs:
-            text = (plan.clarification if plan.missing_inputs else HELP_TEXT) or HELP_TEXT
+            text = (plan.clarification if plan.missing_inputs else None) or \
+                replies.help_text(plan.language)
             answer = {"role": "assistant", "content": text, "image_ids": [],
                       "data": {"type": "text", "context": {}, "plan": plan_json}}
             recorded = await self.turns.add(
@@ -223,9 +218,8 @@ class ChatService:
             return ChatResponse(
                 session_id=recorded, message=text, type="text",
                 data=ChatData(plan=plan_json), metadata=metadata,
-                suggestions=[] if plan.missing_inputs else [
-                    "create a cat wearing a crown", "remove the background",
-                    "swap my face onto the knight, then upscale"])
+                suggestions=[] if plan.missing_inputs else replies.suggestions(
+                    "text", plan.language))
 
         try:
             session_id = await self.turns.add(session_id=session.id if session else None,
@@ -235,7 +229,7 @@ class ChatService:
             await asyncio.shield(charge.refund_unproduced())
             raise
         images_by_source = {"upload": uploads, "session": session_images}
-        done = ", then ".join(INTENT_LABELS[s.intent] for s in image_steps)
+        ready = replies.image_ready([s.intent for s in image_steps], plan.language)
         last = image_steps[-1]
         prompt = next((s.params.get("prompt") for s in image_steps if s.params.get("prompt")),
                       None)
@@ -246,6 +240,9 @@ class ChatService:
                 k: round(v, 4) for k, v in out_meta.timings.items()}},
                 "models": out_meta.extra.get("models", {}),
                 "steps": out_meta.extra.get("steps", [])}
+            # honest about tiny / fallback models, per step (as the image routes are)
+            meta["tiny"] = any(st.get("tiny") for st in meta["steps"])
+            meta["fallback"] = any(st.get("fallback") for st in meta["steps"])
             if out_meta.extra.get("refined_prompt"):
                 meta["refined_prompt"] = out_meta.extra["refined_prompt"]
             meta["timings"]["total"] = time.perf_counter() - started
@@ -257,19 +254,17 @@ class ChatService:
                                 format=asset.content_type.split("/")[-1])
                       for asset in assets]
             return ChatResponse(
-                session_id=session_id, message=f"Here is your image ({done}).", type="image",
+                session_id=session_id, message=ready, type="image",
                 data=ChatData(images=images, plan=plan_json, job_id=out_meta.job_id),
                 actions=[
-                    ChatAction(id="upscale", label="Upscale 2×", type="chat",
-                               data={"message": "make it bigger"}),
-                    ChatAction(id="remove_background", label="Remove background",
-                               type="chat", data={"message": "remove the background"}),
-                    ChatAction(id="watercolor", label="Watercolor", type="chat",
-                               data={"message": "now in watercolor"}),
-                    ChatAction(id="download", label="Download", type="link",
-                               data={"url": images[0].url}),
+                    # the other reading first ("Generate a new one instead" of an edit)
+                    *(ChatAction(id=alt.id, label=alt.label, type="chat",
+                                 data={"message": alt.message}) for alt in plan.alternatives),
+                    *(ChatAction(**action) for action in replies.image_actions(plan.language)),
+                    ChatAction(id="download", label=replies.download_label(plan.language),
+                               type="link", data={"url": images[0].url}),
                 ],
-                suggestions=["make it bigger", "now in watercolor", "remove the background"],
+                suggestions=replies.suggestions("image", plan.language),
                 metadata=meta)
 
         built: dict[str, ChatResponse] = {}
@@ -291,8 +286,8 @@ class ChatService:
             return ChatResponse(
                 session_id=session_id, type="processing", data=ChatData(
                     plan=plan_json, job_id=response),
-                message=f"Working on it ({len(image_steps)} step(s)); follow "
-                        f"/v1/jobs/{response}/events for progress.", metadata=metadata)
+                message=replies.processing(len(image_steps), response, plan.language),
+                metadata=metadata)
         return built["reply"]
 
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
@@ -349,7 +344,7 @@ class ChatService:
             timings[f"step{index}_{step.intent}"] = time.perf_counter() - started
             models[step.intent] = out.model
             steps_meta.append({"intent": step.intent, "model": out.model,
-                               "images": len(out.images)})
+                               "images": len(out.images), **await self._model_info(step.intent)})
             outputs.append(out.images[0])
             last = out
         extra = {"models": models, "steps": steps_meta}
@@ -357,6 +352,16 @@ class ChatService:
             extra["refined_prompt"] = refined_prompt
         return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
                       timings=timings, extra=extra)
+
+    async def _model_info(self, intent: str) -> dict[str, Any]:
+        """Whether the model behind a plan step is a tiny or a fallback one, and why: the
+        image routes' `tiny` / `fallback` / `fallback_reason`, for each chat step."""
+        if intent in TOOL_DEPLOYMENTS:
+            info = await self.tools.info(TOOL_DEPLOYMENTS[intent])
+        else:  # generation, edit and style transfer run on the generator
+            info = await self.generation.model_info()
+        return {"tiny": bool(info.get("tiny")), "fallback": bool(info.get("fallback")),
+                "fallback_reason": info.get("fallback_reason")}
 
     async def _run_step(self, step, inputs: dict[str, list[np.ndarray]]
                         ) -> tuple[Output, str | None]:

@@ -253,22 +253,28 @@ class JobRunner:
             metrics.record_images(kind, len(data))
             return response
         except (JobCancelled, asyncio.CancelledError) as exc:
-            # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request
-            await asyncio.shield(charge.refund_unproduced())
-            await asyncio.shield(asyncio.to_thread(
-                self._end, job_id, unrecorded, self.records.cancel_job,
-                reason=str(exc) or "cancelled"))
+            # cancelled by DELETE /v1/jobs/{id}, or the client went away mid-request. One
+            # shielded task ends it: a second cancel of this task (a disconnect and a timeout
+            # both firing) must not skip recording the end.
+            await asyncio.shield(self._ended(charge, job_id, unrecorded, self.records.cancel_job,
+                                             reason=str(exc) or "cancelled"))
             raise
         except BaseException as exc:  # the record must never stay running
             reason = to_api_error(exc).message if isinstance(exc, Exception) else "interrupted"
-            await asyncio.shield(charge.refund_unproduced())
-            await asyncio.shield(asyncio.to_thread(
-                self._end, job_id, unrecorded, self.records.fail_job,
-                error=f"{type(exc).__name__}: {reason}"))
+            await asyncio.shield(self._ended(charge, job_id, unrecorded, self.records.fail_job,
+                                             error=f"{type(exc).__name__}: {reason}"))
             raise
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+
+    async def _ended(self, charge: auth.ImageCharge, job_id: str, unrecorded: list[NewAsset],
+                     end: Callable[..., bool], **kwargs: Any) -> None:
+        """Refund what the job did not make, then record its end (`_end`, in a thread)."""
+        try:
+            await charge.refund_unproduced()
+        finally:
+            await asyncio.to_thread(self._end, job_id, unrecorded, end, **kwargs)
 
     def _end(self, job_id: str, unrecorded: list[NewAsset], end: Callable[..., bool],
              **kwargs: Any) -> None:

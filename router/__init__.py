@@ -6,5 +6,6 @@
   (`router.llm`); `router.planner` attaches parameters and image inputs.
 - `router.prompts`: prompt validation, analysis, compression and refinement.
 - `router.schemas`: the typed inputs and outputs; `router.styles`: style presets.
-- `python -m router.eval FILE.jsonl`: accuracy on a labelled set.
+- `router.replies`: the chat's reply texts (help, suggestions, actions) in English and French.
+- `python -m router.eval FILE.jsonl`: intent, parameter and prompt accuracy on a labelled set.
 """

@@ -134,7 +134,8 @@ _MEDIUM_NOUNS = (
 _SUBJECT_NOUNS = (
     r"photos?|photographs?|illustrations?|drawings?|paintings?|wallpapers?|logos?|posters?|"
     r"icons?|stickers?|portraits?|designs?|covers?|avatars?|banners?|thumbnails?|artworks?|"
-    r"mockups?|mascots?|flyers?|badges?|emojis?|sketches|sketch|"
+    r"mockups?|mascots?|flyers?|badges?|emojis?|sketches|sketch|postcards?|invitations?|"
+    r"labels?|menus?|patterns?|textures?|cartes?\s+postales?|etiquettes?|"
     r"dessins?|affiches?|peintures?|autocollants?|bannieres?|icones?|mascottes?|"
     r"fonds?\s+d'ecran|vignettes?|miniatures?|tableaux|tableau|croquis|logotypes?"
 )
@@ -157,14 +158,15 @@ _SINGULAR = {"sketches": "sketch", "tableaux": "tableau", "fonds": "fond", "croq
 def singular(text: str) -> str:
     """The singular of a counted noun as the user spelled it ("Logos" -> "Logo", "fonds
     d'écran" -> "fond d'écran", "icônes" -> "icône")."""
-    head, sep, tail = text.partition(" ")
-    low = head.lower()
-    if low in _SINGULAR:
-        one = _SINGULAR[low]
-        head = one if head.islower() else one.capitalize()
-    elif len(head) > 3 and low.endswith("s") and not low.endswith("ss"):
-        head = head[:-1]
-    return head + sep + tail
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        low = word.lower()
+        if low in _SINGULAR:
+            one = _SINGULAR[low]
+            words[i] = one if word.islower() else one.capitalize()
+        elif len(word) > 3 and low.endswith("s") and not low.endswith("ss") and "'" not in low:
+            words[i] = word[:-1]  # "cartes postales" -> "carte postale"
+    return " ".join(words)
 
 
 def find_count(folded: str, out: Extracted, original: str | None = None) -> None:
@@ -192,10 +194,12 @@ def find_count(folded: str, out: Extracted, original: str | None = None) -> None
             medium_goes = not after or re.match(r"(?:of|de|d'|du|des|showing|with|avec|"
                                                 r"montrant|depicting|featuring|[:,.;!?(])",
                                                 after) is not None
+            subject = match.group("n1") and not _MEDIUM_RE.match(match.group("n1"))
             for group in ("free", "n1", "n2"):
                 word = match.group(group)
-                if not word or (group != "free" and _MEDIUM_RE.match(word) and medium_goes):
-                    continue
+                if not word or (group != "free" and _MEDIUM_RE.match(word) and (
+                        medium_goes or (group == "n2" and subject))):
+                    continue  # "6 icon ideas": the icon stays, the ideas go
                 start, end = match.span(group)
                 text = (original or folded)[start:end]
                 out.keep.append(((start, end), text if group == "free" else singular(text)))
@@ -265,6 +269,7 @@ EXTRA_ALIASES: dict[str, str] = {
     "manga": "anime", "anime": "anime", "dessin anime japonais": "anime", "japanimation": "anime",
     "peinture a l'huile": "oil-painting", "huile": "oil-painting", "oil painting": "oil-painting",
     "oil paint": "oil-painting", "tableau a l'huile": "oil-painting",
+    "huile sur toile": "oil-painting", "oil on canvas": "oil-painting",
     "croquis": "pencil-sketch", "dessin au crayon": "pencil-sketch", "crayon": "pencil-sketch",
     "pencil sketch": "pencil-sketch", "esquisse": "pencil-sketch", "graphite": "pencil-sketch",
     "pencil drawing": "pencil-sketch", "fusain": "pencil-sketch", "charcoal": "pencil-sketch",
@@ -297,7 +302,8 @@ BARE_STYLE_TERMS = (
     "estampe japonaise", "cyberpunk", "comic book", "comic", "comics", "bande dessinee",
     "graphic novel", "photorealistic", "photorealiste", "hyperrealistic", "pop art", "warhol",
     "low poly", "low-poly", "lowpoly", "vintage film", "vintage photo", "retro photo",
-    "cel shaded", "impasto", "hokusai",
+    "cel shaded", "impasto", "hokusai", "tableau a l'huile", "huile sur toile",
+    "oil on canvas",
 )
 # Free-text styles recognised by name (kept as text: the generator takes free styles too).
 FREE_STYLES = (
@@ -442,7 +448,8 @@ def _known_style(value: str) -> bool:
             or _BARE_RE.fullmatch(value) is not None)
 
 
-def find_styles(folded: str, claimed: list[Span] | None = None) -> list[StyleMention]:
+def find_styles(folded: str, claimed: list[Span] | None = None, *,
+                language: str | None = None) -> list[StyleMention]:
     """Style mentions in order of position. Explicit phrases come first where they overlap,
     and among overlapping explicit phrases a known style wins ("draw a pixel art style
     spaceship": "pixel art", not "spaceship")."""
@@ -479,7 +486,11 @@ def find_styles(folded: str, claimed: list[Span] | None = None) -> list[StyleMen
                 mention_span = (max(span[0], x_start + inner.start()), span[1])
             elif inner is not None:  # "style japonais ukiyo-e, ..." ends at the known term
                 mention_span = (span[0], x_start + inner.end())
-            candidates.append((not _known_style(value), order, span,
+            # Neither known: in English "an ultra-realistic style apple" is "X style"; in
+            # French "un robot style rétro" is "style X"
+            rank = order + 1.5 if order == 4 and language == "en" and not re.match(
+                r"(?:en|au)\s", match.group(0)) else order
+            candidates.append((not _known_style(value), rank, span,
                                StyleMention(value, mention_span, True)))
     found: list[StyleMention] = []
     taken: list[Span] = []  # full matches (a mention's span may be narrower)

@@ -11,9 +11,11 @@ import re
 from typing import Any
 
 from router.params import style_value
+from router.replies import generate_new
 from router.rules import DraftStep, RuleResult, Span
 from router.schemas import (
     PROMPT_INTENTS,
+    Alternative,
     InputRef,
     MissingInput,
     Plan,
@@ -127,6 +129,8 @@ def clean_prompt(result: RuleResult, region: Span, *, drop: list[Span], edit: bo
     for s, e in result.quotes:  # never cut into a quoted passage
         folded[s:e] = list(result.folded[s:e])
         original[s:e] = list(result.original[s:e])
+    if result.language == "en":
+        _fix_articles(original, folded, [d for d in drop if start <= d[0] < end])
     folded_text = "".join(folded[start:end])
     original_text = "".join(original[start:end])
     lead = (_EDIT_LEAD if edit else _LEAD_FILLER).match(folded_text)
@@ -136,6 +140,29 @@ def clean_prompt(result: RuleResult, region: Span, *, drop: list[Span], edit: bo
     keep = [(s - start - cut_start, e - start - cut_start) for s, e in result.quotes
             if start + cut_start <= s and e <= start + cut_end]
     return squash_keeping(original_text[cut_start:cut_end], keep)
+
+
+_ARTICLE_BEFORE = re.compile(r"(?:^|(?<=\s))(an?|An?)\s+$")
+
+
+def _fix_articles(original: list[str], folded: list[str], dropped: list[Span]) -> None:
+    """'render an isometric-style tiny office' -> 'a tiny office': an English article left in
+    front of a removed phrase agrees with the word that now follows it (in place)."""
+    text = "".join(original)
+    for s, e in sorted(dropped):
+        article = _ARTICLE_BEFORE.search(text, max(0, s - 4), s)
+        nxt = re.match(r"\s*([A-Za-z])", text[e:])
+        if not article or not nxt or e <= s:
+            continue
+        word = article.group(1)
+        want = "an" if nxt.group(1).lower() in "aeiou" else "a"
+        if word.lower() == want:
+            continue
+        a = article.start(1)
+        new = (word[0] + "n " if want == "an" else word[0] + "  ")
+        original[a:a + 3] = list(new)
+        folded[a:a + 3] = list(new.lower())
+        text = "".join(original)
 
 
 def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) -> dict[str, Any]:
@@ -354,7 +381,20 @@ def build_plan(result: RuleResult, steps: list[DraftStep], *, stage: str, confid
     return Plan(steps=built, confidence=round(max(0.0, min(1.0, confidence)), 3), stage=stage,
                 timings=timings, language=result.language, missing_inputs=missing,
                 clarification=clarification(missing, result.language), llm_error=llm_error,
-                warnings=list(warnings or []))
+                warnings=list(warnings or []),
+                alternatives=_alternatives(steps, built, result.language))
+
+
+def _alternatives(drafts: list[DraftStep], built: list[Step], language: str
+                  ) -> list[Alternative]:
+    """A follow-up read as an edit of the last image ("the same dog but wearing a scarf")
+    can also mean a new image: the reply offers that reading."""
+    for draft, step in zip(drafts, built, strict=True):
+        if step.intent == "image_edit" and step.params.get("prompt") and any(
+                c.name.startswith("follow-up") for c in draft.cues):
+            label, message = generate_new(step.params["prompt"], language)
+            return [Alternative(id="generate_new", label=label, message=message)]
+    return []
 
 
 def finish_plan(plan: Plan, *, images: int, context: SessionContext, language: str) -> Plan:

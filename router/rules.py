@@ -67,7 +67,8 @@ PATTERNS: tuple[Pattern, ...] = (
        STRONG, veto=True),
     # face swap
     _p(F, "face-swap", r"\bface[\s-]?swap\w*|\bswap\w*\s+(?:(?:of|the|our|their|my|his|her|"
-       r"both|these|those|two|les|all|\w+'s)\s+){0,3}faces?\b|\bswitch\w*\s+"
+       r"both|these|those|two|les|all|first|second|third|1st|2nd|3rd|left|right|middle|other|"
+       r"\w+'s)\s+){0,3}faces?\b|\bswitch\w*\s+"
        r"(?:the\s+|our\s+|their\s+)?faces\b|\bfaces?\s+(?:swap|switch|exchange|replacement|"
        r"transfer)\w*|\bexchange\s+(?:the\s+|our\s+|their\s+)?faces\b", STRONG),
     _p(F, "put-face", r"\b(?:put|place|paste|stick|transfer|map|apply|use|add|swap|transplant|"
@@ -91,12 +92,15 @@ PATTERNS: tuple[Pattern, ...] = (
        rf"(?:(?:the|its|their|this|that|my|his|her|your|our|any|all|of|just|only|please)\s+)*"
        rf"(?:(?!in\b|on\b|from\b|of\b|behind\b|at\b|and\b)\w+\s+){{0,2}}{_BG}\b", STRONG),
     _p(B, "bg-removal", rf"\b{_BG}[\s-]+(?:removal|remover|removed|remove|free|transparent|gone|"
-       rf"off|out|erased|deleted|supprime|enleve|transparente?)\b|\bno[\s-]+{_BG}\b|"
+       rf"off|out|erased|deleted|supprime|enleve|transparente?)\b|\bno[\s-]+{_BG}\b"
+       rf"(?!\s+(?!(?:please|pls|and|then|just|so|for|in|on|at|needed|required|behind|around|"
+       rf"et|puis|stp|svp)\b)[a-z])|"
        rf"\bwithout\s+(?:a\s+|the\s+|any\s+)?{_BG}\b|\btransparent\s+{_BG}s?\b|"
        rf"\b(?:alpha|transparent)\s+(?:channel|png|image|version|cutout|cut-out|layer)\b|"
        rf"\bpng\s+(?:transparent|with\s+(?:transparency|alpha))\b|\bmake\s+{_OBJ}\s+"
        rf"transparent\b|{_BG}\s+(?:to\s+|en\s+)?transparen\w+", STRONG),
-    _p(B, "cut-out", r"\b(?:cut|clip)\s*-?\s*out\b|\b(?:erase|remove|delete|cut|clear)\s+"
+    _p(B, "cut-out", r"\b(?:cut|clip)\s*-?\s*out\b|\b(?:erase|remove|delete|cut|clear|get\s+rid\s+"
+       r"of|take\s+(?:out|away)|blank\s+out|white\s+out|wipe(?:\s+out)?|ditch|drop)\s+"
        r"(?:everything|all|anything|stuff)\s+(?:behind|around|but|except|apart)\b|\bcutouts?\b|"
        r"\bcut\s+(?:it|this|him|her|them|that|me|us|the\s+\w+(?:\s+\w+)?)\s+out\b", SURE),
     _p(B, "isolate-any", r"\b(?:isolate|isolating)\s+(?:the\s+|this\s+|that\s+|my\s+|a\s+|"
@@ -160,11 +164,11 @@ PATTERNS: tuple[Pattern, ...] = (
     _p(S, "only-style", rf"^\W*(?:an?\s+|une?\s+|in\s+|en\s+)?{STYLE}\W*(?:please|pls|stp|svp|"
        rf"s'il\s+te\s+plait|now|maintenant)?\W*$", SURE),
     _p(S, "turn-into-style", rf"\b(?:turn|convert|transform|change|switch|transpose)\w*\s+"
-       rf"(?:\w+\s+){{0,3}}?(?:into|to)\s+(?:an?\s+|the\s+)?(?:\w+\s+)?(?:{STYLE}|{STYLE_NOUN})",
+       rf"(?:\w+\s+){{0,3}}?(?:into|to)\s+(?:an?\s+|the\s+)?(?:[\w-]+\s+)?(?:{STYLE}|{STYLE_NOUN})",
        SURE),
     _p(S, "into-art-form", rf"\b(?:turn|convert|transform|change|redo|redraw|make|making|render|"
        rf"show|draw|paint|transforme\w*|converti\w*)\w*[\s-]+{_OBJ}?\s*(?:-?(?:la|le|moi)\s+)?"
-       rf"(?:into|to|as|like|en)\s+(?:an?\s+|une?\s+)?(?:\w+\s+)?{STYLE_NOUN}", GOOD),
+       rf"(?:into|to|as|like|en)\s+(?:an?\s+|une?\s+)?(?:[\w-]+\s+)?{STYLE_NOUN}", GOOD),
     _p(S, "style-version", rf"\b(?:make|create|give\s+me|do|want|need|fais|cree)\w*\s+"
        rf"(?:an?\s+|une?\s+)(?:{STYLE}|{STYLE_NOUN}|\w+)\s+(?:version|copy|rendition)\s+of\s+"
        rf"(?:me|this|it|my|the|us|him|her)\b", GOOD),
@@ -187,9 +191,9 @@ PATTERNS: tuple[Pattern, ...] = (
     _p(S, "in-style-short", rf"(?:^|[\s,])(?:in|en|as|comme|into)\s+(?:an?\s+|une?\s+)?"
        rf"{STYLE}", FAIR),
     # edit
-    _p(E, "combine", r"\b(?:combine|combining|merge|merging|blend|blending|composite|"
-       r"compositing|collage|mash\s+up|fuse|fusing|stitch|splice|fusionn\w*|combin\w*|assembl\w*|"
-       r"melang\w*|montage|photomontage)\w*\b", SURE),
+    _p(E, "combine", r"\b(?:combin\w*|merg(?:e|es|ed|ing)|blend(?:s|ed|ing)?|composit\w*|"
+       r"collages?|mash(?:ed|ing)?\s+up|fus(?:e|es|ed|ing)|stitch\w*|splic\w*|fusionn\w*|"
+       r"assembl\w*|melang\w*|montages?|photomontages?)\b", SURE),
     _p(E, "remove-object", r"\b(?:remove|removing|delete|deleting|erase|erasing|get\s+rid\s+of|"
        r"take\s+out|take\s+away|eliminate|clean\s+up|wipe|retouch\s+out|paint\s+out)\s+"
        r"(?:the|this|that|those|these|a|an|his|her|their|its|all|any|my|some)?\s*\w+", GOOD),
@@ -206,8 +210,8 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\w+|\bturn\s+(?:him|her|them|me|us)\s+(?:into|to)\s+\w+|\bmake\s+(?:me|us|him|her|them)"
        r"\s+look\s+(?!like\b)\w+|\b(?:want|need|like|would\s+like)\s+(?:the|his|her|their|its|my)"
        r"\s+\w+(?:\s+\w+)?\s+to\s+(?:be|look|become|appear)\b", FAIR),
-    _p(E, "make-it-other", r"\b(?:make|making|turn)\s+(?:it|this|that|them|the\s+(?:image|"
-       r"photo|picture|pic|scene|result))\s+"
+    _p(E, "make-it-other", r"\b(?:make|making|turn)\s+(?:(?:the|this|that|my)\s+(?:image|photo|"
+       r"picture|pic|scene|result|selfie|shot)|it|this|that|them)\s+"
        r"(?!look\b|an?\b|the\b|into\b|to\b|more\s+like\b|like\b)\w+", FAIR),
     _p(E, "draw-on", r"\b(?:draw|paint|sketch|write)\w*\s+(?:\w+\s+){1,4}?(?:on|onto|over)\s+"
        r"(?:him|her|them|it|his\s+\w+|her\s+\w+|their\s+\w+|its\s+\w+|my\s+\w+|this\s+\w+)\b",
@@ -272,8 +276,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"photo|illustration)|tout\s+autre\s+chose|autre\s+chose|from\s+scratch|de\s+zero)"
        r"(?=\s*(?:[:,.!?]|of\b|de\b|d'|showing\b|with\b|avec\b|$))", GOOD),
     _p(G, "again", r"^\W*(?:another(?:\s+one)?|one\s+more|again|more|encore|une\s+autre|un\s+"
-       r"autre|re-?generate|regenerate|retry|try\s+again|redo\s+it|refais|recommence|same\s+"
-       r"again|do\s+it\s+again|new\s+one|give\s+me\s+another)\b", GOOD),
+       r"autre|re-?generate|regenerate|retry|try\s+(?:it\s+|that\s+|this\s+)?again|redo\s+it|"
+       r"refais|recommence|same\s+again|(?:do|make|run|generate)\s+(?:it|that|this|one)\s+again|"
+       r"once\s+more|new\s+one|give\s+me\s+another)\b", GOOD),
     # weak cues (dropped next to a generation cue, or when there is no image at all)
     _p(U, "hd-words", r"\b(?:higher|high|better|full|max(?:imum)?|haute|meilleure|plus\s+haute)"
        r"[\s-](?:resolution|res|definition|quality|qualite)\b|\bhi-?res\b|\b(?:in|to|en)\s+"
@@ -484,12 +489,14 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
     folded = mask_spans(folded, quotes)
     has_image = images > 0 or bool(context.last_image_id)
     cues = find_cues(folded)
-    look = _look_like_cues(folded, claimed=[c.span for c in cues if c.intent != G])
+    look = [] if images else _look_like_cues(folded, claimed=[c.span for c in cues
+                                                            if c.intent != G],
+                                             definite_ok=not has_image)
     if look:
         cues = [c for c in cues if not (c.intent == G and _overlaps(c.span, [x.span
                                                                            for x in look]))]
         cues = sorted(cues + look, key=lambda c: c.span[0])
-    styles = find_styles(folded, [c.span for c in look])
+    styles = find_styles(folded, [c.span for c in look], language=language)
     explicit = [m.span for m in styles if m.explicit]
     # "style bande dessinée": a generation verb inside a style phrase is part of its name
     cues = [c for c in cues if not (c.intent == G and any(s <= c.span[0] and c.span[1] <= e
@@ -591,13 +598,18 @@ _FR_LOOK = re.compile(
     rf"{_NOT_SUBJECT}(?=\w)")
 
 
-def _look_like_cues(folded: str, *, claimed: list[Span]) -> list[Cue]:
+def _look_like_cues(folded: str, *, claimed: list[Span], definite_ok: bool = True
+                    ) -> list[Cue]:
     """'Show me what an underwater hotel room could look like', 'how would X look', 'à quoi
     ressemblerait X': a request to see X (generation). Two cues, the words before X and the
     'would look like' after it, so the prompt is X (and what follows: "…look like as a
-    knight")."""
+    knight"). Not asked about an attached image (the caller skips those), nor, with an image
+    in the session, about "the dog" in it (`definite_ok`)."""
     out: list[Cue] = []
     lead = _LOOK_LEAD.search(folded)
+    if lead and not definite_ok and re.match(r"(?:the|his|her|their|its|le|la|les|l')\b",
+                                             folded[lead.end():]):
+        return []
     if lead:
         tail = _LOOK_TAIL.search(folded, lead.end())
         if tail:
@@ -789,8 +801,34 @@ def _build_steps(result: RuleResult, cues: list[Cue], has_image: bool) -> list[D
             attach_regions(result, steps)
             if styles:
                 step.style = styles[0].value
+    _generation_first(result, steps, has_image)
     _reorder(result, steps)
     return steps
+
+
+_REFERS_TO_IMAGE = re.compile(
+    r"\b(?:photo|photos|picture|pictures|pic|pics|image|images|selfie|upload\w*|attach\w*|"
+    r"file|i|we|i'm|i've|je|j'|on|nous)\b")
+
+
+def _generation_first(result: RuleResult, steps: list[DraftStep], has_image: bool) -> None:
+    """'A red sports car in the desert, then make it anime style' with no image anywhere: the
+    description before the first operation is what to generate first (not a missing image)."""
+    if has_image or not steps or any(s.intent in (G, Q) for s in steps):
+        return
+    first = min(c.span[0] for s in steps for c in s.cues) if any(s.cues for s in steps) else 0
+    before = result.folded[:first]
+    claimed = result.params.claimed()
+    text = "".join(" " if any(a <= i < b for a, b in claimed) else ch
+                   for i, ch in enumerate(before))
+    if (len(content_words(text)) < 2 or _GREETING.match(text) or _DEICTIC.search(text)
+            or _REFERS_TO_IMAGE.search(text) or _INFO_Q.search(text)):
+        return
+    steps.insert(0, DraftStep(G, 0, 0, [], FAIR))
+    attach_regions(result, steps)
+    styles = [m for m in result.styles if m.span[0] < first]
+    if styles:
+        steps[0].style = styles[0].value
 
 
 def segment_of(segments: list[Segment], pos: int) -> Segment:

@@ -91,6 +91,18 @@ class Step(BaseModel):
         return params
 
 
+class Alternative(BaseModel):
+    """Another reading of the message the user can pick instead (a chat action): the message
+    to send for it, in the user's language."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., description="e.g. 'generate_new': a fresh generation instead of an "
+                                     "edit of the last image")
+    label: str
+    message: str
+
+
 class Plan(BaseModel):
     """What a chat message asks for, in execution order."""
 
@@ -107,6 +119,8 @@ class Plan(BaseModel):
                                                         "are missing")
     llm_error: str | None = Field(None, description="why the LLM stage's answer was not used")
     warnings: list[str] = Field(default_factory=list)
+    alternatives: list[Alternative] = Field(
+        default_factory=list, description="other readings the reply offers as actions")
 
     @property
     def intents(self) -> list[str]:

@@ -164,3 +164,23 @@ def test_async_chat_streams_plan_stages_then_remembers(http, gateway):
     follow = chat(http, "make it bigger", session_id=reply["session_id"])
     assert [s["intent"] for s in follow["data"]["plan"]["steps"]] == ["upscale"]
     assert follow["type"] == "image"
+
+
+def test_a_french_follow_up_edits_the_last_image_and_says_which_models_ran(http):
+    first = chat(http, "génère un phare au crépuscule")
+    assert first["type"] == "image" and first["message"] == "Voici votre image (générée)."
+    (gen,) = first["metadata"]["steps"]  # the tiny profile says so, per step
+    assert gen["intent"] == "image_generation" and gen["tiny"] is True
+    assert {"fallback", "fallback_reason"} <= set(gen) and first["metadata"]["tiny"] is True
+    reply = chat(http, "la même chose mais en hiver", session_id=first["session_id"])
+    assert reply["type"] == "image", reply["message"]
+    (step,) = reply["data"]["plan"]["steps"]
+    assert step["intent"] == "image_edit"
+    assert step["inputs"][0]["image_id"] == first["data"]["images"][0]["id"]
+    assert step["params"]["prompt"] == "un phare au crépuscule, en hiver"
+    assert reply["actions"][0] == {
+        "id": "generate_new", "label": "En générer une nouvelle à la place", "type": "chat",
+        "data": {"message": "génère une nouvelle image : un phare au crépuscule, en hiver"}}
+    assert [a["label"] for a in reply["actions"][1:]] == [
+        "Agrandir 2×", "Détourer", "Aquarelle", "Télécharger"]
+    assert reply["message"] == "Voici votre image (modifiée)."
