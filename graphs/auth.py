@@ -9,7 +9,7 @@ Scopes (a key has a subset; none given at creation = all but admin):
 - generate: /v1/images/generations, /edits, /variations
 - tools: background removal, face swap, upscale, edit-ops, style transfer
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
-- admin: create projects and list every project
+- admin: create projects and list every project; add, change and remove image providers
 Reading a key's own jobs, assets, models and capabilities needs only a valid key.
 
 Asset URLs in responses (`response_format=url`, job and gallery listings) are signed and
@@ -46,11 +46,15 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect
 # (method or "*", path pattern, scope); first match wins; unmatched: any valid key
 ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
     (method, re.compile(pattern), scope) for method, pattern, scope in (
-        ("POST", r"^/v1/images/(generations|edits|variations)$", "generate"),
+        ("POST", r"^/v1/images/(generations|generations/batch|edits|variations)$",
+         "generate"),
         ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
          "tools"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
+        ("POST", r"^/v1/providers$", "admin"),
+        ("PATCH", r"^/v1/providers/[^/]+$", "admin"),
+        ("DELETE", r"^/v1/providers/[^/]+$", "admin"),
     ))
 
 

@@ -3,6 +3,7 @@
     photostudio serve [--profile tiny|local|production] [--host H] [--port N] [--gpus N]
                       [--ray-host H]
     photostudio zoo build [--zoo-dir DIR]
+    photostudio providers add|list|remove|test NAME   (graphs/provider_cli.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from graphs import provider_cli
 from storage import cli as storage_cli
 
 console = Console(stderr=True)
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     zb.set_defaults(func=_zoo_build)
 
     storage_cli.add_subcommands(sub)  # db upgrade|check, storage cleanup
+    provider_cli.add_subcommands(sub)  # providers add|list|remove|test
 
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,7 @@ Every error leaves the gateway as ``{"error": {"message", "type", "param", "code
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import InputError
 from models.faceswap import NoFaceError
+from providers.router import RoutingError
 from storage.assets import AssetStoreError
 
 logger = logging.getLogger("ray.serve")
@@ -141,6 +143,11 @@ def to_api_error(exc: BaseException) -> ApiError:
         logger.error("asset store failed: %s", exc)
         return ApiError(503, "the asset store is unavailable; retry shortly",
                         code="storage_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, RoutingError):  # the provider router: every attempt named
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))} \
+            if exc.retry_after is not None else {}
+        return ApiError(exc.status, exc.message, param=exc.param, code=exc.code,
+                        headers=headers)
     if isinstance(exc, NoFaceError):
         return ApiError(422, str(exc), param=exc.which, code="no_face")
     if isinstance(exc, InputError):  # the field travels with the error (ImageInputError too)

@@ -10,8 +10,12 @@ variations, streamed or not, run on the generator as recorded jobs.
 
 One door for generator work: `build_request` (options → a checked `GenerationRequest`) and
 `run_request` (one request on the Generator, as a job step's `Output`), used by these routes,
-the tools (style transfer), the chat and workflows. Requests are validated once at the edge by
-their schema (`graphs.schemas`), and once by the model's own `check_inputs`.
+the tools (style transfer), the chat and workflows. With remote providers configured
+(`graphs.providers`), `run_request` goes through the provider router (local first by default,
+falling back to the others); without any, it calls the Generator directly, as before. A
+`Route` (from `model`='provider/model' and `provider`) pins or orders the providers.
+Requests are validated once at the edge by their schema (`graphs.schemas`), and once by the
+model's own `check_inputs`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +41,12 @@ from graphs import auth
 from graphs.errors import ApiError, to_api_error
 from graphs.images import encode
 from graphs.jobs import JobRunner, Output
+from graphs.providers import LOCAL, ProviderRegistry
 from graphs.schemas import ImagesResponse, OutputOptions, Usage, UsageDetails
 from models.diffusion import GenerationRequest, check_inputs
 from models.matting import MattingRequest
 from models.registry import SizeLimits
+from providers import ProviderRequest, ProviderRouter, parse_model_name
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,6 +56,12 @@ INPUT_FIDELITY_STRENGTH = {"high": 0.35, "low": 0.65}  # img2img strength per in
 COMPOSITE_STRENGTH = 0.75
 VARIATION_STRENGTH = 0.55
 VARIATION_PROMPT = "a variation of this image, same subject and composition, high quality"
+# sizes a request pinned to remote providers may ask for (each provider's capabilities decide)
+REMOTE_LIMITS = SizeLimits(min_side=64, max_side=4096, default_width=1024, default_height=1024)
+# the request `run_request` routes: the local provider runs exactly it (sizes fitted to the
+# Generator, steps, strength), whatever the provider request other backends get says
+_LOCAL_REQUEST: ContextVar[GenerationRequest | None] = ContextVar("local_request",
+                                                                  default=None)
 
 
 def parse_size(size: str, limits: SizeLimits, *, auto: tuple[int, int] | None = None
@@ -111,6 +124,7 @@ class Options:
     guidance_scale: float | None = None
     model: str | None = None
     lora: str | None = None
+    provider: list[str] | None = None
 
     @classmethod
     def of(cls, body: OutputOptions) -> Options:
@@ -123,36 +137,96 @@ class Options:
         return "medium" if self.quality == "auto" else self.quality
 
 
+@dataclass(frozen=True)
+class Route:
+    """Which providers may serve a request. `chain`: the names to try, in order (None: the
+    configured order); `model`: the backend's model (None: each one's default); `local`: the
+    local Generator may serve it (sizes are then checked against its limits); `sized`: the
+    request asked for a size (else remote providers use their default size)."""
+
+    chain: tuple[str, ...] | None = None
+    model: str | None = None
+    local: bool = True
+    sized: bool = False
+
+    def direct(self, router: ProviderRouter | None) -> bool:
+        """The Generator is called directly, without the router: no remote provider can
+        serve this request."""
+        if not self.local:
+            return False
+        return router is None or self.chain == (LOCAL,) or \
+            (self.chain is None and router.names == [LOCAL])
+
+
 class GenerationService:
-    def __init__(self, *, generator: Any, runner: JobRunner, matting: Any = None):
+    def __init__(self, *, generator: Any, runner: JobRunner, matting: Any = None,
+                 providers: ProviderRegistry | None = None):
         self.generator = generator
         self.runner = runner
         self.matting = matting
+        self.providers = providers
         self._info: dict[str, Any] | None = None
 
     async def model_info(self) -> dict[str, Any]:
+        """The Generator's info; also brings the provider router up to date (every request
+        for generator work starts here)."""
         if self._info is None:
             self._info = await self.generator.info.remote()
+        if self.providers is not None:
+            await self.providers.get(self._info)
         return self._info
 
+    @property
+    def router(self) -> ProviderRouter | None:
+        return self.providers.current if self.providers is not None else None
+
     # -- request building -----------------------------------------------------------------
-    def _check_model(self, opts: Options, info: dict[str, Any]) -> None:
-        if opts.model and opts.model != info["name"]:
-            raise ApiError(400, f"model {opts.model!r} is not served here; available: "
-                           f"[{info['name']!r}]", param="model", code="model_not_found")
+    def route(self, opts: Options, info: dict[str, Any]) -> Route:
+        """The `Route` of `opts` (`model` may be 'provider/model'; `provider` a chain). 400s
+        name the field: an unknown provider, a model nobody serves, a LoRA."""
         if opts.lora:
             raise ApiError(400, f"LoRA adapter {opts.lora!r} is not loaded; available: none",
                            param="lora", code="lora_not_found")
+        router = self.router
+        names = router.names if router is not None else [LOCAL]
+        pinned, model = parse_model_name(opts.model, names)
+        chain = tuple(dict.fromkeys(opts.provider)) if opts.provider else None
+        for name in chain or ():
+            if name not in names:
+                raise ApiError(400, f"no provider named {name!r}; configured: {names} (GET "
+                               "/v1/providers)", param="provider", code="provider_not_found")
+        if pinned is not None:
+            if chain and pinned not in chain:
+                raise ApiError(400, f"model {opts.model!r} names provider {pinned!r}, which "
+                               f"the provider list {list(chain)} leaves out", param="model",
+                               code="provider_mismatch")
+            chain = (pinned,)
+        local = chain is None or LOCAL in chain
+        if model is not None and (pinned == LOCAL or model == info["name"]):
+            model = None if model == info["name"] else model
+            if model is not None:
+                raise ApiError(400, f"model {model!r} is not served by {LOCAL!r}; it serves "
+                               f"{info['name']!r}", param="model", code="model_not_found")
+        elif model is not None:  # not the Generator's: a remote provider must offer it
+            pool = [n for n in (chain or names) if n != LOCAL]
+            if not any(model in router.get(n).models for n in pool) and pinned is None:
+                offered = [info["name"]] + [f"{n}/{m}" for n in names if n != LOCAL
+                                            for m in router.get(n).models]
+                raise ApiError(400, f"model {opts.model!r} is not served here; available: "
+                               f"{offered}", param="model", code="model_not_found")
+            local = False
+        return Route(chain=chain, model=model, local=local, sized=opts.size != "auto")
 
     def build_request(self, prompt: str, opts: Options, info: dict[str, Any], *,
-                      auto_size: tuple[int, int] | None = None, **extra: Any
-                      ) -> GenerationRequest:
+                      auto_size: tuple[int, int] | None = None, route: Route | None = None,
+                      **extra: Any) -> GenerationRequest:
         """THE way options become a generator request (routes, tools, chat, workflows):
-        model and LoRA checked, size parsed (`auto_size` for 'auto'), quality → steps, then
-        the model's own `check_inputs` (its errors name the request field: width/height →
-        size). `extra`: mode, image, mask, strength."""
-        self._check_model(opts, info)
-        limits = SizeLimits(**info["limits"])
+        model, provider and LoRA checked (`route`, else the route of `opts`), size parsed
+        (`auto_size` for 'auto'), quality → steps, then the model's own `check_inputs` (its
+        errors name the request field: width/height → size) when the local Generator may
+        serve it. `extra`: mode, image, mask, strength."""
+        route = route or self.route(opts, info)
+        limits = SizeLimits(**info["limits"]) if route.local else REMOTE_LIMITS
         width, height = parse_size(opts.size, limits, auto=auto_size)
         steps = opts.steps or QUALITY_STEPS[opts.resolved_quality][1 if info["tiny"] else 0]
         if opts.stream and opts.partial_images:
@@ -165,6 +239,8 @@ class GenerationService:
             height=height, steps=steps,
             guidance_scale=opts.guidance_scale if opts.guidance_scale is not None else 7.5,
             seed=opts.seed, **extra)
+        if not route.local:
+            return req
         try:
             check_inputs(req, limits)
         except InputError as exc:  # the model's field names, mapped to the request's
@@ -172,11 +248,35 @@ class GenerationService:
             raise ApiError(exc.status, exc.message, param=param, code=exc.code) from None
         return req
 
-    async def run_request(self, req: GenerationRequest) -> Output:
-        """One request on the Generator (batched there with other callers'), as an `Output`."""
-        res = await self.generator.generate.remote(req)
-        return Output(images=res.images, model=res.model, seeds=res.seeds,
-                      batch_size=res.batch_size, timings=res.timings)
+    async def run_request(self, req: GenerationRequest, route: Route | None = None) -> Output:
+        """One request, as an `Output` naming the provider that answered and the attempts.
+        Directly on the Generator (batched there with other callers') when no remote provider
+        can serve it; else through the provider router (a `RoutingError` when none could)."""
+        route = route or Route()
+        router = self.router
+        if route.direct(router):
+            started = time.perf_counter()
+            res = await self.generator.generate.remote(req)
+            return Output(images=res.images, model=res.model, seeds=res.seeds,
+                          batch_size=res.batch_size, timings=res.timings, provider=LOCAL,
+                          attempts=[{"provider": LOCAL, "outcome": "ok", "seconds": round(
+                              time.perf_counter() - started, 4)}])
+        token = _LOCAL_REQUEST.set(req)
+        try:
+            result = await router.generate(provider_request(req, route), chain=route.chain)
+        finally:
+            _LOCAL_REQUEST.reset(token)
+        seeds = [image.seed for image in result.images]
+        return Output(images=[image.array for image in result.images],
+                      model=result.model or result.provider,
+                      seeds=seeds if any(s is not None for s in seeds) else None,
+                      provider=result.provider, attempts=[a.as_dict() for a in result.attempts],
+                      extra={"provider_kind": result.kind} if result.provider != LOCAL else {})
+
+    def local_generate(self, request: GenerationRequest) -> Any:
+        """The `local` provider's call: the request `run_request` is routing when there is one
+        (see `_LOCAL_REQUEST`), else the provider's own conversion."""
+        return self.generator.generate.remote(_LOCAL_REQUEST.get() or request)
 
     # -- running --------------------------------------------------------------------------
     async def _finish_images(self, images: list[np.ndarray], opts: Options,
@@ -200,13 +300,15 @@ class GenerationService:
 
     async def run(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,
                   info: dict[str, Any], base_url: str, images_in: int = 0,
-                  alpha: np.ndarray | None = None, async_job: bool = False
-                  ) -> ImagesResponse | str:
+                  alpha: np.ndarray | None = None, async_job: bool = False,
+                  route: Route | None = None) -> ImagesResponse | str:
         params = {k: v for k, v in vars(opts).items() if v is not None}
         params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
+        route = route or Route()
 
         async def work(progress) -> Output:
-            if progress.live:  # an async job: stream the denoising steps into its progress
+            if progress.live and route.direct(self.router):
+                # an async job on the Generator: stream the denoising steps into its progress
                 res = None
                 async with _streaming(self.generator, req, 0) as events:
                     async for event in events:
@@ -215,12 +317,15 @@ class GenerationService:
                                            f"denoising step {event['step']}/{event['total']}")
                         elif event["type"] == "result":
                             res = event["result"]
+                res = Output(images=res.images, model=res.model, seeds=res.seeds,
+                             batch_size=res.batch_size, timings=res.timings, provider=LOCAL)
             else:
-                res = await self.run_request(req)
+                res = await self.run_request(req, route)
             images, extra = await self._finish_images(res.images, opts, alpha)
             return Output(images=images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings,
-                          extra={**extra, "quality": opts.resolved_quality})
+                          extra={**res.extra, **extra, "quality": opts.resolved_quality},
+                          provider=res.provider, attempts=res.attempts)
 
         response = await self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
@@ -262,7 +367,7 @@ class GenerationService:
             images, extra = await self._finish_images(result.images, opts, alpha)
             return Output(images=images, model=result.model, seeds=result.seeds,
                           batch_size=1, timings=result.timings,
-                          extra={**extra, "quality": opts.resolved_quality})
+                          extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL)
 
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
@@ -303,14 +408,42 @@ class GenerationService:
     async def generate(self, prompt: str, opts: Options, *, base_url: str,
                        async_job: bool = False):
         info = await self.model_info()
-        req = self.build_request(prompt, opts, info)
+        route = self.streamable(self.route(opts, info), opts)
+        req = self.build_request(prompt, opts, info, route=route)
         if opts.stream:
             charge = await self.runner.charge_images(opts.n)  # a 429 before the stream
             return self.stream(kind="generations", prompt=prompt, req=req, opts=opts,
                                info=info, base_url=base_url, event_prefix="image_generation",
                                charge=charge)
         return await self.run(kind="generations", prompt=prompt, req=req, opts=opts, info=info,
-                              base_url=base_url, async_job=async_job)
+                              base_url=base_url, async_job=async_job, route=route)
+
+    async def generate_batch(self, items: list[tuple[str, Options]], *, base_url: str
+                             ) -> list[str]:
+        """One async generation job per (prompt, options), their ids in order. Every item is
+        checked first (a 400 names `requests[i].<field>`), so a bad item starts none."""
+        info = await self.model_info()
+        checked = []
+        for i, (prompt, opts) in enumerate(items):
+            try:
+                route = self.route(opts, info)
+                checked.append((prompt, opts, route,
+                                self.build_request(prompt, opts, info, route=route)))
+            except ApiError as exc:
+                exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
+                raise
+        return [await self.run(kind="generations", prompt=prompt, req=req, opts=opts,
+                               info=info, base_url=base_url, async_job=True, route=route)
+                for prompt, opts, route, req in checked]
+
+    @staticmethod
+    def streamable(route: Route, opts: Options) -> Route:
+        """stream=true runs on the local Generator (its previews come from its latents)."""
+        if opts.stream and (not route.local or (route.chain and route.chain[0] != LOCAL)):
+            raise ApiError(400, f"stream=true is served by the {LOCAL!r} provider only: drop "
+                           "stream, or the provider/model that pins another one",
+                           param="stream", code="invalid_combination")
+        return route
 
     async def edit(self, images: list[np.ndarray], *, prompt: str, mask: np.ndarray | None,
                    input_fidelity: str, opts: Options, base_url: str, async_job: bool = False):
@@ -334,8 +467,9 @@ class GenerationService:
             source, mode, repaint = composite(images), "img2img", None
             strength = COMPOSITE_STRENGTH
         auto = fit_to_limits(source.shape[1], source.shape[0], info["limits"])
-        req = self.build_request(prompt, opts, info, auto_size=auto, mode=mode, image=source,
-                            mask=repaint, strength=strength)
+        route = self.streamable(self.route(opts, info), opts)
+        req = self.build_request(prompt, opts, info, auto_size=auto, route=route, mode=mode,
+                                 image=source, mask=repaint, strength=strength)
         if opts.stream:
             charge = await self.runner.charge_images(opts.n)
             return self.stream(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
@@ -343,16 +477,32 @@ class GenerationService:
                                images_in=len(images), alpha=alpha)
         return await self.run(kind="edits", prompt=prompt, req=req, opts=opts, info=info,
                               base_url=base_url, images_in=len(images), alpha=alpha,
-                              async_job=async_job)
+                              async_job=async_job, route=route)
 
     async def variations(self, image: np.ndarray, *, opts: Options, base_url: str,
                          async_job: bool = False):
         info = await self.model_info()
         auto = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-        req = self.build_request(VARIATION_PROMPT, opts, info, auto_size=auto, mode="img2img",
-                            image=image[..., :3], strength=VARIATION_STRENGTH)
+        route = self.route(opts, info)
+        req = self.build_request(VARIATION_PROMPT, opts, info, auto_size=auto, route=route,
+                                 mode="img2img", image=image[..., :3],
+                                 strength=VARIATION_STRENGTH)
         return await self.run(kind="variations", prompt=VARIATION_PROMPT, req=req, opts=opts,
-                              info=info, base_url=base_url, images_in=1, async_job=async_job)
+                              info=info, base_url=base_url, images_in=1, async_job=async_job,
+                              route=route)
+
+
+def provider_request(req: GenerationRequest, route: Route) -> ProviderRequest:
+    """A generator request as the providers take it (sizes only when the caller asked for
+    one: remote backends otherwise use their own default)."""
+    edit = req.mode != "text2img"
+    return ProviderRequest(
+        prompt=req.prompt, n=req.n, width=req.width if route.sized else None,
+        height=req.height if route.sized else None, negative_prompt=req.negative_prompt,
+        seed=req.seed, steps=req.steps, guidance_scale=req.guidance_scale,
+        images=[req.image] if edit and req.image is not None else [],
+        mask=req.mask if edit else None, strength=req.strength if edit else None,
+        model=route.model)
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,13 @@ from graphs.chores import Chores
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
 from graphs.jobs import JobRunner
+from graphs.providers import (
+    ProviderRegistry,
+    add_config,
+    public_view,
+    remove_config,
+    update_config,
+)
 from graphs.resources import Resources, job_view
 from graphs.schemas import (
     FORM,
@@ -45,9 +52,11 @@ from graphs.schemas import (
     EditOpsForm,
     FaceSwapForm,
     Health,
+    ImageGenerationBatch,
     ImageGenerationRequest,
     ImagesResponse,
     Job,
+    JobBatch,
     JobList,
     ModelCard,
     ModelList,
@@ -55,6 +64,10 @@ from graphs.schemas import (
     ProjectCreate,
     ProjectList,
     PromptRequest,
+    ProviderCreate,
+    ProviderInfo,
+    ProviderList,
+    ProviderUpdate,
     Readiness,
     RemoveBackgroundForm,
     Session,
@@ -126,6 +139,8 @@ class IngressConfig(BaseModel):
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
     session_ttl_s: float = 24 * 3600  # chat sessions idle this long are deleted
     auth: AuthConfig = AuthConfig()
+    # other replicas' provider config changes are picked up within this (graphs/providers.py)
+    providers_reload_s: float = 10.0
 
 
 _CHAT_FIELDS = {"message", "session_id", "context", "image", "image[]"}
@@ -236,8 +251,13 @@ class Ingress:
                                 max_image_pixels=config.max_image_pixels,
                                 max_image_bytes=config.max_upload_bytes)
         self.resources = Resources(records=self.records, assets=self.assets, runner=self.runner)
+        # image providers: local (the Generator) first, then the record store's; breakers
+        # shared through the rate-limit store (graphs/providers.py)
+        self.providers = ProviderRegistry(
+            records=self.records, generate=lambda req: self.generation.local_generate(req),
+            breakers_url=config.auth.quotas.storage_url, reload_s=config.providers_reload_s)
         self.generation = GenerationService(generator=generator, runner=self.runner,
-                                            matting=matting)
+                                            matting=matting, providers=self.providers)
         self.tools = ToolService(
             handles={"matting": matting, "faceswap": faceswap, "upscaler": upscaler},
             generation=self.generation, runner=self.runner,
@@ -401,6 +421,18 @@ class Ingress:
             body.prompt, Options.of(body), base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
 
+    @app.post("/v1/images/generations/batch", status_code=202, responses=ERROR_RESPONSES,
+              tags=["images"])
+    async def generations_batch(self, body: ImageGenerationBatch, request: Request
+                                ) -> JobBatch:
+        """Up to 20 generations, one async job each (202): follow them at /v1/jobs/{id}.
+        Every item is checked before any job starts (a 400 names `requests[i].<field>`)."""
+        base_url = self._base_url(request)
+        ids = await self.generation.generate_batch(
+            [(item.prompt, Options.of(item)) for item in body.requests], base_url=base_url)
+        jobs = [await self.resources.job(job_id, base_url=base_url) for job_id in ids]
+        return JobBatch(data=jobs)
+
     @app.post("/v1/images/edits", response_model=ImagesResponse, responses=_STREAMED,
               tags=["images"])
     async def edits(self, request: Request,
@@ -423,7 +455,8 @@ class Ingress:
                          ) -> ImagesResponse:
         decoded = await self.tools.decode(await form.image.read(), "image", keep_alpha=False)
         opts = Options(n=form.n, size=form.size, response_format=form.response_format,
-                       output_format=form.output_format, model=form.model, seed=form.seed)
+                       output_format=form.output_format, model=form.model, seed=form.seed,
+                       provider=form.provider)
         return await self._reply(await self.generation.variations(
             decoded, opts=opts, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
@@ -436,6 +469,52 @@ class Ingress:
         return ModelList(data=[ModelCard(id=info["name"], deployment=deployment,
                                          tiny=info["tiny"], fallback=info["fallback"])
                                for deployment, info in infos.items()])
+
+    # -- providers ----------------------------------------------------------------------------
+    async def _providers(self) -> list[dict[str, Any]]:
+        await self.generation.model_info()  # the router, up to date
+        return await self.generation.router.stats()
+
+    @app.get("/v1/providers", tags=["providers"], responses=ERROR_RESPONSES)
+    async def providers_list(self) -> ProviderList:
+        """The image providers in routing order of priority: kind, models, capabilities,
+        breaker state, this replica's success rate and p50 latency. Never a secret; settings
+        (keys as '***') for admin keys only."""
+        admin = auth.current().admin
+        return ProviderList(data=[ProviderInfo(**public_view(p, admin=admin))
+                                  for p in await self._providers()])
+
+    @app.get("/v1/providers/{name}", tags=["providers"], responses=ERROR_RESPONSES)
+    async def provider_get(self, name: str) -> ProviderInfo:
+        for p in await self._providers():
+            if p["name"] == name:
+                return ProviderInfo(**public_view(p, admin=auth.current().admin))
+        raise ApiError(404, f"no provider {name!r} (GET /v1/providers lists them)",
+                       param="name", code="not_found")
+
+    @app.post("/v1/providers", tags=["providers"], status_code=201, responses={
+        **ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description": "exists"}})
+    async def provider_create(self, body: ProviderCreate) -> ProviderInfo:
+        """Admin: add a provider (its keys are stored, never shown again)."""
+        await asyncio.to_thread(add_config, self.records, name=body.name, kind=body.kind,
+                                settings=body.settings)
+        await self.providers.reload()
+        return await self.provider_get(body.name)
+
+    @app.patch("/v1/providers/{name}", tags=["providers"], responses=ERROR_RESPONSES)
+    async def provider_update(self, name: str, body: ProviderUpdate) -> ProviderInfo:
+        """Admin: change a provider's settings (merged into the stored ones)."""
+        await asyncio.to_thread(update_config, self.records, name=name, settings=body.settings)
+        await self.providers.reload()
+        return await self.provider_get(name)
+
+    @app.delete("/v1/providers/{name}", tags=["providers"], responses=ERROR_RESPONSES)
+    async def provider_delete(self, name: str) -> Deleted:
+        """Admin: remove a provider (`local` goes back to its default settings)."""
+        if not await asyncio.to_thread(remove_config, self.records, name=name):
+            raise ApiError(404, f"no provider {name!r}", param="name", code="not_found")
+        await self.providers.reload()
+        return Deleted(id=name)
 
     # -- tools --------------------------------------------------------------------------------
     @app.post("/v1/images/remove-background", response_model=ImagesResponse,

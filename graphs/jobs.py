@@ -51,6 +51,14 @@ class Output:
     batch_size: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # generator work: the image provider that answered, and each provider tried
+    provider: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        """Made by a remote provider (not this gateway's own models)."""
+        return self.provider not in (None, "local")
 
 
 def output_format_for(image: np.ndarray, requested: Format) -> Format:
@@ -205,8 +213,9 @@ class JobRunner:
             seeds = out.seeds or [None] * len(out.images)
             for image, seed in zip(out.images, seeds, strict=True):
                 fmt = output_format_for(image, output_format)
-                asset, blob = await asyncio.to_thread(self._store, image, fmt, job_id, kind,
-                                                      compression)
+                asset, blob = await asyncio.to_thread(
+                    self._store, image, fmt, job_id, kind, compression,
+                    out.provider if out.remote else None)
                 unrecorded.append(asset)
                 formats.append(fmt)
                 data.append(ImageData(
@@ -229,12 +238,14 @@ class JobRunner:
                 metadata=ResponseMetadata(
                     job_id=job_id,
                     model=out.model,
-                    tiny=model_info["tiny"],
-                    fallback=model_info["fallback"],
-                    fallback_reason=model_info["fallback_reason"],
+                    tiny=False if out.remote else model_info["tiny"],
+                    fallback=False if out.remote else model_info["fallback"],
+                    fallback_reason=None if out.remote else model_info["fallback_reason"],
                     batch_size=out.batch_size,
                     timings=timings,
                     extra=out.extra,
+                    provider=out.provider,
+                    attempts=out.attempts,
                 ),
             )
             result = None
@@ -243,6 +254,8 @@ class JobRunner:
                 for item in result["data"]:
                     item["b64_json"] = None
                     item["url"] = self.asset_url(item["id"], base_url, self.project)
+            elif out.provider is not None:  # the job record says who answered, and the tries
+                result = {"metadata": {"provider": out.provider, "attempts": out.attempts}}
             if on_success is not None:  # e.g. the chat remembers its images in the session
                 await on_success(response, list(unrecorded))
             # the images' records and the job's success in one transaction (the records are
@@ -330,13 +343,16 @@ class JobRunner:
                                        max_bytes=self.max_image_bytes)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
-               compression: int | None = None) -> tuple[NewAsset, bytes]:
+               compression: int | None = None, provider: str | None = None
+               ) -> tuple[NewAsset, bytes]:
         """(In a thread.) Encode and store one image; return its asset row, not yet recorded
-        (the caller records it), and the encoded bytes."""
+        (the caller records it), and the encoded bytes. `provider`: the remote provider that
+        made it (its key gets a provider segment)."""
         with metrics.stage_timer("encode", kind=kind):
             blob = encode(image, fmt, quality=90 if compression is None else compression)
         asset_id = new_id("img")
-        key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt)
+        key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt,
+                        provider=provider)
         started = time.perf_counter()
         self.assets.put(key=key, data=blob, content_type=CONTENT_TYPES[fmt])
         metrics.observe_stage("store", time.perf_counter() - started, kind=kind)

@@ -40,6 +40,30 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_ACCEPTED,
                               description=f"What to draw; at most {MAX_PROMPT_CHARS} "
                               "characters."), AfterValidator(_check_prompt)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_PROVIDERS = 10  # names in one request's `provider` chain
+MAX_BATCH = 20  # prompts of one POST /v1/images/generations/batch
+
+
+def _provider_chain(value: str | list[str] | None) -> list[str] | None:
+    """`provider`: one name, an ordered list, or (forms) names separated by commas."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    if not names:
+        return None
+    if len(names) > MAX_PROVIDERS:
+        raise PydanticCustomError("too_many_providers", "provider names at most {limit} "
+                                  "providers", {"param": "provider", "limit": MAX_PROVIDERS})
+    return names
+
+
+ProviderChain = Annotated[
+    str | list[Annotated[str, Field(max_length=64)]] | None,
+    Field(None, description="A provider name, or an ordered list of them (forms: "
+          "comma-separated): pins the providers tried and their order (see GET "
+          "/v1/providers). Default: the configured order, local first."),
+    AfterValidator(_provider_chain)]
 
 
 class OutputOptions(BaseModel):
@@ -61,7 +85,10 @@ class OutputOptions(BaseModel):
                                            "encoder quality 0-100 (default 90)")
     stream: bool = Field(False, description="Server-Sent Events with partial images")
     partial_images: int = Field(0, ge=0, le=3, description="previews streamed, 0-3")
-    model: str | None = Field(None, description="Model name (see /v1/capabilities).")
+    model: str | None = Field(None, description="Model name (see /v1/capabilities), or "
+                              "'provider/model' to pin a provider (e.g. "
+                              "'runware/runware:101@1').")
+    provider: ProviderChain = None
     user: str | None = Field(None, max_length=256)
     lora: str | None = Field(None, max_length=128, description="a loaded LoRA adapter name")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
@@ -94,6 +121,23 @@ class ImageGenerationRequest(OutputOptions):
     prompt: Prompt
     moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
                                                "compatibility; no moderation model runs here")
+
+
+class ImageGenerationBatch(BaseModel):
+    """POST /v1/images/generations/batch: up to 20 generations, one async job each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[ImageGenerationRequest] = Field(
+        ..., min_length=1, max_length=MAX_BATCH,
+        description=f"1-{MAX_BATCH} image generation requests (stream is not available)")
+
+    @model_validator(mode="after")
+    def _no_stream(self):
+        if any(r.stream for r in self.requests):
+            raise _combination("requests", "a batch runs as async jobs: stream is not "
+                               "available (drop stream)")
+        return self
 
 
 # --- multipart forms (FastAPI form models: one field list, unknown fields are a 400) ----------
@@ -142,6 +186,7 @@ class VariationForm(BaseModel):
     response_format: ResponseFormat = "b64_json"
     output_format: OutputFormat = "png"
     model: str | None = None
+    provider: ProviderChain = None
     user: str | None = Field(None, max_length=256)
     seed: Seed | None = None
 
@@ -236,6 +281,11 @@ class ResponseMetadata(BaseModel):
     batch_size: int | None = Field(None, description="Images computed together in one model call")
     timings: dict[str, float]
     extra: dict[str, Any] = Field(default_factory=dict, description="tool-specific details")
+    provider: str | None = Field(None, description="the image provider that answered "
+                                 "(generator work; see GET /v1/providers)")
+    attempts: list[dict[str, Any]] = Field(
+        default_factory=list, description="each provider tried, in order: provider, outcome "
+        "('ok', 'breaker_open', 'timeout', 'connection_error', ...), seconds, detail")
 
 
 class UsageDetails(BaseModel):
@@ -296,7 +346,8 @@ class Job(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    result: dict[str, Any] | None = Field(None, description="async jobs: the response")
+    result: dict[str, Any] | None = Field(None, description="async jobs: the response; "
+                                          "others: the provider and attempts (metadata)")
     error: str | None = None
     assets: list[AssetLink] = Field(default_factory=list)
     links: JobLinks
@@ -349,6 +400,50 @@ class AssetList(BaseModel):
     object: Literal["list"] = "list"
     data: list[GalleryAsset]
     next_cursor: str | None = None
+
+
+class JobBatch(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job] = Field(..., description="one async job per request, in their order")
+
+
+class ProviderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., max_length=64, description="a-z, 0-9, '_', '.', '-'")
+    kind: str = Field(..., description="local, openai, comfyui, runware, leonardo, gemini, "
+                      "imagen")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the kind's settings "
+                                     "(README, Providers); keys are write-only")
+
+
+class ProviderUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] = Field(..., description="merged into the stored settings; a "
+                                     "key left out keeps its value, null resets a field")
+
+
+class ProviderInfo(BaseModel):
+    name: str
+    kind: str
+    priority: int
+    weight: float
+    models: list[str]
+    capabilities: dict[str, Any]
+    breaker: dict[str, Any]
+    window_s: float
+    requests: int
+    success_rate: float | None = None
+    p50_latency_s: float | None = None
+    ewma_latency_s: float | None = None
+    settings: dict[str, Any] | None = Field(None, description="admin keys only; secrets "
+                                            "as '***'")
+
+
+class ProviderList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProviderInfo]
 
 
 class Deleted(BaseModel):

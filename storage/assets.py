@@ -1,6 +1,7 @@
 """Asset stores: where image bytes live. Writes are all-or-nothing.
 
-Keys are laid out ``{project}/{kind}/{yyyy}/{mm}/{id}.{ext}`` (see `asset_key`).
+Keys are laid out ``{project}/{kind}/{yyyy}/{mm}/{id}.{ext}`` (see `asset_key`); images a
+remote provider made: ``{project}/{provider}/{kind}/{yyyy}/{mm}/{id}.{ext}``.
 
 - `LocalAssetStore` (default): files under a folder; the gateway serves them itself through
   ``GET /v1/assets/{id}`` (`url` returns None).
@@ -22,9 +23,11 @@ from typing import Protocol
 
 
 def asset_key(*, project: str, kind: str, asset_id: str, ext: str,
-              when: datetime | None = None) -> str:
+              when: datetime | None = None, provider: str | None = None) -> str:
+    """`provider`: the remote provider that made the image (a key segment of its own)."""
     when = when or datetime.now(timezone.utc)
-    return f"{project}/{kind}/{when:%Y}/{when:%m}/{asset_id}.{ext}"
+    prefix = f"{project}/{provider}" if provider else project
+    return f"{prefix}/{kind}/{when:%Y}/{when:%m}/{asset_id}.{ext}"
 
 
 class AssetNotFound(KeyError):
