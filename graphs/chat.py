@@ -344,6 +344,7 @@ class ChatService:
             timings[f"step{index}_{step.intent}"] = time.perf_counter() - started
             models[step.intent] = out.model
             steps_meta.append({"intent": step.intent, "model": out.model,
+                               **({"provider": out.provider} if out.provider else {}),
                                "images": len(out.images), **await self._model_info(step.intent)})
             outputs.append(out.images[0])
             last = out
@@ -351,7 +352,8 @@ class ChatService:
         if refined_prompt:
             extra["refined_prompt"] = refined_prompt
         return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
-                      timings=timings, extra=extra)
+                      timings=timings, extra=extra, provider=last.provider,
+                      attempts=last.attempts)
 
     async def _model_info(self, intent: str) -> dict[str, Any]:
         """Whether the model behind a plan step is a tiny or a fallback one, and why: the
