@@ -16,6 +16,7 @@ from graphs import cli
 from graphs.cli import free_port
 from storage.records import RecordStore
 from tests.conftest import wait_until
+from tests.providers.servers import png_bytes
 
 SECRET = "sk-never-show-7f3a9c2e41"  # the dead provider's key: must appear nowhere
 GEN = {"prompt": "a lighthouse at dusk", "size": "64x64", "steps": 1}
@@ -86,6 +87,27 @@ def test_dead_primary_falls_back_to_local(admin, configured):
                                                                 "breaker_open")
     assert last == {**last, "provider": "local", "outcome": "ok"}
 
+
+
+def test_edit_and_variation_fall_back_from_dead_to_local(admin, configured):
+    """The multipart routes take the chain too (forms: names separated by commas); the chat
+    has no provider field (its steps use the configured order), so edits and variations are
+    where a client pins one for input images."""
+    photo = png_bytes(size=(64, 64), color=(180, 60, 20))
+    r = admin.post("/v1/images/edits", data={"prompt": "make it snowy", "size": "64x64",
+                                             "provider": "dead,local"},
+                   files={"image": ("fox.png", photo, "image/png")})
+    r2 = admin.post("/v1/images/variations", data={"size": "64x64", "provider": "dead,local"},
+                    files={"image": ("fox.png", photo, "image/png")})
+    for response in (r, r2):
+        assert response.status_code == 200, response.text
+        meta = response.json()["metadata"]
+        assert meta["provider"] == "local"
+        first, last = meta["attempts"]
+        assert first["provider"] == "dead" and first["outcome"] in ("connection_error",
+                                                                    "breaker_open")
+        assert last == {**last, "provider": "local", "outcome": "ok"}
+        assert len(response.json()["data"]) == 1
 
 def test_every_provider_failing_is_a_503_naming_each_attempt(admin, configured):
     r = admin.post("/v1/images/generations", json={**GEN, "provider": "dead"})
