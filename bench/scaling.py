@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[str] = []
     summaries: list[str] = []
     with gateway() as base, httpx.Client(timeout=600) as client:
-        pids = replica_pids()
         for deployment in DEPLOYMENTS:  # warm-up: sessions loaded, code paths hot
             r = request(client, base, deployment, 64, photo(64))
             r.raise_for_status()
+        pids = replica_pids()  # after the warm-up: every replica is up and has its title
         print(f"# scaling with image size — {machine()}")
         print("| deployment | size | latency p50 | model time p50 | replica RSS | "
               "replica peak RSS | growth of the peak | ingress peak RSS |")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     message = r.json().get("error", {}).get("message", r.text)[:80]
                     print(f"| {name} | {size}² | {status}: {message} | | | | | |", flush=True)
                     continue
-                replica = pids.get(deployment, [])
+                replica = pids.get(deployment) or replica_pids().get(deployment, [])
                 peak = max(rss_mb(p) for p in replica)
                 now = max(rss_mb(p, "VmRSS") for p in replica)
                 ingress = max(rss_mb(p) for p in pids.get("Ingress", []))

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from graphs import auth
 from graphs.chat import ChatService
 from graphs.generation import GenerationService
 from graphs.jobs import JobRunner
@@ -91,8 +90,7 @@ class FakeMatting:
 
 
 @pytest.fixture
-def service(tmp_path, monkeypatch):
-    monkeypatch.setattr(auth, "_gate", None)  # no API keys: the runner's own project
+def service(tmp_path):
     records = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
     runner = JobRunner(assets=LocalAssetStore(tmp_path / "assets"), records=records,
                        project="p1")

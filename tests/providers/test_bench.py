@@ -1,4 +1,4 @@
-"""bench/providers.py runs end to end in its quick mode and prints every row and verdict
+"""bench/provider_routing.py runs end to end in its quick mode and prints every row and verdict
 (the numbers themselves belong in BENCHMARKS.md)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_providers_bench_quick(redis_url):
-    proc = subprocess.run([sys.executable, "bench/providers.py", "--quick"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "bench/provider_routing.py", "--quick"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout

@@ -1,6 +1,6 @@
 """Provider router overhead and fallback time (issue #16), in process, no Ray.
 
-    python bench/providers.py [--requests 1000] [--redis redis://127.0.0.1:6379/0 | --memory]
+    python bench/provider_routing.py [--requests 1000] [--redis redis://127.0.0.1:6379/0 | --memory]
                               [--timeout 0.5] [--quick]
 
 1. Added latency: the same request through `ProviderRouter.generate` vs the provider's own
