@@ -291,7 +291,16 @@ EXTRA_ALIASES: dict[str, str] = {
     "retro photo": "vintage-photo", "old photo": "vintage-photo", "vieille photo": "vintage-photo",
     "photo vintage": "vintage-photo", "photo retro": "vintage-photo", "argentique": "vintage-photo",
     "analog film": "vintage-photo", "70s film": "vintage-photo", "vintage": "vintage-photo",
-    "retro": "vintage-photo", "sepia": "vintage-photo",
+    "retro": "vintage-photo", "sepia": "vintage-photo", "photo ancienne": "vintage-photo",
+    "ancienne photo": "vintage-photo", "vieilles photos": "vintage-photo",
+    "vieux film": "vintage-photo", "polaroid": "vintage-photo", "old film": "vintage-photo",
+    "old photograph": "vintage-photo", "photo jaunie": "vintage-photo",
+    "photo argentique": "vintage-photo", "old-timey photo": "vintage-photo",
+    "old school photo": "vintage-photo", "film": "vintage-photo", "annees 70": "vintage-photo",
+    "annees 60": "vintage-photo", "annees 50": "vintage-photo", "seventies": "vintage-photo",
+    "70s": "vintage-photo", "60s": "vintage-photo", "50s": "vintage-photo",
+    "croquis au crayon": "pencil-sketch",
+    "dessin au fusain": "pencil-sketch", "crayonne": "pencil-sketch",
 }
 # Words that name a style on their own in a sentence ("an anime girl", "en aquarelle").
 # Generic words ("photo", "film", "drawing", "oil", "pop") are left out: they mean other things.
@@ -302,7 +311,7 @@ BARE_STYLE_TERMS = (
     "estampe japonaise", "cyberpunk", "comic book", "comic", "comics", "bande dessinee",
     "graphic novel", "photorealistic", "photorealiste", "hyperrealistic", "pop art", "warhol",
     "low poly", "low-poly", "lowpoly", "vintage film", "vintage photo", "retro photo",
-    "cel shaded", "impasto", "hokusai", "tableau a l'huile", "huile sur toile",
+    "cel shaded", "impasto", "hokusai", "tableau a l'huile", "huile sur toile", "disney pixar",
     "oil on canvas",
 )
 # Free-text styles recognised by name (kept as text: the generator takes free styles too).
@@ -329,6 +338,8 @@ def _key(text: str) -> str:
 
 
 _ALIAS_KEYS = {_key(k): v for k, v in EXTRA_ALIASES.items()}
+_PRESET_KEYS = {_key(label): p.name for p in style_presets.STYLES.values()
+                for label in (p.name, p.title)}
 _ARTICLES = re.compile(r"^(?:(?:(?:a|an|the|une|un|le|la|les|des|du|de|some|my|ma|mon|your|of|"
                        r"in|en|au|a\s+la|comme|like|as|real|true|classic|classique|proper|nice|"
                        r"beautiful|cool|kind\s+of|sort\s+of|d'une|d'un)\s+)|l'|d')+")
@@ -360,7 +371,40 @@ def style_value(text: str) -> str | None:
     core = re.sub(r"^(?:style|the style of|le style de)\s+", "", core).strip()
     if not core or core in _FILLER_STYLE_WORDS or len(core) > 60:
         return None
-    return core
+    return _compound_preset(core) or core
+
+
+# Words that only qualify a preset's name ("soft watercolor", "vieille photo des années 70").
+_STYLE_MODIFIERS = frozenset(
+    "old vieux vieille vieil ancien ancienne soft doux douce leger legere subtle light strong "
+    "heavy fort forte classic classique real vrai vraie nice beau belle joli jolie beautiful "
+    "effect effet style look filter filtre des annees de d' du la le a an the of 60s 70s 80s "
+    "60 70 80 sixties seventies eighties years faded delave delavee photo photograph picture "
+    "image painting drawing art old-timey oldtimey old-fashioned old-school".split())
+_MAX_ALIAS_WORDS = 3
+
+
+def _compound_preset(core: str) -> str | None:
+    """The one preset several names in `core` all stand for, when the other words only
+    qualify it: "vieille photo retro" -> vintage-photo, "soft watercolor" -> watercolor."""
+    words = core.replace("'", "' ").split()
+    if len(words) < 2 or len(words) > 8:
+        return None
+    found: set[str] = set()
+    i = 0
+    while i < len(words):
+        for size in range(min(_MAX_ALIAS_WORDS, len(words) - i), 0, -1):
+            key = _key(" ".join(words[i:i + size]))
+            preset = _ALIAS_KEYS.get(key) or _PRESET_KEYS.get(key)
+            if preset:
+                found.add(preset)
+                i += size
+                break
+        else:
+            if words[i] not in _STYLE_MODIFIERS:
+                return None
+            i += 1
+    return found.pop() if len(found) == 1 else None
 
 
 _FILLER_STYLE_WORDS = {"please", "pls", "it", "this", "that", "me", "same", "different",
@@ -398,7 +442,8 @@ _EXPLICIT_STYLE = [
     re.compile(rf"(?:^|[\s,])(?:an?\s+)?{_X}[\s-]+(?P<kind>style|look(?!\s+like)|aesthetic|"
                rf"effect|filter|vibe|version|rendition)\b"),
     re.compile(rf"\b(?P<kind>version|effet|filtre|ambiance|rendu|aspect|look)\s+(?:en\s+|de\s+|d')?"
-               rf"{_X}(?=$|[,.;!?]|\s+(?:et|puis|avec|sans|pour|s'il|stp|svp|please)\b)"),
+               rf"{_X}(?=$|[,.;!?]|\s+(?:et|puis|avec|sans|pour|sur|a|au|aux|s'il|stp|svp|"
+               rf"please)\b)"),
 ]
 _VERBISH = re.compile(r"^(?:make|turn|convert|transform|render|give|apply|use|add|put|change|"
                       r"it|this|that|me|him|her|them|my|fais|mets|rends|passe|transforme|"

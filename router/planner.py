@@ -12,7 +12,7 @@ from typing import Any
 
 from router.params import style_value
 from router.replies import generate_new
-from router.rules import DraftStep, RuleResult, Span
+from router.rules import RETRO, DraftStep, RuleResult, Span
 from router.schemas import (
     PROMPT_INTENTS,
     Alternative,
@@ -54,6 +54,11 @@ _LEAD_FILLER = re.compile(
     r"imagine|draw)|let\s+me\s+(?:see|have|get)|"
     r"(?:show|give|make|get|send|draw|create|paint|render|generate|design|bring|find|sketch)"
     r"\s+(?:me|us)|"
+    # slang: "gimme a pic of …", "lemme see …", "i wanna see …", "hook me up with …"
+    r"gim+i?e|giv\s+me|lem+e(?:\s+(?:see|have|get))?|(?:i\s+)?wan+a(?:\s+(?:see|have|get))?|"
+    r"(?:i\s+)?gotta\s+(?:see|have|get)|hook\s+(?:me|us)\s+up\s+(?:with|w/)|how\s+'?bout|"
+    r"whip\s+(?:me|us)\s+up|like|kinda|sorta|literally|"
+    r"(?:can|could|would|will|cud|cn|kan)\s+(?:u|ya|you|yu)|u|ya|pl[sz]+|pleas+e+|"
     r"(?:" + _GEN_VERB + r")(?=\s+(?:me\s+|us\s+|moi\s+)?(?:an?|the|some|this|my|one|two|three|"
     r"four|five|\d+|another|une?|des|le|la|les|l'|mon|ma|deux|trois|quatre|cinq)\b|\s*:)|"
     r"(?:picture|imagine|envision|imagine|visuali[sz]e)\s+(?:this|that|ceci|cela)|"
@@ -67,15 +72,18 @@ _LEAD_FILLER = re.compile(
     r"maintenant|(?:something\s+|quelque\s+chose\s+)?(?:totally|completely|entirely|tout\s+a\s+"
     r"fait|completement)\s+(?:different|differente?)|"
     r"(?:an?|une?)\s+(?:new|nouvelle?|nouvel)\s+(?:one|image|picture|photo|version|une)|"
-    r"(?:an?|one|the|some|une?|des)\s+(?:new\s+|quick\s+|nouvelle\s+)?(?:image|picture|pic|"
-    r"illustration|visual|visuel|render|rendering)s?\s+(?:of|showing|with|that\s+shows?|"
+    r"(?:an?|one|the|some|sum|une?|des)\s+(?:new\s+|quick\s+|nouvelle\s+)?(?:image|picture|pic|"
+    r"illustration|visual|visuel|render|rendering|version|rendition|art|artwork)s?\s+"
+    r"(?:of|showing|with|that\s+shows?|"
     r"which\s+shows?|depicting|featuring|where|de|d'|du|des|avec|montrant|qui\s+montre)|"
     r"(?:image|picture|pic|illustration|render|rendering)s?\s+(?:of|showing|de|d'|du|des)|"
+    r"(?:an?|the|une?)(?=\s+(?:of|de|d')\b)|"  # "a [pixar version] of X": the style left
     r"of|de|d'|du|des|showing|with|depicting|featuring|montrant|avec|pour\s+moi|"
     r"how\s+about|what\s+about|et\s+si|it|this|that)\b)+",
     re.IGNORECASE)
 _TRAIL_FILLER = re.compile(
-    r"(?:[^\w\"')\]]|_|\b(?:please|pls|plz|thanks|thank\s+you|thx|ty|for\s+me|stp|svp|s'il\s+te\s+"
+    r"(?:[^\w\"')\]]|_|\b(?:please|pls|plz|pleas+e+|pl[sz]{2,}|lol|lmao|rn|thnx|thanx|kthx|"
+    r"thanks|thank\s+you|thx|ty|for\s+me|stp|svp|s'il\s+te\s+"
     r"plait|s'il\s+vous\s+plait|merci|and|then|et|puis|ensuite|but|mais|also|now|too|aussi|"
     r"maintenant|ok|okay|for\s+us|pour\s+moi|and\s+then|with|avec|in|en|as|of|de|after|before|"
     r"apres|avant|it|them|-la|-le|la|le|les|so|a|an|the|une?|des|de|d'|du|some|any|instead|"
@@ -175,7 +183,8 @@ def _step_params(result: RuleResult, step: DraftStep, steps: list[DraftStep]) ->
                                       for c in other.cues]
         drop += [c.span for c in result.cues if c.negated]
         if intent == "image_generation":
-            drop += [_verb_part(result.folded, c) for c in step.cues if not c.weak]
+            drop += [span for c in step.cues if not c.weak
+                     for span in _verb_spans(result.folded, c)]
             drop += [m.span for m in result.styles if m.explicit]
             prompt = clean_prompt(result, step.region, drop=drop, edit=False)
             if any(c.name == "again" for c in step.cues) or (not prompt and ctx.last_prompt
@@ -214,9 +223,47 @@ _WANT_VERB = re.compile(r"^.*?\b(?:like|love|want|need|for|get|have|see|make|vou
                         r"(?:to\s+(?:see|have|get)\s+)?")
 
 
+_RESTYLE_VERB = re.compile(
+    r"(?:(?:please|pls|plz|just|now|then|and|can\s+(?:you|u)|could\s+(?:you|u))\s+)*"
+    r"(?:make|making|turn|convert|transform|change|redo|redraw|repaint|reimagine|recreate|"
+    r"restyle|stylize|stylise|switch|draw|paint|render|show|do|put|picture|imagine|give|add|"
+    r"apply|use|transpose|create|generate|transforme\w*|converti\w*|fais|faites|rends|rendre|"
+    r"mets|mettre|passe[rz]?|dessine\w*|repeins|donne\w*|applique\w*)\w*"
+    r"(?:[\s-]+(?:me|us|moi|nous))?\b")
+_RESTYLE_LINK = re.compile(r"\b(?:into|to|as|like|en|comme)\b")
+_ART_AFTER = re.compile(r"\s+(?:painting|drawing|sketch|illustration|character|version|"
+                        r"artwork|art|picture|image|peinture|dessin|personnage)\b")
+
+
+def _restyle_spans(folded: str, cue) -> list[Span]:
+    """A restyle phrase read as a generation in that style (no image to restyle): "turn a
+    fox into a watercolor painting" -> the verb and "into a watercolor painting" go, the
+    subject ("a fox") stays; "make me a pixar style character of X" -> "make me" goes."""
+    start, end = cue.span
+    verb = _RESTYLE_VERB.match(folded, start, end)
+    if not verb:
+        return [cue.span]
+    spans = [(start, verb.end())]
+    link = _RESTYLE_LINK.search(folded, verb.end(), end)
+    if link:
+        art = _ART_AFTER.match(folded, end)
+        spans.append((link.start(), art.end() if art else end))
+    return spans
+
+
+def _verb_spans(folded: str, cue) -> list[Span]:
+    if cue.intent == "style_transfer":
+        return _restyle_spans(folded, cue)
+    return [_verb_part(folded, cue)]
+
+
 def _verb_part(folded: str, cue) -> Span:
     """What of a generation cue the prompt leaves out: "I'd like a poster" names its subject
     ("a poster" stays); other cues are only the verb."""
+    if cue.name == "do-a":  # "do a quick sketch of X": the verb goes
+        return (cue.span[0], cue.span[0] + 2)
+    if cue.name == "style-art":  # "a watercolor painting of X": all of it is the image
+        return (cue.span[0], cue.span[0])
     if cue.name != "want-image":
         return cue.span
     match = _WANT_VERB.match(folded, cue.span[0], cue.span[1])
@@ -231,6 +278,11 @@ def _style_from_text(result: RuleResult, step: DraftStep) -> str | None:
     noun = _ART_FORM.search(text)
     if noun:
         return style_value(noun.group(0))
+    retro = _RETRO.search(text)  # "rends ma photo rétro": the old-photograph preset
+    if retro:
+        return style_value(retro.group(0))
+    if re.search(r"\b(?:film|analog)\b", text):  # "a grainy film effect on this picture"
+        return style_value("film")
     if re.search(r"toon", text):
         return "cartoon"
     if re.search(r"anime", text):
@@ -238,6 +290,7 @@ def _style_from_text(result: RuleResult, step: DraftStep) -> str | None:
     return None
 
 
+_RETRO = re.compile(RETRO)
 _ART_FORM = re.compile(r"\b(?:pencil\s+)?(?:sketch|drawing|cartoon|caricature|painting|"
                        r"illustration|mosaic|statue|sculpture|comic|dessin|peinture|bd)\b")
 

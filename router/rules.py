@@ -3,6 +3,8 @@ available, English and French.
 
 How a message becomes steps:
 
+0. *Typos*: small misspellings of the key operation words ("upsacle x4", "remov bg") are
+   corrected first, where the rest of the message fits the operation (router/typos.py).
 1. *Cues*: phrases that name an operation ("remove the background", "upscale", "swap faces",
    "make it look like a watercolor", "génère", "détoure"…). Patterns run in priority order
    (face swap, background removal, upscale, style, edit, generation); a matched span is
@@ -13,6 +15,8 @@ How a message becomes steps:
 3. *Steps*: remaining cues in message order; consecutive cues of one intent merge; a style
    mention inside a generation becomes its `style` parameter; "X after Y-ing" / "before X-ing,
    Y" / "but first" reorder.
+   Questions about the service itself ("is face swapping allowed on …?", "can you remove
+   backgrounds from PDFs?") are general, not the operation they name.
 4. *Confidence*: from the weakest cue used; a sequential clause ("…, then <something>") no cue
    explains, or only weak cues, leave the rules unsure, and the embedding stage looks again.
 """
@@ -24,13 +28,50 @@ from dataclasses import dataclass, field
 
 from router.params import STYLE_TERMS_RE, Extracted, StyleMention, extract, find_styles
 from router.schemas import SessionContext
-from router.text import STOPWORDS, detect_language, fold, mask_spans, nfc, quoted_spans
+from router.text import (
+    STOPWORDS,
+    blank_spans,
+    detect_language,
+    fold,
+    mask_spans,
+    nfc,
+    quoted_spans,
+)
+from router.typos import apply_edits, find_typos
 
 Span = tuple[int, int]
 STYLE = rf"(?:{STYLE_TERMS_RE})(?![\w-])"
 # Art-form nouns that name a style only after "into / as / like a" ("turn it into a sketch").
 STYLE_NOUN = (r"(?:sketch|drawing|painting|cartoon|caricature|illustration|mosaic|statue|"
               r"sculpture|comic|cartoon\s+character|dessin|peinture|caricature|bd)(?![\w-])")
+
+# French restyles: what is restyled ("ma photo", "cette image") and the effect named.
+_FR_IMAGE = (r"(?:ma|mon|mes|cette|cet|ce|la|le|l'|les|ces|notre|nos|son|sa|ton|ta)\s*"
+             r"(?:[\w-]+\s+)?(?:photo|photos|image|images|portrait|selfie|cliche|photographie|"
+             r"tof|dessin|visage)\b")
+_FR_EFFECT = (r"(?:une?|des|du|le|la|l'|ce|cet|cette)\s*(?:(?:petit|petite|leger|legere|vrai|"
+              r"vraie|joli|jolie|beau|bel|belle)\s+)?(?:effet|style|look|aspect|rendu|filtre|"
+              r"ambiance|touche|cote|allure|patine|grain)\b")
+# An old photograph's look (the vintage-photo preset), named only to restyle an image.
+RETRO = (r"(?:vieille\s+photo|vieilles\s+photos|photo\s+ancienne|ancienne\s+photo|vieux\s+film|"
+         r"photo\s+(?:vintage|retro|argentique|jaunie)|retro|vintage|sepia|argentique|polaroid|"
+         r"old(?:-timey|\s+timey)?\s+(?:photo|photograph|film)|old-school\s+photo)(?![\w-])")
+
+_EN_IMAGE = (r"(?:my|this|that|the|her|his|our|their|your)\s+(?:[\w-]+\s+)?(?:photo|image|picture|"
+             r"pic|portrait|selfie|shot|photograph)s?\b")
+# "an old-timey film look", "a grainy film effect", "a soft watercolor finish"
+_EN_STYLED = (r"(?:[\w-]+\s+){0,2}?(?:" + STYLE + "|" + RETRO + r"|film|analog)\s+(?:[\w-]+\s+)?"
+              r"(?:look|effect|filter|vibe|aesthetic|finish|treatment|feel)\b")
+# Art-form nouns after a style word: "a watercolor *painting* of", "a pencil *sketch* of".
+ART_NOUN = (r"(?:paintings?|drawings?|sketch(?:es)?|illustrations?|portraits?|pictures?|"
+            r"images?|photos?|photographs?|prints?|renders?|renderings?|art|artworks?|pieces?|"
+            r"stud(?:y|ies)|posters?|versions?|characters?|scenes?|peintures?|dessins?|croquis|"
+            r"esquisses?|tableaux?|versions?|personnages?|scenes?|covers?|panels?|strips?)"
+            r"(?![\w-])")
+# What "of" introduces when the image exists already ("a sketch of this photo", "of me").
+_NOT_NEW_SUBJECT = (r"(?:it|this|that|these|those|me|us|him|her|them|myself|my|our|ce|cet|cette|"
+                    r"ces|ma|mon|mes|moi|nous|the\s+(?:image|photo|picture|pic|selfie|upload)|"
+                    r"la\s+photo|l'image)\b")
 
 STRONG, SURE, GOOD, FAIR, WEAK = 0.95, 0.9, 0.85, 0.8, 0.6
 # The rules decide alone at or above this confidence.
@@ -109,8 +150,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"segmenting|mask\s+out|pull\s+out|lift)\s+(?:the\s+|this\s+|my\s+|a\s+|his\s+|her\s+)?"
        r"(?:\w+\s+)?(?:subject|object|person|product|foreground|item|figure|character|him|her|"
        r"it|them|me|dog|cat|car|shoe|logo|model)\b", GOOD),
-    _p(B, "fr-bg", rf"\b(?:enleve\w*|enlever|supprime\w*|retire\w*|efface\w*|vire\w*|ote\w*|"
-       rf"elimine\w*|degage\w*|enlevez|retirez|supprimez)(?:[\s-]+(?:moi|lui|leur))?\s+"
+    _p(B, "fr-bg", rf"\b(?:enleve\w*|enlever|supprime\w*|retir(?:e|es|er|ez|ons|ent)|"
+       rf"efface\w*|vire\w*|ote\w*|elimine\w*|degage\w*|enlevez|retirez|supprimez)"
+       rf"(?:[\s-]+(?:moi|lui|leur))?\s+"
        rf"(?:(?:pas|juste|seulement|simplement|vite|donc|moi|lui|stp)\s+)*"
        rf"(?:(?:le|l'|son|ce|cet|leur|mon|ton|tout\s+le|les|ses|sa|du)\s*)?"
        rf"{_BG}\b|\bdetour\w*|\bsans\s+(?:le\s+|son\s+|de\s+)?(?:fond|arriere-plan)\b|"
@@ -183,6 +225,20 @@ PATTERNS: tuple[Pattern, ...] = (
     _p(S, "now-in-style", rf"\b(?:now|next|maintenant|et|then|puis|ensuite|same|meme|redo)\s+"
        rf"(?:\w+\s+)?(?:in|en|as|comme|style|version|but\s+in|mais\s+en)\s+(?:an?\s+|une?\s+|"
        rf"style\s+)?(?:\w+\s+)?{STYLE}", SURE),
+    # "give my photo an old-timey film look", "put a grainy film effect on this picture"
+    _p(S, "give-image-look", rf"\bgive\s+{_EN_IMAGE}\s+(?:an?|some|that)\s+{_EN_STYLED}|"
+       rf"\b(?:give|add|apply|put)\s+(?:an?|some|that)\s+{_EN_STYLED}\s+(?:to|on|onto)\s+"
+       rf"{_EN_IMAGE}", STRONG),
+    # "donne à ma photo un effet vieille photo", "applique un filtre rétro à cette image",
+    # "mets-lui un filtre sépia", "un effet BD sur ma photo": an effect on an image
+    _p(S, "fr-give-effect", rf"\b(?:donne\w*|applique\w*|ajoute\w*|rajoute\w*|mets|met|"
+       rf"mettez|mettre|pose\w*|colle\w*)(?:[\s-]+(?:lui|leur|moi|y))?\s+(?:(?:a|au|aux)\s+"
+       rf"{_FR_IMAGE}\s+)?{_FR_EFFECT}|{_FR_EFFECT}\s+(?:[\w'-]+\s+){{0,4}}?(?:sur|a|pour)\s+"
+       rf"{_FR_IMAGE}", STRONG),
+    # "rends ma photo rétro", "fais-en une vieille photo": the look of an old photograph
+    _p(S, "fr-retro", rf"\b(?:transforme\w*|converti\w*|passe[rz]?|fais|faites|rends|rendre|"
+       rf"rendez|change\w*|mets)(?:[\s-]+(?:la|le|les|l'|en|moi))?\s+(?:{_FR_IMAGE}\s+)?"
+       rf"(?:(?:en|une?|style|fa[cç]on|version|comme|au|a\s+la)\s+)*{RETRO}", STRONG),
     _p(S, "fr-style", rf"\b(?:transforme\w*|converti\w*|passe[rz]?|fais|faites|rends|rendre|"
        rf"mets|mettre|change\w*|modifie\w*|redessine\w*|repeins)(?:[\s-]+(?:en|la|le|les|l'|"
        rf"moi|-la|-le|-les|-en|-moi))?\s+(?:(?:cette|ma|mon|la|le|ce|l'|mes|ces)\s*(?:\w+\s+)?)?"
@@ -190,6 +246,9 @@ PATTERNS: tuple[Pattern, ...] = (
        rf"version\s+)?(?:[\w']+\s+){{0,3}}?{STYLE}", STRONG),
     _p(S, "in-style-short", rf"(?:^|[\s,])(?:in|en|as|comme|into)\s+(?:an?\s+|une?\s+)?"
        rf"{STYLE}", FAIR),
+    # "a pencil sketch of this photo", "a watercolor painting of my dog": the image exists
+    _p(S, "style-art-of-image", rf"(?:^|(?<=[\s,:;(]))(?:(?:an?|une?|the)\s+)?(?:[\w-]+\s+)?"
+       rf"(?:{STYLE})(?:\s+{ART_NOUN})?\s+(?:of|de|d'|du|des)\s*(?={_NOT_NEW_SUBJECT})", GOOD),
     # edit
     _p(E, "combine", r"\b(?:combin\w*|merg(?:e|es|ed|ing)|blend(?:s|ed|ing)?|composit\w*|"
        r"collages?|mash(?:ed|ing)?\s+up|fus(?:e|es|ed|ing)|stitch\w*|splic\w*|fusionn\w*|"
@@ -212,7 +271,7 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\s+\w+(?:\s+\w+)?\s+to\s+(?:be|look|become|appear)\b", FAIR),
     _p(E, "make-it-other", r"\b(?:make|making|turn)\s+(?:(?:the|this|that|my)\s+(?:image|photo|"
        r"picture|pic|scene|result|selfie|shot)|it|this|that|them)\s+"
-       r"(?!look\b|an?\b|the\b|into\b|to\b|more\s+like\b|like\b)\w+", FAIR),
+       r"(?!look\b|an?\b|the\b|into\b|to\b|more\s+like\b|like\b|again\b)\w+", FAIR),
     _p(E, "draw-on", r"\b(?:draw|paint|sketch|write)\w*\s+(?:\w+\s+){1,4}?(?:on|onto|over)\s+"
        r"(?:him|her|them|it|his\s+\w+|her\s+\w+|their\s+\w+|its\s+\w+|my\s+\w+|this\s+\w+)\b",
        SURE),
@@ -234,16 +293,29 @@ PATTERNS: tuple[Pattern, ...] = (
        FAIR),
     _p(E, "fr-put-on-him", r"\b(?:mets|met|mettez|ajoute|ajoutez|colle|pose)[\s-]+"
        r"(?:lui|leur|moi)\s+(?:une?|des|du|de\s+la|de\s+l')\s*\w+", GOOD),
-    _p(E, "fr-edit", r"\b(?:ajout\w*|rajout\w*)\b|\b(?:enleve\w*|enlever|supprime\w*|retire\w*|"
+    _p(E, "fr-edit", r"\b(?:ajout\w*|rajout\w*)\b|\b(?:enleve\w*|enlever|supprime\w*|"
+       r"retir(?:e|es|er|ez|ons|ent)\b|"
        r"efface\w*|vire\w*|ote\w*|elimine\w*)\s+(?:la|le|les|l'|ce|cette|ces|son|sa|ses|un|une|"
        r"des|tous|toutes)?\s*\w+|\bremplac\w*|\bchang\w*\s+(?:le|la|les|l'|son|sa|ses|ce|cette|"
        r"leur)\s*\w+|\b(?:mets|met|mettre|mettez|place\w*|pose\w*|deplace\w*)(?:[\s-]+(?:le|la|"
        r"les|lui|moi|leur))?\s+(?:\w+\s+){0,4}?(?:sur|dans|devant|derriere|sous|a\s+cote|au|"
-       r"a\s+la|contre)\b|\b(?:rends|rendre|rendez|fais|faire)[\s-]+(?:ses|son|sa|le|la|les|l'|"
-       r"leurs?)\s*\w+|\b(?:fai(?:s|re|tes)\s+disparaitre|eclairci\w*|assombri\w*|colori\w*|recadr\w*|retouch\w*|repar\w*|"
+       r"a\s+la|a\s+(?:mon|ma|mes|son|sa|ses|leur|leurs|ce|cette|cet|notre|nos)|contre)\b|"
+       r"\b(?:rends|rendre|rendez|fais|faire)[\s-]+(?:ses|son|sa|le|la|les|l'|"
+       r"leurs?)\s*(?!pareil|meme|identique)\w+|\b(?:fai(?:s|re|tes)\s+disparaitre|eclairci\w*|"
+       r"assombri\w*|colori\w*|recadr\w*|retouch\w*|repar\w*|"
        r"restaur\w*|floute?\w*|corrig\w*|remplis\w*|redresse\w*|modifie\w*|transforme[rz]?\s+"
        r"(?:le|la|les|l'|son|sa|ses)\s*\w+\s+en)\b", GOOD),
     # generation
+    # "a pencil sketch of X", "a watercolor painting of X", "une aquarelle d'un village": a
+    # style named as the medium of a new image (its words stay in the prompt: see planner)
+    _p(G, "style-art", rf"(?:^|(?<=[\s,:;(]))(?:(?:an?|une?|the|some|one|two|three|four|\d+)"
+       rf"\s+)?(?:[\w-]+\s+)?(?:{STYLE})(?:\s+(?:3d|2d|digital|animated|movie|film|book|"
+       rf"cartoon|styled?|hand-drawn))?(?:\s+{ART_NOUN})?(?:\s+(?:au\s+crayon|au\s+fusain|"
+       rf"a\s+l'huile|a\s+l'encre|sur\s+toile|on\s+canvas))?\s+(?:of|de|d'|du|des|showing|"
+       rf"depicting|featuring|representant|montrant)(?=\s*\w)(?!\s*{_NOT_NEW_SUBJECT})", GOOD),
+    # "watercolor painting: a fox in the snow", "pencil sketch, an old man with a cane"
+    _p(G, "style-art", rf"^\W*(?:(?:an?|une?)\s+)?(?:{STYLE})(?:\s+{ART_NOUN})?\s*[:,-]\s*"
+       rf"(?=\w)(?!{_NOT_NEW_SUBJECT})", GOOD),
     _p(G, "generate", r"(?<!\ba\s)(?<!\ban\s)(?<!\bthe\s)(?<!\bune\s)"
        r"\b(?:generate|generating|create|creating|draw|paint|render|design|"
        r"imagine|produce|illustrate|sketch|visuali[sz]e|dream\s+up|come\s+up\s+with|conjure|"
@@ -251,9 +323,18 @@ PATTERNS: tuple[Pattern, ...] = (
        r"gener\w*|cree|creer|creez|creee?s?|creation|dessine\w*|peins|peindre|peignez|"
        r"imagine[rz]?|realise[rz]?|produis|produire|illustre[rz]?|con[cç]oi[st]|compose[rz]?|"
        r"invente[rz]?|visualise[rz]?|represente[rz]?)\b", SURE),
+    _p(G, "do-a", rf"\bdo\s+(?:me\s+|us\s+)?(?:an?|some|one|two|three|four|\d+)\s+"
+       rf"(?:[\w-]+\s+){{0,3}}?(?:image|picture|pic|photo|illustration|drawing|painting|sketch|"
+       rf"render|portrait|wallpaper|logo|poster|sticker|icon|artwork|doodle|banner|mascot)"
+       rf"(?:s|es)?\b(?!\s+(?:of|for)\s+{_NOT_NEW_SUBJECT})", GOOD),
     _p(G, "make-a", r"\b(?:make|give|show|get|send|bring|build|fais|faites|fait|montre|"
-       r"donne)(?:[\s-]+(?:me|us|moi|nous))?\s+(?=(?:an?|some|another|\d+|one|two|three|four|"
-       r"five|six|seven|eight|nine|ten|a\s+couple\s+of|a\s+few|une?|des|deux|trois|quatre|cinq|"
+       r"donne|gim+i?e|giv\s+me|lem+e\s+(?:see|have|get)|(?:i\s+)?wan+a\s+(?:see|have|get)|"
+       r"hook\s+(?:me|us)\s+up\s+(?:with|w/)|whip\s+(?:me|us)\s+up)"
+       r"(?:[\s-]+(?:me|us|moi|nous))?\s+(?:(?:like|sum)\s+)?"
+       # (French "donne à ma photo …": "à" folds to "a", which is not an article there)
+       r"(?!a\s+(?:ma|mon|mes|cette|cet|ce|la|le|l'|les|ces|son|sa|notre|nos|leur)\b)"
+       r"(?=(?:an?|some|sum|another|\d+|one|two|three|four|five|six|seven|eight|nine|ten|"
+       r"a\s+couple\s+of|a\s+few|une?|des|deux|trois|quatre|cinq|"
        r"plusieurs)\s+(?!(?:[\w-]+\s+)?(?:png|jpe?g|webp|gif|version|copy|file|cutout|cut-out|"
        r"transparent|bigger|larger|higher|hd)\b))",
        GOOD),
@@ -320,6 +401,49 @@ _REQUEST_IN_QUESTION = re.compile(
     r"(?:peux|pourrais)-tu\s+|(?:pouvez|pourriez)-vous\s+|tu\s+(?:peux|pourrais)\s+)"
     r"(?!tell|explain|help|describe|list|m'expliquer|me\s+dire|m'aider|expliquer|dire)")
 
+# Questions about the service rather than requests: its rules ("is face swapping allowed on
+# photos of celebrities?", "c'est légal de …?") and what it handles ("can you remove
+# backgrounds from PDFs?", "peux-tu agrandir des vidéos ?").
+_QUESTION = re.compile(
+    r"\?\W*$|^\W*(?:(?:hey|hi|hello|so|ok(?:ay)?|quick\s+question|question|dis|dites|salut|"
+    r"bonjour)\W+)?(?:is|are|am|was|can|could|may|might|do|does|did|will|would|should|"
+    r"est-ce|a-t-on|ai-je|peut-on|puis-je|c'est|est-il|serait-il|peux-tu|pouvez-vous|"
+    r"on\s+peut|sais-tu|savez-vous)\b")
+_POLICY = re.compile(
+    r"(?:\bfree\s*\?|\b(?:allowed|permitted|permissible|illegal|lawful|unlawful|forbidden|"
+    r"prohibited|banned|against\s+(?:the\s+|your\s+)?"
+    r"(?:rules|policy|policies|law|terms|tos|guidelines)|polic(?:y|ies)|terms\s+of\s+"
+    r"(?:use|service)|copyright\w*|consent|ethical|for\s+free|free\s+of\s+charge|"
+    r"commercial\s+use|supported|autorise\w*|interdit\w*|permis|legaux|illegale?s?|illegaux|"
+    r"legal(?:e|es|s)?(?!\s+(?:pad|paper|document|brief|team|size))|"
+    r"le\s+droit\s+(?:de|d')|droits?\s+d'auteur|conditions\s+d'utilisation|politique|"
+    r"gratuit\w*|usage\s+commercial|pris\s+en\s+charge)\b)")
+_CAPABILITY = re.compile(
+    r"^\W*(?:(?:hey|hi|hello|so|ok(?:ay)?|quick\s+question|salut|bonjour)\W+)?"
+    r"(?:(?:can|could|will|would)\s+(?:you|u|it|this|the\s+\w+|your\s+\w+)|"
+    r"do(?:es)?\s+(?:you|u|it|this|the\s+\w+|your\s+\w+)|are\s+you\s+able|"
+    r"is\s+(?:it|there)\s+(?:possible|a\s+way)|(?:peux|pourrais)-tu|(?:pouvez|pourriez)-vous|"
+    r"tu\s+(?:peux|pourrais|sais)|vous\s+(?:pouvez|pourriez|savez)|est-ce\s+(?:que|qu')|"
+    r"est-il\s+possible|c'est\s+possible|on\s+peut|peut-on|sais-tu|savez-vous)\b")
+# What the service does not take or make: not an image (or a whole batch of them).
+_OTHER_MEDIA = re.compile(
+    r"\b(?:pdfs?|videos?|vids?|video\s+clips?|clips?|movies?|documents?|docs|svgs?|psds?|"
+    r"raw\s+files?|word\s+files?|powerpoints?|slides|live\s*streams?|gifs?|animated|"
+    r"animations?|in\s+bulk|batch(?:es)?|en\s+masse|en\s+lots?|par\s+lots?|"
+    r"fichiers?\s+pdf)\b")
+
+
+def _about_the_service(folded: str, images: int) -> bool:
+    if not _QUESTION.search(folded):
+        return False
+    if _POLICY.search(folded):
+        return True
+    media = _OTHER_MEDIA.search(folded)
+    # (an attached GIF is an image: "can you upscale this gif?")
+    return bool(media and _CAPABILITY.search(folded)
+                and not (images and media.group(0).startswith(("gif", "animated"))))
+
+
 _NEGATION = re.compile(
     r"(?:\bdon'?t|\bdo\s+not|\bdoes\s*n[o']?t|\bdid\s*n[o']?t|\bnever|\bnot|\bno\s+need\s+"
     r"(?:to|for)|\bno|\bwithout|\bw/o|\bstop|\bskip|\bavoid|\binstead\s+of|\brather\s+than|"
@@ -340,6 +464,9 @@ _FIRST = re.compile(r"\b(?:but\s+first|first|mais\s+d'abord|d'abord|tout\s+d'abo
 _DEICTIC = re.compile(r"\b(?:it|this|that|them|him|her|me|myself|us|my|our|the\s+(?:image|"
                       r"photo|picture|pic|selfie|result)|la|le|les|cette|ce|cet|ma|mon|mes|moi|"
                       r"nos|notre)\b|-(?:la|le|les|moi)\b|\bl'")
+
+
+_DATIVE = re.compile(r"(?:\b|-)(?:me|us|moi|nous)(?=\s+(?:an?|some|one|two|three|\d+|une?|des)\b)")
 
 
 @dataclass
@@ -411,6 +538,24 @@ def _window_start(folded: str, pos: int, prev_end: int) -> int:
     return start
 
 
+# "sketch", "render", "design" after an article and a modifier are nouns ("a pencil sketch of
+# a dog", "a quick sketch", "a 3d render of", "a logo design for"), not the generation verb.
+_NOUN_VERB = re.compile(r"(?:sketch|sketches|render|renders|design|designs|creation)$")
+_NOUN_BEFORE = re.compile(
+    r"(?:(?:^|[\s,:;(])(?:an?|the|une?|some|one|my|our|your|his|her|their|this|that|\d+)\s+"
+    r"(?:[\w'-]+\s+){0,2}|(?:^|\s)(?:pencil|charcoal|ink|quick|rough|loose|3d|digital|"
+    r"graphite|concept|line|fashion|architectural|logo|crayon|fusain)\s+)$")
+_MODAL_BEFORE = re.compile(r"\b(?:can|could|will|would|to|and|then|please|pls|u|you|i|we|"
+                           r"let's)\s+$")
+
+
+def _noun_reading(folded: str, span: Span) -> bool:
+    if not _NOUN_VERB.search(folded[span[0]:span[1]]):
+        return False
+    before = folded[max(0, span[0] - 40):span[0]]
+    return bool(_NOUN_BEFORE.search(before)) and not _MODAL_BEFORE.search(before)
+
+
 def find_cues(folded: str, *, claimed: list[Span] | None = None) -> list[Cue]:
     taken: list[Span] = list(claimed or [])
     cues: list[Cue] = []
@@ -421,6 +566,8 @@ def find_cues(folded: str, *, claimed: list[Span] | None = None) -> list[Cue]:
             while span[0] < span[1] and not folded[span[0]].isalnum():
                 span = (span[0] + 1, span[1])
             if span[0] >= span[1] or _overlaps(span, taken):
+                continue
+            if pattern.name == "generate" and _noun_reading(folded, span):
                 continue
             taken.append(span)
             cues.append(Cue(pattern.intent, span, pattern.weight, pattern.name,
@@ -482,6 +629,11 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
     context = context or SessionContext()
     original = nfc(message)
     folded = fold(original)
+    # "upsacle x4", "remov bg": operation-word typos, corrected where the rest fits
+    edits = find_typos(folded, quoted_spans(folded) if ('"' in folded or "'" in folded) else None)
+    if edits:
+        original = apply_edits(original, edits, keep_case=True)
+        folded = apply_edits(folded, edits)
     language = detect_language(folded)
     # Quoted words to write in the image ('a sign saying "remove the background"') are
     # neither instructions nor parameters: the rules read the text with their inside blanked.
@@ -489,6 +641,8 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
     folded = mask_spans(folded, quotes)
     has_image = images > 0 or bool(context.last_image_id)
     cues = find_cues(folded)
+    if images:  # "a watercolor painting of a dog" with a photo attached: restyle it
+        cues = [c for c in cues if c.name != "style-art"]
     look = [] if images else _look_like_cues(folded, claimed=[c.span for c in cues
                                                             if c.intent != G],
                                              definite_ok=not has_image)
@@ -535,7 +689,8 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
 
     # General: information questions override; greetings only when nothing else is asked.
     greeting = _GREETING.search(folded)
-    if _INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded) and not look:
+    if (_INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded) and not look) or \
+            _about_the_service(folded, images):
         result.general = "question"
     elif not active and greeting and len(content_words(folded[greeting.end():])) <= 3:
         result.general = "greeting"  # "thanks, that's perfect"; not "hi! a cat on a bike"
@@ -669,8 +824,15 @@ _FOLLOW_UPS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("follow-up", re.compile(
         r"\b(?:something\s+)?similar(?:\s+to\s+(?:this|that|it))?\s*,?\s*(?:but|except)\b|"
         r"^\W*(?:just\s+)?like\s+(?:this|that)\s*,?\s*but\b|"
-        r"\b(?:pareil|pareille|similaire|idem)\s*,?\s*(?:mais|sauf)\b|"
-        r"^\W*(?:but|mais)\s+(?=(?:in|with|at|as|during|under|en|avec|la|de|sous|au)\b)")),
+        r"\b(?:pareil|pareille|pareils|similaire|idem|identique|a\s+l'identique)\s*,?\s*"
+        r"(?:mais|sauf)\b|"
+        # "do it again but with a hat", "encore une fois mais avec un chapeau"
+        r"\b(?:again|once\s+more|one\s+more\s+time|encore(?:\s+une\s+fois)?|"
+        r"une\s+nouvelle\s+fois|de\s+nouveau)\s*,?\s*(?:but|except|mais|sauf)\b|"
+        r"^\W*(?:but|mais)\s+(?=(?:in|with|at|as|during|under|en|avec|la|de|sous|au)\b)|"
+        # "la même en plus sombre", "pareil en moins saturé"
+        r"^\W*(?:(?:la|le|les)\s+memes?(?:\s+chose)?|pareil|pareille|idem)\s*,?\s*"
+        r"(?=en\s+(?:plus|moins)\b)")),
     # "now in black and white", "this time with a hat", "maintenant avec de la neige"
     ("follow-up-now", re.compile(
         r"^\W*(?:(?:and|ok(?:ay)?|great|nice|cool|good|et|bon|super)\W+)?(?:now|this\s+time|"
@@ -682,6 +844,13 @@ _NEW_IMAGE = re.compile(
     r"\b(?:new\s+(?:image|picture|photo|drawing|scene|subject)|brand[\s-]new|from\s+scratch|"
     r"(?:completely|totally|entirely)\s+different|something\s+(?:else|different)|"
     r"nouvelle\s+image|autre\s+chose|de\s+zero|rien\s+a\s+voir|tout\s+autre)\b")
+
+
+_CLITIC = re.compile(r"(?:(?:-|\s+)(?:la|le|les|l'|moi|nous|it|this|that|them)\b|"
+                     r"\s*(?<=\s|')(?:image|photo|picture|pic|one)\b)+")
+# "redo it *exactly* the same but …", "refais-le *exactement* pareil mais …"
+_EXACTLY = re.compile(r"\b(?:exactly|precisely|just|exactement|precisement|juste|tout\s+a\s+fait)"
+                      r"\s+$")
 
 
 def _follow_up(folded: str, cues: list[Cue], segments: list[Segment]) -> list[Cue]:
@@ -699,9 +868,13 @@ def _follow_up(folded: str, cues: list[Cue], segments: list[Segment]) -> list[Cu
         change = (match.end(), seg.span[1])
         if not content_words(folded[change[0]:change[1]]):
             continue
+        redo = [c for c in cues if c.intent == G and c.name == "again" and not c.negated
+                and seg.span[0] <= c.span[0] and c.span[1] <= match.start()]
         if any(c.intent not in (G, E) and not c.negated and change[0] <= c.span[0] < change[1]
                for c in cues):
-            continue
+            # "redo it the same but bigger", "refais-la pareil mais en aquarelle": the other
+            # operation, on the same image (no new generation first)
+            return [c for c in cues if c not in redo] if redo else cues
         wrapper: list[Cue] = []
         x = match.groupdict().get("x") or match.groupdict().get("x2")
         if name == "follow-up-same" and x and x.strip() and not re.fullmatch(
@@ -714,6 +887,14 @@ def _follow_up(folded: str, cues: list[Cue], segments: list[Segment]) -> list[Cu
         else:
             wrapper = [Cue(E, match.span(), SURE, "follow-up")]
         wrapper = [c for c in wrapper if folded[c.span[0]:c.span[1]].strip()]
+        # "refais-la pareil mais …", "redo it the same but …": the redo is the same edit
+        for c in redo:
+            clitic = _CLITIC.match(folded, c.span[1], match.start())
+            wrapper.append(Cue(E, (c.span[0], clitic.end() if clitic else c.span[1]), SURE,
+                               "follow-up"))
+        exactly = _EXACTLY.search(folded, seg.span[0], match.start())
+        if exactly:
+            wrapper.append(Cue(E, (exactly.start(), exactly.end() - 1), SURE, "follow-up"))
         spans = [c.span for c in wrapper] + [match.span()]
         kept = [c for c in cues if not (c.intent == G and _overlaps(c.span, spans))]
         if any(_overlaps(c.span, spans) for c in kept):
@@ -743,6 +924,20 @@ def _drop_subsumed(folded: str, cues: list[Cue]) -> list[Cue]:
     return [c for i, c in enumerate(cues) if i not in drop]
 
 
+_NEW_SUBJECT = re.compile(
+    rf"\b(?:an?|une?|des|some|two|three|four|\d+)\s+(?!(?:style|look|version|filter|effect|"
+    r"vibe|feel|touch|aesthetic|effet|filtre|rendu|bit|little|lot|more|same|new|different|"
+    rf"other|autre|meme|peu|cartoon|comic|caricature)\b|{ART_NOUN})[a-z][\w'-]*")
+
+
+def _new_subject(result: RuleResult, seg: Segment, cue: Cue) -> bool:
+    """The clause names something new to draw ("character of a grumpy mailman"), outside the
+    style phrase, with no word pointing at an existing image."""
+    text = blank_spans(result.folded, [m.span for m in result.styles])
+    text = text[seg.span[0]:seg.span[1]]
+    return bool(_NEW_SUBJECT.search(text)) and not _DEICTIC.search(_DATIVE.sub(" ", text))
+
+
 def _build_steps(result: RuleResult, cues: list[Cue], has_image: bool) -> list[DraftStep]:
     folded, styles = result.folded, result.styles
     steps: list[DraftStep] = []
@@ -764,10 +959,17 @@ def _build_steps(result: RuleResult, cues: list[Cue], has_image: bool) -> list[D
                 elif not target.style:
                     target.style = style
                 continue
-            deictic = bool(_DEICTIC.search(folded[cue.span[0]:cue.span[1]]))
+            # "give me a ghibli style landscape": "me" is who gets it, not what is restyled
+            deictic = cue.name == "style-art-of-image" or bool(
+                _DEICTIC.search(_DATIVE.sub(" ", folded[cue.span[0]:cue.span[1]])))
             prev_image_step = bool(steps)
             if not (has_image or deictic or prev_image_step):
                 # "a watercolor painting of a fox" with no image: a generation in that style
+                intent, weight = G, min(weight, FAIR)
+            elif (not result.images and not deictic and not prev_image_step
+                  and _new_subject(result, seg, cue)):
+                # only the session's image, and the style comes with a new subject ("a
+                # grumpy mailman in pixar style"): a generation in that style, not a restyle
                 intent, weight = G, min(weight, FAIR)
             elif not (has_image or prev_image_step):
                 weight = min(weight, FAIR)  # asks to restyle an image nobody gave (yet)
