@@ -89,7 +89,13 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("POST", "/v1/chat/plan", "context.last_image_id"): "asset_id",
 }
 # fields named like ids that are not references to existing records
-NOT_REFERENCES = {("POST", "/v1/projects", "id")}  # the id of the project being created
+NOT_REFERENCES = {
+    ("POST", "/v1/projects", "id"),  # the id of the project being created
+    # image providers are the gateway's own backends, shared by every project (no secrets
+    # shown; writes need the admin scope: tests/graphs/test_providers_http.py)
+    ("GET", "/v1/providers/{name}", "path"), ("PATCH", "/v1/providers/{name}", "path"),
+    ("DELETE", "/v1/providers/{name}", "path"),
+}
 
 
 def _resolve(spec: dict, schema: dict) -> dict:
