@@ -13,8 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import InputError
@@ -70,8 +68,12 @@ class ApiError(Exception):
         return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
 
 
+# Ray's exception types are imported where they are used, not at the top: `photostudio`
+# imports this module before it sets the environment Ray reads when it is first imported.
 def _unwrap(exc: BaseException) -> BaseException:
     """Ray wraps errors raised in a replica; the cause is what we map."""
+    from ray.exceptions import RayTaskError
+
     while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
         exc = exc.cause
     return exc
@@ -84,6 +86,8 @@ DOWNSTREAM_FULL = "photostudio.downstream_full"
 
 def is_backpressure(exc: BaseException) -> bool:
     """Serve's BackPressureError (a deployment's queue is full), wrapped or not."""
+    from ray.serve.exceptions import BackPressureError
+
     return isinstance(_unwrap(exc), BackPressureError)
 
 
@@ -120,6 +124,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 def to_api_error(exc: BaseException) -> ApiError:
     """Map any exception to the status code and message the client sees."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
     exc = _unwrap(exc)
     if isinstance(exc, ApiError):
         return exc

@@ -100,3 +100,15 @@ def test_serve_binds_ray_to_loopback_and_sets_the_front_doors_timeouts(tmp_path,
     assert resolved.stdout.strip() == "127.0.0.1"
     assert cli.local_ray_options("10.0.0.5") == (
         {}, {"_node_ip_address": "10.0.0.5", "dashboard_host": "127.0.0.1"})
+
+
+def test_the_cli_imports_no_ray_before_it_sets_rays_environment():
+    """Ray reads some settings once, when it is first imported (e.g. the switch that keeps a
+    local Ray on 127.0.0.1): `photostudio` must set them before anything imports Ray."""
+    import subprocess
+    import sys
+
+    code = "import sys, graphs.cli; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False", out.stderr
