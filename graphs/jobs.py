@@ -68,6 +68,17 @@ def output_format_for(image: np.ndarray, requested: Format) -> Format:
     return requested
 
 
+def _cancelled_downstream(exc: BaseException) -> bool:
+    """A model call that Serve cancelled (`RequestCancelledError`, a `TaskCancelledError`):
+    what a request whose client left (or timed out) sees when its calls are cancelled before
+    its own task is. Such a job ends `cancelled`, not `failed`."""
+    from ray.exceptions import RayTaskError, TaskCancelledError
+
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return isinstance(exc, TaskCancelledError)
+
+
 class JobCancelled(Exception):
     """The job's cancel was requested (DELETE /v1/jobs/{id}): stop the work."""
 
@@ -273,6 +284,11 @@ class JobRunner:
                                              reason=str(exc) or "cancelled"))
             raise
         except BaseException as exc:  # the record must never stay running
+            if _cancelled_downstream(exc):  # its model call was cancelled: the client left
+                await asyncio.shield(self._ended(charge, job_id, unrecorded,
+                                                 self.records.cancel_job,
+                                                 reason=f"cancelled ({type(exc).__name__})"))
+                raise
             reason = to_api_error(exc).message if isinstance(exc, Exception) else "interrupted"
             await asyncio.shield(self._ended(charge, job_id, unrecorded, self.records.fail_job,
                                              error=f"{type(exc).__name__}: {reason}"))

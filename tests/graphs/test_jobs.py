@@ -131,3 +131,18 @@ def test_load_image_reads_only_the_projects_own_assets(runner):
         assert (err.value.status, err.value.code, err.value.param) == \
             (404, "not_found", "image_id")
         assert err.value.message == f"no asset {target!r}"
+
+
+def test_a_model_call_cancelled_by_serve_ends_the_job_cancelled_not_failed(runner):
+    """When a request's client leaves, its model calls may be cancelled (Serve's
+    RequestCancelledError) before its own task is: the job ends `cancelled`."""
+    from ray.serve.exceptions import RequestCancelledError
+
+    async def work(progress):
+        raise RequestCancelledError("req-1")
+
+    with pytest.raises(RequestCancelledError):
+        asyncio.run(runner.run(kind="generations", prompt="a fox", params={},
+                               model_info=MODEL_INFO, work=work, base_url="http://gw"))
+    (job,) = runner.records.list_jobs(project="p1").items
+    assert job.status == "cancelled" and "RequestCancelledError" in job.error
