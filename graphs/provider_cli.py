@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Any
 
-from graphs.errors import ApiError
-from graphs.providers import LOCAL, add_config, provider_configs, remove_config
-from providers import PROVIDER_KINDS, ProviderRequest, build_provider, parse_settings
+# The gateway's and the providers' modules (~0.4 s: httpx, fastapi, pydantic models) are
+# imported by the commands that use them, not here: every `photostudio` command builds this
+# parser, and `photostudio serve` must not pay for them before it starts Ray.
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +32,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     psub = pr.add_subparsers(dest="providers_command", required=True)
     pa = psub.add_parser("add", help="add a provider (its key is stored, never shown)")
     pa.add_argument("name")
-    pa.add_argument("--kind", required=True, choices=PROVIDER_KINDS)
+    pa.add_argument("--kind", required=True,
+                    help="local, openai, comfyui, runware, leonardo, gemini or imagen")
     pa.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a setting (VALUE as JSON when it parses, else a string); repeat")
     pa.add_argument("--settings-json", default=None, help="all settings as a JSON object")
@@ -86,6 +87,14 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add(ns: argparse.Namespace) -> int:
+    from graphs.errors import ApiError
+    from graphs.providers import add_config
+    from providers import PROVIDER_KINDS
+
+    if ns.kind not in PROVIDER_KINDS:
+        print(f"error: --kind must be one of {', '.join(PROVIDER_KINDS)}; got {ns.kind!r}",
+              file=sys.stderr)
+        return 2
     try:
         settings = _settings(ns)
     except ValueError as exc:
@@ -104,6 +113,9 @@ def _add(ns: argparse.Namespace) -> int:
 
 
 def _list(ns: argparse.Namespace) -> int:
+    from graphs.providers import LOCAL, provider_configs
+    from providers import parse_settings
+
     records = _records(ns)
     try:
         configs = provider_configs(records)
@@ -126,6 +138,8 @@ def _list(ns: argparse.Namespace) -> int:
 
 
 def _remove(ns: argparse.Namespace) -> int:
+    from graphs.providers import remove_config
+
     records = _records(ns)
     try:
         removed = remove_config(records, name=ns.name)
@@ -139,6 +153,8 @@ def _remove(ns: argparse.Namespace) -> int:
 
 
 def _test(ns: argparse.Namespace) -> int:
+    from graphs.providers import provider_configs
+
     records = _records(ns)
     try:
         config = next((c for c in provider_configs(records) if c.name == ns.name), None)
@@ -155,7 +171,7 @@ def _test(ns: argparse.Namespace) -> int:
 
 
 async def _probe(config: Any, prompt: str) -> int:
-    from providers import ProviderError
+    from providers import ProviderError, ProviderRequest, build_provider
 
     try:
         provider = build_provider(config.kind, config.name, config.settings)
