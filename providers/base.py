@@ -369,7 +369,11 @@ class Provider(abc.ABC):
         """Text to image."""
 
     async def edit(self, request: ProviderRequest) -> list[ProviderImage]:
-        """Image to image / inpaint."""
+        """Image to image / inpaint: by default the same wire call as `generate` (its request
+        carries the images) for a provider that declares it can edit; override when a backend
+        edits through another endpoint."""
+        if self.capabilities.img2img or self.capabilities.inpaint:
+            return await self.generate(request)
         raise ProviderError(f"{self.kind} providers do not edit images", outcome="unsupported",
                             provider=self.name)
 

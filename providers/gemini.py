@@ -115,12 +115,7 @@ class GeminiProvider(_GoogleProvider):
         return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
 
     async def generate(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._fan_out(request)
-
-    async def edit(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._fan_out(request)
-
-    async def _fan_out(self, request: ProviderRequest) -> list[ProviderImage]:
+        """Text to image, and (the request carrying images) edits: see `Provider.edit`."""
         model = self.model_for(request)
         gate = asyncio.Semaphore(self.settings.max_parallel)
 

@@ -57,9 +57,7 @@ class LeonardoProvider(Provider):
             transport=transport, follow_redirects=False)
 
     async def generate(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._run(request)
-
-    async def edit(self, request: ProviderRequest) -> list[ProviderImage]:
+        """Text to image, and (the request carrying images) edits: see `Provider.edit`."""
         return await self._run(request)
 
     async def close(self) -> None:

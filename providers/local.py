@@ -78,12 +78,7 @@ class LocalProvider(Provider):
             seed=request.seed, **extra)
 
     async def generate(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._call(request)
-
-    async def edit(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._call(request)
-
-    async def _call(self, request: ProviderRequest) -> list[ProviderImage]:
+        """Text to image, and (the request carrying images) edits: see `Provider.edit`."""
         req = self.to_generation_request(request)
         try:
             result = self._generate(req)

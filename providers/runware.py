@@ -86,12 +86,7 @@ class RunwareProvider(Provider):
         return task
 
     async def generate(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._run(request)
-
-    async def edit(self, request: ProviderRequest) -> list[ProviderImage]:
-        return await self._run(request)
-
-    async def _run(self, request: ProviderRequest) -> list[ProviderImage]:
+        """Text to image, and (the request carrying images) edits: see `Provider.edit`."""
         task = self.task(request)
         response = await _http.post_json(self, self.http, self.settings.base_url, [task],
                                          what="imageInference")
