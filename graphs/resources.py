@@ -94,9 +94,11 @@ class Resources:
                        next_cursor=page.next_cursor)
 
     async def cancel_job(self, job_id: str, *, base_url: str) -> Job:
-        await self.job_record(job_id)
-        record = await asyncio.to_thread(self.records.request_cancel, job_id=job_id,
-                                         project=self._project_id())
+        try:  # request_cancel reads the job through the project itself
+            record = await asyncio.to_thread(self.records.request_cancel, job_id=job_id,
+                                             project=self._project_id())
+        except KeyError:
+            raise ApiError(404, f"no job {job_id!r}", param="job_id", code="not_found") from None
         return job_view(record, base_url, self.runner)
 
     # -- projects and gallery -----------------------------------------------------------------
