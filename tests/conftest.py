@@ -34,6 +34,7 @@ import yaml
 
 from graphs.cli import free_port
 from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
+from tests.browser import artifacts_dir, browser, page  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
