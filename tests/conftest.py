@@ -154,6 +154,20 @@ class Gateway:
         finally:
             records.close()
 
+    def revoke_key(self, token: str) -> bool:
+        """Revoke a key as `photostudio keys revoke` does: in the record store, announced on
+        the gateway's Redis so every replica drops it from its key cache at once."""
+        from storage.key_events import revoke_api_key
+        from storage.records import RecordStore
+
+        records = RecordStore(self.database_url)
+        try:
+            key_id = records.authenticate_api_key(token=token).id
+            events = self.config["applications"][0]["args"].get("rate_limit_storage")
+            return revoke_api_key(records, key_id=key_id, events_url=events)
+        finally:
+            records.close()
+
     def handle(self, deployment: str):
         from ray import serve
 
