@@ -228,30 +228,39 @@ def test_matting_bench_toy(zoo_dir):
 
 
 def check_matting_output(out: str) -> None:
-    """bench/matting.py --toy: ours and rembg's server at concurrency 1 and 4, each cell a
-    positive figure, the ratios those of the figures, the target line the table's."""
+    """bench/matting.py --toy: ours (as shipped, JSON and image-bytes answers) and rembg's
+    server at concurrency 1 and 4, each cell a positive figure, the ratios those of the
+    figures, the image-bytes answer smaller than the JSON one, the target lines the table's."""
     header, rows = table(out, "concurrency")
-    assert header == ["concurrency", "ours images/s", "rembg images/s", "ratio",
+    assert header == ["concurrency", "our answer", "ours images/s", "rembg images/s", "ratio",
                       "ours p50 / p99", "rembg p50 / p99", "ours CPU per image",
-                      "rembg CPU per image", "CPU ratio rembg/ours"]
-    assert [row[0] for row in rows] == ["1", "4"]
-    ratio_at = {}
+                      "rembg CPU per image", "CPU ratio rembg/ours", "answer kB ours / rembg"]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("1", "JSON (base64)"), ("1", "image bytes"), ("4", "JSON (base64)"),
+        ("4", "image bytes")]
+    ratio_at, kb = {}, {}
     for row in rows:
-        ours, rembg = positive(row[1]), positive(row[2])
-        assert_ratio(number(row[3].removesuffix("x")), ours, rembg, half=0.05)
-        assert row[3].endswith("x") and row[8].endswith("x"), row
-        for cell in row[4:6]:
-            m = re.fullmatch(r"(\d+) / (\d+) ms", cell)
+        ours, rembg = positive(row[2]), positive(row[3])
+        assert_ratio(number(row[4].removesuffix("x")), ours, rembg, half=0.05)
+        assert row[4].endswith("x") and row[9].endswith("x"), row
+        for c in row[5:7]:
+            m = re.fullmatch(r"(\d+) / (\d+) ms", c)
             assert m and 0 < int(m.group(1)) <= int(m.group(2)), row
-        ours_cpu, rembg_cpu = positive(row[6], "ms"), positive(row[7], "ms")
-        assert_ratio(number(row[8].removesuffix("x")), rembg_cpu, ours_cpu, half=0.5)
-        ratio_at[row[0]] = row[3]
-    assert re.search(r"^CPU per image by process \(ours\), median of the rounds: "
+        ours_cpu, rembg_cpu = positive(row[7], "ms"), positive(row[8], "ms")
+        assert_ratio(number(row[9].removesuffix("x")), rembg_cpu, ours_cpu, half=0.5)
+        m = re.fullmatch(r"([\d.]+) / ([\d.]+)", row[10])
+        assert m, row
+        kb[row[1]] = float(m.group(1))
+        ratio_at[(row[1], row[0])] = row[4]
+    # base64 in JSON is ~4/3 of the PNG; the bytes answer is the PNG itself
+    assert kb["image bytes"] < kb["JSON (base64)"] * 0.8, kb
+    assert re.search(r"^CPU per image by process \(ours, JSON answers\), median of the rounds: "
                      r"concurrency 1: .+ \d+ ms; concurrency 4: .+ \d+ ms$", out, re.M), out
-    m = re.search(r"^## target: ours >= 1.5x rembg's images/s at concurrency 16: ([\d.]+x) at "
-                  r"concurrency 4 \((\w+)\)$", out, re.M)
-    assert m and m.group(1) == ratio_at["4"], out
-    verdict_agrees(m.group(2), float(m.group(1).removesuffix("x")) >= 1.5)
+    for mode in ("JSON (base64)", "image bytes"):
+        m = re.search(rf"^## target \({re.escape(mode)}\): ours >= 1.5x rembg's images/s at "
+                      r"concurrency 16: ([\d.]+x) at concurrency 4 \((\w+)\)$", out, re.M)
+        assert m and m.group(1) == ratio_at[(mode, "4")], out
+        verdict_agrees(m.group(2), float(m.group(1).removesuffix("x")) >= 1.5)
 
 
 @pytest.mark.slow
