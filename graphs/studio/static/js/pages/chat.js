@@ -7,14 +7,14 @@ export async function render(root, { navigate }) {
   let sessionId = null;
   let files = [];
   const list = h('ul', { class: 'sessions', 'aria-label': 'Chat sessions' });
-  const messages = h('div', { class: 'messages', role: 'log', 'aria-live': 'polite', 'aria-label': 'Messages' });
+  const messages = h('div', { class: 'messages', role: 'log', tabindex: 0, 'aria-live': 'polite', 'aria-label': 'Messages' });
   const input = h('textarea', { name: 'message', dataset: { param: 'message' }, rows: 2, placeholder: 'e.g. a cat in a crown, then remove the background' });
   const picker = h('input', { type: 'file', accept: 'image/*', multiple: true, name: 'image' });
-  const attached = h('div', { class: 'previews', 'aria-label': 'Attached images' });
+  const attached = h('div', { class: 'previews', role: 'group', 'aria-label': 'Attached images' });
   const send = h('button', { type: 'submit', class: 'primary' }, 'Send');
   const progress = h('progress', { hidden: true, 'aria-label': 'Chat progress' });
   const status = h('p', { class: 'muted', role: 'status', 'aria-live': 'polite' });
-  const suggestions = h('div', { class: 'actions', 'aria-label': 'Suggestions' });
+  const suggestions = h('div', { class: 'actions', role: 'group', 'aria-label': 'Suggestions' });
   const drop = h('div', { class: 'dropzone' }, field('Message', input), field('Attach images (or drop / paste them here)', picker), attached);
   const form = h('form', { 'aria-label': 'Send a message' }, drop, h('div', { class: 'row' }, send), progress, status);
   const newChat = h('button', { type: 'button' }, 'New chat');

@@ -31,7 +31,7 @@ export async function render(root) {
   const preset = select('preset', [['', 'None'], ...Object.entries(PRESETS).map(([k, v]) => [k, v.label])], '');
   const model = select('model', [['', `Default (${gen.name || 'generator'})`], ...models.map((m) => [m.id, m.id])], '');
   const size = select('size', sizes(gen.limits || {}), '64x64');
-  const steps = h('input', { name: 'steps', type: 'number', min: 1, max: 150, value: 4 });
+  const steps = h('input', { name: 'steps', type: 'number', min: 1, value: 4 });
   const guidance = h('input', { name: 'guidance_scale', type: 'number', min: 0, max: 30, step: 0.5, value: 7 });
   const seed = h('input', { name: 'seed', type: 'number', min: 0, max: 4294967295, value: Math.floor(Math.random() * 1e6) });
   const lock = h('input', { type: 'checkbox', name: 'seed_lock', id: 'seed-lock' });
@@ -40,7 +40,7 @@ export async function render(root) {
   const cancel = h('button', { type: 'button', disabled: true }, 'Cancel');
   const status = h('p', { class: 'muted', role: 'status', 'aria-live': 'polite' });
   const progress = h('progress', { max: 1, value: 0, 'aria-label': 'Generation progress', hidden: true });
-  const previews = h('div', { class: 'previews', 'aria-label': 'Partial previews' });
+  const previews = h('div', { class: 'previews', role: 'group', 'aria-label': 'Partial previews' });
   const result = h('div', { class: 'result' });
   const loras = hasEndpoint('/v1/models/loras')
     ? field('LoRA (name:weight, comma separated)', h('input', { name: 'loras', dataset: { param: 'loras' }, placeholder: 'my-style:0.8' }))

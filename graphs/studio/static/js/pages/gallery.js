@@ -82,13 +82,13 @@ export async function render(root, { navigate }) {
       navigate('create');
     });
     const toVideo = hasEndpoint('/v1/videos')
-      ? h('button', { type: 'button', onclick: send('video'), 'aria-label': `Send ${asset.id} to video` }, 'To video') : null;
+      ? h('button', { type: 'button', onclick: send('video'), 'aria-label': `Send to video: ${asset.id}` }, 'Send to video') : null;
     return h('article', { class: 'card', dataset: { asset: asset.id }, 'aria-label': `Image ${asset.id}` },
       h('img', { src: asset.url, alt: asset.prompt ? `Image: ${asset.prompt}` : `Image ${asset.id}`, loading: 'lazy', width: asset.width, height: asset.height }),
       recipe,
       h('div', { class: 'actions' },
         remix,
-        h('button', { type: 'button', onclick: send('tools'), 'aria-label': `Send ${asset.id} to edit and tools` }, 'To tools'),
+        h('button', { type: 'button', onclick: send('tools'), 'aria-label': `Send to tools: ${asset.id}` }, 'Send to tools'),
         toVideo,
         h('a', { class: 'button', href: asset.url, download: `${asset.id}.${(asset.content_type || 'image/png').split('/')[1]}` }, 'Download'),
         del));

@@ -23,11 +23,11 @@ export async function render(root) {
   const panel = h('section', { class: 'panel', 'aria-labelledby': 'page-title' },
     h('h1', { id: 'page-title' }, 'Jobs & monitoring'),
     h('h2', {}, 'Jobs'),
-    h('div', { class: 'table-wrap' }, h('table', {}, h('caption', { class: 'muted' }, 'The 50 newest jobs of your project (refreshes every 3 s)'),
+    h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Jobs table' }, h('table', {}, h('caption', { class: 'muted' }, 'The 50 newest jobs of your project (refreshes every 3 s)'),
       h('thead', {}, h('tr', {}, ['Job', 'Kind', 'Status', 'Progress', 'Step', 'Created', ''].map((t) => h('th', { scope: 'col' }, t || h('span', { class: 'muted' }, 'Actions'))))), body)),
     h('h2', {}, 'Recent errors'), errors,
     h('h2', {}, 'Deployments'),
-    h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Health', 'Model', 'Device'].map((t) => h('th', { scope: 'col' }, t)))), health)),
+    h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Deployments table' }, h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Health', 'Model', 'Device'].map((t) => h('th', { scope: 'col' }, t)))), health)),
     h('p', { class: 'muted' }, hasEndpoint('/v1/usage') ? '' : 'Replica counts and request metrics per route: see the Ray dashboard and /metrics (no public metrics API on this gateway yet).'),
     h('h2', {}, 'Throughput and latency'), charts);
   root.append(panel);

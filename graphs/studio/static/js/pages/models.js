@@ -7,7 +7,7 @@ export async function render(root) {
   root.append(panel);
   try {
     const models = (await api('/v1/models')).data;
-    panel.append(h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, ['Model', 'Deployment', 'Tiny', 'Fallback'].map((t) => h('th', { scope: 'col' }, t)))),
+    panel.append(h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Models table' }, h('table', {}, h('thead', {}, h('tr', {}, ['Model', 'Deployment', 'Tiny', 'Fallback'].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', {}, models.map((m) => h('tr', {}, h('td', {}, m.id), h('td', {}, m.deployment), h('td', {}, m.tiny ? 'yes' : 'no'), h('td', {}, m.fallback ? 'yes' : 'no')))))));
   } catch (err) { showError(panel, err); }
   panel.append(h('h2', {}, 'LoRA upload'));
