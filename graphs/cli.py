@@ -308,21 +308,7 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.address:
         init_kwargs = {"address": ns.address}
     where = f"connecting to {ns.address}" if ns.address else "local"
-    _prebuild_zoo(profile)
-    console.print(f"Starting Ray ({where})…")
-    if not ns.verbose:
-        # Ray's and the replicas' logs stay in their files (under Ray's temp dir, below
-        # the data dir); --verbose streams them here as well
-        for name in ("ray", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    context = ray.init(**init_kwargs, logging_level=logging.WARNING,
-                       log_to_driver=ns.verbose)
-    dashboard = getattr(context, "dashboard_url", None)
-    if dashboard and not dashboard.startswith("http"):
-        dashboard = f"http://{dashboard}"
-    logs = Path(ray_tmp) / "session_latest" / "logs"
-    if ns.address:
-        logs = Path("the Ray cluster's session logs (ray logs)")
+    # Ctrl-C from here on (Ray's start included) stops at the next step, then shuts down
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -331,8 +317,30 @@ def _serve(ns: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    _prebuild_zoo(profile)
+    if stop.is_set():
+        console.print("[bold]Stopped.")
+        return 0
+    console.print(f"Starting Ray ({where})…")
+    if not ns.verbose:
+        # Ray's and the replicas' logs stay in their files (under Ray's temp dir, below
+        # the data dir); --verbose streams them here as well
+        for name in ("ray", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    context = ray.init(**init_kwargs, logging_level=logging.WARNING,
+                       log_to_driver=ns.verbose)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # ours again, should Ray have set its own
+        signal.signal(signum, _on_signal)
+    dashboard = getattr(context, "dashboard_url", None)
+    if dashboard and not dashboard.startswith("http"):
+        dashboard = f"http://{dashboard}"
+    logs = Path(ray_tmp) / "session_latest" / "logs"
+    if ns.address:
+        logs = Path("the Ray cluster's session logs (ray logs)")
     ok = False
     try:
+        if stop.is_set():  # Ctrl-C while Ray started
+            return 0
         serve.start(http_options=http_options(ns.host or settings.host,
                                               ns.port or settings.port))
         args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
