@@ -327,8 +327,17 @@ def _serve(ns: argparse.Namespace) -> int:
         # the data dir); --verbose streams them here as well
         for name in ("ray", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    context = ray.init(**init_kwargs, logging_level=logging.WARNING,
-                       log_to_driver=ns.verbose)
+    try:
+        context = ray.init(**init_kwargs, logging_level=logging.WARNING,
+                           log_to_driver=ns.verbose)
+    except Exception as exc:  # noqa: BLE001 - reported in one line, with where to look
+        console.print(f"Ray did not start: {exc}\n  Its logs: {ray_tmp}/session_latest/logs"
+                      + ("" if ns.verbose else "  (--verbose shows more)"),
+                      markup=False, highlight=False, soft_wrap=True, style="red")
+        if token:
+            console.print(f"The API key created for this data dir: {token}", markup=False,
+                          highlight=False, soft_wrap=True)
+        return 1
     for signum in (signal.SIGINT, signal.SIGTERM):  # ours again, should Ray have set its own
         signal.signal(signum, _on_signal)
     dashboard = getattr(context, "dashboard_url", None)

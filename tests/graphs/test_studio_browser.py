@@ -45,6 +45,19 @@ def axe_violations(page) -> list[dict]:
     return [v for v in result if v["impact"] in ("serious", "critical")]
 
 
+def loaded(locator, timeout_s: float = 60) -> bool:
+    """The <img> has loaded and decoded (polled: the studio's CSP rules out
+    page.wait_for_function, which evaluates a string)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if locator.evaluate("img => img.complete && img.naturalWidth > 0"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def png_bytes(color=(200, 60, 40), size=(64, 64)) -> bytes:
     buf = io.BytesIO()
     img = Image.new("RGB", size, color)
@@ -153,7 +166,7 @@ def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_d
     final = page.locator("img.final")
     final.wait_for()
     # the previews came first (SSE partial_image events), then the final image
-    assert page.locator("img.preview").count() >= 1
+    assert page.locator("img.preview").count() >= 1, "no partial preview before the image"
     asset_id = final.get_attribute("data-asset")
     assert asset_id
     page.screenshot(path=str(artifacts_dir / "studio-create-result.png"), full_page=True)
@@ -162,7 +175,7 @@ def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_d
     card = page.locator(f"article[data-asset='{asset_id}']")
     card.wait_for()
     assert "a red fox in the snow, studio test" in card.locator("dl.recipe").inner_text()
-    assert card.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert loaded(card.locator("img"))
     page.screenshot(path=str(artifacts_dir / "studio-gallery-recipe.png"), full_page=True)
 
     # remix: the recipe back in Create, the next seed; a new image
@@ -183,9 +196,9 @@ def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_d
     page.get_by_role("button", name="Run").click()
     after = page.locator("#after")
     after.wait_for()
-    assert after.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert loaded(after)
     page.screenshot(path=str(artifacts_dir / "studio-tools-before-after.png"), full_page=True)
-    assert page.console_errors == []
+    assert page.console_errors == [], page.console_errors
 
 
 def test_errors_show_the_message_and_highlight_the_param(gateway, page):
@@ -220,4 +233,4 @@ def test_chat_turn_with_an_uploaded_image_and_an_action(gateway, page, artifacts
     reply.nth(before).wait_for()  # the action's reply: one more image
     # the session is in the list
     assert page.locator(".sessions button").count() >= 1
-    assert page.console_errors == []
+    assert page.console_errors == [], page.console_errors
