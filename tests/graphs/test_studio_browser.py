@@ -234,3 +234,22 @@ def test_chat_turn_with_an_uploaded_image_and_an_action(gateway, page, artifacts
     # the session is in the list
     assert page.locator(".sessions button").count() >= 1
     assert page.console_errors == [], page.console_errors
+
+
+def test_a_429_counts_down_its_retry_after(gateway, page):
+    """A key over its requests/minute: the studio says so and counts down Retry-After, with
+    Generate disabled until then."""
+    key = gateway.create_key(scopes=["generate"], requests_per_minute=4, name="studio-429")
+    enter_key(page, gateway, key=key)
+    page.goto(f"{studio(gateway)}#/create")
+    page.get_by_label("Prompt", exact=True).fill("a cat")
+    generate = page.get_by_role("button", name="Generate")
+    retry = page.locator(".alert[role=alert] .retry")
+    for _ in range(8):  # the page's own calls use part of the minute's requests
+        generate.click()
+        page.locator("#page p[role=status]").filter(has_text=re.compile("Done|Failed")).wait_for(
+            timeout=TIMEOUT_MS)
+        if retry.count():
+            break
+    assert re.search(r"Retry in \d+ s", retry.inner_text())
+    assert generate.is_disabled()
