@@ -349,7 +349,7 @@ def _serve(ns: argparse.Namespace) -> int:
     ok = False
     try:
         if stop.is_set():  # Ctrl-C while Ray started
-            return 0
+            raise _Stopped
         serve.start(http_options=http_options(ns.host or settings.host,
                                               ns.port or settings.port))
         args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
@@ -370,6 +370,8 @@ def _serve(ns: argparse.Namespace) -> int:
         elif token:  # not lost with a failed start: it is the only copy
             console.print(f"The API key created for this data dir: {token}", markup=False,
                           highlight=False)
+    except _Stopped:
+        pass
     finally:
         _shutdown(serve, ray, local=not ns.address)
         console.print("[bold]Stopped.")
@@ -384,6 +386,10 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 APP_NAME = "photostudio"
+
+
+class _Stopped(Exception):
+    """Ctrl-C came before the gateway was deployed."""
 
 
 def _shutdown(serve, ray, *, local: bool) -> None:
