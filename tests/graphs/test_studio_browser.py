@@ -224,10 +224,12 @@ def test_chat_turn_with_an_uploaded_image_and_an_action(gateway, page, artifacts
     page.get_by_label("Message", exact=True).fill("remove the background")
     page.get_by_role("button", name="Send").click()
     reply = page.locator(".msg.assistant img.chat-image")
-    reply.first.wait_for()
+    answered = page.locator(".msg.assistant img.chat-image, form .alert[role=alert]")
+    answered.first.wait_for()
+    page.screenshot(path=str(artifacts_dir / "studio-chat.png"), full_page=True)
+    assert reply.count() >= 1, page.locator("#page").inner_text()
     actions = page.locator(".msg.assistant button.action")
     assert actions.count() >= 1
-    page.screenshot(path=str(artifacts_dir / "studio-chat.png"), full_page=True)
     before = reply.count()
     page.locator(".msg.assistant button.action[data-action='upscale']").last.click()
     reply.nth(before).wait_for()  # the action's reply: one more image
