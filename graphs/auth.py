@@ -40,6 +40,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from graphs import studio
 from graphs.errors import ApiError
 from graphs.quotas import QuotaConfig, Quotas, Usage
 from storage.key_events import CHANNEL, is_redis_url
@@ -49,6 +50,14 @@ logger = logging.getLogger("ray.serve")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
+
+
+def is_public(path: str) -> bool:
+    """Health, the API docs, and the studio's static files (graphs/studio: the app itself
+    asks for a key and sends it on every API call)."""
+    return path in PUBLIC_PATHS or studio.is_public(path)
+
+
 # (method or "*", path pattern, scope); first match wins; unmatched: any valid key
 ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
     (method, re.compile(pattern), scope) for method, pattern, scope in (
@@ -279,7 +288,7 @@ class Gate:
     async def admit(self, method: str, path: str, headers: list[tuple[bytes, bytes]],
                     query: bytes = b"") -> tuple[Principal, Usage | None]:
         """The request's principal and its requests/minute usage; ApiError 401/403/429."""
-        if not self.config.enabled or path in PUBLIC_PATHS or method == "OPTIONS":
+        if not self.config.enabled or is_public(path) or method == "OPTIONS":
             return self.anonymous, None
         token = _bearer(headers)
         if token is None and (signed := self._signed_asset(method, path, query)):

@@ -155,6 +155,90 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     return env
 
 
+# Modules the deployments import when they start, and the extra that installs them: checked
+# before Ray starts, so a plain `pip install -e .` says what to install instead of failing
+# inside a replica ("Failed to update the deployments ['Matting']" + ModuleNotFoundError).
+NEEDED_MODULES: dict[str, tuple[str, ...]] = {
+    "tools": ("rembg", "onnxruntime", "cv2", "spandrel", "insightface"),
+}
+
+
+def missing_extras(find_spec=None) -> dict[str, list[str]]:
+    """{extra: [missing modules]} for the modules the gateway's deployments need."""
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    missing: dict[str, list[str]] = {}
+    for extra, modules in NEEDED_MODULES.items():
+        for module in modules:
+            try:
+                found = find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.setdefault(extra, []).append(module)
+    return missing
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def banner(*, url: str, dashboard: str | None, token: str | None, logs: Path,
+           verbose: bool) -> str:
+    """The one block `photostudio serve` prints when the gateway is ready."""
+    lines = ["", "Photo Studio Gateway is ready",
+             f"  Studio         {url}/studio/",
+             f"  API docs       {url}/docs",
+             f"  Ray dashboard  {dashboard or 'off (--no-dashboard)'}"]
+    if token:
+        lines.append(f"  API key        {token}")
+        lines.append("                 (created now: project default, every scope; shown only "
+                     "once; more with `photostudio keys create`)")
+    lines.append(f"  Logs           {logs}" + ("  (also streamed here: --verbose)" if verbose
+                                               else "  (--verbose streams them here)"))
+    lines += ["Press Ctrl-C to stop.", ""]
+    return "\n".join(lines)
+
+
+def _prebuild_zoo(profile: str) -> None:
+    """Build the tiny models before the deployments ask for them, one line each."""
+    if profile != "tiny":
+        return
+    from models import zoo
+
+    for name in zoo.BUILDERS:
+        if not zoo.is_built(name):
+            console.print(f"  building tiny model {name}…")
+            zoo.ensure(name)
+
+
+def _wait_deployed(serve, app_name: str, stop: threading.Event, timeout_s: float = 600) -> bool:
+    """Print each deployment's state as it changes until the application runs; False if it
+    failed to deploy (the reason printed) or Ctrl-C came first."""
+    import time
+
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while not stop.wait(0.5):
+        app = serve.status().applications.get(app_name)
+        if app is None:
+            continue
+        for name, dep in sorted(app.deployments.items()):
+            state = str(getattr(dep.status, "value", dep.status))
+            if seen.get(name) != state:
+                seen[name] = state
+                done = sum(1 for s in seen.values() if s == "HEALTHY")
+                console.print(f"  [{done}/{len(app.deployments)}] {name}: {state.lower()}")
+        status = str(getattr(app.status, "value", app.status))
+        if status == "RUNNING":
+            return True
+        if status == "DEPLOY_FAILED" or time.monotonic() > deadline:
+            console.print(f"[red bold]Deploying failed:[/] {app.message or status}")
+            return False
+    return False
+
+
 def _serve(ns: argparse.Namespace) -> int:
     from graphs.settings import Settings
 
@@ -167,8 +251,17 @@ def _serve(ns: argparse.Namespace) -> int:
         console.print("[red]the production profile requires API-key auth; --no-auth (or "
                       "PHOTOSTUDIO_AUTH_ENABLED=false) is only for the tiny and local profiles")
         return 2
+    missing = missing_extras()
+    if missing:
+        for extra, modules in missing.items():
+            console.print(f"Missing modules {', '.join(modules)}: the gateway's deployments "
+                          f"need the '{extra}' extra. Install it with\n"
+                          f"    pip install -e '.[{extra}]'   (or `make install`)",
+                          markup=False, highlight=False, soft_wrap=True, style="red")
+        return 2
+    token = None
     if auth_enabled:
-        _bootstrap_key(settings, data_dir)
+        token = _bootstrap_key(settings, data_dir)
     else:
         console.print("[yellow bold]API-key auth is OFF[/] (--no-auth): anyone who can reach "
                       "the port can use the gateway")
@@ -215,8 +308,7 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.address:
         init_kwargs = {"address": ns.address}
     where = f"connecting to {ns.address}" if ns.address else "local"
-    console.print(f"[bold]Starting Ray[/] ({where})")
-    ray.init(**init_kwargs, logging_level=logging.WARNING)
+    # Ctrl-C from here on (Ray's start included) stops at the next step, then shuts down
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -225,28 +317,93 @@ def _serve(ns: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    _prebuild_zoo(profile)
+    if stop.is_set():
+        console.print("[bold]Stopped.")
+        return 0
+    console.print(f"Starting Ray ({where})…")
+    if not ns.verbose:
+        # Ray's and the replicas' logs stay in their files (under Ray's temp dir, below
+        # the data dir); --verbose streams them here as well
+        for name in ("ray", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        context = ray.init(**init_kwargs, logging_level=logging.WARNING,
+                           log_to_driver=ns.verbose)
+    except Exception as exc:  # noqa: BLE001 - reported in one line, with where to look
+        console.print(f"Ray did not start: {exc}\n  Its logs: {ray_tmp}/session_latest/logs"
+                      + ("" if ns.verbose else "  (--verbose shows more)"),
+                      markup=False, highlight=False, soft_wrap=True, style="red")
+        if token:
+            console.print(f"The API key created for this data dir: {token}", markup=False,
+                          highlight=False, soft_wrap=True)
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM):  # ours again, should Ray have set its own
+        signal.signal(signum, _on_signal)
+    dashboard = getattr(context, "dashboard_url", None)
+    if dashboard and not dashboard.startswith("http"):
+        dashboard = f"http://{dashboard}"
+    logs = Path(ray_tmp) / "session_latest" / "logs"
+    if ns.address:
+        logs = Path("the Ray cluster's session logs (ray logs)")
+    ok = False
+    try:
+        if stop.is_set():  # Ctrl-C while Ray started
+            raise _Stopped
         serve.start(http_options=http_options(ns.host or settings.host,
                                               ns.port or settings.port))
         args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
                        use_gpu=(ns.gpus or 0) > 0 or None, auth_enabled=auth_enabled)
-        console.print(f"[bold]Deploying[/] profile={profile} (first start may build tiny models)")
-        serve.run(build_app(args), name="photostudio", route_prefix="/", blocking=False)
-        url = f"http://{ns.host or settings.host}:{ns.port or settings.port}"
-        console.print(f"[green bold]Photo Studio Gateway is up:[/] {url}  (docs: {url}/docs)")
-        console.print("Press Ctrl-C to stop.")
-        while not stop.wait(1.0):
-            pass
+        console.print(f"Deploying the gateway (profile {profile})…")
+        # Serve's _run with _blocking=False returns once the deployment is submitted (the
+        # public serve.run waits for it silently): the loop below shows each deployment's
+        # progress instead.
+        serve._run(build_app(args), name=APP_NAME, route_prefix="/", _blocking=False)
+        ok = _wait_deployed(serve, APP_NAME, stop)
+        if ok:
+            url = f"http://{_display_host(ns.host or settings.host)}:{ns.port or settings.port}"
+            console.print(banner(url=url, dashboard=dashboard if ns.dashboard else None,
+                                 token=token, logs=logs, verbose=ns.verbose),
+                          markup=False, highlight=False, soft_wrap=True)
+            while not stop.wait(0.5):
+                pass
+        elif token:  # not lost with a failed start: it is the only copy
+            console.print(f"The API key created for this data dir: {token}", markup=False,
+                          highlight=False)
+    except _Stopped:
+        pass
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
-            if config:
-                _stop_leftover_haproxy(Path(config).parent)
+        _shutdown(serve, ray, local=not ns.address)
         console.print("[bold]Stopped.")
-    return 0
+    rc = 0 if ok or stop.is_set() else 1
+    # Everything is stopped; the interpreter's own exit after a Ray driver (finalizing Ray's
+    # core worker and ~1,400 modules) took a further ~7 s here (loaded 2-core VM: Ctrl-C to
+    # exit 8.4 s, of which ray.shutdown 1.4 s). Leave at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+APP_NAME = "photostudio"
+
+
+class _Stopped(Exception):
+    """Ctrl-C came before the gateway was deployed."""
+
+
+def _shutdown(serve, ray, *, local: bool) -> None:
+    """Stop within seconds. A local Ray is ours: ray.shutdown() ends its processes (Serve's
+    own shutdown waits up to 30 s for its controller, then warns "Controller failed to shut
+    down within 30.0s"). On a cluster we joined, only our application is deleted."""
+    try:
+        if not local:
+            serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+        config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+        if config:
+            _stop_leftover_haproxy(Path(config).parent)
 
 
 def _stop_leftover_haproxy(state_dir: Path) -> None:
@@ -263,9 +420,10 @@ def _stop_leftover_haproxy(state_dir: Path) -> None:
             continue
 
 
-def _bootstrap_key(settings, data_dir: Path) -> None:
+def _bootstrap_key(settings, data_dir: Path) -> str | None:
     """First start with auth on and no key at all: make one (project `default`, every scope)
-    and print it once, so a newcomer can call the gateway at once."""
+    and return it (the ready banner prints it once), so a newcomer can call the gateway at
+    once."""
     from storage.records import RecordStore
 
     url = settings.database_url or f"sqlite:///{data_dir / 'photostudio.db'}"
@@ -274,14 +432,14 @@ def _bootstrap_key(settings, data_dir: Path) -> None:
         if records.list_api_keys():
             console.print("API keys: use one of yours (`photostudio keys list`; new ones with "
                           "`photostudio keys create`)")
-            return
+            return None
         key, token = records.create_api_key(project="default", name="bootstrap (first start)",
                                             scopes=["generate", "tools", "chat", "admin"])
     finally:
         records.close()
-    console.print(f"[green bold]Created the first API key[/] ({key.id}, project default, all "
-                  "scopes). It is shown only now; send it as 'Authorization: Bearer <key>':")
-    console.print(f"    {token}", markup=False, highlight=False)
+    console.print(f"Created the first API key ({key.id}); it is shown when the gateway is "
+                  "ready.", soft_wrap=True)
+    return token
 
 
 def _gateway_settings():
@@ -324,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
                    help="API keys (default: on; --no-auth only for tiny/local profiles); with "
                         "auth on and no key yet, the first start creates one and prints it")
+    p.add_argument("--verbose", action="store_true",
+                   help="stream Ray's and the replicas' logs here too (they always go to files "
+                        "under the data dir's ray/ folder)")
     p.set_defaults(func=_serve)
 
     z = sub.add_parser("zoo", help="tiny model zoo")
@@ -339,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     provider_cli.add_subcommands(sub)  # providers add|list|remove|test
 
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet = ns.command == "serve" and not ns.verbose  # the serve banner stays readable
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
     return ns.func(ns)
 

@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
-from graphs import auth, errors, middleware
+from graphs import auth, errors, middleware, studio
 from graphs.auth import AuthConfig
 from graphs.chat import ChatService
 from graphs.chores import Chores
@@ -121,6 +121,8 @@ def _document_chat_request(app: FastAPI) -> None:
 
 
 _document_chat_request(app)
+# the web studio's static files at /studio/ (/ redirects there), with their own CSP
+studio.install(app)
 # Body limit (413), timeout (504, cancels model calls), request id, CORS, metrics. Before
 # @serve.ingress(app): Serve freezes the app when the class is decorated.
 middleware.install(app, middleware.HardeningConfig.from_settings())

@@ -195,3 +195,8 @@ def _is_current(folder: Path) -> bool:
 
 def build_all(zoo_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     return {name: ensure(name, zoo_dir) for name in BUILDERS}
+
+
+def is_built(name: str, zoo_dir: str | os.PathLike | None = None) -> bool:
+    """Whether tiny model `name` is built and current (`ensure` would not build it)."""
+    return _is_current((Path(zoo_dir) if zoo_dir else default_zoo_dir()) / name)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
@@ -306,6 +307,11 @@ class RecordStore:
             connect_args = {"timeout": 30, "check_same_thread": False}
             if migrate.is_memory_sqlite(url):
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database
+            elif make_url(url).database:
+                # a first `photostudio keys create` before the server ever ran: make the
+                # data dir (SQLite makes the file, not its folder) and migrate below
+                Path(make_url(url).database).expanduser().parent.mkdir(parents=True,
+                                                                       exist_ok=True)
         elif _behind_transaction_pooler(url):
             # pgbouncer-style transaction pooling (Supabase's port 6543) breaks server-side
             # prepared statements, which psycopg 3 uses after 5 executions of a query.

@@ -290,6 +290,9 @@ def served(tmp_path_factory, zoo_dir) -> Served:
                 return False
 
         wait_until(up, timeout=240, interval=1, what="photostudio serve to answer")
+        # the ready banner follows once every deployment is healthy
+        wait_until(lambda: "Photo Studio Gateway is ready" in served.output, timeout=240,
+                   interval=0.5, what="photostudio serve's ready banner")
         yield served
         proc.send_signal(signal.SIGINT)
         began = time.monotonic()
@@ -306,3 +309,6 @@ def served(tmp_path_factory, zoo_dir) -> Served:
     assert stopped_in is not None, "photostudio serve still ran 120 s after Ctrl-C:\n" + \
         served.output[-3000:]
     assert proc.returncode == 0 and "Stopped." in served.output, served.output[-3000:]
+    # Ctrl-C ends it within 10 s (was ~35 s: Serve's controller shutdown timing out)
+    assert stopped_in <= 10, f"stopped {stopped_in:.1f} s after Ctrl-C"
+    assert "Controller failed to shut down" not in served.output

@@ -112,3 +112,42 @@ def test_the_cli_imports_no_ray_before_it_sets_rays_environment():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.slow
+def test_serve_prints_one_clean_banner_and_keeps_rays_logs_in_files(served):
+    """The first start's output: progress lines, then one banner with the studio, docs and
+    logs; Ray's and the replicas' log lines are in files under the data dir, not here."""
+    out = served.output
+    assert out.count("Photo Studio Gateway is ready") == 1, out[-3000:]
+    assert f"{served.url}/studio/" in out and f"{served.url}/docs" in out
+    assert "Ray dashboard  off (--no-dashboard)" in out
+    assert re.search(r"API key\s+psk_[\w-]{43}", out)
+    assert "Deploying the gateway" in out and re.search(r"\[\d/\d\] Ingress: healthy", out)
+    logs = re.search(r"Logs\s+(\S+)", out).group(1)
+    assert Path(logs).is_dir() and any(Path(logs).rglob("*.log"))
+    # nothing of Ray's own chatter: no "(ServeController pid=…)" / "(ServeReplica…)" lines
+    assert "pid=" not in out, out[-3000:]
+    assert "Traceback" not in out
+
+
+def test_serve_names_the_extra_to_install_before_starting_ray(tmp_path, monkeypatch, capsys):
+    """An install without the extras: no Ray started, a message naming the extra."""
+    from graphs import cli
+
+    monkeypatch.setattr(cli, "missing_extras", lambda: {"tools": ["onnxruntime", "rembg"]})
+    started = []
+    monkeypatch.setattr(cli, "_prebuild_zoo", lambda profile: started.append(profile))
+    rc = cli.main(["serve", "--data-dir", str(tmp_path), "--no-auth"])
+    err = capsys.readouterr().err
+    assert rc == 2 and started == []
+    assert "onnxruntime, rembg" in err and "pip install -e '.[tools]'" in err
+
+
+def test_missing_extras_checks_each_needed_module():
+    from graphs import cli
+
+    present = {"rembg", "cv2", "spandrel", "insightface"}
+    missing = cli.missing_extras(find_spec=lambda name: object() if name in present else None)
+    assert missing == {"tools": ["onnxruntime"]}
+    assert cli.missing_extras() == {}  # this test environment has every extra

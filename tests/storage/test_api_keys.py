@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from storage.records import hash_api_key
 from storage.tables import ApiKey
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_create_stores_only_the_hash(records):
@@ -82,3 +86,17 @@ def test_keys_cli_create_list_revoke(tmp_path):
     assert again.returncode == 1 and "already revoked" in again.stderr
     assert key_id not in _cli("list", db=db).stdout
     assert "revoked" in _cli("list", "--all", db=db).stdout
+
+
+def test_keys_create_before_the_server_ever_ran(tmp_path):
+    """A newcomer's first command in a fresh folder: the default data dir does not exist yet.
+    The database is created and migrated (no raw `sqlite3.OperationalError: unable to open
+    database file`)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PHOTOSTUDIO_") or k == "PHOTOSTUDIO_ZOO_DIR"}
+    made = subprocess.run([sys.executable, "-m", "graphs.cli", "keys", "create"], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("psk_") and "Traceback" not in made.stderr
+    assert (tmp_path / "data" / "photostudio.db").exists()

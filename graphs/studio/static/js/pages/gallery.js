@@ -1,0 +1,102 @@
+// Gallery: the project's assets, newest first, filters, each with its recipe; remix, send to
+// edit/tools/video, download, delete.
+import { api, hasEndpoint } from '../api.js';
+import { clearError, field, fmtTime, h, handoff, select, showError } from '../ui.js';
+
+async function projectIds() {
+  const list = await api('/v1/projects?limit=200');
+  const ids = list.data.map((p) => p.id);
+  if (ids.includes('default')) return ['default', ...ids.filter((i) => i !== 'default')];
+  return ids;
+}
+
+async function recipeOf(asset) {
+  if (hasEndpoint('/v1/assets/{asset_id}/recipe')) {
+    try { return await api(`/v1/assets/${encodeURIComponent(asset.id)}/recipe`); } catch { /* fall back */ }
+  }
+  return { prompt: asset.prompt, parameters: asset.parameters || {}, job_id: asset.job_id };
+}
+
+export async function render(root, { navigate }) {
+  const projects = await projectIds();
+  const project = select('project', projects, projects[0]);
+  const kind = select('kind', [['', 'All kinds']], '');
+  const model = h('input', { name: 'model', type: 'search', placeholder: 'any model' });
+  const since = h('input', { name: 'since', type: 'date' });
+  const refresh = h('button', { type: 'button' }, 'Refresh');
+  const grid = h('div', { class: 'grid', id: 'assets', 'aria-live': 'polite' });
+  const more = h('button', { type: 'button', hidden: true }, 'Load more');
+  const panel = h('section', { class: 'panel', 'aria-labelledby': 'page-title' },
+    h('h1', { id: 'page-title' }, 'Gallery'),
+    h('div', { class: 'row', role: 'search' }, field('Project', project), field('Kind', kind), field('Model', model), field('Since', since), refresh),
+    grid, more);
+  root.append(panel);
+
+  let assets = []; let cursor = null;
+  async function load(reset = true) {
+    clearError(panel);
+    try {
+      const q = new URLSearchParams({ limit: '50' });
+      if (!reset && cursor) q.set('cursor', cursor);
+      const page = await api(`/v1/projects/${encodeURIComponent(project.value)}/assets?${q}`);
+      assets = reset ? page.data : assets.concat(page.data);
+      cursor = page.next_cursor; more.hidden = !cursor;
+      const kinds = [...new Set(assets.map((a) => a.kind))];
+      const current = kind.value;
+      kind.replaceChildren(h('option', { value: '' }, 'All kinds'), ...kinds.map((k) => h('option', { value: k, selected: k === current }, k)));
+      draw();
+    } catch (err) { showError(panel, err); }
+  }
+
+  function draw() {
+    const m = model.value.trim().toLowerCase();
+    const after = since.value ? new Date(since.value) : null;
+    const shown = assets.filter((a) => (!kind.value || a.kind === kind.value)
+      && (!m || String(a.parameters?.model || '').toLowerCase().includes(m))
+      && (!after || new Date(a.created_at) >= after));
+    grid.replaceChildren(...(shown.length ? shown.map(card) : [h('p', { class: 'muted' }, 'No images yet: make one on the Create page.')]));
+  }
+
+  function card(asset) {
+    const p = asset.parameters || {};
+    const recipe = h('dl', { class: 'recipe' },
+      h('dt', {}, 'prompt'), h('dd', {}, asset.prompt || '—'),
+      ...['model', 'seed', 'steps', 'guidance_scale', 'negative_prompt'].filter((k) => p[k] !== undefined && p[k] !== null)
+        .flatMap((k) => [h('dt', {}, k), h('dd', {}, String(p[k]))]),
+      h('dt', {}, 'size'), h('dd', {}, `${asset.width}×${asset.height}`),
+      h('dt', {}, 'kind'), h('dd', {}, asset.kind),
+      h('dt', {}, 'made'), h('dd', {}, fmtTime(asset.created_at)));
+    const del = h('button', { type: 'button', 'aria-label': `Delete ${asset.id}` }, 'Delete');
+    del.addEventListener('click', async () => {
+      if (del.dataset.armed !== '1') { del.dataset.armed = '1'; del.textContent = 'Confirm delete'; return; }
+      try { await api(`/v1/assets/${encodeURIComponent(asset.id)}`, { method: 'DELETE' }); assets = assets.filter((a) => a.id !== asset.id); draw(); } catch (err) { showError(panel, err); }
+    });
+    const send = (page) => () => { handoff({ page, id: asset.id, url: asset.url, prompt: asset.prompt }); navigate(page); };
+    const remix = h('button', { type: 'button', 'aria-label': `Remix ${asset.id}` }, 'Remix');
+    remix.addEventListener('click', async () => {
+      if (hasEndpoint('/v1/assets/{asset_id}/remix')) {
+        try { await api(`/v1/assets/${encodeURIComponent(asset.id)}/remix`, { method: 'POST', json: {} }); load(); return; } catch (err) { showError(panel, err); return; }
+      }
+      const r = await recipeOf(asset);
+      handoff({ page: 'create', id: asset.id, prompt: r.prompt, parameters: r.parameters, remix: true });
+      navigate('create');
+    });
+    const toVideo = hasEndpoint('/v1/videos')
+      ? h('button', { type: 'button', onclick: send('video'), 'aria-label': `Send to video: ${asset.id}` }, 'Send to video') : null;
+    return h('article', { class: 'card', dataset: { asset: asset.id }, 'aria-label': `Image ${asset.id}` },
+      h('img', { src: asset.url, alt: asset.prompt ? `Image: ${asset.prompt}` : `Image ${asset.id}`, loading: 'lazy', width: asset.width, height: asset.height }),
+      recipe,
+      h('div', { class: 'actions' },
+        remix,
+        h('button', { type: 'button', onclick: send('tools'), 'aria-label': `Send to tools: ${asset.id}` }, 'Send to tools'),
+        toVideo,
+        h('a', { class: 'button', href: asset.url, download: `${asset.id}.${(asset.content_type || 'image/png').split('/')[1]}` }, 'Download'),
+        del));
+  }
+
+  project.addEventListener('change', () => load());
+  [kind, model, since].forEach((c) => c.addEventListener('input', draw));
+  refresh.addEventListener('click', () => load());
+  more.addEventListener('click', () => load(false));
+  await load();
+}

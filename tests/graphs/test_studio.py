@@ -1,0 +1,28 @@
+"""The studio's static routes without a browser: which paths are public, which files serve."""
+
+from __future__ import annotations
+
+from graphs import auth, studio
+
+
+def test_only_the_studio_and_the_root_redirect_are_public():
+    for path in ("/", "/studio", "/studio/", "/studio/js/app.js"):
+        assert auth.is_public(path), path
+    for path in ("/studiox", "/v1/capabilities", "/v1/assets/x", "/studio-admin/x"):
+        assert not auth.is_public(path), path
+
+
+def test_resolve_serves_files_of_the_folder_only():
+    assert studio.resolve("") == studio.STATIC_DIR / "index.html"
+    assert studio.resolve("js/app.js") == studio.STATIC_DIR / "js" / "app.js"
+    for path in ("../__init__.py", "js/../../__init__.py", "/etc/passwd", "js", "nothing.js"):
+        assert studio.resolve(path) is None, path
+
+
+def test_every_module_the_pages_import_exists():
+    """A missing file would only show as a console error in the browser."""
+    import re
+
+    for js in (studio.STATIC_DIR / "js").rglob("*.js"):
+        for target in re.findall(r"(?:from|import\()\s*'(\.[^']+)'", js.read_text()):
+            assert (js.parent / target).resolve().is_file(), (js, target)

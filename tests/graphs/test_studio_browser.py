@@ -1,0 +1,259 @@
+"""The studio (graphs/studio) in a real browser against the test Serve app (`gateway`):
+Debian's chromium driven by Playwright (tests/browser.py).
+
+What a person does with it: enters a key (a wrong one shows the 401 message), generates an
+image and sees the partial previews then the final image, finds it in the gallery with its
+recipe, remixes it, removes its background from the gallery's "send to", has a chat turn
+with an uploaded image and clicks an action button. Every page: no console errors, a
+screenshot under the run's artifacts folder, and axe-core (vendored, tests/data/axe-core)
+finds no serious or critical violation, at 1440×900 and at 390×844 (phone).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+AXE = Path(__file__).resolve().parents[1] / "data" / "axe-core" / "axe.min.js"
+PAGES = ["chat", "create", "tools", "video", "lab", "gallery", "models", "datasets", "jobs"]
+NOT_YET = {"video", "lab", "datasets"}  # their APIs land with other issues (#17, #18)
+TIMEOUT_MS = 120_000
+
+
+def studio(gateway) -> str:
+    return f"{gateway.base_url}/studio/"
+
+
+def enter_key(page, gateway, key: str | None = None) -> None:
+    page.goto(studio(gateway))
+    page.get_by_role("textbox", name="API key").fill(key or gateway.api_key)
+    page.get_by_role("button", name="Use this key").click()
+
+
+def axe_violations(page) -> list[dict]:
+    """axe-core's serious and critical violations on the page as it is now. Evaluated through
+    the DevTools protocol (the studio's CSP forbids injected scripts, as it should)."""
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']}))"
+                           ".violations.map(v => ({id: v.id, impact: v.impact, help: v.help, "
+                           "nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))")
+    return [v for v in result if v["impact"] in ("serious", "critical")]
+
+
+def loaded(locator, timeout_s: float = 60) -> bool:
+    """The <img> has loaded and decoded (polled: the studio's CSP rules out
+    page.wait_for_function, which evaluates a string)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if locator.evaluate("img => img.complete && img.naturalWidth > 0"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def png_bytes(color=(200, 60, 40), size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, color)
+    for x in range(16, 48):
+        for y in range(16, 48):
+            img.putpixel((x, y), (20, 120, 220))
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_studio_is_served_with_a_strict_csp_and_no_key(gateway):
+    with httpx.Client(base_url=gateway.base_url, timeout=30) as client:
+        root = client.get("/", follow_redirects=False)
+        assert root.status_code == 307 and root.headers["location"].endswith("/studio/")
+        index = client.get("/studio/")  # no key: the app itself asks for one
+        assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+        csp = index.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        # no inline script: every <script> has a src, on this origin
+        scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", index.text, re.S)
+        assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
+        js = client.get("/studio/js/app.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert "content-security-policy" in js.headers
+        # no file outside the studio's folder (an encoded ../ reaches the route as such)
+        assert client.get("/studio/..%2F__init__.py").status_code == 404
+        assert client.get("/studio/..%2F..%2Fauth.py").status_code == 404
+        assert client.get("/studio/js/nothing.js").status_code == 404
+        # the API stays behind the key; the docs page is not given the studio's CSP
+        assert client.get("/v1/capabilities").status_code == 401
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "content-security-policy" not in docs.headers
+        assert "/studio" not in str(client.get("/openapi.json").json()["paths"])
+
+
+def test_studio_files_fetch_nothing_from_other_origins():
+    """Offline machines: no CDN, no web font; every URL in the studio is relative."""
+    from graphs.studio import STATIC_DIR
+
+    for path in STATIC_DIR.rglob("*"):
+        if path.suffix in (".html", ".js", ".css"):
+            text = path.read_text()
+            assert not re.search(r"(src|href)=\"(https?:)?//", text), path
+            assert not re.search(r"url\((['\"])?(https?:)?//", text), path
+            assert not re.search(r"import[^;]*['\"]https?://", text), path
+            assert "<script>" not in text, path
+
+
+def test_a_wrong_key_shows_the_401_message(gateway, page, artifacts_dir):
+    enter_key(page, gateway, key="psk_" + "x" * 43)
+    alert = page.locator("#key-error")
+    alert.wait_for(state="visible")
+    assert "API key is not valid" in alert.inner_text()
+    assert page.locator("#key-panel").is_visible()
+    page.screenshot(path=str(artifacts_dir / "studio-wrong-key.png"))
+    # the only console errors: the browser's own line for the 401 answer
+    assert all("401" in e for e in page.console_errors), page.console_errors
+
+
+@pytest.mark.parametrize("viewport", [(1440, 900), (390, 844)], ids=["desktop", "phone"])
+def test_every_page_loads_clean_and_accessible(gateway, browser, artifacts_dir, viewport):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        enter_key(page, gateway)
+        page.locator("h1#page-title").wait_for()
+        for theme in ("light", "dark"):
+            page.evaluate(f"document.documentElement.dataset.theme = '{theme}'")
+            for name in PAGES:
+                page.goto(f"{studio(gateway)}#/{name}")
+                page.locator(f".page[data-page='{name}'] h1").wait_for(timeout=TIMEOUT_MS)
+                page.wait_for_load_state("networkidle")
+                heading = page.locator(f".page[data-page='{name}']")
+                if name in NOT_YET:
+                    assert "Not available on this gateway" in heading.inner_text()
+                elif name == "models":  # the catalogue; LoRA upload waits for #15's API
+                    heading.locator("td", has_text="tiny-sd").wait_for()
+                else:
+                    assert "Not available on this gateway." not in heading.inner_text()
+                page.screenshot(path=str(artifacts_dir /
+                                         f"studio-{name}-{theme}-{viewport[0]}.png"),
+                                full_page=True)
+                if theme == "light":
+                    violations = axe_violations(page)
+                    assert violations == [], (name, violations)
+                # nothing wider than the screen (the phone): the page scrolls vertically only
+                wide = page.evaluate("document.documentElement.scrollWidth")
+                assert wide <= viewport[0] + 1, (name, wide)
+            page.evaluate("localStorage.clear()")
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_dir):
+    page.set_default_timeout(TIMEOUT_MS)
+    enter_key(page, gateway)
+    page.goto(f"{studio(gateway)}#/create")
+    page.get_by_label("Prompt", exact=True).fill("a red fox in the snow, studio test")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_role("button", name="Generate").click()
+    final = page.locator("img.final")
+    final.wait_for()
+    # the previews came first (SSE partial_image events), then the final image
+    assert page.locator("img.preview").count() >= 1, "no partial preview before the image"
+    asset_id = final.get_attribute("data-asset")
+    assert asset_id
+    page.screenshot(path=str(artifacts_dir / "studio-create-result.png"), full_page=True)
+
+    page.goto(f"{studio(gateway)}#/gallery")
+    card = page.locator(f"article[data-asset='{asset_id}']")
+    card.wait_for()
+    assert "a red fox in the snow, studio test" in card.locator("dl.recipe").inner_text()
+    assert loaded(card.locator("img"))
+    page.screenshot(path=str(artifacts_dir / "studio-gallery-recipe.png"), full_page=True)
+
+    # remix: the recipe back in Create, the next seed; a new image
+    card.get_by_role("button", name=f"Remix {asset_id}").click()
+    page.locator("#remix-note").wait_for()
+    assert page.get_by_label("Prompt", exact=True).input_value() == \
+        "a red fox in the snow, studio test"
+    page.get_by_role("button", name="Generate").click()
+    page.locator("img.final").wait_for()
+    remixed = page.locator("img.final").get_attribute("data-asset")
+    assert remixed and remixed != asset_id
+
+    # the gallery's "send to" tools: remove the background, before/after
+    page.goto(f"{studio(gateway)}#/gallery")
+    page.get_by_role("button", name=f"Send to tools: {asset_id}").click()
+    page.locator("#before").wait_for()
+    page.get_by_label("Tool", exact=True).select_option("remove-background")
+    page.get_by_role("button", name="Run").click()
+    after = page.locator("#after")
+    after.wait_for()
+    assert loaded(after)
+    page.screenshot(path=str(artifacts_dir / "studio-tools-before-after.png"), full_page=True)
+    assert page.console_errors == [], page.console_errors
+
+
+def test_errors_show_the_message_and_highlight_the_param(gateway, page):
+    enter_key(page, gateway)
+    page.goto(f"{studio(gateway)}#/create")
+    page.get_by_label("Prompt", exact=True).fill("a cat")
+    page.get_by_label("Steps", exact=True).fill("1000")  # over the API's limit: 400 on `steps`
+    page.get_by_role("button", name="Generate").click()
+    alert = page.locator(".alert[role=alert]")
+    alert.wait_for(timeout=TIMEOUT_MS)
+    assert "steps" in alert.locator(".param").inner_text()
+    assert page.get_by_label("Steps", exact=True).get_attribute("aria-invalid") == "true"
+
+
+def test_chat_turn_with_an_uploaded_image_and_an_action(gateway, page, artifacts_dir, tmp_path):
+    page.set_default_timeout(TIMEOUT_MS)
+    upload = tmp_path / "photo.png"
+    upload.write_bytes(png_bytes())
+    enter_key(page, gateway)
+    page.goto(f"{studio(gateway)}#/chat")
+    page.get_by_label("Attach images (or drop / paste them here)",
+                      exact=True).set_input_files(str(upload))
+    page.get_by_label("Message", exact=True).fill("remove the background")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator(".msg.assistant img.chat-image")
+    answered = page.locator(".msg.assistant img.chat-image, form .alert[role=alert]")
+    # the chat turn runs the router then Matting: on the loaded 2-core CI machine the
+    # production graph's first chat took over 2 minutes once
+    answered.first.wait_for(timeout=300_000)
+    page.screenshot(path=str(artifacts_dir / "studio-chat.png"), full_page=True)
+    assert reply.count() >= 1, page.locator("#page").inner_text()
+    actions = page.locator(".msg.assistant button.action")
+    assert actions.count() >= 1
+    before = reply.count()
+    page.locator(".msg.assistant button.action[data-action='upscale']").last.click()
+    reply.nth(before).wait_for()  # the action's reply: one more image
+    # the session is in the list
+    assert page.locator(".sessions button").count() >= 1
+    assert page.console_errors == [], page.console_errors
+
+
+def test_a_429_counts_down_its_retry_after(gateway, page):
+    """A key over its requests/minute: the studio says so and counts down Retry-After, with
+    Generate disabled until then."""
+    key = gateway.create_key(scopes=["generate"], requests_per_minute=4, name="studio-429")
+    enter_key(page, gateway, key=key)
+    page.goto(f"{studio(gateway)}#/create")
+    page.get_by_label("Prompt", exact=True).fill("a cat")
+    generate = page.get_by_role("button", name="Generate")
+    retry = page.locator(".alert[role=alert] .retry")
+    for _ in range(8):  # the page's own calls use part of the minute's requests
+        generate.click()
+        page.locator("#page p[role=status]").filter(has_text=re.compile("Done|Failed")).wait_for(
+            timeout=TIMEOUT_MS)
+        if retry.count():
+            break
+    assert re.search(r"Retry in \d+ s", retry.inner_text())
+    assert generate.is_disabled()
