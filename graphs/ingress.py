@@ -75,8 +75,15 @@ from graphs.schemas import (
     StyleTransferForm,
     UpscaleForm,
     VariationForm,
+    Video,
+    VideoCreate,
+    VideoDeleted,
+    VideoList,
+    VideoRemix,
+    VideoUpscale,
 )
 from graphs.tools import Limits, ToolService
+from graphs.video import VideoService, list_presets
 from router.schemas import Plan, PromptValidation, RefinedPrompt
 from router.styles import list_styles
 from router.templates import list_templates
@@ -229,7 +236,7 @@ class Ingress:
     def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
                  router: DeploymentHandle, llm: DeploymentHandle | None,
-                 config: IngressConfig):
+                 config: IngressConfig, video: DeploymentHandle | None = None):
         install_log_redaction()
         # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
         middleware.set_public_base_url(config.public_base_url)
@@ -238,6 +245,7 @@ class Ingress:
             middleware.CancellableHandle(h)
             for h in (generator, matting, faceswap, upscaler, router))
         llm = middleware.CancellableHandle(llm) if llm is not None else None
+        video = middleware.CancellableHandle(video) if video is not None else None
         self.config = config
         storage = StorageSettings(**{"asset_root": config.asset_dir,
                                      "database_url": config.database_url, **config.storage})
@@ -266,6 +274,8 @@ class Ingress:
                           max_request_pixels=config.max_request_pixels))
         self.router = router
         self.llm = llm
+        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
+                                   upscaler=upscaler)
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
@@ -393,6 +403,8 @@ class Ingress:
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
         warnings = []
+        if self.videos.video is not None:
+            infos["video"] = await self.videos.info()
         if self.llm is not None:
             infos["llm"] = await self.llm.info.remote()
         else:
@@ -466,6 +478,8 @@ class Ingress:
         infos = {"generator": await self.generation.model_info()}
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
+        if self.videos.video is not None:
+            infos["video"] = await self.videos.info()
         return ModelList(data=[ModelCard(id=info["name"], deployment=deployment,
                                          tiny=info["tiny"], fallback=info["fallback"])
                                for deployment, info in infos.items()])
@@ -670,6 +684,99 @@ class Ingress:
                            code=validation.error.code)
         return await self.router.refine.remote(body.prompt, style=body.style)
 
+    # -- videos (OpenAI Videos API shape) ------------------------------------------------------
+    async def _video_input(self, request: Request) -> tuple[VideoCreate, bytes | None]:
+        """POST /v1/videos takes JSON, or multipart with the same fields plus an
+        `input_reference` image (image-to-video)."""
+        fields_ = set(VideoCreate.model_fields) | {"input_reference"}
+        image = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=len(fields_))
+            except StarletteHTTPException as exc:
+                raise ApiError(400, f"{exc.detail} A video takes one `input_reference` image "
+                               "and the fields " + ", ".join(sorted(fields_)),
+                               param="input_reference") from None
+            await reject_unknown_fields(request, fields_)
+            body: Any = {k: v for k, v in form.items() if isinstance(v, str)
+                         and k != "input_reference" and v != ""}
+            ref = form.get("input_reference")
+            if ref is not None and not isinstance(ref, str):
+                image = await ref.read()
+            elif isinstance(ref, str):
+                raise ApiError(400, "input_reference must be an image file (multipart file "
+                               "part)", param="input_reference")
+        else:
+            try:
+                body = safe_json.loads(await request.body() or b"null",
+                                       what="the request body")
+            except ValueError as exc:
+                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
+                               "object or multipart form", code="invalid_json") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+        try:
+            return VideoCreate(**body), image
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+    @app.post("/v1/videos", tags=["videos"], responses=ERROR_RESPONSES, openapi_extra={
+        "requestBody": {"content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/VideoCreate"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["prompt"],
+                                               "properties": {
+                "prompt": {"type": "string"}, "seconds": {"type": "string"},
+                "size": {"type": "string"},
+                "input_reference": {"type": "string", "format": "binary"}}}}},
+            "required": True}})
+    async def create_video(self, request: Request) -> Video:
+        """Always async: the queued video at once; poll GET /v1/videos/{id} (or follow
+        /v1/jobs/{id}/events), then download GET /v1/videos/{id}/content."""
+        body, image = await self._video_input(request)
+        return await self.videos.create(body, image=image, base_url=self._base_url(request))
+
+    @app.get("/v1/videos", tags=["videos"], responses=ERROR_RESPONSES)
+    async def list_videos(self, request: Request, after: str | None = Query(None, max_length=128),
+                          limit: int = Query(20, ge=1, le=100),
+                          order: Literal["asc", "desc"] = "desc") -> VideoList:
+        return await self.videos.list(after=after, limit=limit, order=order,
+                                      base_url=self._base_url(request))
+
+    @app.get("/v1/video-presets", tags=["videos"])
+    async def video_presets(self) -> dict[str, Any]:
+        return {"data": list_presets()}
+
+    @app.get("/v1/videos/{video_id}", tags=["videos"], responses=ERROR_RESPONSES)
+    async def get_video(self, video_id: str, request: Request) -> Video:
+        return await self.videos.get(video_id, base_url=self._base_url(request))
+
+    @app.delete("/v1/videos/{video_id}", tags=["videos"], responses=ERROR_RESPONSES)
+    async def delete_video(self, video_id: str) -> VideoDeleted:
+        await self.videos.delete(video_id)
+        return VideoDeleted(id=video_id)
+
+    @app.post("/v1/videos/{video_id}/remix", tags=["videos"], responses=ERROR_RESPONSES)
+    async def remix_video(self, video_id: str, body: VideoRemix, request: Request) -> Video:
+        """A new video: this one's settings and seed with a new prompt."""
+        return await self.videos.remix(video_id, body.prompt,
+                                       base_url=self._base_url(request))
+
+    @app.post("/v1/videos/{video_id}/upscale", tags=["videos"], responses=ERROR_RESPONSES)
+    async def upscale_video(self, video_id: str, body: VideoUpscale, request: Request
+                            ) -> Video:
+        """A new video (a job): this completed one upscaled frame by frame (x2 or x4) by the
+        Upscaler deployment, same fps and length."""
+        return await self.videos.upscale(video_id, body.scale,
+                                         base_url=self._base_url(request))
+
+    @app.get("/v1/videos/{video_id}/content", tags=["videos"], responses={
+        **ERROR_RESPONSES, 200: {"content": {"video/mp4": {}, "image/png": {}},
+                                 "description": "the MP4 (Range supported) or its poster"}})
+    async def video_content(self, video_id: str, request: Request,
+                            variant: str = Query("video", max_length=32)) -> Response:
+        asset_id = await self.videos.content_asset(video_id, variant)
+        return await self._send_asset(await self.resources.asset_record(asset_id), request)
+
     # -- assets -------------------------------------------------------------------------------
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {t: {"schema": {"type": "string", "format": "binary"}}
@@ -686,7 +793,10 @@ class Ingress:
         304 without touching the store. Cache-Control: ``no-store`` with an API key;
         ``private, max-age`` until the URL expires with a signed URL (the URL is the
         credential: no shared cache may keep it, the browser may until it expires)."""
-        record = await self.resources.asset_record(asset_id)
+        return await self._send_asset(await self.resources.asset_record(asset_id), request)
+
+    async def _send_asset(self, record: Any, request: Request) -> Response:
+        asset_id = record.id
         headers = {"ETag": f'"{record.id}"'}
         if auth.current().signed_asset == asset_id:
             try:

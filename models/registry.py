@@ -188,7 +188,7 @@ MODELS: dict[str, ModelSpec] = {
             source="tiny:tiny-ltx",
             description="Tiny random-weight LTX-Video-architecture text/image-to-video model "
             "(built offline; its clips are noise: for tests/dev)",
-            limits=VideoLimits(32, 256, 64, 64, max_frames=65, default_fps=8,
+            limits=VideoLimits(32, 128, 64, 64, max_frames=65, default_fps=8,
                                max_seconds=8.0, max_steps=20, default_steps=2),
         ),
         ModelSpec(

@@ -138,7 +138,7 @@ def check_inputs(req: VideoRequest, limits: VideoLimits) -> None:
     if not isinstance(req.fps, int) or not limits.min_fps <= req.fps <= limits.max_fps:
         raise InputError(f"fps must be between {limits.min_fps} and {limits.max_fps}, "
                          f"got {req.fps}", param="fps")
-    if req.seconds > limits.max_seconds + 1e-9:
+    if (req.num_frames - 1) / req.fps > limits.max_seconds + 1e-9:  # 8k+1: one frame's slack
         raise InputError(f"seconds must be at most {limits.max_seconds:g} for this model, got "
                          f"{req.seconds:g} ({req.num_frames} frames at {req.fps} fps)",
                          param="seconds")

@@ -79,10 +79,10 @@ def test_progress_per_step_and_cancel_at_next_step(model):
     ({"num_frames": 1}, "num_frames", "8k+1"),
     ({"num_frames": 81}, "num_frames", "65"),  # over the tiny model's max_frames
     ({"width": 48}, "width", "multiple of 32"),
-    ({"height": 512}, "height", "between 32 and 256"),
+    ({"height": 512}, "height", "between 32 and 128"),
     ({"fps": 7}, "fps", "between 8 and 30"),
     ({"fps": 31}, "fps", "between 8 and 30"),
-    ({"num_frames": 65, "fps": 8}, "seconds", "at most 8"),
+    ({"num_frames": 57, "fps": 6}, "fps", "between 8"),
     ({"steps": 0}, "steps", "between 1 and 20"),
     ({"prompt": " "}, "prompt", "non-empty"),
     ({"seed": -1}, "seed", "between 0"),
@@ -99,6 +99,10 @@ def test_check_inputs_accepts_the_real_models_defaults():
     spec = get_spec("ltx-video")
     check_inputs(VideoRequest(prompt="x", width=768, height=512, num_frames=121, fps=24),
                  spec.limits)
+    with pytest.raises(InputError, match="seconds must be at most 10") as info:
+        check_inputs(VideoRequest(prompt="x", width=768, height=512, num_frames=257, fps=24),
+                     spec.limits)
+    assert info.value.param == "seconds"
     assert frames_for(5, 24) == 121 and frames_for(4, 8) == 33 and frames_for(0.1, 8) == 9
 
 
