@@ -277,7 +277,8 @@ class Ingress:
         self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
                                    upscaler=upscaler)
         self.chat_service = ChatService(router=router, generation=self.generation,
-                                        tools=self.tools, runner=self.runner)
+                                        tools=self.tools, runner=self.runner,
+                                        videos=self.videos)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,

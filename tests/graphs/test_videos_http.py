@@ -234,3 +234,21 @@ def test_upscale_a_video_frame_by_frame_as_a_job(client, http):
     assert frames.shape == (9, 128, 128, 3) and fps == pytest.approx(8)
     job = http.get(f"/v1/jobs/{big.id}").json()
     assert job["status"] == "succeeded" and job["kind"] == "video"
+
+
+def test_chat_routes_video_requests_en_and_fr(client, http):
+    r = http.post("/v1/chat", json={"message": "make a video of a cat playing piano"})
+    assert r.status_code == 202, r.text
+    reply = r.json()
+    assert reply["type"] == "processing" and reply["data"]["plan"]["intent"] == "text_to_video"
+    video = client.videos.poll(reply["data"]["job_id"], poll_interval_ms=200)
+    assert video.status == "completed" and video.prompt == "a cat playing piano"
+    r = http.post("/v1/chat", data={"message": "anime cette photo"},
+                  files=[("image", ("p.png", png_bytes(), "image/png"))])
+    assert r.status_code == 202, r.text
+    reply = r.json()
+    assert reply["data"]["plan"]["intent"] == "image_to_video"
+    assert reply["message"].startswith("Votre vidéo")
+    job = http.get(f"/v1/jobs/{reply['data']['job_id']}").json()
+    assert job["kind"] == "video" and job["params"]["input_reference"]
+    client.videos.poll(reply["data"]["job_id"], poll_interval_ms=200)
