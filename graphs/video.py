@@ -107,8 +107,8 @@ def video_view(job: JobRecord, urls: dict[str, str] | None = None) -> Video:
         seed=p.get("seed"), job_id=job.id,
         metadata={k: result[k] for k in ("frames", "duration_s", "codec", "pixel_format",
                                           "bytes", "assets", "timings") if k in result}
-        | {k: p[k] for k in ("preset", "camera", "motion", "steps", "upscaled_from", "upscale")
-           if p.get(k) is not None}
+        | {k: p[k] for k in ("preset", "camera", "motion", "steps", "upscaled_from", "upscale",
+                            "conditioned_prompt", "input_reference") if p.get(k) is not None}
         | ({"urls": urls} if urls else {}),
     )
 

@@ -132,8 +132,7 @@ def test_presets_apply_and_are_listed(client, http):
                                  extra_body={"preset": "vlog", "steps": 1})
     raw = http.get(f"/v1/videos/{video.id}").json()
     assert raw["fps"] == 30 and raw["metadata"]["preset"] == "vlog"
-    job = http.get(f"/v1/jobs/{video.id}").json()
-    assert "handheld vlog footage" in job["params"]["conditioned_prompt"]
+    assert "handheld vlog footage" in raw["metadata"]["conditioned_prompt"]
     client.videos.poll(video.id, poll_interval_ms=200)
 
 
@@ -250,5 +249,6 @@ def test_chat_routes_video_requests_en_and_fr(client, http):
     assert reply["data"]["plan"]["intent"] == "image_to_video"
     assert reply["message"].startswith("Votre vidéo")
     job = http.get(f"/v1/jobs/{reply['data']['job_id']}").json()
-    assert job["kind"] == "video" and job["params"]["input_reference"]
+    assert job["kind"] == "video"
+    assert http.get(f"/v1/videos/{job['id']}").json()["metadata"]["input_reference"]
     client.videos.poll(reply["data"]["job_id"], poll_interval_ms=200)
