@@ -110,17 +110,19 @@ auth.document(app)
 
 
 def _document_chat_request(app: FastAPI) -> None:
-    """/v1/chat and /v1/chat/plan read their body themselves (JSON or multipart), so FastAPI
-    does not publish the `ChatRequest` schema their JSON body refers to: add it."""
+    """/v1/chat, /v1/chat/plan and /v1/videos read their body themselves (JSON or multipart),
+    so FastAPI does not publish the `ChatRequest`/`VideoCreate` schemas their JSON bodies
+    refer to: add them."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         spec = build()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        if "ChatRequest" not in schemas:
-            schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(schema.pop("$defs", {}))
-            schemas["ChatRequest"] = schema
+        for model in (ChatRequest, VideoCreate):  # bodies their routes read themselves
+            if model.__name__ not in schemas:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
         return spec
 
     app.openapi = openapi
