@@ -160,6 +160,8 @@ _CHAT_BODY = {"requestBody": {"content": {
         "context": {"type": "string", "description": "JSON object"},
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
 }, "required": True}}
+_VIDEO_NOT_READY = {**ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description":
+                                           "the video is not completed (yet)"}}
 _STREAMED = {**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
                                       "description": "JSON, or SSE when stream"}}
 
@@ -764,7 +766,7 @@ class Ingress:
         return await self.videos.remix(video_id, body.prompt,
                                        base_url=self._base_url(request))
 
-    @app.post("/v1/videos/{video_id}/upscale", tags=["videos"], responses=ERROR_RESPONSES)
+    @app.post("/v1/videos/{video_id}/upscale", tags=["videos"], responses=_VIDEO_NOT_READY)
     async def upscale_video(self, video_id: str, body: VideoUpscale, request: Request
                             ) -> Video:
         """A new video (a job): this completed one upscaled frame by frame (x2 or x4) by the
@@ -773,7 +775,10 @@ class Ingress:
                                          base_url=self._base_url(request))
 
     @app.get("/v1/videos/{video_id}/content", tags=["videos"], responses={
-        **ERROR_RESPONSES, 200: {"content": {"video/mp4": {}, "image/png": {}},
+        **_VIDEO_NOT_READY, 200: {"content": {t: {"schema": {"type": "string",
+                                                           "format": "binary"}}
+                                             for t in ("video/mp4", "image/png", "image/webp",
+                                                       "image/gif")},
                                  "description": "the MP4 (Range supported) or its poster"}})
     async def video_content(self, video_id: str, request: Request,
                             variant: str = Query("video", max_length=32)) -> Response:
