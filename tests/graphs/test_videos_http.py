@@ -66,10 +66,14 @@ def test_create_and_poll_then_download_an_mp4_that_decodes(client, http):
 def test_image_to_video_with_input_reference(client):
     video = client.videos.create_and_poll(
         prompt="the scene comes alive", input_reference=("first.png", png_bytes(), "image/png"),
-        seconds="1", size=SIZE, poll_interval_ms=200, extra_body={"seed": 1, "steps": 2})
+        seconds="1", size=SIZE, poll_interval_ms=200,
+        extra_body={"seed": 1, "steps": 2, "preview": "gif"})
     assert video.status == "completed", video
     frames, _ = frames_of(client.videos.download_content(video.id).content)
     assert frames.shape == (9, 64, 64, 3)
+    preview = Image.open(io.BytesIO(client.videos.download_content(
+        video.id, variant="preview").content))  # the animated preview asked for
+    assert preview.format == "GIF" and preview.n_frames > 1  # (PIL merges equal frames)
 
 
 def test_remix_keeps_settings_and_seed(client):
