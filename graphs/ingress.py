@@ -788,8 +788,9 @@ class Ingress:
     # -- assets -------------------------------------------------------------------------------
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {t: {"schema": {"type": "string", "format": "binary"}}
-                    for t in ("image/png", "image/jpeg", "image/webp")},
-        "description": "the asset's bytes",
+                    for t in ("image/png", "image/jpeg", "image/webp", "image/gif",
+                              "video/mp4")},
+        "description": "the asset's bytes (images; videos and their previews)",
         "headers": {"ETag": {"description": "the asset's entity tag (its bytes never "
                              "change)", "schema": {"type": "string"}}}},
         304: {"description": "If-None-Match matched the ETag: the cached copy is current"},
