@@ -36,7 +36,8 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 TINY_MODELS = dict(
     generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
     faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
-    llm_backend="transformers", llm_model="tiny-llm", llm_source=None)
+    llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
+    video_model="tiny-ltx", video_source=None)
 
 
 def _port_open(port: int) -> bool:

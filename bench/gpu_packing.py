@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEPLOYMENTS = ("Generator", "Upscaler", "Matting", "FaceSwap", "LLM")
+DEPLOYMENTS = ("Generator", "Upscaler", "Matting", "FaceSwap", "LLM", "Video")
 # Usable memory (GiB) of the GPUs the packing is planned for: what torch reports as total on
 # common cards (24 GB: A10G 22.0, L4 22.2, RTX 4090 23.6; 80 GB: A100 79.2, H100 79.6). Take
 # the lower values.
@@ -489,8 +489,40 @@ def worker_llm(ns: argparse.Namespace, device: str) -> dict[str, Any]:
                         f"({kv_gib:.2f} GiB) + CUDA graphs allowance ({graphs} GiB)")
 
 
+def worker_video(ns: argparse.Namespace, device: str) -> dict[str, Any]:
+    """LTX-Video through the product's VideoModel: toy = tiny-ltx; full = the LTX-Video
+    architecture (2B transformer, 0.9 VAE, T5-XXL) from configs with random weights
+    (bench/video_gpu.py builds it), 768x512, 121 frames, VAE tiling + slicing, bf16."""
+    import tempfile
+
+    from models.registry import VideoLimits, get_spec
+    from models.video import VideoModel, VideoRequest
+
+    meter = Meter(device)
+    if ns.toy:
+        model = VideoModel.from_spec(get_spec("tiny-ltx"), device=device)
+        req = VideoRequest(prompt="packing probe", width=64, height=64, num_frames=33, fps=8,
+                           steps=2, seed=0)
+        label = "tiny-ltx (toy)"
+    else:
+        from bench.video_gpu import build
+
+        folder = Path(tempfile.mkdtemp(prefix="ltx-packing-"))
+        build(folder, small_text_encoder=False)
+        model = VideoModel.load(str(folder), name="ltx-video", device=device,
+                                limits=VideoLimits(256, 1280, 768, 512))
+        req = VideoRequest(prompt="packing probe", width=768, height=512, num_frames=121,
+                           fps=24, steps=2, seed=0)
+        label = "LTX-Video architecture (random weights), T5-XXL, bf16"
+    meter.loaded()
+    meter.run(f"{req.width}x{req.height}, {req.num_frames} frames, {req.steps} steps + VAE "
+              "decode (tiled on GPU)", lambda: model.generate(req), typical=True)
+    return meter.result(model=label)
+
+
 WORKERS = {"Generator": worker_generator, "Upscaler": worker_upscaler,
-           "Matting": worker_matting, "FaceSwap": worker_faceswap, "LLM": worker_llm}
+           "Matting": worker_matting, "FaceSwap": worker_faceswap, "LLM": worker_llm,
+           "Video": worker_video}
 
 
 def run_worker(ns: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ DEFAULT_MODELS = {
     "faceswap": {"tiny": "tiny-insightface", "local": "inswapper-128",
                  "production": "inswapper-128"},
     "upscale": {"tiny": "tiny-esrgan", "local": "realesrgan-x4", "production": "realesrgan-x4"},
+    "video": {"tiny": "tiny-ltx", "local": "ltx-video", "production": "ltx-video"},
     "llm": {"tiny": "tiny-llm", "local": "qwen2.5-1.5b-instruct",
             "production": "qwen2.5-1.5b-instruct"},
 }
@@ -55,6 +56,10 @@ class AppArgs(BaseModel):
     faceswap_source: str | None = Field(None, description="folder with a pack + inswapper_128")
     upscale_model: str | None = Field(None, description="tiny-esrgan or realesrgan-x4")
     upscale_source: str | None = Field(None, description="a .pth file or folder of them")
+    video_model: str | None = Field(None, description="tiny-ltx or ltx-video; 'off' = no "
+                                    "video deployment")
+    video_source: str | None = Field(None, description="weights: local folder or hub id")
+    video_num_gpus: float | None = Field(None, gt=0, le=1)
     llm_backend: Literal["off", "auto", "vllm", "transformers"] | None = Field(
         None, description="the router's LLM stage; default per profile (tiny: off)")
     llm_model: str | None = Field(None, description="e.g. tiny-llm, qwen2.5-1.5b-instruct")
@@ -101,6 +106,7 @@ def build_app(args: AppArgs) -> Application:
     # here, not at the top: `photostudio` commands and config checks import AppArgs without
     # the deployments (and the Ingress app with its middleware)
     from deployments import faceswap, generator, matting, upscale
+    from deployments import video as video_dep
     from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
     from models.registry import MODELS
@@ -155,6 +161,13 @@ def build_app(args: AppArgs) -> Application:
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
         model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
         zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
+    vid = None
+    video_name = model_for("video", args.video_model)
+    if video_name != "off":
+        vid = video_dep.Video.options(
+            **gpu_options(args.video_num_gpus or video_dep.DEFAULT_NUM_GPUS)).bind(
+            model=video_name, source=source_for(video_name, args.video_source),
+            zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
     llm = None
     backend = args.llm_backend or DEFAULT_LLM_BACKEND[profile]
     if backend != "off":
@@ -185,7 +198,7 @@ def build_app(args: AppArgs) -> Application:
         project=args.project,
         auth=auth_config,
     )
-    return Ingress.bind(gen, mat, swap, up, router, llm, config)
+    return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid)
 
 
 def auth_config_for(args: AppArgs, settings: Settings, profile: str):

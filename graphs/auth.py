@@ -65,6 +65,7 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
          "generate"),
         ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
          "tools"),
+        ("POST", r"^/v1/videos(/[^/]+/(remix|upscale))?$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),

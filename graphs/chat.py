@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,11 +31,12 @@ from graphs import auth
 from graphs.errors import ApiError
 from graphs.generation import GenerationService, Options, composite, fit_to_limits
 from graphs.jobs import JobRunner, Output
-from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse
+from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse, VideoCreate
 from graphs.tools import ToolService
 from router import replies
 from router.cascade import Cascade
 from router.schemas import SessionContext
+from router.video_intent import detect_video
 
 EDIT_STRENGTH = 0.65
 
@@ -99,7 +101,8 @@ class TurnWriter:
 
 class ChatService:
     def __init__(self, *, router: Any, generation: GenerationService, tools: ToolService,
-                 runner: JobRunner):
+                 runner: JobRunner, videos: Any = None):
+        self.videos = videos  # graphs.video.VideoService ("make a video of…", "animate this")
         self.router = router
         self.generation = generation
         self.tools = tools
@@ -183,6 +186,11 @@ class ChatService:
         session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
         await self.check_context(context)
+        wanted = detect_video(message, len(uploads)) if self.videos is not None \
+            and self.videos.video is not None else None
+        if wanted is not None:
+            return await self._video(wanted, message=message, session=session,
+                                     uploads=uploads, base_url=base_url)
         plan = await self.plan(message, images=len(uploads), context=ctx)
         image_steps = [s for s in plan.steps if s.intent != "general"]
         # every image this plan makes, charged before any of it runs (429 before a job exists)
@@ -289,6 +297,32 @@ class ChatService:
                 message=replies.processing(len(image_steps), response, plan.language),
                 metadata=metadata)
         return built["reply"]
+
+    async def _video(self, wanted, *, message: str, session, uploads: list[np.ndarray],
+                     base_url: str) -> ChatResponse:
+        """A video request (router/video_intent.py): an always-async video job (text-to-video,
+        or image-to-video from the last attached image); the reply carries its job id."""
+        reference = None
+        if wanted.kind == "image_to_video":
+            reference = await self.runner.store_image(uploads[-1], kind="video_reference")
+        video = await self.videos.create(VideoCreate(prompt=wanted.prompt),
+                                         reference_id=reference, base_url=base_url)
+        french = bool(re.search(r"[éèàç]|\b(?:vidéo|fais|crée|anime|cette)\b", message,
+                                re.IGNORECASE))
+        text = (f"Votre vidéo est en cours ({video.id}) : suivez /v1/videos/{video.id}."
+                if french else
+                f"Your video is on its way ({video.id}): follow /v1/videos/{video.id}.")
+        user = {"role": "user", "content": message, "image_ids": [reference] if reference
+                else [], "data": {}}
+        answer = {"role": "assistant", "content": text, "image_ids": [],
+                  "data": {"type": "processing", "context": {}, "video_id": video.id}}
+        session_id = await self.turns.add(session_id=session.id if session else None,
+                                          project=self.runner.project,
+                                          messages=[user, answer])
+        plan = {"intent": wanted.kind, "prompt": wanted.prompt, "stage": "rules"}
+        return ChatResponse(session_id=session_id, type="processing", message=text,
+                            data=ChatData(plan=plan, job_id=video.id),
+                            metadata={"stage": "rules", "video": video.model_dump(mode="json")})
 
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
         await self._write(

@@ -76,8 +76,15 @@ from graphs.schemas import (
     StyleTransferForm,
     UpscaleForm,
     VariationForm,
+    Video,
+    VideoCreate,
+    VideoDeleted,
+    VideoList,
+    VideoRemix,
+    VideoUpscale,
 )
 from graphs.tools import Limits, ToolService
+from graphs.video import VideoService, list_presets
 from router.schemas import Plan, PromptValidation, RefinedPrompt
 from router.styles import list_styles
 from router.templates import list_templates
@@ -104,17 +111,19 @@ auth.document(app)
 
 
 def _document_chat_request(app: FastAPI) -> None:
-    """/v1/chat and /v1/chat/plan read their body themselves (JSON or multipart), so FastAPI
-    does not publish the `ChatRequest` schema their JSON body refers to: add it."""
+    """/v1/chat, /v1/chat/plan and /v1/videos read their body themselves (JSON or multipart),
+    so FastAPI does not publish the `ChatRequest`/`VideoCreate` schemas their JSON bodies
+    refer to: add them."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         spec = build()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        if "ChatRequest" not in schemas:
-            schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(schema.pop("$defs", {}))
-            schemas["ChatRequest"] = schema
+        for model in (ChatRequest, VideoCreate):  # bodies their routes read themselves
+            if model.__name__ not in schemas:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
         return spec
 
     app.openapi = openapi
@@ -154,6 +163,8 @@ _CHAT_BODY = {"requestBody": {"content": {
         "context": {"type": "string", "description": "JSON object"},
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
 }, "required": True}}
+_VIDEO_NOT_READY = {**ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description":
+                                           "the video is not completed (yet)"}}
 _STREAMED = {**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
                                       "description": "JSON, or SSE when stream"}}
 
@@ -246,7 +257,7 @@ class Ingress:
     def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
                  router: DeploymentHandle, llm: DeploymentHandle | None,
-                 config: IngressConfig):
+                 config: IngressConfig, video: DeploymentHandle | None = None):
         install_log_redaction()
         # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
         middleware.set_public_base_url(config.public_base_url)
@@ -255,6 +266,7 @@ class Ingress:
             middleware.CancellableHandle(h)
             for h in (generator, matting, faceswap, upscaler, router))
         llm = middleware.CancellableHandle(llm) if llm is not None else None
+        video = middleware.CancellableHandle(video) if video is not None else None
         self.config = config
         storage = StorageSettings(**{"asset_root": config.asset_dir,
                                      "database_url": config.database_url, **config.storage})
@@ -283,8 +295,11 @@ class Ingress:
                           max_request_pixels=config.max_request_pixels))
         self.router = router
         self.llm = llm
+        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
+                                   upscaler=upscaler)
         self.chat_service = ChatService(router=router, generation=self.generation,
-                                        tools=self.tools, runner=self.runner)
+                                        tools=self.tools, runner=self.runner,
+                                        videos=self.videos)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
@@ -415,6 +430,8 @@ class Ingress:
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
         warnings = []
+        if self.videos.video is not None:
+            infos["video"] = await self.videos.info()
         if self.llm is not None:
             infos["llm"] = await self.llm.info.remote()
         else:
@@ -488,6 +505,8 @@ class Ingress:
         infos = {"generator": await self.generation.model_info()}
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
+        if self.videos.video is not None:
+            infos["video"] = await self.videos.info()
         return ModelList(data=[ModelCard(id=info["name"], deployment=deployment,
                                          tiny=info["tiny"], fallback=info["fallback"])
                                for deployment, info in infos.items()])
@@ -692,11 +711,108 @@ class Ingress:
                            code=validation.error.code)
         return await self.router.refine.remote(body.prompt, style=body.style)
 
+    # -- videos (OpenAI Videos API shape) ------------------------------------------------------
+    async def _video_input(self, request: Request) -> tuple[VideoCreate, bytes | None]:
+        """POST /v1/videos takes JSON, or multipart with the same fields plus an
+        `input_reference` image (image-to-video)."""
+        fields_ = set(VideoCreate.model_fields) | {"input_reference"}
+        image = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=len(fields_))
+            except StarletteHTTPException as exc:
+                raise ApiError(400, f"{exc.detail} A video takes one `input_reference` image "
+                               "and the fields " + ", ".join(sorted(fields_)),
+                               param="input_reference") from None
+            await reject_unknown_fields(request, fields_)
+            body: Any = {k: v for k, v in form.items() if isinstance(v, str)
+                         and k != "input_reference" and v != ""}
+            ref = form.get("input_reference")
+            if ref is not None and not isinstance(ref, str):
+                image = await ref.read()
+            elif isinstance(ref, str):
+                raise ApiError(400, "input_reference must be an image file (multipart file "
+                               "part)", param="input_reference")
+        else:
+            try:
+                body = safe_json.loads(await request.body() or b"null",
+                                       what="the request body")
+            except ValueError as exc:
+                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
+                               "object or multipart form", code="invalid_json") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+        try:
+            return VideoCreate(**body), image
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+    @app.post("/v1/videos", tags=["videos"], responses=ERROR_RESPONSES, openapi_extra={
+        "requestBody": {"content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/VideoCreate"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["prompt"],
+                                               "properties": {
+                "prompt": {"type": "string"}, "seconds": {"type": "string"},
+                "size": {"type": "string"},
+                "input_reference": {"type": "string", "format": "binary"}}}}},
+            "required": True}})
+    async def create_video(self, request: Request) -> Video:
+        """Always async: the queued video at once; poll GET /v1/videos/{id} (or follow
+        /v1/jobs/{id}/events), then download GET /v1/videos/{id}/content."""
+        body, image = await self._video_input(request)
+        return await self.videos.create(body, image=image, base_url=self._base_url(request))
+
+    @app.get("/v1/videos", tags=["videos"], responses=ERROR_RESPONSES)
+    async def list_videos(self, request: Request, after: str | None = Query(None, max_length=128),
+                          limit: int = Query(20, ge=1, le=100),
+                          order: Literal["asc", "desc"] = "desc") -> VideoList:
+        return await self.videos.list(after=after, limit=limit, order=order,
+                                      base_url=self._base_url(request))
+
+    @app.get("/v1/video-presets", tags=["videos"])
+    async def video_presets(self) -> dict[str, Any]:
+        return {"data": list_presets()}
+
+    @app.get("/v1/videos/{video_id}", tags=["videos"], responses=ERROR_RESPONSES)
+    async def get_video(self, video_id: str, request: Request) -> Video:
+        return await self.videos.get(video_id, base_url=self._base_url(request))
+
+    @app.delete("/v1/videos/{video_id}", tags=["videos"], responses=ERROR_RESPONSES)
+    async def delete_video(self, video_id: str) -> VideoDeleted:
+        await self.videos.delete(video_id)
+        return VideoDeleted(id=video_id)
+
+    @app.post("/v1/videos/{video_id}/remix", tags=["videos"], responses=ERROR_RESPONSES)
+    async def remix_video(self, video_id: str, body: VideoRemix, request: Request) -> Video:
+        """A new video: this one's settings and seed with a new prompt."""
+        return await self.videos.remix(video_id, body.prompt,
+                                       base_url=self._base_url(request))
+
+    @app.post("/v1/videos/{video_id}/upscale", tags=["videos"], responses=_VIDEO_NOT_READY)
+    async def upscale_video(self, video_id: str, body: VideoUpscale, request: Request
+                            ) -> Video:
+        """A new video (a job): this completed one upscaled frame by frame (x2 or x4) by the
+        Upscaler deployment, same fps and length."""
+        return await self.videos.upscale(video_id, body.scale,
+                                         base_url=self._base_url(request))
+
+    @app.get("/v1/videos/{video_id}/content", tags=["videos"], responses={
+        **_VIDEO_NOT_READY, 200: {"content": {t: {"schema": {"type": "string",
+                                                           "format": "binary"}}
+                                             for t in ("video/mp4", "image/png", "image/webp",
+                                                       "image/gif")},
+                                 "description": "the MP4 (Range supported) or its poster"}})
+    async def video_content(self, video_id: str, request: Request,
+                            variant: str = Query("video", max_length=32)) -> Response:
+        asset_id = await self.videos.content_asset(video_id, variant)
+        return await self._send_asset(await self.resources.asset_record(asset_id), request)
+
     # -- assets -------------------------------------------------------------------------------
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {t: {"schema": {"type": "string", "format": "binary"}}
-                    for t in ("image/png", "image/jpeg", "image/webp")},
-        "description": "the asset's bytes",
+                    for t in ("image/png", "image/jpeg", "image/webp", "image/gif",
+                              "video/mp4")},
+        "description": "the asset's bytes (images; videos and their previews)",
         "headers": {"ETag": {"description": "the asset's entity tag (its bytes never "
                              "change)", "schema": {"type": "string"}}}},
         304: {"description": "If-None-Match matched the ETag: the cached copy is current"},
@@ -708,7 +824,10 @@ class Ingress:
         304 without touching the store. Cache-Control: ``no-store`` with an API key;
         ``private, max-age`` until the URL expires with a signed URL (the URL is the
         credential: no shared cache may keep it, the browser may until it expires)."""
-        record = await self.resources.asset_record(asset_id)
+        return await self._send_asset(await self.resources.asset_record(asset_id), request)
+
+    async def _send_asset(self, record: Any, request: Request) -> Response:
+        asset_id = record.id
         headers = {"ETag": f'"{record.id}"'}
         if auth.current().signed_asset == asset_id:
             try:

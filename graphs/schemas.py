@@ -562,3 +562,82 @@ class ChatResponse(BaseModel):
     actions: list[ChatAction] = Field(default_factory=list)
     suggestions: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- videos (OpenAI Videos API shape) ------------------------------------------------------------
+
+class VideoCreate(BaseModel):
+    """POST /v1/videos (JSON, or multipart with an `input_reference` image file). `seconds`,
+    `size` and `model` as in OpenAI's Videos API; the rest are ours."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., min_length=1, max_length=10_000)
+    model: str | None = Field(None, description="the deployed video model (default)")
+    seconds: float | None = Field(None, gt=0, le=60, description="clip length (default 4)")
+    size: str | None = Field(None, max_length=16, description="WxH, multiples of 32")
+    fps: int | None = Field(None, description="frames per second (8-30)")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    steps: int | None = Field(None, ge=1, description="denoising steps")
+    guidance_scale: float | None = Field(None, ge=0, le=20)
+    negative_prompt: str | None = Field(None, max_length=10_000)
+    camera: str | None = Field(None, description="static, pan-left/right, tilt-up/down, "
+                               "zoom-in/out, dolly-in/out: applied as prompt conditioning")
+    motion: float | None = Field(None, ge=0, le=1, description="motion intensity 0-1 "
+                                 "(prompt conditioning)")
+    preset: str | None = Field(None, description="cinematic, vlog or time-lapse")
+    preview: Literal["webp", "gif"] | None = Field(None, description="also make an "
+                                                   "animated preview")
+
+
+class VideoRemix(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., min_length=1, max_length=10_000)
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    """OpenAI's video object, plus ours: `fps`, `seed`, `job_id`, `metadata`."""
+
+    id: str
+    object: Literal["video"] = "video"
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int
+    model: str
+    prompt: str | None = None
+    seconds: str
+    size: str
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    error: VideoError | None = None
+    remixed_from_video_id: str | None = None
+    fps: int | None = None
+    seed: int | None = None
+    job_id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
+
+
+class VideoUpscale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale: Literal[2, 4] = 2

@@ -31,13 +31,34 @@ class SizeLimits:
 
 
 @dataclass(frozen=True)
+class VideoLimits:
+    """What a video model accepts. Frames are of the form 8k+1 (LTX's VAE compresses 8 frames
+    into one latent frame, plus the first); sides are multiples of 32 (its spatial
+    compression); fps and duration bounded."""
+
+    min_side: int
+    max_side: int
+    default_width: int
+    default_height: int
+    max_frames: int = 257
+    min_fps: int = 8
+    max_fps: int = 30
+    default_fps: int = 24
+    max_seconds: float = 10.0
+    max_steps: int = 100
+    default_steps: int = 30
+    multiple: int = 32
+    frame_multiple: int = 8
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
     source: str
     description: str
     tiny_fallback: str | None = None
-    limits: SizeLimits | None = None
+    limits: SizeLimits | VideoLimits | None = None
     preview: str | None = None  # registry name of a fast latent decoder for step previews
 
     @property
@@ -160,6 +181,23 @@ MODELS: dict[str, ModelSpec] = {
             source="Qwen/Qwen2.5-1.5B-Instruct",
             description="Qwen2.5 1.5B Instruct",
             tiny_fallback="tiny-llm",
+        ),
+        ModelSpec(
+            name="tiny-ltx",
+            family="video",
+            source="tiny:tiny-ltx",
+            description="Tiny random-weight LTX-Video-architecture text/image-to-video model "
+            "(built offline; its clips are noise: for tests/dev)",
+            limits=VideoLimits(32, 128, 64, 64, max_frames=65, default_fps=8,
+                               max_seconds=8.0, max_steps=20, default_steps=2),
+        ),
+        ModelSpec(
+            name="ltx-video",
+            family="video",
+            source="Lightricks/LTX-Video",
+            description="LTX-Video (2B): text-to-video and image-to-video, 768x512 at 24 fps",
+            tiny_fallback="tiny-ltx",
+            limits=VideoLimits(256, 1280, 768, 512, max_frames=257, max_seconds=10.0),
         ),
         ModelSpec(
             name="tiny-esrgan",

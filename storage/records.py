@@ -255,6 +255,11 @@ def _encode_cursor(kind: str, when: datetime, ident: str | int) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def job_cursor(job: JobRecord) -> str:
+    """The cursor of a jobs listing that continues after `job` (an `after=<id>` parameter)."""
+    return _encode_cursor("jobs", job.created_at, job.id)
+
+
 def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -499,6 +504,13 @@ class RecordStore:
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
             logger.warning("marked %d stale running job(s) failed: %s", len(ids), shown)
         return ids
+
+    def delete_job(self, *, job_id: str, project: str) -> bool:
+        """Delete one job record of `project` (its assets are the caller's to delete first).
+        False when `project` has no such job."""
+        with self._session.begin() as s:
+            return s.execute(delete(Job).where(Job.id == job_id, Job.project == project)
+                             ).rowcount == 1
 
     def purge_jobs(self, *, created_before: datetime, dry_run: bool = False) -> list[str]:
         """Delete ended jobs created before `created_before` that have no asset records left

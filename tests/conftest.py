@@ -184,6 +184,7 @@ def production_config(*, data_dir: Path, zoo_dir: Path, redis_url: str | None = 
         generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
         faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
         llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
+        video_model="tiny-ltx", video_source=None,
         data_dir=str(data_dir), zoo_dir=str(zoo_dir))
     if redis_url:
         app["args"]["rate_limit_storage"] = redis_url

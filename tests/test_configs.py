@@ -54,6 +54,10 @@ def test_serve_config_validates_and_packs_one_gpu():
     for d in app["deployments"]:
         assert d.get("max_ongoing_requests") and d.get("max_queued_requests"), d["name"]
         assert d.get("autoscaling_config"), d["name"]
+    # video is packed beside the others on the same GPU, as long work: 1-2 clips a replica
+    video = next(d for d in app["deployments"] if d["name"] == "Video")
+    assert 0 < fractions["Video"] < 1 and 1 <= video["max_ongoing_requests"] <= 2
+    assert args.video_model == "ltx-video"
 
 
 def test_builder_args_reject_unknown_keys():

@@ -21,6 +21,7 @@ from PIL import Image
 
 from router.schemas import SessionContext
 from storage.records import RecordStore
+from tests.conftest import wait_until
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -53,6 +54,12 @@ def projects(gateway):
                     json={"prompt": "a lighthouse", "size": "64x64", "steps": 1, "seed": 3})
         assert r.status_code == 200, r.text
         generated = r.json()
+        r = ca.post("/v1/videos", json={"prompt": "a clip of A", "seconds": 1,
+                                        "size": "64x64", "steps": 1})
+        assert r.status_code == 200, r.text
+        video_id = r.json()["id"]
+        wait_until(lambda: ca.get(f"/v1/videos/{video_id}").json()["status"] == "completed",
+                   timeout=300, interval=0.3, what="project A's video")
         r = ca.post("/v1/chat", data={"message": "remove the background"},
                     files=[("image", ("a.png", png(photo), "image/png"))])
         assert r.status_code == 200, r.text
@@ -68,6 +75,7 @@ def projects(gateway):
         "job_id": generated["metadata"]["job_id"], "asset_id": generated["data"][0]["id"],
         "asset_b64": generated["data"][0]["b64_json"], "session_id": chat["session_id"],
         "upload_id": upload_id, "chat_url": chat["data"]["images"][0]["url"],
+        "video_id": video_id,
     }
 
 
@@ -80,6 +88,11 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("DELETE", "/v1/sessions/{session_id}", "path"): "session_id",
     ("GET", "/v1/assets/{asset_id}", "path"): "asset_id",
     ("DELETE", "/v1/assets/{asset_id}", "path"): "asset_id",
+    ("GET", "/v1/videos/{video_id}", "path"): "video_id",
+    ("DELETE", "/v1/videos/{video_id}", "path"): "video_id",
+    ("GET", "/v1/videos/{video_id}/content", "path"): "video_id",
+    ("POST", "/v1/videos/{video_id}/remix", "path"): "video_id",
+    ("POST", "/v1/videos/{video_id}/upscale", "path"): "video_id",
     ("GET", "/v1/projects/{project_id}", "path"): "project_id",
     ("GET", "/v1/projects/{project_id}/assets", "path"): "project_id",
     ("POST", "/v1/chat", "session_id"): "session_id",
@@ -152,11 +165,14 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
     method, path, where = case
     foreign = {"job_id": projects["job_id"], "session_id": projects["session_id"],
                "asset_id": projects["asset_id"], "upload_id": projects["upload_id"],
-               "project_id": "iso-a"}[FOREIGN_ID_CASES[case]]
+               "project_id": "iso-a", "video_id": projects["video_id"]}[FOREIGN_ID_CASES[case]]
     with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
         before_b = _gallery(cb, "iso-b")
         if where == "path":
-            r = cb.request(method, path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign))
+            body = {"prompt": "mine now"} if path.endswith("/remix") else \
+                {"scale": 2} if path.endswith("/upscale") else None
+            r = cb.request(method, path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign),
+                           json=body)
         elif where == "session_id":
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
         else:  # the chat context names an image of A
@@ -168,6 +184,7 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
         assert ca.get(f"/v1/jobs/{projects['job_id']}").json()["status"] == "succeeded"
         assert ca.get(f"/v1/sessions/{projects['session_id']}").status_code == 200
         assert ca.get(f"/v1/assets/{projects['asset_id']}").status_code == 200
+        assert ca.get(f"/v1/videos/{projects['video_id']}").json()["status"] == "completed"
         assert _gallery(cb, "iso-b") == before_b
         jobs_b = cb.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
         assert not any(j["kind"] == "chat" for j in jobs_b)
