@@ -162,6 +162,21 @@ MODELS: dict[str, ModelSpec] = {
             tiny_fallback="tiny-llm",
         ),
         ModelSpec(
+            name="tiny-blip",
+            family="vision",
+            source="tiny:tiny-blip",
+            description="Tiny random-weight BLIP captioning + VQA (built offline; its words "
+            "are random: for tests/dev)",
+        ),
+        ModelSpec(
+            name="blip-base",
+            family="vision",
+            source="~/.cache/photostudio/weights/blip",
+            description="BLIP base: caption/ (Salesforce/blip-image-captioning-base) and "
+            "vqa/ (Salesforce/blip-vqa-base) in one folder",
+            tiny_fallback="tiny-blip",
+        ),
+        ModelSpec(
             name="tiny-esrgan",
             family="upscale",
             source="tiny:tiny-esrgan",

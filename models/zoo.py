@@ -152,6 +152,7 @@ BUILDERS: dict[str, str] = {
     "tiny-insightface": "models.faceswap:build_tiny_insightface",
     "tiny-esrgan": "models.upscale:build_tiny_esrgan",
     "tiny-llm": "models.llm:build_tiny_llm",
+    "tiny-blip": "models.vision:build_tiny_blip",
 }
 
 
