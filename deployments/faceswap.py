@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 
 from deployments._common import lower_cpu_priority, replica_info
+from models.base import check_image
 from models.faceswap import FaceSwapModel, NoFaceError, check_inputs, faceswap_spec
 
 logger = logging.getLogger("ray.serve")
@@ -53,6 +54,7 @@ class FaceSwap:
         self._swaps = 0
         self._faces_swapped = 0
         self._no_face = {"source": 0, "target": 0}
+        self._detections = 0
         self._last_error: str | None = None
 
     async def swap(self, request):
@@ -75,6 +77,14 @@ class FaceSwap:
         result.timings["total_s"] = time.perf_counter() - started
         return result
 
+    async def detect(self, image):
+        """Faces in an RGB(A) uint8 image (`models.faceswap.DetectedFace`s, left to right):
+        the detector alone, for image analysis."""
+        check_image(image)
+        faces = await asyncio.to_thread(self.model.detect, image[..., :3])
+        self._detections += 1
+        return faces
+
     def info(self) -> dict[str, Any]:
         return replica_info(self.model.info, {})
 
@@ -83,6 +93,7 @@ class FaceSwap:
             "swaps": self._swaps,
             "faces_swapped": self._faces_swapped,
             "no_face": dict(self._no_face),
+            "detections": self._detections,
         }
 
     def check_health(self) -> None:

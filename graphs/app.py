@@ -27,6 +27,7 @@ DEFAULT_MODELS = {
     "video": {"tiny": "tiny-ltx", "local": "ltx-video", "production": "ltx-video"},
     "llm": {"tiny": "tiny-llm", "local": "qwen2.5-1.5b-instruct",
             "production": "qwen2.5-1.5b-instruct"},
+    "vision": {"tiny": "tiny-blip", "local": "blip-base", "production": "blip-base"},
 }
 # The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
 # tiny without (rules + embeddings answer; /v1/capabilities says so).
@@ -60,6 +61,10 @@ class AppArgs(BaseModel):
                                     "video deployment")
     video_source: str | None = Field(None, description="weights: local folder or hub id")
     video_num_gpus: float | None = Field(None, gt=0, le=1)
+    vision_model: str | None = Field(None, description="image analysis (caption + VQA): "
+                                     "tiny-blip, blip-base, or 'off' (no Vision deployment)")
+    vision_source: str | None = Field(None, description="a folder with caption/ (+ vqa/)")
+    vision_num_gpus: float | None = Field(None, gt=0, le=1)
     llm_backend: Literal["off", "auto", "vllm", "transformers"] | None = Field(
         None, description="the router's LLM stage; default per profile (tiny: off)")
     llm_model: str | None = Field(None, description="e.g. tiny-llm, qwen2.5-1.5b-instruct")
@@ -105,7 +110,7 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     # here, not at the top: `photostudio` commands and config checks import AppArgs without
     # the deployments (and the Ingress app with its middleware)
-    from deployments import faceswap, generator, matting, upscale
+    from deployments import faceswap, generator, matting, upscale, vision
     from deployments import video as video_dep
     from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
@@ -168,6 +173,13 @@ def build_app(args: AppArgs) -> Application:
             **gpu_options(args.video_num_gpus or video_dep.DEFAULT_NUM_GPUS)).bind(
             model=video_name, source=source_for(video_name, args.video_source),
             zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
+    vision_name = model_for("vision", args.vision_model)
+    see = None
+    if vision_name != "off":
+        see = vision.Vision.options(
+            **gpu_options(args.vision_num_gpus or vision.DEFAULT_NUM_GPUS)).bind(
+            model=vision_name, source=args.vision_source, zoo_dir=zoo_dir,
+            allow_fallback=allow_fallback, niceness=args.model_niceness)
     llm = None
     backend = args.llm_backend or DEFAULT_LLM_BACKEND[profile]
     if backend != "off":
@@ -198,7 +210,7 @@ def build_app(args: AppArgs) -> Application:
         project=args.project,
         auth=auth_config,
     )
-    return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid)
+    return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid, vision=see)
 
 
 def auth_config_for(args: AppArgs, settings: Settings, profile: str):

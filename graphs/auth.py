@@ -11,7 +11,7 @@ project scopes everything the request touches (jobs, assets, sessions, projects)
 
 Scopes (a key has a subset; none given at creation = all but admin):
 - generate: /v1/images/generations, /edits, /variations
-- tools: background removal, face swap, upscale, edit-ops, style transfer
+- tools: background removal, face swap, upscale, edit-ops, style transfer, image analysis
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
 - admin: create projects and list every project; add, change and remove image providers
 Reading a key's own jobs, assets, models and capabilities needs only a valid key.
@@ -63,8 +63,8 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
     (method, re.compile(pattern), scope) for method, pattern, scope in (
         ("POST", r"^/v1/images/(generations|generations/batch|edits|variations)$",
          "generate"),
-        ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
-         "tools"),
+        ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer|"
+         r"analyze)$", "tools"),
         ("POST", r"^/v1/videos(/[^/]+/(remix|upscale))?$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
@@ -72,6 +72,9 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
         ("PATCH", r"^/v1/providers/[^/]+$", "admin"),
         ("DELETE", r"^/v1/providers/[^/]+$", "admin"),
     ))
+
+
+PROJECT_LIMITS_TTL_S = 10.0  # a project's quota settings are re-read this often per replica
 
 
 class AuthConfig(BaseModel):
@@ -96,6 +99,20 @@ class Principal:
     requests_per_minute: int | None = None
     images_per_day: int | None = None
     signed_asset: str | None = None  # a signed asset URL: only that asset, nothing else
+    model_seconds_per_day: int | None = None  # the key's (None: unlimited)
+    project_images_per_day: int | None = None  # the project's, all its keys together
+    project_model_seconds_per_day: int | None = None
+
+    def model_seconds_windows(self) -> list[tuple[str, int, str]]:
+        """(owner, per day, quota name) of each model-seconds quota on this caller."""
+        windows = []
+        if self.key_id and self.model_seconds_per_day:
+            windows.append((self.key_id, self.model_seconds_per_day,
+                            "key.model_seconds_per_day"))
+        if self.key_id and self.project_model_seconds_per_day:
+            windows.append((f"project:{self.project}", self.project_model_seconds_per_day,
+                            "project.model_seconds_per_day"))
+        return windows
 
     def allows(self, scope: str) -> bool:
         return (self.key_id is None and self.signed_asset is None) or scope in self.scopes
@@ -249,6 +266,20 @@ class Gate:
                                    scopes=frozenset())
         self._secret = (records.shared_secret(name="asset-url-signing").encode()
                         if config.enabled else b"")
+        self._project_limits: dict[str, tuple[float, dict[str, int | None]]] = {}
+
+    async def project_limits(self, project: str) -> dict[str, int | None]:
+        """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``),
+        read at most every `PROJECT_LIMITS_TTL_S` per replica: no record read per request."""
+        cached = self._project_limits.get(project)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        record = await asyncio.to_thread(self.records.get_project, project_id=project)
+        settings = (record.settings or {}) if record is not None else {}
+        limits = {name: settings.get(name) if isinstance(settings.get(name), int) else None
+                  for name in ("images_per_day", "model_seconds_per_day")}
+        self._project_limits[project] = (time.monotonic() + PROJECT_LIMITS_TTL_S, limits)
+        return limits
 
     # -- signed asset URLs ----------------------------------------------------------------
     def _signature(self, project: str, asset_id: str, expires: int) -> str:
@@ -304,10 +335,15 @@ class Gate:
             what = "has been revoked" if record is not None else "is not valid"
             raise ApiError(401, f"this API key {what}", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
+        project_limits = await self.project_limits(record.project)
         principal = Principal(key_id=record.id, project=record.project,
                               scopes=frozenset(record.scopes),
                               requests_per_minute=record.requests_per_minute,
-                              images_per_day=record.images_per_day)
+                              images_per_day=record.images_per_day,
+                              model_seconds_per_day=record.model_seconds_per_day,
+                              project_images_per_day=project_limits["images_per_day"],
+                              project_model_seconds_per_day=project_limits[
+                                  "model_seconds_per_day"])
         scope = required_scope(method, path)
         if scope is not None and not principal.allows(scope):
             has = ", ".join(sorted(record.scopes)) or "none"
@@ -315,6 +351,8 @@ class Gate:
                            f"{method} {path} (it has: {has})", code="insufficient_scope")
         usage = await self.quotas.check_request(principal.key_id,
                                                 per_minute=principal.requests_per_minute)
+        for owner, per_day, quota in principal.model_seconds_windows():
+            await self.quotas.check_model_seconds(owner, per_day=per_day, quota=quota)
         return principal, usage
 
     async def _authenticate(self, token: str) -> Any | None:
@@ -331,6 +369,11 @@ class Gate:
             self.keys.put(token_hash, record, generation)
         return record
 
+    async def add_model_seconds(self, principal: Principal, seconds: float) -> None:
+        """Count what a request's models worked against its model-seconds quotas."""
+        for owner, per_day, _ in principal.model_seconds_windows():
+            await self.quotas.add_model_seconds(owner, seconds, per_day=per_day)
+
     async def charge_images(self, n: int) -> ImageCharge:
         """THE image accounting of every route, chat plan, workflow, batch or video: charge
         `n` images to the caller's daily quota before the work runs (ApiError 429 when over
@@ -339,8 +382,19 @@ class Gate:
         if principal.key_id is None or n <= 0:
             return ImageCharge(None, 0)
         await self.quotas.charge_images(principal.key_id, n, per_day=principal.images_per_day)
+        project_window = None
+        if principal.project_images_per_day:
+            project_window = (f"project:{principal.project}", principal.project_images_per_day)
+            try:
+                await self.quotas.charge_window(project_window[0], n,
+                                                per_day=project_window[1],
+                                                quota="project.images_per_day")
+            except BaseException:  # the key's charge stands only with the project's
+                await self.quotas.refund_images(principal.key_id, n,
+                                                per_day=principal.images_per_day)
+                raise
         return ImageCharge(self.quotas, n, key_id=principal.key_id,
-                           per_day=principal.images_per_day)
+                           per_day=principal.images_per_day, project_window=project_window)
 
 
 def configure(app: Any, *, records: Any, config: AuthConfig) -> Gate:
@@ -362,8 +416,9 @@ class ImageCharge:
     window."""
 
     def __init__(self, quotas: Quotas | None, images: int, *, key_id: str | None = None,
-                 per_day: int | None = None):
+                 per_day: int | None = None, project_window: tuple[str, int] | None = None):
         self._quotas = quotas
+        self.project_window = project_window  # (owner, per day) of the project's images
         self.key_id = key_id
         self.per_day = per_day
         self.images = images  # charged and not refunded
@@ -381,6 +436,9 @@ class ImageCharge:
         self.images -= n
         if self._quotas is not None and self.key_id is not None:
             await self._quotas.refund_images(self.key_id, n, per_day=self.per_day)
+        if self._quotas is not None and self.project_window is not None:
+            await self._quotas.refund_images(self.project_window[0], n,
+                                             per_day=self.project_window[1])
         return n
 
 

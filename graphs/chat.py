@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from graphs import auth
+from graphs import auth, usage
 from graphs.errors import ApiError
 from graphs.generation import GenerationService, Options, composite, fit_to_limits
 from graphs.jobs import JobRunner, Output
@@ -35,7 +35,9 @@ from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse, VideoC
 from graphs.tools import ToolService
 from router import replies
 from router.cascade import Cascade
+from router.rules import DESCRIBE_ONLY
 from router.schemas import SessionContext
+from router.text import fold
 from router.video_intent import detect_video
 
 EDIT_STRENGTH = 0.65
@@ -51,7 +53,7 @@ TOOL_DEPLOYMENTS = {"background_removal": "matting", "upscale": "upscaler",
 def step_images(step) -> int:
     """Images a plan step makes (what it is charged): a generation or edit its `n`, any other
     image step one."""
-    if step.intent == "general":
+    if step.intent in ("general", "image_analysis"):
         return 0
     if step.intent in ("image_generation", "image_edit"):
         return int(step.params.get("n") or 1)
@@ -101,9 +103,10 @@ class TurnWriter:
 
 class ChatService:
     def __init__(self, *, router: Any, generation: GenerationService, tools: ToolService,
-                 runner: JobRunner, videos: Any = None):
+                 runner: JobRunner, videos: Any = None, analysis: Any = None):
         self.videos = videos  # graphs.video.VideoService ("make a video of…", "animate this")
         self.router = router
+        self.analysis = analysis  # graphs.analysis.AnalysisService: "what is in this photo?"
         self.generation = generation
         self.tools = tools
         self.runner = runner
@@ -192,7 +195,14 @@ class ChatService:
             return await self._video(wanted, message=message, session=session,
                                      uploads=uploads, base_url=base_url)
         plan = await self.plan(message, images=len(uploads), context=ctx)
-        image_steps = [s for s in plan.steps if s.intent != "general"]
+        if plan.llm_tokens:  # usage accounting: the router's LLM stage
+            usage.note_tokens(*plan.llm_tokens)
+            usage.note_model_seconds("llm", plan.timings.get("llm", 0.0))
+        if self._describes(plan):
+            return await self._describe(plan, message=message, session=session, ctx=ctx,
+                                        uploads=uploads, started=started)
+        # analysis steps inside an image plan make nothing and are skipped
+        image_steps = [s for s in plan.steps if s.intent not in ("general", "image_analysis")]
         # every image this plan makes, charged before any of it runs (429 before a job exists)
         runs = bool(image_steps) and not plan.missing_inputs  # else a text answer
         # images the plan takes from the session, resolved in the caller's project now: an
@@ -324,6 +334,52 @@ class ChatService:
                             data=ChatData(plan=plan, job_id=video.id),
                             metadata={"stage": "rules", "video": video.model_dump(mode="json")})
 
+    # -- "what is in this picture?" -----------------------------------------------------------
+    def _describes(self, plan) -> bool:
+        """A plan that only asks about an image (and has it): answered with text, no job."""
+        steps = [s for s in plan.steps if s.intent != "general"]
+        return (self.analysis is not None and bool(steps) and not plan.missing_inputs
+                and all(s.intent == "image_analysis" for s in steps))
+
+    async def _describe(self, plan, *, message: str, session, ctx, uploads, started
+                        ) -> ChatResponse:
+        step = next(s for s in plan.steps if s.intent == "image_analysis")
+        ref = step.inputs[0]
+        session_images = await self._session_images([step], ctx)
+        image = await self._input(ref, {"upload": uploads, "session": session_images}, [],
+                                  ctx)
+        info = await self.analysis.vision_info()
+        # a real question goes to the VQA model; "describe it" wants the caption only
+        question = None
+        if not DESCRIBE_ONLY.search(fold(message)) and info and info["limits"].get("questions"):
+            question = message
+        analysis = await self.analysis.analyze(image, question=question)
+        upload_ids = [await self.runner.store_image(img, kind="uploads") for img in uploads]
+        image_id = upload_ids[ref.index or 0] if ref.source == "upload" else \
+            (ref.image_id or ctx.last_image_id)
+        data = analysis.model_dump(mode="json")
+        text = replies.image_description(data, plan.language)
+        plan_json = plan.model_dump(mode="json")
+        user = {"role": "user", "content": message, "image_ids": upload_ids,
+                "data": {"context": {"last_image_id": upload_ids[-1]}} if upload_ids else {}}
+        answer = {"role": "assistant", "content": text, "image_ids": [],
+                  "data": {"type": "text", "plan": plan_json, "analysis": data,
+                           "context": {"last_image_id": image_id,
+                                       "last_intent": "image_analysis"}}}
+        recorded = await self.turns.add(session_id=session.id if session else None,
+                                        project=self.runner.project, messages=[user, answer])
+        metadata = {"stage": plan.stage, "confidence": plan.confidence,
+                    "language": plan.language, "models": {"vision": (info or {}).get("name")},
+                    "tiny": bool((info or {}).get("tiny")),
+                    "fallback": bool((info or {}).get("fallback")),
+                    "timings": {**{f"plan_{k}": v for k, v in plan.timings.items()},
+                                **analysis.metadata.get("timings", {}),
+                                "total": time.perf_counter() - started}}
+        return ChatResponse(session_id=recorded, message=text, type="text",
+                            data=ChatData(plan=plan_json, analysis=data),
+                            suggestions=replies.suggestions("image", plan.language),
+                            metadata=metadata)
+
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
         await self._write(
             self.records.add_message, session_id=session_id, role="assistant",
@@ -361,7 +417,7 @@ class ChatService:
         refined_prompt = None
         last: Output | None = None
         for index, step in enumerate(plan.steps):
-            if step.intent == "general":
+            if step.intent in ("general", "image_analysis"):
                 outputs.append(outputs[-1] if outputs else None)
                 continue
             await progress(index / len(plan.steps), f"step {index + 1}: {step.intent}",

@@ -340,7 +340,10 @@ class GenerationService:
                        images_in: int) -> ImagesResponse:
         response.background = "transparent" if opts.background == "transparent" else "opaque"
         response.quality = opts.resolved_quality
-        response.usage = usage_for(prompt, images_in)
+        measured = response.usage or Usage()
+        response.usage = usage_for(prompt, images_in).model_copy(update={
+            "images": measured.images, "pixels": measured.pixels,
+            "model_seconds": measured.model_seconds})
         return response
 
     async def stream(self, *, kind: str, prompt: str, req: GenerationRequest, opts: Options,

@@ -129,6 +129,16 @@ def check_pixel_budget(sizes: list[tuple[str, tuple[int, int]]], *, max_total_pi
             f"smaller images", status=413, code="images_too_large")
 
 
+def image_format(data: bytes) -> str | None:
+    """The file format (png, jpeg, webp…) from the header of bytes `decode` accepted."""
+    from PIL import Image
+
+    try:
+        return (Image.open(io.BytesIO(data)).format or "").lower() or None
+    except Exception:  # noqa: BLE001 - a format we can't name is reported as None
+        return None
+
+
 def decode(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
            max_bytes: int = DEFAULT_MAX_BYTES, keep_alpha: bool = True) -> np.ndarray:
     """Decode an uploaded image once, at the edge, to an HxWx3 (or HxWx4) uint8 array.

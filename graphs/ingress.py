@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +24,8 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
-from graphs import auth, errors, middleware, studio
+from graphs import auth, errors, middleware, studio, usage
+from graphs.analysis import AnalysisService, enhanced_prompt
 from graphs.auth import AuthConfig
 from graphs.chat import ChatService
 from graphs.chores import Chores
@@ -43,6 +44,7 @@ from graphs.resources import Resources, job_view
 from graphs.schemas import (
     FORM,
     MAX_IMAGES,
+    AnalyzeForm,
     AssetList,
     Capabilities,
     ChatRequest,
@@ -51,8 +53,10 @@ from graphs.schemas import (
     DeploymentInfo,
     EditForm,
     EditOpsForm,
+    EnhancedPrompt,
     FaceSwapForm,
     Health,
+    ImageAnalysis,
     ImageGenerationBatch,
     ImageGenerationRequest,
     ImagesResponse,
@@ -75,6 +79,8 @@ from graphs.schemas import (
     SessionList,
     StyleTransferForm,
     UpscaleForm,
+    UsageGroup,
+    UsageReport,
     VariationForm,
     Video,
     VideoCreate,
@@ -91,6 +97,7 @@ from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.config import StorageSettings
 from storage.records import MAX_PAGE
+from storage.tables import as_utc, utcnow
 from telemetry.logs import install_log_redaction
 
 logger = logging.getLogger("ray.serve")
@@ -106,6 +113,7 @@ app = FastAPI(
 errors.install(app)
 # API keys, scopes and per-key limits: innermost (added first), so 401/403/429 answers still
 # carry the request id, metrics and CORS headers of the middlewares below.
+app.add_middleware(usage.UsageMiddleware)  # inside auth: the caller is known
 app.add_middleware(auth.AuthMiddleware)
 auth.document(app)
 
@@ -150,6 +158,7 @@ class IngressConfig(BaseModel):
     job_heartbeat_s: float = 10.0
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
     session_ttl_s: float = 24 * 3600  # chat sessions idle this long are deleted
+    usage_flush_s: float = 2.0  # usage sums are written this often (graphs/usage.py)
     auth: AuthConfig = AuthConfig()
     # other replicas' provider config changes are picked up within this (graphs/providers.py)
     providers_reload_s: float = 10.0
@@ -257,7 +266,8 @@ class Ingress:
     def __init__(self, generator: DeploymentHandle, matting: DeploymentHandle,
                  faceswap: DeploymentHandle, upscaler: DeploymentHandle,
                  router: DeploymentHandle, llm: DeploymentHandle | None,
-                 config: IngressConfig, video: DeploymentHandle | None = None):
+                 config: IngressConfig, video: DeploymentHandle | None = None,
+                 vision: DeploymentHandle | None = None):
         install_log_redaction()
         # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
         middleware.set_public_base_url(config.public_base_url)
@@ -267,6 +277,7 @@ class Ingress:
             for h in (generator, matting, faceswap, upscaler, router))
         llm = middleware.CancellableHandle(llm) if llm is not None else None
         video = middleware.CancellableHandle(video) if video is not None else None
+        vision = middleware.CancellableHandle(vision) if vision is not None else None
         self.config = config
         storage = StorageSettings(**{"asset_root": config.asset_dir,
                                      "database_url": config.database_url, **config.storage})
@@ -275,6 +286,9 @@ class Ingress:
         self.gate = auth.configure(
             app, records=self.records,
             config=config.auth.model_copy(update={"project": config.project}))
+        # per-request usage, summed in memory and written in batches (graphs/usage.py)
+        self.usage = usage.UsageRecorder(self.records, flush_s=config.usage_flush_s).start()
+        app.state.usage_recorder = self.usage
         self.runner = JobRunner(assets=self.assets, records=self.records, project=config.project,
                                 gate=self.gate, heartbeat_s=config.job_heartbeat_s,
                                 max_image_pixels=config.max_image_pixels,
@@ -297,9 +311,12 @@ class Ingress:
         self.llm = llm
         self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
                                    upscaler=upscaler)
+        # image analysis (caption/VQA, faces, colours): the route, the chat and later callers
+        self.analysis = AnalysisService(vision=vision, faceswap=faceswap, pool=self.tools.pool,
+                                        runner=self.runner)
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner,
-                                        videos=self.videos)
+                                        videos=self.videos, analysis=self.analysis)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
@@ -349,6 +366,33 @@ class Ingress:
     @app.delete("/v1/assets/{asset_id}", tags=["assets"], responses=ERROR_RESPONSES)
     async def delete_asset(self, asset_id: str) -> Deleted:
         return await self.resources.delete_asset(asset_id)
+
+    # -- usage ------------------------------------------------------------------------------
+    @app.get("/v1/usage", tags=["usage"], responses=ERROR_RESPONSES,
+             response_model_by_alias=True)
+    async def usage_report(
+            self,
+            start: datetime | None = Query(None, alias="from", description="default: 30 days "
+                                           "before `to` (hour precision)"),
+            end: datetime | None = Query(None, alias="to", description="default: now"),
+            group_by: Literal["key", "project", "model", "route", "day"] = "day",
+    ) -> UsageReport:
+        """Usage summed per key, project, model, route or day: requests (per status),
+        images, videos, pixels, model seconds (per deployment), LLM tokens. Own project;
+        an admin key sees every project. Sums reach the record store in batches (every
+        `usage_flush_s`, 2 s); this replica's are written before it answers."""
+        principal = auth.current()
+        end = as_utc(end) if end else utcnow()
+        start = as_utc(start) if start else end - timedelta(days=30)
+        if start >= end:
+            raise ApiError(400, "from must be before to", param="from")
+        await asyncio.to_thread(self.usage.flush)
+        project = None if principal.admin else principal.project
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        groups = await asyncio.to_thread(self.records.usage_report, start=hour, end=end,
+                                         group_by=group_by, project=project)
+        return UsageReport(group_by=group_by, start=start, end=end, project=project,
+                           data=[UsageGroup(**g) for g in groups])
 
     # -- jobs -------------------------------------------------------------------------------
     @app.get("/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -437,6 +481,12 @@ class Ingress:
         else:
             warnings.append("no LLM deployed: the chat router answers with rules + "
                             "embeddings only (prompt compression is deterministic)")
+        vision_info = await self.analysis.vision_info()
+        if vision_info is not None:
+            infos["vision"] = vision_info
+        else:
+            warnings.append("no vision-language model deployed: image analysis has no "
+                            "caption and answers no questions")
         for deployment, info in infos.items():
             if info["fallback"]:
                 warnings.append(f"{deployment} fell back to tiny model {info['name']!r}: "
@@ -590,6 +640,17 @@ class Ingress:
             await form.image.read(), scale=form.scale, output_format=form.output_format,
             response_format=form.response_format, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
+
+    @app.post("/v1/images/analyze", responses=ERROR_RESPONSES, tags=["tools"])
+    async def analyze(self, form: Annotated[AnalyzeForm, Form(media_type=FORM)]
+                      ) -> ImageAnalysis:
+        """What is in an image: caption, description, tags, dominant colours, transparency,
+        size/format, faces (boxes from the face detector) and, where a VQA model is
+        deployed, the answer to `question`. Multipart `image`, or `asset_id`."""
+        data = await form.image.read() if form.image is not None else None
+        return await self.analysis.analyze_upload(
+            data=data, asset_id=form.asset_id, decode=self.tools.decode,
+            question=form.question, colors=form.colors)
 
     @app.post("/v1/images/edit-ops", response_model=ImagesResponse, responses=ERROR_RESPONSES,
               tags=["tools"])
@@ -807,6 +868,12 @@ class Ingress:
         asset_id = await self.videos.content_asset(video_id, variant)
         return await self._send_asset(await self.resources.asset_record(asset_id), request)
 
+    @app.post("/v1/prompts/enhance", tags=["prompts"], responses=ERROR_RESPONSES)
+    async def enhance_prompt(self, body: PromptRequest) -> EnhancedPrompt:
+        """The refiner's prompt (`/v1/prompts/refine`), with what it changed word by word."""
+        refined = await self.refine_prompt(body)
+        return enhanced_prompt(refined)
+
     # -- assets -------------------------------------------------------------------------------
     @app.get("/v1/assets/{asset_id}", responses={**ERROR_RESPONSES, 200: {
         "content": {t: {"schema": {"type": "string", "format": "binary"}}
@@ -863,6 +930,9 @@ class Ingress:
         self.records.ping()
 
     def __del__(self):  # the replica is being torn down
+        recorder = getattr(self, "usage", None)
+        if recorder is not None:
+            recorder.stop(timeout_s=1.0)  # writes what is not written yet
         chores = getattr(self, "chores", None)
         if chores is not None:
             chores.stop(timeout_s=1.0)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
-from graphs import auth, middleware
+from graphs import auth, middleware, usage
 from graphs.errors import ApiError, to_api_error
 from graphs.images import (
     CONTENT_TYPES,
@@ -33,7 +33,7 @@ from graphs.images import (
     decode,
     encode,
 )
-from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata
+from graphs.schemas import ImageData, ImagesResponse, ResponseMetadata, Usage
 from storage.assets import AssetNotFound, AssetStore, asset_key
 from storage.records import NewAsset, RecordStore, new_id
 from telemetry import metrics
@@ -216,7 +216,13 @@ class JobRunner:
             # from a slow one by the heartbeat alone.
             heartbeat = asyncio.create_task(self._heartbeat(job_id, asyncio.current_task()))
             with metrics.stage_timer("model", kind=kind):
+                worked = time.perf_counter()
                 out = await work(progress)
+                worked = time.perf_counter() - worked
+            pixels = sum(int(i.shape[0]) * int(i.shape[1]) for i in out.images)
+            usage.note_output(kind, model=out.model, provider=out.provider,
+                              images=len(out.images), pixels=pixels, seconds=worked,
+                              timings=out.timings)
             await progress(0.95, "storing", force=True)
             stored = time.perf_counter()
             data: list[ImageData] = []
@@ -260,6 +266,8 @@ class JobRunner:
                     provider=out.provider,
                     attempts=out.attempts,
                 ),
+                usage=Usage(images=len(out.images), pixels=pixels,
+                            model_seconds=round(worked, 4)),
             )
             result = None
             if live:  # what GET /v1/jobs/{id} returns: the response, with URLs not base64
@@ -340,11 +348,8 @@ class JobRunner:
 
         return await asyncio.to_thread(store_and_record)
 
-    async def load_image(self, asset_id: str, *, param: str = "asset_id") -> np.ndarray:
-        """THE resolver of "an image referenced by id" (chat context and plans, and every
-        route or workflow that takes an asset id): the asset must belong to the caller's
-        project (another project's id is a 404, exactly like a missing one) and is decoded with
-        the upload limits. `param` names the request field that carried the id."""
+    async def load_asset_bytes(self, asset_id: str, *, param: str = "asset_id") -> bytes:
+        """The stored bytes of an asset of the caller's project (`load_image`'s rules)."""
         if not isinstance(asset_id, str) or not asset_id:
             raise ApiError(400, f"{param} must be an asset id", param=param)
         record = await asyncio.to_thread(self.records.get_asset, asset_id=asset_id,
@@ -352,10 +357,17 @@ class JobRunner:
         if record is None:
             raise ApiError(404, f"no asset {asset_id!r}", param=param, code="not_found")
         try:
-            data = await asyncio.to_thread(self.assets.get, key=record.key)
+            return await asyncio.to_thread(self.assets.get, key=record.key)
         except AssetNotFound:
             raise ApiError(404, f"asset {asset_id!r} is recorded but its bytes are gone",
                            param=param, code="not_found") from None
+
+    async def load_image(self, asset_id: str, *, param: str = "asset_id") -> np.ndarray:
+        """THE resolver of "an image referenced by id" (chat context and plans, and every
+        route or workflow that takes an asset id): the asset must belong to the caller's
+        project (another project's id is a 404, exactly like a missing one) and is decoded with
+        the upload limits. `param` names the request field that carried the id."""
+        data = await self.load_asset_bytes(asset_id, param=param)
         return await asyncio.to_thread(decode, data, field=param,
                                        max_pixels=self.max_image_pixels,
                                        max_bytes=self.max_image_bytes)

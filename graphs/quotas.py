@@ -92,7 +92,55 @@ class Quotas:
         return await self._hit(self._images, item, key_id, "images", n,
                                f"daily quota of {item.amount} images reached")
 
+    async def charge_window(self, owner: str, n: int, *, per_day: int, quota: str) -> None:
+        """Charge `n` images to another owner's day (a project: ``project:<id>``); 429 naming
+        `quota` when that would exceed it."""
+        item = RateLimitItemPerDay(per_day)
+        if n > item.amount:
+            raise ApiError(429, f"this request makes {n} images but the {quota} quota is "
+                           f"{per_day} images per day", code="quota_exceeded", param=quota)
+        await self._hit(self._images, item, owner, "images", n,
+                        f"the {quota} quota of {per_day} images per day is reached",
+                        param=quota)
+
+    async def check_model_seconds(self, owner: str, *, per_day: int, quota: str) -> None:
+        """429 naming `quota` once `owner` has used its model seconds of the last 24 h."""
+        item = RateLimitItemPerDay(per_day)
+        try:
+            stats = await self._images.get_window_stats(item, owner, "model_seconds")
+        except Exception as exc:  # noqa: BLE001 - storage down: as _hit, fail open
+            if self.config.fail_open:
+                logger.error("rate-limit storage failed (%s: %s); letting the request "
+                             "through (fail_open)", type(exc).__name__, exc)
+                return
+            raise ApiError(503, "rate limiting is unavailable; retry shortly",
+                           code="rate_limiter_unavailable",
+                           headers={"Retry-After": "5"}) from None
+        if stats.remaining <= 0:
+            retry = max(math.ceil(stats.reset_time - time.time()), 1)
+            raise ApiError(429, f"the {quota} quota of {per_day} model-seconds per day is "
+                           f"used up; retry in {retry} s", code="quota_exceeded", param=quota,
+                           headers={"Retry-After": str(retry)})
+
+    async def add_model_seconds(self, owner: str, seconds: float, *, per_day: int) -> None:
+        """Count model seconds a request used (rounded up; after the work: a request is
+        refused only once the day is used up). Best effort."""
+        cost = math.ceil(seconds)
+        if cost <= 0:
+            return
+        item = RateLimitItemPerDay(per_day)
+        try:
+            # the window may be (nearly) full: count what still fits, up to the limit
+            stats = await self._images.get_window_stats(item, owner, "model_seconds")
+            cost = min(cost, stats.remaining)
+            if cost > 0:
+                await self._images.hit(item, owner, "model_seconds", cost=cost)
+        except Exception as exc:  # noqa: BLE001 - accounting must not fail the request
+            logger.error("could not count %s model seconds for %s (%s: %s)", seconds, owner,
+                         type(exc).__name__, exc)
+
     async def refund_images(self, key_id: str, n: int, *, per_day: int | None) -> None:
+        # (a project's window: key_id ``project:<id>`` and its own per_day)
         """Give back `n` images charged by `charge_images` that were not produced. `limits`
         has no refund, so this removes the `n` newest entries of the key's moving window in
         the storage's own layout (a Redis list, newest first; the memory storage's event list,
@@ -115,7 +163,7 @@ class Quotas:
                          type(exc).__name__, exc)
 
     async def _hit(self, limiter, item, key_id: str, what: str, cost: int,
-                   message: str) -> Usage | None:
+                   message: str, param: str | None = None) -> Usage | None:
         try:
             allowed = await limiter.hit(item, key_id, what, cost=cost)
             stats = await limiter.get_window_stats(item, key_id, what)
@@ -131,6 +179,6 @@ class Quotas:
         if not allowed:
             retry = max(math.ceil(stats.reset_time - time.time()), 1)
             code = "rate_limited" if what == "requests" else "quota_exceeded"
-            raise ApiError(429, f"{message}; retry in {retry} s", code=code,
+            raise ApiError(429, f"{message}; retry in {retry} s", code=code, param=param,
                            headers={"Retry-After": str(retry), **usage.headers()})
         return usage

@@ -115,8 +115,12 @@ class Resources:
     async def create_project(self, body: ProjectCreate) -> Project:
         if await asyncio.to_thread(self.records.get_project, project_id=body.id):
             raise ApiError(409, f"project {body.id!r} exists", param="id", code="exists")
+        quotas = {k: v for k, v in (("images_per_day", body.images_per_day),
+                                    ("model_seconds_per_day", body.model_seconds_per_day))
+                  if v is not None}
         record = await asyncio.to_thread(self.records.create_project, project_id=body.id,
-                                         name=body.name, description=body.description)
+                                         name=body.name, description=body.description,
+                                         settings=quotas or None)
         return project_view(record)
 
     async def project(self, project_id: str) -> Project:

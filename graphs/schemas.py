@@ -297,12 +297,16 @@ class UsageDetails(BaseModel):
 
 
 class Usage(BaseModel):
-    """OpenAI's shape. Counts prompt words and input images; nothing is billed."""
+    """OpenAI's shape: input tokens are the prompt's words and the input images; plus what
+    this request really used here (the same counts `GET /v1/usage` sums)."""
 
     input_tokens: int = 0
     input_tokens_details: UsageDetails = Field(default_factory=UsageDetails)
     output_tokens: int = 0
     total_tokens: int = 0
+    images: int = Field(0, description="images made")
+    pixels: int = Field(0, description="pixels of the images made")
+    model_seconds: float = Field(0.0, description="seconds the models worked")
 
 
 class ImagesResponse(BaseModel):
@@ -369,6 +373,10 @@ class ProjectCreate(BaseModel):
                     description="1-64 of a-z, 0-9, '-', '_'")
     name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=2000)
+    images_per_day: int | None = Field(None, ge=1, description="quota of the project, all "
+                                       "its keys together (default: none)")
+    model_seconds_per_day: int | None = Field(None, ge=1, description="quota of model time "
+                                              "of the project (default: none)")
 
 
 class Project(BaseModel):
@@ -552,6 +560,8 @@ class ChatData(BaseModel):
     images: list[ChatImage] = Field(default_factory=list)
     plan: dict[str, Any] | None = None
     job_id: str | None = None
+    analysis: dict[str, Any] | None = Field(None, description="image analysis (POST "
+                                            "/v1/images/analyze's answer) of a describe turn")
 
 
 class ChatResponse(BaseModel):
@@ -641,3 +651,105 @@ class VideoUpscale(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scale: Literal[2, 4] = 2
+# -- image analysis (POST /v1/images/analyze) -----------------------------------------------
+class AnalyzeForm(BaseModel):
+    """Multipart: `image` (a file) or `asset_id` (an asset of the caller's project)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile | None = Field(None, description="PNG, JPEG or WebP")
+    asset_id: str | None = Field(None, max_length=128, description="instead of image")
+    question: str | None = Field(None, max_length=500, description="answered by the "
+                                 "vision-language model (VQA), where one is deployed")
+    colors: int = Field(5, ge=1, le=16, description="how many dominant colours")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.image is None) == (self.asset_id is None):
+            raise _combination("image", "send exactly one of image (a file) or asset_id")
+        return self
+
+
+class AnalyzedColor(BaseModel):
+    hex: str = Field(..., description="#rrggbb")
+    rgb: tuple[int, int, int]
+    share: float = Field(..., description="of the opaque pixels, 0..1")
+    name: str = Field(..., description="the nearest plain colour name")
+
+
+class FaceBox(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+
+
+class AnalyzedFaces(BaseModel):
+    count: int
+    boxes: list[FaceBox]
+
+
+class ImageAnalysis(BaseModel):
+    object: Literal["image.analysis"] = "image.analysis"
+    caption: str | None = Field(..., description="one line from the vision-language model "
+                                "(None when none is deployed)")
+    description: str = Field(..., description="a short description: caption, colours, "
+                             "faces, size")
+    tags: list[str]
+    colors: list[AnalyzedColor]
+    has_alpha: bool = Field(..., description="some pixels are not fully opaque")
+    transparent_share: float
+    width: int
+    height: int
+    format: str | None = Field(None, description="png, jpeg, webp (of the upload or asset)")
+    bytes: int | None = None
+    faces: AnalyzedFaces
+    question: str | None = None
+    answer: str | None = Field(None, description="the VQA answer to `question`")
+    asset_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict, description="models (tiny, "
+                                     "fallback) and timings")
+
+
+class PromptChange(BaseModel):
+    op: Literal["added", "removed", "replaced"]
+    before: str = ""
+    after: str = ""
+
+
+class EnhancedPrompt(BaseModel):
+    """POST /v1/prompts/enhance: the refiner's prompt and what it changed."""
+
+    original: str
+    prompt: str
+    negative_prompt: str
+    style: str | None
+    changes: list[PromptChange]
+    added_terms: list[str]
+    moved_to_negative: list[str]
+    compressed: bool
+
+
+# -- usage (GET /v1/usage) ------------------------------------------------------------------
+class UsageGroup(BaseModel):
+    group: str = Field(..., description="the key id, project, model, route ('POST "
+                       "/v1/images/generations') or day (YYYY-MM-DD)")
+    requests: int
+    images: int
+    videos: int
+    pixels: int
+    model_seconds: float
+    model_seconds_by_deployment: dict[str, float]
+    tokens_in: int
+    tokens_out: int
+    statuses: dict[str, int] = Field(..., description="requests per HTTP status")
+
+
+class UsageReport(BaseModel):
+    object: Literal["list"] = "list"
+    group_by: Literal["key", "project", "model", "route", "day"]
+    start: datetime = Field(..., serialization_alias="from")
+    end: datetime = Field(..., serialization_alias="to")
+    project: str | None = Field(None, description="the caller's project (None: admin, all)")
+    data: list[UsageGroup]

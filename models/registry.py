@@ -200,6 +200,21 @@ MODELS: dict[str, ModelSpec] = {
             limits=VideoLimits(256, 1280, 768, 512, max_frames=257, max_seconds=10.0),
         ),
         ModelSpec(
+            name="tiny-blip",
+            family="vision",
+            source="tiny:tiny-blip",
+            description="Tiny random-weight BLIP captioning + VQA (built offline; its words "
+            "are random: for tests/dev)",
+        ),
+        ModelSpec(
+            name="blip-base",
+            family="vision",
+            source="~/.cache/photostudio/weights/blip",
+            description="BLIP base: caption/ (Salesforce/blip-image-captioning-base) and "
+            "vqa/ (Salesforce/blip-vqa-base) in one folder",
+            tiny_fallback="tiny-blip",
+        ),
+        ModelSpec(
             name="tiny-esrgan",
             family="upscale",
             source="tiny:tiny-esrgan",

@@ -153,6 +153,7 @@ BUILDERS: dict[str, str] = {
     "tiny-esrgan": "models.upscale:build_tiny_esrgan",
     "tiny-llm": "models.llm:build_tiny_llm",
     "tiny-ltx": "models.video:build_tiny_ltx",
+    "tiny-blip": "models.vision:build_tiny_blip",
 }
 
 

@@ -32,7 +32,7 @@ from router.prompts import (
     compress_prompt_llm,
 )
 from router.rules import DraftStep, RuleResult
-from router.schemas import IMAGE_INTENTS, PROMPT_INTENTS, Plan, SessionContext, Step
+from router.schemas import PROMPT_INTENTS, READS_IMAGE_INTENTS, Plan, SessionContext, Step
 from router.text import blank_spans, squash
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class Cascade:
         has_image = result.images > 0 or bool(result.context.last_image_id) or position > 0
         scores = dict(prediction.scores)
         for intent in scores:
-            if not has_image and intent in IMAGE_INTENTS and intent != R.G:
+            if not has_image and intent in READS_IMAGE_INTENTS and intent != R.G:
                 scores[intent] -= NO_IMAGE_PENALTY
             if has_image and intent == R.G:
                 scores[intent] -= IMAGE_GENERATION_PENALTY
@@ -271,6 +271,7 @@ class Cascade:
                 logger.warning("router LLM stage unusable, keeping %s plan: %s", plan.stage,
                                outcome.error)
                 plan = plan.model_copy(update={"llm_error": outcome.error, "timings": timings})
+            plan = plan.model_copy(update={"llm_tokens": list(outcome.tokens)})
         elif self.llm is None and plan.confidence < self.llm_threshold and message.strip():
             plan = plan.model_copy(update={"llm_error": "no LLM configured"})
         plan = await self._rewrite_long_prompts(plan)
@@ -324,7 +325,7 @@ class Cascade:
 def _impossible(intent: str, result: RuleResult, position: int) -> bool:
     """An image operation with no image anywhere, where the rules saw a generation."""
     has_image = result.images > 0 or bool(result.context.last_image_id) or position > 0
-    return intent in IMAGE_INTENTS and intent != R.G and not has_image and not re.search(
+    return intent in READS_IMAGE_INTENTS and intent != R.G and not has_image and not re.search(
         r"\b(?:this|that|my|it|these|cette|ce|ma|mon|mes)\b", result.folded)
 
 

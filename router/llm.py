@@ -106,6 +106,7 @@ seed, style)
 - background_removal: cut out the subject / transparent background
 - upscale: increase resolution or size (params: scale)
 - style_transfer: repaint an existing image in a style (params: style)
+- image_analysis: describe an existing image or answer a question about what it shows
 - general: questions, greetings, help (no image operation)
 Rules: steps the user says NOT to do are not steps ("don't remove the background" -> no \
 background_removal). Questions about how something works are general. Only put in params what \
@@ -187,6 +188,7 @@ class LLMOutcome:
     plan: LLMPlan | None
     error: str | None
     seconds: float
+    tokens: tuple[int, int] = (0, 0)  # prompt, completion (the answer's `usage`)
 
 
 async def call_llm(llm: LLMCallable | None, request: dict[str, Any], *,
@@ -210,10 +212,14 @@ async def ask_for_plan(llm: LLMCallable | None, message: str, *, images: int,
     started = time.perf_counter()
     try:
         request = build_plan_request(message, images=images, context=context, draft=draft)
-        plan = parse_plan(await call_llm(llm, request, timeout_s=timeout_s))
+        response = await call_llm(llm, request, timeout_s=timeout_s)
+        used = response.get("usage") or {} if isinstance(response, dict) else {}
+        tokens = (int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0))
+        plan = parse_plan(response)
     except LLMError as exc:
-        return LLMOutcome(None, str(exc), time.perf_counter() - started)
-    return LLMOutcome(plan, None, time.perf_counter() - started)
+        return LLMOutcome(None, str(exc), time.perf_counter() - started,
+                          locals().get("tokens", (0, 0)))
+    return LLMOutcome(plan, None, time.perf_counter() - started, tokens)
 
 
 def handle_callable(handle: Any) -> LLMCallable:

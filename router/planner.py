@@ -115,9 +115,11 @@ _CLARIFY = {
 }
 _WHAT = {
     "en": {"upscale": "upscale", "background_removal": "remove the background from",
-           "style_transfer": "restyle", "image_edit": "edit", "face_swap": "use"},
+           "style_transfer": "restyle", "image_edit": "edit", "face_swap": "use",
+           "image_analysis": "describe"},
     "fr": {"upscale": "agrandir", "background_removal": "détourer",
-           "style_transfer": "transformer", "image_edit": "modifier", "face_swap": "utiliser"},
+           "style_transfer": "transformer", "image_edit": "modifier", "face_swap": "utiliser",
+           "image_analysis": "décrire"},
 }
 
 

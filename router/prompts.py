@@ -316,3 +316,15 @@ async def arefine_prompt(prompt: Any, style: str | None = None, *, llm: Any = No
     body, error, method = await compress_prompt_llm(text, llm, timeout_s=timeout_s)
     return _refine(body, style, compressed=True, method=method, llm_error=error, original=text)
 
+
+
+def prompt_changes(original: str, refined: str) -> list[dict[str, str]]:
+    """What refinement changed, word by word: ``{"op": added|removed|replaced, "before",
+    "after"}`` for each differing run of words (punctuation kept with its word)."""
+    import difflib
+
+    before, after = original.split(), refined.split()
+    ops = {"insert": "added", "delete": "removed", "replace": "replaced"}
+    return [{"op": ops[tag], "before": " ".join(before[i1:i2]), "after": " ".join(after[j1:j2])}
+            for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+            .get_opcodes() if tag != "equal"]

@@ -109,3 +109,30 @@ def generate_new(prompt: str, language: str | None) -> tuple[str, str]:
     """(label, message) of the action that asks for a fresh generation of `prompt`."""
     label, message = _GENERATE_NEW[lang(language)]
     return label, message.format(prompt=prompt)
+
+
+_ANALYSIS_FACES = {"en": ("no face", "1 face", "{n} faces"),
+                   "fr": ("aucun visage", "1 visage", "{n} visages")}
+_ANALYSIS_ANSWER = {"en": "Answer: {answer}.", "fr": "Réponse : {answer}."}
+_ANALYSIS_SIZE = {"en": "{w}x{h} image", "fr": "image {w}x{h}"}
+_ANALYSIS_COLOURS = {"en": "main colours", "fr": "couleurs principales"}
+
+
+def image_description(analysis: dict, language: str = "en") -> str:
+    """The chat's answer to "what is in this picture?": the caption, the answer to the
+    question if one was asked, faces, size and main colours — in the message's language."""
+    faces = analysis["faces"]["count"]
+    none, one, many = _ANALYSIS_FACES[language]
+    parts = []
+    if analysis.get("caption"):
+        caption = analysis["caption"]
+        parts.append(caption[:1].upper() + caption[1:].rstrip(".") + ".")
+    if analysis.get("answer"):
+        parts.append(_ANALYSIS_ANSWER[language].format(answer=analysis["answer"].rstrip(".")))
+    colours = ", ".join(c["hex"] for c in analysis["colors"][:3])
+    facts = [_ANALYSIS_SIZE[language].format(w=analysis["width"], h=analysis["height"]),
+             none if faces == 0 else one if faces == 1 else many.format(n=faces)]
+    if colours:
+        facts.append(f"{_ANALYSIS_COLOURS[language]} {colours}")
+    parts.append("; ".join(facts)[:1].upper() + "; ".join(facts)[1:] + ".")
+    return " ".join(parts)

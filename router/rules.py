@@ -98,6 +98,18 @@ def _p(intent: str, name: str, regex: str, weight: float, **kw) -> Pattern:
 
 B, U, F, S, E, G, Q = ("background_removal", "upscale", "face_swap", "style_transfer",
                        "image_edit", "image_generation", "general")
+A = "image_analysis"
+_PIC = r"(?:image|photo|picture|pic|shot|selfie|photograph|upload|one)s?"
+_THIS = r"(?:this|that|the|my|these|those|our|your)"
+# "what is in this picture?", "describe it": a description only (no question for the VQA model)
+DESCRIBE_ONLY = re.compile(
+    rf"^\W*(?:(?:can|could|would)\s+you\s+|please\s+)?(?:describe\s+(?:it|this|that|them|{_THIS}\s+"
+    rf"(?:\w+\s+)?{_PIC}|what\s+you\s+see)|what(?:'s|\s+is|\s+are)?\s+(?:in|on)\s+(?:it|this|"
+    rf"that|{_THIS}\s+(?:\w+\s+)?{_PIC})|what\s+do\s+you\s+see|(?:caption|analy[sz]e)\s+"
+    rf"(?:it|this|that|{_THIS}\s+{_PIC})|decri\w*(?:[\s-]+(?:la|le|les|moi|nous))*(?:\s+(?:cette|"
+    rf"la|ma|l')\s*(?:photo|image))?|qu'?est[\s-]ce\s+qu'?(?:il\s+y\s+a|on\s+voit)\s+(?:sur|"
+    rf"dans)\s+(?:cette|la|ma|l')\s*(?:photo|image)|que\s+vois[\s-]tu|c'?est\s+quoi\s+(?:sur|"
+    rf"dans)\s+(?:cette|la|ma)\s+(?:photo|image))\W*(?:please|pls|stp|svp)?\W*$")
 _BG = r"(?:background|backround|backgroud|backdrop|bg|bgs|backgrounds|fond|fonds|arriere-plan|" \
       r"arriere\s+plan|arriere-plans|decor)"
 
@@ -126,6 +138,27 @@ PATTERNS: tuple[Pattern, ...] = (
        r"|\b(?:mets|met|mettre|mettez|place\w*|colle\w*|ajoute\w*|pose\w*|greffe\w*)\s+(?:mon|ton|"
        r"son|le|ce|notre|leur|un|ma)\s+(?:propre\s+)?(?:visage|tete|figure)\b|\bremplac\w*\s+"
        r"(?:le|son|ce|leur|mon|sa)\s+(?:visage|tete)\b", STRONG),
+    # image analysis: describe an image, answer a question about it
+    _p(A, "whats-in", rf"\bwhat(?:'s|\s+is|\s+are)?\s+(?:in|on)\s+(?:it|this|that|{_THIS}\s+"
+       rf"(?:\w+\s+)?{_PIC})\b|\b(?:tell\s+me|explain)\s+what(?:'s|\s+is)\s+(?:in|on)\s+"
+       rf"(?:it|this|that|{_THIS}\s+(?:\w+\s+)?{_PIC})\b", STRONG),
+    _p(A, "describe", rf"\bdescrib\w*\s+(?:it|this|that|them|what\s+you\s+see|{_THIS}\s+"
+       rf"(?:\w+\s+)?{_PIC}|(?:the\s+)?(?:content|scene|contents))\b|\bwhat\s+(?:do|can)\s+"
+       rf"you\s+see\b|\b(?:caption|analy[sz]e|tag)\s+(?:it|this|that|{_THIS}\s+{_PIC})\b|"
+       rf"\bwhat\s+(?:does|do)\s+{_THIS}\s+{_PIC}\s+show\b", STRONG),
+    _p(A, "question-about", rf"\bhow\s+many\s+\w+\s+(?:are|is)\s+(?:there\s+)?(?:in|on)\s+"
+       rf"(?:it|this|that|{_THIS}\s+(?:\w+\s+)?{_PIC})\b|\bis\s+there\s+(?:an?|any|some)\s+"
+       rf"[\w\s]{{1,30}}?\s+(?:in|on)\s+(?:it|this|that|{_THIS}\s+(?:\w+\s+)?{_PIC})\b|"
+       rf"\bwhat\s+colou?rs?\s+(?:is|are)\s+(?:the\s+\w+\s+in\s+)?(?:it|this|that|{_THIS}\s+"
+       rf"(?:\w+\s+)?{_PIC})\b|\bwho\s+is\s+(?:in|on)\s+(?:it|this|that|{_THIS}\s+"
+       rf"(?:\w+\s+)?{_PIC})\b", SURE),
+    _p(A, "fr-describe", r"\bdecri(?:s|re|vez|vons|t)\b|\bqu'?est[\s-]ce\s+qu'?(?:il\s+y\s+a|"
+       r"on\s+voit|tu\s+vois)\s+(?:sur|dans)\s+(?:cette|la|ma|l'|ce|cet)\s*(?:photo|image|"
+       r"cliche)\b|\bque\s+vois[\s-]tu\b|\bc'?est\s+quoi\s+(?:sur|dans)\s+(?:cette|la|ma)\s+"
+       r"(?:photo|image)\b|\banalyse[rz]?\s+(?:cette|la|ma|l')\s*(?:photo|image)\b|"
+       r"\bcombien\s+de\s+\w+\s+(?:y\s+a[\s-]t[\s-]il\s+)?(?:sur|dans)\s+(?:cette|la|ma|l')\s*"
+       r"(?:photo|image)\b|\by\s+a[\s-]t[\s-]il\s+(?:un|une|des)\s+[\w\s]{1,30}?\s+(?:sur|dans)\s+"
+       r"(?:cette|la|ma|l')\s*(?:photo|image)\b", STRONG),
     # background removal
     _p(B, "remove-bg", rf"\b(?:remove|removing|removed|delete|deleting|erase|erasing|drop|strip|"
        rf"clear|lose|take\s+out|take\s+away|take\s+off|get\s+rid\s+of|getting\s+rid\s+of|"
@@ -689,8 +722,10 @@ def analyze(message: str, images: int = 0, context: SessionContext | None = None
 
     # General: information questions override; greetings only when nothing else is asked.
     greeting = _GREETING.search(folded)
-    if (_INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded) and not look) or \
-            _about_the_service(folded, images):
+    # a question about the image itself ("what is in this photo?") is an analysis, not chat
+    about_image = has_image and any(c.intent == A and not c.weak for c in active)
+    if not about_image and ((_INFO_Q.search(folded) and not _REQUEST_IN_QUESTION.search(folded)
+                             and not look) or _about_the_service(folded, images)):
         result.general = "question"
     elif not active and greeting and len(content_words(folded[greeting.end():])) <= 3:
         result.general = "greeting"  # "thanks, that's perfect"; not "hi! a cat on a bike"

@@ -16,11 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Intent = Literal["image_generation", "image_edit", "face_swap", "background_removal", "upscale",
-                 "style_transfer", "general"]
+                 "style_transfer", "image_analysis", "general"]
 INTENTS: tuple[str, ...] = ("image_generation", "image_edit", "face_swap", "background_removal",
-                            "upscale", "style_transfer", "general")
+                            "upscale", "style_transfer", "image_analysis", "general")
 # Intents whose step produces an image (and so can feed the next step).
-IMAGE_INTENTS = frozenset(INTENTS[:-1])
+IMAGE_INTENTS = frozenset(INTENTS[:-2])
+# Intents that read an image (image_analysis: describe it, answer a question about it).
+READS_IMAGE_INTENTS = IMAGE_INTENTS | {"image_analysis"}
 # Intents that take a prompt (subject / instruction), negative prompt and style.
 PROMPT_INTENTS = frozenset({"image_generation", "image_edit", "style_transfer"})
 
@@ -118,6 +120,8 @@ class Plan(BaseModel):
     clarification: str | None = Field(None, description="what to ask the user when images "
                                                         "are missing")
     llm_error: str | None = Field(None, description="why the LLM stage's answer was not used")
+    llm_tokens: list[int] | None = Field(None, description="[prompt, completion] tokens the "
+                                         "LLM stage used (usage accounting)")
     warnings: list[str] = Field(default_factory=list)
     alternatives: list[Alternative] = Field(
         default_factory=list, description="other readings the reply offers as actions")

@@ -15,11 +15,16 @@ imports both modules; `storage.s3` imports this one, never the reverse).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def asset_key(*, project: str, kind: str, asset_id: str, ext: str,
@@ -45,6 +50,54 @@ class AssetWriteError(AssetStoreError):
         super().__init__(message)
         self.key = key
         self.attempts = attempts
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class GaveUp(Exception):
+    """Every attempt of `with_retries` failed (or the first failed with a permanent error)."""
+
+    def __init__(self, cause: BaseException, attempts: int):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.attempts = attempts
+
+
+def with_retries(call: Callable[[], T], *, what: str, key: str,
+                 is_retryable: Callable[[BaseException], bool], max_attempts: int,
+                 initial_s: float, max_s: float, log: logging.Logger = logger) -> T:
+    """`call()` with bounded retries of transient errors (exponential back-off, capped, plus
+    jitter so that replicas don't retry in lockstep); any failure → `GaveUp`. The one retry
+    policy of the remote stores (S3/Supabase, Azure): their SDKs' own retries are off, so the
+    policy is this one, visible and testable."""
+    from tenacity import (
+        RetryError,
+        Retrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_exponential,
+        wait_random,
+    )
+
+    def log_retry(state) -> None:
+        log.warning("%s of asset %r failed (attempt %d of %d), retrying: %s", what, key,
+                    state.attempt_number, max_attempts,
+                    describe_error(state.outcome.exception()))
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max_attempts),
+        wait=wait_exponential(multiplier=initial_s, max=max_s) + wait_random(0, initial_s),
+        retry=retry_if_exception(is_retryable),
+        before_sleep=log_retry,
+    )
+    try:
+        return retrying(call)
+    except RetryError as err:  # every attempt failed with a transient error
+        raise GaveUp(err.last_attempt.exception(), err.last_attempt.attempt_number) from None
+    except Exception as exc:  # not transient: no point in retrying
+        raise GaveUp(exc, retrying.statistics.get("attempt_number", 1)) from None
 
 
 class AssetStore(Protocol):

@@ -170,6 +170,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction,
                     help="this key's limit (default: the gateway's)")
     kc.add_argument("--images-per-day", type=int, default=None,
                     help="this key's quota (default: the gateway's)")
+    kc.add_argument("--model-seconds-per-day", type=int, default=None,
+                    help="this key's quota of model time (default: unlimited)")
     kc.add_argument("--create-project", action="store_true",
                     help="create the project if it does not exist")
     kc.add_argument("--database-url", default=None)
@@ -257,7 +259,8 @@ def _keys_create(ns: argparse.Namespace, factory: SettingsFactory) -> int:
         try:
             key, token = records.create_api_key(
                 project=ns.project, name=ns.name or ns.project, scopes=ns.scopes,
-                requests_per_minute=ns.requests_per_minute, images_per_day=ns.images_per_day)
+                requests_per_minute=ns.requests_per_minute, images_per_day=ns.images_per_day,
+                model_seconds_per_day=ns.model_seconds_per_day)
         except ValueError as exc:
             hint = " (or pass --create-project)" if "no project" in str(exc) else ""
             print(f"error: {exc}{hint}", file=sys.stderr)

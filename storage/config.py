@@ -21,12 +21,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.assets import AssetStore, LocalAssetStore
+from storage.azure import AzureBlobAssetStore
 from storage.s3 import S3AssetStore, SupabaseAssetStore
 
 if TYPE_CHECKING:
     from storage.records import RecordStore
 
-AssetStoreKind = Literal["local", "s3", "supabase"]
+AssetStoreKind = Literal["local", "s3", "supabase", "azure"]
 ASSET_STORE_KINDS: tuple[str, ...] = get_args(AssetStoreKind)
 
 
@@ -42,10 +43,13 @@ def build_asset_store(kind: str, **settings: Any) -> AssetStore:
     - ``supabase``: ``bucket``, ``supabase_url`` (``https://<ref>.supabase.co``) or
       ``endpoint_url``, ``region``, S3 access keys — or ``anon_key`` + ``session_token`` (a
       user JWT) — and the options of ``s3`` (see `storage.s3.SupabaseAssetStore`).
+    - ``azure``: ``connection_string``, or ``account_url`` + ``account_key`` / ``sas_token``;
+      ``image_container``, ``video_container``, ``prefix``, ``presign_expiry_s``… (see
+      `storage.azure.AzureBlobAssetStore`).
     """
     settings = {k: v for k, v in settings.items() if v is not None}
     stores: dict[str, type] = {"local": LocalAssetStore, "s3": S3AssetStore,
-                               "supabase": SupabaseAssetStore}
+                               "supabase": SupabaseAssetStore, "azure": AzureBlobAssetStore}
     cls = stores.get(kind)
     if cls is None:
         raise ValueError(f"asset_store must be one of {', '.join(ASSET_STORE_KINDS)}; "
@@ -65,10 +69,13 @@ class StorageSettings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL (sqlite:///…, postgresql://… e.g. Supabase's "
         "connection string); default sqlite:///<data_dir>/photostudio.db")
-    asset_store: AssetStoreKind = Field("local", description="local, s3 or supabase")
+    asset_store: AssetStoreKind = Field("local", description="local, s3, supabase or azure")
     asset_root: Path | None = Field(None, description="local store folder (default "
                                     "<data_dir>/assets)")
-    asset_bucket: str | None = Field(None, description="s3/supabase bucket")
+    asset_bucket: str | None = Field(None, description="s3/supabase bucket; azure: the "
+                                     "image container (default images)")
+    asset_video_bucket: str | None = Field(None, description="azure: the video container "
+                                           "(default videos)")
     asset_prefix: str = Field("", description="key prefix inside the bucket")
     asset_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, R2…); for supabase, default "
@@ -80,6 +87,11 @@ class StorageSettings(BaseSettings):
     asset_presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600,
                                         description="lifetime of presigned asset URLs")
     asset_max_attempts: int = Field(4, ge=1, le=20, description="upload attempts")
+    azure_account_url: str | None = Field(
+        None, description="https://<account>.blob.core.windows.net (with a key or SAS)")
+    azure_account_key: SecretStr | None = None
+    azure_sas_token: SecretStr | None = None
+    azure_connection_string: SecretStr | None = None
     supabase_url: str | None = Field(None, description="https://<project-ref>.supabase.co")
     supabase_anon_key: SecretStr | None = Field(
         None, description="with asset_session_token: act as a user under RLS")
@@ -95,6 +107,15 @@ class StorageSettings(BaseSettings):
         if self.asset_store == "local":
             root = self.asset_root or self.data_dir / "assets"
             return {"root": str(Path(root).expanduser().resolve())}
+        if self.asset_store == "azure":
+            return {
+                "account_url": self.azure_account_url, "account_key": self.azure_account_key,
+                "sas_token": self.azure_sas_token,
+                "connection_string": self.azure_connection_string,
+                "image_container": self.asset_bucket, "video_container": self.asset_video_bucket,
+                "prefix": self.asset_prefix, "presign_expiry_s": self.asset_presign_expiry_s,
+                "max_attempts": self.asset_max_attempts,
+            }
         common = {
             "bucket": self.asset_bucket, "prefix": self.asset_prefix,
             "endpoint_url": self.asset_endpoint_url, "region": self.asset_region,
@@ -109,7 +130,7 @@ class StorageSettings(BaseSettings):
         return common
 
     def build_asset_store(self) -> AssetStore:
-        if self.asset_store != "local" and not self.asset_bucket:
+        if self.asset_store in ("s3", "supabase") and not self.asset_bucket:
             raise ValueError(f"asset_bucket is required with asset_store={self.asset_store!r} "
                              "(set PHOTOSTUDIO_ASSET_BUCKET)")
         return build_asset_store(self.asset_store, **self.asset_store_settings())

@@ -55,6 +55,8 @@ from storage.tables import (
     JOB_STATUSES,
     MESSAGE_ROLES,
     TERMINAL_JOB_STATUSES,
+    USAGE_COUNTERS,
+    USAGE_DIMENSIONS,
     ApiKey,
     Asset,
     Base,
@@ -63,6 +65,7 @@ from storage.tables import (
     Message,
     Project,
     ProviderConfig,
+    UsageRow,
     UTCDateTime,
     as_utc,
     utcnow,
@@ -225,6 +228,7 @@ class ApiKeyRecord:
     images_per_day: int | None
     created_at: datetime
     revoked_at: datetime | None
+    model_seconds_per_day: int | None = None
 
     @property
     def active(self) -> bool:
@@ -668,14 +672,16 @@ class RecordStore:
     # -- API keys ---------------------------------------------------------------------------
     def create_api_key(self, *, project: str, name: str, scopes: Sequence[str] | None = None,
                        requests_per_minute: int | None = None,
-                       images_per_day: int | None = None) -> tuple[ApiKeyRecord, str]:
+                       images_per_day: int | None = None,
+                       model_seconds_per_day: int | None = None) -> tuple[ApiKeyRecord, str]:
         """A new key of `project` (which must exist) and its token, ``psk_<43 chars>``: the
         only time the token is available. `scopes` None: every scope but admin."""
         scopes = list(API_KEY_SCOPES[:-1] if scopes is None else dict.fromkeys(scopes))
         for scope in scopes:
             _check_one_of("scope", scope, API_KEY_SCOPES)
         for label, value in (("requests_per_minute", requests_per_minute),
-                             ("images_per_day", images_per_day)):
+                             ("images_per_day", images_per_day),
+                             ("model_seconds_per_day", model_seconds_per_day)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{label} must be a positive integer, got {value!r}",
                                  param=label)
@@ -684,10 +690,63 @@ class RecordStore:
         token = "psk_" + secrets.token_urlsafe(32)
         row = ApiKey(id=new_id("key"), project=project, name=name, key_hash=hash_api_key(token),
                      prefix=token[:8], scopes=scopes, requests_per_minute=requests_per_minute,
-                     images_per_day=images_per_day, created_at=utcnow(), revoked_at=None)
+                     images_per_day=images_per_day,
+                     model_seconds_per_day=model_seconds_per_day, created_at=utcnow(),
+                     revoked_at=None)
         with self._session.begin() as s:
             s.add(row)
         return _record(ApiKeyRecord, row), token
+
+    # -- usage accounting ---------------------------------------------------------------------
+    def add_usage(self, *, rows: Sequence[dict[str, Any]]) -> None:
+        """Add usage sums (`storage.tables.USAGE_DIMENSIONS` + `USAGE_COUNTERS` per row) in
+        one transaction: a row whose dimensions exist adds its counters to the stored ones
+        (an upsert, so replicas flushing at once never lose each other's sums)."""
+        if not rows:
+            return
+        table = UsageRow.__table__
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        stmt = upsert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(USAGE_DIMENSIONS),
+            set_={c: table.c[c] + stmt.excluded[c] for c in USAGE_COUNTERS})
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [dict(r) for r in rows])
+
+    def usage_report(self, *, start: datetime, end: datetime, group_by: str,
+                     project: str | None = None) -> list[dict[str, Any]]:
+        """Sums of usage with ``start <= hour < end``, grouped by `group_by` (key, project,
+        model, route or day), for one project (None: all). Each group: its counters, and
+        ``model_seconds_by_deployment``."""
+        columns = {"key": UsageRow.key_id, "project": UsageRow.project,
+                   "model": UsageRow.model, "route": UsageRow.route}
+        if group_by not in (*columns, "day"):
+            raise InputError(f"group_by must be one of key, project, model, route, day; got "
+                             f"{group_by!r}", param="group_by")
+        q = select(UsageRow).where(UsageRow.bucket >= start, UsageRow.bucket < end)
+        if project is not None:
+            q = q.where(UsageRow.project == project)
+        groups: dict[str, dict[str, Any]] = {}
+        with self._session() as s:
+            for row in s.execute(q).scalars():
+                name = (as_utc(row.bucket).date().isoformat() if group_by == "day"
+                        else getattr(row, columns[group_by].key))
+                group = groups.setdefault(name, {
+                    "group": name, **{c: 0 for c in USAGE_COUNTERS},
+                    "model_seconds_by_deployment": {}, "statuses": {}})
+                for c in USAGE_COUNTERS:
+                    group[c] += getattr(row, c)
+                if row.deployment:
+                    by = group["model_seconds_by_deployment"]
+                    by[row.deployment] = by.get(row.deployment, 0.0) + row.model_seconds
+                else:
+                    status = str(row.status)
+                    group["statuses"][status] = group["statuses"].get(status, 0) + row.requests
+        return [groups[k] for k in sorted(groups)]
 
     def authenticate_api_key(self, *, token: str) -> ApiKeyRecord | None:
         """The key whose token this is, revoked or not (None: no such key)."""

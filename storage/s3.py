@@ -23,16 +23,15 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
-from storage.assets import AssetNotFound, AssetStoreError, AssetWriteError
+from storage.assets import (
+    AssetNotFound,
+    AssetStoreError,
+    AssetWriteError,
+    with_retries,
+)
+from storage.assets import GaveUp as _GaveUp
+from storage.assets import describe_error as _describe
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +60,6 @@ def is_retryable(exc: BaseException) -> bool:
         code = exc.response.get("Error", {}).get("Code", "")
         return status >= 500 or status == 429 or code in RETRYABLE_CODES
     return isinstance(exc, (BotoConnectionError, HTTPClientError))
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _GaveUp(Exception):
-    def __init__(self, cause: BaseException, attempts: int):
-        super().__init__(str(cause))
-        self.cause = cause
-        self.attempts = attempts
 
 
 class S3AssetStore:
@@ -244,26 +232,9 @@ class S3AssetStore:
 
     def _retrying(self, what: str, key: str, call):
         """`call()` with bounded retries of transient errors; any failure → `_GaveUp`."""
-        def log_retry(state) -> None:
-            logger.warning("%s of asset %r failed (attempt %d of %d), retrying: %s", what, key,
-                           state.attempt_number, self.max_attempts,
-                           _describe(state.outcome.exception()))
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            # initial × 2^n, capped, plus jitter so that replicas don't retry in lockstep
-            wait=wait_exponential(multiplier=self.retry_initial_s, max=self.retry_max_s)
-            + wait_random(0, self.retry_initial_s),
-            retry=retry_if_exception(is_retryable),
-            before_sleep=log_retry,
-        )
-        try:
-            return retrying(call)
-        except RetryError as err:  # every attempt failed with a transient error
-            raise _GaveUp(err.last_attempt.exception(),
-                          err.last_attempt.attempt_number) from None
-        except Exception as exc:  # not transient: no point in retrying
-            raise _GaveUp(exc, retrying.statistics.get("attempt_number", 1)) from None
+        return with_retries(call, what=what, key=key, is_retryable=is_retryable,
+                            max_attempts=self.max_attempts, initial_s=self.retry_initial_s,
+                            max_s=self.retry_max_s, log=logger)
 
     def _remove_leftover(self, object_key: str) -> None:
         try:

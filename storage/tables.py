@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -187,5 +188,39 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     images_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_seconds_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+USAGE_DIMENSIONS = ("bucket", "project", "key_id", "route", "model", "provider", "status",
+                    "deployment")
+USAGE_COUNTERS = ("requests", "images", "videos", "pixels", "model_seconds", "tokens_in",
+                  "tokens_out")
+
+
+class UsageRow(Base):
+    """Usage aggregated per hour and (project, key, route, model, provider, status,
+    deployment): ingress replicas add their in-memory sums here in batches
+    (`RecordStore.add_usage`), never one write per request. Request counts, images, pixels and
+    tokens are on the rows with ``deployment = ''``; model seconds on one row per deployment
+    that worked for those requests. ``key_id = ''``: auth off."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_project_bucket", "project", "bucket"),)
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    videos: Mapped[int] = mapped_column(Integer, default=0)
+    pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    model_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)

@@ -185,6 +185,7 @@ def production_config(*, data_dir: Path, zoo_dir: Path, redis_url: str | None = 
         faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
         llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
         video_model="tiny-ltx", video_source=None,
+        vision_model="tiny-blip", vision_source=None,
         data_dir=str(data_dir), zoo_dir=str(zoo_dir))
     if redis_url:
         app["args"]["rate_limit_storage"] = redis_url
@@ -212,7 +213,8 @@ def gateway(ray_cluster, zoo_dir, redis_url, tmp_path_factory) -> Gateway:
             raise RuntimeError(f"deploy failed: {status.message}")
         return status is not None and status.status == "RUNNING"
 
-    wait_until(running, timeout=300, interval=0.5, what="the production graph to be RUNNING")
+    # 600 s: eight deployments start at once; on a loaded 2-core machine that took 320 s
+    wait_until(running, timeout=600, interval=0.5, what="the production graph to be RUNNING")
     base_url = f"http://127.0.0.1:{port}"
     import httpx
 

@@ -100,6 +100,7 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("POST", "/v1/chat", "context.last_image_id (upload)"): "upload_id",
     ("POST", "/v1/chat/plan", "session_id"): "session_id",
     ("POST", "/v1/chat/plan", "context.last_image_id"): "asset_id",
+    ("POST", "/v1/images/analyze", "asset_id"): "asset_id",
 }
 # fields named like ids that are not references to existing records
 NOT_REFERENCES = {
@@ -175,6 +176,8 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
                            json=body)
         elif where == "session_id":
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
+        elif where == "asset_id":  # a form field (image analysis)
+            r = cb.post(path, data={"asset_id": foreign})
         else:  # the chat context names an image of A
             r = cb.post(path, json={"message": "remove the background",
                                     "context": {"last_image_id": foreign}})

@@ -247,7 +247,9 @@ def test_cmyk_and_exif_uploads_are_converted(http):
 
 def test_capabilities_list_every_deployment(http):
     caps = http.get("/v1/capabilities").json()
-    assert set(caps["deployments"]) == {"generator", "matting", "faceswap", "upscaler", "llm"}
+    assert set(caps["deployments"]) == {"generator", "matting", "faceswap", "upscaler", "llm",
+                                        "vision"}
+    assert caps["deployments"]["vision"]["name"] == "tiny-blip"
     assert caps["deployments"]["llm"]["name"] == "tiny-llm"
     assert caps["deployments"]["matting"]["name"] == "tiny-u2net"
     assert {"/v1/images/remove-background", "/v1/images/face-swap", "/v1/images/upscale",

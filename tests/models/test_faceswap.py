@@ -299,7 +299,7 @@ def test_deployment_swaps_reports_and_probes(faceswap_zoo, source):
     with pytest.raises(NoFaceError):
         asyncio.run(dep.swap(FaceSwapRequest(source=source, target=draw(64, 64))))
     assert dep.stats() == {"swaps": 1, "faces_swapped": 1,
-                           "no_face": {"source": 0, "target": 1}}
+                           "no_face": {"source": 0, "target": 1}, "detections": 0}
 
 
 # --- real weights (optional) ----------------------------------------------------------------

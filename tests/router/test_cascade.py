@@ -322,3 +322,16 @@ def test_rules_shortcut_defers_what_only_later_stages_decide(classifier):
     assert _without_timings(alone) == _without_timings(
         asyncio.run(Cascade().plan("glorp a quux", 0)))
     assert alone.llm_error == "no LLM configured"
+
+
+def test_the_llm_stages_tokens_reach_the_plan_for_usage_accounting():
+    answer = json.dumps({"steps": [{"intent": "image_generation",
+                                    "params": {"prompt": "a glorp"}}], "confidence": 0.9})
+
+    async def llm(request):
+        return {**_response(answer), "usage": {"prompt_tokens": 120, "completion_tokens": 17}}
+
+    plan = asyncio.run(Cascade(llm=llm, llm_threshold=1.0).plan("glorp a quux", 0))
+    assert plan.stage == "llm" and plan.llm_tokens == [120, 17]
+    rules_only = asyncio.run(Cascade(llm=llm).plan("remove the background", 1))
+    assert rules_only.llm_tokens is None  # the LLM never ran

@@ -7,15 +7,21 @@
 - `records`: a `RecordStore` on SQLite and on Postgres (parametrised), emptied per test.
 - `s3_endpoint`: moto's S3 server over real HTTP on a free port; `s3_store`: an
   `S3AssetStore` on a fresh bucket there.
+- `azurite`: Azurite's Blob service (the Azure Storage emulator, npm package `azurite`) on a
+  free port, installed with npm into ``~/.cache/photostudio/azurite`` when missing (or the
+  one ``$PHOTOSTUDIO_AZURITE_BLOB_URL`` points at); `make_azure_store`: an
+  `AzureBlobAssetStore` on fresh containers there.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -186,3 +192,111 @@ def make_s3_store(endpoint: str, **overrides):
 @pytest.fixture
 def s3_store(s3_endpoint):
     return make_s3_store(s3_endpoint)
+
+
+# -- Azurite ----------------------------------------------------------------------------------
+AZURITE_VERSION = "3.37.0"
+AZURITE_ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and key
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+
+
+def azurite_cache() -> Path:
+    return Path(os.environ.get("PHOTOSTUDIO_AZURITE_HOME")
+                or Path.home() / ".cache" / "photostudio" / "azurite")
+
+
+def azurite_binary() -> str:
+    """`azurite-blob`: on PATH, in the cache folder, or installed there with npm now."""
+    found = shutil.which("azurite-blob")
+    if found:
+        return found
+    cache = azurite_cache()
+    binary = cache / "node_modules" / ".bin" / "azurite-blob"
+    if binary.exists():
+        return str(binary)
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("Azurite is not installed and npm is missing: install Node.js and npm, "
+                    f"or `npm install -g azurite@{AZURITE_VERSION}`")
+    cache.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
+                           f"azurite@{AZURITE_VERSION}"], capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0 or not binary.exists():
+        pytest.fail(f"npm install azurite@{AZURITE_VERSION} failed: "
+                    f"{(done.stderr or done.stdout)[-2000:]}")
+    return str(binary)
+
+
+@dataclass(frozen=True)
+class Azurite:
+    blob_url: str  # http://127.0.0.1:<port>/devstoreaccount1
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                f"AccountKey={AZURITE_KEY};BlobEndpoint={self.blob_url};")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    external = os.environ.get("PHOTOSTUDIO_AZURITE_BLOB_URL")
+    if external:
+        yield Azurite(external.rstrip("/"))
+        return
+    binary = azurite_binary()
+    port = free_port()
+    location = tmp_path_factory.mktemp("azurite")
+    log = open(location / "azurite.log", "wb")  # noqa: SIM115 - closed at the end
+    proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                             "--location", str(location), "--silent", "--skipApiVersionCheck",
+                             "--loose"], stdout=log, stderr=subprocess.STDOUT)
+
+    def listening():
+        if proc.poll() is not None:
+            raise RuntimeError(f"Azurite exited ({proc.returncode}): "
+                               f"{(location / 'azurite.log').read_text()[-2000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(listening, timeout=60, interval=0.2, what="Azurite to listen")
+        yield Azurite(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def make_azure_store(azurite: Azurite, *, auth: str = "key", **overrides):
+    """An `AzureBlobAssetStore` on fresh containers; `auth`: key, connection_string or sas."""
+    from storage.azure import AzureBlobAssetStore
+
+    suffix = secrets.token_hex(4)
+    settings: dict = dict(image_container=f"img-{suffix}", video_container=f"vid-{suffix}",
+                          retry_initial_s=0.01, retry_max_s=0.05)
+    settings.update(overrides)
+    keyed = AzureBlobAssetStore(account_url=azurite.blob_url, account_key=AZURITE_KEY,
+                                create_containers=True, **settings)
+    if auth == "key":
+        return keyed
+    if auth == "connection_string":
+        return AzureBlobAssetStore(connection_string=azurite.connection_string, **settings)
+    if auth == "sas":
+        from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+        from storage.tables import utcnow
+
+        sas = generate_account_sas(
+            AZURITE_ACCOUNT, AZURITE_KEY,
+            resource_types=ResourceTypes(container=True, object=True),
+            permission=AccountSasPermissions(read=True, write=True, delete=True, list=True,
+                                             create=True, add=True),
+            expiry=utcnow() + timedelta(hours=2))
+        return AzureBlobAssetStore(account_url=azurite.blob_url, sas_token=sas, **settings)
+    raise ValueError(auth)

@@ -54,3 +54,44 @@ def test_generation_url_downloads_from_s3_and_records_in_postgres(cluster_app, s
     redirect = httpx.get(f"{base}/v1/assets/{item['id']}", timeout=30)
     assert redirect.status_code == 307 and redirect.headers["location"].startswith(s3_endpoint)
     records.close()
+
+
+@pytest.fixture(scope="module")
+def azure_app(gateway, zoo_dir, azurite, tmp_path_factory):
+    from ray import serve
+
+    from graphs.app import AppArgs, build_app
+    from tests.storage.conftest import make_azure_store
+
+    made = make_azure_store(azurite)  # creates the containers
+    data_dir = tmp_path_factory.mktemp("azure-data")
+    args = AppArgs(
+        profile="tiny", zoo_dir=str(zoo_dir), router_embeddings=False, data_dir=str(data_dir),
+        database_url=f"sqlite:///{data_dir / 'records.db'}",
+        storage={"asset_store": "azure", "asset_bucket": made.image_container,
+                 "asset_video_bucket": made.video_container, "asset_prefix": "gw",
+                 "azure_connection_string": azurite.connection_string},
+        auth_enabled=False)
+    serve.run(build_app(args), name="azure-storage", route_prefix="/azure")
+    yield f"{gateway.base_url}/azure", made
+    serve.delete("azure-storage")
+
+
+def test_gateway_on_azurite_stores_serves_and_deletes(azure_app, azurite):
+    base, store = azure_app
+    r = httpx.post(f"{base}/v1/images/generations",
+                   json={"prompt": "a cat", "size": "64x64", "response_format": "url"},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    item = r.json()["data"][0]
+    assert item["url"].startswith(azurite.blob_url) and "sig=" in item["url"]
+    image = httpx.get(item["url"], timeout=30)  # Azurite answers the read SAS, no key
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 64)
+    names = [b.name for b in store.client.get_container_client(
+        store.image_container).list_blobs()]
+    assert len(names) == 1 and names[0].startswith("gw/default/generations/")
+    redirect = httpx.get(f"{base}/v1/assets/{item['id']}", timeout=30)
+    assert redirect.status_code == 307 and redirect.headers["location"].startswith(
+        azurite.blob_url)
+    assert httpx.delete(f"{base}/v1/assets/{item['id']}", timeout=30).status_code in (200, 204)
+    assert list(store.client.get_container_client(store.image_container).list_blobs()) == []

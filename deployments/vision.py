@@ -1,0 +1,68 @@
+"""The vision-language deployment (BLIP captioning + VQA, `models/vision.py`).
+
+Generation on one model object runs one call at a time (the model's own lock), in a worker
+thread so the replica's event loop keeps answering health checks; Serve's
+`max_ongoing_requests` / `max_queued_requests` bound the queue. `check_health` captions a tiny
+image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments._common import lower_cpu_priority, replica_info
+from models.base import check_image
+from models.vision import VisionLanguageModel, check_question
+
+# Default GPU share on GPU profiles: BLIP base captioning + VQA in fp16 need ~1.2 GB of
+# weights + ~1 GB of activations (serve_config.yaml packs one GPU).
+DEFAULT_NUM_GPUS = 0.1
+
+
+@serve.deployment(
+    name="Vision",
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=8,
+    max_queued_requests=32,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class Vision:
+    def __init__(self, *, model: str = "tiny-blip", source: str | None = None,
+                 zoo_dir: str | None = None, allow_fallback: bool = False,
+                 device: str | None = None, niceness: int = 0):
+        lower_cpu_priority(niceness)
+        self.model = VisionLanguageModel.from_name(model, source=source, zoo_dir=zoo_dir,
+                                                   allow_fallback=allow_fallback, device=device)
+        self._requests = 0
+        self._questions = 0
+        self._model_s = 0.0
+
+    async def analyze(self, image: np.ndarray, question: str | None = None):
+        """Caption `image` and answer `question` (None: caption only): a `VisionResult`."""
+        check_image(image)
+        question = check_question(question)
+        started = time.perf_counter()
+        result = await asyncio.to_thread(self.model.run, image, question=question)
+        result.timings["model_s"] = time.perf_counter() - started
+        self._requests += 1
+        self._questions += question is not None
+        self._model_s += result.timings["model_s"]
+        return result
+
+    def info(self) -> dict[str, Any]:
+        return replica_info(self.model.info, {
+            "questions": self.model.answers_questions})
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self._requests, "questions": self._questions,
+                "model_s": self._model_s}
+
+    def check_health(self) -> None:
+        probe = np.full((8, 8, 3), 127, dtype=np.uint8)
+        self.model.run(probe, max_new_tokens=2)

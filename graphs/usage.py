@@ -1,0 +1,246 @@
+"""Usage accounting: what each request used, per API key and project — route, model,
+provider, images/videos made, pixels, seconds of model time per deployment, LLM tokens,
+status — summed in memory and written to the record store in batches.
+
+The hot path does no I/O: `UsageMiddleware` gives each request a `RequestUsage` (a context
+variable), the services add what they made to it (`note_output`, `note_model_seconds`,
+`note_tokens`), and at the response's end the request is added to this replica's
+`UsageRecorder`: a dict of hourly sums keyed by (project, key, route, model, provider,
+status, deployment) under a lock. A background thread writes the sums every `flush_s`
+(default 2 s) in one transaction (`RecordStore.add_usage`, an upsert that adds), so the
+number of database writes is one per replica per interval, whatever the request rate; a sum
+that fails to write is kept and retried at the next flush. Replicas flush independently and
+the upsert adds, so totals from several ingress replicas add up; the replica's teardown flushes
+what is left.
+
+Work that outlives its request (an async job started with a 202) notes its images when it
+ends: the request's sums were recorded already, so those are recorded as their own entry
+(same key, project and route; 0 requests).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from graphs import auth
+
+logger = logging.getLogger("ray.serve")
+
+# The deployment whose model time a job kind (or a chat step's intent) spends.
+KIND_DEPLOYMENT = {
+    "generations": "generator", "edits": "generator", "variations": "generator",
+    "style-transfer": "generator", "remove-background": "matting", "face-swap": "faceswap",
+    "upscale": "upscaler", "edit-ops": "ingress",
+    "image_generation": "generator", "image_edit": "generator", "style_transfer": "generator",
+    "background_removal": "matting", "face_swap": "faceswap",
+}
+SKIPPED_PATHS = auth.PUBLIC_PATHS  # health probes and docs: not usage
+
+
+@dataclass
+class RequestUsage:
+    """What one request used (filled in while it runs)."""
+
+    images: int = 0
+    videos: int = 0
+    pixels: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    model: str = ""
+    provider: str = ""
+    model_seconds: dict[str, float] = field(default_factory=dict)
+    # set when the request's response ended: later notes (async jobs) are recorded apart
+    recorded: tuple[UsageRecorder, dict[str, Any]] | None = None
+
+
+_current: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
+    "photostudio_usage", default=None)
+
+
+def current() -> RequestUsage | None:
+    return _current.get()
+
+
+def _late(usage: RequestUsage, **counts: Any) -> None:
+    """A note after the request was recorded: record it as its own entry."""
+    recorder, dims = usage.recorded
+    recorder.add(dims | {"model": counts.pop("model", dims["model"]),
+                         "provider": counts.pop("provider", dims["provider"])},
+                 requests=0, **counts)
+
+
+def note_output(kind: str, *, model: str, provider: str | None, images: int, pixels: int,
+                seconds: float, timings: dict[str, float] | None = None) -> None:
+    """A job's images, and its model time: a chat's per step (its ``step<i>_<intent>``
+    timings), else the job's work on the kind's deployment."""
+    usage = current()
+    if usage is None:
+        return
+    per: dict[str, float] = {}
+    steps = {k: v for k, v in (timings or {}).items() if k.startswith("step")}
+    if kind == "chat" and steps:
+        for name, value in steps.items():
+            deployment = KIND_DEPLOYMENT.get(name.split("_", 1)[-1], "generator")
+            per[deployment] = per.get(deployment, 0.0) + value
+    else:
+        per[KIND_DEPLOYMENT.get(kind, kind)] = seconds
+    if usage.recorded is not None:
+        _late(usage, model=model, provider=provider or "", images=images, pixels=pixels,
+              seconds=per)
+        return
+    usage.images += images
+    usage.pixels += pixels
+    usage.model = usage.model or model
+    usage.provider = usage.provider or (provider or "")
+    for deployment, value in per.items():
+        usage.model_seconds[deployment] = usage.model_seconds.get(deployment, 0.0) + value
+
+
+def note_model_seconds(deployment: str, seconds: float, *, model: str | None = None) -> None:
+    usage = current()
+    if usage is None:
+        return
+    if usage.recorded is not None:
+        _late(usage, seconds={deployment: seconds})
+        return
+    usage.model_seconds[deployment] = usage.model_seconds.get(deployment, 0.0) + seconds
+    if model and not usage.model:
+        usage.model = model
+
+
+def note_tokens(tokens_in: int, tokens_out: int) -> None:
+    usage = current()
+    if usage is not None and usage.recorded is None:
+        usage.tokens_in += tokens_in
+        usage.tokens_out += tokens_out
+
+
+class UsageRecorder:
+    """One replica's sums, flushed to the record store in batches by its own thread."""
+
+    COUNTERS = ("requests", "images", "videos", "pixels", "tokens_in", "tokens_out")
+
+    def __init__(self, records: Any, *, flush_s: float = 2.0):
+        self.records = records
+        self.flush_s = flush_s
+        self._sums: dict[tuple, dict[str, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.flushes = 0  # transactions written (tests, stats)
+
+    def start(self) -> UsageRecorder:
+        self._thread = threading.Thread(target=self._loop, name="usage-flush", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.flush()
+
+    def add(self, dims: dict[str, Any], *, requests: int = 1, images: int = 0,
+            videos: int = 0, pixels: int = 0, tokens_in: int = 0, tokens_out: int = 0,
+            seconds: dict[str, float] | None = None) -> None:
+        """Add one request's (or a late job's) usage: O(1), no I/O."""
+        hour = datetime.fromtimestamp(time.time() // 3600 * 3600, tz=timezone.utc)
+        base = (hour, dims["project"], dims["key_id"], dims["route"], dims["model"],
+                dims["provider"], dims["status"])
+        with self._lock:
+            row = self._sums.setdefault(base + ("",), dict.fromkeys(
+                (*self.COUNTERS, "model_seconds"), 0))
+            for name, value in (("requests", requests), ("images", images),
+                                ("videos", videos), ("pixels", pixels),
+                                ("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+                row[name] += value
+            for deployment, value in (seconds or {}).items():
+                if not value:
+                    continue
+                srow = self._sums.setdefault(base + (deployment,), dict.fromkeys(
+                    (*self.COUNTERS, "model_seconds"), 0))
+                srow["model_seconds"] += value
+
+    def record(self, usage: RequestUsage, *, route: str, status: int) -> None:
+        principal = auth.current()
+        dims = {"project": principal.project, "key_id": principal.key_id or "",
+                "route": route, "model": usage.model[:200], "provider": usage.provider,
+                "status": status}
+        self.add(dims, images=usage.images, videos=usage.videos, pixels=usage.pixels,
+                 tokens_in=usage.tokens_in, tokens_out=usage.tokens_out,
+                 seconds=usage.model_seconds)
+        usage.recorded = (self, dims)
+
+    def flush(self) -> int:
+        """Write the sums so far in one transaction; returns how many rows. On failure they
+        are merged back and retried at the next flush (nothing is lost while the replica
+        lives)."""
+        with self._lock:
+            sums, self._sums = self._sums, {}
+        if not sums:
+            return 0
+        rows = [{"bucket": k[0], "project": k[1], "key_id": k[2], "route": k[3],
+                 "model": k[4], "provider": k[5], "status": k[6], "deployment": k[7],
+                 **{c: int(v[c]) for c in self.COUNTERS},
+                 "model_seconds": float(v["model_seconds"])} for k, v in sums.items()]
+        try:
+            self.records.add_usage(rows=rows)
+        except Exception as exc:  # noqa: BLE001 - keep the sums, retry next time
+            logger.error("could not write usage (%s: %s); retrying at the next flush",
+                         type(exc).__name__, exc)
+            with self._lock:
+                for key, value in sums.items():
+                    row = self._sums.setdefault(key, dict.fromkeys(value, 0))
+                    for name, amount in value.items():
+                        row[name] += amount
+            return 0
+        self.flushes += 1
+        return len(rows)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+
+class UsageMiddleware:
+    """ASGI: a `RequestUsage` per request, recorded (in memory) when its response ends.
+    Installed inside `auth.AuthMiddleware`, so the caller is known; requests the gate refuses
+    (401/403, rate limits) never reach it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        recorder = getattr(scope["app"].state, "usage_recorder", None) \
+            if scope["type"] == "http" and "app" in scope else None
+        if recorder is None or scope["path"] in SKIPPED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        usage = RequestUsage()
+        token = _current.set(usage)
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            _current.reset(token)
+            route = getattr(scope.get("route"), "path", None) or "(unmatched)"
+            recorder.record(usage, route=f"{scope['method']} {route}", status=status["code"])
+            seconds = sum(usage.model_seconds.values())
+            gate = getattr(scope["app"].state, "auth_gate", None)
+            principal = auth.current()
+            if seconds and gate is not None and principal.model_seconds_windows():
+                await gate.add_model_seconds(principal, seconds)
