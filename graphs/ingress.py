@@ -75,8 +75,10 @@ from graphs.schemas import (
     StyleTransferForm,
     UpscaleForm,
     VariationForm,
+    WorkflowExecuteRequest,
 )
 from graphs.tools import Limits, ToolService
+from graphs.workflows import WorkflowService, sse
 from router.schemas import Plan, PromptValidation, RefinedPrompt
 from router.styles import list_styles
 from router.templates import list_templates
@@ -264,6 +266,8 @@ class Ingress:
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
+        self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
+                                         runner=self.runner)
         self.router = router
         self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
@@ -573,6 +577,68 @@ class Ingress:
     @app.get("/v1/styles", tags=["tools"])
     async def styles(self) -> dict[str, Any]:
         return {"data": list_styles()}
+
+    # -- workflows --------------------------------------------------------------------------
+    async def _json_body(self, request: Request) -> Any:
+        try:
+            return safe_json.loads(await request.body() or b"null", what="the request body")
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON ({exc})",
+                           code="invalid_json") from None
+
+    @app.get("/v1/workflows/ops", tags=["workflows"])
+    async def workflow_ops(self) -> dict[str, Any]:
+        """The ops a workflow node may use: typed ports, params schema, availability."""
+        return {"data": self.workflows.ops()}
+
+    @app.post("/v1/workflows/validate", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_validate(self, request: Request) -> dict[str, Any]:
+        """200 with the execution order and parallel stages, or 400 naming every problem."""
+        body = await self._json_body(request)
+        if isinstance(body, dict) and "workflow" in body and "nodes" not in body:
+            body = body["workflow"]
+        return self.workflows.validate(body).summary()
+
+    @app.post("/v1/workflows/execute", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_execute(self, body: WorkflowExecuteRequest, request: Request) -> Any:
+        """Run a workflow as one job: sync (the outputs, like the image routes), or with
+        `?async=true` a 202 and the job (node events: /v1/workflows/jobs/{id}/events)."""
+        raw = body.workflow if body.workflow is not None else \
+            await self.workflows.saved_graph(body.workflow_id)
+        graph = self.workflows.with_inputs(raw, body.inputs)
+        return await self._reply(await self.workflows.execute(
+            graph, base_url=self._base_url(request), async_job=_wants_async(request),
+            keep_intermediates=body.keep_intermediates), request)
+
+    @app.get("/v1/workflows/jobs/{job_id}/events", tags=["workflows"],
+             responses=ERROR_RESPONSES)
+    async def workflow_events(self, job_id: str, request: Request) -> Any:
+        """Server-Sent Events per node: node_started, progress, node_succeeded (its outputs'
+        sizes, model, seed; the asset id with keep_intermediates), node_failed,
+        node_skipped; then the job's end (succeeded / failed / cancelled, with the job)."""
+        record = await self.resources.job_record(job_id)
+        base = self._base_url(request)
+        log = self.workflows.logs.get(job_id)
+
+        async def events():
+            if log is not None:
+                async for event in log.follow():
+                    yield sse(event)
+            while True:
+                current = await asyncio.to_thread(self.records.get_job, job_id=job_id,
+                                                  project=record.project)
+                if current is None:
+                    return
+                if current.status in ("succeeded", "failed", "cancelled"):
+                    if log is None:
+                        for event in self.workflows.replay(current):
+                            yield sse(event)
+                    yield {"event": current.status,
+                           "data": job_view(current, base, self.runner).model_dump_json()}
+                    return
+                await asyncio.sleep(0.1)
+
+        return EventSourceResponse(events(), ping=15)
 
     # -- chat -----------------------------------------------------------------------------
     async def _chat_input(self, request: Request) -> tuple[ChatRequest, list[UploadFile]]:

@@ -54,6 +54,9 @@ class Output:
     # generator work: the image provider that answered, and each provider tried
     provider: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # kept in the job record's `result` whether the job is sync or async (e.g. a workflow's
+    # node timeline)
+    record: dict[str, Any] | None = None
 
     @property
     def remote(self) -> bool:
@@ -267,6 +270,8 @@ class JobRunner:
                     item["url"] = self.asset_url(item["id"], base_url, self.project)
             elif out.provider is not None:  # the job record says who answered, and the tries
                 result = {"metadata": {"provider": out.provider, "attempts": out.attempts}}
+            if out.record:
+                result = {**(result or {}), **out.record}
             if on_success is not None:  # e.g. the chat remembers its images in the session
                 await on_success(response, list(unrecorded))
             # the images' records and the job's success in one transaction (the records are

@@ -559,3 +559,24 @@ class ChatResponse(BaseModel):
     actions: list[ChatAction] = Field(default_factory=list)
     suggestions: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowExecuteRequest(BaseModel):
+    """POST /v1/workflows/execute: an inline graph or a saved workflow's id, with params
+    overrides per node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: dict[str, Any] | None = Field(None, description="the graph: {nodes, outputs}")
+    workflow_id: str | None = Field(None, max_length=64, description="a saved workflow")
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="node id -> params merged over the node's own "
+        "(e.g. {\"gen\": {\"prompt\": \"a red fox\", \"seed\": 7}})")
+    keep_intermediates: bool = Field(False, description="store every node's image, not only "
+                                     "the outputs (their ids in node_succeeded events)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.workflow is None) == (self.workflow_id is None):
+            raise _combination("workflow", "give either workflow (a graph) or workflow_id")
+        return self
