@@ -6,7 +6,8 @@ by every replica from the next request on. The key's project scopes everything t
 touches (jobs, assets, sessions, projects): `current_project()` is what the services read.
 
 Scopes (a key has a subset; none given at creation = all but admin):
-- generate: /v1/images/generations, /edits, /variations
+- generate: /v1/images/generations, /edits, /variations; running a workflow
+  (POST /v1/workflows/execute)
 - tools: background removal, face swap, upscale, edit-ops, style transfer
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
 - admin: create projects and list every project; add, change and remove image providers
@@ -50,6 +51,7 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
          "generate"),
         ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
          "tools"),
+        ("POST", r"^/v1/workflows/execute$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),

@@ -44,6 +44,7 @@ from graphs.schemas import (
     MAX_IMAGES,
     AssetList,
     Capabilities,
+    ChatPlan,
     ChatRequest,
     ChatResponse,
     Deleted,
@@ -70,6 +71,10 @@ from graphs.schemas import (
     ProviderUpdate,
     Readiness,
     RemoveBackgroundForm,
+    SavedWorkflow,
+    SavedWorkflowCreate,
+    SavedWorkflowList,
+    SavedWorkflowUpdate,
     Session,
     SessionList,
     StyleTransferForm,
@@ -79,7 +84,7 @@ from graphs.schemas import (
 )
 from graphs.tools import Limits, ToolService
 from graphs.workflows import WorkflowService, sse
-from router.schemas import Plan, PromptValidation, RefinedPrompt
+from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
 from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
@@ -266,12 +271,14 @@ class Ingress:
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
+        # workflows, and the chat whose plans run as workflows (one executor)
         self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
-                                         runner=self.runner)
+                                         runner=self.runner, router=router)
         self.router = router
         self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
-                                        tools=self.tools, runner=self.runner)
+                                        tools=self.tools, runner=self.runner,
+                                        workflows=self.workflows)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
@@ -610,6 +617,31 @@ class Ingress:
             graph, base_url=self._base_url(request), async_job=_wants_async(request),
             keep_intermediates=body.keep_intermediates), request)
 
+    @app.get("/v1/workflows", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflows_list(self, limit: int = Query(50, ge=1, le=200),
+                             cursor: str | None = Query(None, max_length=512)
+                             ) -> SavedWorkflowList:
+        """The project's saved workflows, after the shipped examples (first page only)."""
+        return await self.workflows.saved_list(limit=limit, cursor=cursor)
+
+    @app.post("/v1/workflows", tags=["workflows"], status_code=201, responses=ERROR_RESPONSES)
+    async def workflow_create(self, body: SavedWorkflowCreate) -> SavedWorkflow:
+        return await self.workflows.save(body)
+
+    @app.get("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_get(self, workflow_id: str) -> SavedWorkflow:
+        return await self.workflows.saved(workflow_id)
+
+    @app.patch("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_update(self, workflow_id: str, body: SavedWorkflowUpdate
+                              ) -> SavedWorkflow:
+        return await self.workflows.update(workflow_id, body)
+
+    @app.delete("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_delete(self, workflow_id: str) -> Deleted:
+        await self.workflows.delete(workflow_id)
+        return Deleted(id=workflow_id)
+
     @app.get("/v1/workflows/jobs/{job_id}/events", tags=["workflows"],
              responses=ERROR_RESPONSES)
     async def workflow_events(self, job_id: str, request: Request) -> Any:
@@ -698,14 +730,15 @@ class Ingress:
 
     @app.post("/v1/chat/plan", responses=ERROR_RESPONSES, tags=["chat"],
               openapi_extra=_CHAT_BODY)
-    async def chat_plan(self, request: Request) -> Plan:
+    async def chat_plan(self, request: Request) -> ChatPlan:
         body, files = await self._chat_input(request)
         session = await self.chat_service.session(body.session_id) if body.session_id \
             else None
         await self.chat_service.check_context(body.context)
         context = self.chat_service.context(session, body.context) \
             if session is not None or body.context else None
-        return await self.chat_service.plan(body.message, images=len(files), context=context)
+        return ChatPlan(**await self.chat_service.plan_with_workflow(
+            body.message, images=len(files), context=context))
 
     @app.get("/v1/sessions", tags=["chat"], responses=ERROR_RESPONSES)
     async def sessions(self, limit: int = Query(50, ge=1, le=MAX_PAGE),

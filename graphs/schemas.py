@@ -9,7 +9,8 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from router.prompts import MAX_PROMPT_CHARS  # the prompt rules' limit: one number
+from router.prompts import MAX_PROMPT_CHARS
+from router.schemas import Plan  # the prompt rules' limit: one number
 
 MAX_PROMPT_ACCEPTED = 32_000  # /v1/prompts/*: what they take in, to report on (OpenAI's limit)
 MAX_IMAGES = 10
@@ -580,3 +581,46 @@ class WorkflowExecuteRequest(BaseModel):
         if (self.workflow is None) == (self.workflow_id is None):
             raise _combination("workflow", "give either workflow (a graph) or workflow_id")
         return self
+
+
+class SavedWorkflowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    workflow: dict[str, Any] = Field(..., description="the graph: {nodes, outputs}")
+
+
+class SavedWorkflowUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    workflow: dict[str, Any] | None = None
+
+
+class SavedWorkflow(BaseModel):
+    id: str
+    object: Literal["workflow"] = "workflow"
+    name: str
+    description: str | None = None
+    workflow: dict[str, Any]
+    version: int = 1
+    builtin: bool = Field(False, description="a shipped example (read-only)")
+    available: bool = Field(True, description="every op it uses runs on this gateway")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SavedWorkflowList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SavedWorkflow]
+    next_cursor: str | None = None
+
+
+class ChatPlan(Plan):
+    """POST /v1/chat/plan: the plan, and the workflow graph it runs as (save it with POST
+    /v1/workflows, run it with POST /v1/workflows/execute)."""
+
+    workflow: dict[str, Any] | None = Field(
+        None, description="the plan as a workflow; null when it makes no image or lacks one")

@@ -25,6 +25,8 @@ from graphs.generation import (
     VARIATION_STRENGTH,
     GenerationService,
     Options,
+    _streaming,
+    composite,
     fit_to_limits,
 )
 from graphs.jobs import JobCancelled, JobRunner, Output
@@ -34,6 +36,10 @@ from graphs.schemas import (
     OutputOptions,
     Prompt,
     RemoveBackgroundForm,
+    SavedWorkflow,
+    SavedWorkflowCreate,
+    SavedWorkflowList,
+    SavedWorkflowUpdate,
     StyleTransferForm,
     UpscaleForm,
     VariationForm,
@@ -47,21 +53,34 @@ from workflows import (
     NodeContext,
     OpSpec,
     Port,
-        ValidGraph,
+    ValidGraph,
     WorkflowInvalid,
     validate,
 )
+from workflows.examples import EXAMPLES, example
 
 VIDEO_UNAVAILABLE = "no Video deployment on this gateway"
+# the deployment behind each tool op (its info() says tiny / fallback and why)
+TOOL_DEPLOYMENTS = {"remove_background": "matting", "upscale": "upscaler",
+                    "face_swap": "faceswap"}
 NoFile = SkipJsonSchema[None]
-# one run's (loaded input images, keep_intermediates, kept asset ids): its node tasks inherit it
-_RUN: ContextVar[tuple[dict, bool, dict]] = ContextVar("workflow_run")
+# one run's (loaded images, keep_intermediates, kept asset ids, live): its nodes inherit it
+_RUN: ContextVar[tuple[dict, bool, dict, bool]] = ContextVar("workflow_run")
 
 
 # -- params models: the routes' models, images coming through ports -------------------------
 class TextParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: Prompt
+
+
+class RefineParams(BaseModel):
+    """POST /v1/prompts/refine's fields (`graphs.schemas.PromptRequest`), `text` optional
+    when a text node feeds `prompt`."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Prompt | None = None
+    style: str | None = Field(None, max_length=300)
 
 
 class ImageInputParams(BaseModel):
@@ -127,11 +146,19 @@ OPS = [
     OpSpec("prompt", {}, {"text": TEXT}, TextParams, "a text"),
     OpSpec("image_input", {}, {"image": IMAGE}, ImageInputParams,
            "an image asset of the project (or an uploaded file, by its field name)"),
-    OpSpec("generate", {"prompt": Port(TEXT, False)}, {"image": IMAGE}, GenerateParams,
-           "text → image (POST /v1/images/generations)", images=_n),
+    OpSpec("refine", {"prompt": Port(TEXT, False)},
+           {"prompt": TEXT, "negative_prompt": TEXT}, RefineParams,
+           "prompt refinement (POST /v1/prompts/refine): quality terms, style, negative"),
+    OpSpec("generate", {"prompt": Port(TEXT, False), "negative_prompt": Port(TEXT, False)},
+           {"image": IMAGE}, GenerateParams, "text → image (POST /v1/images/generations); "
+           "with n > 1 its `image` is the first, and all n are stored when it is an output",
+           images=_n),
     OpSpec("edit", {"image": Port(IMAGE), "mask": Port(MASK, False),
-                    "prompt": Port(TEXT, False)}, {"image": IMAGE}, EditParams,
-           "image + prompt → image (POST /v1/images/edits)", images=_n),
+                    "prompt": Port(TEXT, False), "negative_prompt": Port(TEXT, False),
+                    "reference": Port(IMAGE, False), "reference2": Port(IMAGE, False),
+                    "reference3": Port(IMAGE, False)}, {"image": IMAGE}, EditParams,
+           "image + prompt → image (POST /v1/images/edits); references: composited with "
+           "the image, as the route does with several images", images=_n),
     OpSpec("inpaint", {"image": Port(IMAGE), "mask": Port(MASK), "prompt": Port(TEXT, False)},
            {"image": IMAGE}, EditParams, "repaint the mask's white area", images=_n),
     OpSpec("variation", {"image": Port(IMAGE)}, {"image": IMAGE}, VariationParams,
@@ -197,15 +224,17 @@ class EventLog:
 
 class WorkflowService:
     def __init__(self, *, generation: GenerationService, tools: ToolService, runner: JobRunner,
-                 limits: Limits = Limits(), video_available: bool = False):
+                 router: Any = None, limits: Limits = Limits(), video_available: bool = False):
+        self.router = router
         self.generation = generation
         self.tools = tools
         self.runner = runner
+        self.records = runner.records
         self.limits = limits
         reasons = {} if video_available else {"video": VIDEO_UNAVAILABLE}
         self.catalogue = CATALOGUE.with_unavailable(reasons)
         self.engine = Engine({
-            "prompt": self._prompt, "image_input": self._image_input,
+            "prompt": self._prompt, "image_input": self._image_input, "refine": self._refine,
             "generate": self._generate, "edit": self._edit, "inpaint": self._edit,
             "variation": self._variation, "style_transfer": self._style_transfer,
             "remove_background": self._remove_background, "face_swap": self._face_swap,
@@ -238,6 +267,83 @@ class WorkflowService:
             raw = {**raw, "nodes": nodes}
         return self.validate(raw)
 
+    # -- saved workflows (per project) + the shipped examples --------------------------------
+    def _available(self, graph: dict[str, Any]) -> bool:
+        nodes = graph.get("nodes") or {}
+        return all((op := self.catalogue.get(n.get("op"))) is not None and not op.unavailable
+                   for n in nodes.values() if isinstance(n, dict))
+
+    def _view(self, record) -> SavedWorkflow:
+        return SavedWorkflow(id=record.id, name=record.name, description=record.description,
+                             workflow=record.body, version=record.version,
+                             available=self._available(record.body),
+                             created_at=record.created_at, updated_at=record.updated_at)
+
+    def _example_view(self, e: dict[str, Any]) -> SavedWorkflow:
+        return SavedWorkflow(id=e["id"], name=e["name"], description=e["description"],
+                             workflow=e["workflow"], builtin=True,
+                             available=self._available(e["workflow"]))
+
+    def _checked(self, graph: dict[str, Any]) -> dict[str, Any]:
+        """A graph to save: validated (an unavailable op is allowed: it may be deployed
+        later), stored as given."""
+        try:
+            validate(graph, CATALOGUE, self.limits)
+        except WorkflowInvalid as exc:
+            raise problems_error(exc) from None
+        return graph
+
+    async def saved_list(self, *, limit: int, cursor: str | None) -> SavedWorkflowList:
+        page = await asyncio.to_thread(self.records.list_library_items,
+                                       project=self.runner.project, kind="workflow",
+                                       limit=limit, cursor=cursor)
+        examples = [self._example_view(e) for e in EXAMPLES] if cursor is None else []
+        return SavedWorkflowList(data=examples + [self._view(r) for r in page.items],
+                                 next_cursor=page.next_cursor)
+
+    async def saved(self, workflow_id: str) -> SavedWorkflow:
+        found = example(workflow_id)
+        if found is not None:
+            return self._example_view(found)
+        record = await asyncio.to_thread(self.records.get_library_item, item_id=workflow_id,
+                                         project=self.runner.project, kind="workflow")
+        if record is None:
+            raise ApiError(404, f"no workflow {workflow_id!r} (GET /v1/workflows lists them)",
+                           param="workflow_id", code="not_found")
+        return self._view(record)
+
+    async def saved_graph(self, workflow_id: str) -> dict[str, Any]:
+        return (await self.saved(workflow_id)).workflow
+
+    async def save(self, body: SavedWorkflowCreate) -> SavedWorkflow:
+        record = await asyncio.to_thread(
+            self.records.create_library_item, project=self.runner.project, kind="workflow",
+            name=body.name, description=body.description, body=self._checked(body.workflow))
+        return self._view(record)
+
+    async def update(self, workflow_id: str, body: SavedWorkflowUpdate) -> SavedWorkflow:
+        if example(workflow_id) is not None:
+            raise ApiError(403, f"{workflow_id!r} is a shipped example: save a copy to change "
+                           "it (POST /v1/workflows)", param="workflow_id", code="read_only")
+        values = body.model_dump(exclude_unset=True)
+        if "workflow" in values:
+            values["body"] = self._checked(values.pop("workflow"))
+        record = await asyncio.to_thread(self.records.update_library_item, item_id=workflow_id,
+                                         project=self.runner.project, kind="workflow", **values)
+        if record is None:
+            raise ApiError(404, f"no workflow {workflow_id!r}", param="workflow_id",
+                           code="not_found")
+        return self._view(record)
+
+    async def delete(self, workflow_id: str) -> None:
+        if example(workflow_id) is not None:
+            raise ApiError(403, f"{workflow_id!r} is a shipped example and cannot be deleted",
+                           param="workflow_id", code="read_only")
+        if not await asyncio.to_thread(self.records.delete_library_item, item_id=workflow_id,
+                                       project=self.runner.project, kind="workflow"):
+            raise ApiError(404, f"no workflow {workflow_id!r}", param="workflow_id",
+                           code="not_found")
+
     def ops(self) -> list[dict[str, Any]]:
         return [op.describe() for op in self.catalogue.ops.values()]
 
@@ -245,9 +351,14 @@ class WorkflowService:
     async def execute(self, graph: ValidGraph, *, base_url: str, async_job: bool = False,
                       keep_intermediates: bool = False, uploads: dict[str, np.ndarray]
                       | None = None, kind: str = "workflow", prompt: str | None = None,
-                      on_success=None, charge=None, params: dict[str, Any] | None = None):
-        """Run `graph` as one job (its images charged first): the outputs are its images, the
-        node timeline its record (`result.workflow`)."""
+                      on_success=None, charge=None, params: dict[str, Any] | None = None,
+                      intents: dict[str, str] | None = None, denoising_events: bool = True):
+        """Run `graph` as one job (its images charged first, or by the caller: `charge`): the
+        outputs are its images, the node timeline its record (`result.workflow`). `uploads`:
+        images given with the request, by the asset id its image_input nodes name.
+        `intents` (chat plans): each step node's plan intent, for the reply's per-step
+        metadata. `denoising_events`: async jobs stream the denoising progress of
+        their local generate nodes (an unbatched call on the Generator)."""
         uploads = uploads or {}
         # asset ids are resolved before the job starts: a foreign id is a 404, nothing runs
         loaded: dict[str, np.ndarray] = {}
@@ -261,7 +372,8 @@ class WorkflowService:
                         asset, param=f"nodes.{node_id}.params.asset_id")
 
         async def work(progress) -> Output:
-            return await self._work(graph, progress, loaded, keep_intermediates)
+            return await self._work(graph, progress, loaded, keep_intermediates, charge,
+                                    intents or {}, denoising_events)
 
         return await self.runner.run(
             kind=kind, prompt=prompt, params=params or {"workflow": graph.graph.dump()},
@@ -271,7 +383,8 @@ class WorkflowService:
             images=charge if charge is not None else max(1, graph.images))
 
     async def _work(self, graph: ValidGraph, progress, loaded: dict[str, np.ndarray],
-                    keep_intermediates: bool) -> Output:
+                    keep_intermediates: bool, charge, intents: dict[str, str],
+                    denoising_events: bool = True) -> Output:
         job_id = progress.job_id
         log = EventLog()
         if job_id is not None:
@@ -284,9 +397,9 @@ class WorkflowService:
         writes: set[asyncio.Task] = set()
         kept: dict[str, str] = {}
 
-        async def record(step: str) -> None:
+        async def record(step: str, force: bool) -> None:
             try:
-                await progress(min(0.9, 0.9 * finished / total), step, force=True)
+                await progress(min(0.9, 0.9 * finished / total), step, force=force)
             except JobCancelled:
                 worker.cancel("cancelled")
 
@@ -298,12 +411,19 @@ class WorkflowService:
             kind = event["event"]
             if kind in ("node_succeeded", "node_failed", "node_skipped"):
                 finished += 1
-            if progress.live and kind != "progress":
-                task = asyncio.ensure_future(record(f"{event['node']}: {kind}"))
+            if kind == "node_succeeded" and charge is not None:
+                # a failing later node refunds only what the job did not make
+                spec = self.catalogue.get(event["op"])
+                if spec.images is not None:
+                    charge.produced(spec.images(graph.params.get(event["node"])))
+            if progress.live:
+                step = f"{event['node']}: {event.get('step') or kind}"
+                task = asyncio.ensure_future(record(step, force=kind != "progress"))
                 writes.add(task)
                 task.add_done_callback(writes.discard)
 
-        token = _RUN.set((loaded, keep_intermediates, kept))
+        token = _RUN.set((loaded, keep_intermediates, kept,
+                          progress.live and denoising_events))
         try:
             result = await self.engine.run(graph, emit=emit)
         finally:
@@ -322,9 +442,11 @@ class WorkflowService:
             value = result.values.get((node, port))
             if value is None and graph.graph.nodes[node].op == "output":
                 continue
-            if isinstance(value, np.ndarray):
-                images.append(value if value.ndim == 3 else np.dstack([value] * 3))
-                names.append(f"{node}.{port}")
+            many = result.values.get((node, "images")) if port == "image" else None
+            for image in many or [value]:
+                if isinstance(image, np.ndarray):
+                    images.append(image if image.ndim == 3 else np.dstack([image] * 3))
+                    names.append(f"{node}.{port}")
         if not images:
             raise ApiError(400, "the workflow produced no image output", param="outputs")
         timeline = {n: {k: v for k, v in info.items() if k != "exception"}
@@ -332,11 +454,57 @@ class WorkflowService:
         extra = {"workflow": {"nodes": timeline, "stages": graph.stages, "outputs": names,
                               **({"intermediates": kept} if kept else {})}}
         models = [info.get("meta", {}).get("model") for info in timeline.values()]
+        timings = {f"node_{n}_s": info.get("seconds", 0.0) for n, info in timeline.items()}
+        if intents:  # a chat plan: the reply's per-step metadata
+            extra.update(await self._plan_meta(timeline, intents))
+        last = result.nodes[graph.outputs[0][0]].get("meta", {}) if graph.outputs else {}
         return Output(images=images, model="+".join(m for m in models if m) or "workflow",
-                      extra=extra, record={"workflow": extra["workflow"]})
+                      extra=extra, record={"workflow": extra["workflow"]}, timings=timings,
+                      seeds=last.get("seeds"), provider=last.get("provider"),
+                      attempts=last.get("attempts") or [])
+
+    async def _plan_meta(self, timeline: dict[str, dict], intents: dict[str, str]
+                         ) -> dict[str, Any]:
+        """models per intent, each step's model / images / tiny / fallback, the refined
+        prompt: what the chat reply reports."""
+        steps, models, refined = [], {}, None
+        for node, intent in intents.items():
+            info = timeline[node]
+            meta = info.get("meta", {})
+            model_info = await self._model_info(info["op"])
+            models[intent] = meta.get("model")
+            steps.append({"intent": intent, "model": meta.get("model"),
+                          **({"provider": meta["provider"]} if meta.get("provider") else {}),
+                          "images": meta.get("images", 1),
+                          "tiny": bool(model_info.get("tiny")),
+                          "fallback": bool(model_info.get("fallback")),
+                          "fallback_reason": model_info.get("fallback_reason")})
+            refined = meta.get("refined_prompt") or refined
+        return {"models": models, "steps": steps,
+                **({"refined_prompt": refined} if refined else {})}
+
+    async def _model_info(self, op: str) -> dict[str, Any]:
+        """The deployment behind an op: tiny / fallback and why."""
+        if op in TOOL_DEPLOYMENTS:
+            return await self.tools.info(TOOL_DEPLOYMENTS[op])
+        if op in ("generate", "edit", "inpaint", "variation", "style_transfer"):
+            return await self.generation.model_info()
+        return {}
+
+    async def _streamed(self, ctx: NodeContext, req) -> Output:
+        result = None
+        async with _streaming(self.generation.generator, req, 0) as events:
+            async for event in events:
+                if event["type"] == "progress":
+                    await ctx.progress(event["step"] / event["total"],
+                                       f"denoising step {event['step']}/{event['total']}")
+                elif event["type"] == "result":
+                    result = event["result"]
+        return Output(images=result.images, model=result.model, seeds=result.seeds,
+                      timings=result.timings, provider="local")
 
     async def _maybe_keep(self, ctx: NodeContext, image: np.ndarray) -> dict[str, Any]:
-        _, keep, kept = _RUN.get()
+        _, keep, kept, _ = _RUN.get()
         if not keep:
             return {}
         asset_id = await self.runner.store_image(image, kind="workflow-intermediates")
@@ -347,8 +515,17 @@ class WorkflowService:
     async def _prompt(self, ctx: NodeContext) -> dict[str, Any]:
         return {"text": ctx.params.text}
 
+    async def _refine(self, ctx: NodeContext) -> dict[str, Any]:
+        text = ctx.inputs.get("prompt") or ctx.params.text
+        if not text:
+            raise ApiError(400, f"node {ctx.node!r}: give params.text or connect a text node "
+                           "to its `prompt` input", param=f"nodes.{ctx.node}.params.text")
+        refined = await self.router.refine.remote(text, style=ctx.params.style)
+        return {"prompt": refined.prompt, "negative_prompt": refined.negative_prompt,
+                "_meta": {"prompt": refined.prompt}}
+
     async def _image_input(self, ctx: NodeContext) -> dict[str, Any]:
-        loaded, _, _ = _RUN.get()
+        loaded, _, _, _ = _RUN.get()
         return {"image": loaded[ctx.node]}
 
     async def _output(self, ctx: NodeContext) -> dict[str, Any]:
@@ -356,16 +533,31 @@ class WorkflowService:
 
     async def _gen(self, ctx: NodeContext, prompt: str, opts: Options, **extra) -> dict:
         info = await self.generation.model_info()
+        if ctx.inputs.get("negative_prompt"):
+            opts.negative_prompt = ", ".join(filter(None, [ctx.inputs["negative_prompt"],
+                                                           opts.negative_prompt]))
         auto = None
         image = extra.get("image")
         if image is not None:
             auto = fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-        req = self.generation.build_request(prompt, opts, info, auto_size=auto, **extra)
-        out = await self.generation.run_request(req)
+        route = self.generation.route(opts, info)
+        req = self.generation.build_request(prompt, opts, info, auto_size=auto, route=route,
+                                            **extra)
+        _, _, _, live = _RUN.get()
+        if live and route.direct(self.generation.router):
+            out = await self._streamed(ctx, req)  # denoising progress as node events
+        else:
+            out = await self.generation.run_request(req, route)
         first = out.images[0]
         meta = {"model": out.model, "seed": (out.seeds or [None])[0], "steps": req.steps,
-                "prompt": prompt, **await self._maybe_keep(ctx, first)}
-        return {"image": first, "_meta": meta}
+                "prompt": prompt, "images": len(out.images), "seeds": out.seeds,
+                "provider": out.provider, "attempts": out.attempts,
+                **({"refined_prompt": prompt} if "prompt" in ctx.inputs else {}),
+                **await self._maybe_keep(ctx, first)}
+        values = {"image": first, "_meta": meta}
+        if len(out.images) > 1:
+            values["images"] = out.images  # all n, stored when the node is an output
+        return values
 
     def _text(self, ctx: NodeContext) -> str | None:
         return ctx.inputs.get("prompt") or getattr(ctx.params, "prompt", None)
@@ -391,6 +583,12 @@ class WorkflowService:
             repaint = np.where(mask >= 128, 255, 0).astype(np.uint8)
             return await self._gen(ctx, prompt, Options.of(ctx.params), mode="inpaint",
                                    image=image, mask=repaint, strength=1.0)
+        references = [ctx.inputs[k] for k in ("reference", "reference2", "reference3")
+                      if ctx.inputs.get(k) is not None]
+        if references:  # several images: one composite, as POST /v1/images/edits does
+            return await self._gen(ctx, prompt, Options.of(ctx.params), mode="img2img",
+                                   image=composite([ctx.inputs["image"], *references]),
+                                   strength=INPUT_FIDELITY_STRENGTH[ctx.params.input_fidelity])
         strength = INPUT_FIDELITY_STRENGTH[ctx.params.input_fidelity]
         return await self._gen(ctx, prompt, Options.of(ctx.params), mode="img2img",
                                image=image, strength=strength)
@@ -407,7 +605,8 @@ class WorkflowService:
             ctx.inputs["image"][..., :3], style=p.style, prompt=self._text(ctx),
             strength=p.strength, seed=p.seed, steps=p.steps)
         out = await self.tools.style_run(request, resolved)
-        return await self._tool_result(ctx, out, style=out.extra.get("style"))
+        return await self._tool_result(ctx, out, style=out.extra.get("style"),
+                                       refined_prompt=resolved.prompt)
 
     async def _tool_result(self, ctx: NodeContext, out: Output, **meta) -> dict[str, Any]:
         first = out.images[0]

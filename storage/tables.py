@@ -189,3 +189,25 @@ class ApiKey(Base):
     images_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+LIBRARY_KINDS = ("workflow", "preset")
+
+
+class LibraryItem(Base):
+    """A project's saved workflow or preset: a name, a description and its JSON body (the
+    graph, or the preset's template and parameters); `version` counts its updates."""
+
+    __tablename__ = "library_items"
+    __table_args__ = (Index("ix_library_items_project_kind_created", "project", "kind",
+                            "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -300,10 +300,10 @@ def validate(raw: Any, catalogue: Catalogue, limits: Limits = Limits(), *,
                                     f"output {port!r}; outputs: {', '.join(spec.outputs)}",
                                     src, f"outputs[{i}]"))
             continue
-        if spec.outputs[port] not in ("image", "mask"):
-            problems.append(Problem("invalid_output", f"outputs[{i}]: {src}.{port} is "
-                                    f"{spec.outputs[port]}; the stored outputs are images",
-                                    src, f"outputs[{i}]"))
+        if spec.outputs[port] == "text":
+            problems.append(Problem("invalid_output", f"outputs[{i}]: {src}.{port} is text; "
+                                    "the stored outputs are images (or videos)", src,
+                                    f"outputs[{i}]"))
             continue
         outputs.append((src, port))
     if len(graph.outputs) > limits.max_outputs:

@@ -185,3 +185,30 @@ def test_engine_overhead_per_node_is_small():
     started = time.perf_counter()
     asyncio.run(Engine(ops).run(graph))
     assert (time.perf_counter() - started) / 64 < 0.002
+
+
+def test_a_chat_plan_becomes_a_valid_workflow():
+    from router.schemas import InputRef, Plan, Step
+    from workflows.plans import plan_workflow
+
+    plan = Plan(steps=[
+        Step(intent="image_edit", params={"prompt": "in winter"},
+             inputs=[InputRef(role="image", source="upload", index=0),
+                     InputRef(role="reference", source="upload", index=1)]),
+        Step(intent="upscale", params={"scale": 4},
+             inputs=[InputRef(role="image", source="previous_step", index=0)]),
+        Step(intent="face_swap", inputs=[
+            InputRef(role="source_face", source="session", image_id="img_1"),
+            InputRef(role="target", source="previous_step", index=1)])],
+        confidence=0.9, stage="rules")
+    graph, intents = plan_workflow(plan, session_image="img_1")
+    valid = validate(graph, CATALOGUE)
+    assert intents == {"step0": "image_edit", "step1": "upscale", "step2": "face_swap"}
+    assert graph["nodes"]["step0"]["in"] == {
+        "prompt": "step0_refine.prompt", "negative_prompt": "step0_refine.negative_prompt",
+        "image": "upload0.image", "reference": "upload1.image"}
+    assert graph["nodes"]["upload1"]["params"] == {"asset_id": "upload:1"}
+    assert graph["nodes"]["step2"]["in"] == {"source": "session.image",
+                                             "target": "step1.image"}
+    assert valid.outputs == [("step2", "image")]
+    assert valid.stages[-1] == ["step2"]

@@ -1,0 +1,38 @@
+"""Saved workflows and presets per project (one table, `kind` tells them apart).
+
+Revision ID: 0004_library
+Revises: 0003
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004_library"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "library_items",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("project", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_library_items_project_kind_created", "library_items",
+                    ["project", "kind", "created_at", "id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_library_items_project_kind_created", table_name="library_items")
+    op.drop_table("library_items")
