@@ -31,6 +31,7 @@ from graphs.chores import Chores
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
 from graphs.jobs import JobRunner
+from graphs.presets import PresetService
 from graphs.providers import (
     ProviderRegistry,
     add_config,
@@ -61,6 +62,11 @@ from graphs.schemas import (
     JobList,
     ModelCard,
     ModelList,
+    PresetApplied,
+    PresetApply,
+    PresetCreate,
+    PresetList,
+    PresetView,
     Project,
     ProjectCreate,
     ProjectList,
@@ -271,9 +277,11 @@ class Ingress:
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
+        self.presets = PresetService(records=self.records, project=lambda: self.runner.project)
         # workflows, and the chat whose plans run as workflows (one executor)
         self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
-                                         runner=self.runner, router=router)
+                                         runner=self.runner, router=router,
+                                         presets=self.presets)
         self.router = router
         self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
@@ -428,6 +436,7 @@ class Ingress:
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_STREAMED,
               tags=["images"])
     async def generations(self, body: ImageGenerationRequest, request: Request) -> Any:
+        body = await self.presets.apply_to_generation(body)
         return await self._reply(await self.generation.generate(
             body.prompt, Options.of(body), base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
@@ -439,8 +448,9 @@ class Ingress:
         """Up to 20 generations, one async job each (202): follow them at /v1/jobs/{id}.
         Every item is checked before any job starts (a 400 names `requests[i].<field>`)."""
         base_url = self._base_url(request)
+        items = [await self.presets.apply_to_generation(item) for item in body.requests]
         ids = await self.generation.generate_batch(
-            [(item.prompt, Options.of(item)) for item in body.requests], base_url=base_url)
+            [(item.prompt, Options.of(item)) for item in items], base_url=base_url)
         jobs = [await self.resources.job(job_id, base_url=base_url) for job_id in ids]
         return JobBatch(data=jobs)
 
@@ -583,7 +593,34 @@ class Ingress:
 
     @app.get("/v1/styles", tags=["tools"])
     async def styles(self) -> dict[str, Any]:
+        """The style presets in their original shape (an alias view of GET /v1/presets,
+        source=style)."""
         return {"data": list_styles()}
+
+    # -- presets ------------------------------------------------------------------------------
+    @app.get("/v1/presets", tags=["presets"], responses=ERROR_RESPONSES)
+    async def presets_list(self, kind: Literal["image", "video"] | None = None) -> PresetList:
+        """Built-in presets (named presets, styles, templates: one concept) and the
+        project's own."""
+        return await self.presets.list(kind)
+
+    @app.post("/v1/presets", tags=["presets"], status_code=201, responses=ERROR_RESPONSES)
+    async def preset_create(self, body: PresetCreate) -> PresetView:
+        return await self.presets.create(body)
+
+    @app.get("/v1/presets/{preset_id}", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_get(self, preset_id: str) -> PresetView:
+        return PresetView(**(await self.presets.get(preset_id, param="preset_id")).as_dict())
+
+    @app.delete("/v1/presets/{preset_id}", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_delete(self, preset_id: str) -> Deleted:
+        await self.presets.delete(preset_id)
+        return Deleted(id=preset_id)
+
+    @app.post("/v1/presets/{preset_id}/apply", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_apply(self, preset_id: str, body: PresetApply) -> PresetApplied:
+        """The request the preset makes of a prompt (send it to `endpoint`)."""
+        return await self.presets.apply(preset_id, body)
 
     # -- workflows --------------------------------------------------------------------------
     async def _json_body(self, request: Request) -> Any:
@@ -755,6 +792,8 @@ class Ingress:
 
     @app.get("/v1/templates", tags=["chat"])
     async def templates(self) -> dict[str, Any]:
+        """The prompt templates in their original shape (an alias view of GET /v1/presets,
+        source=template)."""
         return {"data": list_templates()}
 
     @app.post("/v1/prompts/validate", tags=["prompts"], responses=ERROR_RESPONSES)

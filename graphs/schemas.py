@@ -122,6 +122,10 @@ class ImageGenerationRequest(OutputOptions):
     prompt: Prompt
     moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
                                                "compatibility; no moderation model runs here")
+    preset: str | None = Field(None, max_length=128, description="an image preset (GET "
+                               "/v1/presets): its template wraps the prompt, its negative "
+                               "prompt is added, its parameters fill what the request leaves "
+                               "unset")
 
 
 class ImageGenerationBatch(BaseModel):
@@ -624,3 +628,54 @@ class ChatPlan(Plan):
 
     workflow: dict[str, Any] | None = Field(
         None, description="the plan as a workflow; null when it makes no image or lacks one")
+
+
+class PresetCreate(BaseModel):
+    """POST /v1/presets: a project's own preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["image", "video"] = "image"
+    title: str = Field(..., min_length=1, max_length=200)
+    prompt_template: str = Field(..., max_length=MAX_PROMPT_CHARS,
+                                 description="with {prompt} where the subject goes")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    params: dict[str, Any] = Field(default_factory=dict, description="default request "
+                                   "parameters (images: quality, guidance_scale, steps, size, "
+                                   "strength, background; videos: seconds, fps, size, motion, "
+                                   "steps, guidance_scale)")
+    description: str | None = Field(None, max_length=2000)
+
+
+class PresetView(BaseModel):
+    id: str
+    object: Literal["preset"] = "preset"
+    kind: Literal["image", "video"]
+    title: str
+    description: str = ""
+    prompt_template: str
+    negative_prompt: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    source: Literal["preset", "style", "template", "user"]
+    builtin: bool
+    aliases: list[str] = Field(default_factory=list)
+
+
+class PresetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PresetView]
+
+
+class PresetApply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt | None = Field(None, description="the subject ({prompt} in the template)")
+    params: dict[str, Any] = Field(default_factory=dict, description="request fields that "
+                                   "win over the preset's (negative_prompt is joined)")
+
+
+class PresetApplied(BaseModel):
+    preset: str
+    kind: Literal["image", "video"]
+    endpoint: str = Field(..., description="where to send `request`")
+    request: dict[str, Any]

@@ -30,6 +30,7 @@ from graphs.generation import (
     fit_to_limits,
 )
 from graphs.jobs import JobCancelled, JobRunner, Output
+from graphs.presets import USER_PREFIX, compose_generation
 from graphs.schemas import (
     FaceSwapForm,
     ImageGenerationRequest,
@@ -46,6 +47,7 @@ from graphs.schemas import (
 )
 from graphs.tools import ToolService, parse_color
 from models.editing import apply_ops, check_ops, parse_edit_request
+from router.presets import builtin
 from workflows import (
     Catalogue,
     Engine,
@@ -182,6 +184,25 @@ OPS = [
 CATALOGUE = Catalogue(OPS)
 
 
+def with_preset(node_id: str, node) -> dict[str, Any]:
+    """A node's params with its `preset`: generate takes it as its `preset` param (applied as
+    it runs, to the prompt it gets); style_transfer as its style. A built-in preset must
+    exist (a project's own, ``pr_...``, is looked up as the node runs)."""
+    params = dict(node.params)
+    name = node.preset
+    if name is None:
+        return params
+    if not name.startswith(USER_PREFIX) and builtin(name) is None:
+        raise ValueError(f"no preset {name!r} (GET /v1/presets lists them)")
+    if node.op == "generate":
+        params.setdefault("preset", name)
+    elif node.op == "style_transfer" and builtin(name) is not None:
+        params.setdefault("style", builtin(name).id)
+    else:
+        raise ValueError(f"op {node.op!r} takes no preset (generate and style_transfer do)")
+    return params
+
+
 def problems_error(exc: WorkflowInvalid) -> ApiError:
     """A 400 naming every problem (the first's node and field in `param`)."""
     first = exc.problems[0]
@@ -224,8 +245,10 @@ class EventLog:
 
 class WorkflowService:
     def __init__(self, *, generation: GenerationService, tools: ToolService, runner: JobRunner,
-                 router: Any = None, limits: Limits = Limits(), video_available: bool = False):
+                 router: Any = None, presets: Any = None, limits: Limits = Limits(),
+                 video_available: bool = False):
         self.router = router
+        self.presets = presets  # graphs.presets.PresetService (None: built-ins only)
         self.generation = generation
         self.tools = tools
         self.runner = runner
@@ -244,7 +267,7 @@ class WorkflowService:
     # -- validation -------------------------------------------------------------------------
     def validate(self, graph: Any) -> ValidGraph:
         try:
-            return validate(graph, self.catalogue, self.limits)
+            return validate(graph, self.catalogue, self.limits, prepare=with_preset)
         except WorkflowInvalid as exc:
             raise problems_error(exc) from None
 
@@ -288,7 +311,7 @@ class WorkflowService:
         """A graph to save: validated (an unavailable op is allowed: it may be deployed
         later), stored as given."""
         try:
-            validate(graph, CATALOGUE, self.limits)
+            validate(graph, CATALOGUE, self.limits, prepare=with_preset)
         except WorkflowInvalid as exc:
             raise problems_error(exc) from None
         return graph
@@ -567,7 +590,20 @@ class WorkflowService:
         if not prompt:
             raise ApiError(400, f"node {ctx.node!r}: give params.prompt or connect a text "
                            "node to its `prompt` input", param=f"nodes.{ctx.node}.params.prompt")
-        return await self._gen(ctx, prompt, Options.of(ctx.params))
+        params = ctx.params
+        if params.preset:  # its template wraps the prompt (which may come from a text node)
+            preset = await self._preset(params.preset)
+            body = compose_generation(preset, params.model_copy(update={"prompt": prompt}))
+            prompt, params = body.prompt, body
+        return await self._gen(ctx, prompt, Options.of(params))
+
+    async def _preset(self, preset_id: str):
+        if self.presets is not None:
+            return await self.presets.get(preset_id)
+        found = builtin(preset_id)
+        if found is None:
+            raise ApiError(400, f"no preset {preset_id!r}", param="preset")
+        return found
 
     async def _edit(self, ctx: NodeContext) -> dict[str, Any]:
         prompt = self._text(ctx) or "the same image"
