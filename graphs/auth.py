@@ -7,7 +7,7 @@ touches (jobs, assets, sessions, projects): `current_project()` is what the serv
 
 Scopes (a key has a subset; none given at creation = all but admin):
 - generate: /v1/images/generations, /edits, /variations; running a workflow
-  (POST /v1/workflows/execute)
+  (POST /v1/workflows/execute), a remix (POST /v1/assets/{id}/remix)
 - tools: background removal, face swap, upscale, edit-ops, style transfer
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
 - admin: create projects and list every project; add, change and remove image providers
@@ -52,6 +52,7 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
         ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer)$",
          "tools"),
         ("POST", r"^/v1/workflows/execute$", "generate"),
+        ("POST", r"^/v1/assets/[^/]+/remix$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),

@@ -30,6 +30,7 @@ from graphs.chat import ChatService
 from graphs.chores import Chores
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
+from graphs.images import read_recipe
 from graphs.jobs import JobRunner
 from graphs.presets import PresetService
 from graphs.providers import (
@@ -39,6 +40,7 @@ from graphs.providers import (
     remove_config,
     update_config,
 )
+from graphs.recipes import RecipeService, recipe_workflow
 from graphs.resources import Resources, job_view
 from graphs.schemas import (
     FORM,
@@ -76,6 +78,7 @@ from graphs.schemas import (
     ProviderList,
     ProviderUpdate,
     Readiness,
+    RemixRequest,
     RemoveBackgroundForm,
     SavedWorkflow,
     SavedWorkflowCreate,
@@ -282,6 +285,8 @@ class Ingress:
         self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
                                          runner=self.runner, router=router,
                                          presets=self.presets)
+        self.recipes = RecipeService(records=self.records, runner=self.runner,
+                                     generation=self.generation, workflows=self.workflows)
         self.router = router
         self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
@@ -637,7 +642,22 @@ class Ingress:
 
     @app.post("/v1/workflows/validate", tags=["workflows"], responses=ERROR_RESPONSES)
     async def workflow_validate(self, request: Request) -> dict[str, Any]:
-        """200 with the execution order and parallel stages, or 400 naming every problem."""
+        """200 with the execution order and parallel stages, or 400 naming every problem.
+        A multipart `image` made here (PNG/WebP with an embedded recipe) is recognised: its
+        recipe's workflow is validated and returned with the recipe."""
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "send the workflow as JSON, or an image with a recipe as "
+                               "multipart field 'image'", param="image")
+            recipe = read_recipe(await upload.read())
+            if recipe is None:
+                raise ApiError(400, "this image carries no recipe (only PNG and WebP images "
+                               "made by this gateway do)", param="image", code="no_recipe")
+            workflow = recipe_workflow(recipe)
+            return {**self.workflows.validate(workflow).summary(), "recipe": recipe,
+                    "workflow": workflow}
         body = await self._json_body(request)
         if isinstance(body, dict) and "workflow" in body and "nodes" not in body:
             body = body["workflow"]
@@ -754,12 +774,16 @@ class Ingress:
     async def chat(self, request: Request) -> Any:
         body, files = await self._chat_input(request)
         # every file's header checked and the request's pixels budgeted before any is decoded
-        uploads = await self.tools.decode_many(
-            [("image" if i == 0 else f"image[{i}]", await f.read())
-             for i, f in enumerate(files)])
+        blobs = [("image" if i == 0 else f"image[{i}]", await f.read())
+                 for i, f in enumerate(files)]
+        uploads = await self.tools.decode_many(blobs)
         reply = await self.chat_service.chat(
             message=body.message, session_id=body.session_id, context=body.context,
             uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
+        # an image made here carries its recipe: the reply says how it was made
+        recipes = [r for _, data in blobs if (r := read_recipe(data)) is not None]
+        if recipes:
+            reply.metadata["recipes"] = recipes
         if reply.type == "processing":
             return JSONResponse(reply.model_dump(mode="json"), status_code=202,
                                 headers={"Location": f"/v1/jobs/{reply.data.job_id}"})
@@ -854,6 +878,19 @@ class Ingress:
         except AssetNotFound:
             raise ApiError(404, f"no asset {asset_id!r}", param="asset_id") from None
         return Response(data, media_type=record.content_type, headers=headers)
+
+    @app.get("/v1/assets/{asset_id}/recipe", tags=["assets"], responses=ERROR_RESPONSES)
+    async def asset_recipe(self, asset_id: str) -> dict[str, Any]:
+        """How the asset was made: prompt, negative prompt, model, LoRAs, seed, steps,
+        guidance, size, preset, or its workflow and node (also embedded in the PNG / WebP)."""
+        return {"asset_id": asset_id, "recipe": await self.recipes.recipe(asset_id)}
+
+    @app.post("/v1/assets/{asset_id}/remix", tags=["assets"], responses=ERROR_RESPONSES)
+    async def asset_remix(self, asset_id: str, body: RemixRequest, request: Request) -> Any:
+        """Run the asset's recipe again, with overrides (same seed: the same image)."""
+        return await self._reply(await self.recipes.remix(
+            asset_id, body.overrides, base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     def check_health(self) -> None:
         """Serve's probe: the record store answers. (Upkeep runs apart: `self.chores`.)"""

@@ -57,6 +57,8 @@ class Output:
     # kept in the job record's `result` whether the job is sync or async (e.g. a workflow's
     # node timeline)
     record: dict[str, Any] | None = None
+    # per image: how to make it again (embedded in the file and kept in its asset record)
+    recipes: list[dict[str, Any] | None] | None = None
 
     @property
     def remote(self) -> bool:
@@ -225,11 +227,12 @@ class JobRunner:
             data: list[ImageData] = []
             formats = []
             seeds = out.seeds or [None] * len(out.images)
-            for image, seed in zip(out.images, seeds, strict=True):
+            recipes = out.recipes or [None] * len(out.images)
+            for image, seed, recipe in zip(out.images, seeds, recipes, strict=True):
                 fmt = output_format_for(image, output_format)
                 asset, blob = await asyncio.to_thread(
                     self._store, image, fmt, job_id, kind, compression,
-                    out.provider if out.remote else None)
+                    out.provider if out.remote else None, recipe)
                 unrecorded.append(asset)
                 formats.append(fmt)
                 data.append(ImageData(
@@ -364,13 +367,14 @@ class JobRunner:
                                        max_bytes=self.max_image_bytes)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
-               compression: int | None = None, provider: str | None = None
-               ) -> tuple[NewAsset, bytes]:
+               compression: int | None = None, provider: str | None = None,
+               recipe: dict[str, Any] | None = None) -> tuple[NewAsset, bytes]:
         """(In a thread.) Encode and store one image; return its asset row, not yet recorded
         (the caller records it), and the encoded bytes. `provider`: the remote provider that
         made it (its key gets a provider segment)."""
         with metrics.stage_timer("encode", kind=kind):
-            blob = encode(image, fmt, quality=90 if compression is None else compression)
+            blob = encode(image, fmt, quality=90 if compression is None else compression,
+                          recipe=recipe)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt,
                         provider=provider)
@@ -380,7 +384,7 @@ class JobRunner:
         height, width = image.shape[:2]
         return NewAsset(id=asset_id, job_id=job_id, kind=kind, store=self.assets.name, key=key,
                         content_type=CONTENT_TYPES[fmt], size_bytes=len(blob), width=width,
-                        height=height, project=self.project), blob
+                        height=height, project=self.project, recipe=recipe), blob
 
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
         """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""

@@ -679,3 +679,11 @@ class PresetApplied(BaseModel):
     kind: Literal["image", "video"]
     endpoint: str = Field(..., description="where to send `request`")
     request: dict[str, Any]
+
+
+class RemixRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="generation recipes: request fields (prompt, seed, "
+        "size, ...); workflow recipes: node params ({\"gen\": {\"prompt\": ...}})")

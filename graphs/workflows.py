@@ -472,6 +472,7 @@ class WorkflowService:
                     names.append(f"{node}.{port}")
         if not images:
             raise ApiError(400, "the workflow produced no image output", param="outputs")
+        recipes = self._recipes(graph, result, names)
         timeline = {n: {k: v for k, v in info.items() if k != "exception"}
                     for n, info in result.nodes.items()}
         extra = {"workflow": {"nodes": timeline, "stages": graph.stages, "outputs": names,
@@ -483,8 +484,27 @@ class WorkflowService:
         last = result.nodes[graph.outputs[0][0]].get("meta", {}) if graph.outputs else {}
         return Output(images=images, model="+".join(m for m in models if m) or "workflow",
                       extra=extra, record={"workflow": extra["workflow"]}, timings=timings,
+                      recipes=recipes,
                       seeds=last.get("seeds"), provider=last.get("provider"),
                       attempts=last.get("attempts") or [])
+
+    @staticmethod
+    def _recipes(graph: ValidGraph, result, names: list[str]) -> list[dict[str, Any]]:
+        """Each output image's recipe: the graph, the output it is, every node's seed (a
+        remix pins them), and the generation details of the node that made it."""
+        seeds = {n: info["meta"]["seed"] for n, info in result.nodes.items()
+                 if info.get("meta", {}).get("seed") is not None}
+        dumped = graph.graph.dump()
+        recipes = []
+        for name in names:
+            node = name.split(".", 1)[0]
+            meta = result.nodes[node].get("meta", {})
+            recipes.append({"v": 1, "kind": "workflow", "workflow": dumped, "node": name,
+                            "seeds": seeds, **{k: meta[k] for k in (
+                                "prompt", "model", "seed", "steps") if meta.get(k) is not None},
+                            **({"preset": p} if (p := getattr(graph.params.get(node),
+                                                              "preset", None)) else {})})
+        return recipes
 
     async def _plan_meta(self, timeline: dict[str, dict], intents: dict[str, str]
                          ) -> dict[str, Any]:

@@ -129,6 +129,8 @@ class AssetRecord:
     width: int
     height: int
     created_at: datetime
+    # how to make it again (prompt, model, seed, ...): GET /v1/assets/{id}/recipe
+    recipe: dict[str, Any] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class NewAsset:
     width: int
     height: int
     project: str = "default"
+    recipe: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

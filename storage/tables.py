@@ -126,6 +126,9 @@ class Asset(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # how it was made (prompt, negative, model, LoRAs, seed, steps, guidance, size, preset,
+    # workflow node): also embedded in the image (PNG text chunk / WebP XMP)
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ChatSession(Base):

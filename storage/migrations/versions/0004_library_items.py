@@ -1,4 +1,5 @@
-"""Saved workflows and presets per project (one table, `kind` tells them apart).
+"""Saved workflows and presets per project (one table, `kind` tells them apart), and each
+asset's recipe (how it was made: GET /v1/assets/{id}/recipe).
 
 Revision ID: 0004_library
 Revises: 0003
@@ -31,8 +32,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_library_items_project_kind_created", "library_items",
                     ["project", "kind", "created_at", "id"])
+    with op.batch_alter_table("assets") as batch:
+        batch.add_column(sa.Column("recipe", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("assets") as batch:
+        batch.drop_column("recipe")
     op.drop_index("ix_library_items_project_kind_created", table_name="library_items")
     op.drop_table("library_items")
