@@ -95,6 +95,7 @@ from graphs.tools import Limits, ToolService
 from graphs.workflows import WorkflowService, sse
 from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
+from router.suggestions import SuggestionIndex
 from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.config import StorageSettings
@@ -288,6 +289,7 @@ class Ingress:
         self.recipes = RecipeService(records=self.records, runner=self.runner,
                                      generation=self.generation, workflows=self.workflows)
         self.router = router
+        self.suggestion_index = SuggestionIndex()  # categories, random (no embeddings here)
         self.llm = llm
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner,
@@ -819,6 +821,47 @@ class Ingress:
         """The prompt templates in their original shape (an alias view of GET /v1/presets,
         source=template)."""
         return {"data": list_templates()}
+
+    # -- prompt suggestions ---------------------------------------------------------------
+    @app.get("/v1/suggestions/autocomplete", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_autocomplete(self, q: str = Query(..., min_length=1, max_length=200),
+                                       limit: int = Query(10, ge=1, le=50)
+                                       ) -> dict[str, Any]:
+        """Phrases starting with `q` first, then the nearest in meaning (the router's
+        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off)."""
+        return {"q": q, "data": await self.router.suggest.remote(q, limit)}
+
+    @app.get("/v1/suggestions/categories", tags=["suggestions"])
+    async def suggestions_categories(self) -> dict[str, Any]:
+        return {"data": [{"id": c, "count": len(v)} for c, v in
+                         self.suggestion_index.categories.items()]}
+
+    @app.get("/v1/suggestions/by-category/{category}", tags=["suggestions"],
+             responses=ERROR_RESPONSES)
+    async def suggestions_by_category(self, category: str) -> dict[str, Any]:
+        try:
+            return {"category": category,
+                    "data": self.suggestion_index.by_category(category)}
+        except KeyError:
+            raise ApiError(404, f"no category {category!r}; categories: "
+                           f"{', '.join(self.suggestion_index.categories)}", param="category",
+                           code="not_found") from None
+
+    @app.post("/v1/suggestions/enhance", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_enhance(self, body: PromptRequest) -> dict[str, Any]:
+        """The prompt with the quality, lighting and camera terms nearest to it that it
+        lacks (and which were added)."""
+        return await self.router.enhance.remote(body.prompt)
+
+    @app.get("/v1/suggestions/random", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_random(self, n: int = Query(5, ge=1, le=50),
+                                 category: str | None = Query(None, max_length=32),
+                                 seed: int | None = Query(None, ge=0)) -> dict[str, Any]:
+        if category is not None and category not in self.suggestion_index.categories:
+            raise ApiError(400, f"category must be one of "
+                           f"{', '.join(self.suggestion_index.categories)}", param="category")
+        return {"data": [s.as_dict() for s in self.suggestion_index.random(
+            n, category=category, seed=seed)]}
 
     @app.post("/v1/prompts/validate", tags=["prompts"], responses=ERROR_RESPONSES)
     async def validate_prompt(self, body: PromptRequest) -> PromptValidation:
