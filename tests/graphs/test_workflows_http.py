@@ -106,7 +106,7 @@ def test_async_execution_streams_node_events_in_order(http, gateway):
     job_id = r.json()["id"]
     events = sse_events(gateway, f"/v1/workflows/jobs/{job_id}/events")
     names = [(n, e.get("node")) for n, e in events]
-    assert names[-1][0] == "succeeded", names
+    assert names[-1][0] == "succeeded", (events[-1][1].get("error"), names)
     for node in DIAMOND["nodes"]:
         assert names.index(("node_started", node)) < names.index(("node_succeeded", node))
     assert names.index(("node_succeeded", "gen")) < names.index(("node_started", "cut"))
