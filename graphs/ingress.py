@@ -424,6 +424,10 @@ class Ingress:
         else:
             warnings.append("no LLM deployed: the chat router answers with rules + "
                             "embeddings only (prompt compression is deterministic)")
+        for op in self.workflows.catalogue.ops.values():  # e.g. video: no Video deployment
+            if op.unavailable:
+                warnings.append(f"workflow op {op.name!r} is not available on this gateway "
+                                f"({op.unavailable})")
         for deployment, info in infos.items():
             if info["fallback"]:
                 warnings.append(f"{deployment} fell back to tiny model {info['name']!r}: "

@@ -172,6 +172,14 @@ def test_execute_refuses_an_invalid_graph_and_unknown_inputs(http):
     assert_envelope(http.post("/v1/workflows/execute", json={}), 400)
 
 
+def test_capabilities_say_video_is_not_available(http):
+    warnings = http.get("/v1/capabilities").json()["warnings"]
+    assert any("'video' is not available on this gateway" in w for w in warnings), warnings
+    ops = {op["op"]: op for op in http.get("/v1/workflows/ops").json()["data"]}
+    assert ops["video"]["available"] is False and ops["generate"]["available"]
+    assert ops["upscale"]["inputs"] == {"image": {"type": "image", "required": True}}
+
+
 def test_saved_workflows_crud_and_run_by_id(http):
     listed = http.get("/v1/workflows").json()["data"]
     examples = {w["id"]: w for w in listed if w["builtin"]}
