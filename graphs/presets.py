@@ -99,8 +99,9 @@ def compose_generation(preset: Preset, body: ImageGenerationRequest
                        ) -> ImageGenerationRequest:
     set_fields = body.model_fields_set
     composed = preset.compose(body.prompt, {"negative_prompt": body.negative_prompt})
+    # `preset` stays: it is recorded in the images' recipes (applied once, here)
     update = {"prompt": composed["prompt"], "negative_prompt":
-              composed.get("negative_prompt"), "preset": None}
+              composed.get("negative_prompt")}
     for name, value in composed.items():
         if name in ImageGenerationRequest.model_fields and name not in set_fields and \
                 name not in update:

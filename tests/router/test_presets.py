@@ -50,7 +50,7 @@ def test_a_preset_is_checked():
 def test_preset_on_a_generation_request():
     body = ImageGenerationRequest(prompt="a fox", preset="concept-art", guidance_scale=3.0)
     out = compose_generation(BUILTIN["concept-art"], body)
-    assert out.prompt.startswith("concept art of a fox") and out.preset is None
+    assert out.prompt.startswith("concept art of a fox") and out.preset == "concept-art"
     assert out.guidance_scale == 3.0  # set by the request: kept
     assert out.quality == "high"  # unset: the preset's
 
