@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,13 +128,14 @@ def summary(latencies: list[float]) -> str:
             f"p99 {pct(latencies, 99) * 1e3:.1f} ms")
 
 
-def replica_pids() -> dict[str, list[int]]:
-    """Processes of the local Ray this driver started, by role: each Serve deployment's
-    replicas (by deployment name), ``ProxyActor``, ``ServeController`` and ``haproxy``."""
+def replica_pids(root: int | None = None) -> dict[str, list[int]]:
+    """Processes of the local Ray this driver (or process `root`) started, by role: each
+    Serve deployment's replicas (by deployment name), ``ProxyActor``, ``ServeController``
+    and ``haproxy``."""
     import psutil
 
     found: dict[str, list[int]] = {}
-    for proc in psutil.Process().children(recursive=True):
+    for proc in psutil.Process(root).children(recursive=True):
         try:
             title = " ".join(proc.cmdline()) or proc.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -158,14 +160,25 @@ class Child:
     (ready when GET {url}/healthz answers 200). `stop()` closes its stdin: a gateway then
     shuts Ray down."""
 
-    def __init__(self, name: str, cmd: list[str], *, url: str | None = None, nice: int = 0):
+    def __init__(self, name: str, cmd: list[str], *, url: str | None = None, nice: int = 0,
+                 env: dict[str, str] | None = None, log: Path | None = None,
+                 ready_path: str = "/healthz", interrupt: bool = False):
         """`nice`: the child's niceness (a plain server compared with our replicas runs at
-        WORKER_NICENESS, as they do)."""
+        WORKER_NICENESS, as they do). `env`: added to this environment. `log`: the child's
+        output goes there (a chatty server must not fill an unread pipe). `ready_path`: what
+        must answer 200 before it counts as ready. `interrupt`: stop it with SIGINT (Ctrl-C,
+        as a person stops `photostudio serve`) instead of closing its stdin."""
         self.name = name
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True,
+        self.log = log
+        out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=out,
+                                     stderr=subprocess.STDOUT if log else None, text=True,
+                                     env={**os.environ, **(env or {})},
+                                     start_new_session=interrupt,
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
         self.url = url
+        self.ready_path = ready_path
+        self.interrupt = interrupt
         self.pids: dict[str, list[int]] = {}
 
     @classmethod
@@ -191,20 +204,138 @@ class Child:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name}: exited with {self.proc.returncode}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
+                    self.pids = replica_pids(self.proc.pid)
                     return
             except httpx.HTTPError:
-                time.sleep(0.3)
-        raise RuntimeError(f"{self.name}: not ready in {timeout}s")
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name}: not ready in {timeout}s"
+                           + (f" (its log: {self.log})" if self.log else ""))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.close()
+                if self.interrupt:
+                    os.killpg(self.proc.pid, signal.SIGINT)
+                else:
+                    self.proc.stdin.close()
                 self.proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
-                self.proc.terminate()
+                if self.interrupt:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.terminate()
                 self.proc.wait(timeout=30)
+
+
+def shipped_gateway(name: str = "ours", *, env: dict[str, str] | None = None,
+                    key_requests_per_minute: int = 100_000_000) -> tuple[Child, str]:
+    """The product as a person starts it: `photostudio serve --profile tiny` (API keys on,
+    the default middleware and request path) in its own data dir, ready when /readyz says so,
+    and a key made with `photostudio keys create` (a load test's own limit, as a user would
+    ask for one). Returns (the child, the key's token); stop the child with `.stop()`."""
+    data = Path(tempfile.mkdtemp(prefix="psship", dir="/tmp"))
+    port = free_port()
+    cli = [sys.executable, "-m", "graphs.cli"]
+    child = Child(name, [*cli, "serve", "--profile", "tiny", "--port", str(port),
+                         "--data-dir", str(data)],
+                  url=f"http://127.0.0.1:{port}", env={**(env or {}),
+                                                        "PHOTOSTUDIO_DATA_DIR": str(data)},
+                  log=data / "serve.log", ready_path="/readyz", interrupt=True)
+    child.wait_ready(timeout=600)
+    made = subprocess.run([*cli, "keys", "create", "--project", "default", "--name", "bench",
+                           "--requests-per-minute", str(key_requests_per_minute),
+                           "--images-per-day", "100000000"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PHOTOSTUDIO_DATA_DIR": str(data)})
+    if made.returncode != 0:
+        child.stop()
+        raise RuntimeError(f"photostudio keys create failed: {made.stderr[-500:]}")
+    return child, made.stdout.strip().splitlines()[-1]
+
+
+def bare_serve_gateway(name: str = "bare Serve", *, env: dict[str, str] | None = None
+                       ) -> Child:
+    """The reference the issue names: a bare FastAPI app (the same GET /v1/styles and POST
+    /v1/chat bodies as ours, no middleware, auth or records) deployed in Ray Serve with the
+    request-path settings `photostudio serve` uses."""
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="psbare", dir="/tmp")) / "serve.log"
+    child = Child(name, [sys.executable, "-m", "bench._common", "bare", str(port)],
+                  url=f"http://127.0.0.1:{port}", env=env, log=log, interrupt=True)
+    child.wait_ready(timeout=300)
+    return child
+
+
+def reference_app():
+    """The bare routes both references serve: our styles list and the chat answer the rules
+    give a `general` message (no embeddings, no session)."""
+    from fastapi import Body, FastAPI
+
+    from graphs.chat import HELP_TEXT
+    from router.cascade import Cascade
+    from router.styles import list_styles
+
+    cascade = Cascade(classifier=None)
+    app = FastAPI()
+
+    @app.get("/v1/styles")
+    async def styles() -> dict:
+        return {"data": list_styles()}
+
+    @app.post("/v1/chat")
+    async def chat(body: dict = Body(...)) -> dict:
+        plan = cascade.plan_fast(str(body["message"]))
+        return {"message": HELP_TEXT, "type": "text",
+                "data": {"plan": plan.model_dump(mode="json")}}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def _bare_child(port: int) -> None:
+    """(In the child.) `photostudio serve`'s Ray and Serve settings (graphs/cli.py) around the
+    bare reference app; serves until SIGINT."""
+    import threading
+
+    from graphs.cli import (
+        LOCAL_HOST,
+        http_options,
+        local_ray_options,
+        request_path_env,
+    )
+    from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
+
+    state = tempfile.mkdtemp(prefix="psbr", dir="/tmp")
+    ray_env, ray_kwargs = local_ray_options(LOCAL_HOST)
+    for name, value in {**request_path_env(state, free_ports=True), **ray_env,
+                        **SERVE_PROXY_ENV}.items():
+        os.environ.setdefault(name, value)
+    import ray
+    from ray import serve
+
+    ray.init(_temp_dir=state, num_cpus=max(8, os.cpu_count() or 1), **ray_kwargs)
+    serve.start(http_options=http_options(LOCAL_HOST, port))
+    app = reference_app()
+
+    # the same replica settings as our Ingress in the tiny profile (graphs/app.py)
+    @serve.deployment(max_ongoing_requests=200)
+    @serve.ingress(app)
+    class Bare:
+        pass
+
+    serve.run(Bare.bind(), name="bare", route_prefix="/")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    from ray.serve.context import _get_global_client
+
+    _get_global_client().shutdown(timeout_s=5)
+    ray.shutdown()
 
 
 def _serve_child(settings: str, app_args: dict) -> None:
@@ -236,7 +367,9 @@ def _serve_child(settings: str, app_args: dict) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "serve":
+    if len(sys.argv) == 3 and sys.argv[1] == "bare":
+        _bare_child(int(sys.argv[2]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "serve":
         _serve_child(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
     else:
-        sys.exit("usage: python -m bench._common serve SETTINGS [APP_ARGS_JSON]")
+        sys.exit("usage: python -m bench._common serve SETTINGS [APP_ARGS_JSON] | bare PORT")

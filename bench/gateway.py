@@ -1,28 +1,29 @@
-"""Gateway overhead and request rate: our full path versus the model in-process and versus a
-plain FastAPI + uvicorn app wrapping the same model, with Ray Serve's request path as shipped
-(`default`) and tuned (`tuned`).
+"""Gateway overhead and request rate, as shipped: `photostudio serve --profile tiny` (API keys
+on, a key made with `photostudio keys create`, rate limits, the default middleware and
+request path), against two references started in the same run: a plain FastAPI + uvicorn
+app, and a bare FastAPI app deployed in Ray Serve with the same request-path settings as
+`photostudio serve` (HAProxy, keep-alive, the same `max_ongoing_requests`).
 
 1. Latency at concurrency 1 on the generator (tiny-sd, 64x64, 2 steps): the model called
-   in-process (one torch thread, like the replica), the plain app (subprocess, same model,
-   same PNG + base64 answer) and our gateway (HTTP -> HAProxy or Serve proxy -> ingress ->
-   Generator replica -> back). "Added" is per request: end-to-end minus the model time the
-   server measured for that same request (the replica's `inference_s`), so the model's own
-   jitter cancels out; the difference of the p50s against the in-process model is printed too.
-2. Requests/s on the no-model route, POST /v1/chat with a `general` message, at a
-   concurrency sweep (our gateway, and the plain app answering the same message from the
-   same router rules without sessions or Ray).
+   in-process (one torch thread, like the replica), the plain app (same model, same PNG +
+   base64 answer) and ours (HTTP -> HAProxy -> ingress -> Generator replica -> back). "Added"
+   is per request: end-to-end minus the model time the server measured for that request
+   (the replica's `inference_s`), so the model's own jitter cancels out.
+2. Requests/s on two no-model routes at a concurrency sweep: an authenticated GET
+   /v1/styles, and POST /v1/chat with a rules-decided message (session turns recorded).
+   The references answer the same bodies from the same code without auth, records or Ray
+   (plain) or without our middleware, auth and records (bare Serve).
 
-Targets (issue #8): at most 15 ms p50 added over in-process; at least 300 requests/s on the
-chat route. Every target runs in its own process (Ray clusters side by side, the plain app
-under uvicorn); measurements interleave target by target, round by round, and the medians
-of the rounds are printed. Usage:
+Targets (issue #20, medians of the rounds, at the sweep's highest concurrency, 32 by
+default): GET /v1/styles >= 1,000 req/s and >= 0.8x the bare Serve app; POST /v1/chat
+>= 600 req/s; added latency <= 15 ms p50. `--tuned` adds a column: ours with
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (never the headline). Usage:
 
-    .venv/bin/python bench/gateway.py [--settings default,tuned] [--rounds 3]
-        [--concurrency 1 8 32 64] [--seconds 3] [--latency-requests 10] [--toy]
-        [--profile-chat SECONDS]
+    .venv/bin/python bench/gateway.py [--rounds 3] [--concurrency 1 8 32 64] [--seconds 3]
+        [--latency-requests 10] [--tuned] [--toy] [--profile SECONDS]
 
-`--profile-chat S`: after the sweep, py-spy records the tuned ingress replica for S seconds
-under the chat load (concurrency 32) and prints the top of its profile (needs py-spy and
+`--profile S`: after the sweep, py-spy records our ingress replica for S seconds under the
+GET /v1/styles load (concurrency 32) and prints the top of its profile (needs py-spy and
 ptrace rights: run as root or with kernel.yama.ptrace_scope=0).
 """
 
@@ -43,38 +44,46 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import (  # noqa: E402
-    SETTINGS,
     WORKER_NICENESS,
     Child,
+    bare_serve_gateway,
     client_connector,
     free_port,
     machine,
     match_worker_priority,
     pct,
+    reference_app,
+    shipped_gateway,
 )
 
 CHAT_MESSAGE = "hello, what can you do?"
 PROMPT = "a cat in a crown"
-# --- children: a Serve gateway, a plain uvicorn app --------------------------------------------
+OURS = "ours (shipped)"
+TUNED = "ours (tuned)"
+BARE = "bare Serve"
+PLAIN = "plain uvicorn"
+ROUTES = {"styles": ("GET", "/v1/styles", None),
+          "chat": ("POST", "/v1/chat", {"message": CHAT_MESSAGE})}
+TARGET_STYLES_RPS, TARGET_RATIO, TARGET_CHAT_RPS, TARGET_ADDED_MS = 1000, 0.8, 600, 15
+
+
+# --- the plain app: the reference routes + the same model, under uvicorn -------------------
 
 def plain_app(size: int):
-    """The same model behind FastAPI, nothing else: JSON in, PNG + base64 JSON out."""
+    """The reference routes (bench/_common.py: reference_app) plus the same model behind
+    FastAPI, nothing else: JSON in, PNG + base64 JSON out."""
     import torch
-    from fastapi import Body, FastAPI
+    from fastapi import Body
 
-    from graphs.chat import HELP_TEXT
     from graphs.images import encode
     from models.diffusion import DiffusionModel, GenerationRequest
     from models.registry import get_spec
-    from router.cascade import Cascade
 
     torch.set_num_threads(1)
     default_size = f"{size}x{size}"
     model = DiffusionModel.from_spec(get_spec("tiny-sd"))
-    cascade = Cascade(classifier=None)  # rules decide a `general` message: no embeddings
-    app = FastAPI()
+    app = reference_app()
 
-    # (plain dict bodies: this module's postponed annotations can't name local models)
     @app.post("/v1/images/generations")
     def generate(body: dict = Body(...)) -> dict:  # sync: runs in FastAPI's thread pool
         width, height = (int(v) for v in body.get("size", default_size).split("x"))
@@ -85,16 +94,6 @@ def plain_app(size: int):
         return {"created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(blob).decode()}],
                 "metadata": {"timings": res.timings}}
-
-    @app.post("/v1/chat")
-    async def chat(body: dict = Body(...)) -> dict:
-        plan = cascade.plan_fast(str(body["message"]))
-        return {"message": HELP_TEXT, "type": "text",
-                "data": {"plan": plan.model_dump(mode="json")}}
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
 
     return app
 
@@ -108,32 +107,35 @@ def plain_child(port: int, size: int) -> None:
 
 # --- load ---------------------------------------------------------------------------------------
 
-async def _post_json(session, url: str, body: dict) -> dict:
-    async with session.post(url, json=body) as r:
+async def _request(session, method: str, url: str, body: dict | None, headers: dict) -> dict:
+    async with session.request(method, url, json=body, headers=headers) as r:
         data = await r.read()
         if r.status != 200:
             raise RuntimeError(f"{url}: HTTP {r.status}: {data[:300]!r}")
         return json.loads(data)
 
 
-async def latency_run(session, url: str, n: int, seed0: int, size: int) -> list[tuple]:
+async def latency_run(session, url: str, headers: dict, n: int, seed0: int, size: int
+                      ) -> list[tuple]:
     """n generation requests one after another: (end-to-end s, server's model s, the job
     runner's own total_s and store_s when the server reports them)."""
     out = []
     for i in range(n):
         t = time.perf_counter()
-        body = await _post_json(session, f"{url}/v1/images/generations", {
-            "prompt": PROMPT, "size": f"{size}x{size}", "steps": 2, "seed": seed0 + i})
+        body = await _request(session, "POST", f"{url}/v1/images/generations", {
+            "prompt": PROMPT, "size": f"{size}x{size}", "steps": 2, "seed": seed0 + i},
+            headers)
         e2e = time.perf_counter() - t
         timings = body["metadata"]["timings"]
         out.append((e2e, timings["inference_s"], timings.get("total_s"), timings.get("store_s")))
     return out
 
 
-async def rate_run(session, url: str, concurrency: int, seconds: float
-                   ) -> tuple[float, list[float], int]:
-    """Closed loop: `concurrency` clients POST /v1/chat for `seconds` (after 0.5 s of warm-up
-    not counted). Returns (requests/s, latencies, errors)."""
+async def rate_run(session, url: str, headers: dict, route: str, concurrency: int,
+                   seconds: float) -> tuple[float, list[float], int]:
+    """Closed loop: `concurrency` clients call `route` (a key of ROUTES) for `seconds` (after
+    0.5 s of warm-up not counted). Returns (requests/s, latencies, errors)."""
+    method, path, body = ROUTES[route]
     latencies: list[float] = []
     errors = 0
     counting = False
@@ -146,7 +148,7 @@ async def rate_run(session, url: str, concurrency: int, seconds: float
             if counting and now >= stop_at:
                 return
             try:
-                await _post_json(session, f"{url}/v1/chat", {"message": CHAT_MESSAGE})
+                await _request(session, method, f"{url}{path}", body, headers)
                 if counting:
                     latencies.append(time.perf_counter() - now)
             except RuntimeError:
@@ -235,29 +237,25 @@ def _short(frame: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--settings", default="default,tuned",
-                    help=f"comma-separated, of {', '.join(SETTINGS)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-requests", type=int, default=10,
                     help="requests per target per round at concurrency 1")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--seconds", type=float, default=3.0, help="per rate measurement")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--profile-chat", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--tuned", action="store_true",
+                    help="add a column: ours with RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
+    ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--toy", action="store_true",
-                    help="quick check: tuned only, 1 round, 3 requests, concurrency 1 and 4")
+                    help="quick check: 1 round, 3 requests, concurrency 1 and 4, 1 s each")
     ap.add_argument("--child", choices=["plain"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.child == "plain":
         return plain_child(ns.port, ns.size)
     if ns.toy:
-        ns.settings, ns.rounds, ns.latency_requests = "tuned", 1, 3
+        ns.rounds, ns.latency_requests = 1, 3
         ns.concurrency, ns.seconds = [1, 4], 1.0
-    names = [s for s in ns.settings.split(",") if s]
-    unknown = set(names) - set(SETTINGS)
-    if unknown:
-        ap.error(f"unknown settings {sorted(unknown)}; choose from {list(SETTINGS)}")
 
     import torch
 
@@ -267,53 +265,70 @@ def main() -> None:
     torch.set_num_threads(1)
     model = DiffusionModel.from_spec(get_spec("tiny-sd"))
     port = free_port()
-    plain = Child("plain", [sys.executable, __file__, "--child", "plain", "--port", str(port),
-                            "--size", str(ns.size)], url=f"http://127.0.0.1:{port}",
+    plain = Child(PLAIN, [sys.executable, __file__, "--child", "plain", "--port", str(port),
+                          "--size", str(ns.size)], url=f"http://127.0.0.1:{port}",
                   nice=WORKER_NICENESS)  # as Ray runs our replicas
-    serves: dict[str, Child] = {}
+    children: list[Child] = [plain]
+    targets: dict[str, tuple[str, dict]] = {}
     try:
         plain.wait_ready()
-        for name in names:  # one Ray at a time: several starting at once time out on 2 cores
-            serves[name] = Child.gateway(f"serve:{name}", name)
-            serves[name].wait_ready()
+        targets[PLAIN] = (plain.url, {})
+        # one Ray at a time: several starting at once time out on 2 cores
+        bare = bare_serve_gateway(BARE)
+        children.append(bare)
+        targets[BARE] = (bare.url, {})
+        ours, token = shipped_gateway(OURS)
+        children.append(ours)
+        targets[OURS] = (ours.url, {"Authorization": f"Bearer {token}"})
+        if ns.tuned:
+            tuned, tuned_token = shipped_gateway(
+                TUNED, env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
+            children.append(tuned)
+            targets[TUNED] = (tuned.url, {"Authorization": f"Bearer {tuned_token}"})
         match_worker_priority()  # the client and the in-process model, like the servers
-        results = asyncio.run(measure(ns, model, plain, serves))
+        results = asyncio.run(measure(ns, model, targets, {c.name: c for c in children}))
     finally:
-        for child in (plain, *serves.values()):
+        for child in children:
             child.stop()
-    report(ns, names, results)
+    report(ns, results)
 
 
-async def measure(ns, model, plain: Child, serves: dict[str, Child]) -> dict:
+async def measure(ns, model, targets: dict[str, tuple[str, dict]],
+                  children: dict[str, Child]) -> dict:
     import aiohttp
 
-    targets = {"plain FastAPI": plain.url, **{f"ours ({n})": c.url for n, c in serves.items()}}
-    lat: dict[str, list[tuple]] = {"in-process": [], **{t: [] for t in targets}}
-    rates: dict[tuple[str, int], list[tuple[float, list[float], int]]] = {}
-    conn = client_connector()
+    with_model = [t for t in targets if t != BARE]
+    lat: dict[str, list[tuple]] = {"in-process": [], **{t: [] for t in with_model}}
+    rates: dict[tuple[str, str, int], list[tuple[float, list[float], int]]] = {}
     timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        for url in targets.values():  # warm-up: code paths hot, first-minute slowness spent
-            await latency_run(session, url, 3, 10_000, ns.size)
-            await rate_run(session, url, 8, 1.0 if not ns.toy else 0.3)
+    async with aiohttp.ClientSession(connector=client_connector(), timeout=timeout) as session:
+        for name, (url, headers) in targets.items():  # warm-up: code paths hot
+            if name in with_model:
+                await latency_run(session, url, headers, 3, 10_000, ns.size)
+            for route in ROUTES:
+                await rate_run(session, url, headers, route, 8, 1.0 if not ns.toy else 0.3)
         in_process_run(model, 2, 10_000, ns.size)
         seed = 0
         for r in range(ns.rounds):
             lat["in-process"] += in_process_run(model, ns.latency_requests, seed, ns.size)
-            for name, url in targets.items():
-                lat[name] += await latency_run(session, url, ns.latency_requests, seed, ns.size)
+            for name in with_model:
+                url, headers = targets[name]
+                lat[name] += await latency_run(session, url, headers, ns.latency_requests,
+                                               seed, ns.size)
             seed += ns.latency_requests
-            for conc in ns.concurrency:
-                for name, url in targets.items():
-                    rates.setdefault((name, conc), []).append(
-                        await rate_run(session, url, conc, ns.seconds))
+            for route in ROUTES:
+                for conc in ns.concurrency:
+                    for name, (url, headers) in targets.items():
+                        rates.setdefault((route, name, conc), []).append(
+                            await rate_run(session, url, headers, route, conc, ns.seconds))
             print(f"round {r + 1}/{ns.rounds} done", file=sys.stderr, flush=True)
         profile = None
-        if ns.profile_chat and "tuned" in serves and serves["tuned"].pids.get("Ingress"):
-            pid = serves["tuned"].pids["Ingress"][0]
-            spy = asyncio.ensure_future(asyncio.to_thread(py_spy_top, pid, ns.profile_chat))
+        pids = children[OURS].pids.get("Ingress") if ns.profile else None
+        if pids:
+            url, headers = targets[OURS]
+            spy = asyncio.ensure_future(asyncio.to_thread(py_spy_top, pids[0], ns.profile))
             await asyncio.sleep(0.5)
-            await rate_run(session, serves["tuned"].url, 32, ns.profile_chat)
+            await rate_run(session, url, headers, "styles", 32, ns.profile)
             profile = await spy
     return {"latency": lat, "rates": rates, "targets": list(targets), "profile": profile}
 
@@ -328,10 +343,23 @@ def _split(name: str, rows: list[tuple]) -> str:
     return " | ".join(f"{statistics.median(v) * 1e3:.1f} ms" for v in (runner, store, outside))
 
 
-def report(ns, names: list[str], results: dict) -> None:
+def _rate(rates, route: str, target: str, conc: int) -> float:
+    return statistics.median(r[0] for r in rates[(route, target, conc)])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def report(ns, results: dict) -> None:
     lat, rates, targets = results["latency"], results["rates"], results["targets"]
-    print(f"# gateway overhead — {machine()}")
-    print("settings: " + "; ".join(f"{n} = {SETTINGS[n]}" for n in names))
+    ms = 1e3
+    print(f"# gateway overhead, as shipped — {machine()}")
+    print(f"{OURS}: `photostudio serve --profile tiny` (API keys on, key from `photostudio keys "
+          f"create`, default middleware and request path); {BARE}: a bare FastAPI app in Serve "
+          f"with the same request-path settings; {PLAIN}: FastAPI under uvicorn, no Ray"
+          + (f"; {TUNED}: {OURS} + RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if TUNED in targets
+             else ""))
     print(f"\n## latency at concurrency 1 (POST /v1/images/generations, tiny-sd {ns.size}x"
           f"{ns.size}, 2 steps; {ns.rounds} rounds x {ns.latency_requests} requests)")
     print("| target | end-to-end p50 | p99 | model p50 | added p50 (per request) | added p99 | "
@@ -340,9 +368,7 @@ def report(ns, names: list[str], results: dict) -> None:
           "create/finish) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     base = statistics.median(x[0] for x in lat["in-process"])
-    ms = 1e3
-    for name in ["in-process", *targets]:
-        rows = lat[name]
+    for name, rows in lat.items():
         e2e = [x[2] if name == "in-process" else x[0] for x in rows]
         added = [x[2] - x[1] if name == "in-process" else x[0] - x[1] for x in rows]
         print(f"| {name}{' (model + PNG + base64)' if name == 'in-process' else ''} | "
@@ -350,33 +376,40 @@ def report(ns, names: list[str], results: dict) -> None:
               f"{statistics.median(x[1] for x in rows) * ms:.1f} ms | "
               f"{statistics.median(added) * ms:.1f} ms | {pct(added, 99) * ms:.1f} ms | "
               f"{(statistics.median(e2e) - base) * ms:+.1f} ms | {_split(name, rows)} |")
-    print(f"\n## POST /v1/chat {{'message': {CHAT_MESSAGE!r}}} (no model; {ns.rounds} rounds x "
-          f"{ns.seconds:g} s per cell; median of the rounds)")
-    print("| concurrency | " + " | ".join(f"{t} req/s | p50 | p99" for t in targets) + " |")
-    print("|---|" + "---|---|---|" * len(targets))
-    best: dict[str, float] = {}
-    for conc in ns.concurrency:
-        cells = []
-        for t in targets:
-            runs = rates[(t, conc)]
-            rate = statistics.median(r[0] for r in runs)
-            all_lat = [x for r in runs for x in r[1]]
-            errors = sum(r[2] for r in runs)
-            best[t] = max(best.get(t, 0.0), rate)
-            cells.append(f"{rate:.0f}{f' ({errors} errors)' if errors else ''} | "
-                         f"{statistics.median(all_lat) * ms:.1f} ms | "
-                         f"{pct(all_lat, 99) * ms:.1f} ms")
-        print(f"| {conc} | " + " | ".join(cells) + " |")
-    print("\n## targets")
-    for name in names:
-        t = f"ours ({name})"
-        added = statistics.median(x[0] - x[1] for x in lat[t])
-        print(f"{name}: added p50 {added * ms:.1f} ms (target <= 15 ms: "
-              f"{'met' if added <= 0.015 else 'missed'}); chat best {best[t]:.0f} req/s "
-              f"(target >= 300: {'met' if best[t] >= 300 else 'missed'}); "
-              f"plain FastAPI best {best['plain FastAPI']:.0f} req/s")
+    for route, (method, path, body) in ROUTES.items():
+        what = f"{method} {path}" + (f" {json.dumps(body)}" if body else "")
+        print(f"\n## {what} (no model; {ns.rounds} rounds x {ns.seconds:g} s per cell; median "
+              f"of the rounds)")
+        print(f"| concurrency ({route}) | " + " | ".join(f"{t} req/s | p50 | p99"
+                                                        for t in targets) + " |")
+        print("|---|" + "---|---|---|" * len(targets))
+        for conc in ns.concurrency:
+            cells = []
+            for t in targets:
+                runs = rates[(route, t, conc)]
+                all_lat = [x for r in runs for x in r[1]] or [float("nan")]
+                errors = sum(r[2] for r in runs)
+                cells.append(f"{_rate(rates, route, t, conc):.0f}"
+                             f"{f' ({errors} errors)' if errors else ''} | "
+                             f"{statistics.median(all_lat) * ms:.1f} ms | "
+                             f"{pct(all_lat, 99) * ms:.1f} ms")
+            print(f"| {conc} | " + " | ".join(cells) + " |")
+    top = max(ns.concurrency)
+    print(f"\n## targets (at concurrency {top})")
+    for name in [t for t in (OURS, TUNED) if t in targets]:
+        styles, bare = _rate(rates, "styles", name, top), _rate(rates, "styles", BARE, top)
+        ratio = styles / bare if bare else 0.0
+        chat = _rate(rates, "chat", name, top)
+        added = statistics.median(x[0] - x[1] for x in lat[name]) * ms
+        print(f"{name}: GET /v1/styles {styles:.0f} req/s (target >= {TARGET_STYLES_RPS}: "
+              f"{verdict(styles >= TARGET_STYLES_RPS)}); {ratio:.2f}x {BARE} {bare:.0f} req/s "
+              f"(target >= {TARGET_RATIO}: {verdict(ratio >= TARGET_RATIO)}); POST /v1/chat "
+              f"{chat:.0f} req/s (target >= {TARGET_CHAT_RPS}: "
+              f"{verdict(chat >= TARGET_CHAT_RPS)}); added p50 {added:.1f} ms (target <= "
+              f"{TARGET_ADDED_MS} ms: {verdict(added <= TARGET_ADDED_MS)}); {PLAIN} "
+              f"{_rate(rates, 'styles', PLAIN, top):.0f} req/s")
     if results["profile"]:
-        print("\n## py-spy: tuned ingress replica under chat load (concurrency 32)")
+        print(f"\n## py-spy: {OURS} ingress replica under GET /v1/styles (concurrency 32)")
         print(results["profile"])
 
 

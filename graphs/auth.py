@@ -1,9 +1,13 @@
 """API keys: who is calling, which project they act in, what they may do.
 
 `Authorization: Bearer psk_…` on every request but the public ones (health, docs). The key
-is looked up by its SHA-256 in the record store on every request, so a revoked key is refused
-by every replica from the next request on. The key's project scopes everything the request
-touches (jobs, assets, sessions, projects): `current_project()` is what the services read.
+is looked up by its SHA-256 in the record store, and kept by the replica for `key_cache_ttl_s`
+(2 s; `KeyCache`) so the request path does not read the store on every request. A revocation
+(`storage.key_events.revoke_api_key`, what `photostudio keys revoke` runs) is published on
+Redis and every replica drops the key before its next request; without Redis (memory://
+limits, one local replica) a revoked key is refused once its entry expires. The key's
+project scopes everything the request touches (jobs, assets, sessions, projects):
+`current_project()` is what the services read.
 
 Scopes (a key has a subset; none given at creation = all but admin):
 - generate: /v1/images/generations, /edits, /variations; running a workflow
@@ -39,6 +43,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs.errors import ApiError
 from graphs.quotas import QuotaConfig, Quotas, Usage
+from storage.key_events import CHANNEL, is_redis_url
+from storage.records import hash_api_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -67,6 +73,10 @@ class AuthConfig(BaseModel):
                          "off")
     quotas: QuotaConfig = QuotaConfig()
     asset_url_ttl_s: int = Field(24 * 3600, ge=60, description="signed asset URLs expire")
+    key_cache_ttl_s: float = Field(2.0, ge=0, le=60, description="how long a replica keeps an "
+                                   "authenticated key before reading the record store again "
+                                   "(0: every request). Revocations announced on Redis "
+                                   "(quotas.storage_url) drop it at once")
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,97 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+class KeyCache:
+    """The API keys this replica authenticated recently: token hash -> record, for `ttl_s`.
+
+    With `events_url` (Redis), a subscription to `storage.key_events.CHANNEL` drops a revoked
+    key at once; while that subscription is not up (starting, Redis down) nothing is cached,
+    so a revocation is never missed for longer than the record store's own answer. Without
+    one, entries simply expire. Only valid keys are kept (an unknown token is read again).
+    A lookup that started before a revocation arrived is not cached (`generation`)."""
+
+    def __init__(self, ttl_s: float, events_url: str | None = None, *, clock=time.monotonic):
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.events_url = events_url if is_redis_url(events_url) else None
+        self._entries: dict[str, tuple[Any, float]] = {}
+        self._subscribed = False
+        self._listener: asyncio.Task | None = None
+        self.generation = 0  # bumped by every forget()
+
+    @property
+    def caching(self) -> bool:
+        return self.ttl_s > 0 and (self.events_url is None or self._subscribed)
+
+    def get(self, token_hash: str) -> Any | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock() or not self.caching:
+            self._entries.pop(token_hash, None)
+            return None
+        return entry[0]
+
+    def put(self, token_hash: str, record: Any, generation: int) -> None:
+        if self.caching and generation == self.generation and record.active:
+            if len(self._entries) >= 10_000:  # bound it: drop the expired, else everything
+                now = self.clock()
+                self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+                if len(self._entries) >= 10_000:
+                    self._entries.clear()
+            self._entries[token_hash] = (record, self.clock() + self.ttl_s)
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop `key_id`'s entries (None: all of them)."""
+        self.generation += 1
+        if key_id is None:
+            self._entries.clear()
+        else:
+            self._entries = {k: v for k, v in self._entries.items() if v[0].id != key_id}
+
+    def start(self) -> None:
+        """Start the revocation listener on the running loop (once; no-op without Redis)."""
+        if self.events_url and self.ttl_s > 0 and self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        import redis.asyncio as aioredis
+
+        warned = False
+        while True:
+            client = aioredis.Redis.from_url(self.events_url, socket_connect_timeout=2.0)
+            try:
+                pubsub = client.pubsub()
+                await pubsub.subscribe(CHANNEL)
+                self.forget()  # anything revoked while we were not listening
+                self._subscribed, warned = True, False
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self.forget(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down: no caching until it is back
+                if not warned:
+                    warned = True
+                    logger.warning("API-key revocation channel unavailable (%s: %s); keys are "
+                                   "read from the record store on every request until it is "
+                                   "back", type(exc).__name__, exc)
+            finally:
+                self._subscribed = False
+                self.forget()
+                try:
+                    await client.aclose()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+            await asyncio.sleep(1.0)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+
 class Gate:
     """Authentication, scope checks and quotas of one ingress replica."""
 
@@ -136,6 +237,7 @@ class Gate:
         self.records = records
         self.config = config
         self.quotas = Quotas(config.quotas)
+        self.keys = KeyCache(config.key_cache_ttl_s, config.quotas.storage_url)
         self.anonymous = Principal(key_id=None, project=config.project,
                                    scopes=frozenset())
         self._secret = (records.shared_secret(name="asset-url-signing").encode()
@@ -190,7 +292,7 @@ class Gate:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (create "
                            "one with `photostudio keys create --project <id>`)",
                            code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)
+        record = await self._authenticate(token)
         if record is None or not record.active:
             what = "has been revoked" if record is not None else "is not valid"
             raise ApiError(401, f"this API key {what}", code="invalid_api_key",
@@ -207,6 +309,20 @@ class Gate:
         usage = await self.quotas.check_request(principal.key_id,
                                                 per_minute=principal.requests_per_minute)
         return principal, usage
+
+    async def _authenticate(self, token: str) -> Any | None:
+        """The key record of `token` (None: no such key), from this replica's cache when it
+        has it, else from the record store (a thread: the store's calls block)."""
+        token_hash = hash_api_key(token)
+        record = self.keys.get(token_hash)
+        if record is not None:
+            return record
+        self.keys.start()
+        generation = self.keys.generation
+        record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)
+        if record is not None:
+            self.keys.put(token_hash, record, generation)
+        return record
 
     async def charge_images(self, n: int) -> ImageCharge:
         """THE image accounting of every route, chat plan, workflow, batch or video: charge

@@ -284,6 +284,12 @@ def _bootstrap_key(settings, data_dir: Path) -> None:
     console.print(f"    {token}", markup=False, highlight=False)
 
 
+def _gateway_settings():
+    from graphs.settings import Settings
+
+    return Settings()
+
+
 def _zoo_build(ns: argparse.Namespace) -> int:
     from models import zoo
 
@@ -327,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     zb.add_argument("--zoo-dir", default=None)
     zb.set_defaults(func=_zoo_build)
 
-    storage_cli.add_subcommands(sub)  # db upgrade|check, storage cleanup
+    # db upgrade|check, storage cleanup, keys; the gateway's settings (keys revoke announces
+    # on its Redis)
+    storage_cli.add_subcommands(sub, settings_factory=_gateway_settings)
     provider_cli.add_subcommands(sub)  # providers add|list|remove|test
 
     ns = parser.parse_args(argv)

@@ -222,3 +222,45 @@ def _to_8bit_rgb(img, *, field: str, keep_alpha: bool) -> np.ndarray:
     if mode != target:
         img = img.convert(target)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    """An Accept header's media ranges with their q values (RFC 9110 §12.5.1)."""
+    ranges = []
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if not media:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        ranges.append((media.lower(), q))
+    return ranges
+
+
+def accepted_image_formats(accept: str | None) -> set[str] | None:
+    """The image formats (`png`, `jpeg`, `webp`) a client asks for *instead of* JSON, by its
+    Accept header: an image type (``image/png``, ``image/*``) ranked above JSON. None: it
+    wants the JSON answer (no header, ``*/*``, ``application/json``, or JSON ranked first)."""
+    if not accept:
+        return None
+    ranges = _media_ranges(accept)
+    json_q = max((q for media, q in ranges
+                  if media in ("application/json", "application/*", "*/*")), default=0.0)
+    formats: set[str] = set()
+    best = 0.0
+    for media, q in ranges:
+        if q <= 0 or not media.startswith("image/"):
+            continue
+        subtype = media.removeprefix("image/")
+        named = {"*": set(CONTENT_TYPES), "jpg": {"jpeg"}}.get(subtype,
+                                                               {subtype} & set(CONTENT_TYPES))
+        if named:
+            formats |= named
+            best = max(best, q)
+    return formats if formats and best > json_q else None

@@ -30,7 +30,7 @@ from graphs.chat import ChatService
 from graphs.chores import Chores
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
-from graphs.images import read_recipe
+from graphs.images import CONTENT_TYPES, accepted_image_formats, read_recipe
 from graphs.jobs import JobRunner
 from graphs.presets import PresetService
 from graphs.providers import (
@@ -217,6 +217,20 @@ def _public_source(info: dict[str, Any], admin: bool) -> dict[str, Any]:
     return {**info, "source": info["name"]}
 
 
+def _image_bytes(result: ImagesResponse) -> Response:
+    """A one-image answer as the encoded image itself (`Accept: image/png`, `image/*`, …
+    ranked above JSON): no base64, no JSON, ~25 % fewer bytes. Its format is the answer's
+    `output_format` (the Content-Type says which); what the JSON's metadata would say comes
+    in headers. Several images, a stream or an async job keep their JSON answers."""
+    item = result.data[0]
+    headers = {"X-Asset-Id": item.id, "X-Job-Id": result.metadata.job_id,
+               "X-Image-Size": result.size or "", "X-Model": result.metadata.model}
+    if item.seed is not None:
+        headers["X-Seed"] = str(item.seed)
+    return Response(item._blob, media_type=CONTENT_TYPES[result.output_format],
+                    headers=headers)
+
+
 def _maybe_stream(result: Any) -> Any:
     """A JSON response, or Server-Sent Events when the logic returned an event stream."""
     if isinstance(result, ImagesResponse):
@@ -306,11 +320,16 @@ class Ingress:
         return self.config.public_base_url or str(request.base_url)
 
     async def _reply(self, result: Any, request: Request) -> Any:
-        """JSON, an SSE stream, or for async jobs 202 + the job (Location: /v1/jobs/{id})."""
+        """JSON, an SSE stream, for async jobs 202 + the job (Location: /v1/jobs/{id}), or
+        the image bytes themselves when the client asks for them (`_image_bytes`)."""
         if isinstance(result, str):
             job = await self.resources.job(result, base_url=self._base_url(request))
             return JSONResponse(job.model_dump(mode="json"), status_code=202,
                                 headers={"Location": f"/v1/jobs/{result}"})
+        if isinstance(result, ImagesResponse) and len(result.data) == 1 \
+                and result.data[0]._blob is not None \
+                and accepted_image_formats(request.headers.get("accept")) is not None:
+            return _image_bytes(result)
         return _maybe_stream(result)
 
     # -- projects and gallery -----------------------------------------------------------------

@@ -235,7 +235,7 @@ class JobRunner:
                     out.provider if out.remote else None, recipe)
                 unrecorded.append(asset)
                 formats.append(fmt)
-                data.append(ImageData(
+                item = ImageData(
                     id=asset.id,
                     seed=seed,
                     revised_prompt=revised_prompt,
@@ -243,7 +243,9 @@ class JobRunner:
                     if response_format == "b64_json" else None,
                     url=await self.public_url(asset.id, asset.key, base_url)
                     if response_format == "url" else None,
-                ))
+                )
+                item._blob = blob  # for a client that asks for the bytes (Accept: image/…)
+                data.append(item)
             timings = {**out.timings, "store_s": time.perf_counter() - stored,
                        "total_s": time.perf_counter() - began}
             height, width = out.images[0].shape[:2]

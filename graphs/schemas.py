@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 from router.prompts import MAX_PROMPT_CHARS
@@ -274,6 +274,9 @@ class ImageData(BaseModel):
     revised_prompt: str | None = None
     id: str = Field(..., description="Asset id (GET /v1/assets/{id})")
     seed: int | None = None
+    # the encoded image itself, kept by the ingress that stored it (never serialized): a
+    # client that asks for image bytes (Accept: image/png) gets these, no base64 or JSON
+    _blob: bytes | None = PrivateAttr(default=None)
 
 
 class ResponseMetadata(BaseModel):

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from storage.assets import AssetStore
+from storage.key_events import is_redis_url, revoke_api_key
 
 if TYPE_CHECKING:  # the database stack: see above
     from storage.records import AssetRecord, RecordStore
@@ -290,8 +291,12 @@ def _keys_list(ns: argparse.Namespace, factory: SettingsFactory) -> int:
 def _keys_revoke(ns: argparse.Namespace, factory: SettingsFactory) -> int:
     records = _records(ns, factory)
     try:
-        if records.revoke_api_key(key_id=ns.key_id):
-            print(f"revoked {ns.key_id}")
+        # the gateway's settings carry the Redis URL its replicas listen on for revocations
+        events_url = getattr(factory(), "rate_limit_storage", None)
+        if revoke_api_key(records, key_id=ns.key_id, events_url=events_url):
+            announced = " (announced to the gateway's replicas)" if is_redis_url(events_url) \
+                else " (a running gateway without Redis refuses it within its key cache TTL)"
+            print(f"revoked {ns.key_id}{announced}")
             return 0
         key = records.get_api_key(key_id=ns.key_id)
     finally:

@@ -34,6 +34,7 @@ import yaml
 
 from graphs.cli import free_port
 from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
+from tests.browser import artifacts_dir, browser, page  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,6 +151,20 @@ class Gateway:
             if records.get_project(project_id=kwargs["project"]) is None:
                 records.create_project(project_id=kwargs["project"])
             return records.create_api_key(**kwargs)[1]
+        finally:
+            records.close()
+
+    def revoke_key(self, token: str) -> bool:
+        """Revoke a key as `photostudio keys revoke` does: in the record store, announced on
+        the gateway's Redis so every replica drops it from its key cache at once."""
+        from storage.key_events import revoke_api_key
+        from storage.records import RecordStore
+
+        records = RecordStore(self.database_url)
+        try:
+            key_id = records.authenticate_api_key(token=token).id
+            events = self.config["applications"][0]["args"].get("rate_limit_storage")
+            return revoke_api_key(records, key_id=key_id, events_url=events)
         finally:
             records.close()
 

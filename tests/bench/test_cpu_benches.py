@@ -85,21 +85,23 @@ def assert_ratio(ratio: float, num: float, den: float, *, half: float,
 # --- the benches ------------------------------------------------------------------------------
 
 def check_gateway_output(out: str) -> None:
-    """bench/gateway.py --toy: the latency table (in-process, plain FastAPI, ours), the chat
-    table (concurrency 1 and 4), and the targets line that summarises both."""
-    assert "## latency at concurrency 1" in out and "## POST /v1/chat" in out
+    """bench/gateway.py --toy: the latency table (in-process, plain uvicorn, ours as
+    shipped), one rate table per no-model route (plain uvicorn, bare Serve, ours at
+    concurrency 1 and 4), and the targets line that summarises them."""
+    assert "## latency at concurrency 1" in out and "## GET /v1/styles" in out
+    assert "## POST /v1/chat" in out
     header, rows = table(out, "target")
     assert len(header) == 10
     by_target = {row[0]: row for row in rows}
-    assert list(by_target) == ["in-process (model + PNG + base64)", "plain FastAPI",
-                               "ours (tuned)"]
+    assert list(by_target) == ["in-process (model + PNG + base64)", "plain uvicorn",
+                               "ours (shipped)"]
     for name, row in by_target.items():
         e2e, e2e_p99, model = (positive(c, "ms") for c in row[1:4])
         added, added_p99 = number(row[4], "ms"), number(row[5], "ms")
         assert e2e_p99 >= e2e and added_p99 >= added >= 0, row
         assert model <= e2e, row  # each request's model time is part of its own
         number(row[6], "ms", sign=True)  # p50 minus the in-process p50: either sign
-        if name == "ours (tuned)":
+        if name == "ours (shipped)":
             # our added time split into the runner, storing and the rest (HTTP, routing)
             number(row[7], "ms", sign=True)  # the job runner around the model call
             positive(row[8], "ms")  # storing
@@ -107,27 +109,37 @@ def check_gateway_output(out: str) -> None:
         else:
             assert row[7:] == ["-", "-", "-"], row  # no job runner there
 
-    header, rows = table(out, "concurrency")
-    assert header == ["concurrency", "plain FastAPI req/s", "p50", "p99",
-                      "ours (tuned) req/s", "p50", "p99"]
-    assert [row[0] for row in rows] == ["1", "4"]
-    best = {"plain FastAPI": 0.0, "ours (tuned)": 0.0}
-    for row in rows:
-        for i, target in ((1, "plain FastAPI"), (4, "ours (tuned)")):
-            rate = positive(row[i])  # "123", not "123 (4 errors)": every request answered 200
-            p50, p99 = positive(row[i + 1], "ms"), positive(row[i + 2], "ms")
-            assert p99 >= p50, row
-            best[target] = max(best[target], rate)
+    rate: dict[tuple[str, str], float] = {}
+    for route in ("styles", "chat"):
+        header, rows = table(out, f"concurrency ({route})")
+        targets = ["plain uvicorn", "bare Serve", "ours (shipped)"]
+        assert header == [f"concurrency ({route})"] + [
+            c for t in targets for c in (f"{t} req/s", "p50", "p99")]
+        assert [row[0] for row in rows] == ["1", "4"]
+        for i, target in enumerate(targets):
+            col = 1 + 3 * i
+            # "123", not "123 (4 errors)": every request (with the key, for ours) answered 200
+            values = [positive(row[col]) for row in rows]
+            for row in rows:
+                assert positive(row[col + 2], "ms") >= positive(row[col + 1], "ms"), row
+            rate[(route, target)] = values[-1]  # the highest concurrency
 
-    m = re.search(r"^tuned: added p50 ([\d.]+) ms \(target <= 15 ms: (\w+)\); chat best "
-                  r"(\d+) req/s \(target >= 300: (\w+)\); plain FastAPI best (\d+) req/s$",
-                  out, re.M)
+    m = re.search(r"^ours \(shipped\): GET /v1/styles (\d+) req/s \(target >= 1000: (\w+)\); "
+                  r"([\d.]+)x bare Serve (\d+) req/s \(target >= 0.8: (\w+)\); POST /v1/chat "
+                  r"(\d+) req/s \(target >= 600: (\w+)\); added p50 ([\d.]+) ms \(target <= 15 "
+                  r"ms: (\w+)\); plain uvicorn (\d+) req/s$", out, re.M)
     assert m, out
-    assert float(m.group(1)) == number(by_target["ours (tuned)"][4], "ms")  # the table's
-    verdict_agrees(m.group(2), float(m.group(1)) <= 15)
-    assert float(m.group(3)) == best["ours (tuned)"]
-    verdict_agrees(m.group(4), float(m.group(3)) >= 300)
-    assert float(m.group(5)) == best["plain FastAPI"]
+    styles, bare, chat = float(m.group(1)), float(m.group(4)), float(m.group(6))
+    assert styles == rate[("styles", "ours (shipped)")]
+    assert bare == rate[("styles", "bare Serve")]
+    assert chat == rate[("chat", "ours (shipped)")]
+    assert float(m.group(10)) == rate[("styles", "plain uvicorn")]
+    verdict_agrees(m.group(2), styles >= 1000)
+    assert_ratio(float(m.group(3)), styles, bare, half=0.5)
+    verdict_agrees(m.group(5), float(m.group(3)) >= 0.8)
+    verdict_agrees(m.group(7), chat >= 600)
+    assert float(m.group(8)) == number(by_target["ours (shipped)"][4], "ms")  # the table's
+    verdict_agrees(m.group(9), float(m.group(8)) <= 15)
 
 
 @pytest.mark.slow
@@ -216,30 +228,39 @@ def test_matting_bench_toy(zoo_dir):
 
 
 def check_matting_output(out: str) -> None:
-    """bench/matting.py --toy: ours and rembg's server at concurrency 1 and 4, each cell a
-    positive figure, the ratios those of the figures, the target line the table's."""
+    """bench/matting.py --toy: ours (as shipped, JSON and image-bytes answers) and rembg's
+    server at concurrency 1 and 4, each cell a positive figure, the ratios those of the
+    figures, the image-bytes answer smaller than the JSON one, the target lines the table's."""
     header, rows = table(out, "concurrency")
-    assert header == ["concurrency", "ours images/s", "rembg images/s", "ratio",
+    assert header == ["concurrency", "our answer", "ours images/s", "rembg images/s", "ratio",
                       "ours p50 / p99", "rembg p50 / p99", "ours CPU per image",
-                      "rembg CPU per image", "CPU ratio rembg/ours"]
-    assert [row[0] for row in rows] == ["1", "4"]
-    ratio_at = {}
+                      "rembg CPU per image", "CPU ratio rembg/ours", "answer kB ours / rembg"]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("1", "JSON (base64)"), ("1", "image bytes"), ("4", "JSON (base64)"),
+        ("4", "image bytes")]
+    ratio_at, kb = {}, {}
     for row in rows:
-        ours, rembg = positive(row[1]), positive(row[2])
-        assert_ratio(number(row[3].removesuffix("x")), ours, rembg, half=0.05)
-        assert row[3].endswith("x") and row[8].endswith("x"), row
-        for cell in row[4:6]:
-            m = re.fullmatch(r"(\d+) / (\d+) ms", cell)
+        ours, rembg = positive(row[2]), positive(row[3])
+        assert_ratio(number(row[4].removesuffix("x")), ours, rembg, half=0.05)
+        assert row[4].endswith("x") and row[9].endswith("x"), row
+        for c in row[5:7]:
+            m = re.fullmatch(r"(\d+) / (\d+) ms", c)
             assert m and 0 < int(m.group(1)) <= int(m.group(2)), row
-        ours_cpu, rembg_cpu = positive(row[6], "ms"), positive(row[7], "ms")
-        assert_ratio(number(row[8].removesuffix("x")), rembg_cpu, ours_cpu, half=0.5)
-        ratio_at[row[0]] = row[3]
-    assert re.search(r"^CPU per image by process \(ours\), median of the rounds: "
+        ours_cpu, rembg_cpu = positive(row[7], "ms"), positive(row[8], "ms")
+        assert_ratio(number(row[9].removesuffix("x")), rembg_cpu, ours_cpu, half=0.5)
+        m = re.fullmatch(r"([\d.]+) / ([\d.]+)", row[10])
+        assert m, row
+        kb[row[1]] = float(m.group(1))
+        ratio_at[(row[1], row[0])] = row[4]
+    # base64 in JSON is ~4/3 of the PNG; the bytes answer is the PNG itself
+    assert kb["image bytes"] < kb["JSON (base64)"] * 0.8, kb
+    assert re.search(r"^CPU per image by process \(ours, JSON answers\), median of the rounds: "
                      r"concurrency 1: .+ \d+ ms; concurrency 4: .+ \d+ ms$", out, re.M), out
-    m = re.search(r"^## target: ours >= 1.5x rembg's images/s at concurrency 16: ([\d.]+x) at "
-                  r"concurrency 4 \((\w+)\)$", out, re.M)
-    assert m and m.group(1) == ratio_at["4"], out
-    verdict_agrees(m.group(2), float(m.group(1).removesuffix("x")) >= 1.5)
+    for mode in ("JSON (base64)", "image bytes"):
+        m = re.search(rf"^## target \({re.escape(mode)}\): ours >= 1.5x rembg's images/s at "
+                      r"concurrency 16: ([\d.]+x) at concurrency 4 \((\w+)\)$", out, re.M)
+        assert m and m.group(1) == ratio_at[(mode, "4")], out
+        verdict_agrees(m.group(2), float(m.group(1).removesuffix("x")) >= 1.5)
 
 
 @pytest.mark.slow

@@ -77,7 +77,8 @@ def envelope(r: httpx.Response, status: int, code: str) -> dict:
 @sync
 async def test_keys_scopes_and_revocation(records):
     _, token = records.create_api_key(project="default", name="t", scopes=["generate"])
-    async with make_app(records) as client:
+    # key cache off: every request reads the store (the cache has tests of its own below)
+    async with make_app(records, key_cache_ttl_s=0) as client:
         assert (await client.get("/healthz")).status_code == 200  # public
         r = await client.post("/v1/images/generations")
         envelope(r, 401, "missing_api_key")
@@ -196,3 +197,96 @@ def test_contextvar_isolates_concurrent_requests(records):
 
     projects = [r.json()["project"] for r in asyncio.run(both())]
     assert projects == ["default", "other"] * 5
+
+
+class CountingStore:
+    """The record store, counting how often a key is read from it."""
+
+    def __init__(self, records):
+        self.records, self.reads = records, 0
+
+    def __getattr__(self, name):
+        return getattr(self.records, name)
+
+    def authenticate_api_key(self, *, token):
+        self.reads += 1
+        return self.records.authenticate_api_key(token=token)
+
+
+@sync
+async def test_key_cache_reads_the_store_once_per_ttl_then_sees_the_revocation(records):
+    """Without Redis (memory:// limits, one local replica) a key is read once per TTL; a
+    revocation made meanwhile is refused once the entry expires."""
+    _, token = records.create_api_key(project="default", name="c")
+    store = CountingStore(records)
+    now = [1000.0]
+    async with make_app(store, key_cache_ttl_s=2.0) as client:
+        client.gate.keys.clock = lambda: now[0]
+        for _ in range(5):
+            assert (await client.post("/v1/images/upscale", headers=bearer(token))
+                    ).status_code == 200
+        assert store.reads == 1
+        from storage.key_events import revoke_api_key
+
+        key_id = records.authenticate_api_key(token=token).id
+        assert revoke_api_key(records, key_id=key_id, events_url=None)
+        now[0] += 2.5  # past the TTL
+        envelope(await client.post("/v1/images/upscale", headers=bearer(token)), 401,
+                 "invalid_api_key")
+        assert store.reads == 2
+        # unknown tokens are never cached: each is read again
+        for _ in range(2):
+            envelope(await client.post("/v1/images/upscale", headers=bearer("psk_x")), 401,
+                     "invalid_api_key")
+        assert store.reads == 4
+
+
+@sync
+async def test_revocation_announced_on_redis_reaches_every_replica(records, redis_url):
+    """Two gates (two ingress replicas) cache a key; `revoke_api_key` (what `photostudio keys
+    revoke` runs) drops it from both through Redis pub/sub, long before the TTL."""
+    from storage.key_events import revoke_api_key
+    from tests.conftest import async_wait_until
+
+    _, token = records.create_api_key(project="default", name="r")
+    key_id = records.authenticate_api_key(token=token).id
+    stores = [CountingStore(records), CountingStore(records)]
+    apps = [make_app(s, key_cache_ttl_s=60, quotas=QuotaConfig(storage_url=redis_url))
+            for s in stores]
+    try:
+        for app in apps:
+            await app.post("/v1/images/upscale", headers=bearer(token))  # starts the listener
+            await async_wait_until(lambda app=app: app.gate.keys.caching, timeout=10,
+                                   what="the revocation subscription")
+            for _ in range(3):
+                assert (await app.post("/v1/images/upscale", headers=bearer(token))
+                        ).status_code == 200
+        reads = [s.reads for s in stores]
+        assert revoke_api_key(records, key_id=key_id, events_url=redis_url)
+        for app in apps:
+            await async_wait_until(lambda app=app: app.gate.keys.generation > 1, timeout=10,
+                                   what="the revocation to arrive")
+            error = envelope(await app.post("/v1/images/upscale", headers=bearer(token)), 401,
+                             "invalid_api_key")
+            assert "revoked" in error["message"]
+        assert [s.reads for s in stores] == [r + 1 for r in reads]
+    finally:
+        for app in apps:
+            app.gate.keys.stop()
+            await app.aclose()
+
+
+@sync
+async def test_key_cache_is_off_while_the_revocation_channel_is_down(records):
+    """Redis configured but unreachable: no revocation could reach this replica, so every
+    request reads the store (and the rate limiter fails open as before)."""
+    _, token = records.create_api_key(project="default", name="d")
+    store = CountingStore(records)
+    down = "redis://127.0.0.1:1/0"
+    async with make_app(store, key_cache_ttl_s=60, quotas=QuotaConfig(storage_url=down)
+                        ) as client:
+        for _ in range(3):
+            assert (await client.post("/v1/images/upscale", headers=bearer(token))
+                    ).status_code == 200
+        assert store.reads == 3 and not client.gate.keys.caching
+        client.gate.keys.stop()

@@ -94,3 +94,23 @@ def test_upload_byte_limit():
     with pytest.raises(ImageInputError, match="limit is 10") as err:
         decode(b"x" * 11, max_bytes=10)
     assert err.value.status == 413
+
+
+@pytest.mark.parametrize("accept,expected", [
+    (None, None),
+    ("", None),
+    ("*/*", None),  # no preference: JSON, the default answer
+    ("application/json", None),
+    ("application/json, image/png;q=0.5", None),
+    ("image/png", {"png"}),
+    ("image/webp, application/json;q=0.9", {"webp"}),
+    ("image/*", {"png", "jpeg", "webp"}),
+    ("image/jpg", {"jpeg"}),
+    ("image/png;q=0, application/json", None),
+    ("image/gif", None),  # not a format we make
+    ("image/png; q=bogus", None),
+])
+def test_accept_header_picks_image_bytes_over_json_only_when_ranked_first(accept, expected):
+    from graphs.images import accepted_image_formats
+
+    assert accepted_image_formats(accept) == expected

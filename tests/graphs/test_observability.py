@@ -64,6 +64,33 @@ def test_metrics_middleware_records_route_templates_and_statuses(monkeypatch):
     assert all(r[3] >= 0 for r in recorded)
 
 
+def test_in_flight_gauge_is_reported_at_most_every_interval_and_settles(monkeypatch):
+    """20 concurrent requests report the in-flight count a few times, not 40, and the last
+    report (made once the interval is up) is the settled count, 0."""
+    reported: list[int] = []
+    monkeypatch.setattr(observability, "set_in_flight", reported.append)
+    monkeypatch.setattr(observability, "record_request", lambda *a, **k: None)
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow() -> dict:
+        await asyncio.sleep(0.05)
+        return {}
+
+    wrapped = observability.MetricsMiddleware(app, report_every_s=0.1)
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=wrapped)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            codes = await asyncio.gather(*(client.get("/slow") for _ in range(20)))
+            assert {r.status_code for r in codes} == {200}
+            await asyncio.sleep(0.25)  # the pending report after the interval
+
+    asyncio.run(run())
+    assert 2 <= len(reported) <= 4, reported
+    assert reported[0] == 1 and reported[-1] == 0
+
+
 # --- inside Ray -----------------------------------------------------------------------------
 
 

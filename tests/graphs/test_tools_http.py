@@ -54,6 +54,28 @@ def test_remove_background_gives_an_rgba_cutout(http, photo):
     assert body["metadata"]["model"] == "tiny-u2net" and body["metadata"]["tiny"] is True
 
 
+def test_remove_background_answers_the_png_itself_when_asked(http, photo):
+    """`Accept: image/png` (ranked above JSON): the cut-out's bytes, the same pixels as the
+    JSON answer's base64, its id and job in headers; the asset is stored as usual."""
+    r = http.post("/v1/images/remove-background", files={"image": ("a.png", photo)},
+                  headers={"Accept": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-image-size"] == "80x48" and r.headers["x-model"] == "tiny-u2net"
+    raw = Image.open(io.BytesIO(r.content))
+    as_json = image_of(http.post("/v1/images/remove-background",
+                                 files={"image": ("a.png", photo)}).json())
+    assert raw.mode == "RGBA" and np.array_equal(np.asarray(raw), np.asarray(as_json))
+    stored = http.get(f"/v1/assets/{r.headers['x-asset-id']}")
+    assert stored.status_code == 200 and stored.content == r.content
+    assert http.get(f"/v1/jobs/{r.headers['x-job-id']}").json()["status"] == "succeeded"
+    # JSON ranked first, or no preference: the usual JSON answer
+    for accept in ("application/json, image/png;q=0.5", "*/*"):
+        r = http.post("/v1/images/remove-background", files={"image": ("a.png", photo)},
+                      headers={"Accept": accept})
+        assert r.headers["content-type"] == "application/json" and r.json()["data"]
+
+
 @pytest.mark.parametrize("output,mode", [("mask", "L"), ("solid", "RGB")])
 def test_remove_background_mask_and_solid(http, photo, output, mode):
     data = {"output": output}
