@@ -138,8 +138,15 @@ def main() -> None:
         with httpx.Client(base_url=gw.base_url, timeout=300,
                           headers={"Authorization": f"Bearer {key}"}) as client:
             graph = diamond(ns.size, ns.steps, seed=7)
-            run_workflow(client, graph)  # warm every deployment and code path
-            run_sequential(client, graph)
+            # warm every deployment and code path (a cold replica's first call can take
+            # minutes on a loaded machine: retried past the gateway's 504)
+            for run in (run_sequential, run_workflow):
+                for _ in range(3):
+                    try:
+                        run(client, graph)
+                        break
+                    except httpx.HTTPStatusError as exc:
+                        print(f"warm-up {run.__name__}: {exc.response.status_code}; retrying")
             wf, seq = [], []
             for i in range(ns.rounds):
                 graph = diamond(ns.size, ns.steps, seed=100 + i)
