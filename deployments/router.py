@@ -24,6 +24,7 @@ from router.embeddings import EmbeddingClassifier, SentenceEncoder
 from router.llm import handle_callable
 from router.prompts import LIMITS, arefine_prompt, validate_prompt
 from router.rules import RULES_THRESHOLD
+from router.suggestions import SuggestionIndex
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +61,8 @@ class Router:
             self.classifier = EmbeddingClassifier(encoder)
             logger.info("router embedding stage ready in %.1fs (%s, %d exemplars)",
                         time.perf_counter() - started, encoder.name, len(self.classifier.texts))
+        # prompt suggestions: prefix + nearest phrases with the same encoder
+        self.suggestions = SuggestionIndex(self.classifier.encoder if self.classifier else None)
         self._llm_handle = llm
         self.cascade = Cascade(
             classifier=self.classifier, llm=handle_callable(llm) if llm is not None else None,
@@ -84,6 +87,14 @@ class Router:
         """`router.schemas.RefinedPrompt` (``POST /v1/prompts/refine``)."""
         return await arefine_prompt(prompt, style, llm=self.cascade.llm,
                                     timeout_s=self.cascade.llm_timeout_s)
+
+    def suggest(self, q: str, limit: int = 10) -> list[dict[str, Any]]:
+        """GET /v1/suggestions/autocomplete: prefix matches, then embedding neighbours."""
+        return [s.as_dict() for s in self.suggestions.autocomplete(q, limit)]
+
+    def enhance(self, prompt: str) -> dict[str, Any]:
+        """POST /v1/suggestions/enhance."""
+        return self.suggestions.enhance(prompt)
 
     def validate(self, prompt: Any):
         """`router.schemas.PromptValidation` (``POST /v1/prompts/validate``); never raises."""

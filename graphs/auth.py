@@ -10,7 +10,9 @@ project scopes everything the request touches (jobs, assets, sessions, projects)
 `current_project()` is what the services read.
 
 Scopes (a key has a subset; none given at creation = all but admin):
-- generate: /v1/images/generations, /edits, /variations
+- generate: /v1/images/generations, /edits, /variations; videos (POST /v1/videos, remix,
+  upscale); running a workflow (POST /v1/workflows/execute), a remix (POST
+  /v1/assets/{id}/remix)
 - tools: background removal, face swap, upscale, edit-ops, style transfer, image analysis
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
 - admin: create projects and list every project; add, change and remove image providers
@@ -66,6 +68,8 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
         ("POST", r"^/v1/images/(remove-background|face-swap|upscale|edit-ops|style-transfer|"
          r"analyze)$", "tools"),
         ("POST", r"^/v1/videos(/[^/]+/(remix|upscale))?$", "generate"),
+        ("POST", r"^/v1/workflows/execute$", "generate"),
+        ("POST", r"^/v1/assets/[^/]+/remix$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),

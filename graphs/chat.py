@@ -27,27 +27,31 @@ from typing import Any
 
 import numpy as np
 
-from graphs import auth, usage
+from graphs import usage
 from graphs.errors import ApiError
-from graphs.generation import GenerationService, Options, composite, fit_to_limits
-from graphs.jobs import JobRunner, Output
-from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse, VideoCreate
+from graphs.generation import GenerationService, fit_to_limits
+from graphs.jobs import JobRunner
+from graphs.schemas import (
+    ChatAction,
+    ChatData,
+    ChatImage,
+    ChatResponse,
+    SavedWorkflowCreate,
+    VideoCreate,
+)
 from graphs.tools import ToolService
+from graphs.workflows import WorkflowService
 from router import replies
 from router.cascade import Cascade
 from router.rules import DESCRIBE_ONLY
-from router.schemas import SessionContext
+from router.schemas import Plan, SessionContext
 from router.text import fold
 from router.video_intent import detect_video
-
-EDIT_STRENGTH = 0.65
+from workflows.plans import plan_workflow, upload_ref
 
 # Reply texts in the message's language (English or French): router/replies.py.
 HELP_TEXT = replies.help_text("en")
 INTENT_LABELS = replies.DONE["en"]
-# The deployment behind each tool step (its info() says tiny / fallback and why).
-TOOL_DEPLOYMENTS = {"background_removal": "matting", "upscale": "upscaler",
-                    "face_swap": "faceswap"}
 
 
 def step_images(step) -> int:
@@ -101,12 +105,24 @@ class TurnWriter:
                     future.set_result(result)
 
 
+# "save this as a workflow (called X)" / "enregistre ça comme workflow": the session's last
+# plan becomes a saved workflow
+SAVE_AS_WORKFLOW = re.compile(
+    r"\b(?:save|keep|store|enregistre\w*|sauvegarde\w*)\b.{0,30}?\b(?:as|into|to|comme|en)"
+    r"\s+(?:an?\s+|un\s+|my\s+)?(?:new\s+)?workflow\b(?:\s+(?:called|named|nommé|appelé)\s+"
+    r"[\"'«]?(?P<name>[^\"'»]{1,80}?)[\"'»]?\s*[.!]?\s*$)?", re.IGNORECASE)
+
+
 class ChatService:
     def __init__(self, *, router: Any, generation: GenerationService, tools: ToolService,
-                 runner: JobRunner, videos: Any = None, analysis: Any = None):
+                 runner: JobRunner, videos: Any = None, analysis: Any = None,
+                 workflows: WorkflowService | None = None):
         self.videos = videos  # graphs.video.VideoService ("make a video of…", "animate this")
         self.router = router
         self.analysis = analysis  # graphs.analysis.AnalysisService: "what is in this photo?"
+        # the one executor: a plan runs as its workflow (workflows/plans.py)
+        self.workflows = workflows or WorkflowService(generation=generation, tools=tools,
+                                                      runner=runner, router=router)
         self.generation = generation
         self.tools = tools
         self.runner = runner
@@ -160,6 +176,26 @@ class ChatService:
         except ValueError as exc:
             raise ApiError(400, f"context: {exc}", param="context") from None
 
+    async def workflow_of(self, plan, ctx):
+        """The plan's workflow, validated (a 400 names what the engine cannot run), and each
+        step node's intent."""
+        info = await self.generation.model_info()
+        raw, intents = plan_workflow(
+            plan, session_image=ctx.last_image_id if ctx is not None else None,
+            fit_size=lambda w, h: fit_to_limits(w, h, info["limits"]))
+        return self.workflows.validate(raw), intents
+
+    async def plan_with_workflow(self, message: str, *, images: int, context=None
+                                 ) -> dict[str, Any]:
+        """/v1/chat/plan: the plan, and the workflow graph it runs as (None when the plan
+        needs images nobody gave, or makes none)."""
+        plan = await self.plan(message, images=images, context=context)
+        workflow = None
+        if any(s.intent != "general" for s in plan.steps) and not plan.missing_inputs:
+            graph, _ = await self.workflow_of(plan, context)
+            workflow = graph.graph.dump()
+        return {**plan.model_dump(mode="json"), "workflow": workflow}
+
     async def plan(self, message: str, *, images: int, context=None):
         """The Router's plan: from the rules here when they decide alone (the same plan the
         Router would return), else from the Router deployment."""
@@ -194,6 +230,9 @@ class ChatService:
         if wanted is not None:
             return await self._video(wanted, message=message, session=session,
                                      uploads=uploads, base_url=base_url)
+        wants_save = SAVE_AS_WORKFLOW.search(message)
+        if wants_save and not uploads:
+            return await self._save_as_workflow(message, session, wants_save.group("name"))
         plan = await self.plan(message, images=len(uploads), context=ctx)
         if plan.llm_tokens:  # usage accounting: the router's LLM stage
             usage.note_tokens(*plan.llm_tokens)
@@ -208,6 +247,7 @@ class ChatService:
         # images the plan takes from the session, resolved in the caller's project now: an
         # unknown or foreign id is a 404 before anything is charged, stored or run
         session_images = await self._session_images(image_steps, ctx) if runs else {}
+        graph, intents = await self.workflow_of(plan, ctx) if runs else (None, {})
         charge = await self.runner.charge_images(
             sum(map(step_images, image_steps)) if runs else 0)
         try:
@@ -246,7 +286,8 @@ class ChatService:
         except BaseException:
             await asyncio.shield(charge.refund_unproduced())
             raise
-        images_by_source = {"upload": uploads, "session": session_images}
+        images = {**{upload_ref(k): image for k, image in enumerate(uploads)},
+                  **session_images}
         ready = replies.image_ready([s.intent for s in image_steps], plan.language)
         last = image_steps[-1]
         prompt = next((s.params.get("prompt") for s in image_steps if s.params.get("prompt")),
@@ -294,12 +335,12 @@ class ChatService:
                 **({"last_prompt": prompt} if prompt else {}),
                 **({"last_style": st} if (st := last.params.get("style")) else {})})
 
-        response = await self.runner.run(
-            kind="chat", prompt=message, params={"plan": plan_json, "session_id": session_id},
-            model_info={"name": "chat", "tiny": False, "fallback": False,
-                        "fallback_reason": None},
-            work=lambda progress: self._execute(plan, images_by_source, ctx, progress, charge),
-            base_url=base_url, async_job=async_job, on_success=remember, images=charge)
+        # the plan runs as its workflow, on the workflow engine (one executor)
+        response = await self.workflows.execute(
+            graph, base_url=base_url, async_job=async_job, uploads=images, kind="chat",
+            prompt=message, params={"plan": plan_json, "session_id": session_id,
+                                    "workflow": graph.graph.dump()},
+            on_success=remember, charge=charge, intents=intents, denoising_events=False)
         if isinstance(response, str):  # async: the job runs on; the session learns at the end
             return ChatResponse(
                 session_id=session_id, type="processing", data=ChatData(
@@ -380,6 +421,60 @@ class ChatService:
                             suggestions=replies.suggestions("image", plan.language),
                             metadata=metadata)
 
+    async def _save_as_workflow(self, message: str, session, name: str | None
+                                ) -> ChatResponse:
+        """The session's last image plan, saved as a workflow of the project (its uploads and
+        session images become image_input nodes naming their stored assets)."""
+        found = None
+        messages = list(session.messages) if session is not None else []
+        for i in range(len(messages) - 1, -1, -1):
+            m = messages[i]
+            plan = m.data.get("plan") if m.role == "assistant" else None
+            if plan and m.data.get("type") == "image":
+                user = next((messages[j] for j in range(i - 1, -1, -1)
+                             if messages[j].role == "user"), None)
+                found = (Plan(**plan), user)
+                break
+        language = "fr" if re.search(r"enregistre|sauvegarde|comme", message, re.I) else "en"
+        if found is None:
+            text = ("Rien à enregistrer : demandez d'abord une image, puis « enregistre ça "
+                    "comme workflow ».") if language == "fr" else (
+                "Nothing to save yet: ask for an image first, then say \"save this as a "
+                "workflow\".")
+            recorded = await self.turns.add(
+                session_id=session.id if session else None, project=self.runner.project,
+                messages=[{"role": "user", "content": message, "image_ids": [], "data": {}},
+                          {"role": "assistant", "content": text, "image_ids": [],
+                           "data": {"type": "text", "context": {}}}])
+            return ChatResponse(session_id=recorded, message=text, type="text")
+        plan, user = found
+        graph, _ = plan_workflow(plan)
+        uploaded = user.image_ids if user is not None else []
+        for node in graph["nodes"].values():
+            asset = node.get("params", {}).get("asset_id", "")
+            if node["op"] == "image_input" and asset.startswith("upload:"):
+                index = int(asset.split(":", 1)[1])
+                if index < len(uploaded):
+                    node["params"]["asset_id"] = uploaded[index]
+        title = (name or (user.content if user is not None else "chat plan"))[:200].strip()
+        saved = await self.workflows.save(SavedWorkflowCreate(
+            name=title or "chat plan", description=f"saved from chat: {user.content}"[:2000]
+            if user is not None else "saved from chat", workflow=graph))
+        text = (f"Enregistré comme workflow « {saved.name} » ({saved.id}).") \
+            if language == "fr" else f"Saved as workflow \"{saved.name}\" ({saved.id})."
+        await self._write(
+            self.records.add_message, session_id=session.id, role="user", content=message,
+            image_ids=[], data={})
+        await self._write(
+            self.records.add_message, session_id=session.id, role="assistant", content=text,
+            image_ids=[], data={"type": "text", "context": {}, "workflow_id": saved.id})
+        return ChatResponse(
+            session_id=session.id, message=text, type="text",
+            data=ChatData(plan=plan.model_dump(mode="json")),
+            actions=[ChatAction(id="open_workflow", label=saved.name, type="link",
+                                data={"url": f"/v1/workflows/{saved.id}",
+                                      "workflow_id": saved.id})])
+
     async def _remember(self, session_id: str, reply: ChatResponse, context: dict) -> None:
         await self._write(
             self.records.add_message, session_id=session_id, role="assistant",
@@ -387,13 +482,6 @@ class ChatService:
             data={"type": reply.type, "context": context, "plan": reply.data.plan})
 
     # -- executing a plan -------------------------------------------------------------------
-    async def _input(self, ref, uploads: dict, outputs: list[np.ndarray], ctx) -> np.ndarray:
-        if ref.source == "upload":
-            return uploads["upload"][ref.index or 0]
-        if ref.source == "previous_step":
-            return outputs[ref.index if ref.index is not None else -1]
-        return uploads["session"][ref.image_id or ctx.last_image_id]
-
     async def _session_images(self, steps, ctx) -> dict[str, np.ndarray]:
         """The session images `steps` read, by id, each resolved once through the runner
         (`JobRunner.load_image`: the caller's project only, upload limits)."""
@@ -407,89 +495,3 @@ class ChatService:
                     images[image_id] = await self.runner.load_image(
                         image_id, param="context.last_image_id")
         return images
-
-    async def _execute(self, plan, uploads: dict, ctx, progress,
-                       charge: auth.ImageCharge | None = None) -> Output:
-        outputs: list[np.ndarray] = []  # each step's first image, by step index
-        models: dict[str, str] = {}
-        steps_meta = []
-        timings: dict[str, float] = {}
-        refined_prompt = None
-        last: Output | None = None
-        for index, step in enumerate(plan.steps):
-            if step.intent in ("general", "image_analysis"):
-                outputs.append(outputs[-1] if outputs else None)
-                continue
-            await progress(index / len(plan.steps), f"step {index + 1}: {step.intent}",
-                           force=True)
-            inputs: dict[str, list[np.ndarray]] = {}
-            for ref in step.inputs:
-                inputs.setdefault(ref.role, []).append(
-                    await self._input(ref, uploads, outputs, ctx))
-            started = time.perf_counter()
-            out, refined = await self._run_step(step, inputs)
-            if charge is not None:  # a failing later step refunds only what it did not make
-                charge.produced(step_images(step))
-            refined_prompt = refined or refined_prompt
-            timings[f"step{index}_{step.intent}"] = time.perf_counter() - started
-            models[step.intent] = out.model
-            steps_meta.append({"intent": step.intent, "model": out.model,
-                               **({"provider": out.provider} if out.provider else {}),
-                               "images": len(out.images), **await self._model_info(step.intent)})
-            outputs.append(out.images[0])
-            last = out
-        extra = {"models": models, "steps": steps_meta}
-        if refined_prompt:
-            extra["refined_prompt"] = refined_prompt
-        return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
-                      timings=timings, extra=extra, provider=last.provider,
-                      attempts=last.attempts)
-
-    async def _model_info(self, intent: str) -> dict[str, Any]:
-        """Whether the model behind a plan step is a tiny or a fallback one, and why: the
-        image routes' `tiny` / `fallback` / `fallback_reason`, for each chat step."""
-        if intent in TOOL_DEPLOYMENTS:
-            info = await self.tools.info(TOOL_DEPLOYMENTS[intent])
-        else:  # generation, edit and style transfer run on the generator
-            info = await self.generation.model_info()
-        return {"tiny": bool(info.get("tiny")), "fallback": bool(info.get("fallback")),
-                "fallback_reason": info.get("fallback_reason")}
-
-    async def _run_step(self, step, inputs: dict[str, list[np.ndarray]]
-                        ) -> tuple[Output, str | None]:
-        p = step.params
-        image = inputs["image"][0] if inputs.get("image") else None
-        if image is not None and inputs.get("reference"):  # several images: one composite
-            image = composite([image, *inputs["reference"]])
-        if step.intent in ("image_generation", "image_edit"):
-            refined = await self.router.refine.remote(p.get("prompt") or "an image",
-                                                      style=p.get("style"))
-            opts = Options(n=p.get("n", 1), seed=p.get("seed"),
-                           negative_prompt=", ".join(filter(None, [refined.negative_prompt,
-                                                                   p.get("negative_prompt")])))
-            info = await self.generation.model_info()
-            extra: dict[str, Any] = {}
-            auto = None
-            if "width" in p and "height" in p:  # asked-for size, fitted to the model's limits
-                auto = fit_to_limits(p["width"], p["height"], info["limits"])
-            if step.intent == "image_edit":
-                extra = dict(mode="img2img", image=image[..., :3], strength=EDIT_STRENGTH)
-                auto = auto or fit_to_limits(image.shape[1], image.shape[0], info["limits"])
-            req = self.generation.build_request(refined.prompt, opts, info, auto_size=auto,
-                                                **extra)
-            return await self.generation.run_request(req), refined.prompt
-        if step.intent == "background_removal":
-            return await self.tools.matting_op(image), None
-        if step.intent == "upscale":
-            return await self.tools.upscale_op(image, scale=int(p.get("scale") or 2)), None
-        if step.intent == "face_swap":
-            return await self.tools.faceswap_op(
-                inputs["source_face"][0], inputs["target"][0],
-                target_face_index=p.get("target_face_index"),
-                all_faces=bool(p.get("all_faces"))), None
-        if step.intent == "style_transfer":
-            request, resolved = await self.tools.style_request(
-                image, style=p.get("style") or "watercolor", prompt=p.get("prompt"),
-                seed=p.get("seed"))
-            return await self.tools.style_run(request, resolved), resolved.prompt
-        raise ApiError(400, f"unsupported step {step.intent!r}", param="message")

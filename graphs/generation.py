@@ -125,12 +125,13 @@ class Options:
     model: str | None = None
     lora: str | None = None
     provider: list[str] | None = None
+    preset: str | None = None  # the preset applied (recorded in the images' recipes)
 
     @classmethod
     def of(cls, body: OutputOptions) -> Options:
         """The options of a request schema (generations, edits)."""
         return cls(**{f: getattr(body, f) for f in cls.__dataclass_fields__
-                      if f in OutputOptions.model_fields})
+                      if f in type(body).model_fields})
 
     @property
     def resolved_quality(self) -> str:
@@ -325,7 +326,8 @@ class GenerationService:
             return Output(images=images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings,
                           extra={**res.extra, **extra, "quality": opts.resolved_quality},
-                          provider=res.provider, attempts=res.attempts)
+                          provider=res.provider, attempts=res.attempts,
+                          recipes=recipes_for(req, opts, res))
 
         response = await self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
@@ -493,6 +495,28 @@ class GenerationService:
         return await self.run(kind="variations", prompt=VARIATION_PROMPT, req=req, opts=opts,
                               info=info, base_url=base_url, images_in=1, async_job=async_job,
                               route=route)
+
+
+RECIPE_VERSION = 1
+
+
+def recipes_for(req: GenerationRequest, opts: Options, res: Output, **extra: Any
+                ) -> list[dict[str, Any]] | None:
+    """Each image's recipe (text-to-image only: an edit's input image is not part of
+    it): what POST /v1/assets/{id}/remix runs again. LoRAs: `opts.lora` today; a `loras`
+    list (issue #15) is recorded as is when the options carry one."""
+    if req.mode != "text2img":
+        return None
+    seeds = res.seeds or [None] * len(res.images)
+    base = {"v": RECIPE_VERSION, "kind": "generation", "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt, "model": res.model,
+            "provider": res.provider, "steps": req.steps,
+            "guidance_scale": req.guidance_scale, "size": f"{req.width}x{req.height}",
+            "quality": opts.resolved_quality, "background": opts.background,
+            "preset": opts.preset, "lora": opts.lora,
+            **({"loras": opts.loras} if getattr(opts, "loras", None) else {}), **extra}
+    return [{**{k: v for k, v in base.items() if v is not None}, "seed": seed}
+            for seed in seeds]
 
 
 def provider_request(req: GenerationRequest, route: Route) -> ProviderRequest:

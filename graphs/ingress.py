@@ -31,8 +31,9 @@ from graphs.chat import ChatService
 from graphs.chores import Chores
 from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
-from graphs.images import CONTENT_TYPES, accepted_image_formats
+from graphs.images import CONTENT_TYPES, accepted_image_formats, read_recipe
 from graphs.jobs import JobRunner
+from graphs.presets import PresetService
 from graphs.providers import (
     ProviderRegistry,
     add_config,
@@ -40,6 +41,7 @@ from graphs.providers import (
     remove_config,
     update_config,
 )
+from graphs.recipes import RecipeService, recipe_workflow
 from graphs.resources import Resources, job_view
 from graphs.schemas import (
     FORM,
@@ -47,6 +49,7 @@ from graphs.schemas import (
     AnalyzeForm,
     AssetList,
     Capabilities,
+    ChatPlan,
     ChatRequest,
     ChatResponse,
     Deleted,
@@ -65,6 +68,11 @@ from graphs.schemas import (
     JobList,
     ModelCard,
     ModelList,
+    PresetApplied,
+    PresetApply,
+    PresetCreate,
+    PresetList,
+    PresetView,
     Project,
     ProjectCreate,
     ProjectList,
@@ -74,7 +82,12 @@ from graphs.schemas import (
     ProviderList,
     ProviderUpdate,
     Readiness,
+    RemixRequest,
     RemoveBackgroundForm,
+    SavedWorkflow,
+    SavedWorkflowCreate,
+    SavedWorkflowList,
+    SavedWorkflowUpdate,
     Session,
     SessionList,
     StyleTransferForm,
@@ -88,11 +101,14 @@ from graphs.schemas import (
     VideoList,
     VideoRemix,
     VideoUpscale,
+    WorkflowExecuteRequest,
 )
 from graphs.tools import Limits, ToolService
 from graphs.video import VideoService, list_presets
-from router.schemas import Plan, PromptValidation, RefinedPrompt
+from graphs.workflows import WorkflowService, sse
+from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
+from router.suggestions import SuggestionIndex
 from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.config import StorageSettings
@@ -307,7 +323,15 @@ class Ingress:
             limits=Limits(max_pixels=config.max_image_pixels,
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
+        self.presets = PresetService(records=self.records, project=lambda: self.runner.project)
+        # workflows, and the chat whose plans run as workflows (one executor)
+        self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
+                                         runner=self.runner, router=router,
+                                         presets=self.presets)
+        self.recipes = RecipeService(records=self.records, runner=self.runner,
+                                     generation=self.generation, workflows=self.workflows)
         self.router = router
+        self.suggestion_index = SuggestionIndex()  # categories, random (no embeddings here)
         self.llm = llm
         self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
                                    upscaler=upscaler)
@@ -316,7 +340,8 @@ class Ingress:
                                         runner=self.runner)
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner,
-                                        videos=self.videos, analysis=self.analysis)
+                                        videos=self.videos, analysis=self.analysis,
+                                        workflows=self.workflows)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
@@ -487,6 +512,10 @@ class Ingress:
         else:
             warnings.append("no vision-language model deployed: image analysis has no "
                             "caption and answers no questions")
+        for op in self.workflows.catalogue.ops.values():  # e.g. video: no Video deployment
+            if op.unavailable:
+                warnings.append(f"workflow op {op.name!r} is not available on this gateway "
+                                f"({op.unavailable})")
         for deployment, info in infos.items():
             if info["fallback"]:
                 warnings.append(f"{deployment} fell back to tiny model {info['name']!r}: "
@@ -506,6 +535,7 @@ class Ingress:
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_STREAMED,
               tags=["images"])
     async def generations(self, body: ImageGenerationRequest, request: Request) -> Any:
+        body = await self.presets.apply_to_generation(body)
         return await self._reply(await self.generation.generate(
             body.prompt, Options.of(body), base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
@@ -517,8 +547,9 @@ class Ingress:
         """Up to 20 generations, one async job each (202): follow them at /v1/jobs/{id}.
         Every item is checked before any job starts (a 400 names `requests[i].<field>`)."""
         base_url = self._base_url(request)
+        items = [await self.presets.apply_to_generation(item) for item in body.requests]
         ids = await self.generation.generate_batch(
-            [(item.prompt, Options.of(item)) for item in body.requests], base_url=base_url)
+            [(item.prompt, Options.of(item)) for item in items], base_url=base_url)
         jobs = [await self.resources.job(job_id, base_url=base_url) for job_id in ids]
         return JobBatch(data=jobs)
 
@@ -674,7 +705,136 @@ class Ingress:
 
     @app.get("/v1/styles", tags=["tools"])
     async def styles(self) -> dict[str, Any]:
+        """The style presets in their original shape (an alias view of GET /v1/presets,
+        source=style)."""
         return {"data": list_styles()}
+
+    # -- presets ------------------------------------------------------------------------------
+    @app.get("/v1/presets", tags=["presets"], responses=ERROR_RESPONSES)
+    async def presets_list(self, kind: Literal["image", "video"] | None = None) -> PresetList:
+        """Built-in presets (named presets, styles, templates: one concept) and the
+        project's own."""
+        return await self.presets.list(kind)
+
+    @app.post("/v1/presets", tags=["presets"], status_code=201, responses=ERROR_RESPONSES)
+    async def preset_create(self, body: PresetCreate) -> PresetView:
+        return await self.presets.create(body)
+
+    @app.get("/v1/presets/{preset_id}", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_get(self, preset_id: str) -> PresetView:
+        return PresetView(**(await self.presets.get(preset_id, param="preset_id")).as_dict())
+
+    @app.delete("/v1/presets/{preset_id}", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_delete(self, preset_id: str) -> Deleted:
+        await self.presets.delete(preset_id)
+        return Deleted(id=preset_id)
+
+    @app.post("/v1/presets/{preset_id}/apply", tags=["presets"], responses=ERROR_RESPONSES)
+    async def preset_apply(self, preset_id: str, body: PresetApply) -> PresetApplied:
+        """The request the preset makes of a prompt (send it to `endpoint`)."""
+        return await self.presets.apply(preset_id, body)
+
+    # -- workflows --------------------------------------------------------------------------
+    async def _json_body(self, request: Request) -> Any:
+        try:
+            return safe_json.loads(await request.body() or b"null", what="the request body")
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON ({exc})",
+                           code="invalid_json") from None
+
+    @app.get("/v1/workflows/ops", tags=["workflows"])
+    async def workflow_ops(self) -> dict[str, Any]:
+        """The ops a workflow node may use: typed ports, params schema, availability."""
+        return {"data": self.workflows.ops()}
+
+    @app.post("/v1/workflows/validate", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_validate(self, request: Request) -> dict[str, Any]:
+        """200 with the execution order and parallel stages, or 400 naming every problem.
+        A multipart `image` made here (PNG/WebP with an embedded recipe) is recognised: its
+        recipe's workflow is validated and returned with the recipe."""
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "send the workflow as JSON, or an image with a recipe as "
+                               "multipart field 'image'", param="image")
+            recipe = read_recipe(await upload.read())
+            if recipe is None:
+                raise ApiError(400, "this image carries no recipe (only PNG and WebP images "
+                               "made by this gateway do)", param="image", code="no_recipe")
+            workflow = recipe_workflow(recipe)
+            return {**self.workflows.validate(workflow).summary(), "recipe": recipe,
+                    "workflow": workflow}
+        body = await self._json_body(request)
+        if isinstance(body, dict) and "workflow" in body and "nodes" not in body:
+            body = body["workflow"]
+        return self.workflows.validate(body).summary()
+
+    @app.post("/v1/workflows/execute", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_execute(self, body: WorkflowExecuteRequest, request: Request) -> Any:
+        """Run a workflow as one job: sync (the outputs, like the image routes), or with
+        `?async=true` a 202 and the job (node events: /v1/workflows/jobs/{id}/events)."""
+        raw = body.workflow if body.workflow is not None else \
+            await self.workflows.saved_graph(body.workflow_id)
+        graph = self.workflows.with_inputs(raw, body.inputs)
+        return await self._reply(await self.workflows.execute(
+            graph, base_url=self._base_url(request), async_job=_wants_async(request),
+            keep_intermediates=body.keep_intermediates), request)
+
+    @app.get("/v1/workflows", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflows_list(self, limit: int = Query(50, ge=1, le=200),
+                             cursor: str | None = Query(None, max_length=512)
+                             ) -> SavedWorkflowList:
+        """The project's saved workflows, after the shipped examples (first page only)."""
+        return await self.workflows.saved_list(limit=limit, cursor=cursor)
+
+    @app.post("/v1/workflows", tags=["workflows"], status_code=201, responses=ERROR_RESPONSES)
+    async def workflow_create(self, body: SavedWorkflowCreate) -> SavedWorkflow:
+        return await self.workflows.save(body)
+
+    @app.get("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_get(self, workflow_id: str) -> SavedWorkflow:
+        return await self.workflows.saved(workflow_id)
+
+    @app.patch("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_update(self, workflow_id: str, body: SavedWorkflowUpdate
+                              ) -> SavedWorkflow:
+        return await self.workflows.update(workflow_id, body)
+
+    @app.delete("/v1/workflows/{workflow_id}", tags=["workflows"], responses=ERROR_RESPONSES)
+    async def workflow_delete(self, workflow_id: str) -> Deleted:
+        await self.workflows.delete(workflow_id)
+        return Deleted(id=workflow_id)
+
+    @app.get("/v1/workflows/jobs/{job_id}/events", tags=["workflows"],
+             responses=ERROR_RESPONSES)
+    async def workflow_events(self, job_id: str, request: Request) -> Any:
+        """Server-Sent Events per node: node_started, progress, node_succeeded (its outputs'
+        sizes, model, seed; the asset id with keep_intermediates), node_failed,
+        node_skipped; then the job's end (succeeded / failed / cancelled, with the job)."""
+        record = await self.resources.job_record(job_id)
+        base = self._base_url(request)
+        log = self.workflows.logs.get(job_id)
+
+        async def events():
+            if log is not None:
+                async for event in log.follow():
+                    yield sse(event)
+            while True:
+                current = await asyncio.to_thread(self.records.get_job, job_id=job_id,
+                                                  project=record.project)
+                if current is None:
+                    return
+                if current.status in ("succeeded", "failed", "cancelled"):
+                    if log is None:
+                        for event in self.workflows.replay(current):
+                            yield sse(event)
+                    yield {"event": current.status,
+                           "data": job_view(current, base, self.runner).model_dump_json()}
+                    return
+                await asyncio.sleep(0.1)
+
+        return EventSourceResponse(events(), ping=15)
 
     # -- chat -----------------------------------------------------------------------------
     async def _chat_input(self, request: Request) -> tuple[ChatRequest, list[UploadFile]]:
@@ -721,12 +881,16 @@ class Ingress:
     async def chat(self, request: Request) -> Any:
         body, files = await self._chat_input(request)
         # every file's header checked and the request's pixels budgeted before any is decoded
-        uploads = await self.tools.decode_many(
-            [("image" if i == 0 else f"image[{i}]", await f.read())
-             for i, f in enumerate(files)])
+        blobs = [("image" if i == 0 else f"image[{i}]", await f.read())
+                 for i, f in enumerate(files)]
+        uploads = await self.tools.decode_many(blobs)
         reply = await self.chat_service.chat(
             message=body.message, session_id=body.session_id, context=body.context,
             uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
+        # an image made here carries its recipe: the reply says how it was made
+        recipes = [r for _, data in blobs if (r := read_recipe(data)) is not None]
+        if recipes:
+            reply.metadata["recipes"] = recipes
         if reply.type == "processing":
             return JSONResponse(reply.model_dump(mode="json"), status_code=202,
                                 headers={"Location": f"/v1/jobs/{reply.data.job_id}"})
@@ -734,14 +898,15 @@ class Ingress:
 
     @app.post("/v1/chat/plan", responses=ERROR_RESPONSES, tags=["chat"],
               openapi_extra=_CHAT_BODY)
-    async def chat_plan(self, request: Request) -> Plan:
+    async def chat_plan(self, request: Request) -> ChatPlan:
         body, files = await self._chat_input(request)
         session = await self.chat_service.session(body.session_id) if body.session_id \
             else None
         await self.chat_service.check_context(body.context)
         context = self.chat_service.context(session, body.context) \
             if session is not None or body.context else None
-        return await self.chat_service.plan(body.message, images=len(files), context=context)
+        return ChatPlan(**await self.chat_service.plan_with_workflow(
+            body.message, images=len(files), context=context))
 
     @app.get("/v1/sessions", tags=["chat"], responses=ERROR_RESPONSES)
     async def sessions(self, limit: int = Query(50, ge=1, le=MAX_PAGE),
@@ -758,7 +923,50 @@ class Ingress:
 
     @app.get("/v1/templates", tags=["chat"])
     async def templates(self) -> dict[str, Any]:
+        """The prompt templates in their original shape (an alias view of GET /v1/presets,
+        source=template)."""
         return {"data": list_templates()}
+
+    # -- prompt suggestions ---------------------------------------------------------------
+    @app.get("/v1/suggestions/autocomplete", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_autocomplete(self, q: str = Query(..., min_length=1, max_length=200),
+                                       limit: int = Query(10, ge=1, le=50)
+                                       ) -> dict[str, Any]:
+        """Phrases starting with `q` first, then the nearest in meaning (the router's
+        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off)."""
+        return {"q": q, "data": await self.router.suggest.remote(q, limit)}
+
+    @app.get("/v1/suggestions/categories", tags=["suggestions"])
+    async def suggestions_categories(self) -> dict[str, Any]:
+        return {"data": [{"id": c, "count": len(v)} for c, v in
+                         self.suggestion_index.categories.items()]}
+
+    @app.get("/v1/suggestions/by-category/{category}", tags=["suggestions"],
+             responses=ERROR_RESPONSES)
+    async def suggestions_by_category(self, category: str) -> dict[str, Any]:
+        try:
+            return {"category": category,
+                    "data": self.suggestion_index.by_category(category)}
+        except KeyError:
+            raise ApiError(404, f"no category {category!r}; categories: "
+                           f"{', '.join(self.suggestion_index.categories)}", param="category",
+                           code="not_found") from None
+
+    @app.post("/v1/suggestions/enhance", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_enhance(self, body: PromptRequest) -> dict[str, Any]:
+        """The prompt with the quality, lighting and camera terms nearest to it that it
+        lacks (and which were added)."""
+        return await self.router.enhance.remote(body.prompt)
+
+    @app.get("/v1/suggestions/random", tags=["suggestions"], responses=ERROR_RESPONSES)
+    async def suggestions_random(self, n: int = Query(5, ge=1, le=50),
+                                 category: str | None = Query(None, max_length=32),
+                                 seed: int | None = Query(None, ge=0)) -> dict[str, Any]:
+        if category is not None and category not in self.suggestion_index.categories:
+            raise ApiError(400, f"category must be one of "
+                           f"{', '.join(self.suggestion_index.categories)}", param="category")
+        return {"data": [s.as_dict() for s in self.suggestion_index.random(
+            n, category=category, seed=seed)]}
 
     @app.post("/v1/prompts/validate", tags=["prompts"], responses=ERROR_RESPONSES)
     async def validate_prompt(self, body: PromptRequest) -> PromptValidation:
@@ -924,6 +1132,19 @@ class Ingress:
         except AssetNotFound:
             raise ApiError(404, f"no asset {asset_id!r}", param="asset_id") from None
         return Response(data, media_type=record.content_type, headers=headers)
+
+    @app.get("/v1/assets/{asset_id}/recipe", tags=["assets"], responses=ERROR_RESPONSES)
+    async def asset_recipe(self, asset_id: str) -> dict[str, Any]:
+        """How the asset was made: prompt, negative prompt, model, LoRAs, seed, steps,
+        guidance, size, preset, or its workflow and node (also embedded in the PNG / WebP)."""
+        return {"asset_id": asset_id, "recipe": await self.recipes.recipe(asset_id)}
+
+    @app.post("/v1/assets/{asset_id}/remix", tags=["assets"], responses=ERROR_RESPONSES)
+    async def asset_remix(self, asset_id: str, body: RemixRequest, request: Request) -> Any:
+        """Run the asset's recipe again, with overrides (same seed: the same image)."""
+        return await self._reply(await self.recipes.remix(
+            asset_id, body.overrides, base_url=self._base_url(request),
+            async_job=_wants_async(request)), request)
 
     def check_health(self) -> None:
         """Serve's probe: the record store answers. (Upkeep runs apart: `self.chores`.)"""

@@ -54,6 +54,11 @@ class Output:
     # generator work: the image provider that answered, and each provider tried
     provider: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # kept in the job record's `result` whether the job is sync or async (e.g. a workflow's
+    # node timeline)
+    record: dict[str, Any] | None = None
+    # per image: how to make it again (embedded in the file and kept in its asset record)
+    recipes: list[dict[str, Any] | None] | None = None
 
     @property
     def remote(self) -> bool:
@@ -228,11 +233,12 @@ class JobRunner:
             data: list[ImageData] = []
             formats = []
             seeds = out.seeds or [None] * len(out.images)
-            for image, seed in zip(out.images, seeds, strict=True):
+            recipes = out.recipes or [None] * len(out.images)
+            for image, seed, recipe in zip(out.images, seeds, recipes, strict=True):
                 fmt = output_format_for(image, output_format)
                 asset, blob = await asyncio.to_thread(
                     self._store, image, fmt, job_id, kind, compression,
-                    out.provider if out.remote else None)
+                    out.provider if out.remote else None, recipe)
                 unrecorded.append(asset)
                 formats.append(fmt)
                 item = ImageData(
@@ -277,6 +283,8 @@ class JobRunner:
                     item["url"] = self.asset_url(item["id"], base_url, self.project)
             elif out.provider is not None:  # the job record says who answered, and the tries
                 result = {"metadata": {"provider": out.provider, "attempts": out.attempts}}
+            if out.record:
+                result = {**(result or {}), **out.record}
             if on_success is not None:  # e.g. the chat remembers its images in the session
                 await on_success(response, list(unrecorded))
             # the images' records and the job's success in one transaction (the records are
@@ -373,13 +381,14 @@ class JobRunner:
                                        max_bytes=self.max_image_bytes)
 
     def _store(self, image: np.ndarray, fmt: Format, job_id: str | None, kind: str,
-               compression: int | None = None, provider: str | None = None
-               ) -> tuple[NewAsset, bytes]:
+               compression: int | None = None, provider: str | None = None,
+               recipe: dict[str, Any] | None = None) -> tuple[NewAsset, bytes]:
         """(In a thread.) Encode and store one image; return its asset row, not yet recorded
         (the caller records it), and the encoded bytes. `provider`: the remote provider that
         made it (its key gets a provider segment)."""
         with metrics.stage_timer("encode", kind=kind):
-            blob = encode(image, fmt, quality=90 if compression is None else compression)
+            blob = encode(image, fmt, quality=90 if compression is None else compression,
+                          recipe=recipe)
         asset_id = new_id("img")
         key = asset_key(project=self.project, kind=kind, asset_id=asset_id, ext=fmt,
                         provider=provider)
@@ -389,7 +398,7 @@ class JobRunner:
         height, width = image.shape[:2]
         return NewAsset(id=asset_id, job_id=job_id, kind=kind, store=self.assets.name, key=key,
                         content_type=CONTENT_TYPES[fmt], size_bytes=len(blob), width=width,
-                        height=height, project=self.project), blob
+                        height=height, project=self.project, recipe=recipe), blob
 
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
         """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""

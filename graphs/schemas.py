@@ -9,7 +9,8 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from router.prompts import MAX_PROMPT_CHARS  # the prompt rules' limit: one number
+from router.prompts import MAX_PROMPT_CHARS
+from router.schemas import Plan  # the prompt rules' limit: one number
 
 MAX_PROMPT_ACCEPTED = 32_000  # /v1/prompts/*: what they take in, to report on (OpenAI's limit)
 MAX_IMAGES = 10
@@ -121,6 +122,10 @@ class ImageGenerationRequest(OutputOptions):
     prompt: Prompt
     moderation: Literal["auto", "low"] = Field("auto", description="accepted for "
                                                "compatibility; no moderation model runs here")
+    preset: str | None = Field(None, max_length=128, description="an image preset (GET "
+                               "/v1/presets): its template wraps the prompt, its negative "
+                               "prompt is added, its parameters fill what the request leaves "
+                               "unset")
 
 
 class ImageGenerationBatch(BaseModel):
@@ -651,6 +656,8 @@ class VideoUpscale(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scale: Literal[2, 4] = 2
+
+
 # -- image analysis (POST /v1/images/analyze) -----------------------------------------------
 class AnalyzeForm(BaseModel):
     """Multipart: `image` (a file) or `asset_id` (an asset of the caller's project)."""
@@ -753,3 +760,127 @@ class UsageReport(BaseModel):
     end: datetime = Field(..., serialization_alias="to")
     project: str | None = Field(None, description="the caller's project (None: admin, all)")
     data: list[UsageGroup]
+
+
+# -- workflows, presets, recipes --------------------------------------------------------------
+class WorkflowExecuteRequest(BaseModel):
+    """POST /v1/workflows/execute: an inline graph or a saved workflow's id, with params
+    overrides per node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: dict[str, Any] | None = Field(None, description="the graph: {nodes, outputs}")
+    workflow_id: str | None = Field(None, max_length=64, description="a saved workflow")
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="node id -> params merged over the node's own "
+        "(e.g. {\"gen\": {\"prompt\": \"a red fox\", \"seed\": 7}})")
+    keep_intermediates: bool = Field(False, description="store every node's image, not only "
+                                     "the outputs (their ids in node_succeeded events)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.workflow is None) == (self.workflow_id is None):
+            raise _combination("workflow", "give either workflow (a graph) or workflow_id")
+        return self
+
+
+class SavedWorkflowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    workflow: dict[str, Any] = Field(..., description="the graph: {nodes, outputs}")
+
+
+class SavedWorkflowUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    workflow: dict[str, Any] | None = None
+
+
+class SavedWorkflow(BaseModel):
+    id: str
+    object: Literal["workflow"] = "workflow"
+    name: str
+    description: str | None = None
+    workflow: dict[str, Any]
+    version: int = 1
+    builtin: bool = Field(False, description="a shipped example (read-only)")
+    available: bool = Field(True, description="every op it uses runs on this gateway")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SavedWorkflowList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SavedWorkflow]
+    next_cursor: str | None = None
+
+
+class ChatPlan(Plan):
+    """POST /v1/chat/plan: the plan, and the workflow graph it runs as (save it with POST
+    /v1/workflows, run it with POST /v1/workflows/execute)."""
+
+    workflow: dict[str, Any] | None = Field(
+        None, description="the plan as a workflow; null when it makes no image or lacks one")
+
+
+class PresetCreate(BaseModel):
+    """POST /v1/presets: a project's own preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["image", "video"] = "image"
+    title: str = Field(..., min_length=1, max_length=200)
+    prompt_template: str = Field(..., max_length=MAX_PROMPT_CHARS,
+                                 description="with {prompt} where the subject goes")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    params: dict[str, Any] = Field(default_factory=dict, description="default request "
+                                   "parameters (images: quality, guidance_scale, steps, size, "
+                                   "strength, background; videos: seconds, fps, size, motion, "
+                                   "steps, guidance_scale)")
+    description: str | None = Field(None, max_length=2000)
+
+
+class PresetView(BaseModel):
+    id: str
+    object: Literal["preset"] = "preset"
+    kind: Literal["image", "video"]
+    title: str
+    description: str = ""
+    prompt_template: str
+    negative_prompt: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    source: Literal["preset", "style", "template", "user"]
+    builtin: bool
+    aliases: list[str] = Field(default_factory=list)
+
+
+class PresetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PresetView]
+
+
+class PresetApply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt | None = Field(None, description="the subject ({prompt} in the template)")
+    params: dict[str, Any] = Field(default_factory=dict, description="request fields that "
+                                   "win over the preset's (negative_prompt is joined)")
+
+
+class PresetApplied(BaseModel):
+    preset: str
+    kind: Literal["image", "video"]
+    endpoint: str = Field(..., description="where to send `request`")
+    request: dict[str, Any]
+
+
+class RemixRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="generation recipes: request fields (prompt, seed, "
+        "size, ...); workflow recipes: node params ({\"gen\": {\"prompt\": ...}})")

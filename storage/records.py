@@ -53,6 +53,7 @@ from storage.tables import (
     ACTIVE_JOB_STATUSES,
     API_KEY_SCOPES,
     JOB_STATUSES,
+    LIBRARY_KINDS,
     MESSAGE_ROLES,
     TERMINAL_JOB_STATUSES,
     USAGE_COUNTERS,
@@ -62,6 +63,7 @@ from storage.tables import (
     Base,
     ChatSession,
     Job,
+    LibraryItem,
     Message,
     Project,
     ProviderConfig,
@@ -73,8 +75,8 @@ from storage.tables import (
 
 __all__ = [
     "JOB_STATUSES", "ApiKeyRecord", "AssetRecord", "AssetView", "Base", "JobRecord",
-    "MessageRecord", "NewAsset", "Page", "ProjectRecord", "ProviderConfigRecord", "RecordStore",
-    "SessionRecord", "hash_api_key", "new_id",
+    "LibraryRecord", "MessageRecord", "NewAsset", "Page", "ProjectRecord",
+    "ProviderConfigRecord", "RecordStore", "SessionRecord", "hash_api_key", "new_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ class AssetRecord:
     width: int
     height: int
     created_at: datetime
+    # how to make it again (prompt, model, seed, ...): GET /v1/assets/{id}/recipe
+    recipe: dict[str, Any] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class NewAsset:
     width: int
     height: int
     project: str = "default"
+    recipe: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,21 @@ class AssetView(AssetRecord):
     params: dict[str, Any] | None
     model: str | None
     job_kind: str | None
+
+
+@dataclass(frozen=True)
+class LibraryRecord:
+    """A saved workflow or preset of a project."""
+
+    id: str
+    project: str
+    kind: str
+    name: str
+    description: str | None
+    body: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -975,6 +995,57 @@ class RecordStore:
         with self._session.begin() as s:
             return s.execute(delete(ProviderConfig)
                              .where(ProviderConfig.name == name)).rowcount == 1
+
+    # -- saved workflows and presets ---------------------------------------------------------
+    def create_library_item(self, *, project: str, kind: str, name: str,
+                            description: str | None, body: dict[str, Any],
+                            item_id: str | None = None) -> LibraryRecord:
+        if kind not in LIBRARY_KINDS:
+            raise ValueError(f"kind must be one of {LIBRARY_KINDS}, got {kind!r}")
+        now = utcnow()
+        row = LibraryItem(id=item_id or new_id(kind[:2]), project=project, kind=kind,
+                          name=name, description=description, body=body, version=1,
+                          created_at=now, updated_at=now)
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            raise InputError(f"a {kind} with id {row.id!r} already exists", param="id",
+                             code="exists", status=409) from None
+        return _record(LibraryRecord, row)
+
+    def get_library_item(self, *, item_id: str, project: str, kind: str
+                         ) -> LibraryRecord | None:
+        with self._session() as s:
+            row = s.get(LibraryItem, item_id)
+            ok = row is not None and row.project == project and row.kind == kind
+            return _record(LibraryRecord, row) if ok else None
+
+    def list_library_items(self, *, project: str, kind: str, limit: int = 50,
+                           cursor: str | None = None) -> Page[LibraryRecord]:
+        q = select(LibraryItem).where(LibraryItem.project == project, LibraryItem.kind == kind)
+        return self._page(q, LibraryItem.created_at, LibraryItem.id, f"library-{kind}", limit,
+                          cursor, lambda r: _record(LibraryRecord, r))
+
+    def update_library_item(self, *, item_id: str, project: str, kind: str,
+                            **values: Any) -> LibraryRecord | None:
+        """Change name / description / body (one version more); None when it is missing."""
+        values = {k: v for k, v in values.items() if k in ("name", "description", "body")}
+        with self._session.begin() as s:
+            res = s.execute(update(LibraryItem).where(
+                LibraryItem.id == item_id, LibraryItem.project == project,
+                LibraryItem.kind == kind).values(
+                    **values, updated_at=utcnow(), version=LibraryItem.version + 1)
+                .execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                return None
+        return self.get_library_item(item_id=item_id, project=project, kind=kind)
+
+    def delete_library_item(self, *, item_id: str, project: str, kind: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(LibraryItem).where(
+                LibraryItem.id == item_id, LibraryItem.project == project,
+                LibraryItem.kind == kind)).rowcount == 1
 
     # -- helpers ----------------------------------------------------------------------------
     def _page(self, q, ts_col, id_col, kind: str, limit: int, cursor: str | None, to_record,

@@ -127,6 +127,9 @@ class Asset(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # how it was made (prompt, negative, model, LoRAs, seed, steps, guidance, size, preset,
+    # workflow node): also embedded in the image (PNG text chunk / WebP XMP)
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ChatSession(Base):
@@ -224,3 +227,25 @@ class UsageRow(Base):
     model_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0)
     tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+
+
+LIBRARY_KINDS = ("workflow", "preset")
+
+
+class LibraryItem(Base):
+    """A project's saved workflow or preset: a name, a description and its JSON body (the
+    graph, or the preset's template and parameters); `version` counts its updates."""
+
+    __tablename__ = "library_items"
+    __table_args__ = (Index("ix_library_items_project_kind_created", "project", "kind",
+                            "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
