@@ -64,6 +64,16 @@ def projects(gateway):
                     files=[("image", ("a.png", png(photo), "image/png"))])
         assert r.status_code == 200, r.text
         chat = r.json()
+        r = ca.post("/v1/workflows", json={"name": "A's flow", "workflow": {
+            "nodes": {"gen": {"op": "generate", "params": {"prompt": "a lighthouse",
+                                                             "size": "64x64", "steps": 1}}},
+            "outputs": ["gen.image"]}})
+        assert r.status_code in (200, 201), r.text
+        workflow_id = r.json()["id"]
+        r = ca.post("/v1/presets", json={"kind": "image", "title": "A's look",
+                                         "prompt_template": "{prompt}, in A's style"})
+        assert r.status_code in (200, 201), r.text
+        preset_id = r.json()["id"]
     records = RecordStore(gateway.database_url)
     try:
         session = records.get_session(session_id=chat["session_id"], project="iso-a")
@@ -75,7 +85,7 @@ def projects(gateway):
         "job_id": generated["metadata"]["job_id"], "asset_id": generated["data"][0]["id"],
         "asset_b64": generated["data"][0]["b64_json"], "session_id": chat["session_id"],
         "upload_id": upload_id, "chat_url": chat["data"]["images"][0]["url"],
-        "video_id": video_id,
+        "video_id": video_id, "workflow_id": workflow_id, "preset_id": preset_id,
     }
 
 
@@ -101,6 +111,16 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("POST", "/v1/chat/plan", "session_id"): "session_id",
     ("POST", "/v1/chat/plan", "context.last_image_id"): "asset_id",
     ("POST", "/v1/images/analyze", "asset_id"): "asset_id",
+    ("GET", "/v1/assets/{asset_id}/recipe", "path"): "asset_id",
+    ("POST", "/v1/assets/{asset_id}/remix", "path"): "asset_id",
+    ("GET", "/v1/workflows/{workflow_id}", "path"): "workflow_id",
+    ("PATCH", "/v1/workflows/{workflow_id}", "path"): "workflow_id",
+    ("DELETE", "/v1/workflows/{workflow_id}", "path"): "workflow_id",
+    ("POST", "/v1/workflows/execute", "workflow_id"): "workflow_id",
+    ("GET", "/v1/workflows/jobs/{job_id}/events", "path"): "job_id",
+    ("GET", "/v1/presets/{preset_id}", "path"): "preset_id",
+    ("DELETE", "/v1/presets/{preset_id}", "path"): "preset_id",
+    ("POST", "/v1/presets/{preset_id}/apply", "path"): "preset_id",
 }
 # fields named like ids that are not references to existing records
 NOT_REFERENCES = {
@@ -109,6 +129,8 @@ NOT_REFERENCES = {
     # shown; writes need the admin scope: tests/graphs/test_providers_http.py)
     ("GET", "/v1/providers/{name}", "path"), ("PATCH", "/v1/providers/{name}", "path"),
     ("DELETE", "/v1/providers/{name}", "path"),
+    # a fixed list of suggestion categories (subjects, styles, lighting…), the same for all
+    ("GET", "/v1/suggestions/by-category/{category}", "path"),
 }
 
 
@@ -166,18 +188,24 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
     method, path, where = case
     foreign = {"job_id": projects["job_id"], "session_id": projects["session_id"],
                "asset_id": projects["asset_id"], "upload_id": projects["upload_id"],
-               "project_id": "iso-a", "video_id": projects["video_id"]}[FOREIGN_ID_CASES[case]]
+               "project_id": "iso-a", "video_id": projects["video_id"],
+               "workflow_id": projects["workflow_id"],
+               "preset_id": projects["preset_id"]}[FOREIGN_ID_CASES[case]]
     with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
         before_b = _gallery(cb, "iso-b")
         if where == "path":
-            body = {"prompt": "mine now"} if path.endswith("/remix") else \
-                {"scale": 2} if path.endswith("/upscale") else None
+            body = {"overrides": {}} if path == "/v1/assets/{asset_id}/remix" else \
+                {"prompt": "mine now"} if path.endswith(("/remix", "/apply")) else \
+                {"scale": 2} if path.endswith("/upscale") else \
+                {"name": "mine now"} if method == "PATCH" else None
             r = cb.request(method, path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign),
                            json=body)
         elif where == "session_id":
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
         elif where == "asset_id":  # a form field (image analysis)
             r = cb.post(path, data={"asset_id": foreign})
+        elif where == "workflow_id":  # run a saved workflow of A
+            r = cb.post(path, json={"workflow_id": foreign})
         else:  # the chat context names an image of A
             r = cb.post(path, json={"message": "remove the background",
                                     "context": {"last_image_id": foreign}})
@@ -188,6 +216,8 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
         assert ca.get(f"/v1/sessions/{projects['session_id']}").status_code == 200
         assert ca.get(f"/v1/assets/{projects['asset_id']}").status_code == 200
         assert ca.get(f"/v1/videos/{projects['video_id']}").json()["status"] == "completed"
+        assert ca.get(f"/v1/workflows/{projects['workflow_id']}").json()["name"] == "A's flow"
+        assert ca.get(f"/v1/presets/{projects['preset_id']}").json()["title"] == "A's look"
         assert _gallery(cb, "iso-b") == before_b
         jobs_b = cb.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
         assert not any(j["kind"] == "chat" for j in jobs_b)
