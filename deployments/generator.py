@@ -31,7 +31,6 @@ from models.diffusion import (
     GenerationRequest,
     check_inputs,
 )
-from models.registry import spec_for_source
 from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
@@ -77,8 +76,8 @@ class Generator:
         lower_cpu_priority(niceness)
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        spec = spec_for_source(model, family="diffusion", source=source)
-        self.model = DiffusionModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+        self.model = DiffusionModel.from_name(model, source=source, zoo_dir=zoo_dir,
+                                              allow_fallback=allow_fallback)
         self._max_batch_images = max_batch_size  # images per pipeline call
         # Serve refuses a request larger than its batch size ("Size of item is greater than
         # max_batch_size"): its queue must admit the largest request (n=10); a request larger

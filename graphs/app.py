@@ -17,16 +17,6 @@ from graphs.auth import AuthConfig
 from graphs.quotas import QuotaConfig
 from graphs.settings import Profile, Settings
 
-# Default model per deployment and profile (registry names, models/registry.py).
-DEFAULT_MODELS = {
-    "generator": {"tiny": "tiny-sd", "local": "sd15", "production": "sd15"},
-    "matting": {"tiny": "tiny-u2net", "local": "u2net", "production": "u2net"},
-    "faceswap": {"tiny": "tiny-insightface", "local": "inswapper-128",
-                 "production": "inswapper-128"},
-    "upscale": {"tiny": "tiny-esrgan", "local": "realesrgan-x4", "production": "realesrgan-x4"},
-    "llm": {"tiny": "tiny-llm", "local": "qwen2.5-1.5b-instruct",
-            "production": "qwen2.5-1.5b-instruct"},
-}
 # The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
 # tiny without (rules + embeddings answer; /v1/capabilities says so).
 DEFAULT_LLM_BACKEND = {"tiny": "off", "local": "transformers", "production": "vllm"}
@@ -103,7 +93,7 @@ def build_app(args: AppArgs) -> Application:
     from deployments import faceswap, generator, matting, upscale
     from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
-    from models.registry import MODELS
+    from models.registry import default_model
 
     if isinstance(args, dict):  # serve's builder call passes a dict when untyped
         args = AppArgs(**args)
@@ -118,14 +108,8 @@ def build_app(args: AppArgs) -> Application:
     auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
-    def model_for(kind: str, explicit: str | None) -> str:
-        return explicit or DEFAULT_MODELS[kind][profile]
-
-    def source_for(name: str, explicit: str | None) -> str | None:
-        if explicit:
-            return explicit
-        spec = MODELS.get(name)
-        return spec.source if spec and not spec.tiny and "/" in spec.source else None
+    def model_for(deployment: str, explicit: str | None) -> str:
+        return explicit or default_model(deployment, profile)
 
     def gpu_options(default_fraction: float, num_cpus: float = 1) -> dict:
         if not use_gpu:
@@ -145,15 +129,15 @@ def build_app(args: AppArgs) -> Application:
     )
     matting_name = model_for("matting", args.matting_model)
     mat = matting.Matting.options(**gpu_options(matting.DEFAULT_NUM_GPUS)).bind(
-        model=matting_name, model_path=args.matting_source, zoo_dir=zoo_dir,
+        model=matting_name, source=args.matting_source, zoo_dir=zoo_dir,
         allow_fallback=allow_fallback, niceness=args.model_niceness)
     faceswap_name = model_for("faceswap", args.faceswap_model)
     swap = faceswap.FaceSwap.options(**gpu_options(faceswap.DEFAULT_NUM_GPUS)).bind(
-        model=faceswap_name, model_dir=args.faceswap_source, zoo_dir=zoo_dir,
+        model=faceswap_name, source=args.faceswap_source, zoo_dir=zoo_dir,
         allow_fallback=allow_fallback, niceness=args.model_niceness)
     upscale_name = model_for("upscale", args.upscale_model)
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
-        model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
+        model=upscale_name, source=args.upscale_source,
         zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
     llm = None
     backend = args.llm_backend or DEFAULT_LLM_BACKEND[profile]

@@ -287,7 +287,7 @@ def _bootstrap_key(settings, data_dir: Path) -> None:
 def _zoo_build(ns: argparse.Namespace) -> int:
     from models import zoo
 
-    names = ns.names or list(zoo.BUILDERS)
+    names = ns.names or zoo.tiny_names()
     for name in names:
         path = zoo.ensure(name, ns.zoo_dir)
         console.print(f"{name}: {path}")

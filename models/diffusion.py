@@ -140,6 +140,7 @@ def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
 
 class DiffusionModel(ModelFamily):
     family = "diffusion"
+    kind = "base"
 
     def __init__(self, pipe: Any, *, info: LoadedInfo, limits: SizeLimits,
                  preview_decoder: Any = None):
