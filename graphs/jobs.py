@@ -54,6 +54,7 @@ class Output:
     # generator work: the image provider that answered, and each provider tried
     provider: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # LoRA adapters applied
 
     @property
     def remote(self) -> bool:
@@ -257,6 +258,7 @@ class JobRunner:
                     extra=out.extra,
                     provider=out.provider,
                     attempts=out.attempts,
+                    loras=out.loras,
                 ),
             )
             result = None

@@ -144,7 +144,6 @@ def build_tiny_taesd(path: Path) -> None:
 # --- tiny LoRA adapters (peft on tiny-sd) ---------------------------------------------------
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name
 
 
 def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd") -> None:
@@ -158,6 +157,8 @@ def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-s
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+
+    from models.lora import LORA_FILE
 
     base_dir = ensure(base, path.parent)  # (models/__init__ guards torchvision for peft)
     unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
