@@ -33,6 +33,7 @@ from collections import Counter
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from deployments._common import lower_cpu_priority, replica_info
 from models.diffusion import (
@@ -125,11 +126,16 @@ class Generator:
         self._adapter_unloads = 0
         self._adapter_load_s = 0.0
         self._set_loads: Counter[str] = Counter()  # adapter set id -> times loaded here
+        self._set_requests: Counter[str] = Counter()  # adapter set id -> requests served
         self._adapter_batches: collections.deque = collections.deque(maxlen=256)
 
         async def load_adapter_set(model_id: str) -> _AdapterSet:
             return await self._load_adapter_set(model_id)
 
+        try:
+            self._replica = serve.get_replica_context().replica_id.unique_id
+        except RayServeException:  # the class called directly (unit tests)
+            self._replica = None
         self._adapter_loader = load_adapter_set  # Serve keeps its LRU cache on this function
         self._adapter_set = serve.multiplexed(max_num_models_per_replica=max_adapter_sets)(
             load_adapter_set)
@@ -180,6 +186,7 @@ class Generator:
     async def _adapters_for(self, request) -> None:
         if request.loras:
             await self._adapter_set(request.adapter_set)
+            self._set_requests[request.adapter_set] += 1
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
@@ -350,6 +357,7 @@ class Generator:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "replica": self._replica,
             "serve_batches": dict(self._serve_batches),
             "pipeline_batches": dict(self._pipeline_batches),
             "images": self._images,
@@ -360,6 +368,7 @@ class Generator:
                 "loaded": self.model.adapters,  # LoRA adapters on the pipeline now
                 "sets": self._cached_sets(),  # Serve's LRU, least recently used first
                 "set_loads": dict(self._set_loads),
+                "set_requests": dict(self._set_requests),
                 "loads": self._adapter_loads,
                 "unloads": self._adapter_unloads,
                 "load_s": round(self._adapter_load_s, 4),

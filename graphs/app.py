@@ -58,6 +58,9 @@ class AppArgs(BaseModel):
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
+    max_adapter_sets: int = Field(4, ge=1, le=64, description="LoRA adapter sets cached per "
+                                  "Generator replica (Serve's max_num_models_per_replica; "
+                                  "least recently used evicted)")
     generator_torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads of a Generator replica (default: "
         "its num_cpus); on CPU, more threads also make batches pay off more")
@@ -123,6 +126,7 @@ def build_app(args: AppArgs) -> Application:
         allow_fallback=allow_fallback,
         zoo_dir=zoo_dir,
         max_batch_size=args.max_batch_size,
+        max_adapter_sets=args.max_adapter_sets,
         torch_threads=args.generator_torch_threads,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
         niceness=args.model_niceness,

@@ -267,8 +267,10 @@ class JobRunner:
                 for item in result["data"]:
                     item["b64_json"] = None
                     item["url"] = self.asset_url(item["id"], base_url, self.project)
-            elif out.provider is not None:  # the job record says who answered, and the tries
-                result = {"metadata": {"provider": out.provider, "attempts": out.attempts}}
+            elif out.provider is not None or out.loras:  # the job record says who answered,
+                # the tries and the LoRA adapters applied
+                result = {"metadata": {"provider": out.provider, "attempts": out.attempts,
+                                       **({"loras": out.loras} if out.loras else {})}}
             if on_success is not None:  # e.g. the chat remembers its images in the session
                 await on_success(response, list(unrecorded))
             # the images' records and the job's success in one transaction (the records are
