@@ -179,6 +179,16 @@ class Generator:
                 self._adapter_refs.pop(name, None)
                 self._adapter_unloads += 1
 
+    async def _ensure_adapters(self, loras: tuple[LoraRef, ...]) -> None:
+        """(Holding the model lock.) Load adapters of `loras` that are not on the pipeline:
+        a set evicted (and reaped) between its request's multiplexed load and its model call
+        is loaded again rather than failing the request."""
+        for ref in loras:
+            if ref.name not in self.model.adapters:
+                self._adapter_load_s += await asyncio.to_thread(
+                    self.model.load_adapter, ref.name, self._adapter_location(ref.name))
+                self._adapter_loads += 1
+
     def _cached_sets(self) -> list[str]:
         wrapper = getattr(self._adapter_loader, "__serve_multiplex_wrapper", None)
         return list(wrapper.models) if wrapper is not None else []
@@ -218,6 +228,7 @@ class Generator:
 
         async with self._model_lock:
             self._reap()
+            await self._ensure_adapters(request.loras)
             work = asyncio.ensure_future(asyncio.to_thread(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
                 on_cancelled=self._record_cancelled,
@@ -296,6 +307,13 @@ class Generator:
             self._waiting.remove(item)
         self._adapter_batches.append({"adapter_set": adapter_set, "requests": len(chunk),
                                       "sets": sorted({req.adapter_set for req, _, _ in chunk})})
+        try:
+            await self._ensure_adapters(chunk[0][0].loras)
+        except (ValueError, OSError) as exc:
+            for _, _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         metrics.record_batch("Generator", images)
         started = time.perf_counter()
         work = asyncio.ensure_future(asyncio.to_thread(

@@ -28,7 +28,13 @@ import numpy as np
 
 from graphs import auth
 from graphs.errors import ApiError
-from graphs.generation import GenerationService, Options, composite, fit_to_limits
+from graphs.generation import (
+    GenerationService,
+    Options,
+    composite,
+    fit_to_limits,
+    resolve_loras,
+)
 from graphs.jobs import JobRunner, Output
 from graphs.schemas import ChatAction, ChatData, ChatImage, ChatResponse
 from graphs.tools import ToolService
@@ -177,8 +183,15 @@ class ChatService:
     # -- the endpoint -----------------------------------------------------------------------
     async def chat(self, *, message: str, session_id: str | None,
                    context: dict[str, Any] | None, uploads: list[np.ndarray],
-                   base_url: str, async_job: bool = False) -> ChatResponse:
+                   base_url: str, async_job: bool = False,
+                   loras: list | None = None) -> ChatResponse:
         started = time.perf_counter()
+        # LoRA adapters: the `loras` field and <lora:name:w> tags in the message (taken out
+        # before planning), checked now (400 before any job); the image steps apply them
+        if loras or "<lora:" in message:
+            info = await self.generation.model_info()
+            message, refs = resolve_loras(message, loras, info)
+            loras = [{"name": r.name, "weight": r.weight} for r in refs]
         # a new session is created once the message is planned (a failed plan leaves none)
         session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
@@ -280,7 +293,8 @@ class ChatService:
             kind="chat", prompt=message, params={"plan": plan_json, "session_id": session_id},
             model_info={"name": "chat", "tiny": False, "fallback": False,
                         "fallback_reason": None},
-            work=lambda progress: self._execute(plan, images_by_source, ctx, progress, charge),
+            work=lambda progress: self._execute(plan, images_by_source, ctx, progress, charge,
+                                                loras),
             base_url=base_url, async_job=async_job, on_success=remember, images=charge)
         if isinstance(response, str):  # async: the job runs on; the session learns at the end
             return ChatResponse(
@@ -319,7 +333,8 @@ class ChatService:
         return images
 
     async def _execute(self, plan, uploads: dict, ctx, progress,
-                       charge: auth.ImageCharge | None = None) -> Output:
+                       charge: auth.ImageCharge | None = None,
+                       loras: list | None = None) -> Output:
         outputs: list[np.ndarray] = []  # each step's first image, by step index
         models: dict[str, str] = {}
         steps_meta = []
@@ -337,7 +352,7 @@ class ChatService:
                 inputs.setdefault(ref.role, []).append(
                     await self._input(ref, uploads, outputs, ctx))
             started = time.perf_counter()
-            out, refined = await self._run_step(step, inputs)
+            out, refined = await self._run_step(step, inputs, loras)
             if charge is not None:  # a failing later step refunds only what it did not make
                 charge.produced(step_images(step))
             refined_prompt = refined or refined_prompt
@@ -345,6 +360,7 @@ class ChatService:
             models[step.intent] = out.model
             steps_meta.append({"intent": step.intent, "model": out.model,
                                **({"provider": out.provider} if out.provider else {}),
+                               **({"loras": out.loras} if out.loras else {}),
                                "images": len(out.images), **await self._model_info(step.intent)})
             outputs.append(out.images[0])
             last = out
@@ -353,7 +369,8 @@ class ChatService:
             extra["refined_prompt"] = refined_prompt
         return Output(images=last.images, model="+".join(models.values()), seeds=last.seeds,
                       timings=timings, extra=extra, provider=last.provider,
-                      attempts=last.attempts)
+                      attempts=last.attempts,
+                      loras=next((m["loras"] for m in steps_meta if "loras" in m), []))
 
     async def _model_info(self, intent: str) -> dict[str, Any]:
         """Whether the model behind a plan step is a tiny or a fallback one, and why: the
@@ -365,8 +382,8 @@ class ChatService:
         return {"tiny": bool(info.get("tiny")), "fallback": bool(info.get("fallback")),
                 "fallback_reason": info.get("fallback_reason")}
 
-    async def _run_step(self, step, inputs: dict[str, list[np.ndarray]]
-                        ) -> tuple[Output, str | None]:
+    async def _run_step(self, step, inputs: dict[str, list[np.ndarray]],
+                        loras: list | None = None) -> tuple[Output, str | None]:
         p = step.params
         image = inputs["image"][0] if inputs.get("image") else None
         if image is not None and inputs.get("reference"):  # several images: one composite
@@ -374,7 +391,7 @@ class ChatService:
         if step.intent in ("image_generation", "image_edit"):
             refined = await self.router.refine.remote(p.get("prompt") or "an image",
                                                       style=p.get("style"))
-            opts = Options(n=p.get("n", 1), seed=p.get("seed"),
+            opts = Options(n=p.get("n", 1), seed=p.get("seed"), loras=loras,
                            negative_prompt=", ".join(filter(None, [refined.negative_prompt,
                                                                    p.get("negative_prompt")])))
             info = await self.generation.model_info()
@@ -400,6 +417,6 @@ class ChatService:
         if step.intent == "style_transfer":
             request, resolved = await self.tools.style_request(
                 image, style=p.get("style") or "watercolor", prompt=p.get("prompt"),
-                seed=p.get("seed"))
+                seed=p.get("seed"), loras=loras)
             return await self.tools.style_run(request, resolved), resolved.prompt
         raise ApiError(400, f"unsupported step {step.intent!r}", param="message")

@@ -643,7 +643,8 @@ class Ingress:
              for i, f in enumerate(files)])
         reply = await self.chat_service.chat(
             message=body.message, session_id=body.session_id, context=body.context,
-            uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
+            uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request),
+            loras=body.loras)
         if reply.type == "processing":
             return JSONResponse(reply.model_dump(mode="json"), status_code=202,
                                 headers={"Location": f"/v1/jobs/{reply.data.job_id}"})

@@ -586,6 +586,7 @@ class ChatRequest(BaseModel):
     session_id: str | None = Field(None, max_length=64)
     context: dict[str, Any] | None = Field(None, description="overrides of the session "
                                            "context, e.g. {\"last_image_id\": \"img_…\"}")
+    loras: Loras = None
 
 
 class ChatImage(BaseModel):
