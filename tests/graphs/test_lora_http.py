@@ -27,7 +27,9 @@ def _pixels(body) -> np.ndarray:
 def test_models_lists_the_catalogue_and_the_tiny_loras(gateway):
     get = lambda path: httpx.get(f"{gateway.base_url}{path}", headers=gateway.headers,  # noqa: E731
                                  timeout=60)
-    every = get("/v1/models").json()
+    response = get("/v1/models")
+    assert response.status_code == 200, response.text
+    every = response.json()
     assert every["object"] == "list" and every["data"][0]["deployment"] == "generator"
     assert {"base", "lora", "vae", "upscaler", "matting", "face"} <= {
         m["kind"] for m in every["data"]}
