@@ -88,6 +88,40 @@ from telemetry.logs import install_log_redaction
 
 logger = logging.getLogger("ray.serve")
 
+
+# Above the Ingress class: `serve.ingress` builds its routes from the module as it is then
+# (defined below the class, these were a NameError inside the routes: a 500).
+DEPLOYMENT_KIND = {"generator": "base", "matting": "matting", "faceswap": "face",
+                   "upscaler": "upscaler", "upscale": "upscaler", "llm": "llm"}
+
+
+def model_cards(infos: dict[str, dict[str, Any]]) -> list[ModelCard]:
+    """The deployed models (`infos`: deployment -> replica info), then the catalogue's other
+    entries; LoRAs only where they fit the deployed base model."""
+    cards = []
+    for deployment, info in infos.items():
+        spec = MODELS.get(info["name"])
+        cards.append(_card(spec, id=info["name"], deployment=deployment, tiny=info["tiny"],
+                           fallback=info["fallback"],
+                           kind=spec.kind if spec else DEPLOYMENT_KIND.get(deployment, "base")))
+    served = {c.id for c in cards}
+    base = infos.get("generator", {}).get("name")
+    for spec in catalogue():
+        if spec.name in served or (spec.kind == "lora" and spec.base != base):
+            continue
+        cards.append(_card(spec, id=spec.name, tiny=spec.tiny, kind=spec.kind))
+    return cards
+
+
+def _card(spec: Any, **fields: Any) -> ModelCard:
+    if spec is not None:
+        fields.update(description=spec.description, base=spec.base, size=spec.size,
+                      tags=list(spec.tags), trigger_words=list(spec.trigger_words),
+                      preview=spec.preview_asset,
+                      default_weight=spec.default_weight if spec.kind == "lora" else None)
+    return ModelCard(**fields)
+
+
 app = FastAPI(
     title="Photo Studio Gateway",
     version="0.1.0",
@@ -746,33 +780,3 @@ class Ingress:
         if chores is not None:
             chores.stop(timeout_s=1.0)
 
-
-DEPLOYMENT_KIND = {"generator": "base", "matting": "matting", "faceswap": "face",
-                   "upscaler": "upscaler", "upscale": "upscaler", "llm": "llm"}
-
-
-def model_cards(infos: dict[str, dict[str, Any]]) -> list[ModelCard]:
-    """The deployed models (`infos`: deployment -> replica info), then the catalogue's other
-    entries; LoRAs only where they fit the deployed base model."""
-    cards = []
-    for deployment, info in infos.items():
-        spec = MODELS.get(info["name"])
-        cards.append(_card(spec, id=info["name"], deployment=deployment, tiny=info["tiny"],
-                           fallback=info["fallback"],
-                           kind=spec.kind if spec else DEPLOYMENT_KIND.get(deployment, "base")))
-    served = {c.id for c in cards}
-    base = infos.get("generator", {}).get("name")
-    for spec in catalogue():
-        if spec.name in served or (spec.kind == "lora" and spec.base != base):
-            continue
-        cards.append(_card(spec, id=spec.name, tiny=spec.tiny, kind=spec.kind))
-    return cards
-
-
-def _card(spec: Any, **fields: Any) -> ModelCard:
-    if spec is not None:
-        fields.update(description=spec.description, base=spec.base, size=spec.size,
-                      tags=list(spec.tags), trigger_words=list(spec.trigger_words),
-                      preview=spec.preview_asset,
-                      default_weight=spec.default_weight if spec.kind == "lora" else None)
-    return ModelCard(**fields)
