@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments._common import lower_cpu_priority, replica_info
 from models.base import check_image
-from models.faceswap import FaceSwapModel, NoFaceError, check_inputs, faceswap_spec
+from models.faceswap import FaceSwapModel, NoFaceError, check_inputs
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,7 +38,7 @@ class FaceSwap:
         self,
         *,
         model: str = "tiny-insightface",
-        model_dir: str | None = None,
+        source: str | None = None,
         zoo_dir: str | None = None,
         allow_fallback: bool = False,
         device: str | None = None,
@@ -48,8 +48,7 @@ class FaceSwap:
         (`deployments._common.lower_cpu_priority`)."""
         lower_cpu_priority(niceness)
 
-        spec = faceswap_spec(model, model_dir)
-        self.model = FaceSwapModel.from_spec(spec, zoo_dir=zoo_dir,
+        self.model = FaceSwapModel.from_name(model, source=source, zoo_dir=zoo_dir,
                                              allow_fallback=allow_fallback, device=device)
         self._swaps = 0
         self._faces_swapped = 0

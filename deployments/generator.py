@@ -10,6 +10,16 @@ at the next denoising step. Policy for batches: a request whose caller left befo
 call started is dropped from it; a running pipeline call stops at the next step once every
 request in it is gone, and otherwise runs on for the callers still waiting (removing one
 request's latents mid-call would change the others' batch). `stats()` counts it all.
+
+LoRA adapters (README "LoRA adapters"): a request's adapter set (sorted ``name:weight``,
+`GenerationRequest.adapter_set`) is Serve's multiplexed model id. The ingress sets it on the
+handle (``options(multiplexed_model_id=...)``), so Serve routes the request to a replica that
+already holds that set; here `@serve.multiplexed` keeps an LRU of `max_adapter_sets` sets per
+replica. A set loads its missing adapters with diffusers' `load_lora_weights(adapter_name=)`
+(never a pipeline reload); an evicted set releases adapters no cached set uses
+(`delete_adapters`), so `set_adapters` stays fast. A pipeline call runs one adapter set only:
+`_run_waiting` takes the oldest waiting request and the others with the same set
+(`stats()["adapter_batches"]` records each call's set and size).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from collections import Counter
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from deployments._common import lower_cpu_priority, replica_info
 from models.diffusion import (
@@ -31,7 +42,8 @@ from models.diffusion import (
     GenerationRequest,
     check_inputs,
 )
-from models.registry import spec_for_source
+from models.lora import LoraRef, parse_adapter_set_id
+from models.registry import get_spec, resolve
 from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
@@ -68,17 +80,20 @@ class Generator:
         batch_wait_timeout_s: float = 0.005,
         torch_threads: int | None = None,
         niceness: int = 0,
+        max_adapter_sets: int = 4,
     ):
         """`torch_threads`: CPU threads for torch (default: Ray's, i.e. the replica's num_cpus;
         more threads than that measured slower here, fighting the other replicas); `niceness`:
-        added to the replica's CPU niceness (`deployments._common.lower_cpu_priority`)."""
+        added to the replica's CPU niceness (`deployments._common.lower_cpu_priority`);
+        `max_adapter_sets`: LoRA adapter sets cached per replica (Serve's
+        max_num_models_per_replica; least recently used evicted)."""
         import torch  # heavy: only the replica imports it, not the driver building the graph
 
         lower_cpu_priority(niceness)
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        spec = spec_for_source(model, family="diffusion", source=source)
-        self.model = DiffusionModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+        self.model = DiffusionModel.from_name(model, source=source, zoo_dir=zoo_dir,
+                                              allow_fallback=allow_fallback)
         self._max_batch_images = max_batch_size  # images per pipeline call
         # Serve refuses a request larger than its batch size ("Size of item is greater than
         # max_batch_size"): its queue must admit the largest request (n=10); a request larger
@@ -104,10 +119,89 @@ class Generator:
         self._queue = metrics.QueueDepth("Generator")  # requests waiting for a batch
         # (request, cancel event, future) of Serve batches waiting for the model: see _batched
         self._waiting: collections.deque = collections.deque()
+        # LoRA: adapter sets cached by Serve's multiplexing (LRU), adapter refcounts by set
+        self._zoo_dir = zoo_dir
+        self._adapter_refs: Counter[str] = Counter()
+        self._adapter_loads = 0
+        self._adapter_unloads = 0
+        self._adapter_load_s = 0.0
+        self._set_loads: Counter[str] = Counter()  # adapter set id -> times loaded here
+        self._set_requests: Counter[str] = Counter()  # adapter set id -> requests served
+        self._adapter_batches: collections.deque = collections.deque(maxlen=256)
+
+        async def load_adapter_set(model_id: str) -> _AdapterSet:
+            return await self._load_adapter_set(model_id)
+
+        try:
+            self._replica = serve.get_replica_context().replica_id.unique_id
+        except RayServeException:  # the class called directly (unit tests)
+            self._replica = None
+        self._adapter_loader = load_adapter_set  # Serve keeps its LRU cache on this function
+        self._adapter_set = serve.multiplexed(max_num_models_per_replica=max_adapter_sets)(
+            load_adapter_set)
+
+    # -- LoRA adapter sets (Serve multiplexing) ---------------------------------------------
+    async def _load_adapter_set(self, model_id: str) -> _AdapterSet:
+        """Serve's multiplexed loader: load the set's adapters not yet on the pipeline."""
+        refs = parse_adapter_set_id(model_id)
+        async with self._model_lock:  # never while a pipeline call runs
+            for ref in refs:
+                if ref.name not in self.model.adapters:
+                    location = self._adapter_location(ref.name)
+                    self._adapter_load_s += await asyncio.to_thread(
+                        self.model.load_adapter, ref.name, location)
+                    self._adapter_loads += 1
+            for ref in refs:
+                self._adapter_refs[ref.name] += 1
+            self._set_loads[model_id] += 1
+        return _AdapterSet(self, model_id, refs)
+
+    def _adapter_location(self, name: str) -> str:
+        spec = get_spec(name, kind="lora")
+        if spec.base != self.model.info.name:
+            raise ValueError(f"LoRA {name!r} is for base model {spec.base!r}; this generator "
+                             f"serves {self.model.info.name!r}")
+        return resolve(spec, zoo_dir=self._zoo_dir, allow_fallback=False,
+                       load_check=lambda location: None).location
+
+    def _release(self, refs: tuple[LoraRef, ...]) -> None:
+        """An evicted set (Serve's LRU): adapters no cached set uses are deleted before the
+        next model call (`_reap`, under the model lock)."""
+        for ref in refs:
+            self._adapter_refs[ref.name] -= 1
+
+    def _reap(self) -> None:
+        """(Holding the model lock.) Delete adapters no cached set or waiting request uses."""
+        wanted = {r.name for req, _, _ in self._waiting for r in req.loras}
+        for name in self.model.adapters:
+            if self._adapter_refs[name] <= 0 and name not in wanted:
+                self.model.unload_adapter(name)
+                self._adapter_refs.pop(name, None)
+                self._adapter_unloads += 1
+
+    async def _ensure_adapters(self, loras: tuple[LoraRef, ...]) -> None:
+        """(Holding the model lock.) Load adapters of `loras` that are not on the pipeline:
+        a set evicted (and reaped) between its request's multiplexed load and its model call
+        is loaded again rather than failing the request."""
+        for ref in loras:
+            if ref.name not in self.model.adapters:
+                self._adapter_load_s += await asyncio.to_thread(
+                    self.model.load_adapter, ref.name, self._adapter_location(ref.name))
+                self._adapter_loads += 1
+
+    def _cached_sets(self) -> list[str]:
+        wrapper = getattr(self._adapter_loader, "__serve_multiplex_wrapper", None)
+        return list(wrapper.models) if wrapper is not None else []
+
+    async def _adapters_for(self, request) -> None:
+        if request.loras:
+            await self._adapter_set(request.adapter_set)
+            self._set_requests[request.adapter_set] += 1
 
     async def generate(self, request):
         """Generate images for one `models.diffusion.GenerationRequest`."""
         check_inputs(request, self.model.limits)  # fail this request alone, not its batch
+        await self._adapters_for(request)  # Serve's LRU of adapter sets (multiplexing)
         cancel = threading.Event()  # set when our caller leaves: read by the model per step
         try:
             with self._queue.waiting():
@@ -124,6 +218,7 @@ class Generator:
         ``{"type": "result", "result": GenerationResult}``. If the caller stops listening
         (client disconnect, job cancelled), denoising stops at the next step."""
         check_inputs(request, self.model.limits)
+        await self._adapters_for(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -132,6 +227,8 @@ class Generator:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         async with self._model_lock:
+            self._reap()
+            await self._ensure_adapters(request.loras)
             work = asyncio.ensure_future(asyncio.to_thread(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
                 on_cancelled=self._record_cancelled,
@@ -192,13 +289,30 @@ class Generator:
 
     async def _run_waiting(self) -> None:
         """(Holding the model lock.) One pipeline call on the oldest waiting requests, up to
-        max_batch_size images; their futures get the results (or the error)."""
+        max_batch_size images, all with the oldest one's LoRA adapter set; their futures get
+        the results (or the error)."""
+        self._reap()
+        if not self._waiting:
+            return
+        adapter_set = self._waiting[0][0].adapter_set
         chunk, images = [], 0
-        while self._waiting and (not chunk or images + self._waiting[0][0].n
-                                 <= self._max_batch_images):
-            chunk.append(self._waiting.popleft())
-            images += chunk[-1][0].n
-        if not chunk:
+        for item in list(self._waiting):
+            if item[0].adapter_set != adapter_set:
+                continue  # another adapter set: a later call
+            if chunk and images + item[0].n > self._max_batch_images:
+                break
+            chunk.append(item)
+            images += item[0].n
+        for item in chunk:
+            self._waiting.remove(item)
+        self._adapter_batches.append({"adapter_set": adapter_set, "requests": len(chunk),
+                                      "sets": sorted({req.adapter_set for req, _, _ in chunk})})
+        try:
+            await self._ensure_adapters(chunk[0][0].loras)
+        except (ValueError, OSError) as exc:
+            for _, _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
             return
         metrics.record_batch("Generator", images)
         started = time.perf_counter()
@@ -261,12 +375,23 @@ class Generator:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "replica": self._replica,
             "serve_batches": dict(self._serve_batches),
             "pipeline_batches": dict(self._pipeline_batches),
             "images": self._images,
             "health_probes": self._probes,
             "last_error": self._last_error,
             "model_busy": self._model_lock.locked(),  # a model call is running now
+            "adapters": {
+                "loaded": self.model.adapters,  # LoRA adapters on the pipeline now
+                "sets": self._cached_sets(),  # Serve's LRU, least recently used first
+                "set_loads": dict(self._set_loads),
+                "set_requests": dict(self._set_requests),
+                "loads": self._adapter_loads,
+                "unloads": self._adapter_unloads,
+                "load_s": round(self._adapter_load_s, 4),
+            },
+            "adapter_batches": list(self._adapter_batches),  # pipeline calls: set + size
             "denoising_steps": self._steps,  # grows during a call, step by step
             "cancelled": {
                 "requests": self._cancelled_requests,
@@ -298,3 +423,18 @@ class Generator:
             raise RuntimeError(f"generator health probe returned {result.images[0].shape}")
         self._last_ok = time.monotonic()
         self._last_error = None
+
+
+class _AdapterSet:
+    """One cached adapter set (a Serve multiplexed "model"). Serve calls `__del__` when its
+    LRU evicts the set: the adapters only it used are deleted before the next model call."""
+
+    def __init__(self, owner: Generator, model_id: str, refs: tuple[LoraRef, ...]):
+        self.model_id = model_id
+        self.refs = refs
+        self._owner: Generator | None = owner
+
+    def __del__(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:  # once: Serve's eviction, and later the garbage collector
+            owner._release(self.refs)

@@ -47,7 +47,8 @@ from ray import serve
 
 from deployments._common import replica_info
 from models.base import LoadedInfo
-from models.llm import check_chat_request, llm_spec
+from models.llm import check_chat_request
+from models.registry import get_spec
 
 logger = logging.getLogger("ray.serve")
 
@@ -343,7 +344,7 @@ def vllm_llm_config(config: LLMAppConfig) -> dict[str, Any]:
     if config.num_gpus <= 0:
         raise ValueError("num_gpus must be > 0 for the vLLM backend (vLLM needs a GPU); use "
                          "backend=transformers on CPU")
-    spec = llm_spec(config.model, source=config.source)
+    spec = get_spec(config.model, kind="llm", source=config.source)
     if spec.tiny:
         raise ValueError(f"model {config.model!r} is a tiny zoo model for the transformers "
                          "engine; vLLM needs real weights (e.g. qwen2.5-1.5b-instruct, or "

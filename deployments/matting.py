@@ -20,7 +20,7 @@ import numpy as np
 from ray import serve
 
 from deployments._common import lower_cpu_priority, replica_info
-from models.matting import MattingModel, MattingRequest, check_inputs, matting_spec
+from models.matting import MattingModel, MattingRequest, check_inputs
 from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
@@ -43,7 +43,7 @@ class Matting:
         self,
         *,
         model: str = "tiny-u2net",
-        model_path: str | None = None,
+        source: str | None = None,
         zoo_dir: str | None = None,
         rembg_home: str | None = None,
         allow_fallback: bool = False,
@@ -56,7 +56,7 @@ class Matting:
         health_probe_timeout_s: float = 20.0,
         niceness: int = 0,
     ):
-        """`model`: a matting model name (`models.matting.known_models()`); `model_path`: an
+        """`model`: a catalogue matting model (`models.registry`); `source`: an
         .onnx file (or folder with one) to use instead of the named weights; `rembg_home`: where
         named rembg models live (default `$REMBG_HOME` or ~/.rembg); `threads`: onnxruntime
         intra-op threads (default: $OMP_NUM_THREADS, which Ray sets to the replica's num_cpus);
@@ -67,9 +67,8 @@ class Matting:
         (`deployments._common.lower_cpu_priority`)."""
         lower_cpu_priority(niceness)
 
-        spec = matting_spec(model, source=model_path)
-        self.model = MattingModel.from_spec(
-            spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, device=device,
+        self.model = MattingModel.from_name(
+            model, source=source, zoo_dir=zoo_dir, allow_fallback=allow_fallback, device=device,
             home=rembg_home, threads=threads,
         )
         self._max_batch_images = max_batch_images or self.model.max_batch_images

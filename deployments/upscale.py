@@ -41,7 +41,7 @@ class Upscaler:
         self,
         *,
         model: str = "tiny-esrgan",
-        model_path: str | None = None,
+        source: str | None = None,
         zoo_dir: str | None = None,
         tile: int = 256,
         tile_overlap: int = 32,
@@ -53,7 +53,7 @@ class Upscaler:
         lower_cpu_priority(niceness)
 
         check_tiling(tile, tile_overlap)
-        self.model = UpscaleModel.from_name(model, model_path=model_path, zoo_dir=zoo_dir,
+        self.model = UpscaleModel.from_name(model, source=source, zoo_dir=zoo_dir,
                                             allow_fallback=allow_fallback)
         self._tile = tile
         self._tile_overlap = tile_overlap

@@ -21,7 +21,7 @@ from typing import Any
 from ray import serve
 
 from deployments._common import lower_cpu_priority, replica_info
-from models.registry import spec_for_source
+from models.registry import get_spec
 from models.video import VideoModel, VideoRequest, check_inputs, encode_video
 
 logger = logging.getLogger("ray.serve")
@@ -51,7 +51,7 @@ class Video:
         lower_cpu_priority(niceness)
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        spec = spec_for_source(model, family="video", source=source)
+        spec = get_spec(model, kind="video", source=source)
         self.model = VideoModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
         self._lock = asyncio.Lock()  # one clip at a time: pipelines are not thread-safe
         self._clips = 0

@@ -17,18 +17,6 @@ from graphs.auth import AuthConfig
 from graphs.quotas import QuotaConfig
 from graphs.settings import Profile, Settings
 
-# Default model per deployment and profile (registry names, models/registry.py).
-DEFAULT_MODELS = {
-    "generator": {"tiny": "tiny-sd", "local": "sd15", "production": "sd15"},
-    "matting": {"tiny": "tiny-u2net", "local": "u2net", "production": "u2net"},
-    "faceswap": {"tiny": "tiny-insightface", "local": "inswapper-128",
-                 "production": "inswapper-128"},
-    "upscale": {"tiny": "tiny-esrgan", "local": "realesrgan-x4", "production": "realesrgan-x4"},
-    "video": {"tiny": "tiny-ltx", "local": "ltx-video", "production": "ltx-video"},
-    "llm": {"tiny": "tiny-llm", "local": "qwen2.5-1.5b-instruct",
-            "production": "qwen2.5-1.5b-instruct"},
-    "vision": {"tiny": "tiny-blip", "local": "blip-base", "production": "blip-base"},
-}
 # The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
 # tiny without (rules + embeddings answer; /v1/capabilities says so).
 DEFAULT_LLM_BACKEND = {"tiny": "off", "local": "transformers", "production": "vllm"}
@@ -78,6 +66,9 @@ class AppArgs(BaseModel):
     use_gpu: bool | None = Field(None, description="default: production yes, others no")
     generator_num_gpus: float | None = Field(None, gt=0, le=1)
     max_batch_size: int = Field(8, ge=1, le=64)
+    max_adapter_sets: int = Field(4, ge=1, le=64, description="LoRA adapter sets cached per "
+                                  "Generator replica (Serve's max_num_models_per_replica; "
+                                  "least recently used evicted)")
     generator_torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads of a Generator replica (default: "
         "its num_cpus); on CPU, more threads also make batches pay off more")
@@ -114,7 +105,7 @@ def build_app(args: AppArgs) -> Application:
     from deployments import video as video_dep
     from deployments.router import Router
     from graphs.ingress import Ingress, IngressConfig
-    from models.registry import MODELS
+    from models.registry import default_model
 
     if isinstance(args, dict):  # serve's builder call passes a dict when untyped
         args = AppArgs(**args)
@@ -129,14 +120,8 @@ def build_app(args: AppArgs) -> Application:
     auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
-    def model_for(kind: str, explicit: str | None) -> str:
-        return explicit or DEFAULT_MODELS[kind][profile]
-
-    def source_for(name: str, explicit: str | None) -> str | None:
-        if explicit:
-            return explicit
-        spec = MODELS.get(name)
-        return spec.source if spec and not spec.tiny and "/" in spec.source else None
+    def model_for(deployment: str, explicit: str | None) -> str:
+        return explicit or default_model(deployment, profile)
 
     def gpu_options(default_fraction: float, num_cpus: float = 1) -> dict:
         if not use_gpu:
@@ -150,28 +135,29 @@ def build_app(args: AppArgs) -> Application:
         allow_fallback=allow_fallback,
         zoo_dir=zoo_dir,
         max_batch_size=args.max_batch_size,
+        max_adapter_sets=args.max_adapter_sets,
         torch_threads=args.generator_torch_threads,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
         niceness=args.model_niceness,
     )
     matting_name = model_for("matting", args.matting_model)
     mat = matting.Matting.options(**gpu_options(matting.DEFAULT_NUM_GPUS)).bind(
-        model=matting_name, model_path=args.matting_source, zoo_dir=zoo_dir,
+        model=matting_name, source=args.matting_source, zoo_dir=zoo_dir,
         allow_fallback=allow_fallback, niceness=args.model_niceness)
     faceswap_name = model_for("faceswap", args.faceswap_model)
     swap = faceswap.FaceSwap.options(**gpu_options(faceswap.DEFAULT_NUM_GPUS)).bind(
-        model=faceswap_name, model_dir=args.faceswap_source, zoo_dir=zoo_dir,
+        model=faceswap_name, source=args.faceswap_source, zoo_dir=zoo_dir,
         allow_fallback=allow_fallback, niceness=args.model_niceness)
     upscale_name = model_for("upscale", args.upscale_model)
     up = upscale.Upscaler.options(**gpu_options(upscale.DEFAULT_NUM_GPUS)).bind(
-        model=upscale_name, model_path=source_for(upscale_name, args.upscale_source),
+        model=upscale_name, source=args.upscale_source,
         zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
     vid = None
     video_name = model_for("video", args.video_model)
     if video_name != "off":
         vid = video_dep.Video.options(
             **gpu_options(args.video_num_gpus or video_dep.DEFAULT_NUM_GPUS)).bind(
-            model=video_name, source=source_for(video_name, args.video_source),
+            model=video_name, source=args.video_source,
             zoo_dir=zoo_dir, allow_fallback=allow_fallback, niceness=args.model_niceness)
     vision_name = model_for("vision", args.vision_model)
     see = None

@@ -29,7 +29,7 @@ import numpy as np
 
 from graphs import usage
 from graphs.errors import ApiError
-from graphs.generation import GenerationService, fit_to_limits
+from graphs.generation import GenerationService, fit_to_limits, resolve_loras
 from graphs.jobs import JobRunner
 from graphs.schemas import (
     ChatAction,
@@ -52,6 +52,10 @@ from workflows.plans import plan_workflow, upload_ref
 # Reply texts in the message's language (English or French): router/replies.py.
 HELP_TEXT = replies.help_text("en")
 INTENT_LABELS = replies.DONE["en"]
+
+
+# workflow ops whose params take the message's LoRA adapters (`loras`)
+LORA_OPS = ("generate", "edit")
 
 
 def step_images(step) -> int:
@@ -176,13 +180,17 @@ class ChatService:
         except ValueError as exc:
             raise ApiError(400, f"context: {exc}", param="context") from None
 
-    async def workflow_of(self, plan, ctx):
+    async def workflow_of(self, plan, ctx, loras: list | None = None):
         """The plan's workflow, validated (a 400 names what the engine cannot run), and each
-        step node's intent."""
+        step node's intent. `loras`: the message's LoRA adapters, on its generate and edit
+        nodes."""
         info = await self.generation.model_info()
         raw, intents = plan_workflow(
             plan, session_image=ctx.last_image_id if ctx is not None else None,
             fit_size=lambda w, h: fit_to_limits(w, h, info["limits"]))
+        for node in raw["nodes"].values():
+            if loras and node["op"] in LORA_OPS:
+                node.setdefault("params", {})["loras"] = loras
         return self.workflows.validate(raw), intents
 
     async def plan_with_workflow(self, message: str, *, images: int, context=None
@@ -219,8 +227,15 @@ class ChatService:
     # -- the endpoint -----------------------------------------------------------------------
     async def chat(self, *, message: str, session_id: str | None,
                    context: dict[str, Any] | None, uploads: list[np.ndarray],
-                   base_url: str, async_job: bool = False) -> ChatResponse:
+                   base_url: str, async_job: bool = False,
+                   loras: list | None = None) -> ChatResponse:
         started = time.perf_counter()
+        # LoRA adapters: the `loras` field and <lora:name:w> tags in the message (taken out
+        # before planning), checked now (400 before any job); the image steps apply them
+        if loras or "<lora:" in message:
+            info = await self.generation.model_info()
+            message, refs = resolve_loras(message, loras, info)
+            loras = [{"name": r.name, "weight": r.weight} for r in refs]
         # a new session is created once the message is planned (a failed plan leaves none)
         session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
@@ -247,7 +262,7 @@ class ChatService:
         # images the plan takes from the session, resolved in the caller's project now: an
         # unknown or foreign id is a 404 before anything is charged, stored or run
         session_images = await self._session_images(image_steps, ctx) if runs else {}
-        graph, intents = await self.workflow_of(plan, ctx) if runs else (None, {})
+        graph, intents = await self.workflow_of(plan, ctx, loras) if runs else (None, {})
         charge = await self.runner.charge_images(
             sum(map(step_images, image_steps)) if runs else 0)
         try:

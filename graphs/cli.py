@@ -207,7 +207,7 @@ def _prebuild_zoo(profile: str) -> None:
         return
     from models import zoo
 
-    for name in zoo.BUILDERS:
+    for name in zoo.tiny_names():
         if not zoo.is_built(name):
             console.print(f"  building tiny model {name}…")
             zoo.ensure(name)
@@ -451,7 +451,7 @@ def _gateway_settings():
 def _zoo_build(ns: argparse.Namespace) -> int:
     from models import zoo
 
-    names = ns.names or list(zoo.BUILDERS)
+    names = ns.names or zoo.tiny_names()
     for name in names:
         path = zoo.ensure(name, ns.zoo_dir)
         console.print(f"{name}: {path}")

@@ -44,8 +44,9 @@ from graphs.jobs import JobRunner, Output
 from graphs.providers import LOCAL, ProviderRegistry
 from graphs.schemas import ImagesResponse, OutputOptions, Usage, UsageDetails
 from models.diffusion import GenerationRequest, check_inputs
+from models.lora import LoraRef, check_loras, extract_prompt_loras
 from models.matting import MattingRequest
-from models.registry import SizeLimits
+from models.registry import SizeLimits, catalogue, close_matches
 from providers import ProviderRequest, ProviderRouter, parse_model_name
 
 logger = logging.getLogger("ray.serve")
@@ -123,7 +124,7 @@ class Options:
     steps: int | None = None
     guidance_scale: float | None = None
     model: str | None = None
-    lora: str | None = None
+    loras: list[Any] | None = None  # [LoraItem | {"name", "weight"}]
     provider: list[str] | None = None
     preset: str | None = None  # the preset applied (recorded in the images' recipes)
 
@@ -184,10 +185,7 @@ class GenerationService:
     # -- request building -----------------------------------------------------------------
     def route(self, opts: Options, info: dict[str, Any]) -> Route:
         """The `Route` of `opts` (`model` may be 'provider/model'; `provider` a chain). 400s
-        name the field: an unknown provider, a model nobody serves, a LoRA."""
-        if opts.lora:
-            raise ApiError(400, f"LoRA adapter {opts.lora!r} is not loaded; available: none",
-                           param="lora", code="lora_not_found")
+        name the field: an unknown provider, a model nobody serves."""
         router = self.router
         names = router.names if router is not None else [LOCAL]
         pinned, model = parse_model_name(opts.model, names)
@@ -227,6 +225,11 @@ class GenerationService:
         errors name the request field: width/height → size) when the local Generator may
         serve it. `extra`: mode, image, mask, strength."""
         route = route or self.route(opts, info)
+        prompt, loras = resolve_loras(prompt, opts.loras, info)
+        if loras and not route.local:
+            raise ApiError(400, "loras run on the local generator only: drop the loras, or the "
+                           "provider/model that pins a remote provider", param="loras",
+                           code="invalid_combination")
         limits = SizeLimits(**info["limits"]) if route.local else REMOTE_LIMITS
         width, height = parse_size(opts.size, limits, auto=auto_size)
         steps = opts.steps or QUALITY_STEPS[opts.resolved_quality][1 if info["tiny"] else 0]
@@ -239,7 +242,7 @@ class GenerationService:
             prompt=prompt, negative_prompt=opts.negative_prompt, n=opts.n, width=width,
             height=height, steps=steps,
             guidance_scale=opts.guidance_scale if opts.guidance_scale is not None else 7.5,
-            seed=opts.seed, **extra)
+            seed=opts.seed, loras=loras, **extra)
         if not route.local:
             return req
         try:
@@ -255,11 +258,12 @@ class GenerationService:
         can serve it; else through the provider router (a `RoutingError` when none could)."""
         route = route or Route()
         router = self.router
-        if route.direct(router):
+        if route.direct(router) or req.loras:
             started = time.perf_counter()
-            res = await self.generator.generate.remote(req)
+            res = await for_adapters(self.generator, req).generate.remote(req)
             return Output(images=res.images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings, provider=LOCAL,
+                          loras=res.loras,
                           attempts=[{"provider": LOCAL, "outcome": "ok", "seconds": round(
                               time.perf_counter() - started, 4)}])
         token = _LOCAL_REQUEST.set(req)
@@ -277,7 +281,8 @@ class GenerationService:
     def local_generate(self, request: GenerationRequest) -> Any:
         """The `local` provider's call: the request `run_request` is routing when there is one
         (see `_LOCAL_REQUEST`), else the provider's own conversion."""
-        return self.generator.generate.remote(_LOCAL_REQUEST.get() or request)
+        req = _LOCAL_REQUEST.get() or request
+        return for_adapters(self.generator, req).generate.remote(req)
 
     # -- running --------------------------------------------------------------------------
     async def _finish_images(self, images: list[np.ndarray], opts: Options,
@@ -303,8 +308,7 @@ class GenerationService:
                   info: dict[str, Any], base_url: str, images_in: int = 0,
                   alpha: np.ndarray | None = None, async_job: bool = False,
                   route: Route | None = None) -> ImagesResponse | str:
-        params = {k: v for k, v in vars(opts).items() if v is not None}
-        params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
+        params = job_params(opts, req)
         route = route or Route()
 
         async def work(progress) -> Output:
@@ -319,14 +323,15 @@ class GenerationService:
                         elif event["type"] == "result":
                             res = event["result"]
                 res = Output(images=res.images, model=res.model, seeds=res.seeds,
-                             batch_size=res.batch_size, timings=res.timings, provider=LOCAL)
+                             batch_size=res.batch_size, timings=res.timings, provider=LOCAL,
+                             loras=res.loras)
             else:
                 res = await self.run_request(req, route)
             images, extra = await self._finish_images(res.images, opts, alpha)
             return Output(images=images, model=res.model, seeds=res.seeds,
                           batch_size=res.batch_size, timings=res.timings,
                           extra={**res.extra, **extra, "quality": opts.resolved_quality},
-                          provider=res.provider, attempts=res.attempts,
+                          provider=res.provider, attempts=res.attempts, loras=res.loras,
                           recipes=recipes_for(req, opts, res))
 
         response = await self.runner.run(
@@ -355,8 +360,7 @@ class GenerationService:
         """SSE events (sse-starlette dicts). Errors after the stream started become an
         `error` event carrying the usual envelope."""
         previews: asyncio.Queue = asyncio.Queue()
-        params = {k: v for k, v in vars(opts).items() if v is not None}
-        params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
+        params = job_params(opts, req)
         common = {"background": "transparent" if opts.background == "transparent" else "opaque",
                   "output_format": opts.output_format, "quality": opts.resolved_quality,
                   "size": f"{req.width}x{req.height}"}
@@ -372,7 +376,8 @@ class GenerationService:
             images, extra = await self._finish_images(result.images, opts, alpha)
             return Output(images=images, model=result.model, seeds=result.seeds,
                           batch_size=1, timings=result.timings,
-                          extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL)
+                          extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL,
+                          loras=result.loras)
 
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,
@@ -503,8 +508,8 @@ RECIPE_VERSION = 1
 def recipes_for(req: GenerationRequest, opts: Options, res: Output, **extra: Any
                 ) -> list[dict[str, Any]] | None:
     """Each image's recipe (text-to-image only: an edit's input image is not part of
-    it): what POST /v1/assets/{id}/remix runs again. LoRAs: `opts.lora` today; a `loras`
-    list (issue #15) is recorded as is when the options carry one."""
+    it): what POST /v1/assets/{id}/remix runs again, LoRA adapters (resolved, with their
+    weights) included."""
     if req.mode != "text2img":
         return None
     seeds = res.seeds or [None] * len(res.images)
@@ -513,10 +518,67 @@ def recipes_for(req: GenerationRequest, opts: Options, res: Output, **extra: Any
             "provider": res.provider, "steps": req.steps,
             "guidance_scale": req.guidance_scale, "size": f"{req.width}x{req.height}",
             "quality": opts.resolved_quality, "background": opts.background,
-            "preset": opts.preset, "lora": opts.lora,
-            **({"loras": opts.loras} if getattr(opts, "loras", None) else {}), **extra}
+            "preset": opts.preset,
+            **({"loras": [{"name": r.name, "weight": r.weight} for r in req.loras]}
+               if req.loras else {}), **extra}
     return [{**{k: v for k, v in base.items() if v is not None}, "seed": seed}
             for seed in seeds]
+
+
+def job_params(opts: Options, req: GenerationRequest) -> dict[str, Any]:
+    """What the job record keeps of a request: its options, as run (LoRAs resolved)."""
+    params = {k: v for k, v in vars(opts).items() if v is not None and k != "loras"}
+    params.update(width=req.width, height=req.height, steps=req.steps, mode=req.mode)
+    if req.loras:
+        params["loras"] = [{"name": r.name, "weight": r.weight} for r in req.loras]
+    return params
+
+
+def for_adapters(generator: Any, req: GenerationRequest) -> Any:
+    """The Generator handle for `req`: with LoRAs, its adapter set is the multiplexed model
+    id, so Serve routes it to a replica that already holds those adapters."""
+    if not req.loras:
+        return generator
+    return generator.options(multiplexed_model_id=req.adapter_set)
+
+
+def lora_catalogue(base: str) -> dict[str, Any]:
+    """The LoRA adapters that fit base model `base` (catalogue entries), by name."""
+    return {spec.name: spec for spec in catalogue("lora") if spec.base == base}
+
+
+def resolve_loras(prompt: str, items: list[Any] | None, info: dict[str, Any]
+                  ) -> tuple[str, tuple[LoraRef, ...]]:
+    """The prompt without A1111 ``<lora:name:w>`` tags, and the request's adapters (the
+    `loras` field first, then the tags; weights default to the adapter's default_weight).
+    400 naming close matches for names that don't fit the served base model."""
+    clean, tagged = extract_prompt_loras(prompt)
+    wanted = [(getattr(i, "name", None) or i["name"],
+               i.weight if hasattr(i, "weight") else i.get("weight"), "loras")
+              for i in items or ()] + [(name, w, "prompt") for name, w in tagged]
+    if not wanted:
+        return prompt, ()
+    available = lora_catalogue(info["name"])
+    refs = []
+    for name, weight, param in wanted:
+        spec = available.get(name)
+        if spec is None:
+            near = close_matches(name, available)
+            raise ApiError(400, f"unknown LoRA adapter {name!r} for base model "
+                           f"{info['name']!r}" + (f"; did you mean {', '.join(near)}?" if near
+                                                  else "")
+                           + f"; available: {', '.join(sorted(available)) or 'none'} (GET "
+                           "/v1/models?kind=lora)", param=param, code="lora_not_found")
+        refs.append(LoraRef(name, float(weight if weight is not None
+                                        else spec.default_weight)))
+    try:
+        check_loras(refs)
+    except InputError as exc:
+        raise ApiError(400, exc.message, param="loras", code="invalid_loras") from None
+    if not clean.strip():
+        raise ApiError(400, "the prompt has only <lora:...> tags: describe the image too",
+                       param="prompt", code="invalid_value")
+    return clean, tuple(refs)
 
 
 def provider_request(req: GenerationRequest, route: Route) -> ProviderRequest:
@@ -536,7 +598,8 @@ def provider_request(req: GenerationRequest, route: Route) -> ProviderRequest:
 async def _streaming(generator: Any, req: GenerationRequest, partial_images: int):
     """The generator's event stream, cancelled on the replica when we stop listening early
     (job cancelled, client gone): an abandoned stream would otherwise hold the model."""
-    events = generator.options(stream=True).generate_stream.remote(req, partial_images)
+    events = for_adapters(generator, req).options(stream=True).generate_stream.remote(
+        req, partial_images)
     try:
         yield events
     finally:

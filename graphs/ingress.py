@@ -106,6 +106,7 @@ from graphs.schemas import (
 from graphs.tools import Limits, ToolService
 from graphs.video import VideoService, list_presets
 from graphs.workflows import WorkflowService, sse
+from models.registry import KINDS, MODELS, catalogue, close_matches
 from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
 from router.suggestions import SuggestionIndex
@@ -117,6 +118,40 @@ from storage.tables import as_utc, utcnow
 from telemetry.logs import install_log_redaction
 
 logger = logging.getLogger("ray.serve")
+
+
+# Above the Ingress class: `serve.ingress` builds its routes from the module as it is then
+# (defined below the class, these were a NameError inside the routes: a 500).
+DEPLOYMENT_KIND = {"generator": "base", "matting": "matting", "faceswap": "face",
+                   "upscaler": "upscaler", "upscale": "upscaler", "llm": "llm"}
+
+
+def model_cards(infos: dict[str, dict[str, Any]]) -> list[ModelCard]:
+    """The deployed models (`infos`: deployment -> replica info), then the catalogue's other
+    entries; LoRAs only where they fit the deployed base model."""
+    cards = []
+    for deployment, info in infos.items():
+        spec = MODELS.get(info["name"])
+        cards.append(_card(spec, id=info["name"], deployment=deployment, tiny=info["tiny"],
+                           fallback=info["fallback"],
+                           kind=spec.kind if spec else DEPLOYMENT_KIND.get(deployment, "base")))
+    served = {c.id for c in cards}
+    base = infos.get("generator", {}).get("name")
+    for spec in catalogue():
+        if spec.name in served or (spec.kind == "lora" and spec.base != base):
+            continue
+        cards.append(_card(spec, id=spec.name, tiny=spec.tiny, kind=spec.kind))
+    return cards
+
+
+def _card(spec: Any, **fields: Any) -> ModelCard:
+    if spec is not None:
+        fields.update(description=spec.description, base=spec.base, size=spec.size,
+                      tags=list(spec.tags), trigger_words=list(spec.trigger_words),
+                      preview=spec.preview_asset,
+                      default_weight=spec.default_weight if spec.kind == "lora" else None)
+    return ModelCard(**fields)
+
 
 app = FastAPI(
     title="Photo Studio Gateway",
@@ -576,21 +611,39 @@ class Ingress:
         decoded = await self.tools.decode(await form.image.read(), "image", keep_alpha=False)
         opts = Options(n=form.n, size=form.size, response_format=form.response_format,
                        output_format=form.output_format, model=form.model, seed=form.seed,
-                       provider=form.provider)
+                       provider=form.provider, loras=form.loras)
         return await self._reply(await self.generation.variations(
             decoded, opts=opts, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
 
-    @app.get("/v1/models", tags=["images"])
-    async def models(self) -> ModelList:
+    async def _model_cards(self) -> list[ModelCard]:
         infos = {"generator": await self.generation.model_info()}
         for name in self.tools.handles:
             infos[name] = await self.tools.info(name)
         if self.videos.video is not None:
             infos["video"] = await self.videos.info()
-        return ModelList(data=[ModelCard(id=info["name"], deployment=deployment,
-                                         tiny=info["tiny"], fallback=info["fallback"])
-                               for deployment, info in infos.items()])
+        return model_cards(infos)
+
+    @app.get("/v1/models", tags=["images"])
+    async def models(self, kind: str | None = None) -> ModelList:
+        """Every model: the deployed ones first (`deployment` set), then the catalogue
+        (models/registry.py), OpenAI's list shape. `kind`: base, lora, vae, upscaler,
+        matting, face or llm; LoRAs are those that fit the deployed base model."""
+        if kind is not None and kind not in KINDS:
+            raise ApiError(400, f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}",
+                           param="kind", code="invalid_value")
+        cards = await self._model_cards()
+        return ModelList(data=[c for c in cards if kind is None or c.kind == kind])
+
+    @app.get("/v1/models/{model_id}", tags=["images"])
+    async def model(self, model_id: str) -> ModelCard:
+        cards = {c.id: c for c in await self._model_cards()}
+        if model_id not in cards:
+            near = close_matches(model_id, cards)
+            raise ApiError(404, f"no model {model_id!r}" + (
+                f"; did you mean {', '.join(near)}?" if near else "") + " (GET /v1/models)",
+                param="model_id", code="model_not_found")
+        return cards[model_id]
 
     # -- providers ----------------------------------------------------------------------------
     async def _providers(self) -> list[dict[str, Any]]:
@@ -699,7 +752,7 @@ class Ingress:
                              ) -> ImagesResponse:
         return await self._reply(await self.tools.style_transfer(
             await form.image.read(), style=form.style, prompt=form.prompt,
-            strength=form.strength, seed=form.seed, steps=form.steps,
+            strength=form.strength, seed=form.seed, steps=form.steps, loras=form.loras,
             output_format=form.output_format, response_format=form.response_format,
             base_url=self._base_url(request), async_job=_wants_async(request)), request)
 
@@ -886,7 +939,8 @@ class Ingress:
         uploads = await self.tools.decode_many(blobs)
         reply = await self.chat_service.chat(
             message=body.message, session_id=body.session_id, context=body.context,
-            uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request))
+            uploads=uploads, base_url=self._base_url(request), async_job=_wants_async(request),
+            loras=body.loras)
         # an image made here carries its recipe: the reply says how it was made
         recipes = [r for _, data in blobs if (r := read_recipe(data)) is not None]
         if recipes:
@@ -1157,3 +1211,4 @@ class Ingress:
         chores = getattr(self, "chores", None)
         if chores is not None:
             chores.stop(timeout_s=1.0)
+

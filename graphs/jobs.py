@@ -59,6 +59,7 @@ class Output:
     record: dict[str, Any] | None = None
     # per image: how to make it again (embedded in the file and kept in its asset record)
     recipes: list[dict[str, Any] | None] | None = None
+    loras: list[dict[str, Any]] = field(default_factory=list)  # LoRA adapters applied
 
     @property
     def remote(self) -> bool:
@@ -271,6 +272,7 @@ class JobRunner:
                     extra=out.extra,
                     provider=out.provider,
                     attempts=out.attempts,
+                    loras=out.loras,
                 ),
                 usage=Usage(images=len(out.images), pixels=pixels,
                             model_seconds=round(worked, 4)),
@@ -281,8 +283,10 @@ class JobRunner:
                 for item in result["data"]:
                     item["b64_json"] = None
                     item["url"] = self.asset_url(item["id"], base_url, self.project)
-            elif out.provider is not None:  # the job record says who answered, and the tries
-                result = {"metadata": {"provider": out.provider, "attempts": out.attempts}}
+            elif out.provider is not None or out.loras:  # the job record says who answered,
+                # the tries and the LoRA adapters applied
+                result = {"metadata": {"provider": out.provider, "attempts": out.attempts,
+                                       **({"loras": out.loras} if out.loras else {})}}
             if out.record:
                 result = {**(result or {}), **out.record}
             if on_success is not None:  # e.g. the chat remembers its images in the session

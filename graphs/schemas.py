@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from router.prompts import MAX_PROMPT_CHARS
@@ -43,6 +52,41 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_ACCEPTED,
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 MAX_PROVIDERS = 10  # names in one request's `provider` chain
 MAX_BATCH = 20  # prompts of one POST /v1/images/generations/batch
+
+
+class LoraItem(BaseModel):
+    """One LoRA adapter of a request (GET /v1/models?kind=lora lists them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128)
+    weight: float | None = Field(None, ge=-4.0, le=4.0, description="default: the adapter's "
+                                 "default_weight (GET /v1/models/{name})")
+
+
+def _loras_json(value: Any) -> Any:
+    """Multipart forms carry `loras` as JSON text ('[{"name": "x", "weight": 0.8}]')."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        items: list = []
+        for text in value:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise PydanticCustomError("invalid_loras", "loras must be a JSON list of "
+                                          '{{"name", "weight"}} objects', {"param": "loras"}
+                                          ) from None
+            items += parsed if isinstance(parsed, list) else [parsed]
+        return items
+    return value
+
+
+Loras = Annotated[
+    list[LoraItem] | None,
+    BeforeValidator(_loras_json),
+    Field(None, max_length=5, description="LoRA adapters, up to 5: [{name, weight}] (also "
+          "A1111's <lora:name:weight> inside the prompt)")]
 
 
 def _provider_chain(value: str | list[str] | None) -> list[str] | None:
@@ -91,7 +135,7 @@ class OutputOptions(BaseModel):
                               "'runware/runware:101@1').")
     provider: ProviderChain = None
     user: str | None = Field(None, max_length=256)
-    lora: str | None = Field(None, max_length=128, description="a loaded LoRA adapter name")
+    loras: Loras = None
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     seed: Seed | None = Field(None, description="Seed of the first image; image k uses seed+k.")
     steps: int | None = Field(None, ge=1, le=150, description="Denoising steps.")
@@ -194,6 +238,7 @@ class VariationForm(BaseModel):
     provider: ProviderChain = None
     user: str | None = Field(None, max_length=256)
     seed: Seed | None = None
+    loras: Loras = None
 
 
 class ToolForm(BaseModel):
@@ -263,6 +308,7 @@ class StyleTransferForm(ToolForm):
     style: str = Field(..., max_length=300,
                        description="a preset name (GET /v1/styles) or free text")
     prompt: str | None = Field(None, max_length=2000, description="what the image shows")
+    loras: Loras = None
     strength: float | None = Field(None, gt=0, le=1, description="default: the preset's")
     seed: Seed | None = None
     steps: int | None = Field(None, ge=1, le=150)
@@ -289,6 +335,8 @@ class ResponseMetadata(BaseModel):
     batch_size: int | None = Field(None, description="Images computed together in one model call")
     timings: dict[str, float]
     extra: dict[str, Any] = Field(default_factory=dict, description="tool-specific details")
+    loras: list[dict[str, Any]] = Field(default_factory=list, description="LoRA adapters "
+                                        "applied: [{name, weight}]")
     provider: str | None = Field(None, description="the image provider that answered "
                                  "(generator work; see GET /v1/providers)")
     attempts: list[dict[str, Any]] = Field(
@@ -490,13 +538,24 @@ class SessionList(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One model, OpenAI's shape plus the catalogue's fields (models/registry.py)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "photostudio"
-    deployment: str
+    kind: str = Field(..., description="base, lora, vae, upscaler, matting, face or llm")
+    deployment: str | None = Field(None, description="the deployment serving it now "
+                                   "(None: in the catalogue, not deployed)")
     tiny: bool
-    fallback: bool
+    fallback: bool = False
+    description: str = ""
+    base: str | None = Field(None, description="LoRA/VAE: the base model it fits")
+    size: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    trigger_words: list[str] = Field(default_factory=list)
+    default_weight: float | None = Field(None, description="LoRA: weight when none is given")
+    preview: str | None = Field(None, description="a sample image (URL or asset id)")
 
 
 class ModelList(BaseModel):
@@ -544,6 +603,7 @@ class ChatRequest(BaseModel):
     session_id: str | None = Field(None, max_length=64)
     context: dict[str, Any] | None = Field(None, description="overrides of the session "
                                            "context, e.g. {\"last_image_id\": \"img_…\"}")
+    loras: Loras = None
 
 
 class ChatImage(BaseModel):

@@ -129,13 +129,13 @@ class ToolService:
 
     async def style_request(self, image: np.ndarray, *, style: str, prompt: str | None,
                             strength: float | None = None, seed: int | None = None,
-                            steps: int | None = None):
+                            steps: int | None = None, loras: list | None = None):
         """The img2img request a style transfer becomes (through the generation door, at high
         quality unless `steps` says otherwise), and the resolved style."""
         resolved = resolve_style(style, prompt)
         info = await self.generation.model_info()
         request = self.generation.build_request(
-            resolved.prompt, Options(quality="high", steps=steps, seed=seed,
+            resolved.prompt, Options(quality="high", steps=steps, seed=seed, loras=loras,
                                      negative_prompt=resolved.negative_prompt),
             info, auto_size=fit_to_limits(image.shape[1], image.shape[0], info["limits"]),
             mode="img2img", image=image[..., :3],
@@ -230,11 +230,13 @@ class ToolService:
     async def style_transfer(self, data: bytes, *, style: str, prompt: str | None,
                              strength: float | None, seed: int | None, steps: int | None,
                              output_format: Format, response_format: str,
-                             base_url: str, async_job: bool = False) -> ImagesResponse | str:
+                             base_url: str, async_job: bool = False,
+                             loras: list | None = None) -> ImagesResponse | str:
         image = await self.decode(data, "image", keep_alpha=False)
         info = await self.generation.model_info()
         request, resolved = await self.style_request(image, style=style, prompt=prompt,
-                                                     strength=strength, seed=seed, steps=steps)
+                                                     strength=strength, seed=seed, steps=steps,
+                                                     loras=loras)
 
         async def work(progress) -> Output:
             return await self.style_run(request, resolved)
@@ -243,6 +245,8 @@ class ToolService:
             async_job=async_job,
             kind="style-transfer", prompt=resolved.prompt,
             params={"style": style, "strength": request.strength, "width": request.width,
-                    "height": request.height, "steps": request.steps},
+                    "height": request.height, "steps": request.steps,
+                    **({"loras": [{"name": r.name, "weight": r.weight} for r in request.loras]}
+                       if request.loras else {})},
             model_info=info, work=work, base_url=base_url, response_format=response_format,
             output_format=output_format, revised_prompt=resolved.prompt)

@@ -33,6 +33,20 @@ class ModelFamily(ABC):
     """Load once (`load`), run many times (`run`). Subclasses add typed entry points."""
 
     family: ClassVar[str]
+    kind: ClassVar[str]  # the catalogue kind this family serves (models/registry.py)
+
+    @classmethod
+    def from_spec(cls, spec: Any, **kwargs: Any) -> ModelFamily:
+        """Resolve a catalogue spec (tiny zoo, local path, hub id) and load it."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_name(cls, name: str, *, source: str | None = None, **kwargs: Any) -> ModelFamily:
+        """Load catalogue model `name` (`ValueError` for unknown names), from other weights
+        when `source` is given. Every family loads by name through this one path."""
+        from models.registry import get_spec
+
+        return cls.from_spec(get_spec(name, kind=cls.kind, source=source), **kwargs)
 
     @classmethod
     @abstractmethod

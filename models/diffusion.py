@@ -23,6 +23,7 @@ from PIL import Image
 from common.errors import InputError
 from models import zoo
 from models.base import LoadedInfo, ModelFamily
+from models.lora import LoraRef, adapter_set_id, check_loras, read_lora_file
 from models.registry import ModelSpec, SizeLimits, get_spec, resolve
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class GenerationRequest:
     image: np.ndarray | None = None
     mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
     strength: float = 0.75
+    loras: tuple[LoraRef, ...] = ()  # adapters to apply (loaded with `load_adapter` first)
+
+    @property
+    def adapter_set(self) -> str:
+        """The canonical adapter-set id ('' without LoRAs): Serve's multiplexed model id."""
+        return adapter_set_id(self.loras)
 
     @property
     def pipeline_steps(self) -> int:
@@ -71,7 +78,7 @@ class GenerationRequest:
     def batch_key(self) -> tuple:
         """Requests with equal keys can run in one pipeline call."""
         return (self.mode, self.width, self.height, self.steps, self.guidance_scale,
-                self.strength if self.mode != "text2img" else None)
+                self.strength if self.mode != "text2img" else None, self.adapter_set)
 
 
 class GenerationCancelled(RuntimeError):
@@ -101,6 +108,7 @@ class GenerationResult:
     model: str
     batch_size: int  # images computed together in the pipeline call that made these
     timings: dict[str, float] = field(default_factory=dict)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # [{name, weight}] applied
 
 
 def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
@@ -136,10 +144,12 @@ def check_inputs(req: GenerationRequest, limits: SizeLimits) -> None:
                              param="strength")
     if req.mode == "inpaint" and req.mask is None:
         raise InputError("mask is required for inpaint", param="mask")
+    check_loras(req.loras)
 
 
 class DiffusionModel(ModelFamily):
     family = "diffusion"
+    kind = "base"
 
     def __init__(self, pipe: Any, *, info: LoadedInfo, limits: SizeLimits,
                  preview_decoder: Any = None):
@@ -148,6 +158,78 @@ class DiffusionModel(ModelFamily):
         self.limits = limits
         # A fast latent decoder (TAESD) for step previews; None: previews use the full VAE.
         self.preview_decoder = preview_decoder
+        self._adapters: dict[str, str] = {}  # LoRA adapters loaded: name -> file
+        self._active: str | None = None  # adapter set the pipeline is set to ('' = none)
+        self._hotswap_rank: int | None = None  # enable_lora_hotswap's target_rank (GPU)
+
+    # -- LoRA adapters ----------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def enable_hotswap(self, target_rank: int) -> None:
+        """GPU + torch.compile: `enable_lora_hotswap(target_rank=)` before the first adapter
+        and `compile` after; later adapters load with ``hotswap=True`` into a slot of the
+        evicted one, so swapping never recompiles. Limit: adapters of rank <= `target_rank`
+        (bigger ones are refused at registration), and one adapter active at a time."""
+        self._pipes["text2img"].enable_lora_hotswap(target_rank=target_rank)
+        self._hotswap_rank = target_rank
+
+    def load_adapter(self, name: str, location: str) -> float:
+        """Load LoRA `name` from a .safetensors file/folder with diffusers'
+        `load_lora_weights(adapter_name=name)` (never a pipeline reload). `ValueError` saying
+        why when it is not a LoRA for this base model (pickle, corrupt, other base: no layer
+        matched, or shapes differ); nothing stays loaded then. Returns the seconds it took."""
+        if name in self._adapters:
+            return 0.0
+        started = time.perf_counter()
+        state = read_lora_file(location)
+        pipe = self._pipes["text2img"]
+        try:
+            pipe.load_lora_weights(state, adapter_name=name)
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            self._drop(name)
+            raise ValueError(f"LoRA {name!r} does not fit base model {self._info.name!r}: "
+                             f"{_first_line(exc)}") from None
+        loaded = {a for lst in pipe.get_list_adapters().values() for a in lst}
+        if name not in loaded:
+            self._drop(name)
+            raise ValueError(f"LoRA {name!r} does not fit base model {self._info.name!r}: "
+                             "none of its layers match (made for another base model?)")
+        self._adapters[name] = str(location)
+        self._active = None  # loading may have activated it: set adapters again
+        return time.perf_counter() - started
+
+    def unload_adapter(self, name: str) -> None:
+        """Delete adapter `name` from the pipeline (LRU eviction): `set_adapters` stays as fast
+        as with only the cached ones."""
+        if self._adapters.pop(name, None) is not None:
+            self._drop(name)
+            self._active = None
+
+    def _drop(self, name: str) -> None:
+        pipe = self._pipes["text2img"]
+        loaded = {a for lst in pipe.get_list_adapters().values() for a in lst}
+        if name in loaded:
+            pipe.delete_adapters(name)
+
+    def activate(self, loras: tuple[LoraRef, ...]) -> None:
+        """Set the pipeline to exactly these adapters and weights (`set_adapters`); no
+        adapters: LoRA layers off. Cheap when already set."""
+        key = adapter_set_id(loras)
+        if key == self._active:
+            return
+        pipe = self._pipes["text2img"]
+        missing = [r.name for r in loras if r.name not in self._adapters]
+        if missing:
+            raise ValueError(f"LoRA adapters not loaded: {', '.join(missing)}")
+        if not loras:
+            if self._adapters:
+                pipe.disable_lora()
+        else:
+            pipe.enable_lora()
+            pipe.set_adapters([r.name for r in loras], adapter_weights=[r.weight for r in loras])
+        self._active = key
 
     def load_preview_decoder(self, source: str) -> bool:
         """Load a TAESD-style `AutoencoderTiny` for previews. Previews are a nicety: on
@@ -370,6 +452,7 @@ class DiffusionModel(ModelFamily):
                 model=mine[0].model,
                 batch_size=max(r.batch_size for r in mine),
                 timings={"inference_s": sum(r.timings.get("inference_s", 0.0) for r in mine)},
+                loras=mine[0].loras,
             ))
         return joined
 
@@ -429,6 +512,7 @@ class DiffusionModel(ModelFamily):
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _callback
+        self.activate(first.loras)  # one adapter set per call (it is in the batch key)
         started = time.perf_counter()
         with torch.inference_mode():
             out = self._pipe(first.mode)(**kwargs).images
@@ -449,6 +533,7 @@ class DiffusionModel(ModelFamily):
                 model=self._info.name,
                 batch_size=len(prompts),
                 timings={"inference_s": elapsed},
+                loras=[{"name": r.name, "weight": r.weight} for r in requests[i].loras],
             )
             offset += n
 
@@ -467,3 +552,8 @@ def _to_pil(array: np.ndarray, size: tuple[int, int]):
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS)
     return img
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

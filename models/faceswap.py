@@ -34,7 +34,7 @@ import numpy as np
 from common.errors import InputError
 from models.base import LoadedInfo, ModelFamily
 from models.base import check_image as _check_image
-from models.registry import MODELS, ModelSpec, resolve, spec_for_source
+from models.registry import ModelSpec, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -196,20 +196,11 @@ def onnx_providers(device: str | None = None) -> tuple[str, list[str]]:
     return "cpu", ["CPUExecutionProvider"]
 
 
-def faceswap_spec(model: str = TINY_NAME, model_dir: str | None = None) -> ModelSpec:
-    """The registry spec of face swap model `model`, pointed at `model_dir` when given."""
-    if model == TINY_NAME and model not in MODELS:  # usable before the registry lists it
-        return ModelSpec(
-            name=TINY_NAME, family="faceswap", source=model_dir or f"tiny:{TINY_NAME}",
-            description="Tiny seeded SCRFD/ArcFace/INSwapper set (built offline; for tests/dev)",
-        )
-    return spec_for_source(model, family="faceswap", source=model_dir)
-
-
 # --- the family --------------------------------------------------------------------------------
 
 class FaceSwapModel(ModelFamily):
     family = "faceswap"
+    kind = "face"
 
     def __init__(self, app: Any, swapper: Any, *, info: LoadedInfo):
         self._app = app  # insightface FaceAnalysis (detection + recognition)

@@ -15,7 +15,7 @@ JSON usually complies; the random-weight tiny model returns garbage, which is ex
 router's fallback path has to survive. Callers must therefore always check a reply with
 `parse_json_reply` (also on vLLM: a reply cut off by ``max_tokens`` is invalid JSON too).
 
-**Weights.** Registry names (`llm_spec`), a local folder, or a hub id; the tiny zoo model
+**Weights.** Catalogue names (`models.registry`), a local folder, or a hub id; the tiny zoo model
 ``tiny-llm`` (`build_tiny_llm`: a seeded 2-layer Qwen2 with a byte-level BPE tokenizer and a
 ChatML chat template, built in code) is saved with ``save_pretrained`` and loaded through the
 same ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` path as e.g. a local copy of
@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from common.errors import InputError
 from models.base import LoadedInfo
-from models.registry import MODELS, ModelSpec, Resolved, resolve, spec_for_source
+from models.registry import ModelSpec, Resolved, get_spec, resolve
 from models.zoo import SEED
 
 logger = logging.getLogger(__name__)
@@ -56,42 +56,6 @@ RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 REQUEST_FIELDS = ("model", "messages", "max_tokens", "temperature", "top_p", "seed",
                   "response_format", "stream", "n", "user")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-# Models this family knows by name when the central registry doesn't list them (yet).
-SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(name="tiny-llm", family=FAMILY, source="tiny:tiny-llm",
-                  description="Tiny random-weight Qwen2-architecture chat LM (built offline; "
-                  "answers garbage, for tests/dev)"),
-        ModelSpec(name="qwen2.5-0.5b-instruct", family=FAMILY,
-                  source="Qwen/Qwen2.5-0.5B-Instruct",
-                  description="Qwen2.5 0.5B Instruct", tiny_fallback="tiny-llm"),
-        ModelSpec(name="qwen2.5-1.5b-instruct", family=FAMILY,
-                  source="Qwen/Qwen2.5-1.5B-Instruct",
-                  description="Qwen2.5 1.5B Instruct", tiny_fallback="tiny-llm"),
-    )
-}
-
-
-def known_models() -> list[str]:
-    return sorted({*SPECS, *(n for n, s in MODELS.items() if s.family == FAMILY)})
-
-
-def llm_spec(name: str, *, source: str | None = None) -> ModelSpec:
-    """The spec of an LLM name (registry first, then this family's own list); `source` points
-    it at other weights (a local folder or hub id)."""
-    if name in MODELS:
-        return spec_for_source(name, family=FAMILY, source=source)
-    if name not in SPECS:
-        raise ValueError(f"unknown llm model {name!r}; available: {', '.join(known_models())}"
-                         " (or pass source= with a local folder or hub id)")
-    spec = SPECS[name]
-    if source:
-        spec = ModelSpec(name=spec.name, family=spec.family, source=str(source),
-                         description=spec.description, tiny_fallback=spec.tiny_fallback)
-    return spec
-
 
 # --- the protocol -----------------------------------------------------------------------------
 
@@ -436,7 +400,7 @@ class TransformersChatEngine:
     as is), no streaming. ``temperature == 0`` is greedy decoding (deterministic); otherwise
     sampling, reproducible when ``seed`` is given (the engine reseeds torch under its lock).
 
-    `model`: a registry/family name (`llm_spec`); `source`: a local folder or hub id instead
+    `model`: a catalogue name (`models.registry`); `source`: a local folder or hub id instead
     of the named weights; `allow_fallback`: use the tiny model (loudly) when the weights are
     missing; `gpu_memory_fraction`: on CUDA, cap this process's share of GPU memory
     (``torch.cuda.set_per_process_memory_fraction``) to the replica's GPU fraction.
@@ -457,7 +421,7 @@ class TransformersChatEngine:
                              f"{gpu_memory_fraction!r}")
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        resolved = self._resolve(llm_spec(model, source=source), zoo_dir=zoo_dir,
+        resolved = self._resolve(get_spec(model, kind=FAMILY, source=source), zoo_dir=zoo_dir,
                                  allow_fallback=allow_fallback)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and gpu_memory_fraction is not None:

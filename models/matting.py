@@ -49,7 +49,7 @@ from PIL import Image
 from common.errors import InputError
 from models.base import LoadedInfo, ModelFamily
 from models.base import check_image as _check_image
-from models.registry import MODELS, ModelSpec, resolve, spec_for_source
+from models.registry import ModelSpec, catalogue, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -71,74 +71,20 @@ DEFAULT_MAX_BATCH_IMAGES = {"cuda": 8, "cpu": 1}
 TINY_NAME = "tiny-u2net"
 TINY_FILE = "tiny-u2net.onnx"
 
-# rembg session names that run locally from one ONNX file and give one mask per image.
-# (sam needs prompts, u2net_cloth_seg gives three masks, birefnet-general-fp16 converts a file
-# on first use, the *_custom ones take a path: none fit "a named model file in the rembg home".)
-REMBG_MODELS: dict[str, str] = {
-    "u2net": "U²-Net, general use (176 MB, 320x320)",
-    "u2netp": "U²-Net lightweight (4.7 MB, 320x320)",
-    "u2net_human_seg": "U²-Net trained for people (176 MB, 320x320)",
-    "silueta": "U²-Net, reduced size (43 MB, 320x320)",
-    "isnet-general-use": "IS-Net general use (179 MB, 1024x1024)",
-    "isnet-anime": "IS-Net for anime characters (176 MB, 1024x1024)",
-    "birefnet-general": "BiRefNet general use (973 MB, 1024x1024)",
-    "birefnet-general-lite": "BiRefNet general, lite (224 MB, 1024x1024)",
-    "birefnet-portrait": "BiRefNet for portraits (973 MB, 1024x1024)",
-    "birefnet-dis": "BiRefNet dichotomous segmentation (973 MB, 1024x1024)",
-    "birefnet-hrsod": "BiRefNet high-resolution salient objects (973 MB, 1024x1024)",
-    "birefnet-cod": "BiRefNet camouflaged objects (973 MB, 1024x1024)",
-    "birefnet-massive": "BiRefNet trained on a massive dataset (973 MB, 1024x1024)",
-    "bria-rmbg": "BRIA RMBG 2.0 (1 GB, 1024x1024; non-commercial licence)",
-}
-
-# Matting models known to this family (the lead may also register them in models.registry;
-# registry entries of family "matting" take precedence).
-SPECS: dict[str, ModelSpec] = {
-    TINY_NAME: ModelSpec(
-        name=TINY_NAME,
-        family="matting",
-        source=f"tiny:{TINY_NAME}",
-        description="Tiny random-weight U²-Net-shaped matting model (built offline; tests/dev)",
-    ),
-    **{
-        name: ModelSpec(
-            name=name,
-            family="matting",
-            source=f"rembg:{name}",
-            description=description,
-            tiny_fallback=TINY_NAME,
-        )
-        for name, description in REMBG_MODELS.items()
-    },
-}
-
 # Model name -> rembg session class (by its rembg name) that pre/post-processes for it.
 _SESSION_KIND: dict[str, str] = {TINY_NAME: "u2net_custom"}
 
 
-def known_models() -> list[str]:
-    registered = {n for n, s in MODELS.items() if s.family == "matting"}
-    return sorted(registered | set(SPECS))
-
-
-def matting_spec(name: str, *, source: str | None = None) -> ModelSpec:
-    """The spec of a matting model name, optionally pointed at other weights (`source`)."""
-    if name in MODELS:
-        return spec_for_source(name, family="matting", source=source)
-    if name not in SPECS:
-        raise ValueError(f"unknown matting model {name!r}; available: {', '.join(known_models())}")
-    spec = SPECS[name]
-    if source:
-        spec = ModelSpec(name=spec.name, family=spec.family, source=str(source),
-                         description=spec.description, tiny_fallback=spec.tiny_fallback)
-    return spec
+def rembg_models() -> list[str]:
+    """Catalogue matting models that are rembg session names (source ``rembg:<name>``)."""
+    return [spec.name for spec in catalogue("matting") if spec.source == f"rembg:{spec.name}"]
 
 
 def session_kind_for(name: str) -> str:
     """The rembg session (pre/post-processing) used for model `name`."""
     if name in _SESSION_KIND:
         return _SESSION_KIND[name]
-    if name in REMBG_MODELS:
+    if name in rembg_models():
         return name
     return "u2net_custom"  # U²-Net-style I/O: 320x320, ImageNet mean/std, output 0
 
@@ -268,8 +214,8 @@ def locate_rembg_model(name: str, *, home: str | os.PathLike | None = None) -> P
 
     Never downloads. `home` replaces rembg's home (``$REMBG_HOME``, default ``~/.rembg``).
     """
-    if name not in REMBG_MODELS:
-        raise ValueError(f"unknown rembg model {name!r}; available: {', '.join(REMBG_MODELS)}")
+    if name not in rembg_models():
+        raise ValueError(f"unknown rembg model {name!r}; available: {', '.join(rembg_models())}")
     cls = _home_class(name, home)
     fname = f"{name}.onnx"
     found = cls.resolve_existing(fname)
@@ -280,7 +226,7 @@ def locate_rembg_model(name: str, *, home: str | os.PathLike | None = None) -> P
             + ("" if home is not None else f" and {os.path.join(cls.legacy_home(), fname)}")
             + f"). Get it where there is network access with `rembg d {name}` (it writes "
             f"$REMBG_HOME/models/{name}/{fname}) and copy the file to {target}, or point "
-            "model_path at a local .onnx file"
+            "source at a local .onnx file"
         )
     return Path(found)
 
@@ -403,6 +349,7 @@ class MattingModel(ModelFamily):
     """One rembg session (one ONNX InferenceSession), reused for every call."""
 
     family = "matting"
+    kind = "matting"
 
     def __init__(self, session: Any, *, info: LoadedInfo, max_side: int = MAX_SIDE):
         self._session = session
@@ -462,12 +409,6 @@ class MattingModel(ModelFamily):
         return cls.load(resolved.location, name=resolved.spec.name, device=device, home=home,
                         tiny=resolved.spec.tiny, fallback_reason=resolved.fallback_reason,
                         **kwargs)
-
-    @classmethod
-    def from_name(cls, name: str, *, model_path: str | None = None, **kwargs: Any
-                  ) -> MattingModel:
-        """Load a known model by name (`ValueError` for unknown names), optionally from a path."""
-        return cls.from_spec(matting_spec(name, source=model_path), **kwargs)
 
     @property
     def info(self) -> LoadedInfo:

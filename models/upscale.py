@@ -38,8 +38,8 @@ from PIL import Image
 
 from common.errors import InputError
 from common.torchvision_compat import import_torchvision
-from models import zoo
 from models.base import LoadedInfo, ModelFamily, check_image
+from models.registry import ModelSpec, resolve
 from models.zoo import SEED
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def _model_files(source: Path) -> list[Path]:
 
 class UpscaleModel(ModelFamily):
     family = "upscale"
+    kind = "upscaler"
 
     def __init__(self, networks: dict[int, Any], *, info: LoadedInfo,
                  limits: UpscaleLimits | None = None):
@@ -258,36 +259,16 @@ class UpscaleModel(ModelFamily):
         return cls(networks, info=info, limits=limits)
 
     @classmethod
-    def from_name(cls, name: str = "tiny-esrgan", *, model_path: str | None = None,
-                  zoo_dir: str | None = None, allow_fallback: bool = False,
-                  device: str | None = None, **kwargs: Any) -> UpscaleModel:
-        """A tiny zoo model by name, or the weights at `model_path` (file or folder).
-
-        With `allow_fallback`, missing weights at `model_path` load the tiny model instead;
-        the reason is logged at ERROR level and reported in `info.fallback_reason`.
+    def from_spec(cls, spec: ModelSpec, *, zoo_dir: str | None = None,
+                  allow_fallback: bool = False, device: str | None = None,
+                  **kwargs: Any) -> UpscaleModel:
+        """Resolve a catalogue spec (tiny zoo model, or a .pth/.safetensors file or folder of
+        them) and load it; the registry's fallback policy applies (`models.registry.resolve`).
         """
-        if model_path is None:
-            if name not in zoo.BUILDERS or not zoo.BUILDERS[name].startswith("models.upscale:"):
-                raise ValueError(
-                    f"unknown upscaler model {name!r}: give model_path (a .pth/.safetensors "
-                    "file or a folder of them), or use the tiny model 'tiny-esrgan'"
-                )
-            return cls.load(str(zoo.ensure(name, zoo_dir)), name=name, tiny=True,
-                            device=device, **kwargs)
-        try:
-            _model_files(Path(model_path).expanduser())
-        except FileNotFoundError as exc:
-            if not allow_fallback:
-                raise RuntimeError(
-                    f"could not load weights for upscaler {name!r}: {exc}. Download them first "
-                    "(e.g. RealESRGAN_x4plus.pth) and point model_path at the file or folder"
-                ) from exc
-            reason = f"weights for {name!r} ({model_path}) unavailable: {exc}"
-            logger.error("FALLING BACK TO TINY MODEL 'tiny-esrgan': %s. Outputs are from "
-                         "random weights!", reason)
-            return cls.load(str(zoo.ensure("tiny-esrgan", zoo_dir)), name="tiny-esrgan",
-                            tiny=True, device=device, fallback_reason=reason, **kwargs)
-        return cls.load(model_path, name=name, device=device, **kwargs)
+        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback,
+                           load_check=lambda location: _model_files(Path(location)))
+        return cls.load(resolved.location, name=resolved.spec.name, tiny=resolved.spec.tiny,
+                        device=device, fallback_reason=resolved.fallback_reason, **kwargs)
 
     @property
     def info(self) -> LoadedInfo:

@@ -127,7 +127,7 @@ class VisionLanguageModel(ModelFamily):
     def from_name(cls, name: str = "tiny-blip", *, source: str | None = None,
                   zoo_dir: str | None = None, allow_fallback: bool = False,
                   device: str | None = None) -> VisionLanguageModel:
-        spec = registry.spec_for_source(name, family="vision", source=source)
+        spec = registry.get_spec(name, kind="vision", source=source)
 
         def check(location: str) -> None:
             if not (Path(location).expanduser() / "caption").is_dir():

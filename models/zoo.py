@@ -141,31 +141,78 @@ def build_tiny_taesd(path: Path) -> None:
     ).save_pretrained(path, safe_serialization=True)
 
 
-# --- registry of builders ------------------------------------------------------------------
-# name -> "module:function". Each family keeps its tiny builder next to its loading code; the
-# import is lazy so building one family never imports another's dependencies.
+# --- tiny LoRA adapters (peft on tiny-sd) ---------------------------------------------------
 
-BUILDERS: dict[str, str] = {
-    "tiny-sd": "models.zoo:build_tiny_sd",
-    "tiny-taesd": "models.zoo:build_tiny_taesd",
-    "tiny-u2net": "models.matting:build_tiny_u2net",
-    "tiny-insightface": "models.faceswap:build_tiny_insightface",
-    "tiny-esrgan": "models.upscale:build_tiny_esrgan",
-    "tiny-llm": "models.llm:build_tiny_llm",
-    "tiny-ltx": "models.video:build_tiny_ltx",
-    "tiny-blip": "models.vision:build_tiny_blip",
-}
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd") -> None:
+    """A LoRA for tiny-sd with random (non-zero) A and B matrices: `peft.LoraConfig(
+    init_lora_weights=False)` on the tiny UNet, saved as safetensors by diffusers'
+    `save_lora_weights` — the same file format (and load path) as real LoRAs.
+
+    UNet only: text-encoder adapters go through transformers' PEFT integration, which (5.23)
+    wants peft >= 0.22, newer than PyPI's newest (0.21.2) — see README "LoRA adapters"."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from models.lora import LORA_FILE
+
+    base_dir = ensure(base, path.parent)  # (models/__init__ guards torchvision for peft)
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=list(UNET_LORA_TARGETS)))
+    StableDiffusionPipeline.save_lora_weights(
+        path, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_FILE,
+        safe_serialization=True)
+
+
+def build_tiny_lora_warm(path: Path) -> None:
+    build_tiny_lora(path, seed=101)
+
+
+def build_tiny_lora_cool(path: Path) -> None:
+    build_tiny_lora(path, seed=202)
+
+
+def build_tiny_lora_ink(path: Path) -> None:
+    build_tiny_lora(path, seed=303)
+
+
+# --- building ---------------------------------------------------------------------------------
+# Which builder makes which tiny model is catalogue data (ModelSpec.builder in
+# models/registry.py), which registers them here when imported. The zoo never imports the
+# registry by name (the registry imports the zoo: one-way), so `ensure` loads it through
+# importlib when nothing has registered yet. Builders are imported lazily, so building one
+# family never imports another's dependencies.
+
+_BUILDERS: dict[str, str] = {}  # tiny model name -> "module:function"
+
+
+def register_builder(name: str, target: str) -> None:
+    _BUILDERS[name] = target
+
+
+def tiny_names() -> list[str]:
+    """Names of every tiny model the catalogue can build."""
+    if not _BUILDERS:
+        importlib.import_module("models.registry")
+    return list(_BUILDERS)
 
 
 def _builder(name: str) -> Callable[[Path], None]:
-    module, func = BUILDERS[name].split(":")
+    if name not in tiny_names():
+        raise ValueError(f"unknown tiny model {name!r}; available: {', '.join(tiny_names())}")
+    module, func = _BUILDERS[name].split(":")
     return getattr(importlib.import_module(module), func)
 
 
 def ensure(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
     """Return the folder of tiny model `name`, building it first if needed."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown tiny model {name!r}; available: {', '.join(sorted(BUILDERS))}")
+    builder = _builder(name)
     root = Path(zoo_dir) if zoo_dir else default_zoo_dir()
     target = root / name
     if _is_current(target):
@@ -174,7 +221,7 @@ def ensure(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         logger.info("building tiny model %r in %s", name, target)
-        _builder(name)(tmp)
+        builder(tmp)
         (tmp / _COMPLETE).write_text(ZOO_VERSION)
         if target.exists() and not _is_current(target):
             # Incomplete (a crashed build) or built by an older builder: replace it.
@@ -196,7 +243,7 @@ def _is_current(folder: Path) -> bool:
 
 
 def build_all(zoo_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    return {name: ensure(name, zoo_dir) for name in BUILDERS}
+    return {name: ensure(name, zoo_dir) for name in tiny_names()}
 
 
 def is_built(name: str, zoo_dir: str | os.PathLike | None = None) -> bool:

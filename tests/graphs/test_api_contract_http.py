@@ -15,6 +15,7 @@ TYPED = {
     ("delete", "/v1/assets/{asset_id}"): "Deleted", ("get", "/v1/sessions"): "SessionList",
     ("get", "/v1/sessions/{session_id}"): "Session",
     ("delete", "/v1/sessions/{session_id}"): "Deleted", ("get", "/v1/models"): "ModelList",
+    ("get", "/v1/models/{model_id}"): "ModelCard",
     ("post", "/v1/chat/plan"): "Plan", ("post", "/v1/prompts/validate"): "PromptValidation",
     ("post", "/v1/prompts/refine"): "RefinedPrompt",
 }

@@ -8,7 +8,7 @@ import pytest
 from common.errors import InputError
 from models import zoo
 from models.diffusion import DiffusionModel, GenerationRequest, check_inputs
-from models.registry import SizeLimits, get_spec, spec_for_source
+from models.registry import SizeLimits, get_spec
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +134,15 @@ def test_generate_checks_inputs_before_running(tiny):
 def test_registry_rejects_unknown_names_listing_known_ones():
     with pytest.raises(ValueError, match="available: .*tiny-sd"):
         get_spec("nope")
-    with pytest.raises(ValueError, match="not matting"):
-        spec_for_source("tiny-sd", family="diffusion", source=None) and spec_for_source(
-            "tiny-sd", family="matting", source=None)
+    assert get_spec("tiny-sd", kind="base").family == "diffusion"
+    with pytest.raises(ValueError, match="is a base model, not matting"):
+        get_spec("tiny-sd", kind="matting")
+    with pytest.raises(ValueError, match="did you mean tiny-sd"):
+        get_spec("tiny-sdd")
 
 
 def test_local_profile_falls_back_loudly_production_never(zoo_dir, caplog, tmp_path):
-    spec = spec_for_source("sd15", family="diffusion", source="nobody/does-not-exist")
+    spec = get_spec("sd15", kind="base", source="nobody/does-not-exist")
     with caplog.at_level("ERROR"):
         model = DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=True)
     assert model.info.name == "tiny-sd" and model.info.tiny and model.info.fallback
@@ -156,7 +158,7 @@ def test_loads_real_weights_from_a_local_folder(zoo_dir, tmp_path):
 
     folder = tmp_path / "my-sd"
     shutil.copytree(zoo.ensure("tiny-sd", zoo_dir), folder)
-    spec = spec_for_source("sd15", family="diffusion", source=str(folder))
+    spec = get_spec("sd15", kind="base", source=str(folder))
     model = DiffusionModel.from_spec(spec, zoo_dir=str(zoo_dir), allow_fallback=False)
     assert model.info.name == "sd15" and not model.info.fallback
     assert model.info.source == str(folder)

@@ -22,9 +22,9 @@ from models.faceswap import (
     FaceSwapModel,
     FaceSwapRequest,
     NoFaceError,
-    faceswap_spec,
     find_weights,
 )
+from models.registry import get_spec
 from tests.deployments import INFO_KEYS
 
 SKIN = (224, 172, 105)
@@ -275,7 +275,7 @@ def test_insightface_root_layout_is_found(tmp_path, faceswap_zoo):
 
 
 def test_from_spec_builds_the_tiny_model(faceswap_zoo):
-    spec = faceswap_spec(TINY_NAME)
+    spec = get_spec(TINY_NAME, kind="face")
     assert spec.family == "faceswap" and spec.tiny
     loaded = FaceSwapModel.from_spec(spec, zoo_dir=str(faceswap_zoo.parent))
     assert loaded.info.tiny and loaded.info.source == str(faceswap_zoo)

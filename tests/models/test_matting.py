@@ -13,10 +13,10 @@ from models.matting import (
     MattingModel,
     MattingRequest,
     check_inputs,
-    known_models,
     locate_rembg_model,
-    matting_spec,
+    rembg_models,
 )
+from models.registry import catalogue, get_spec
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_same_output_as_rembg_itself(tiny, tiny_dir, images, monkeypatch):
     from rembg import new_session, remove
 
     monkeypatch.setenv("REMBG_HOME", str(tiny_dir))
-    session = new_session("u2net_custom", model_path=str(tiny_dir / "tiny-u2net.onnx"))
+    session = new_session("u2net_custom", source=str(tiny_dir / "tiny-u2net.onnx"))
     for img in images[:3]:
         [ours] = tiny.remove([img])
         assert np.array_equal(ours.image, remove(img, session=session))
@@ -219,10 +219,13 @@ def test_images_must_be_a_non_empty_list(tiny, images_arg):
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(ValueError, match=r"unknown matting model 'u3net'; available: .*"
+    with pytest.raises(ValueError, match=r"unknown matting model 'u3net'; did you mean u2net"
+                                         r".*available: .*"
                                          r"birefnet-general.*tiny-u2net.*u2net"):
         MattingModel.from_name("u3net")
-    assert {"tiny-u2net", "u2net", "isnet-general-use", "birefnet-general"} <= set(known_models())
+    assert {"tiny-u2net", "u2net", "isnet-general-use", "birefnet-general"} <= {
+        spec.name for spec in catalogue("matting")}
+    assert "u2net" in rembg_models() and "tiny-u2net" not in rembg_models()
 
 
 def test_missing_named_model_says_how_to_get_it(tmp_path):
@@ -259,12 +262,12 @@ def test_named_model_loads_from_the_rembg_home(tmp_path, tiny, tiny_dir, images)
 def test_model_path_overrides_the_named_weights(tmp_path, tiny_dir, images):
     path = tmp_path / "my-u2net.onnx"
     shutil.copy(tiny_dir / "tiny-u2net.onnx", path)
-    model = MattingModel.from_name("u2net", model_path=str(path))
+    model = MattingModel.from_name("u2net", source=str(path))
     assert model.info.source == str(path) and model.info.extra["session"] == "u2net"
     assert model.remove([images[0]], output="mask")[0].image.shape == images[0].shape[:2]
-    assert matting_spec("u2net", source=str(path)).source == str(path)
+    assert get_spec("u2net", kind="matting", source=str(path)).source == str(path)
     shutil.copy(path, tmp_path / "other.onnx")
     with pytest.raises(RuntimeError, match=r"must hold exactly one .onnx file"):
-        MattingModel.from_name("u2net", model_path=str(tmp_path))
+        MattingModel.from_name("u2net", source=str(tmp_path))
     with pytest.raises(RuntimeError, match=r"no model file at"):
-        MattingModel.from_name("u2net", model_path=str(tmp_path / "missing.onnx"))
+        MattingModel.from_name("u2net", source=str(tmp_path / "missing.onnx"))

@@ -283,16 +283,20 @@ def test_from_name(upscale_zoo, tmp_path):
     zoo_root = str(upscale_zoo.parent)
     assert UpscaleModel.from_name("tiny-esrgan", zoo_dir=zoo_root).info.tiny
     real = UpscaleModel.from_name("realesrgan-x4",
-                                  model_path=str(upscale_zoo / "tiny-esrgan-x4.pth"))
+                                  source=str(upscale_zoo / "tiny-esrgan-x4.pth"))
     assert (real.info.name, real.info.tiny, real.scales) == ("realesrgan-x4", False, (2, 4))
-    with pytest.raises(ValueError, match=r"unknown upscaler model 'realesrgan-x4'"):
-        UpscaleModel.from_name("realesrgan-x4")
-    with pytest.raises(ValueError, match=r"unknown upscaler model 'tiny-sd'"):
+    with pytest.raises(RuntimeError, match=r"could not load weights for model 'realesrgan-x4'"
+                       ".*never falls back"):
+        UpscaleModel.from_name("realesrgan-x4", source=str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"model 'tiny-sd' is a base model, not upscaler"):
         UpscaleModel.from_name("tiny-sd")
+    with pytest.raises(ValueError, match=r"unknown upscaler model 'realesrgan-x3'; did you "
+                       "mean realesrgan-x4"):
+        UpscaleModel.from_name("realesrgan-x3")
     missing = str(tmp_path / "RealESRGAN_x4plus.pth")
-    with pytest.raises(RuntimeError, match=r"could not load weights for upscaler"):
-        UpscaleModel.from_name("realesrgan-x4", model_path=missing)
-    fallback = UpscaleModel.from_name("realesrgan-x4", model_path=missing, zoo_dir=zoo_root,
+    with pytest.raises(RuntimeError, match=r"could not load weights for model"):
+        UpscaleModel.from_name("realesrgan-x4", source=missing)
+    fallback = UpscaleModel.from_name("realesrgan-x4", source=missing, zoo_dir=zoo_root,
                                       allow_fallback=True)
     assert fallback.info.tiny and fallback.info.fallback
     assert "RealESRGAN_x4plus.pth" in fallback.info.fallback_reason
