@@ -34,7 +34,8 @@ from graphs.cli import free_port
 from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
 
 HOST = "127.0.0.1"
-RAY = str(Path(sys.executable).with_name("ray"))
+# Ray's CLI, patient with a slow GCS (bench/_ray_start.py)
+RAY = [sys.executable, "-m", "bench._ray_start"]
 WORKER_RESOURCES = ("worker_a", "worker_b")
 
 
@@ -47,6 +48,10 @@ def _wait(predicate: Callable[[], Any], *, timeout: float, what: str,
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class NodeStartError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -154,7 +159,24 @@ class SimCluster:
         return cluster
 
     def _start_node(self, name: str, *, head: bool, num_cpus: int, num_gpus: int,
-                    resources: dict[str, float]) -> None:
+                    resources: dict[str, float], attempts: int = 3) -> None:
+        """Start one node; `ray start` gives a raylet 30 s (hard-coded in Ray) to register
+        with the GCS, which a loaded 2-core machine can miss: then its processes are ended
+        and it is started again (the head on fresh ports)."""
+        for attempt in range(attempts):
+            try:
+                return self._start_node_once(name, head=head, num_cpus=num_cpus,
+                                             num_gpus=num_gpus, resources=resources)
+            except NodeStartError:
+                if attempt + 1 == attempts:
+                    raise
+                self.nodes.pop(name).stop()
+                if head:
+                    self._sweep()
+                    self.gcs_port, self.dashboard_port = free_port(), free_port()
+
+    def _start_node_once(self, name: str, *, head: bool, num_cpus: int, num_gpus: int,
+                         resources: dict[str, float]) -> None:
         ports = ["--node-ip-address", HOST, "--node-manager-port", str(free_port()),
                  "--object-manager-port", str(free_port()),
                  "--dashboard-agent-listen-port", str(free_port()),
@@ -169,7 +191,7 @@ class SimCluster:
                      "--ray-client-server-port", str(free_port())]
         else:
             where = ["--address", self.address]
-        cmd = [RAY, "start", "--block", *where, *ports, "--num-cpus", str(num_cpus),
+        cmd = [*RAY, "start", "--block", *where, *ports, "--num-cpus", str(num_cpus),
                "--num-gpus", str(num_gpus), "--resources", json.dumps(resources),
                "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats"]
         log = open(self.temp_dir / f"start-{name}.log", "w")  # noqa: SIM115 (kept by Popen)
@@ -180,7 +202,7 @@ class SimCluster:
 
         def alive():
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start of {name} exited {proc.returncode}: "
+                raise NodeStartError(f"ray start of {name} exited {proc.returncode}: "
                                    + (self.temp_dir / f"start-{name}.log").read_text()[-3000:])
             if head and not self._dashboard_up():
                 return None
@@ -195,7 +217,23 @@ class SimCluster:
     def stop(self) -> None:
         for node in reversed(list(self.nodes.values())):
             node.stop()
+        self._sweep()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Kill what is left of this cluster's processes whose `ray start` already exited
+        (a node that failed to start leaves its GCS/raylet orphaned): exactly the processes
+        whose command line names this cluster's own temp dir (a fresh mkdtemp path) or its
+        GCS address."""
+        marks = (str(self.temp_dir), f"{HOST}:{self.gcs_port}")
+        me = os.getpid()
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.info["pid"] != me and any(m in cmd for m in marks):
+                    p.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
 
     # -- the head's HTTP API ---------------------------------------------------------------
 

@@ -56,7 +56,7 @@ def sim_cluster():
 
 
 @pytest.fixture(scope="package")
-def cluster_gateway(sim_cluster, zoo_dir, redis_url, pg_database, s3_endpoint,
+def cluster_gateway(sim_cluster, zoo_dir, redis_url, pg_database, s3_endpoint,  # noqa: F811
                     tmp_path_factory) -> ClusterGateway:
     from storage.records import RecordStore
 
