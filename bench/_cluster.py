@@ -14,6 +14,7 @@ state), ``GET /nodes?view=summary`` for the nodes and their resources.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -156,6 +157,7 @@ class SimCluster:
         except BaseException:
             cluster.stop()
             raise
+        atexit.register(cluster.stop)  # an interrupted run leaves no node behind
         return cluster
 
     def _start_node(self, name: str, *, head: bool, num_cpus: int, num_gpus: int,
@@ -215,8 +217,8 @@ class SimCluster:
         node.node_id = _wait(alive, timeout=300, interval=1, what=f"node {name} alive")
 
     def stop(self) -> None:
-        for node in reversed(list(self.nodes.values())):
-            node.stop()
+        while self.nodes:
+            self.nodes.popitem()[1].stop()
         self._sweep()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
