@@ -60,6 +60,7 @@ class SimNode:
     name: str  # "head", "worker_a", "worker_b"
     proc: subprocess.Popen  # `ray start --block`
     resources: dict[str, float]
+    http_port: int = 0  # its Serve proxy's
     node_id: str = ""
 
     def raylet(self) -> psutil.Process | None:
@@ -196,10 +197,19 @@ class SimCluster:
         cmd = [*RAY, "start", "--block", *where, *ports, "--num-cpus", str(num_cpus),
                "--num-gpus", str(num_gpus), "--resources", json.dumps(resources),
                "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats"]
+        env, http_port = self.env, self.http_port
+        if not head:
+            # each node's proxy on a port of its own (Serve's per-worker override; on real
+            # machines every proxy takes http_options.port): clients here go to the head's,
+            # so losing a worker cuts no client connection, only its replicas
+            http_port = free_port()
+            env = {**env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(http_port),
+                   "RAY_SERVE_WORKER_PROXY_GRPC_PORT": str(free_port())}
         log = open(self.temp_dir / f"start-{name}.log", "w")  # noqa: SIM115 (kept by Popen)
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        node = SimNode(name=name, proc=proc, resources=dict(resources, GPU=num_gpus))
+        node = SimNode(name=name, proc=proc, resources=dict(resources, GPU=num_gpus),
+                       http_port=http_port)
         self.nodes[name] = node
 
         def alive():

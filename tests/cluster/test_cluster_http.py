@@ -62,6 +62,9 @@ def test_gpu_replicas_on_workers_ingress_and_controller_on_head(cluster_gateway)
     proxies = cluster.proxies(status)
     assert {cluster.node_name(n) for n in proxies} == {"head", *WORKERS}, proxies
     assert all(p["status"] == "HEALTHY" for p in proxies.values()), proxies
+    for node in cluster.nodes.values():  # each node's proxy routes to the app
+        r = httpx.get(f"http://127.0.0.1:{node.http_port}/healthz", timeout=30)
+        assert r.status_code == 200, (node.name, r.text)
 
 
 def test_generation_across_nodes_stores_in_s3_and_postgres(cluster_gateway, s3_endpoint):
