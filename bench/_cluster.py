@@ -224,7 +224,7 @@ class SimCluster:
             return None
 
         # slow on a loaded 2-core machine (GCS start-up alone took over a minute at load 90)
-        node.node_id = _wait(alive, timeout=300, interval=1, what=f"node {name} alive")
+        node.node_id = _wait(alive, timeout=600, interval=1, what=f"node {name} alive")
 
     def stop(self) -> None:
         while self.nodes:
