@@ -403,6 +403,8 @@ def gpu_load(cluster: SimCluster, status: dict, fractions: dict[str, float],
     """Node name -> the GPU fractions of the RUNNING replicas on it, added up."""
     load: dict[str, float] = {}
     for name, nodes in placement(cluster, status, app).items():
+        if not fractions.get(name):
+            continue
         for node in nodes:
             load[node] = round(load.get(node, 0.0) + fractions.get(name, 0.0), 6)
     return load
