@@ -116,9 +116,10 @@ def build_app(args: AppArgs) -> Application:
     database_url = (args.database_url or settings.database_url
                     or f"sqlite:///{data_dir / 'photostudio.db'}")
     use_gpu = args.use_gpu if args.use_gpu is not None else profile == "production"
-    check_shared_storage(profile, StorageSettings(**{"database_url": database_url,
-                                                     **args.storage}),
-                         alive_ray_nodes())
+    # the storage the Ingress will build (graphs/ingress.py), checked before anything starts
+    check_shared_storage(profile, StorageSettings(**{
+        "data_dir": data_dir, "asset_root": data_dir / "assets", "database_url": database_url,
+        **args.storage}), alive_ray_nodes())
     auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
