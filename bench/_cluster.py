@@ -282,9 +282,16 @@ class SimCluster:
     def serve_status(self) -> dict:
         """Serve's own status (`serve status`, the dashboard's Serve page): applications,
         deployments and each replica's node_id, actor_id and state."""
-        r = httpx.get(f"{self.dashboard}/api/serve/applications/", timeout=30)
-        r.raise_for_status()
-        return r.json()
+        for attempt in range(4):  # the dashboard can be slow to answer on a loaded machine
+            try:
+                r = httpx.get(f"{self.dashboard}/api/serve/applications/", timeout=60)
+                r.raise_for_status()
+                return r.json()
+            except httpx.TransportError:
+                if attempt == 3:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
 
     def wait_running(self, app: str, *, timeout: float = 600) -> dict:
         def running():
