@@ -275,7 +275,11 @@ class SimCluster:
 
     def deploy(self, config: dict) -> None:
         """What `serve deploy` does: PUT the config to the head's Serve REST API."""
-        r = httpx.put(f"{self.dashboard}/api/serve/applications/", json=config, timeout=120)
+        try:
+            r = httpx.put(f"{self.dashboard}/api/serve/applications/", json=config,
+                          timeout=300)
+        except httpx.ReadTimeout:  # a loaded head may apply it after all: the status tells
+            return
         if r.status_code >= 300:
             raise RuntimeError(f"serve deploy answered {r.status_code}: {r.text[:2000]}")
 
