@@ -16,6 +16,7 @@ from ray.serve import Application
 from graphs.auth import AuthConfig
 from graphs.quotas import QuotaConfig
 from graphs.settings import Profile, Settings
+from storage.config import StorageSettings
 
 # The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
 # tiny without (rules + embeddings answer; /v1/capabilities says so).
@@ -117,6 +118,10 @@ def build_app(args: AppArgs) -> Application:
     database_url = (args.database_url or settings.database_url
                     or f"sqlite:///{data_dir / 'photostudio.db'}")
     use_gpu = args.use_gpu if args.use_gpu is not None else profile == "production"
+    # the storage the Ingress will build (graphs/ingress.py), checked before anything starts
+    check_shared_storage(profile, StorageSettings(**{
+        "data_dir": data_dir, "asset_root": data_dir / "assets", "database_url": database_url,
+        **args.storage}), alive_ray_nodes())
     auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
@@ -197,6 +202,42 @@ def build_app(args: AppArgs) -> Application:
         auth=auth_config,
     )
     return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid, vision=see)
+
+
+def alive_ray_nodes() -> int:
+    """Nodes alive in the Ray cluster this builder runs in (`serve deploy` builds the app in
+    a task on the cluster); 1 when Ray is not initialized here (config checks, unit tests)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_shared_storage(profile: str, storage: StorageSettings, nodes: int) -> None:
+    """The production profile on a multi-node cluster refuses node-local storage: assets in a
+    local folder or records in SQLite live on whichever node an Ingress replica runs on, so
+    another replica (autoscaled, or restarted on another node after a node is lost) would not
+    see them. Records must be in Postgres and assets in S3/Supabase (README, "Running on a
+    cluster")."""
+    if profile != "production" or nodes <= 1:
+        return
+    local = []
+    if storage.asset_store == "local":
+        root = storage.asset_root or storage.data_dir / "assets"
+        local.append(f"assets in the node-local folder {root}"
+                     " (set storage: {asset_store: s3, asset_bucket: ...} in the app's args, or "
+                     "PHOTOSTUDIO_ASSET_STORE=s3|supabase and PHOTOSTUDIO_ASSET_BUCKET)")
+    url = storage.resolved_database_url()
+    if url.startswith("sqlite"):
+        local.append("records in SQLite on one node (set PHOTOSTUDIO_DATABASE_URL="
+                     "postgresql://...)")
+    if local:
+        raise ValueError(
+            f"the production profile on a multi-node Ray cluster ({nodes} nodes alive) needs "
+            "storage every node shares: " + "; ".join(local) + ". A node-local data dir "
+            "cannot serve a cluster: Ingress replicas on other nodes, or one restarted after "
+            "its node is lost, would not find the assets and jobs")
 
 
 def auth_config_for(args: AppArgs, settings: Settings, profile: str):

@@ -23,6 +23,22 @@ def test_cluster_yaml_validates_against_rays_cluster_schema():
     assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values()), "a GPU worker type"
 
 
+def test_cluster_yaml_gcs_port_is_not_redis_port():
+    """Ray's GCS defaults to 6379, Redis's port: on a head that also runs the limits' Redis
+    (serve_config.yaml rate_limit_storage) one of them would fail to start. The head listens
+    elsewhere and the workers join on that port."""
+    import re
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    redis_port = int(re.search(r":(\d+)", yaml.safe_load((REPO / "serve_config.yaml").read_text())
+                               ["applications"][0]["args"]["rate_limit_storage"]).group(1))
+    [head] = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    [worker] = [c for c in config["worker_start_ray_commands"] if "ray start" in c]
+    port = int(re.search(r"--port=(\d+)", head).group(1))
+    assert port != redis_port == 6379
+    assert f"--address=$RAY_HEAD_IP:{port}" in worker
+
+
 def test_cluster_schema_check_is_real():
     from jsonschema.exceptions import ValidationError
     from ray.autoscaler._private.util import prepare_config, validate_config

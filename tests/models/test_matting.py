@@ -111,7 +111,7 @@ def test_same_output_as_rembg_itself(tiny, tiny_dir, images, monkeypatch):
     from rembg import new_session, remove
 
     monkeypatch.setenv("REMBG_HOME", str(tiny_dir))
-    session = new_session("u2net_custom", source=str(tiny_dir / "tiny-u2net.onnx"))
+    session = new_session("u2net_custom", model_path=str(tiny_dir / "tiny-u2net.onnx"))
     for img in images[:3]:
         [ours] = tiny.remove([img])
         assert np.array_equal(ours.image, remove(img, session=session))
