@@ -50,7 +50,7 @@ def test_every_deployment_takes_one_model_and_one_source_from_the_catalogue(depl
     else:
         module = importlib.import_module(f"deployments.{deployment}")
         cls = {"generator": "Generator", "matting": "Matting", "faceswap": "FaceSwap",
-               "upscale": "Upscaler"}[deployment]
+               "upscale": "Upscaler", "video": "Video", "vision": "Vision"}[deployment]
         fields = set(inspect.signature(getattr(module, cls).func_or_class.__init__).parameters)
     assert {"model", "source"} <= fields
     assert not fields & {"model_path", "model_dir", "weights"}
@@ -62,8 +62,8 @@ def test_unknown_names_and_kinds_say_what_exists():
         get_spec("tiny-lora-wram", kind="lora")
     with pytest.raises(ValueError, match="is a lora model, not base"):
         get_spec("tiny-lora-warm", kind="base")
-    with pytest.raises(ValueError, match="unknown kind 'video'"):
-        registry.catalogue("video")
+    with pytest.raises(ValueError, match="unknown kind 'audio'"):
+        registry.catalogue("audio")
     assert get_spec("sd15", source="/w/sd").source == "/w/sd"
     assert get_spec("sd15").source != "/w/sd"  # the catalogue itself is unchanged
 

@@ -48,9 +48,10 @@ def test_bad_questions_and_images_are_input_errors(vlm):
 
 
 def test_unknown_or_wrong_family_names():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown vision model 'blip-huge'; did you mean "
+                       "blip-base"):
         VisionLanguageModel.from_name("blip-huge")
-    with pytest.raises(ValueError, match="is a diffusion model"):
+    with pytest.raises(ValueError, match="is a base model, not vision"):
         VisionLanguageModel.from_name("tiny-sd")
 
 
