@@ -295,6 +295,19 @@ def _maybe_stream(result: Any) -> Any:
     return EventSourceResponse(result, ping=15)
 
 
+async def json_object_body(request: Request) -> dict[str, Any]:
+    """A route's JSON body (read by the route itself, as the chat and videos do for their
+    JSON-or-multipart bodies): a JSON object, else the 400 envelope saying what to send."""
+    try:
+        body = safe_json.loads(await request.body() or b"null", what="the request body")
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object or "
+                       "multipart form", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+    return body
+
+
 async def reject_unknown_fields(request: Request, allowed: set[str]) -> None:
     """A multipart form read by the route itself (the chat): an unknown field is a 400 (a
     typo must not be silently ignored). Routes with a form model forbid extras there."""
@@ -916,14 +929,7 @@ class Ingress:
             body = fields
         else:
             files = []
-            try:
-                body = safe_json.loads(await request.body() or b"null",
-                                       what="the request body")
-            except ValueError as exc:
-                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
-                               "object or multipart form", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+            body = await json_object_body(request)
         try:
             return ChatRequest(**body), files
         except ValidationError as exc:
@@ -1057,14 +1063,7 @@ class Ingress:
                 raise ApiError(400, "input_reference must be an image file (multipart file "
                                "part)", param="input_reference")
         else:
-            try:
-                body = safe_json.loads(await request.body() or b"null",
-                                       what="the request body")
-            except ValueError as exc:
-                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON "
-                               "object or multipart form", code="invalid_json") from None
-            if not isinstance(body, dict):
-                raise ApiError(400, "request body must be a JSON object", code="invalid_body")
+            body = await json_object_body(request)
         try:
             return VideoCreate(**body), image
         except ValidationError as exc:
