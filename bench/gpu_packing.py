@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEPLOYMENTS = ("Generator", "Upscaler", "Matting", "FaceSwap", "LLM", "Video")
+DEPLOYMENTS = ("Generator", "Upscaler", "Matting", "FaceSwap", "LLM", "Video", "Vision")
 # Usable memory (GiB) of the GPUs the packing is planned for: what torch reports as total on
 # common cards (24 GB: A10G 22.0, L4 22.2, RTX 4090 23.6; 80 GB: A100 79.2, H100 79.6). Take
 # the lower values.
@@ -520,9 +520,48 @@ def worker_video(ns: argparse.Namespace, device: str) -> dict[str, Any]:
     return meter.result(model=label)
 
 
+def worker_vision(ns: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Image analysis: toy = tiny-blip through the product's VisionLanguageModel (caption +
+    VQA); full = BLIP base's architecture (ViT-B/16 at 384 px + BERT-base text decoder, the
+    caption and the VQA model, as `blip-base` deploys them) from configs with random weights,
+    fp16 on a GPU: a caption and an answer per image."""
+    import numpy as np
+    import torch
+
+    meter = Meter(device)
+    image = np.random.default_rng(0).integers(0, 255, (384, 384, 3), dtype=np.uint8)
+    if ns.toy:
+        from models.vision import VisionLanguageModel
+
+        model = VisionLanguageModel.from_name("tiny-blip", device=device)
+        meter.loaded()
+        meter.run("caption + answer one 384x384 image", lambda: model.run(
+            image, question="what is in the picture?"), typical=True)
+        return meter.result(model="tiny-blip (toy)")
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering
+
+    dtype = torch.float16 if meter.cuda else torch.float32
+    torch.manual_seed(0)
+    config = BlipConfig()  # the base sizes: ViT-B/16 (384 px) + BERT-base text model
+    caption = BlipForConditionalGeneration(config).to(device, dtype).eval()
+    vqa = BlipForQuestionAnswering(config).to(device, dtype).eval()
+    meter.loaded()
+    pixels = torch.randn(1, 3, 384, 384, device=device, dtype=dtype)
+    question = torch.randint(1000, 2000, (1, 12), device=device)
+
+    def both():
+        with torch.inference_mode():
+            caption.generate(pixel_values=pixels, max_new_tokens=30)
+            vqa.generate(pixel_values=pixels, input_ids=question, max_new_tokens=10)
+
+    meter.run("caption + answer one 384x384 image", both, typical=True)
+    return meter.result(model="BLIP base architecture (random weights), caption + VQA, "
+                        f"{str(dtype).removeprefix('torch.')}")
+
+
 WORKERS = {"Generator": worker_generator, "Upscaler": worker_upscaler,
            "Matting": worker_matting, "FaceSwap": worker_faceswap, "LLM": worker_llm,
-           "Video": worker_video}
+           "Video": worker_video, "Vision": worker_vision}
 
 
 def run_worker(ns: argparse.Namespace) -> int:
