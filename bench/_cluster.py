@@ -354,10 +354,6 @@ def stop_on_signal(cluster: SimCluster) -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "photostudio"
-TINY_MODELS = dict(
-    generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
-    faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
-    llm_backend="transformers", llm_model="tiny-llm", llm_source=None)
 
 
 def cluster_config(*, http_port: int, data_dir: Path, zoo_dir: Path, database_url: str,
@@ -376,7 +372,7 @@ def cluster_config(*, http_port: int, data_dir: Path, zoo_dir: Path, database_ur
     config["http_options"] = {**config.get("http_options", {}), "host": HOST,
                               "port": http_port}
     app = config["applications"][0]
-    app["args"].update(TINY_MODELS, data_dir=str(data_dir), zoo_dir=str(zoo_dir),
+    app["args"].update(_tiny_overrides(), data_dir=str(data_dir), zoo_dir=str(zoo_dir),
                        database_url=database_url, storage=storage,
                        rate_limit_storage=rate_limit_storage, **(app_args or {}))
     by_name = {d["name"]: d for d in app["deployments"]}
@@ -419,3 +415,11 @@ def gpu_load(cluster: SimCluster, status: dict, fractions: dict[str, float],
         for node in nodes:
             load[node] = round(load.get(node, 0.0) + fractions.get(name, 0.0), 6)
     return load
+
+
+def _tiny_overrides() -> dict:
+    """Every deployment on its tiny model (graphs/app.py: tiny_overrides; imported when used:
+    graphs.app imports Ray, which must not happen before this module set Ray's environment)."""
+    from graphs.app import tiny_overrides
+
+    return tiny_overrides()

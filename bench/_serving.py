@@ -33,11 +33,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
-TINY_MODELS = dict(
-    generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
-    faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
-    llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
-    video_model="tiny-ltx", video_source=None)
 
 
 def _port_open(port: int) -> bool:
@@ -59,7 +54,7 @@ def production_config(data_dir: Path, *, deployments: dict[str, dict] | None = N
     builder's args (e.g. ``{"job_stale_s": 20}``)."""
     config = copy.deepcopy(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
     app = config["applications"][0]
-    app["args"].update(TINY_MODELS, data_dir=str(data_dir),
+    app["args"].update(_tiny_overrides(), data_dir=str(data_dir),
                        rate_limit_storage=rate_limit_storage())
     app["args"].update(app_args or {})
     if os.environ.get("PHOTOSTUDIO_ZOO_DIR"):
@@ -423,3 +418,11 @@ def print_haproxy_stats(log: Callable[[str], None] = print) -> None:
     for r in rows:
         log(f"  {r['pxname']}/{r['svname']}: "
             + " ".join(f"{k}={r.get(k, '')}" for k in HAPROXY_FIELDS if r.get(k, "") != ""))
+
+
+def _tiny_overrides() -> dict:
+    """Every deployment on its tiny model (graphs/app.py: tiny_overrides; imported when used:
+    graphs.app imports Ray, which must not happen before this module set Ray's environment)."""
+    from graphs.app import tiny_overrides
+
+    return tiny_overrides()

@@ -240,6 +240,19 @@ def check_shared_storage(profile: str, storage: StorageSettings, nodes: int) -> 
             "its node is lost, would not find the assets and jobs")
 
 
+def tiny_overrides() -> dict[str, Any]:
+    """AppArgs that turn a production config's models into the tiny ones (the tests, the
+    benches and the simulated cluster deploy serve_config.yaml with these): each deployment's
+    tiny default from the catalogue, no weights path, the router's LLM on transformers."""
+    from models.registry import DEFAULTS
+
+    args: dict[str, Any] = {"llm_backend": "transformers"}
+    for deployment, names in DEFAULTS.items():
+        args[f"{deployment}_model"] = names["tiny"]
+        args[f"{deployment}_source"] = None
+    return args
+
+
 def auth_config_for(args: AppArgs, settings: Settings, profile: str):
     """API keys are on unless explicitly turned off, which only tiny/local profiles allow."""
     enabled = args.auth_enabled if args.auth_enabled is not None else settings.auth_enabled

@@ -180,13 +180,9 @@ def production_config(*, data_dir: Path, zoo_dir: Path, redis_url: str | None = 
     config = copy.deepcopy(config)
     config.pop("http_options", None)  # the test cluster's proxy listens on a free port
     app = config["applications"][0]
-    app["args"].update(
-        generator_model="tiny-sd", matting_model="tiny-u2net", faceswap_model="tiny-insightface",
-        faceswap_source=None, upscale_model="tiny-esrgan", upscale_source=None,
-        llm_backend="transformers", llm_model="tiny-llm", llm_source=None,
-        video_model="tiny-ltx", video_source=None,
-        vision_model="tiny-blip", vision_source=None,
-        data_dir=str(data_dir), zoo_dir=str(zoo_dir))
+    from graphs.app import tiny_overrides
+
+    app["args"].update(**tiny_overrides(), data_dir=str(data_dir), zoo_dir=str(zoo_dir))
     if redis_url:
         app["args"]["rate_limit_storage"] = redis_url
     return config
