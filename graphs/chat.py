@@ -497,6 +497,15 @@ class ChatService:
             data={"type": reply.type, "context": context, "plan": reply.data.plan})
 
     # -- executing a plan -------------------------------------------------------------------
+    async def _input(self, ref, uploads: dict, outputs: list[np.ndarray], ctx) -> np.ndarray:
+        """The image a plan step's input names: an upload, an earlier step's output, or a
+        session image (`uploads["session"]`, resolved by `_session_images`)."""
+        if ref.source == "upload":
+            return uploads["upload"][ref.index or 0]
+        if ref.source == "previous_step":
+            return outputs[ref.index if ref.index is not None else -1]
+        return uploads["session"][ref.image_id or ctx.last_image_id]
+
     async def _session_images(self, steps, ctx) -> dict[str, np.ndarray]:
         """The session images `steps` read, by id, each resolved once through the runner
         (`JobRunner.load_image`: the caller's project only, upload limits)."""

@@ -16,7 +16,7 @@ TYPED = {
     ("get", "/v1/sessions/{session_id}"): "Session",
     ("delete", "/v1/sessions/{session_id}"): "Deleted", ("get", "/v1/models"): "ModelList",
     ("get", "/v1/models/{model_id}"): "ModelCard",
-    ("post", "/v1/chat/plan"): "Plan", ("post", "/v1/prompts/validate"): "PromptValidation",
+    ("post", "/v1/chat/plan"): "ChatPlan", ("post", "/v1/prompts/validate"): "PromptValidation",
     ("post", "/v1/prompts/refine"): "RefinedPrompt",
 }
 FORMS = {"/v1/images/edits": "EditForm", "/v1/images/variations": "VariationForm",

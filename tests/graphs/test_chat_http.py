@@ -156,9 +156,9 @@ def test_async_chat_streams_plan_stages_then_remembers(http, gateway):
                     steps.append(data["step"])
                 final, result = event, data["result"]
     assert final == "succeeded"
-    # stages are sampled every 200 ms: the first one is long enough to be seen live, and the
-    # final event's result lists every step that ran
-    assert "step 1: image_generation" in steps
+    # the plan runs as its workflow: its nodes' stages are seen live (sampled every 200 ms:
+    # the first node is long enough), and the final event's result lists every step that ran
+    assert any(s.startswith("step0: ") for s in steps), steps
     assert [s["intent"] for s in result["metadata"]["extra"]["steps"]] == [
         "image_generation", "background_removal"]
     follow = chat(http, "make it bigger", session_id=reply["session_id"])

@@ -39,7 +39,7 @@ def test_models_lists_the_catalogue_and_the_tiny_loras(gateway):
     one = get(f"/v1/models/{WARM}").json()
     assert (one["object"], one["trigger_words"], one["default_weight"]) == (
         "model", ["warm"], 1.0)
-    bad = get("/v1/models?kind=video")
+    bad = get("/v1/models?kind=audio")
     assert bad.status_code == 400 and "kinds: base, lora" in bad.json()["error"]["message"]
     missing = get("/v1/models/tiny-lora-wram")
     assert missing.status_code == 404

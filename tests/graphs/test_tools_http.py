@@ -248,7 +248,7 @@ def test_cmyk_and_exif_uploads_are_converted(http):
 def test_capabilities_list_every_deployment(http):
     caps = http.get("/v1/capabilities").json()
     assert set(caps["deployments"]) == {"generator", "matting", "faceswap", "upscaler", "llm",
-                                        "vision"}
+                                        "vision", "video"}
     assert caps["deployments"]["vision"]["name"] == "tiny-blip"
     assert caps["deployments"]["llm"]["name"] == "tiny-llm"
     assert caps["deployments"]["matting"]["name"] == "tiny-u2net"
