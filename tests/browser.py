@@ -5,7 +5,9 @@ reachable here): the browser is the distribution's, installed with apt when it i
 the same way the Postgres/Redis fixtures start those services on a fresh machine.
 
 Fixtures (registered in tests/conftest.py):
-- `browser`: one headless Chromium per test run (session scope).
+- `browser`: one headless Chromium per test module. Not per session: Playwright's sync API
+  keeps its event loop running in the main thread while it is open, and every later test's
+  `asyncio.run` would then fail ("cannot be called from a running event loop").
 - `page`: a fresh context + page per test; console errors and uncaught page errors are
   collected in `page.console_errors` so a test can assert there were none.
 - `artifacts_dir`: where screenshots and other run artifacts go
@@ -48,7 +50,7 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 

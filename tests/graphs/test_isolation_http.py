@@ -131,6 +131,9 @@ NOT_REFERENCES = {
     ("DELETE", "/v1/providers/{name}", "path"),
     # a fixed list of suggestion categories (subjects, styles, lighting…), the same for all
     ("GET", "/v1/suggestions/by-category/{category}", "path"),
+    # the model catalogue (models/registry.py) is the gateway's, shared by every project;
+    # LoRAs a project registers itself (not built yet, issue #15) will need a case here
+    ("GET", "/v1/models/{model_id}", "path"),
 }
 
 
