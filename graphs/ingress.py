@@ -637,7 +637,7 @@ class Ingress:
             infos["video"] = await self.videos.info()
         return model_cards(infos)
 
-    @app.get("/v1/models", tags=["images"])
+    @app.get("/v1/models", tags=["images"], responses=ERROR_RESPONSES)
     async def models(self, kind: str | None = None) -> ModelList:
         """Every model: the deployed ones first (`deployment` set), then the catalogue
         (models/registry.py), OpenAI's list shape. `kind`: base, lora, vae, upscaler,
@@ -648,7 +648,7 @@ class Ingress:
         cards = await self._model_cards()
         return ModelList(data=[c for c in cards if kind is None or c.kind == kind])
 
-    @app.get("/v1/models/{model_id}", tags=["images"])
+    @app.get("/v1/models/{model_id}", tags=["images"], responses=ERROR_RESPONSES)
     async def model(self, model_id: str) -> ModelCard:
         cards = {c.id: c for c in await self._model_cards()}
         if model_id not in cards:

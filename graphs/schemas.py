@@ -83,10 +83,12 @@ def _loras_json(value: Any) -> Any:
 
 
 Loras = Annotated[
-    list[LoraItem] | None,
+    # the length limit on the list itself (on `list | None` pydantic applies it to None too:
+    # a 500 for "loras": null)
+    Annotated[list[LoraItem], Field(max_length=5)] | None,
     BeforeValidator(_loras_json),
-    Field(None, max_length=5, description="LoRA adapters, up to 5: [{name, weight}] (also "
-          "A1111's <lora:name:weight> inside the prompt)")]
+    Field(None, description="LoRA adapters, up to 5: [{name, weight}] (also A1111's "
+          "<lora:name:weight> inside the prompt)")]
 
 
 def _provider_chain(value: str | list[str] | None) -> list[str] | None:
