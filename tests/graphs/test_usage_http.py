@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import io
+import uuid
 
 import httpx
 import numpy as np
@@ -131,10 +132,12 @@ def test_usage_sums_a_scripted_sequence_across_replicas_and_restarts(two_ingress
 
 def test_project_quotas_answer_429_naming_the_quota(gateway):
     admin = httpx.Client(base_url=gateway.base_url, headers=gateway.headers, timeout=180)
-    r = admin.post("/v1/projects", json={"id": "usage-quota", "images_per_day": 2,
+    # a project id of its own per run: its day's window lives in the shared Redis for 24 h
+    project = f"usage-quota-{uuid.uuid4().hex[:8]}"
+    r = admin.post("/v1/projects", json={"id": project, "images_per_day": 2,
                                          "model_seconds_per_day": 100000})
     assert r.status_code == 201, r.text
-    tokens = [gateway.create_key(project="usage-quota") for _ in range(2)]
+    tokens = [gateway.create_key(project=project) for _ in range(2)]
     gen = {"prompt": "a fox", "size": "64x64", "steps": 1}
     first = httpx.post(f"{gateway.base_url}/v1/images/generations", json=gen, timeout=180,
                        headers={"Authorization": f"Bearer {tokens[0]}"})
