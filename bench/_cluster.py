@@ -135,8 +135,11 @@ class SimCluster:
     # -- starting and stopping -------------------------------------------------------------
 
     @classmethod
-    def start(cls, *, head_cpus: int = 4, worker_cpus: int = 6,
+    def start(cls, *, head_cpus: int = 4, worker_cpus: int = 10,
               extra_env: dict[str, str] | None = None) -> SimCluster:
+        # worker_cpus (logical): one surviving worker must hold every GPU deployment's
+        # replica after the other is lost (Generator 2 + Video 2 + Matting, FaceSwap,
+        # Upscaler, Vision 1 each = 8 CPUs in serve_config.yaml)
         temp_dir = Path(tempfile.mkdtemp(prefix="psrc", dir="/tmp"))  # short: socket paths
         env = {**os.environ, **SERVE_PROXY_ENV, **(extra_env or {}),
                "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
