@@ -53,8 +53,15 @@ def two_ingresses(gateway):
     wait_until(lambda: ingress_replicas(gateway.app_name) == 2, timeout=300, interval=1,
                what="two Ingress replicas")
     yield gateway
-    deploy(gateway.config)  # back to the suite's configuration
-    wait_until(lambda: ingress_replicas(gateway.app_name) >= 1, timeout=300, interval=1,
+    # back to ONE Ingress replica before the suite's configuration: its autoscaler would keep
+    # the second one for its downscale delay (10 min), and later modules' in-memory state
+    # (e.g. per-node workflow events) lives in one replica
+    ingress["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    deploy(config)
+    wait_until(lambda: ingress_replicas(gateway.app_name) == 1, timeout=300, interval=1,
+               what="one Ingress replica again")
+    deploy(gateway.config)  # the suite's configuration
+    wait_until(lambda: ingress_replicas(gateway.app_name) == 1, timeout=300, interval=1,
                what="the Ingress back")
 
 
