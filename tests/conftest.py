@@ -112,7 +112,7 @@ def ray_cluster(zoo_dir):
 
     temp_dir = tempfile.mkdtemp(prefix="psray", dir="/tmp")  # short: Ray's socket paths
     # Logical CPUs: the production graph (6) and a second small app (4.5) must both fit.
-    ray.init(num_cpus=24, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
+    ray.init(num_cpus=32, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
     # Serve starts here, once, on a free port: any test's serve.run then shares this proxy.
     ray.http_port = free_port()

@@ -27,7 +27,9 @@ def cluster_app(gateway, zoo_dir, s3_endpoint, pg_url, tmp_path_factory):
         storage={"asset_store": "s3", "asset_bucket": bucket, "asset_endpoint_url": s3_endpoint,
                  "asset_region": S3_REGION, "asset_access_key_id": S3_ACCESS_KEY_ID,
                  "asset_secret_access_key": S3_SECRET, "asset_prefix": "gw"},
-        auth_enabled=False)  # explicit (tiny profile): this file tests storage
+        # explicit (tiny profile): this file tests storage; no video or vision deployment (this
+        # app runs beside the suite's gateway, and each replica holds a logical CPU)
+        auth_enabled=False, video_model="off", vision_model="off")
     serve.run(build_app(args), name="cluster-storage", route_prefix="/cluster")
     yield f"{gateway.base_url}/cluster", bucket, pg_url
     serve.delete("cluster-storage")
@@ -71,7 +73,7 @@ def azure_app(gateway, zoo_dir, azurite, tmp_path_factory):
         storage={"asset_store": "azure", "asset_bucket": made.image_container,
                  "asset_video_bucket": made.video_container, "asset_prefix": "gw",
                  "azure_connection_string": azurite.connection_string},
-        auth_enabled=False)
+        auth_enabled=False, video_model="off", vision_model="off")
     serve.run(build_app(args), name="azure-storage", route_prefix="/azure")
     yield f"{gateway.base_url}/azure", made
     serve.delete("azure-storage")
