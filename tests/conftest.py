@@ -111,7 +111,7 @@ def ray_cluster(zoo_dir):
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="psray", dir="/tmp")  # short: Ray's socket paths
-    # Logical CPUs: the production graph (6) and a second small app (4.5) must both fit.
+    # Logical CPUs: the production graph (~10 with Video and Vision) and up to two more apps
     ray.init(num_cpus=32, num_gpus=1, include_dashboard=False, _temp_dir=temp_dir,
              logging_level="WARNING", log_to_driver=False)
     # Serve starts here, once, on a free port: any test's serve.run then shares this proxy.
