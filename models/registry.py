@@ -220,7 +220,10 @@ CATALOGUE: tuple[ModelSpec, ...] = (
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in CATALOGUE}
-assert len(MODELS) == len(CATALOGUE), "duplicate model names in CATALOGUE"
+if len(MODELS) != len(CATALOGUE):
+    raise ValueError("duplicate model names in CATALOGUE: "
+                     + ", ".join(sorted({s.name for s in CATALOGUE
+                                         if sum(o.name == s.name for o in CATALOGUE) > 1})))
 for _spec in CATALOGUE:
     if _spec.builder:
         zoo.register_builder(_spec.name, _spec.builder)
