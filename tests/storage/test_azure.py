@@ -5,7 +5,6 @@ test_asset_contract.py."""
 from __future__ import annotations
 
 import logging
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -16,6 +15,7 @@ from azure.storage.blob import BlobClient
 from storage.assets import AssetWriteError
 from storage.azure import AzureBlobAssetStore
 from storage.config import StorageSettings, build_asset_store
+from tests.conftest import wait_until
 from tests.storage.conftest import AZURITE_KEY, make_azure_store
 
 KEY = "default/generations/2026/12/img_1.png"
@@ -129,8 +129,9 @@ def test_url_is_a_short_lived_read_only_sas(azurite):
     assert r.status_code == 200 and r.content == PNG
     assert httpx.put(url, content=b"x", headers={"x-ms-blob-type": "BlockBlob"},
                      timeout=10).status_code == 403  # cannot write with it
-    time.sleep(3)
-    assert httpx.get(url, timeout=10).status_code == 403  # expired
+    # expired: refused once its 2 s are up (polled with a deadline, not a fixed sleep)
+    wait_until(lambda: httpx.get(url, timeout=10).status_code == 403, timeout=30,
+               interval=0.5, what="the SAS URL to expire")
 
 
 def test_sas_credential_serves_through_the_gateway(azurite):
