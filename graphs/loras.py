@@ -214,13 +214,18 @@ class LoraService:
             check_lora_filename(resolved.name)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="path", code="invalid_lora") from None
-        if not resolved.is_file():
-            raise ApiError(400, f"no file at {path!r}", param="path", code="file_not_found")
-        size = resolved.stat().st_size
-        if size > self.max_bytes:
-            raise ApiError(413, f"{resolved.name} is {size} bytes; the LoRA limit is "
-                           f"{self.max_bytes} bytes", param="path", code="file_too_large")
-        return await asyncio.to_thread(resolved.read_bytes), resolved.name
+        try:
+            if not resolved.is_file():
+                raise ApiError(400, f"no file at {path!r}", param="path",
+                               code="file_not_found")
+            size = resolved.stat().st_size
+            if size > self.max_bytes:
+                raise ApiError(413, f"{resolved.name} is {size} bytes; the LoRA limit is "
+                               f"{self.max_bytes} bytes", param="path", code="file_too_large")
+            return await asyncio.to_thread(resolved.read_bytes), resolved.name
+        except OSError as exc:  # a name too long, no permission...
+            raise ApiError(400, f"cannot read {path!r}: {exc.strerror or exc}", param="path",
+                           code="file_not_found") from None
 
     # -- deleting ----------------------------------------------------------------------------
     async def delete_lora(self, name: str, *, project: str, admin: bool) -> None:
