@@ -205,7 +205,11 @@ class LoraService:
             raise ApiError(400, "registering from a server path is off: no import folders "
                            "are configured (lora_import_dirs)", param="path",
                            code="path_not_allowed")
-        resolved = Path(path).expanduser().resolve()  # symlinks and '..' resolved first
+        try:  # symlinks and '..' resolved first
+            resolved = Path(path).expanduser().resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~nobody, a loop...
+            raise ApiError(400, f"path {path[:200]!r} is not a usable file path: {exc}",
+                           param="path", code="path_not_allowed") from None
         if not any(resolved.is_relative_to(d) for d in self.import_dirs):
             raise ApiError(400, f"path {path!r} is outside the LoRA import folders "
                            f"({', '.join(map(str, self.import_dirs))})", param="path",
