@@ -372,17 +372,18 @@ class Ingress:
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
         self.presets = PresetService(records=self.records, project=lambda: self.runner.project)
+        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
+                                   upscaler=upscaler, presets=self.presets)
         # workflows, and the chat whose plans run as workflows (one executor)
         self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
                                          runner=self.runner, router=router,
-                                         presets=self.presets)
+                                         presets=self.presets,
+                                         videos=self.videos if video is not None else None)
         self.recipes = RecipeService(records=self.records, runner=self.runner,
                                      generation=self.generation, workflows=self.workflows)
         self.router = router
         self.suggestion_index = SuggestionIndex()  # categories, random (no embeddings here)
         self.llm = llm
-        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
-                                   upscaler=upscaler)
         # image analysis (caption/VQA, faces, colours): the route, the chat and later callers
         self.analysis = AnalysisService(vision=vision, faceswap=faceswap, pool=self.tools.pool,
                                         runner=self.runner)

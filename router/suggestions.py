@@ -8,6 +8,8 @@ from __future__ import annotations
 import bisect
 import random
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,8 @@ CATEGORIES: dict[str, list[str]] = {
     ],
 }
 ENHANCE_CATEGORIES = ("quality", "lighting", "camera")
+# a fragment shorter than this has no meaning to embed ("g", "go"): prefix matches only
+MIN_SEMANTIC_CHARS = 3
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,12 @@ class Suggestion:
 
 
 class SuggestionIndex:
-    def __init__(self, encoder: Any = None, categories: dict[str, list[str]] = CATEGORIES):
+    """`cache_size`: query embeddings kept (least recently used out). Autocomplete asks for the
+    same fragments again and again (every user typing "gol" of "golden"); an embedding is
+    ~5-10 ms of one CPU thread, a cache hit a dict lookup."""
+
+    def __init__(self, encoder: Any = None, categories: dict[str, list[str]] = CATEGORIES,
+                 *, cache_size: int = 4096):
         self.categories = categories
         self.items = [(text, cat) for cat, texts in categories.items() for text in texts]
         # prefix keys: each phrase, and each of its words' suffixes ("golden hour", "hour")
@@ -90,6 +99,10 @@ class SuggestionIndex:
         self._key_text = [k for k, _, _ in self._keys]
         self.encoder = encoder
         self._matrix = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()  # a Serve replica may call from worker threads
+        self.cache_hits = self.cache_misses = 0
         if encoder is not None:
             self._matrix = np.asarray(encoder.encode([t for t, _ in self.items]),
                                       dtype=np.float32)
@@ -116,8 +129,7 @@ class SuggestionIndex:
                    categories: tuple[str, ...] | None = None) -> list[Suggestion]:
         if self._matrix is None or not q.strip():
             return []
-        vector = np.asarray(self.encoder.encode([q]), dtype=np.float32)[0]
-        sims = self._matrix @ vector
+        sims = self._matrix @ self.embed(q)
         out = []
         for i in np.argsort(sims)[::-1]:
             text, cat = self.items[i]
@@ -128,13 +140,36 @@ class SuggestionIndex:
                 break
         return out
 
+    def embed(self, q: str) -> np.ndarray:
+        """`q`'s embedding (case and spacing do not change it: the key is normalised), from
+        the LRU cache when it was asked for lately."""
+        key = " ".join(q.lower().split())
+        with self._cache_lock:
+            vector = self._cache.get(key)
+            if vector is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return vector
+            self.cache_misses += 1
+        vector = np.asarray(self.encoder.encode([key]), dtype=np.float32)[0]
+        with self._cache_lock:
+            self._cache[key] = vector
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vector
+
     def autocomplete(self, q: str, limit: int = 10) -> list[Suggestion]:
         """Phrases starting with `q` (or with a word starting with it) first, then the
-        phrases nearest in meaning."""
+        phrases nearest in meaning (only when the prefix matches leave room, and `q` is at
+        least `MIN_SEMANTIC_CHARS` long: a one- or two-letter fragment means nothing yet)."""
         found = self.prefix(q, limit)
-        if len(found) < limit:
+        if len(found) < limit and len(q.strip()) >= MIN_SEMANTIC_CHARS:
             found += self.neighbours(q, limit - len(found), exclude={s.text for s in found})
         return found
+
+    def cache_info(self) -> dict[str, int]:
+        return {"size": len(self._cache), "max": self._cache_size, "hits": self.cache_hits,
+                "misses": self.cache_misses}
 
     def by_category(self, category: str) -> list[str]:
         if category not in self.categories:
