@@ -109,7 +109,7 @@ from graphs.workflows import WorkflowService, sse
 from models.registry import KINDS, MODELS, catalogue, close_matches
 from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
-from router.suggestions import SuggestionIndex
+from router.suggestions import LRU, SuggestionIndex, normalise
 from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.config import StorageSettings
@@ -383,6 +383,7 @@ class Ingress:
                                      generation=self.generation, workflows=self.workflows)
         self.router = router
         self.suggestion_index = SuggestionIndex()  # categories, random (no embeddings here)
+        self.autocomplete_cache = LRU(4096)  # (query, limit) -> the Router's answer
         self.llm = llm
         # image analysis (caption/VQA, faces, colours): the route, the chat and later callers
         self.analysis = AnalysisService(vision=vision, faceswap=faceswap, pool=self.tools.pool,
@@ -994,8 +995,19 @@ class Ingress:
                                        limit: int = Query(10, ge=1, le=50)
                                        ) -> dict[str, Any]:
         """Phrases starting with `q` first, then the nearest in meaning (the router's
-        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off)."""
-        return {"q": q, "data": await self.router.suggest.remote(q, limit)}
+        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off). Prefix
+        matches that fill `limit` (or a fragment too short to embed) are answered here; the
+        rest ask the Router once per (query, limit) and are kept in an LRU (the vocabulary
+        is fixed: the same query always gets the same suggestions)."""
+        prefix = self.suggestion_index.prefix(q, limit)
+        if not SuggestionIndex.needs_neighbours(q, prefix, limit):
+            return {"q": q, "data": [s.as_dict() for s in prefix]}
+        key = (normalise(q), limit)
+        data = self.autocomplete_cache.get(key)
+        if data is None:
+            data = await self.router.suggest.remote(q, limit)
+            self.autocomplete_cache.put(key, data)
+        return {"q": q, "data": data}
 
     @app.get("/v1/suggestions/categories", tags=["suggestions"])
     async def suggestions_categories(self) -> dict[str, Any]:

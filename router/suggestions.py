@@ -68,6 +68,44 @@ ENHANCE_CATEGORIES = ("quality", "lighting", "camera")
 MIN_SEMANTIC_CHARS = 3
 
 
+class LRU:
+    """A bounded, thread-safe least-recently-used map (a Serve replica may call from worker
+    threads), counting its hits and misses."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def info(self) -> dict[str, int]:
+        return {"size": len(self._items), "max": self.size, "hits": self.hits,
+                "misses": self.misses}
+
+
+def normalise(q: str) -> str:
+    """The key of a query: case and spacing do not change its suggestions (the MiniLM
+    tokenizer is uncased)."""
+    return " ".join(q.lower().split())
+
+
 @dataclass(frozen=True)
 class Suggestion:
     text: str
@@ -99,10 +137,7 @@ class SuggestionIndex:
         self._key_text = [k for k, _, _ in self._keys]
         self.encoder = encoder
         self._matrix = None
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()  # a Serve replica may call from worker threads
-        self.cache_hits = self.cache_misses = 0
+        self.embeddings = LRU(cache_size)
         if encoder is not None:
             self._matrix = np.asarray(encoder.encode([t for t, _ in self.items]),
                                       dtype=np.float32)
@@ -141,21 +176,12 @@ class SuggestionIndex:
         return out
 
     def embed(self, q: str) -> np.ndarray:
-        """`q`'s embedding (case and spacing do not change it: the key is normalised), from
-        the LRU cache when it was asked for lately."""
-        key = " ".join(q.lower().split())
-        with self._cache_lock:
-            vector = self._cache.get(key)
-            if vector is not None:
-                self._cache.move_to_end(key)
-                self.cache_hits += 1
-                return vector
-            self.cache_misses += 1
-        vector = np.asarray(self.encoder.encode([key]), dtype=np.float32)[0]
-        with self._cache_lock:
-            self._cache[key] = vector
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        """`q`'s embedding, from the LRU cache when it was asked for lately."""
+        key = normalise(q)
+        vector = self.embeddings.get(key)
+        if vector is None:
+            vector = np.asarray(self.encoder.encode([key]), dtype=np.float32)[0]
+            self.embeddings.put(key, vector)
         return vector
 
     def autocomplete(self, q: str, limit: int = 10) -> list[Suggestion]:
@@ -163,13 +189,17 @@ class SuggestionIndex:
         phrases nearest in meaning (only when the prefix matches leave room, and `q` is at
         least `MIN_SEMANTIC_CHARS` long: a one- or two-letter fragment means nothing yet)."""
         found = self.prefix(q, limit)
-        if len(found) < limit and len(q.strip()) >= MIN_SEMANTIC_CHARS:
-            found += self.neighbours(q, limit - len(found), exclude={s.text for s in found})
-        return found
+        if not self.needs_neighbours(q, found, limit):
+            return found
+        return found + self.neighbours(q, limit - len(found),
+                                       exclude={s.text for s in found})
 
-    def cache_info(self) -> dict[str, int]:
-        return {"size": len(self._cache), "max": self._cache_size, "hits": self.cache_hits,
-                "misses": self.cache_misses}
+    @staticmethod
+    def needs_neighbours(q: str, prefix: list[Suggestion], limit: int) -> bool:
+        """Whether autocomplete of `q` goes past its prefix matches (`prefix`) to the
+        embedding neighbours: when they leave room and `q` is long enough to mean something.
+        An index without an encoder (the ingress's) answers alone when this is False."""
+        return len(prefix) < limit and len(q.strip()) >= MIN_SEMANTIC_CHARS
 
     def by_category(self, category: str) -> list[str]:
         if category not in self.categories:
