@@ -284,7 +284,7 @@ class JobRunner:
                 created=int(time.time()),
                 data=data,
                 size=f"{width}x{height}",
-                output_format=formats[0],
+                output_format=formats[0] if formats else output_format,
                 metadata=ResponseMetadata(
                     job_id=job_id,
                     model=out.model,

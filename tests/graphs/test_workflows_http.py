@@ -215,6 +215,15 @@ def test_text_to_image_to_video_example_runs(http, gateway):
     assert frames.shape[1:3] == (64, 64) and round(fps) == 30
     poster = http.get(files["clip.video.poster"]["url"])
     assert poster.status_code == 200 and poster.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # a workflow whose only output is a video: no images, the clip's files
+    only = http.post("/v1/workflows/execute", json={"workflow": {
+        "nodes": {"clip": {"op": "video", "params": {"prompt": "waves", "seconds": 1,
+                                                     "size": "64x64", "steps": 1}}},
+        "outputs": ["clip.video"]}})
+    assert only.status_code == 200, only.text
+    assert only.json()["data"] == [] and only.json()["size"] == "64x64"
+    assert [f["name"] for f in only.json()["metadata"]["extra"]["files"]] == [
+        "clip.video", "clip.video.poster"]
     # an image preset on a video node is refused at validation, naming the node
     error = assert_envelope(http.post("/v1/workflows/validate", json={"workflow": {
         "nodes": {"clip": {"op": "video", "params": {"prompt": "x"},
