@@ -226,7 +226,10 @@ class Clip:
 
     def __init__(self, encoded: Any):
         self.encoded = encoded
-        self.shape = None  # not an image (events describe it by type)
+
+    def describe(self) -> dict[str, Any]:  # in node_succeeded events
+        e = self.encoded
+        return {"width": e.width, "height": e.height, "frames": e.frames, "fps": e.fps}
 
     def files(self, name: str) -> list[OutputFile]:
         e = self.encoded

@@ -202,6 +202,7 @@ def test_text_to_image_to_video_example_runs(http, gateway):
     assert [e["step"] for e in steps][-1] == "denoising step 2/2"
     clip = next(e for n, e in events if n == "node_succeeded" and e["node"] == "clip")
     assert clip["preset"] == "vlog" and clip["fps"] == 30  # the video preset's fps
+    assert clip["outputs"]["video"]["width"] == 64 and clip["outputs"]["video"]["frames"] > 1
     assert "handheld vlog footage" in clip["conditioned_prompt"]
     job = _job(http, job_id)
     files = {f["name"]: f for f in job["result"]["metadata"]["extra"]["files"]}
