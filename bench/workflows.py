@@ -44,11 +44,25 @@ def diamond(size: int, steps: int, seed: int) -> dict:
         "outputs": ["join.image"]}
 
 
+BREAKDOWN: dict[str, list[str]] = {"workflow": [], "sequential": []}
+
+
 def run_workflow(client, graph: dict) -> float:
     started = time.perf_counter()
     r = client.post("/v1/workflows/execute", json={"workflow": graph})
     r.raise_for_status()
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    # where the time went: each node's start/end (job record timeline), relative to the first
+    nodes = r.json()["metadata"]["extra"]["workflow"]["nodes"]
+    t0 = min(info["started_at"] for info in nodes.values())
+    span = max(info["ended_at"] for info in nodes.values()) - t0
+    busy = sum(info["ended_at"] - info["started_at"] for info in nodes.values())
+    # what overlap alone can give this graph: the nodes' summed time over the span they took
+    BREAKDOWN["workflow"].append(", ".join(
+        f"{n} {info['started_at'] - t0:.2f}-{info['ended_at'] - t0:.2f}"
+        for n, info in sorted(nodes.items(), key=lambda kv: kv[1]["started_at"]))
+        + f"; overlap bound {busy / span:.2f}x")
+    return wall
 
 
 def run_sequential(client, graph: dict) -> float:
@@ -58,16 +72,21 @@ def run_sequential(client, graph: dict) -> float:
 
     nodes = graph["nodes"]
     started = time.perf_counter()
-    gen = client.post("/v1/images/generations", json=nodes["gen"]["params"])
-    gen.raise_for_status()
+    walls: list[str] = []
+
+    def timed(name: str, response):
+        walls.append(f"{name} {response.elapsed.total_seconds():.2f}")
+        response.raise_for_status()
+        return response
+
+    gen = timed("gen", client.post("/v1/images/generations", json=nodes["gen"]["params"]))
     png = base64.b64decode(gen.json()["data"][0]["b64_json"])
-    cut = client.post("/v1/images/remove-background", files={"image": ("g.png", png)})
-    cut.raise_for_status()
+    cut = timed("cut", client.post("/v1/images/remove-background",
+                                   files={"image": ("g.png", png)}))
     p = nodes["paint"]["params"]
-    paint = client.post("/v1/images/style-transfer", files={"image": ("g.png", png)},
-                        data={"style": p["style"], "steps": str(p["steps"]),
-                              "seed": str(p["seed"])})
-    paint.raise_for_status()
+    paint = timed("paint", client.post(
+        "/v1/images/style-transfer", files={"image": ("g.png", png)},
+        data={"style": p["style"], "steps": str(p["steps"]), "seed": str(p["seed"])}))
     # edits: transparent = the area to repaint (the subject the cut-out kept)
     alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(
         cut.json()["data"][0]["b64_json"]))))[..., 3]
@@ -76,11 +95,11 @@ def run_sequential(client, graph: dict) -> float:
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, format="PNG")
     j = nodes["join"]["params"]
-    join = client.post("/v1/images/edits", files={
+    timed("join", client.post("/v1/images/edits", files={
         "image": ("p.png", base64.b64decode(paint.json()["data"][0]["b64_json"])),
         "mask": ("m.png", buf.getvalue())},
-        data={"prompt": j["prompt"], "steps": str(j["steps"]), "seed": str(j["seed"])})
-    join.raise_for_status()
+        data={"prompt": j["prompt"], "steps": str(j["steps"]), "seed": str(j["seed"])}))
+    BREAKDOWN["sequential"].append(", ".join(walls) + " (s per request)")
     return time.perf_counter() - started
 
 
@@ -152,7 +171,10 @@ def main() -> None:
                 graph = diamond(ns.size, ns.steps, seed=100 + i)
                 wf.append(run_workflow(client, graph))
                 seq.append(run_sequential(client, graph))
-                print(f"round {i + 1}: workflow {wf[-1]:.2f} s, sequential {seq[-1]:.2f} s")
+                print(f"round {i + 1}: workflow {wf[-1]:.2f} s, sequential {seq[-1]:.2f} s\n"
+                      f"  workflow nodes (s from the first start): "
+                      f"{BREAKDOWN['workflow'][-1]}\n"
+                      f"  sequential: {BREAKDOWN['sequential'][-1]}")
             w, s = statistics.median(wf), statistics.median(seq)
             print(f"diamond {ns.size}x{ns.size}, {ns.steps} steps, {ns.rounds} rounds: "
                   f"workflow {w:.2f} s, sequential through the routes {s:.2f} s -> "

@@ -112,7 +112,7 @@ from models.lora import check_lora_filename
 from models.registry import KINDS, MODELS, catalogue, close_matches
 from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
-from router.suggestions import SuggestionIndex
+from router.suggestions import LRU, SuggestionIndex, normalise
 from router.templates import list_templates
 from storage.assets import AssetNotFound, LocalAssetStore
 from storage.config import StorageSettings
@@ -404,17 +404,19 @@ class Ingress:
                           max_upload_bytes=config.max_upload_bytes,
                           max_request_pixels=config.max_request_pixels))
         self.presets = PresetService(records=self.records, project=lambda: self.runner.project)
+        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
+                                   upscaler=upscaler, presets=self.presets)
         # workflows, and the chat whose plans run as workflows (one executor)
         self.workflows = WorkflowService(generation=self.generation, tools=self.tools,
                                          runner=self.runner, router=router,
-                                         presets=self.presets)
+                                         presets=self.presets,
+                                         videos=self.videos if video is not None else None)
         self.recipes = RecipeService(records=self.records, runner=self.runner,
                                      generation=self.generation, workflows=self.workflows)
         self.router = router
         self.suggestion_index = SuggestionIndex()  # categories, random (no embeddings here)
+        self.autocomplete_cache = LRU(4096)  # (query, limit) -> the Router's answer
         self.llm = llm
-        self.videos = VideoService(video=video, runner=self.runner, decode=self.tools.decode,
-                                   upscaler=upscaler)
         # image analysis (caption/VQA, faces, colours): the route, the chat and later callers
         self.analysis = AnalysisService(vision=vision, faceswap=faceswap, pool=self.tools.pool,
                                         runner=self.runner)
@@ -1106,8 +1108,19 @@ class Ingress:
                                        limit: int = Query(10, ge=1, le=50)
                                        ) -> dict[str, Any]:
         """Phrases starting with `q` first, then the nearest in meaning (the router's
-        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off)."""
-        return {"q": q, "data": await self.router.suggest.remote(q, limit)}
+        all-MiniLM-L6-v2; prefix matches only when its embedding stage is off). Prefix
+        matches that fill `limit` (or a fragment too short to embed) are answered here; the
+        rest ask the Router once per (query, limit) and are kept in an LRU (the vocabulary
+        is fixed: the same query always gets the same suggestions)."""
+        prefix = self.suggestion_index.prefix(q, limit)
+        if not SuggestionIndex.needs_neighbours(q, prefix, limit):
+            return {"q": q, "data": [s.as_dict() for s in prefix]}
+        key = (normalise(q), limit)
+        data = self.autocomplete_cache.get(key)
+        if data is None:
+            data = await self.router.suggest.remote(q, limit)
+            self.autocomplete_cache.put(key, data)
+        return {"q": q, "data": data}
 
     @app.get("/v1/suggestions/categories", tags=["suggestions"])
     async def suggestions_categories(self) -> dict[str, Any]:

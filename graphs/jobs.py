@@ -42,6 +42,19 @@ logger = logging.getLogger("ray.serve")
 
 
 @dataclass
+class OutputFile:
+    """A file (not an image) a job made: e.g. a video node's MP4 and its poster."""
+
+    name: str  # what it is in the job, e.g. "clip.video"
+    data: bytes
+    ext: str
+    content_type: str
+    kind: str  # the asset kind, e.g. "video"
+    width: int
+    height: int
+
+
+@dataclass
 class Output:
     """What a model step produced, in the shape every tool result is mapped to."""
 
@@ -60,6 +73,9 @@ class Output:
     # per image: how to make it again (embedded in the file and kept in its asset record)
     recipes: list[dict[str, Any] | None] | None = None
     loras: list[dict[str, Any]] = field(default_factory=list)  # LoRA adapters applied
+    # other files the job made (a workflow's video outputs): stored beside the images, in the
+    # same transaction, and listed in the response's `metadata.extra.files`
+    files: list[OutputFile] = field(default_factory=list)
 
     @property
     def remote(self) -> bool:
@@ -253,14 +269,22 @@ class JobRunner:
                 )
                 item._blob = blob  # for a client that asks for the bytes (Accept: image/…)
                 data.append(item)
+            files = []
+            for file in out.files:
+                asset = await asyncio.to_thread(self._store_file, file, job_id)
+                unrecorded.append(asset)
+                files.append({"name": file.name, "id": asset.id, "kind": file.kind,
+                              "content_type": file.content_type,
+                              "url": self.asset_url(asset.id, base_url, self.project)})
             timings = {**out.timings, "store_s": time.perf_counter() - stored,
                        "total_s": time.perf_counter() - began}
-            height, width = out.images[0].shape[:2]
+            height, width = out.images[0].shape[:2] if out.images else \
+                (out.files[0].height, out.files[0].width)
             response = ImagesResponse(
                 created=int(time.time()),
                 data=data,
                 size=f"{width}x{height}",
-                output_format=formats[0],
+                output_format=formats[0] if formats else output_format,
                 metadata=ResponseMetadata(
                     job_id=job_id,
                     model=out.model,
@@ -269,7 +293,7 @@ class JobRunner:
                     fallback_reason=None if out.remote else model_info["fallback_reason"],
                     batch_size=out.batch_size,
                     timings=timings,
-                    extra=out.extra,
+                    extra={**out.extra, **({"files": files} if files else {})},
                     provider=out.provider,
                     attempts=out.attempts,
                     loras=out.loras,
@@ -403,6 +427,15 @@ class JobRunner:
         return NewAsset(id=asset_id, job_id=job_id, kind=kind, store=self.assets.name, key=key,
                         content_type=CONTENT_TYPES[fmt], size_bytes=len(blob), width=width,
                         height=height, project=self.project, recipe=recipe), blob
+
+    def _store_file(self, file: OutputFile, job_id: str) -> NewAsset:
+        """(In a thread.) Store one `OutputFile`; its asset row, not yet recorded."""
+        asset_id = new_id("vid" if file.kind == "video" else "img")
+        key = asset_key(project=self.project, kind=file.kind, asset_id=asset_id, ext=file.ext)
+        self.assets.put(key=key, data=file.data, content_type=file.content_type)
+        return NewAsset(id=asset_id, job_id=job_id, kind=file.kind, store=self.assets.name,
+                        key=key, content_type=file.content_type, size_bytes=len(file.data),
+                        width=file.width, height=file.height, project=self.project)
 
     async def public_url(self, asset_id: str, key: str, base_url: str) -> str:
         """A presigned URL from S3/Supabase stores; the gateway's own URL for local disk."""

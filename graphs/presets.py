@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import ValidationError
+
 from graphs.errors import ApiError
 from graphs.schemas import (
     ImageGenerationRequest,
@@ -15,6 +17,7 @@ from graphs.schemas import (
     PresetCreate,
     PresetList,
     PresetView,
+    VideoCreate,
 )
 from router.presets import BUILTIN, Preset, builtin, user_preset
 
@@ -93,6 +96,38 @@ class PresetService:
                            f"with {ENDPOINTS[preset.kind]}", param="preset",
                            code="invalid_preset")
         return compose_generation(preset, body)
+
+    async def for_video(self, name: str) -> Preset:
+        """The video preset `name` (built-in id or alias, or the project's own): a 400 on
+        `preset` names the video presets when it is unknown or an image preset."""
+        try:
+            preset = await self.get(name)
+        except ApiError:
+            preset = None
+        if preset is None or preset.kind != "video":
+            names = ", ".join(p.id for p in BUILTIN.values() if p.kind == "video")
+            raise ApiError(400, f"preset must be a video preset ({names}, or one of the "
+                           f"project's own: GET /v1/presets?kind=video), got {name!r}",
+                           param="preset", code="invalid_preset")
+        return preset
+
+
+def compose_video(preset: Preset, body: VideoCreate) -> VideoCreate:
+    """A /v1/videos request with `preset` applied: its template wraps the prompt, its negative
+    prompt joined with the request's, its fps / camera / motion / ... unless the request sets
+    them. Checked again like the request itself (a project's preset may hold a bad value)."""
+    set_fields = body.model_fields_set
+    composed = preset.compose(body.prompt, {"negative_prompt": body.negative_prompt})
+    update = {name: value for name, value in composed.items()
+              if name in ("prompt", "negative_prompt") or
+              (name in VideoCreate.model_fields and name not in set_fields)}
+    try:
+        return VideoCreate.model_validate({**body.model_dump(exclude_unset=True), **update})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise ApiError(400, f"preset {preset.id!r} sets {field}: {first['msg']}",
+                       param="preset", code="invalid_preset") from None
 
 
 def compose_generation(preset: Preset, body: ImageGenerationRequest

@@ -719,7 +719,8 @@ class VideoCreate(BaseModel):
                                "zoom-in/out, dolly-in/out: applied as prompt conditioning")
     motion: float | None = Field(None, ge=0, le=1, description="motion intensity 0-1 "
                                  "(prompt conditioning)")
-    preset: str | None = Field(None, description="cinematic, vlog or time-lapse")
+    preset: str | None = Field(None, description="a video preset (GET /v1/presets?kind=video: "
+                               "cinematic-video, vlog, time-lapse, or the project's own)")
     preview: Literal["webp", "gif"] | None = Field(None, description="also make an "
                                                    "animated preview")
 
@@ -958,8 +959,8 @@ class PresetCreate(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     params: dict[str, Any] = Field(default_factory=dict, description="default request "
                                    "parameters (images: quality, guidance_scale, steps, size, "
-                                   "strength, background; videos: seconds, fps, size, motion, "
-                                   "steps, guidance_scale)")
+                                   "strength, background; videos: seconds, fps, size, camera, "
+                                   "motion, steps, guidance_scale)")
     description: str | None = Field(None, max_length=2000)
 
 

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,9 +24,11 @@ import numpy as np
 from graphs import middleware
 from graphs.errors import ApiError, to_api_error
 from graphs.jobs import JobCancelled, JobRunner, Progress, _cancelled_downstream
+from graphs.presets import compose_video
 from graphs.schemas import Video, VideoCreate, VideoError, VideoList
 from models.registry import VideoLimits
 from models.video import MAX_SEED, VideoRequest, check_inputs, condition_prompt, frames_for
+from router.presets import list_presets as builtin_presets
 from storage.assets import asset_key
 from storage.records import JobRecord, NewAsset, job_cursor, new_id
 
@@ -37,43 +38,15 @@ KIND = "video"
 DEFAULT_SECONDS = 4.0
 
 
-@dataclass(frozen=True)
-class VideoPreset:
-    """Defaults a preset brings; fields the request sets win. A plain table, in the shape a
-    general preset store (issue #17) can absorb."""
-
-    description: str
-    prompt_suffix: str
-    negative_prompt: str
-    fps: int
-    camera: str | None
-    motion: float
-
-
-VIDEO_PRESETS: dict[str, VideoPreset] = {
-    "cinematic": VideoPreset(
-        "Film look: slow dolly, shallow depth of field, 24 fps",
-        "cinematic film still in motion, shallow depth of field, dramatic lighting, "
-        "film grain", "low quality, worst quality, deformed, distorted, jittery, text",
-        fps=24, camera="dolly-in", motion=0.35),
-    "vlog": VideoPreset(
-        "Handheld vlog: natural light, eye level, 30 fps",
-        "handheld vlog footage, natural light, eye-level camera, casual and candid",
-        "low quality, blurry, distorted faces, text, watermark", fps=30, camera="static",
-        motion=0.5),
-    "time-lapse": VideoPreset(
-        "Time-lapse: locked-off camera, accelerated motion (clouds, crowds, light)",
-        "time-lapse, accelerated motion, fast moving clouds and light, locked-off tripod shot",
-        "low quality, blurry, flicker, text", fps=24, camera="static", motion=1.0),
-}
-
 _STATUS = {"queued": "queued", "running": "in_progress", "succeeded": "completed",
            "failed": "failed", "cancelled": "failed"}
 VARIANTS = {"video": "video", "thumbnail": "thumbnail", "preview": "preview"}
 
 
 def list_presets() -> list[dict[str, Any]]:
-    return [{"name": name, **vars(p)} for name, p in VIDEO_PRESETS.items()]
+    """GET /v1/video-presets (kept for existing clients): the video presets of the one preset
+    store (`router.presets`, GET /v1/presets?kind=video), by name."""
+    return [{"name": p["id"], **p} for p in builtin_presets("video")]
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -114,7 +87,9 @@ def video_view(job: JobRecord, urls: dict[str, str] | None = None) -> Video:
 
 
 class VideoService:
-    def __init__(self, *, video: Any, runner: JobRunner, decode: Any, upscaler: Any = None):
+    def __init__(self, *, video: Any, runner: JobRunner, decode: Any, upscaler: Any = None,
+                 presets: Any = None):
+        self.presets = presets  # graphs.presets.PresetService: `preset` on a request
         self.upscaler = upscaler  # the Upscaler deployment: video upscaling frame by frame
         self.video = video  # DeploymentHandle of the Video deployment (None: not deployed)
         self.runner = runner
@@ -136,22 +111,24 @@ class VideoService:
         return self._info
 
     # -- create / remix ---------------------------------------------------------------------
-    async def create(self, body: VideoCreate, *, image: bytes | None = None,
-                     reference_id: str | None = None, remixed_from: str | None = None,
-                     base_url: str | None = None) -> Video:
+    async def build(self, body: VideoCreate, *, image: np.ndarray | None = None
+                    ) -> tuple[VideoRequest, dict[str, Any]]:
+        """THE way a /v1/videos request becomes a `VideoRequest` (the route and the workflow
+        `video` node): the model checked, its preset applied (request fields win), fps, size
+        and frames resolved, camera / motion as prompt conditioning, the seed drawn, then the
+        model's own `check_inputs`. Returns the request and the job params to record."""
         info = await self.info()
         limits = info["limits"]
         if body.model not in (None, info["name"]):
             raise ApiError(400, f"model {body.model!r} is not deployed; this gateway's video "
                            f"model is {info['name']!r}", param="model",
                            code="model_not_found")
-        preset = None
+        asked = body
         if body.preset is not None:
-            preset = VIDEO_PRESETS.get(body.preset)
-            if preset is None:
-                raise ApiError(400, f"preset must be one of {', '.join(VIDEO_PRESETS)}, got "
-                               f"{body.preset!r}", param="preset")
-        fps = body.fps or (preset.fps if preset else limits["default_fps"])
+            if self.presets is None:
+                raise ApiError(400, "presets are not available here", param="preset")
+            body = compose_video(await self.presets.for_video(body.preset), body)
+        fps = body.fps or limits["default_fps"]
         if body.size:
             width, height = parse_size(body.size)
         else:
@@ -162,39 +139,43 @@ class VideoService:
             raise ApiError(400, f"seconds x fps = {seconds:g} x {fps} needs {frames} frames; "
                            f"this model makes at most {limits['max_frames']}: lower seconds "
                            "or fps", param="seconds")
-        camera = body.camera or (preset.camera if preset else None)
-        motion = body.motion if body.motion is not None else (preset.motion if preset else None)
-        prompt = body.prompt + (", " + preset.prompt_suffix if preset else "")
-        negative = body.negative_prompt or (preset.negative_prompt if preset else None)
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED)
         req = VideoRequest(
-            prompt=condition_prompt(prompt, camera=camera, motion=motion),
-            negative_prompt=negative, width=width, height=height, num_frames=frames, fps=fps,
-            steps=body.steps or limits["default_steps"],
+            prompt=condition_prompt(body.prompt, camera=body.camera, motion=body.motion),
+            negative_prompt=body.negative_prompt, width=width, height=height,
+            num_frames=frames, fps=fps, steps=body.steps or limits["default_steps"],
             guidance_scale=body.guidance_scale if body.guidance_scale is not None else 3.0,
-            seed=seed)
-        if image is not None:
-            req.image = await self._decode(image, "input_reference", keep_alpha=False)
-        elif reference_id is not None:
-            req.image = await self.runner.load_image(reference_id, param="input_reference")
+            seed=seed, image=image)
         try:
             check_inputs(req, VideoLimits(**limits))
         except ValueError as exc:
             if getattr(exc, "param", None) == "num_frames":  # frames come from seconds here
                 raise ApiError(400, str(exc), param="seconds") from None
             raise
+        # what the caller asked (a remix re-applies the preset to its new prompt)
+        params = {"prompt": asked.prompt, "size": f"{width}x{height}", "seconds": seconds,
+                  "fps": fps, "frames": frames, "steps": req.steps, "seed": seed,
+                  "guidance_scale": req.guidance_scale,
+                  "negative_prompt": asked.negative_prompt, "camera": asked.camera,
+                  "motion": asked.motion, "preset": asked.preset, "preview": asked.preview,
+                  "model": info["name"], "conditioned_prompt": req.prompt}
+        return req, params
+
+    async def create(self, body: VideoCreate, *, image: bytes | None = None,
+                     reference_id: str | None = None, remixed_from: str | None = None,
+                     base_url: str | None = None) -> Video:
+        reference = None
+        if image is not None:
+            reference = await self._decode(image, "input_reference", keep_alpha=False)
+        elif reference_id is not None:
+            reference = await self.runner.load_image(reference_id, param="input_reference")
+        req, params = await self.build(body, image=reference)
         if image is not None:  # kept so a remix can use the same first frame
             reference_id = await self.runner.store_image(req.image, kind="video_reference")
-        params = {"prompt": body.prompt, "size": f"{width}x{height}", "seconds": seconds,
-                  "fps": fps, "frames": frames, "steps": req.steps, "seed": seed,
-                  "guidance_scale": req.guidance_scale, "negative_prompt": body.negative_prompt,
-                  "camera": body.camera, "motion": body.motion, "preset": body.preset,
-                  "preview": body.preview, "input_reference": reference_id,
-                  "remixed_from": remixed_from, "model": info["name"],
-                  "conditioned_prompt": req.prompt}
+        params.update(input_reference=reference_id, remixed_from=remixed_from)
         job_id = await asyncio.to_thread(
             self.records.create_job, kind=KIND, prompt=body.prompt, params=params,
-            model=info["name"], project=self.runner.project)
+            model=params["model"], project=self.runner.project)
         self._spawn(job_id, self._render(req, body.preview))
         return await self.get(job_id, base_url)
 
@@ -262,24 +243,34 @@ class VideoService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def render(self, req: VideoRequest, preview: str | None, on_step: Any
+                     ) -> dict[str, Any]:
+        """One clip on the Video deployment: `await on_step(step, total)` per denoising step,
+        then its result (``video``: the encoded clip, ``seed``, ``model``, ``timings``).
+        Cancelling stops the replica's denoising at its next step."""
+        result = None
+        stream = self._require().options(stream=True).generate.remote(req, preview)
+        try:
+            async for event in stream:
+                if event["type"] == "progress":
+                    await on_step(event["step"], event["total"])
+                elif event["type"] == "result":
+                    result = event
+        finally:
+            stream.cancel()  # stop the replica's work if we leave early (cancel)
+        if result is None:
+            raise RuntimeError("the video deployment ended without a result")
+        return result
+
     def _render(self, req: VideoRequest, preview: str | None) -> Any:
-        """The Video deployment's stream: progress per denoising step, then the clip."""
+        """The Video deployment's stream as a job: progress per denoising step, then the
+        clip."""
         async def produce(progress: Progress) -> dict[str, Any]:
-            result = None
-            stream = self.video.options(stream=True).generate.remote(req, preview)
-            try:
-                async for event in stream:
-                    if event["type"] == "progress":
-                        await progress(0.9 * event["step"] / event["total"],
-                                       f"denoising {event['step']}/{event['total']}",
-                                       force=event["step"] == event["total"])
-                    elif event["type"] == "result":
-                        result = event
-            finally:
-                stream.cancel()  # stop the replica's work if we leave early (cancel)
-            if result is None:
-                raise RuntimeError("the video deployment ended without a result")
-            return result
+            async def on_step(step: int, total: int) -> None:
+                await progress(0.9 * step / total, f"denoising {step}/{total}",
+                               force=step == total)
+
+            return await self.render(req, preview, on_step)
 
         return produce
 

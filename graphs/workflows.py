@@ -29,7 +29,7 @@ from graphs.generation import (
     composite,
     fit_to_limits,
 )
-from graphs.jobs import JobCancelled, JobRunner, Output
+from graphs.jobs import JobCancelled, JobRunner, Output, OutputFile
 from graphs.presets import USER_PREFIX, compose_generation
 from graphs.schemas import (
     FaceSwapForm,
@@ -44,6 +44,7 @@ from graphs.schemas import (
     StyleTransferForm,
     UpscaleForm,
     VariationForm,
+    VideoCreate,
 )
 from graphs.tools import ToolService, parse_color
 from models.editing import apply_ops, check_ops, parse_edit_request
@@ -133,10 +134,10 @@ class EditOpsParams(BaseModel):
         return value
 
 
-class VideoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: Prompt | None = None
-    seconds: int = Field(4, ge=1, le=20)
+class VideoParams(VideoCreate):
+    """POST /v1/videos's fields; the image comes through the `image` port (image → video)."""
+
+    prompt: Prompt | None = Field(None, description="or connect a text node to `prompt`")
 
 
 def _n(params) -> int:
@@ -178,7 +179,8 @@ OPS = [
     OpSpec("edit_ops", {"image": Port(IMAGE)}, {"image": IMAGE}, EditOpsParams,
            "POST /v1/images/edit-ops (crop, resize, rotate, ...)", images=lambda p: 1),
     OpSpec("video", {"image": Port(IMAGE, False), "prompt": Port(TEXT, False)},
-           {"video": VIDEO}, VideoParams, "text/image → video"),
+           {"video": VIDEO}, VideoParams, "text/image → video (POST /v1/videos): as an "
+           "output, its MP4 and poster are stored with the job (`metadata.extra.files`)"),
     OpSpec("output", {"image": Port("any")}, {}, None, "marks an image the job stores"),
 ]
 CATALOGUE = Catalogue(OPS)
@@ -194,12 +196,18 @@ def with_preset(node_id: str, node) -> dict[str, Any]:
         return params
     if not name.startswith(USER_PREFIX) and builtin(name) is None:
         raise ValueError(f"no preset {name!r} (GET /v1/presets lists them)")
-    if node.op == "generate":
+    found = builtin(name)
+    if node.op in ("generate", "video"):
+        kind = "image" if node.op == "generate" else "video"
+        if found is not None and found.kind != kind:
+            raise ValueError(f"preset {name!r} is a {found.kind} preset; op {node.op!r} takes "
+                             f"{kind} presets (GET /v1/presets?kind={kind})")
         params.setdefault("preset", name)
-    elif node.op == "style_transfer" and builtin(name) is not None:
-        params.setdefault("style", builtin(name).id)
+    elif node.op == "style_transfer" and found is not None:
+        params.setdefault("style", found.id)
     else:
-        raise ValueError(f"op {node.op!r} takes no preset (generate and style_transfer do)")
+        raise ValueError(f"op {node.op!r} takes no preset (generate, video and style_transfer "
+                         "do)")
     return params
 
 
@@ -210,6 +218,26 @@ def problems_error(exc: WorkflowInvalid) -> ApiError:
     message = (f"the workflow has {count} problems: " if count > 1 else
                "the workflow is invalid: ") + "; ".join(p.message for p in exc.problems)
     return ApiError(400, message, param=first.param, code=first.code)
+
+
+class Clip:
+    """A video node's output: the encoded clip (`models.video.EncodedVideo`), kept in memory
+    between nodes; as a workflow output, its MP4 and poster become the job's files."""
+
+    def __init__(self, encoded: Any):
+        self.encoded = encoded
+
+    def describe(self) -> dict[str, Any]:  # in node_succeeded events
+        e = self.encoded
+        return {"width": e.width, "height": e.height, "frames": e.frames, "fps": e.fps}
+
+    def files(self, name: str) -> list[OutputFile]:
+        e = self.encoded
+        return [OutputFile(name=name, data=e.mp4, ext="mp4", content_type="video/mp4",
+                           kind="video", width=e.width, height=e.height),
+                OutputFile(name=f"{name}.poster", data=e.poster, ext="png",
+                           content_type="image/png", kind="video_thumbnail", width=e.width,
+                           height=e.height)]
 
 
 class EventLog:
@@ -246,22 +274,26 @@ class EventLog:
 class WorkflowService:
     def __init__(self, *, generation: GenerationService, tools: ToolService, runner: JobRunner,
                  router: Any = None, presets: Any = None, limits: Limits = Limits(),
-                 video_available: bool = False):
+                 videos: Any = None):
+        """`videos`: the `graphs.video.VideoService` of a gateway with a Video deployment
+        (None: the `video` op is declared but not available)."""
         self.router = router
+        self.videos = videos
         self.presets = presets  # graphs.presets.PresetService (None: built-ins only)
         self.generation = generation
         self.tools = tools
         self.runner = runner
         self.records = runner.records
         self.limits = limits
-        reasons = {} if video_available else {"video": VIDEO_UNAVAILABLE}
+        reasons = {} if videos is not None else {"video": VIDEO_UNAVAILABLE}
         self.catalogue = CATALOGUE.with_unavailable(reasons)
         self.engine = Engine({
             "prompt": self._prompt, "image_input": self._image_input, "refine": self._refine,
             "generate": self._generate, "edit": self._edit, "inpaint": self._edit,
             "variation": self._variation, "style_transfer": self._style_transfer,
             "remove_background": self._remove_background, "face_swap": self._face_swap,
-            "upscale": self._upscale, "edit_ops": self._edit_ops, "output": self._output})
+            "upscale": self._upscale, "edit_ops": self._edit_ops, "video": self._video,
+            "output": self._output})
         self.logs: collections.OrderedDict[str, EventLog] = collections.OrderedDict()
 
     # -- validation -------------------------------------------------------------------------
@@ -461,21 +493,27 @@ class WorkflowService:
                            param=f"nodes.{result.failed[0]}", code="workflow_node_failed")
         images = []
         names = []
+        files: list[OutputFile] = []
         for node, port in graph.outputs:
             value = result.values.get((node, port))
             if value is None and graph.graph.nodes[node].op == "output":
+                continue
+            if isinstance(value, Clip):
+                files += value.files(f"{node}.{port}")
                 continue
             many = result.values.get((node, "images")) if port == "image" else None
             for image in many or [value]:
                 if isinstance(image, np.ndarray):
                     images.append(image if image.ndim == 3 else np.dstack([image] * 3))
                     names.append(f"{node}.{port}")
-        if not images:
-            raise ApiError(400, "the workflow produced no image output", param="outputs")
+        if not images and not files:
+            raise ApiError(400, "the workflow produced no image or video output",
+                           param="outputs")
         recipes = self._recipes(graph, result, names)
         timeline = {n: {k: v for k, v in info.items() if k != "exception"}
                     for n, info in result.nodes.items()}
-        extra = {"workflow": {"nodes": timeline, "stages": graph.stages, "outputs": names,
+        extra = {"workflow": {"nodes": timeline, "stages": graph.stages,
+                              "outputs": names + [f.name for f in files if f.kind == "video"],
                               **({"intermediates": kept} if kept else {})}}
         models = [info.get("meta", {}).get("model") for info in timeline.values()]
         timings = {f"node_{n}_s": info.get("seconds", 0.0) for n, info in timeline.items()}
@@ -484,7 +522,7 @@ class WorkflowService:
         last = result.nodes[graph.outputs[0][0]].get("meta", {}) if graph.outputs else {}
         return Output(images=images, model="+".join(m for m in models if m) or "workflow",
                       extra=extra, record={"workflow": extra["workflow"]}, timings=timings,
-                      recipes=recipes,
+                      recipes=recipes, files=files,
                       seeds=last.get("seeds"), provider=last.get("provider"),
                       attempts=last.get("attempts") or [])
 
@@ -699,6 +737,31 @@ class WorkflowService:
         check_ops((image.shape[1], image.shape[0]), edit.ops, max_pixels=limit)
         out = await self.tools.pool.run(apply_ops, image, edit.ops, max_pixels=limit)
         return await self._tool_result(ctx, Output(images=[out], model="edit-ops"))
+
+    async def _video(self, ctx: NodeContext) -> dict[str, Any]:
+        """The same request building (`VideoService.build`: preset, fps, frames, conditioning)
+        and the same Video deployment stream as POST /v1/videos; denoising steps are node
+        progress events; the clip stays in memory until the job stores its outputs."""
+        prompt = self._text(ctx)
+        if not prompt:
+            raise ApiError(400, f"node {ctx.node!r}: give params.prompt or connect a text "
+                           "node to its `prompt` input", param=f"nodes.{ctx.node}.params.prompt")
+        body = VideoCreate.model_validate({**ctx.params.model_dump(exclude_unset=True),
+                                           "prompt": prompt})
+        image = ctx.inputs.get("image")
+        req, params = await self.videos.build(
+            body, image=None if image is None else np.ascontiguousarray(image[..., :3]))
+
+        async def on_step(step: int, total: int) -> None:
+            await ctx.progress(step / total, f"denoising step {step}/{total}")
+
+        out = await self.videos.render(req, body.preview, on_step)
+        clip = Clip(out["video"])
+        return {"video": clip, "_meta": {"model": out["model"], "seed": out["seed"],
+                                         "steps": req.steps, "prompt": body.prompt,
+                                         "frames": clip.encoded.frames, "fps": clip.encoded.fps,
+                                         **({"preset": body.preset} if body.preset else {}),
+                                         "conditioned_prompt": params["conditioned_prompt"]}}
 
     # -- SSE ----------------------------------------------------------------------------------
     def replay(self, record: Any) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ Kind = Literal["image", "video"]
 PRESET_ID = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 # request fields a preset may set (images: POST /v1/images/generations; videos: /v1/videos)
 IMAGE_PARAMS = ("quality", "guidance_scale", "steps", "size", "strength", "background")
-VIDEO_PARAMS = ("seconds", "fps", "size", "motion", "steps", "guidance_scale")
+VIDEO_PARAMS = ("seconds", "fps", "size", "camera", "motion", "steps", "guidance_scale")
 
 
 @dataclass(frozen=True)
@@ -89,18 +89,24 @@ _NAMED = (
            "photo, photorealistic, " + GENERIC_NEGATIVE,
            {"quality": "high", "guidance_scale": 8.0},
            "Painterly key art for worlds and characters."),
+    # the video presets of POST /v1/videos (fields the request sets win): fps, camera move and
+    # motion are prompt conditioning there (models/video.py: condition_prompt)
     Preset("cinematic-video", "video", "Cinematic video",
-           "{prompt}, cinematic shot, slow dolly movement, anamorphic, shallow depth of field, "
-           "color graded", "jittery, flicker, low quality, " + GENERIC_NEGATIVE,
-           {"seconds": 5, "fps": 24, "motion": "slow"}, "Slow, graded camera moves."),
+           "{prompt}, cinematic film still in motion, shallow depth of field, dramatic "
+           "lighting, film grain",
+           "low quality, worst quality, deformed, distorted, jittery, text",
+           {"fps": 24, "camera": "dolly-in", "motion": 0.35},
+           "Film look: slow dolly, shallow depth of field, 24 fps", aliases=("cinematic",)),
     Preset("vlog", "video", "Vlog",
-           "{prompt}, handheld vlog footage, natural daylight, casual framing",
-           "flicker, " + GENERIC_NEGATIVE, {"seconds": 8, "fps": 30, "motion": "handheld"},
-           "Handheld, natural-light footage."),
+           "{prompt}, handheld vlog footage, natural light, eye-level camera, casual and "
+           "candid", "low quality, blurry, distorted faces, text, watermark",
+           {"fps": 30, "camera": "static", "motion": 0.5},
+           "Handheld vlog: natural light, eye level, 30 fps"),
     Preset("time-lapse", "video", "Time-lapse",
-           "time-lapse of {prompt}, fixed camera, fast moving clouds and light",
-           "flicker, " + GENERIC_NEGATIVE, {"seconds": 6, "fps": 24, "motion": "time-lapse"},
-           "A fixed camera, time sped up."),
+           "{prompt}, time-lapse, accelerated motion, fast moving clouds and light, "
+           "locked-off tripod shot", "low quality, blurry, flicker, text",
+           {"fps": 24, "camera": "static", "motion": 1.0},
+           "Time-lapse: locked-off camera, accelerated motion (clouds, crowds, light)"),
 )
 # named presets that are styles already: the style, with generation parameters added
 _STYLE_PARAMS = {"photorealistic": {"quality": "high", "guidance_scale": 6.5},

@@ -8,6 +8,8 @@ from __future__ import annotations
 import bisect
 import random
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,46 @@ CATEGORIES: dict[str, list[str]] = {
     ],
 }
 ENHANCE_CATEGORIES = ("quality", "lighting", "camera")
+# a fragment shorter than this has no meaning to embed ("g", "go"): prefix matches only
+MIN_SEMANTIC_CHARS = 3
+
+
+class LRU:
+    """A bounded, thread-safe least-recently-used map (a Serve replica may call from worker
+    threads), counting its hits and misses."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def info(self) -> dict[str, int]:
+        return {"size": len(self._items), "max": self.size, "hits": self.hits,
+                "misses": self.misses}
+
+
+def normalise(q: str) -> str:
+    """The key of a query: case and spacing do not change its suggestions (the MiniLM
+    tokenizer is uncased)."""
+    return " ".join(q.lower().split())
 
 
 @dataclass(frozen=True)
@@ -77,7 +119,12 @@ class Suggestion:
 
 
 class SuggestionIndex:
-    def __init__(self, encoder: Any = None, categories: dict[str, list[str]] = CATEGORIES):
+    """`cache_size`: query embeddings kept (least recently used out). Autocomplete asks for the
+    same fragments again and again (every user typing "gol" of "golden"); an embedding is
+    ~5-10 ms of one CPU thread, a cache hit a dict lookup."""
+
+    def __init__(self, encoder: Any = None, categories: dict[str, list[str]] = CATEGORIES,
+                 *, cache_size: int = 4096):
         self.categories = categories
         self.items = [(text, cat) for cat, texts in categories.items() for text in texts]
         # prefix keys: each phrase, and each of its words' suffixes ("golden hour", "hour")
@@ -90,6 +137,7 @@ class SuggestionIndex:
         self._key_text = [k for k, _, _ in self._keys]
         self.encoder = encoder
         self._matrix = None
+        self.embeddings = LRU(cache_size)
         if encoder is not None:
             self._matrix = np.asarray(encoder.encode([t for t, _ in self.items]),
                                       dtype=np.float32)
@@ -116,8 +164,7 @@ class SuggestionIndex:
                    categories: tuple[str, ...] | None = None) -> list[Suggestion]:
         if self._matrix is None or not q.strip():
             return []
-        vector = np.asarray(self.encoder.encode([q]), dtype=np.float32)[0]
-        sims = self._matrix @ vector
+        sims = self._matrix @ self.embed(q)
         out = []
         for i in np.argsort(sims)[::-1]:
             text, cat = self.items[i]
@@ -128,13 +175,31 @@ class SuggestionIndex:
                 break
         return out
 
+    def embed(self, q: str) -> np.ndarray:
+        """`q`'s embedding, from the LRU cache when it was asked for lately."""
+        key = normalise(q)
+        vector = self.embeddings.get(key)
+        if vector is None:
+            vector = np.asarray(self.encoder.encode([key]), dtype=np.float32)[0]
+            self.embeddings.put(key, vector)
+        return vector
+
     def autocomplete(self, q: str, limit: int = 10) -> list[Suggestion]:
         """Phrases starting with `q` (or with a word starting with it) first, then the
-        phrases nearest in meaning."""
+        phrases nearest in meaning (only when the prefix matches leave room, and `q` is at
+        least `MIN_SEMANTIC_CHARS` long: a one- or two-letter fragment means nothing yet)."""
         found = self.prefix(q, limit)
-        if len(found) < limit:
-            found += self.neighbours(q, limit - len(found), exclude={s.text for s in found})
-        return found
+        if not self.needs_neighbours(q, found, limit):
+            return found
+        return found + self.neighbours(q, limit - len(found),
+                                       exclude={s.text for s in found})
+
+    @staticmethod
+    def needs_neighbours(q: str, prefix: list[Suggestion], limit: int) -> bool:
+        """Whether autocomplete of `q` goes past its prefix matches (`prefix`) to the
+        embedding neighbours: when they leave room and `q` is long enough to mean something.
+        An index without an encoder (the ingress's) answers alone when this is False."""
+        return len(prefix) < limit and len(q.strip()) >= MIN_SEMANTIC_CHARS
 
     def by_category(self, category: str) -> list[str]:
         if category not in self.categories:

@@ -148,11 +148,14 @@ class Engine:
 
 
 def describe(values: dict[str, Any]) -> dict[str, Any]:
-    """A node's outputs as events show them: an array's size, a text itself."""
+    """A node's outputs as events show them: an array's size, a text itself, or what a value
+    says of itself (its ``describe()``, e.g. a video clip's size and frames)."""
     out: dict[str, Any] = {}
     for port, value in values.items():
         shape = getattr(value, "shape", None)
-        if shape is not None and len(shape) >= 2:
+        if callable(getattr(value, "describe", None)):
+            out[port] = value.describe()
+        elif shape is not None and len(shape) >= 2:
             out[port] = {"width": int(shape[1]), "height": int(shape[0])}
         elif isinstance(value, str):
             out[port] = {"text": value[:200]}

@@ -332,12 +332,12 @@ def validate(raw: Any, catalogue: Catalogue, limits: Limits = Limits(), *,
             if spec.name == "output":
                 outputs.extend(edges[n].values())
             elif n not in read:
-                outputs.extend((n, p) for p, t in spec.outputs.items() if t in ("image",
-                                                                                 "mask"))
+                outputs.extend((n, p) for p, t in spec.outputs.items()
+                               if t in ("image", "mask", "video"))
         outputs = list(dict.fromkeys(outputs))
         if not outputs:
-            problems.append(Problem("no_outputs", "the workflow stores no image: name its "
-                                    "outputs ('<node>.<port>')", param="outputs"))
+            problems.append(Problem("no_outputs", "the workflow stores no image or video: "
+                                    "name its outputs ('<node>.<port>')", param="outputs"))
     if problems:
         raise WorkflowInvalid(problems)
     return ValidGraph(graph=graph, params=params, edges=edges, order=order, stages=stages,

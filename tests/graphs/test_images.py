@@ -114,3 +114,22 @@ def test_accept_header_picks_image_bytes_over_json_only_when_ranked_first(accept
     from graphs.images import accepted_image_formats
 
     assert accepted_image_formats(accept) == expected
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_a_recipe_travels_in_the_file(fmt):
+    """PNG iTXt / WebP XMP: the recipe reads back exactly, quotes and non-ASCII included; the
+    pixels are the same as without it; JPEG and plain images carry none."""
+    from graphs.images import read_recipe
+
+    recipe = {"v": 1, "prompt": 'a "quoted" café <scene> & more', "seed": 7, "steps": 2,
+              "size": "16x16", "loras": [{"name": "ink", "weight": 0.5}]}
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    blob = encode(image, fmt, quality=100, recipe=recipe)
+    assert read_recipe(blob) == recipe
+    plain = encode(image, fmt, quality=100)
+    assert read_recipe(plain) is None
+    decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in (blob, plain)]
+    assert np.array_equal(decoded[0], decoded[1])
+    assert read_recipe(encode(image, "jpeg", recipe=recipe)) is None
+    assert read_recipe(b"not an image") is None

@@ -130,14 +130,38 @@ def test_invalid_requests_are_bad_requests_with_our_message(client, kwargs, para
 
 
 def test_presets_apply_and_are_listed(client, http):
+    # one preset store: /v1/video-presets is a view of GET /v1/presets?kind=video
     names = [p["name"] for p in http.get("/v1/video-presets").json()["data"]]
-    assert names == ["cinematic", "vlog", "time-lapse"]
+    stored = [p["id"] for p in http.get("/v1/presets", params={"kind": "video"}).json()["data"]
+              if p["builtin"]]
+    assert names == stored == ["cinematic-video", "vlog", "time-lapse"]
     video = client.videos.create(prompt="a city street", seconds="1", size=SIZE,
                                  extra_body={"preset": "vlog", "steps": 1})
     raw = http.get(f"/v1/videos/{video.id}").json()
     assert raw["fps"] == 30 and raw["metadata"]["preset"] == "vlog"
+    assert raw["prompt"] == "a city street"  # what was asked; the preset's words condition it
     assert "handheld vlog footage" in raw["metadata"]["conditioned_prompt"]
     client.videos.poll(video.id, poll_interval_ms=200)
+    # the old name still works; a field the request sets wins over the preset's
+    old = http.post("/v1/videos", json={"prompt": "a pier", "seconds": 1, "size": SIZE,
+                                        "steps": 1, "preset": "cinematic", "fps": 8}).json()
+    assert old["fps"] == 8 and "dolly shot" in old["metadata"]["conditioned_prompt"]
+    # a project's own video preset, made with POST /v1/presets, applies the same way
+    own = http.post("/v1/presets", json={
+        "kind": "video", "title": "Slow drone", "prompt_template": "aerial drone shot of "
+        "{prompt}", "params": {"fps": 12, "camera": "pan-left", "motion": 0.2}}).json()
+    mine = http.post("/v1/videos", json={"prompt": "a harbour", "seconds": 1, "size": SIZE,
+                                         "steps": 1, "preset": own["id"]}).json()
+    assert mine["fps"] == 12 and mine["metadata"]["conditioned_prompt"].startswith(
+        "aerial drone shot of a harbour, the camera pans slowly to the left")
+    # an image preset is not a video preset
+    r = http.post("/v1/videos", json={"prompt": "a cat", "seconds": 1, "size": SIZE,
+                                      "preset": "anime"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "preset"
+    assert "video preset" in r.json()["error"]["message"]
+    for vid in (old["id"], mine["id"]):
+        client.videos.poll(vid, poll_interval_ms=200)
+    assert http.delete(f"/v1/presets/{own['id']}").status_code == 200
 
 
 def test_job_events_stream_progress_then_succeeded(client, http):

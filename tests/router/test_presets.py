@@ -66,3 +66,36 @@ def test_preset_on_workflow_nodes():
     with pytest.raises(WorkflowInvalid) as info:
         validate(graph, CATALOGUE, prepare=with_preset)
     assert [p.code for p in info.value.problems] == ["invalid_preset"]
+
+
+def test_video_presets_are_the_videos_route_presets():
+    """One store: the video presets carry what POST /v1/videos applies (fps, camera move,
+    motion), `cinematic` (their old name) still finds cinematic-video, and a request's own
+    fields win."""
+    from graphs.errors import ApiError
+    from graphs.presets import compose_video
+    from graphs.schemas import VideoCreate
+    from router.presets import user_preset
+
+    assert builtin("cinematic") is BUILTIN["cinematic-video"]
+    out = compose_video(BUILTIN["vlog"], VideoCreate(prompt="a market", preset="vlog", fps=12,
+                                                     negative_prompt="rain"))
+    assert out.prompt.startswith("a market, handheld vlog footage")
+    assert out.fps == 12 and out.camera == "static" and out.motion == 0.5
+    assert out.negative_prompt.endswith(", rain") and out.preset == "vlog"
+    # a project's preset with a value the route refuses: a 400 on `preset` naming the field
+    bad = user_preset("pr_x", {"kind": "video", "prompt_template": "{prompt}",
+                               "params": {"motion": 3}})
+    with pytest.raises(ApiError) as info:
+        compose_video(bad, VideoCreate(prompt="x", preset="pr_x"))
+    assert info.value.param == "preset" and "motion" in info.value.message
+
+
+def test_video_nodes_take_video_presets_only():
+    graph = {"nodes": {"v": {"op": "video", "preset": "time-lapse", "params": {"prompt": "x"}}}}
+    assert validate(graph, CATALOGUE, prepare=with_preset).params["v"].preset == "time-lapse"
+    graph["nodes"]["v"]["preset"] = "anime"
+    with pytest.raises(WorkflowInvalid) as info:
+        validate(graph, CATALOGUE, prepare=with_preset)
+    assert info.value.problems[0].code == "invalid_preset"
+    assert "video preset" in info.value.problems[0].message

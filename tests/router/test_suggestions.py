@@ -3,6 +3,7 @@ the router's all-MiniLM-L6-v2 judged on a small labelled list, enhance, random."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from router.embeddings import SentenceEncoder
@@ -60,3 +61,39 @@ def test_random_is_seeded_and_filtered():
     plain = SuggestionIndex()
     assert [s.text for s in plain.random(4, seed=1)] == [s.text for s in plain.random(4, seed=1)]
     assert {s.category for s in plain.random(5, category="mood")} == {"mood"}
+
+
+class CountingEncoder:
+    """A stand-in encoder that counts what it embeds (the cache is what is under test)."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def encode(self, texts):
+        self.texts += texts
+        rng = [np.random.default_rng(sum(map(ord, t))).normal(size=8) for t in texts]
+        return np.asarray([v / np.linalg.norm(v) for v in rng], dtype=np.float32)
+
+
+def test_query_embeddings_are_cached_and_short_fragments_not_embedded():
+    encoder = CountingEncoder()
+    index = SuggestionIndex(encoder, cache_size=2)
+    encoder.texts.clear()  # the vocabulary's own embeddings, made once
+    first = index.autocomplete("sunrise warmth", 5)
+    assert encoder.texts == ["sunrise warmth"]
+    assert index.autocomplete("  Sunrise   WARMTH ", 5) == first  # one key: no second encode
+    assert encoder.texts == ["sunrise warmth"] and index.embeddings.hits == 1
+    # a one- or two-letter fragment: its prefix matches only, nothing embedded
+    assert all(s.match == "prefix" for s in index.autocomplete("go", 10))
+    assert encoder.texts == ["sunrise warmth"]
+    # prefix matches that fill the limit: nothing embedded either
+    assert [s.match for s in index.autocomplete("golden", 1)] == ["prefix"]
+    assert encoder.texts == ["sunrise warmth"]
+    # least recently used out
+    index.autocomplete("kitten", 5)
+    index.autocomplete("moody sky", 5)
+    index.autocomplete("sunrise warmth", 5)
+    assert encoder.texts == ["sunrise warmth", "kitten", "moody sky", "sunrise warmth"]
+    assert index.embeddings.info()["size"] == 2
