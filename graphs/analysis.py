@@ -115,11 +115,15 @@ class AnalysisService:
         vision_task = (self.vision.analyze.remote(image, question)
                        if self.vision is not None else None)
         if vision_task is not None:
-            stats, faces, vision = await asyncio.gather(stats_task, faces_task, vision_task)
+            stats, detection, vision = await asyncio.gather(stats_task, faces_task,
+                                                            vision_task)
         else:
-            (stats, faces), vision = await asyncio.gather(stats_task, faces_task), None
+            (stats, detection), vision = await asyncio.gather(stats_task, faces_task), None
+        faces = detection.faces
         caption = vision.caption if vision is not None else None
-        if vision is not None:  # usage accounting (graphs/usage.py): the Vision model's time
+        # usage accounting (graphs/usage.py): the face detector's and the Vision model's time
+        usage.note_model_seconds("faceswap", detection.timings.get("model_s", 0.0))
+        if vision is not None:
             usage.note_model_seconds("vision", vision.timings.get("model_s", 0.0),
                                      model=vision.model)
         fmt = image_format(data) if data is not None else None
