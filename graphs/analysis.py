@@ -39,6 +39,7 @@ from storage.records import MAX_TAGS
 from storage.tables import MAX_TAG_CHARS
 
 logger = logging.getLogger("ray.serve")
+AUTO_TAG_ROUTE = "(auto-tag)"  # the usage route of background tagging
 
 STOPWORDS = frozenset(
     "a an the of in on with and or is are was there this that it its at to for by from "
@@ -174,14 +175,16 @@ class AnalysisService:
         """Analyse recorded images in the background and keep their tags (`JobRunner.
         after_images` when the ingress's `auto_tag` is on): the job's answer does not wait
         for it, its request's timeout does not cancel it, and a failure is logged, never
-        raised. The Vision and face-detector seconds count as that request's usage."""
+        raised. Its Vision and face-detector seconds are recorded as usage of the same key
+        and project under the route ``(auto-tag)`` (`usage.background`)."""
         async def tag_all() -> None:
-            for asset_id, image in images:
-                try:
-                    await self.keep(asset_id, await self.analyze(image))
-                except Exception as exc:  # noqa: BLE001 - tags are a convenience
-                    logger.warning("auto-tagging asset %s failed: %s: %s", asset_id,
-                                   type(exc).__name__, exc)
+            async with usage.background(AUTO_TAG_ROUTE):
+                for asset_id, image in images:
+                    try:
+                        await self.keep(asset_id, await self.analyze(image))
+                    except Exception as exc:  # noqa: BLE001 - tags are a convenience
+                        logger.warning("auto-tagging asset %s failed: %s: %s", asset_id,
+                                       type(exc).__name__, exc)
 
         task = asyncio.get_running_loop().create_task(
             tag_all(), context=middleware.detached_context())

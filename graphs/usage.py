@@ -31,6 +31,9 @@ What is counted where:
 - model seconds per deployment: the job's work (generator, matting, faceswap, upscaler),
   the chat's LLM stage, the Vision model and the face detector of image analysis (``vision``,
   ``faceswap``), the Video deployment's render (``video``) and a video upscale (``upscaler``).
+- work the gateway does on its own after a request (auto-tagging a job's images for the
+  gallery): its own entry, route ``(auto-tag)``, same key and project, 0 requests, not
+  charged to the caller's quota (`background`).
 
 Model-seconds quotas (per key, per project; `auth.Gate`): checked when a request is admitted
 (429 once the day's seconds are used up) and counted after the work, from these same notes,
@@ -42,10 +45,12 @@ second was used (one, for a client that waits for each answer); the next one is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -85,6 +90,7 @@ class RequestUsage:
     recorded: tuple[UsageRecorder, dict[str, Any]] | None = None
     # set with `recorded` when the caller has model-seconds quotas: counts late model seconds
     count_seconds: Any = None  # async (seconds: float) -> None
+    recorder: UsageRecorder | None = None  # the replica's (for `background` work)
 
 
 _current: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
@@ -152,6 +158,29 @@ def note_model_seconds(deployment: str, seconds: float, *, model: str | None = N
     usage.model_seconds[deployment] = usage.model_seconds.get(deployment, 0.0) + seconds
     if model and not usage.model:
         usage.model = model
+
+
+@contextlib.asynccontextmanager
+async def background(route: str) -> AsyncIterator[None]:
+    """Work the gateway does on its own after a request (e.g. auto-tagging its images): its
+    usage is recorded apart, under the same key and project, as `route` (e.g.
+    ``(auto-tag)``) with 0 requests, and not charged to the caller's model-seconds quota
+    (the operator turned the work on, not the caller)."""
+    parent = current()
+    if parent is None or parent.recorder is None:
+        yield
+        return
+    own = RequestUsage(recorder=parent.recorder)
+    token = _current.set(own)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+        principal = auth.current()
+        own.recorder.add({"project": principal.project, "key_id": principal.key_id or "",
+                          "route": route, "model": own.model[:200], "provider": "",
+                          "status": 200}, requests=0, images=own.images, videos=own.videos,
+                         pixels=own.pixels, seconds=own.model_seconds)
 
 
 def note_videos(n: int, *, model: str, seconds: dict[str, float]) -> None:
@@ -303,7 +332,7 @@ class UsageMiddleware:
         if recorder is None or scope["path"] in SKIPPED_PATHS:
             await self.app(scope, receive, send)
             return
-        usage = RequestUsage()
+        usage = RequestUsage(recorder=recorder)
         token = _current.set(usage)
         status = {"code": 500}
 
