@@ -57,19 +57,36 @@ def test_job_images_are_tagged_in_the_background_and_found_by_tag_and_text(proje
         return all(a["tags"] for a in gallery(c, name).json()["data"])
 
     wait_until(tagged, timeout=60, interval=0.5, what="the job images' auto-tags")
-    by_id = {a["id"]: a for a in gallery(c, name).json()["data"]}
+    listed = gallery(c, name).json()["data"]
+    assert {a["id"] for a in listed} == set(ids.values())  # no filter: everything
+    by_id = {a["id"]: a for a in listed}
     blue, red = by_id[ids["blue"]], by_id[ids["red"]]
-    assert {"blue", "landscape"} <= set(blue["tags"]) and "red" not in blue["tags"]
-    assert {"red", "portrait"} <= set(red["tags"]) and "blue" not in red["tags"]
-    assert blue["caption"] and "64x48 landscape PNG image mostly blue" in blue["description"]
-    assert ids_of(gallery(c, name, tag="blue")) == {ids["blue"]}
-    assert ids_of(gallery(c, name, tag=["RED", "portrait"])) == {ids["red"]}  # all, any case
-    assert ids_of(gallery(c, name, tag=["blue", "red"])) == set()
-    assert ids_of(gallery(c, name, q="mostly BLUE")) == {ids["blue"]}  # every word
+    # the colour and orientation tags are exact; the tiny BLIP's caption words are random
+    # (deterministic) words of its small vocabulary, so expectations below are computed
+    # from what the listing shows
+    assert {"blue", "landscape"} <= set(blue["tags"])
+    assert {"red", "portrait"} <= set(red["tags"])
+    assert blue["caption"] and "64x48 landscape image mostly blue" in blue["description"]
+    assert "48x64 portrait image mostly red" in red["description"]
+
+    def having(*tags: str) -> set[str]:
+        return {a["id"] for a in listed if all(t in a["tags"] for t in tags)}
+
+    def matching(*words: str) -> set[str]:
+        def hit(a, w):
+            text = " ".join(filter(None, (a["caption"], a["description"], a["prompt"])))
+            return w in text.lower() or any(t.startswith(w) for t in a["tags"])
+        return {a["id"] for a in listed if all(hit(a, w) for w in words)}
+
+    assert ids_of(gallery(c, name, tag="blue")) == having("blue") >= {ids["blue"]}
+    assert ids_of(gallery(c, name, tag=["RED", "portrait"])) == having("red", "portrait") \
+        >= {ids["red"]}  # all of them, any case
+    assert ids_of(gallery(c, name, tag=["blue", "zebra"])) == set()
+    assert ids_of(gallery(c, name, q="mostly BLUE")) == matching("mostly", "blue") \
+        >= {ids["blue"]}  # every word
     assert ids_of(gallery(c, name, q="48x64")) == {ids["red"]}
-    assert ids_of(gallery(c, name, q="landsc")) == {ids["blue"]}  # a tag's start
+    assert ids_of(gallery(c, name, q="landsc")) == matching("landsc") >= {ids["blue"]}
     assert ids_of(gallery(c, name, q="zebra")) == set()
-    assert ids_of(gallery(c, name)) == set(ids.values())  # no filter: everything
     # another project's key finds nothing of this one, and cannot list it
     other = gateway.create_key(project=f"gallery-other-{uuid.uuid4().hex[:8]}")
     stranger = httpx.get(f"{gateway.base_url}/v1/projects/{name}/assets",
