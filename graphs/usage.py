@@ -306,15 +306,29 @@ class UsageRecorder:
 def route_template(scope: Scope) -> str:
     """The path template of the app's route that `scope`'s path matches ('(unmatched)' when
     none): what the router would pick, for requests refused before routing."""
-    app = scope.get("app")
+    full, partial = _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()),
+                           scope)
+    return getattr(full or partial, "path", None) or "(unmatched)"
+
+
+def _match(routes: Any, scope: Scope) -> tuple[Any, Any]:
+    """(the route matching fully, else None; the first matching the path only: a 405)."""
     partial = None
-    for route in getattr(getattr(app, "router", None), "routes", ()):
+    for route in routes:
+        # FastAPI's included router (Serve's class-based ingress): look at its own routes
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            full, part = _match(inner, scope)
+            if full is not None:
+                return full, None
+            partial = partial or part
+            continue
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return getattr(route, "path", "(unmatched)")
+            return route, None
         if match == Match.PARTIAL and partial is None:
-            partial = route  # the path matched, the method not (a 405)
-    return getattr(partial, "path", None) or "(unmatched)"
+            partial = route
+    return None, partial
 
 
 class UsageMiddleware:

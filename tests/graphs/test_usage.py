@@ -208,3 +208,17 @@ def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path):
         assert by_key == {key.id: 3}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("method,path,template", [
+    ("POST", "/v1/projects", "/v1/projects"),
+    ("GET", "/v1/jobs/job_1", "/v1/jobs/{job_id}"),  # the template, never the id
+    ("DELETE", "/v1/usage", "/v1/usage"),  # path known, method not: still its route
+    ("GET", "/nope", "(unmatched)"),
+])
+def test_refused_requests_are_named_by_the_gateways_route_templates(method, path, template):
+    # the real ingress app: Serve's class-based ingress puts its routes in an included router
+    from graphs.ingress import app
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+    assert usage.route_template(scope) == template
