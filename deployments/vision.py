@@ -55,6 +55,19 @@ class Vision:
         self._model_s += result.timings["model_s"]
         return result
 
+    async def captions(self, images: list[np.ndarray], max_new_tokens: int | None = None):
+        """One caption per image, batched (dataset auto-captions): a `CaptionBatch`
+        (``captions`` in the images' order, ``model``, ``timings["model_s"]``: the model's
+        time, for usage accounting as the ``vision`` deployment's). At most
+        `MAX_CAPTION_BATCH` images per call; InputError (a 400) for bad input."""
+        kwargs = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        started = time.perf_counter()
+        result = await asyncio.to_thread(self.model.captions, images, **kwargs)
+        result.timings["model_s"] = time.perf_counter() - started
+        self._requests += 1
+        self._model_s += result.timings["model_s"]
+        return result
+
     def info(self) -> dict[str, Any]:
         return replica_info(self.model.info, {
             "questions": self.model.answers_questions})

@@ -13,13 +13,14 @@ never say more than was measured.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
 
 import numpy as np
 
-from graphs import usage
+from graphs import middleware, usage
 from graphs.errors import ApiError
 from graphs.images import image_format
 from graphs.schemas import (
@@ -34,6 +35,11 @@ from models.analysis import PixelStats, pixel_stats
 from models.vision import check_question
 from router.prompts import prompt_changes
 from router.schemas import RefinedPrompt
+from storage.records import MAX_TAGS
+from storage.tables import MAX_TAG_CHARS
+
+logger = logging.getLogger("ray.serve")
+AUTO_TAG_ROUTE = "(auto-tag)"  # the usage route of background tagging
 
 STOPWORDS = frozenset(
     "a an the of in on with and or is are was there this that it its at to for by from "
@@ -87,6 +93,7 @@ class AnalysisService:
         self.pool = pool  # the ingress's image pool (graphs/workpool.py)
         self.runner = runner
         self._info: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()  # background auto-tagging
 
     async def vision_info(self) -> dict[str, Any] | None:
         if self.vision is None:
@@ -115,11 +122,15 @@ class AnalysisService:
         vision_task = (self.vision.analyze.remote(image, question)
                        if self.vision is not None else None)
         if vision_task is not None:
-            stats, faces, vision = await asyncio.gather(stats_task, faces_task, vision_task)
+            stats, detection, vision = await asyncio.gather(stats_task, faces_task,
+                                                            vision_task)
         else:
-            (stats, faces), vision = await asyncio.gather(stats_task, faces_task), None
+            (stats, detection), vision = await asyncio.gather(stats_task, faces_task), None
+        faces = detection.faces
         caption = vision.caption if vision is not None else None
-        if vision is not None:  # usage accounting (graphs/usage.py): the Vision model's time
+        # usage accounting (graphs/usage.py): the face detector's and the Vision model's time
+        usage.note_model_seconds("faceswap", detection.timings.get("model_s", 0.0))
+        if vision is not None:
             usage.note_model_seconds("vision", vision.timings.get("model_s", 0.0),
                                      model=vision.model)
         fmt = image_format(data) if data is not None else None
@@ -154,8 +165,40 @@ class AnalysisService:
             image = await decode(data, "asset_id")
         else:
             image = await decode(data, "image")
-        return await self.analyze(image, question=question, colors=colors, data=data,
-                                  asset_id=asset_id)
+        result = await self.analyze(image, question=question, colors=colors, data=data,
+                                    asset_id=asset_id)
+        if asset_id is not None:  # kept with the asset: the gallery searches it
+            await self.keep(asset_id, result)
+        return result
+
+    def auto_tag(self, images: list[tuple[str, np.ndarray]]) -> None:
+        """Analyse recorded images in the background and keep their tags (`JobRunner.
+        after_images` when the ingress's `auto_tag` is on): the job's answer does not wait
+        for it, its request's timeout does not cancel it, and a failure is logged, never
+        raised. Its Vision and face-detector seconds are recorded as usage of the same key
+        and project under the route ``(auto-tag)`` (`usage.background`)."""
+        async def tag_all() -> None:
+            async with usage.background(AUTO_TAG_ROUTE):
+                for asset_id, image in images:
+                    try:
+                        await self.keep(asset_id, await self.analyze(image))
+                    except Exception as exc:  # noqa: BLE001 - tags are a convenience
+                        logger.warning("auto-tagging asset %s failed: %s: %s", asset_id,
+                                       type(exc).__name__, exc)
+
+        task = asyncio.get_running_loop().create_task(
+            tag_all(), context=middleware.detached_context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def keep(self, asset_id: str, result: ImageAnalysis) -> bool:
+        """Store an asset's caption, description and tags (`RecordStore.set_asset_analysis`):
+        what GET /v1/projects/{id}/assets?tag=&q= searches. False: the asset is gone."""
+        tags = [t for t in result.tags if len(t) <= MAX_TAG_CHARS][:MAX_TAGS]
+        return await asyncio.to_thread(
+            self.runner.records.set_asset_analysis, asset_id=asset_id,
+            project=self.runner.project, caption=result.caption,
+            description=result.description, tags=tags)
 
 
 def enhanced_prompt(refined: RefinedPrompt) -> EnhancedPrompt:

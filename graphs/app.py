@@ -54,6 +54,10 @@ class AppArgs(BaseModel):
                                      "tiny-blip, blip-base, or 'off' (no Vision deployment)")
     vision_source: str | None = Field(None, description="a folder with caption/ (+ vqa/)")
     vision_num_gpus: float | None = Field(None, gt=0, le=1)
+    auto_tag: bool = Field(False, description="analyse each generated or edited image in the "
+                           "background (Vision caption + faces + colours) and keep its tags "
+                           "for the gallery's search; needs the Vision deployment. Off: tags "
+                           "come from POST /v1/images/analyze with asset_id")
     llm_backend: Literal["off", "auto", "vllm", "transformers"] | None = Field(
         None, description="the router's LLM stage; default per profile (tiny: off)")
     llm_model: str | None = Field(None, description="e.g. tiny-llm, qwen2.5-1.5b-instruct")
@@ -211,6 +215,7 @@ def build_app(args: AppArgs) -> Application:
         session_ttl_s=args.session_ttl_s,
         project=args.project,
         auth=auth_config,
+        auto_tag=args.auto_tag and see is not None,
     )
     return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid, vision=see)
 

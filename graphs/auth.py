@@ -356,15 +356,19 @@ class Gate:
                               project_images_per_day=project_limits["images_per_day"],
                               project_model_seconds_per_day=project_limits[
                                   "model_seconds_per_day"])
-        scope = required_scope(method, path)
-        if scope is not None and not principal.allows(scope):
-            has = ", ".join(sorted(record.scopes)) or "none"
-            raise ApiError(403, f"this API key lacks the {scope!r} scope needed for "
-                           f"{method} {path} (it has: {has})", code="insufficient_scope")
-        usage = await self.quotas.check_request(principal.key_id,
-                                                per_minute=principal.requests_per_minute)
-        for owner, per_day, quota in principal.model_seconds_windows():
-            await self.quotas.check_model_seconds(owner, per_day=per_day, quota=quota)
+        try:
+            scope = required_scope(method, path)
+            if scope is not None and not principal.allows(scope):
+                has = ", ".join(sorted(record.scopes)) or "none"
+                raise ApiError(403, f"this API key lacks the {scope!r} scope needed for "
+                               f"{method} {path} (it has: {has})", code="insufficient_scope")
+            usage = await self.quotas.check_request(principal.key_id,
+                                                    per_minute=principal.requests_per_minute)
+            for owner, per_day, quota in principal.model_seconds_windows():
+                await self.quotas.check_model_seconds(owner, per_day=per_day, quota=quota)
+        except ApiError as exc:  # the refusal is counted under this key (graphs/usage.py)
+            exc.principal = principal
+            raise
         return principal, usage
 
     async def _authenticate(self, token: str) -> Any | None:
@@ -475,6 +479,9 @@ class AuthMiddleware:
                                                 scope.get("headers", []),
                                                 scope.get("query_string", b""))
         except ApiError as exc:
+            recorder = getattr(scope["app"].state, "usage_recorder", None)
+            if recorder is not None:  # refused requests count too (graphs/usage.py)
+                recorder.refused(scope, exc.status, getattr(exc, "principal", None))
             await exc.response()(scope, receive, send)
             return
         token = _principal.set(principal)

@@ -219,6 +219,8 @@ class IngressConfig(BaseModel):
     job_stale_s: float = 60.0  # no heartbeat for this long: the worker died → job failed
     session_ttl_s: float = 24 * 3600  # chat sessions idle this long are deleted
     usage_flush_s: float = 2.0  # usage sums are written this often (graphs/usage.py)
+    # analyse generated/edited images in the background and keep their tags (needs Vision)
+    auto_tag: bool = False
     auth: AuthConfig = AuthConfig()
     # other replicas' provider config changes are picked up within this (graphs/providers.py)
     providers_reload_s: float = 10.0
@@ -420,6 +422,8 @@ class Ingress:
         # image analysis (caption/VQA, faces, colours): the route, the chat and later callers
         self.analysis = AnalysisService(vision=vision, faceswap=faceswap, pool=self.tools.pool,
                                         runner=self.runner)
+        if config.auto_tag and vision is not None:  # the gallery's tags without an analyze
+            self.runner.after_images = self.analysis.auto_tag
         self.chat_service = ChatService(router=router, generation=self.generation,
                                         tools=self.tools, runner=self.runner,
                                         videos=self.videos, analysis=self.analysis,
@@ -467,11 +471,19 @@ class Ingress:
         return await self.resources.project(project_id)
 
     @app.get("/v1/projects/{project_id}/assets", tags=["projects"], responses=ERROR_RESPONSES)
-    async def project_assets(self, project_id: str, request: Request,
-                             limit: int = Query(50, ge=1, le=200),
-                             cursor: str | None = Query(None, max_length=512)) -> AssetList:
+    async def project_assets(
+            self, project_id: str, request: Request,
+            limit: int = Query(50, ge=1, le=200),
+            cursor: str | None = Query(None, max_length=512),
+            tag: list[str] = Query([], max_length=32, description="only assets with this tag "
+                                   "(repeat for several: all must match; case-insensitive)"),
+            q: str | None = Query(None, max_length=200, description="free text: every word "
+                                  "in the caption, description, prompt, or a tag's start"),
+    ) -> AssetList:
+        """The project's gallery, newest first. Tags, caption and description come from the
+        image analysis (POST /v1/images/analyze with `asset_id` keeps them with the asset)."""
         return await self.resources.gallery(project_id, limit=limit, cursor=cursor,
-                                            base_url=self._base_url(request))
+                                            base_url=self._base_url(request), tags=tag, q=q)
 
     @app.delete("/v1/assets/{asset_id}", tags=["assets"], responses=ERROR_RESPONSES)
     async def delete_asset(self, asset_id: str) -> Deleted:
@@ -858,7 +870,9 @@ class Ingress:
                       ) -> ImageAnalysis:
         """What is in an image: caption, description, tags, dominant colours, transparency,
         size/format, faces (boxes from the face detector) and, where a VQA model is
-        deployed, the answer to `question`. Multipart `image`, or `asset_id`."""
+        deployed, the answer to `question`. Multipart `image`, or `asset_id`: then the
+        caption, description and tags are kept with the asset for the gallery's search
+        (GET /v1/projects/{id}/assets?tag=&q=)."""
         data = await form.image.read() if form.image is not None else None
         return await self.analysis.analyze_upload(
             data=data, asset_id=form.asset_id, decode=self.tools.decode,

@@ -151,6 +151,9 @@ class JobRunner:
         self.max_image_pixels = max_image_pixels
         self.max_image_bytes = max_image_bytes
         self._tasks: set[asyncio.Task] = set()
+        # called with [(asset id, image)] of each succeeded job's images, once recorded (the
+        # gallery's auto-tagging: graphs/analysis.py); None: nothing
+        self.after_images: Callable[[list[tuple[str, np.ndarray]]], None] | None = None
 
     @property
     def project(self) -> str:
@@ -319,6 +322,9 @@ class JobRunner:
             # written even when the job had ended meanwhile, e.g. failed as stale)
             await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
                                     model=out.model, result=result, assets=unrecorded)
+            if self.after_images is not None:
+                self.after_images([(a.id, image) for a, image in zip(unrecorded, out.images,
+                                                                      strict=True)])
             unrecorded = []
             metrics.record_images(kind, len(data))
             return response

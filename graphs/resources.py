@@ -135,15 +135,19 @@ class Resources:
                            next_cursor=page.next_cursor)
 
     async def gallery(self, project_id: str, *, limit: int, cursor: str | None,
-                      base_url: str) -> AssetList:
+                      base_url: str, tags: list[str] | None = None,
+                      q: str | None = None) -> AssetList:
+        """The project's assets, newest first; `tags` (all of them) and `q` (every word in
+        the caption, description, prompt or a tag) narrow it (`RecordStore.list_assets`)."""
         await self.project_record(project_id)
         page = await asyncio.to_thread(self.records.list_assets, project=project_id,
-                                       limit=limit, cursor=cursor)
+                                       tags=tags or (), q=q, limit=limit, cursor=cursor)
         return AssetList(next_cursor=page.next_cursor, data=[GalleryAsset(
             id=a.id, kind=a.kind, url=self.runner.asset_url(a.id, base_url, project_id),
             content_type=a.content_type, width=a.width, height=a.height,
             size_bytes=a.size_bytes, created_at=a.created_at, job_id=a.job_id,
-            prompt=a.prompt, parameters=a.params) for a in page.items])
+            prompt=a.prompt, parameters=a.params, caption=a.caption,
+            description=a.description, tags=a.tags) for a in page.items])
 
     # -- assets -------------------------------------------------------------------------------
     async def asset_record(self, asset_id: str):

@@ -460,6 +460,11 @@ class GalleryAsset(BaseModel):
     job_id: str | None = None
     prompt: str | None = None
     parameters: dict[str, Any] | None = None
+    caption: str | None = Field(None, description="from its image analysis (None until "
+                                "analysed: POST /v1/images/analyze with asset_id)")
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list, description="from its image analysis; "
+                            "filter with ?tag=")
 
 
 class AssetList(BaseModel):

@@ -13,21 +13,49 @@ that fails to write is kept and retried at the next flush. Replicas flush indepe
 the upsert adds, so totals from several ingress replicas add up; the replica's teardown flushes
 what is left.
 
-Work that outlives its request (an async job started with a 202) notes its images when it
-ends: the request's sums were recorded already, so those are recorded as their own entry
-(same key, project and route; 0 requests).
+Work that outlives its request (an async job started with a 202, a video) notes its images,
+videos and model seconds when it ends: the request's sums were recorded already, so those are
+recorded as their own entry (same key, project and route; 0 requests), and its model seconds
+still count against the caller's model-seconds quotas.
+
+What is counted where:
+- every HTTP request but the public ones (health, docs, the studio's files), with its status;
+  requests the API-key gate refuses (401, 403, 429 of the requests/minute limit or of a
+  model-seconds quota) too, through `refused` (`auth.AuthMiddleware`'s one hook): under the
+  key when it was identified (403 scope, 429), else under project ``(anonymous)`` with no key
+  (401: no key or an unknown one; a bad signed asset URL). Their route is the route template
+  the path matches (never the raw path: ids would make a row per request).
+- images and pixels: each job's images (`note_output`), streamed (SSE) generations included:
+  the stream's job runs inside the request, which is recorded when the stream ends.
+- videos: each clip a video job produced (`note_videos`), when the job ends.
+- model seconds per deployment: the job's work (generator, matting, faceswap, upscaler),
+  the chat's LLM stage, the Vision model and the face detector of image analysis (``vision``,
+  ``faceswap``), the Video deployment's render (``video``) and a video upscale (``upscaler``).
+- work the gateway does on its own after a request (auto-tagging a job's images for the
+  gallery): its own entry, route ``(auto-tag)``, same key and project, 0 requests, not
+  charged to the caller's quota (`background`).
+
+Model-seconds quotas (per key, per project; `auth.Gate`): checked when a request is admitted
+(429 once the day's seconds are used up) and counted after the work, from these same notes,
+rounded up to whole seconds. So a request admitted with one second left may run past the
+quota: a caller can overrun its day by at most the requests it had in flight when the last
+second was used (one, for a client that waits for each answer); the next one is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import auth
@@ -43,6 +71,7 @@ KIND_DEPLOYMENT = {
     "background_removal": "matting", "face_swap": "faceswap",
 }
 SKIPPED_PATHS = auth.PUBLIC_PATHS  # health probes and docs: not usage
+ANONYMOUS = "(anonymous)"  # the project of refused requests whose key is unknown
 
 
 @dataclass
@@ -59,6 +88,9 @@ class RequestUsage:
     model_seconds: dict[str, float] = field(default_factory=dict)
     # set when the request's response ended: later notes (async jobs) are recorded apart
     recorded: tuple[UsageRecorder, dict[str, Any]] | None = None
+    # set with `recorded` when the caller has model-seconds quotas: counts late model seconds
+    count_seconds: Any = None  # async (seconds: float) -> None
+    recorder: UsageRecorder | None = None  # the replica's (for `background` work)
 
 
 _current: contextvars.ContextVar[RequestUsage | None] = contextvars.ContextVar(
@@ -69,12 +101,24 @@ def current() -> RequestUsage | None:
     return _current.get()
 
 
+_pending: set[asyncio.Task] = set()  # late quota counts in flight (kept from the GC)
+
+
 def _late(usage: RequestUsage, **counts: Any) -> None:
-    """A note after the request was recorded: record it as its own entry."""
+    """A note after the request was recorded: record it as its own entry, and count its
+    model seconds against the caller's quotas."""
     recorder, dims = usage.recorded
     recorder.add(dims | {"model": counts.pop("model", dims["model"]),
                          "provider": counts.pop("provider", dims["provider"])},
                  requests=0, **counts)
+    seconds = sum((counts.get("seconds") or {}).values())
+    if seconds and usage.count_seconds is not None:
+        try:
+            task = asyncio.get_running_loop().create_task(usage.count_seconds(seconds))
+        except RuntimeError:  # no event loop (a worker thread): the record above stands
+            return
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
 
 
 def note_output(kind: str, *, model: str, provider: str | None, images: int, pixels: int,
@@ -114,6 +158,44 @@ def note_model_seconds(deployment: str, seconds: float, *, model: str | None = N
     usage.model_seconds[deployment] = usage.model_seconds.get(deployment, 0.0) + seconds
     if model and not usage.model:
         usage.model = model
+
+
+@contextlib.asynccontextmanager
+async def background(route: str) -> AsyncIterator[None]:
+    """Work the gateway does on its own after a request (e.g. auto-tagging its images): its
+    usage is recorded apart, under the same key and project, as `route` (e.g.
+    ``(auto-tag)``) with 0 requests, and not charged to the caller's model-seconds quota
+    (the operator turned the work on, not the caller)."""
+    parent = current()
+    if parent is None or parent.recorder is None:
+        yield
+        return
+    own = RequestUsage(recorder=parent.recorder)
+    token = _current.set(own)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+        principal = auth.current()
+        own.recorder.add({"project": principal.project, "key_id": principal.key_id or "",
+                          "route": route, "model": own.model[:200], "provider": "",
+                          "status": 200}, requests=0, images=own.images, videos=own.videos,
+                         pixels=own.pixels, seconds=own.model_seconds)
+
+
+def note_videos(n: int, *, model: str, seconds: dict[str, float]) -> None:
+    """`n` videos a job produced, and its model time per deployment (``video``: the render;
+    ``upscaler``: a video upscale)."""
+    usage = current()
+    if usage is None:
+        return
+    if usage.recorded is not None:
+        _late(usage, model=model, videos=n, seconds=seconds)
+        return
+    usage.videos += n
+    usage.model = usage.model or model
+    for deployment, value in seconds.items():
+        usage.model_seconds[deployment] = usage.model_seconds.get(deployment, 0.0) + value
 
 
 def note_tokens(tokens_in: int, tokens_out: int) -> None:
@@ -179,6 +261,17 @@ class UsageRecorder:
                  seconds=usage.model_seconds)
         usage.recorded = (self, dims)
 
+    def refused(self, scope: Scope, status: int, principal: Any | None) -> None:
+        """A request the API-key gate refused before it reached the app (`AuthMiddleware`):
+        counted under its key when known, else under project ``(anonymous)``."""
+        if scope.get("path") in SKIPPED_PATHS:
+            return
+        dims = {"project": principal.project if principal is not None else ANONYMOUS,
+                "key_id": (principal.key_id or "") if principal is not None else "",
+                "route": f"{scope.get('method', '')} {route_template(scope)}",
+                "model": "", "provider": "", "status": status}
+        self.add(dims)
+
     def flush(self) -> int:
         """Write the sums so far in one transaction; returns how many rows. On failure they
         are merged back and retried at the next flush (nothing is lost while the replica
@@ -210,10 +303,39 @@ class UsageRecorder:
             self.flush()
 
 
+def route_template(scope: Scope) -> str:
+    """The path template of the app's route that `scope`'s path matches ('(unmatched)' when
+    none): what the router would pick, for requests refused before routing."""
+    full, partial = _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()),
+                           scope)
+    return getattr(full or partial, "path", None) or "(unmatched)"
+
+
+def _match(routes: Any, scope: Scope) -> tuple[Any, Any]:
+    """(the route matching fully, else None; the first matching the path only: a 405)."""
+    partial = None
+    for route in routes:
+        # FastAPI's included router (Serve's class-based ingress): look at its own routes
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            full, part = _match(inner, scope)
+            if full is not None:
+                return full, None
+            partial = partial or part
+            continue
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route, None
+        if match == Match.PARTIAL and partial is None:
+            partial = route
+    return None, partial
+
+
 class UsageMiddleware:
     """ASGI: a `RequestUsage` per request, recorded (in memory) when its response ends.
     Installed inside `auth.AuthMiddleware`, so the caller is known; requests the gate refuses
-    (401/403, rate limits) never reach it."""
+    (401/403, rate limits) never reach it: the gate's middleware reports those to
+    `UsageRecorder.refused`."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -224,7 +346,7 @@ class UsageMiddleware:
         if recorder is None or scope["path"] in SKIPPED_PATHS:
             await self.app(scope, receive, send)
             return
-        usage = RequestUsage()
+        usage = RequestUsage(recorder=recorder)
         token = _current.set(usage)
         status = {"code": 500}
 
@@ -242,5 +364,8 @@ class UsageMiddleware:
             seconds = sum(usage.model_seconds.values())
             gate = getattr(scope["app"].state, "auth_gate", None)
             principal = auth.current()
-            if seconds and gate is not None and principal.model_seconds_windows():
-                await gate.add_model_seconds(principal, seconds)
+            if gate is not None and principal.model_seconds_windows():
+                # work that outlives the request (async jobs, videos) counts when it ends
+                usage.count_seconds = lambda s: gate.add_model_seconds(principal, s)
+                if seconds:
+                    await gate.add_model_seconds(principal, seconds)

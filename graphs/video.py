@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from graphs import middleware
+from graphs import middleware, usage
 from graphs.errors import ApiError, to_api_error
 from graphs.jobs import JobCancelled, JobRunner, Progress, _cancelled_downstream
 from graphs.presets import compose_video
@@ -307,9 +307,16 @@ class VideoService:
                     "height": encoded.height, "codec": encoded.codec,
                     "pixel_format": encoded.pixel_format, "bytes": len(encoded.mp4),
                     "seed": result["seed"], "timings": timings}
-            await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
-                                    model=result["model"], result=done, assets=stored)
+            finished = await asyncio.to_thread(self.records.finish_job, job_id=job_id,
+                                               timings=timings, model=result["model"],
+                                               result=done, assets=stored)
             stored = []
+            if finished:  # usage accounting (graphs/usage.py): the clip and its model time
+                worked = result["timings"]
+                usage.note_videos(1, model=result["model"], seconds={
+                    "video": worked.get("inference_s", 0.0) + worked.get("encode_s", 0.0)
+                    if "upscale_s" not in worked else 0.0,
+                    "upscaler": worked.get("upscale_s", 0.0)})
         except (JobCancelled, asyncio.CancelledError) as exc:
             await asyncio.shield(asyncio.to_thread(
                 self.runner._end, job_id, stored, self.records.cancel_job,

@@ -77,6 +77,15 @@ class DetectedFace:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
+@dataclass(frozen=True)
+class FaceDetection:
+    """The detector's answer for image analysis: the faces, left to right, and how long the
+    detector worked (``model_s``: usage accounting counts it as the FaceSwap deployment's)."""
+
+    faces: list[DetectedFace]
+    timings: dict[str, float]
+
+
 @dataclass
 class FaceSwapRequest:
     """One swap: the face of `source` put onto the face(s) of `target` (HxWx3/4 uint8 RGB)."""

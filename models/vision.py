@@ -58,6 +58,18 @@ class VisionResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class CaptionBatch:
+    """Captions of several images (`VisionLanguageModel.captions`), in their order."""
+
+    captions: list[str]
+    model: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+MAX_CAPTION_BATCH = 32  # images per captions() call
+
+
 def check_question(question: Any) -> str | None:
     if question is None:
         return None
@@ -206,3 +218,32 @@ class VisionLanguageModel(ModelFamily):
                 timings["answer_s"] = time.perf_counter() - started
         return VisionResult(caption=caption, answer=answer, model=self._info.name,
                             timings=timings)
+
+    def captions(self, images: list[np.ndarray], *,
+                 max_new_tokens: int = MAX_NEW_TOKENS) -> CaptionBatch:
+        """One caption per image (HxWx3/4 uint8, any sizes: the processor resizes them),
+        generated as one batch (greedy: the same caption `run` gives each image alone).
+        For dataset auto-captions: no question, no per-image call overhead."""
+        import torch
+        from PIL import Image
+
+        if not isinstance(images, (list, tuple)) or not 1 <= len(images) <= MAX_CAPTION_BATCH:
+            raise InputError(f"captions takes a list of 1-{MAX_CAPTION_BATCH} images, got "
+                             f"{len(images) if isinstance(images, (list, tuple)) else images!r}",
+                             param="images")
+        for i, image in enumerate(images):
+            check_image(image, name=f"images[{i}]")
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 64:
+            raise InputError(f"max_new_tokens must be an integer from 1 to 64, got "
+                             f"{max_new_tokens!r}", param="max_new_tokens")
+        pils = [Image.fromarray(np.ascontiguousarray(im[..., :3])) for im in images]
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            inputs = self._caption_processor(images=pils, return_tensors="pt").to(
+                self._device, self._caption.dtype)
+            out = self._caption.generate(**inputs, max_new_tokens=max_new_tokens)
+            texts = [t.strip() for t in self._caption_processor.batch_decode(
+                out, skip_special_tokens=True)]
+            elapsed = time.perf_counter() - started
+        return CaptionBatch(captions=texts, model=self._info.name,
+                            timings={"caption_s": elapsed})

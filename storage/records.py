@@ -23,7 +23,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -37,6 +37,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     tuple_,
     update,
@@ -55,12 +56,14 @@ from storage.tables import (
     DEFAULT_API_KEY_SCOPES,
     JOB_STATUSES,
     LIBRARY_KINDS,
+    MAX_TAG_CHARS,
     MESSAGE_ROLES,
     TERMINAL_JOB_STATUSES,
     USAGE_COUNTERS,
     USAGE_DIMENSIONS,
     ApiKey,
     Asset,
+    AssetTag,
     Base,
     ChatSession,
     Job,
@@ -165,6 +168,11 @@ class AssetView(AssetRecord):
     params: dict[str, Any] | None
     model: str | None
     job_kind: str | None
+    # its image analysis (`set_asset_analysis`), None/empty until it was analysed
+    caption: str | None = field(default=None, kw_only=True)
+    description: str | None = field(default=None, kw_only=True)
+    tags: list[str] = field(default_factory=list, kw_only=True)
+    analyzed_at: datetime | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,37 @@ def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
     except Exception:
         raise InputError(f"cursor is not a valid {kind} cursor: pass back the next_cursor of "
                          f"a previous {kind} listing, unchanged", param="cursor") from None
+
+
+MAX_TAGS = 32  # per asset, and per filter
+MAX_SEARCH_WORDS = 8
+
+
+def normalize_tags(tags: Sequence[str], *, param: str) -> list[str]:
+    """Tags as stored and matched: stripped, lower case, each once, in order; InputError for
+    an empty or too long one, or too many."""
+    if isinstance(tags, str):
+        tags = [tags]
+    out = list(dict.fromkeys(t.strip().lower() for t in tags))
+    if len(out) > MAX_TAGS:
+        raise InputError(f"at most {MAX_TAGS} tags, got {len(out)}", param=param)
+    for tag in out:
+        if not tag or len(tag) > MAX_TAG_CHARS:
+            raise InputError(f"a tag is 1-{MAX_TAG_CHARS} characters, got {tag!r}",
+                             param=param)
+    return out
+
+
+def _search_words(q: str | None) -> list[str]:
+    words = list(dict.fromkeys((q or "").lower().split()))
+    if len(words) > MAX_SEARCH_WORDS:
+        raise InputError(f"q has {len(words)} words; search with at most "
+                         f"{MAX_SEARCH_WORDS}", param="q")
+    return words
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _check_limit(limit: int) -> None:
@@ -634,20 +673,77 @@ class RecordStore:
             return _record(AssetRecord, row) if row and row.project == project else None
 
     def list_assets(self, *, project: str, kind: str | None = None,
+                    tags: Sequence[str] = (), q: str | None = None,
                     limit: int = 50, cursor: str | None = None) -> Page[AssetView]:
-        """A project's assets, newest first, each with its job's prompt and parameters."""
+        """A project's assets, newest first, each with its job's prompt and parameters and
+        its analysis (caption, description, tags). `tags`: only assets with every one of
+        them (exact, case-insensitive). `q`: only assets where every word of it is in the
+        caption, the description or the prompt (substring, case-insensitive) or starts one
+        of their tags. A filtered page may hold fewer than `limit` rows only at the end."""
         _check_limit(limit)
-        q = (select(Asset, Job.prompt, Job.params, Job.model, Job.kind.label("job_kind"))
-             .outerjoin(Job, Job.id == Asset.job_id).where(Asset.project == project))
+        query = (select(Asset, Job.prompt, Job.params, Job.model, Job.kind.label("job_kind"))
+                 .outerjoin(Job, Job.id == Asset.job_id).where(Asset.project == project))
         if kind is not None:
-            q = q.where(Asset.kind == kind)
+            query = query.where(Asset.kind == kind)
+        for tag in normalize_tags(tags, param="tag"):
+            query = query.where(exists().where(AssetTag.project == project,
+                                               AssetTag.tag == tag,
+                                               AssetTag.asset_id == Asset.id))
+        for word in _search_words(q):
+            pattern = "%" + _like_escape(word) + "%"
+            query = query.where(or_(
+                func.lower(Asset.caption).like(pattern, escape="\\"),
+                func.lower(Asset.description).like(pattern, escape="\\"),
+                func.lower(Job.prompt).like(pattern, escape="\\"),
+                exists().where(AssetTag.project == project, AssetTag.asset_id == Asset.id,
+                               AssetTag.tag.like(_like_escape(word) + "%", escape="\\"))))
 
         def view(row) -> AssetView:
             return _record(AssetView, row.Asset, prompt=row.prompt, params=row.params,
                            model=row.model, job_kind=row.job_kind)
 
-        return self._page(q, Asset.created_at, Asset.id, "assets", limit, cursor, view,
+        page = self._page(query, Asset.created_at, Asset.id, "assets", limit, cursor, view,
                           key=lambda row: (row.Asset.created_at, row.Asset.id))
+        tags_of = self._tags_of([a.id for a in page.items if a.analyzed_at is not None])
+        return Page(items=[replace(a, tags=tags_of.get(a.id, [])) for a in page.items],
+                    next_cursor=page.next_cursor)
+
+    def _tags_of(self, asset_ids: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        with self._session() as s:
+            for i in range(0, len(asset_ids), _IN_CHUNK):
+                rows = s.execute(select(AssetTag.asset_id, AssetTag.tag)
+                                 .where(AssetTag.asset_id.in_(asset_ids[i:i + _IN_CHUNK]))
+                                 .order_by(AssetTag.asset_id, AssetTag.position))
+                for asset_id, tag in rows:
+                    found.setdefault(asset_id, []).append(tag)
+        return found
+
+    def set_asset_analysis(self, *, asset_id: str, project: str, caption: str | None,
+                           description: str | None, tags: Sequence[str]) -> bool:
+        """Keep an asset's analysis (caption, description, tags: they replace the previous
+        ones) for the gallery's search, in one transaction. False when `project` has no
+        such asset."""
+        tags = normalize_tags(tags, param="tags")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            touched = conn.execute(update(Asset.__table__).where(
+                Asset.id == asset_id, Asset.project == project).values(
+                    caption=caption, description=description, analyzed_at=now))
+            if touched.rowcount != 1:
+                return False
+            conn.execute(delete(AssetTag.__table__).where(AssetTag.asset_id == asset_id))
+            if tags:
+                conn.execute(insert(AssetTag.__table__), [
+                    {"asset_id": asset_id, "tag": tag, "project": project, "position": i}
+                    for i, tag in enumerate(tags)])
+        return True
+
+    def get_asset_tags(self, *, asset_id: str, project: str) -> list[str] | None:
+        """The asset's tags, in the analysis's order (None: `project` has no such asset)."""
+        if self.get_asset(asset_id=asset_id, project=project) is None:
+            return None
+        return self._tags_of([asset_id]).get(asset_id, [])
 
     def iter_assets_created_before(self, *, created_before: datetime,
                                    batch_size: int = 500) -> Iterator[AssetRecord]:
@@ -682,6 +778,8 @@ class RecordStore:
 
     def delete_asset_record(self, *, asset_id: str) -> bool:
         with self._session.begin() as s:
+            # ON DELETE CASCADE does this where foreign keys are enforced; be explicit anyway
+            s.execute(delete(AssetTag).where(AssetTag.asset_id == asset_id))
             return s.execute(delete(Asset).where(Asset.id == asset_id)).rowcount == 1
 
     # -- projects -------------------------------------------------------------------------

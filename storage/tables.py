@@ -130,6 +130,27 @@ class Asset(Base):
     # how it was made (prompt, negative, model, LoRAs, seed, steps, guidance, size, preset,
     # workflow node): also embedded in the image (PNG text chunk / WebP XMP)
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # its image analysis (POST /v1/images/analyze; migration 0008): searched by the gallery
+    caption: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    analyzed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+MAX_TAG_CHARS = 64
+
+
+class AssetTag(Base):
+    """One tag of an asset (from its analysis): the gallery's tag filter is an index range
+    scan on (project, tag)."""
+
+    __tablename__ = "asset_tags"
+    __table_args__ = (Index("ix_asset_tags_project_tag", "project", "tag", "asset_id"),)
+
+    asset_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(MAX_TAG_CHARS), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)  # the analysis's order (most telling first)
 
 
 class ChatSession(Base):

@@ -4,6 +4,7 @@ transaction per flush, failed flushes keep the sums; model-seconds and project q
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -111,3 +112,113 @@ def test_model_seconds_quota_and_project_image_quota():
         assert "project.images_per_day quota of 3 images" in err.value.message
 
     asyncio.run(scenario())
+
+
+def test_a_video_after_its_request_counts_and_charges_its_model_seconds():
+    records = FakeRecords()
+    recorder = usage.UsageRecorder(records, flush_s=3600)
+    req = record_request(recorder, route="POST /v1/videos", images=0, seconds=0)
+    charged: list[float] = []
+
+    async def count(seconds: float) -> None:
+        charged.append(seconds)
+
+    req.count_seconds = count
+
+    async def job_ends():  # the video job, after the 202, in the request's context copy
+        t = usage._current.set(req)
+        usage.note_videos(1, model="tiny-ltx", seconds={"video": 1.5, "upscaler": 0.0})
+        usage._current.reset(t)
+        await asyncio.gather(*usage._pending)
+
+    asyncio.run(job_ends())
+    recorder.flush()
+    rows = records.calls[0]
+    main = [r for r in rows if r["deployment"] == ""]
+    assert sum(r["requests"] for r in main) == 1 and sum(r["videos"] for r in main) == 1
+    assert [(r["deployment"], r["model_seconds"]) for r in rows if r["deployment"]] == [
+        ("video", 1.5)]
+    assert charged == [1.5]  # the key's model-seconds window gets the late seconds too
+
+
+def refused_app(records, recorder):
+    from fastapi import FastAPI
+
+    from graphs import errors
+
+    app = FastAPI()
+    errors.install(app)
+    app.add_middleware(usage.UsageMiddleware)
+    app.add_middleware(auth.AuthMiddleware)
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job(job_id: str):
+        return {"id": job_id}
+
+    @app.post("/v1/images/upscale")
+    async def upscale():
+        return {}
+
+    app.state.usage_recorder = recorder
+    return app
+
+
+def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path):
+    import httpx
+
+    from graphs.auth import AuthConfig
+    from storage.records import RecordStore
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'u.db'}")
+    try:
+        store.create_project(project_id="p1")
+        key, token = store.create_api_key(project="p1", name="k", scopes=["generate"],
+                                          requests_per_minute=1)
+        recorder = usage.UsageRecorder(store, flush_s=3600)
+        app = refused_app(store, recorder)
+        auth.configure(app, records=store, config=AuthConfig())
+
+        async def calls():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://t") as c:
+                bearer = {"Authorization": f"Bearer {token}"}
+                codes = [(await c.get("/v1/jobs/job_1")).status_code,  # no key: 401
+                         (await c.get("/v1/jobs/job_2", headers={
+                             "Authorization": "Bearer psk_nope"})).status_code,  # 401
+                         (await c.post("/v1/images/upscale", headers=bearer)).status_code,
+                         (await c.get("/v1/jobs/job_3", headers=bearer)).status_code,
+                         (await c.get("/v1/jobs/job_4", headers=bearer)).status_code]
+                return codes
+
+        assert asyncio.run(calls()) == [401, 401, 403, 200, 429]
+        recorder.flush()
+        end = datetime.now(timezone.utc) + timedelta(hours=1)
+        start = end - timedelta(days=1)
+        by_project = {g["group"]: g for g in store.usage_report(
+            start=start, end=end, group_by="project")}
+        assert by_project[usage.ANONYMOUS]["statuses"] == {"401": 2}
+        assert by_project["p1"]["statuses"] == {"403": 1, "200": 1, "429": 1}
+        by_route = {g["group"]: g for g in store.usage_report(
+            start=start, end=end, group_by="route", project="p1")}
+        # the route template, never the raw path (ids would make a row per request)
+        assert by_route["GET /v1/jobs/{job_id}"]["statuses"] == {"200": 1, "429": 1}
+        assert by_route["POST /v1/images/upscale"]["statuses"] == {"403": 1}
+        by_key = {g["group"]: g["requests"] for g in store.usage_report(
+            start=start, end=end, group_by="key", project="p1")}
+        assert by_key == {key.id: 3}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("method,path,template", [
+    ("POST", "/v1/projects", "/v1/projects"),
+    ("GET", "/v1/jobs/job_1", "/v1/jobs/{job_id}"),  # the template, never the id
+    ("DELETE", "/v1/usage", "/v1/usage"),  # path known, method not: still its route
+    ("GET", "/nope", "(unmatched)"),
+])
+def test_refused_requests_are_named_by_the_gateways_route_templates(method, path, template):
+    # the real ingress app: Serve's class-based ingress puts its routes in an included router
+    from graphs.ingress import app
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+    assert usage.route_template(scope) == template

@@ -1,6 +1,7 @@
 """Usage accounting over real HTTP on the production graph: a scripted sequence of requests
-across two ingress replicas is summed exactly by GET /v1/usage, the totals survive the
-ingress replicas being killed and restarted, image responses carry the real counts, and
+across two ingress replicas (plain and streamed generations, a tool, image analysis, a
+video, requests refused at the gate) is summed exactly by GET /v1/usage, the totals survive
+the ingress replicas being killed and restarted, image responses carry the real counts, and
 project quotas (images/day, model-seconds/day) answer 429 naming the quota."""
 
 from __future__ import annotations
@@ -92,27 +93,63 @@ def test_usage_sums_a_scripted_sequence_across_replicas_and_restarts(two_ingress
         assert cut.status_code == 200 and cut.json()["usage"]["pixels"] == 48 * 64
         bad = c.post("/v1/images/generations", json={"prompt": "x", "size": "63x64"})
         assert bad.status_code == 400
+        # a streamed generation (SSE): its image counts like any other
+        with c.stream("POST", "/v1/images/generations", json={
+                "prompt": "a lighthouse", "size": "64x64", "steps": 1, "stream": True,
+                "partial_images": 1}) as streamed:
+            assert streamed.status_code == 200
+            events = [line for line in streamed.iter_lines() if line.startswith("event:")]
+        assert events[-1] == "event: image_generation.completed", events
+        # refused at the gate: under this key (403: no admin scope) ...
+        assert c.post("/v1/projects", json={"id": "not-mine"}).status_code == 403
+        # ... and without a known key (401): project '(anonymous)', which only admins see
+        assert httpx.post(f"{gateway.base_url}/v1/images/generations", timeout=60,
+                          json={"prompt": "x"}, headers={"Authorization": "Bearer psk_no"}
+                          ).status_code == 401
+        # image analysis: the Vision model's and the face detector's seconds
+        assert c.post("/v1/images/analyze", files={"image": ("p.png", photo, "image/png")}
+                      ).status_code == 200
+        # a video: counted when its job ends, after the request
+        video = c.post("/v1/videos", json={"prompt": "a cat", "seconds": "1", "size": "64x64",
+                                           "steps": 1, "seed": 1})
+        assert video.status_code == 200, video.text
+        wait_until(lambda: c.get(f"/v1/videos/{video.json()['id']}").json()["status"]
+                   == "completed", timeout=120, interval=0.5, what="the video")
 
-        expected = {GEN: {"requests": 7, "images": 8, "pixels": 8 * 64 * 64,
-                          "statuses": {"200": 6, "400": 1}},
+        expected = {GEN: {"requests": 8, "images": 9, "pixels": 9 * 64 * 64,
+                          "statuses": {"200": 7, "400": 1}},
                     TOOL: {"requests": 1, "images": 1, "pixels": 48 * 64,
-                           "statuses": {"200": 1}}}
+                           "statuses": {"200": 1}},
+                    "POST /v1/projects": {"requests": 1, "statuses": {"403": 1}},
+                    "POST /v1/images/analyze": {"requests": 1, "statuses": {"200": 1}},
+                    "POST /v1/videos": {"requests": 1, "videos": 1, "images": 0,
+                                        "statuses": {"200": 1}}}
+
+        def seen() -> dict[str, dict]:
+            by_route = totals(c, "route")
+            return {route: {name: by_route.get(route, {}).get(name) for name in want}
+                    for route, want in expected.items()}
 
         def matches() -> bool:
-            by_route = totals(c, "route")
-            return all(by_route.get(route, {}).get(name) == value
-                       for route, want in expected.items() for name, value in want.items())
+            return seen() == expected
 
         # each replica writes its sums every 2 s: both replicas' requests show up
-        wait_until(matches, timeout=30, interval=0.5, what="usage to add up")
+        try:
+            wait_until(matches, timeout=30, interval=0.5, what="usage to add up")
+        except TimeoutError:
+            assert seen() == expected  # (says what differs)
         by_route = totals(c, "route")
         assert by_route[GEN]["model_seconds_by_deployment"].keys() == {"generator"}
         assert by_route[TOOL]["model_seconds_by_deployment"].keys() == {"matting"}
+        assert by_route["POST /v1/images/analyze"]["model_seconds_by_deployment"].keys() == {
+            "vision", "faceswap"}
+        assert by_route["POST /v1/videos"]["model_seconds_by_deployment"]["video"] > 0
         assert list(totals(c, "project")) == ["usage-script"]  # own project only
         assert list(totals(c, "key")) == [next(iter(totals(c, "key")))]  # one key: this one
         day = next(iter(totals(c, "day").values()))  # + this test's GET /v1/usage calls
-        assert day["images"] == 9 and day["pixels"] == 8 * 64 * 64 + 48 * 64
-        assert day["requests"] >= 8  # the 8 scripted ones and the GET /v1/usage calls
+        assert day["images"] == 10 and day["pixels"] == 9 * 64 * 64 + 48 * 64
+        assert day["videos"] == 1
+        assert day["requests"] >= 12  # the 12 scripted ones and the GET /v1/usage calls
 
         # restart: kill both ingress replicas; Serve starts new ones; the totals stay
         import ray
@@ -130,11 +167,38 @@ def test_usage_sums_a_scripted_sequence_across_replicas_and_restarts(two_ingress
                 return False
 
         wait_until(answers, timeout=120, interval=1, what="the gateway to answer again")
-        wait_until(matches, timeout=30, interval=0.5, what="usage after the restart")
-    # the admin key sees every project
+        try:
+            wait_until(matches, timeout=30, interval=0.5, what="usage after the restart")
+        except TimeoutError:
+            assert seen() == expected
+    # the admin key sees every project, the refused requests of unknown keys too
     admin = httpx.get(f"{gateway.base_url}/v1/usage", params={"group_by": "project"},
                       headers=gateway.headers, timeout=60).json()
-    assert "usage-script" in {g["group"] for g in admin["data"]}
+    by_project = {g["group"]: g for g in admin["data"]}
+    assert "usage-script" in by_project
+    assert by_project["(anonymous)"]["statuses"].get("401", 0) >= 1
+
+
+def test_the_rate_limit_refusals_count_under_the_key(gateway):
+    token = gateway.create_key(project="usage-limited", requests_per_minute=1)
+    with httpx.Client(base_url=gateway.base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as c:
+        codes = [c.get("/v1/jobs/job_1").status_code for _ in range(3)]
+    assert codes[0] == 404 and codes[1:] == [429, 429]
+    admin = httpx.Client(base_url=gateway.base_url, headers=gateway.headers, timeout=60)
+
+    def counted() -> dict:
+        r = admin.get("/v1/usage", params={"group_by": "route"})
+        assert r.status_code == 200, r.text
+        return {g["group"]: g for g in r.json()["data"]}.get("GET /v1/jobs/{job_id}", {})
+
+    # the route template, whatever the id; 429s of the requests/minute limit included
+    wait_until(lambda: counted().get("statuses", {}).get("429", 0) >= 2, timeout=30,
+               interval=0.5, what="the refused requests in the usage")
+    key_rows = admin.get("/v1/usage", params={"group_by": "project"}).json()["data"]
+    limited = next(g for g in key_rows if g["group"] == "usage-limited")
+    assert limited["statuses"].get("429", 0) >= 2 and limited["statuses"].get("404") >= 1
+    admin.close()
 
 
 def test_project_quotas_answer_429_naming_the_quota(gateway):

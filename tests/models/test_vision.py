@@ -37,6 +37,25 @@ def test_tiny_blip_loads_through_from_pretrained_and_captions(vlm, zoo_dir):
     assert {"caption_s", "answer_s"} <= set(answered.timings)
 
 
+def test_captions_of_a_batch_are_each_images_own_caption(vlm):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+              for h, w in ((40, 60), (64, 64), (30, 90))]
+    images.append(np.dstack([images[0], np.full((40, 60), 255, np.uint8)]))  # RGBA
+    batch = vlm.captions(images)
+    assert batch.captions == [vlm.run(im).caption for im in images]
+    assert batch.captions[0] == batch.captions[3]  # the alpha channel is not looked at
+    assert batch.model == "tiny-blip" and batch.timings["caption_s"] > 0
+    short = vlm.captions(images[:1], max_new_tokens=2).captions[0]
+    assert len(short.split()) <= 2
+    with pytest.raises(InputError) as err:
+        vlm.captions([])
+    assert err.value.param == "images"
+    with pytest.raises(InputError) as err:
+        vlm.captions([images[0], np.zeros((8, 8), np.uint8)])
+    assert err.value.param == "images[1]"
+
+
 def test_bad_questions_and_images_are_input_errors(vlm):
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(InputError, match=f"at most {MAX_QUESTION_CHARS}"):

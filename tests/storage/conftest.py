@@ -124,6 +124,7 @@ def empty_tables(store) -> None:
     from storage.tables import (
         ApiKey,
         Asset,
+        AssetTag,
         ChatSession,
         Job,
         Message,
@@ -132,7 +133,7 @@ def empty_tables(store) -> None:
     )
 
     with store.engine.begin() as conn:
-        for table in (Message, ChatSession, Asset, Job, ProviderConfig, ApiKey):
+        for table in (Message, ChatSession, AssetTag, Asset, Job, ProviderConfig, ApiKey):
             conn.execute(delete(table))
         conn.execute(delete(Project).where(Project.id != "default"))
 

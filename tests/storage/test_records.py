@@ -380,6 +380,61 @@ def test_project_assets_newest_first_with_their_prompt(records):
     assert [a.id for a in records.list_assets(project="p2").items] == ["img_other"]
 
 
+def test_gallery_search_by_tags_and_free_text(records):
+    fox = new_job(records, prompt="a red fox in the snow", project="p1")
+    add_asset(records, "img_fox", job_id=fox, project="p1")
+    add_asset(records, "img_sea", project="p1")
+    add_asset(records, "img_plain", project="p1")  # never analysed
+    add_asset(records, "img_other", project="p2")
+    assert records.set_asset_analysis(
+        asset_id="img_fox", project="p1", caption="a fox on white ground",
+        description="A fox on white ground. A 64x48 landscape PNG image mostly white.",
+        tags=["Fox", "white", "landscape", "fox "]) is True
+    assert records.set_asset_analysis(
+        asset_id="img_sea", project="p1", caption="waves under a blue sky",
+        description="Waves under a blue sky.", tags=["waves", "blue", "sky", "landscape"])
+    # another project's asset is not touched (as if it were missing)
+    assert records.set_asset_analysis(asset_id="img_other", project="p1", caption="x",
+                                      description=None, tags=["fox"]) is False
+    assert records.set_asset_analysis(asset_id="img_other", project="p2", caption="x",
+                                      description=None, tags=["fox"])
+
+    def ids(**kw) -> list[str]:
+        return sorted(a.id for a in records.list_assets(project="p1", **kw).items)
+
+    assert ids(tags=["landscape"]) == ["img_fox", "img_sea"]
+    assert ids(tags=["LANDSCAPE", "fox"]) == ["img_fox"]  # every tag, any case
+    assert ids(tags=["fo"]) == []  # tags match whole
+    assert ids(q="SNOW") == ["img_fox"]  # the job's prompt
+    assert ids(q="sky") == ["img_sea"]  # caption / tags
+    assert ids(q="wav blue") == ["img_sea"]  # every word; a tag's start
+    assert ids(q="fox blue") == []
+    assert ids(q="100%") == [] and ids(q="_") == []  # LIKE wildcards are plain characters
+    assert ids() == ["img_fox", "img_plain", "img_sea"]
+    [fox_view] = records.list_assets(project="p1", tags=["fox"]).items
+    assert fox_view.tags == ["fox", "white", "landscape"]  # normalised, in the given order
+    assert fox_view.caption == "a fox on white ground" and fox_view.analyzed_at is not None
+    # a new analysis replaces the tags
+    records.set_asset_analysis(asset_id="img_fox", project="p1", caption="a dog",
+                               description=None, tags=["dog"])
+    assert ids(tags=["fox"]) == [] and ids(tags=["dog"]) == ["img_fox"]
+    assert records.get_asset_tags(asset_id="img_fox", project="p1") == ["dog"]
+    assert records.get_asset_tags(asset_id="img_fox", project="p2") is None
+    with pytest.raises(InputError) as err:
+        records.list_assets(project="p1", tags=["x" * 65])
+    assert err.value.param == "tag"
+    with pytest.raises(InputError) as err:
+        records.list_assets(project="p1", q=" ".join(f"w{i}" for i in range(9)))
+    assert err.value.param == "q"
+    # deleting the asset deletes its tags
+    assert records.delete_asset_record(asset_id="img_fox") is True
+    from storage.tables import AssetTag
+
+    with records.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(AssetTag).where(
+            AssetTag.asset_id == "img_fox")) == 0
+
+
 def test_delete_asset_removes_object_then_record(records, tmp_path):
     store = LocalAssetStore(tmp_path / "assets")
     add_asset(records, "img_1")
