@@ -404,6 +404,8 @@ class Ingress:
                                         videos=self.videos, analysis=self.analysis,
                                         workflows=self.workflows)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
+        # datasets + LoRA trainings (built on first use; the chat starts trainings too)
+        self.chat_service.trainings = lambda: self._trainings()[1]
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
                              jobs_every_s=min(10.0, config.job_stale_s / 3)).start()
@@ -1214,7 +1216,8 @@ class Ingress:
 
     # -- datasets and LoRA trainings (graphs/datasets.py, graphs/training.py) ----------------
     def _trainings(self):
-        """(datasets, trainings) services, built on first use."""
+        """(datasets, trainings) services, built on first use (the chat's training turns
+        call them too: `ChatService.trainings`)."""
         if getattr(self, "_training_services", None) is None:
             from graphs.datasets import DatasetService
             from graphs.training import TrainingService, TrainingSettings

@@ -274,5 +274,54 @@ class TrainingService:
 
         return stream()
 
+    async def chat_training(self, wanted: Any, *, base_url: str
+                            ) -> tuple[str, Training | None]:
+        """A chat turn's training (router/training_intent.py): the dataset by id or name
+        (the caller's project), defaults for the rest. (reply text, the training or None)."""
+        page = await asyncio.to_thread(self.data.list_datasets, project=self._project(),
+                                       limit=200)
+        wanted_key = wanted.dataset.casefold()
+        match = next((d for d in page.items if d.id == wanted.dataset), None) or next(
+            (d for d in page.items if d.name.casefold() == wanted_key), None)
+        fr = wanted.french
+        if match is None:
+            names = ", ".join(f"{d.name} ({d.id})" for d in page.items[:10])
+            if fr:
+                return (f"Je ne trouve pas de dataset « {wanted.dataset} »"
+                        + (f" ; vos datasets : {names}." if names else
+                           " : créez-en un avec POST /v1/datasets."), None)
+            return (f"I found no dataset named {wanted.dataset!r}"
+                    + (f"; your datasets: {names}." if names else
+                       ": create one with POST /v1/datasets."), None)
+        trainings = await asyncio.to_thread(self.data.list_trainings,
+                                            project=self._project(), limit=200)
+        taken = set(MODELS) | {t.name for t in trainings.items}
+        name = wanted.name if wanted.name and wanted.name not in taken else \
+            adapter_name_for(match.name, taken)
+        try:
+            training = await self.create(TrainingCreate(dataset_id=match.id, name=name),
+                                         base_url=base_url)
+        except ApiError as exc:
+            return ((f"Impossible de lancer l'entraînement : {exc.message}" if fr else
+                     f"I could not start the training: {exc.message}"), None)
+        link = training.links.self
+        if fr:
+            return (f"Entraînement du style « {name} » lancé sur « {match.name} » "
+                    f"({training.total_steps} étapes) : suivez {link}.", training)
+        return (f"Training style {name!r} on dataset {match.name!r} "
+                f"({training.total_steps} steps): follow {link}.", training)
+
     async def queue_status(self) -> dict[str, Any]:
         return await self.queue.status.remote()
+
+
+def adapter_name_for(dataset_name: str, taken) -> str:
+    """A free adapter name from a dataset's name: ``<slug>-style``, then ``-2``, ``-3``…"""
+    import re
+
+    slug = re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")[:100] or "dataset"
+    name, n = f"{slug}-style", 1
+    while name in taken:
+        n += 1
+        name = f"{slug}-style-{n}"
+    return name
