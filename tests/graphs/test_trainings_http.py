@@ -104,7 +104,7 @@ def test_datasets_upload_zip_captions_stats_and_delete(http, gateway):
     bad = http.post(f"/v1/datasets/{ds['id']}/images",
                     files=[("image", ("x.png", _png((1, 1, 1)))),
                            ("image", ("y.png", b"not an image"))])
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "image[1]"
+    assert bad.status_code == 415 and bad.json()["error"]["param"] == "image[1]"
     unsafe = io.BytesIO()
     with zipfile.ZipFile(unsafe, "w") as zf:
         zf.writestr("../../escape.png", _png((9, 9, 9)))
@@ -257,3 +257,24 @@ def test_killed_worker_resumes_from_its_checkpoint_or_fails_with_a_reason(http, 
     assert done["attempts"] == 2 and done["resumed_from"][0] == 0
     assert done["resumed_from"][1] >= 5  # from its checkpoint, not from step 0
     assert len(done["losses"]) == 400 and all(np.isfinite(done["losses"]))
+
+
+def test_chat_plans_a_training_and_links_the_job(http):
+    ds = _filled_dataset(http, n=1)
+    name = f"chat-set-{ds[-6:]}"
+    assert http.post("/v1/datasets", json={"name": name}).status_code == 201  # empty twin
+    r = http.post("/v1/chat", json={"message": f"train a style from my dataset {ds}, "
+                                               f"call it chat-{ds[-6:]}"})
+    assert r.status_code == 202, r.text
+    reply = r.json()
+    assert reply["type"] == "processing" and reply["data"]["plan"]["intent"] == "lora_training"
+    tid = reply["data"]["job_id"]
+    assert f"/v1/trainings/{tid}" in reply["message"]
+    assert _training(http, tid)["name"] == f"chat-{ds[-6:]}"
+    http.delete(f"/v1/trainings/{tid}")
+    fr = http.post("/v1/chat", json={"message": "entraîne un style à partir de mon dataset "
+                                                "introuvable"})
+    assert fr.status_code == 200 and fr.json()["type"] == "text"
+    assert "introuvable" in fr.json()["message"] and "Je ne trouve pas" in fr.json()["message"]
+    empty = http.post("/v1/chat", json={"message": f"train a lora on dataset {name}"})
+    assert empty.status_code == 200 and "no images" in empty.json()["message"]
