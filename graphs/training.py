@@ -32,6 +32,7 @@ from graphs.training_schemas import (
     TrainingSample,
 )
 from graphs.training_worker import TrainingJob, training_queue
+from models.lora import check_lora_name
 from models.lora_training import TrainingConfig, check_config
 from models.registry import MODELS, get_spec
 from storage.datasets import DatasetRecords, TrainingRecord
@@ -54,6 +55,14 @@ class TrainingSettings(BaseModel):
     zoo_dir: str | None = None
     generator_model: str | None = None  # the served base (default base_model)
     generator_source: str | None = None  # its weights (used when training on it)
+    app_name: str | None = None  # default: this replica's Serve application
+
+
+def _app_name() -> str:
+    """The Serve application of this replica (its Generator checks trained adapters)."""
+    from ray import serve
+
+    return serve.get_replica_context().app_name
 
 
 def ema(values: list[float], alpha: float = 0.1) -> list[float]:
@@ -106,9 +115,23 @@ class TrainingService:
             spec = get_spec(base, kind="base")
         except ValueError as exc:
             raise ApiError(400, str(exc), param="base_model", code="model_not_found") from None
-        if body.name in MODELS:
+        try:
+            check_lora_name(body.name)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="name", code="invalid_name") from None
+        served = self.settings.generator_model
+        if served is not None and spec.name != served:
+            raise ApiError(400, f"base_model {spec.name!r} is not served here (the generator "
+                           f"serves {served!r}): a trained LoRA is registered by loading it "
+                           "onto its served base model", param="base_model",
+                           code="base_not_served")
+        if body.name in MODELS or await asyncio.to_thread(self.records.get_lora,
+                                                          name=body.name):
             raise ApiError(409, f"a model named {body.name!r} exists: choose another name",
                            param="name", code="name_taken")
+        if await asyncio.to_thread(self._training_named, body.name):
+            raise ApiError(409, f"a training of an adapter named {body.name!r} is queued or "
+                           "running: choose another name", param="name", code="name_taken")
         if body.steps is not None and body.epochs is not None:
             raise ApiError(400, "give steps or epochs, not both", param="epochs")
         dataset = await self.datasets.record(body.dataset_id)
@@ -152,7 +175,8 @@ class TrainingService:
             base_source=self.settings.generator_source
             if spec.name == self.settings.generator_model else None,
             checkpoint_every=every, heartbeat_s=self.settings.heartbeat_s,
-            torch_threads=self.settings.torch_threads, resources=resources)
+            torch_threads=self.settings.torch_threads, resources=resources,
+            generator_app=self.settings.app_name or _app_name())
         try:
             await self.queue.submit.remote(job)
         except Exception as exc:  # the job must not stay queued with nobody to run it
@@ -160,6 +184,17 @@ class TrainingService:
                                     error=f"could not queue the training: {exc}")
             raise
         return await self.get(training_id, base_url=base_url)
+
+    def _training_named(self, name: str) -> bool:
+        """(In a thread.) A queued or running training makes an adapter named `name`."""
+        from sqlalchemy import select
+
+        from storage.tables import Job
+        from storage.tables import Training as TrainingRow
+
+        with self.records._session() as s:
+            return s.scalar(select(TrainingRow.id).join(Job, Job.id == TrainingRow.id).where(
+                TrainingRow.name == name, Job.status.in_(("queued", "running")))) is not None
 
     # -- views ------------------------------------------------------------------------------
     async def _records(self, training_id: str):

@@ -9,8 +9,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-
 
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -96,7 +94,7 @@ class TrainingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(..., min_length=1, max_length=64)
-    name: str = Field(..., pattern=ADAPTER_NAME, description="the resulting adapter's name "
+    name: str = Field(..., min_length=1, max_length=64, description="the resulting adapter's name "
                       "(GET /v1/models/{name}; `loras: [{name}]` in generations)")
     base_model: str | None = Field(None, max_length=128, description="default: the base "
                                    "model the Generator serves")

@@ -32,7 +32,6 @@ logger = logging.getLogger("ray")
 QUEUE_NAME = "photostudio-trainings"
 SAMPLE_KIND = "training-sample"
 CHECKPOINT_KIND = "training-checkpoint"
-ADAPTER_KIND = "lora"
 
 
 @dataclass
@@ -53,6 +52,7 @@ class TrainingJob:
     checkpoint_every: int = 100
     heartbeat_s: float = 5.0
     torch_threads: int | None = None
+    generator_app: str = "photostudio"  # the Serve app whose Generator checks the adapter
     resources: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +127,7 @@ def run_training(job: TrainingJob) -> dict[str, Any]:
     """The body of a training task (see the module doc). Returns how it ended."""
     import numpy as np
 
+    from graphs.errors import ApiError
     from graphs.images import encode
     from graphs.training_register import register_result
     from models.lora_training import Example, LoraTrainer, TrainingConfig
@@ -218,22 +219,17 @@ def run_training(job: TrainingJob) -> dict[str, Any]:
         data.set_checkpoint(training_id=jid, checkpoint=checkpoint or {},
                             sample={"step": config.steps, "asset_id": sample.id})
         blob = trainer.adapter_bytes()
-        adapter_asset = _store(assets, records, project=job.project, job_id=jid,
-                               kind=ADAPTER_KIND, data=blob, ext="safetensors",
-                               content_type="application/octet-stream", record=False)
-        adapter = {"name": job.adapter_name, "base": job.base_model, "key": adapter_asset.key,
-                   "store": assets.name, "bytes": len(blob),
-                   "trigger_words": [job.trigger_word]}
         try:
-            adapter["registered"] = register_result(
+            registered = register_result(
                 records=records, assets=assets, name=job.adapter_name, project=job.project,
-                data=blob, key=adapter_asset.key, base=job.base_model,
-                trigger_word=job.trigger_word, dataset_id=job.dataset_id,
+                data=blob, base=job.base_model, trigger_word=job.trigger_word,
+                dataset_id=job.dataset_id, training_id=jid, generator_app=job.generator_app,
                 params={**job.config, "checkpoint_every": job.checkpoint_every},
-                training_id=jid)
-        except Exception:
-            assets.delete(key=adapter_asset.key)
-            raise
+                preview_asset=sample.id)
+        except ApiError as exc:
+            raise RuntimeError(f"the adapter could not be registered: {exc.message}") from None
+        adapter = {"name": job.adapter_name, "base": job.base_model, "bytes": len(blob),
+                   "trigger_words": [job.trigger_word], **registered}
         _delete_quietly(assets, records, checkpoint)
         data.set_adapter(training_id=jid, adapter=adapter, checkpoint=None)
         records.finish_job(job_id=jid, timings={"steps": config.steps},

@@ -146,11 +146,13 @@ def build_tiny_taesd(path: Path) -> None:
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd") -> None:
+def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd",
+                    zoo_dir: str | os.PathLike | None = None) -> None:
     """A LoRA for tiny-sd with random (non-zero) A and B matrices: `peft.LoraConfig(
     init_lora_weights=False)` on the tiny UNet, saved as safetensors by diffusers'
     `save_lora_weights` — the same file format (and load path) as real LoRAs.
 
+    `zoo_dir`: where tiny-sd is (tests build LoRAs of their own into a temporary folder).
     UNet only: text-encoder adapters go through transformers' PEFT integration, which (5.23)
     wants peft >= 0.22, newer than PyPI's newest (0.21.2) — see README "LoRA adapters"."""
     import torch
@@ -160,7 +162,9 @@ def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-s
 
     from models.lora import LORA_FILE
 
-    base_dir = ensure(base, path.parent)  # (models/__init__ guards torchvision for peft)
+    # the base from the zoo (default: the folder this LoRA is built in, i.e. the zoo's own);
+    # models/__init__ guards torchvision for peft
+    base_dir = ensure(base, zoo_dir or path.parent)
     unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
     torch.manual_seed(seed)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,

@@ -2,7 +2,7 @@
 record: loss curve, checkpoint, samples, the resulting adapter).
 
 Revision ID: 0007_datasets
-Revises: 0005_library
+Revises: 0006_loras
 Create Date: 2026-12-06
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_datasets"
-down_revision = "0005_library"
+down_revision = "0006_loras"
 branch_labels = None
 depends_on = None
 
