@@ -27,9 +27,11 @@ DATASET_IMAGES_BODY = {"requestBody": {"content": {"multipart/form-data": {"sche
 async def dataset_images_form(request: Request) -> dict[str, Any]:
     """files, captions, zips, asset_ids and auto_caption of the multipart body (400 saying what
     to send otherwise)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if not request.headers.get("content-type", "").startswith(
+            ("multipart/form-data", "application/x-www-form-urlencoded")):
         raise ApiError(400, "send multipart/form-data with `image` files, `zip` files or "
-                       "`asset_id` fields", param="image", code="invalid_body")
+                       "`asset_id` fields (`asset_id`s alone may be url-encoded)",
+                       param="image", code="invalid_body")
     try:
         form = await request.form(max_files=MAX_DATASET_FILES, max_fields=2 * MAX_DATASET_FILES)
     except StarletteHTTPException as exc:
