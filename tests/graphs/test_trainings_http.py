@@ -281,3 +281,24 @@ def test_chat_plans_a_training_and_links_the_job(http):
     assert "introuvable" in fr.json()["message"] and "Je ne trouve pas" in fr.json()["message"]
     empty = http.post("/v1/chat", json={"message": f"train a lora on dataset {name}"})
     assert empty.status_code == 200 and "no images" in empty.json()["message"]
+
+
+@pytest.mark.slow
+def test_trainings_beyond_the_cluster_limit_wait_queued(http):
+    """The test graph allows one training at a time (max_concurrent_trainings=1)."""
+    ds = _filled_dataset(http, n=1)
+    body = {"dataset_id": ds, "steps": 3000, "resolution": 64}
+    first = http.post("/v1/trainings", json={**body, "name": "limit-a"}).json()
+    wait_until(lambda: _training(http, first["id"])["step"] >= 1, timeout=300,
+               what="the first training to run")
+    second = http.post("/v1/trainings", json={**body, "name": "limit-b"})
+    assert second.status_code == 202, second.text
+    sid = second.json()["id"]
+    for _ in range(3):  # it stays queued while the first one runs
+        view = _training(http, sid)
+        assert (view["status"], view["step"], view["attempts"]) == ("queued", 0, 0)
+    cancelled = http.delete(f"/v1/trainings/{sid}").json()
+    assert cancelled["status"] == "cancelled"  # a queued training is cancelled at once
+    http.delete(f"/v1/trainings/{first['id']}")
+    done = wait_until(lambda: _ended(http, first["id"]), timeout=120, what="the cancel")
+    assert done["status"] == "cancelled"
