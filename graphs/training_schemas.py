@@ -152,7 +152,6 @@ class Training(BaseModel):
     model: str | None = Field(None, description="the registered model's name (usable in "
                               "generations) once succeeded")
     error: str | None = None
-    queue: dict[str, Any] | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
