@@ -106,6 +106,8 @@ class TrainingService:
     def queue(self):
         if self._queue is None:
             self._queue = training_queue(self.settings.max_concurrent)
+            # the actor outlives redeploys: it takes this config's limit (fire and forget)
+            self._queue.set_limit.remote(self.settings.max_concurrent)
         return self._queue
 
     # -- create -----------------------------------------------------------------------------
