@@ -7,7 +7,8 @@ CPU (default): the tiny SD model, a dataset of 4 images at 64², rank 4, batch 2
 - job system: the same training as the gateway runs it: dataset and training records
   (SQLite), images in a local asset store, `TrainingQueue` actor → Ray task
   (`graphs/training_worker.run_training`): per-step loss records (throttled), heartbeats,
-  checkpoints + samples to the asset store, the adapter stored at the end. Its steady-state
+  checkpoints + samples to the asset store, the adapter checked on a tiny Generator (Serve)
+  and registered at the end. Its steady-state
   rate is read from the record store while it runs (steps between 10 % and 90 %).
 Both at one torch thread (a training task's `training_torch_threads=1` here).
 
@@ -106,13 +107,19 @@ def through_jobs(ns) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING",
              log_to_driver=False)
     try:
+        # the Generator that checks the trained adapter before it is registered (as shipped)
+        from ray import serve
+
+        from deployments.generator import Generator
+
+        serve.run(Generator.bind(model="tiny-sd"), name="bench-training", route_prefix=None)
         queue = training_queue(1)
         created = time.perf_counter()
         ray.get(queue.submit.remote(TrainingJob(
             training_id=tid, project="default", storage=storage, base_model="tiny-sd",
             adapter_name="bench-lora", trigger_word="zqx", config=config, dataset_id=ds.id,
             checkpoint_every=ns.checkpoint_every, torch_threads=ns.threads,
-            resources={"num_cpus": 1})))
+            resources={"num_cpus": 1}, generator_app="bench-training")))
         seen: list[tuple[float, int]] = []
         while True:
             job = records.get_job(job_id=tid, project="default")
@@ -126,6 +133,7 @@ def through_jobs(ns) -> dict:
             raise SystemExit(f"training {job.status}: {job.error}")
     finally:
         ray.shutdown()
+    print(f"registered: {data.get_training(training_id=tid, project='default').adapter}")
     lo, hi = int(0.1 * ns.steps), int(0.9 * ns.steps)
     t_lo = next(t for t, s in seen if s >= lo)
     t_hi = next(t for t, s in seen if s >= hi)
