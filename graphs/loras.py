@@ -205,7 +205,11 @@ class LoraService:
             raise ApiError(400, "registering from a server path is off: no import folders "
                            "are configured (lora_import_dirs)", param="path",
                            code="path_not_allowed")
-        resolved = Path(path).expanduser().resolve()  # symlinks and '..' resolved first
+        try:  # symlinks and '..' resolved first
+            resolved = Path(path).expanduser().resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~nobody, a loop...
+            raise ApiError(400, f"path {path[:200]!r} is not a usable file path: {exc}",
+                           param="path", code="path_not_allowed") from None
         if not any(resolved.is_relative_to(d) for d in self.import_dirs):
             raise ApiError(400, f"path {path!r} is outside the LoRA import folders "
                            f"({', '.join(map(str, self.import_dirs))})", param="path",
@@ -214,13 +218,18 @@ class LoraService:
             check_lora_filename(resolved.name)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="path", code="invalid_lora") from None
-        if not resolved.is_file():
-            raise ApiError(400, f"no file at {path!r}", param="path", code="file_not_found")
-        size = resolved.stat().st_size
-        if size > self.max_bytes:
-            raise ApiError(413, f"{resolved.name} is {size} bytes; the LoRA limit is "
-                           f"{self.max_bytes} bytes", param="path", code="file_too_large")
-        return await asyncio.to_thread(resolved.read_bytes), resolved.name
+        try:
+            if not resolved.is_file():
+                raise ApiError(400, f"no file at {path!r}", param="path",
+                               code="file_not_found")
+            size = resolved.stat().st_size
+            if size > self.max_bytes:
+                raise ApiError(413, f"{resolved.name} is {size} bytes; the LoRA limit is "
+                               f"{self.max_bytes} bytes", param="path", code="file_too_large")
+            return await asyncio.to_thread(resolved.read_bytes), resolved.name
+        except OSError as exc:  # a name too long, no permission...
+            raise ApiError(400, f"cannot read {path!r}: {exc.strerror or exc}", param="path",
+                           code="file_not_found") from None
 
     # -- deleting ----------------------------------------------------------------------------
     async def delete_lora(self, name: str, *, project: str, admin: bool) -> None:

@@ -321,6 +321,9 @@ class TrainingService:
         match = next((d for d in page.items if d.id == wanted.dataset), None) or next(
             (d for d in page.items if d.name.casefold() == wanted_key), None)
         fr = wanted.french
+        if not auth.current().allows("models"):  # as POST /v1/trainings requires
+            return (("Votre clé n'a pas le droit `models` qu'il faut pour entraîner un LoRA."
+                     if fr else "Your key lacks the `models` scope a training needs."), None)
         if match is None:
             names = ", ".join(f"{d.name} ({d.id})" for d in page.items[:10])
             if fr:

@@ -29,6 +29,30 @@ class LoadedInfo:
         return self.fallback_reason is not None
 
 
+def torch_device_dtype(device: str | None, *, bf16: bool = False) -> tuple[str, Any]:
+    """The device to load on (CUDA when present unless `device` says otherwise) and its dtype:
+    fp32 on CPU; on CUDA fp16, or bf16 where `bf16` is asked for and the card supports it."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device.startswith("cuda"):
+        return device, torch.float32
+    if bf16 and torch.cuda.is_bf16_supported():
+        return device, torch.bfloat16
+    return device, torch.float16
+
+
+def check_pipeline_location(location: str) -> None:
+    """`registry.resolve`'s load check for a diffusers pipeline: a local folder is taken as is;
+    a hub id must at least serve its `model_index.json` (fails fast when offline)."""
+    from pathlib import Path
+
+    if not Path(location).exists():
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(location, allow_patterns=["model_index.json"])
+
+
 class ModelFamily(ABC):
     """Load once (`load`), run many times (`run`). Subclasses add typed entry points."""
 

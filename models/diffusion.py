@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ from PIL import Image
 
 from common.errors import InputError
 from models import zoo
-from models.base import LoadedInfo, ModelFamily
+from models.base import LoadedInfo, ModelFamily, check_pipeline_location, torch_device_dtype
 from models.lora import (
     LoraRef,
     adapter_set_id,
@@ -328,8 +327,7 @@ class DiffusionModel(ModelFamily):
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        device, dtype = torch_device_dtype(device)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if not tiny:
             kwargs["safety_checker"] = None  # moderation is the gateway's job, not the model's
@@ -354,14 +352,8 @@ class DiffusionModel(ModelFamily):
     def from_spec(cls, spec: ModelSpec, *, zoo_dir: str | None = None,
                   allow_fallback: bool = False, device: str | None = None) -> DiffusionModel:
         """Resolve a registry spec to weights (tiny zoo, local folder or hub id) and load."""
-
-        def check(location: str) -> None:
-            from huggingface_hub import snapshot_download
-
-            if not Path(location).exists():
-                snapshot_download(location, allow_patterns=["model_index.json"])
-
-        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
+        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback,
+                           load_check=check_pipeline_location)
         model = cls.load(resolved.location, name=resolved.spec.name, device=device,
                          limits=resolved.spec.limits, tiny=resolved.spec.tiny,
                          fallback_reason=resolved.fallback_reason)

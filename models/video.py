@@ -28,7 +28,13 @@ import numpy as np
 
 from common.errors import InputError
 from models import zoo
-from models.base import LoadedInfo, ModelFamily, check_image
+from models.base import (
+    LoadedInfo,
+    ModelFamily,
+    check_image,
+    check_pipeline_location,
+    torch_device_dtype,
+)
 from models.registry import ModelSpec, VideoLimits, resolve
 
 logger = logging.getLogger(__name__)
@@ -166,14 +172,9 @@ class VideoModel(ModelFamily):
     def load(cls, source: str, *, name: str, device: str | None = None,
              limits: VideoLimits | None = None, tiny: bool = False,
              fallback_reason: str | None = None) -> VideoModel:
-        import torch
         from diffusers import LTXPipeline
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
+        device, dtype = torch_device_dtype(device, bf16=True)
         started = time.perf_counter()
         pipe = LTXPipeline.from_pretrained(source, dtype=dtype).to(device)
         if device.startswith("cuda"):
@@ -192,14 +193,8 @@ class VideoModel(ModelFamily):
     def from_spec(cls, spec: ModelSpec, *, zoo_dir: str | None = None,
                   allow_fallback: bool = False, device: str | None = None) -> VideoModel:
         """Resolve a registry spec to weights (tiny zoo, local folder or hub id) and load."""
-
-        def check(location: str) -> None:
-            from huggingface_hub import snapshot_download
-
-            if not Path(location).exists():
-                snapshot_download(location, allow_patterns=["model_index.json"])
-
-        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback, load_check=check)
+        resolved = resolve(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback,
+                           load_check=check_pipeline_location)
         return cls.load(resolved.location, name=resolved.spec.name, device=device,
                         limits=resolved.spec.limits, tiny=resolved.spec.tiny,
                         fallback_reason=resolved.fallback_reason)

@@ -121,3 +121,11 @@ def test_server_paths_only_under_the_import_folders(model, good, tmp_path):
     assert "pickle" in _status(service.read_path(str(imports / "x.pt"))).message
     assert _status(service.read_path(str(imports / "none.safetensors"))).code == \
         "file_not_found"
+
+
+def test_unusable_paths_are_400s(model, tmp_path):
+    service = _service(model, tmp_path, import_dirs=[tmp_path])
+    for path in ("~nobody-here-at-all/x.safetensors", "a\0b.safetensors",
+                 str(tmp_path / ("x" * 300 + ".safetensors"))):
+        error = _status(service.read_path(path))
+        assert error.status == 400 and error.param == "path", (path, error.message)

@@ -149,7 +149,12 @@ def test_bad_hyperparameters_empty_dataset_and_other_projects(http, gateway):
     assert r.status_code == 400 and r.json()["error"]["param"] == "base_model"
     r = http.post("/v1/trainings", json={**base, "name": "tiny-lora-warm"})
     assert r.status_code == 409 and r.json()["error"]["param"] == "name"
-    rival = {"Authorization": f"Bearer {gateway.create_key(project='rival-trainer')}"}
+    no_models = {"Authorization": f"Bearer {gateway.create_key(scopes=['generate'])}"}
+    denied = httpx.post(f"{gateway.base_url}/v1/trainings", headers=no_models, timeout=30,
+                        json={**base, "name": "x-denied"})
+    assert denied.status_code == 403, denied.text  # training registers a LoRA: models scope
+    rival = {"Authorization": "Bearer " + gateway.create_key(project="rival-trainer",
+                                                             scopes=["models"])}
     other = httpx.post(f"{gateway.base_url}/v1/trainings", headers=rival, timeout=30,
                        json={**base, "name": "x-rival"})
     assert other.status_code == 404 and other.json()["error"]["param"] == "dataset_id"

@@ -184,3 +184,24 @@ def test_lora_bytes_names_and_pickles_are_checked_before_loading():
     for bad in ("A", "Upper", "has space", "-lead", "x" * 65, "a/b", "<lora:x>"):
         with pytest.raises(ValueError, match="lowercase"):
             check_lora_name(bad)
+
+
+def test_a_text_encoder_lora_loads_acts_and_weight_zero_is_the_base(model, zoo_dir):
+    from models.lora import parse_lora_bytes
+
+    duo = zoo.ensure("tiny-lora-duo", zoo_dir) / "pytorch_lora_weights.safetensors"
+    state = parse_lora_bytes(duo.read_bytes())
+    assert any(k.startswith("text_encoder.") for k in state)
+    assert model.check_adapter(state)["components"] == ["text_encoder", "unet"]
+    model.load_adapter("tiny-lora-duo", str(duo))
+    try:
+        base = image(model)
+        assert np.abs(image(model, [LoraRef("tiny-lora-duo", 1.0)]) - base).mean() > 2.0
+        assert np.array_equal(image(model, [LoraRef("tiny-lora-duo", 0.0)]), base)
+        # its text-encoder half alone changes the prompt embedding: the encoder's LoRA layers
+        # carry the adapter
+        encoder = model._pipes["text2img"].text_encoder
+        assert any("tiny-lora-duo" in getattr(m, "lora_A", {}) for m in encoder.modules())
+    finally:
+        model.unload_adapter("tiny-lora-duo")
+    assert np.array_equal(image(model), base)

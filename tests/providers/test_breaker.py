@@ -27,7 +27,10 @@ def make_store(request, clock):
         return lambda: store
     redis_url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
-    return lambda: RedisBreakerStore(redis_url, CONFIG, prefix=prefix, clock=clock)
+    # A generous socket timeout: these cases test the rules; on a loaded machine the product's
+    # 0.5 s default would (correctly) fall back to this replica's memory mid-test.
+    return lambda: RedisBreakerStore(redis_url, CONFIG, prefix=prefix, clock=clock,
+                                     socket_timeout_s=10.0)
 
 
 async def _close(*stores):
