@@ -107,6 +107,14 @@ class AppArgs(BaseModel):
                                            "by ingress replicas) or memory://")
     requests_per_minute: int | None = Field(None, ge=1, description="default per API key")
     images_per_day: int | None = Field(None, ge=1, description="default per API key")
+    # LoRA trainings (graphs/training.py): Ray tasks outside the serving replicas
+    training_num_gpus: float | None = Field(None, ge=0, description="GPUs per training task; "
+                                            "default: 1 with use_gpu, else 0 (CPU)")
+    max_concurrent_trainings: int = Field(1, ge=1, description="trainings running at once "
+                                          "in the cluster; more wait queued")
+    training_max_steps: int = Field(5000, ge=1, description="steps limit per training")
+    training_torch_threads: int | None = Field(None, ge=1, description="torch CPU threads "
+                                               "of a training task (CPU trainings)")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -216,6 +224,15 @@ def build_app(args: AppArgs) -> Application:
         project=args.project,
         auth=auth_config,
         auto_tag=args.auto_tag and see is not None,
+        training={
+            "num_gpus": args.training_num_gpus if args.training_num_gpus is not None
+            else (1.0 if use_gpu else 0.0),
+            "max_concurrent": args.max_concurrent_trainings,
+            "max_steps": args.training_max_steps,
+            "torch_threads": args.training_torch_threads, "zoo_dir": zoo_dir,
+            "generator_model": model_for("generator", args.generator_model
+                                         or settings.generator_model),
+            "generator_source": args.generator_source or settings.generator_source},
     )
     return Ingress.bind(gen, mat, swap, up, router, llm, config, video=vid, vision=see)
 
@@ -262,7 +279,8 @@ def tiny_overrides() -> dict[str, Any]:
     tiny default from the catalogue, no weights path, the router's LLM on transformers."""
     from models.registry import DEFAULTS
 
-    args: dict[str, Any] = {"llm_backend": "transformers"}
+    # tiny base models train on CPU (a training task asks for no GPU)
+    args: dict[str, Any] = {"llm_backend": "transformers", "training_num_gpus": 0}
     for deployment, names in DEFAULTS.items():
         args[f"{deployment}_model"] = names["tiny"]
         args[f"{deployment}_source"] = None

@@ -76,6 +76,8 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
         ("POST", r"^/v1/models/loras$", "models"),
         ("DELETE", r"^/v1/models/loras/[^/]+$", "models"),
+        ("POST", r"^/v1/trainings$", "models"),  # a training registers a LoRA
+        ("DELETE", r"^/v1/trainings/[^/]+$", "models"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),
         ("PATCH", r"^/v1/providers/[^/]+$", "admin"),

@@ -46,6 +46,7 @@ from router.cascade import Cascade
 from router.rules import DESCRIBE_ONLY
 from router.schemas import Plan, SessionContext
 from router.text import fold
+from router.training_intent import detect_training
 from router.video_intent import detect_video
 from workflows.plans import plan_workflow, upload_ref
 
@@ -241,6 +242,12 @@ class ChatService:
         session = await self.session(session_id) if session_id is not None else None
         ctx = self.context(session, context)
         await self.check_context(context)
+        # "train a style from my dataset X": a LoRA training job (graphs/training.py)
+        training = detect_training(message) if not uploads \
+            and getattr(self, "trainings", None) is not None else None
+        if training is not None:
+            return await self._train(training, message=message, session=session,
+                                     base_url=base_url)
         wanted = detect_video(message, len(uploads)) if self.videos is not None \
             and self.videos.video is not None else None
         if wanted is not None:
@@ -390,6 +397,27 @@ class ChatService:
         return ChatResponse(session_id=session_id, type="processing", message=text,
                             data=ChatData(plan=plan, job_id=video.id),
                             metadata={"stage": "rules", "video": video.model_dump(mode="json")})
+
+    async def _train(self, wanted, *, message: str, session, base_url: str) -> ChatResponse:
+        """A training request (router/training_intent.py): the training job starts (or the
+        reply says which datasets there are); the reply links the job."""
+        text, training = await self.trainings().chat_training(wanted, base_url=base_url)
+        user = {"role": "user", "content": message, "image_ids": [], "data": {}}
+        answer = {"role": "assistant", "content": text, "image_ids": [],
+                  "data": {"type": "processing" if training else "text", "context": {},
+                           **({"training_id": training.id} if training else {})}}
+        session_id = await self.turns.add(session_id=session.id if session else None,
+                                          project=self.runner.project,
+                                          messages=[user, answer])
+        plan = {"intent": "lora_training", "dataset": wanted.dataset, "name": wanted.name,
+                "stage": "rules"}
+        if training is None:
+            return ChatResponse(session_id=session_id, type="text", message=text,
+                                data=ChatData(plan=plan), metadata={"stage": "rules"})
+        return ChatResponse(session_id=session_id, type="processing", message=text,
+                            data=ChatData(plan=plan, job_id=training.id),
+                            metadata={"stage": "rules",
+                                      "training": training.model_dump(mode="json")})
 
     # -- "what is in this picture?" -----------------------------------------------------------
     def _describes(self, plan) -> bool:

@@ -106,6 +106,18 @@ from graphs.schemas import (
     WorkflowExecuteRequest,
 )
 from graphs.tools import Limits, ToolService
+from graphs.training_routes import DATASET_IMAGES_BODY, dataset_images_form
+from graphs.training_schemas import Dataset as DatasetView
+from graphs.training_schemas import (
+    DatasetCreate,
+    DatasetImagesAdded,
+    DatasetList,
+    DatasetStats,
+    TrainingCreate,
+    TrainingList,
+    TrainingMetrics,
+)
+from graphs.training_schemas import Training as TrainingView
 from graphs.video import VideoService, list_presets
 from graphs.workflows import WorkflowService, sse
 from models.lora import check_lora_filename
@@ -224,6 +236,7 @@ class IngressConfig(BaseModel):
     auth: AuthConfig = AuthConfig()
     # other replicas' provider config changes are picked up within this (graphs/providers.py)
     providers_reload_s: float = 10.0
+    training: dict[str, Any] = {}  # graphs.training.TrainingSettings (AppArgs training_*)
     max_lora_bytes: int = 256 * 1024 * 1024  # POST /v1/models/loras (graphs/loras.py)
     lora_import_dirs: list[str] = []  # folders admin keys may register LoRAs from by path
 
@@ -429,6 +442,8 @@ class Ingress:
                                         videos=self.videos, analysis=self.analysis,
                                         workflows=self.workflows)
         # periodic upkeep in its own thread, apart from the health check (graphs/chores.py)
+        # datasets + LoRA trainings (built on first use; the chat starts trainings too)
+        self.chat_service.trainings = lambda: self._trainings()[1]
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
                              jobs_every_s=min(10.0, config.job_stale_s / 3)).start()
@@ -1338,6 +1353,98 @@ class Ingress:
         return await self._reply(await self.recipes.remix(
             asset_id, body.overrides, base_url=self._base_url(request),
             async_job=_wants_async(request)), request)
+
+    # -- datasets and LoRA trainings (graphs/datasets.py, graphs/training.py) ----------------
+    def _trainings(self):
+        """(datasets, trainings) services, built on first use (the chat's training turns
+        call them too: `ChatService.trainings`)."""
+        if getattr(self, "_training_services", None) is None:
+            from graphs.datasets import DatasetService
+            from graphs.training import TrainingService, TrainingSettings
+            from storage.datasets import DatasetRecords
+
+            data = DatasetRecords(self.records)
+            datasets = DatasetService(records=data, runner=self.runner,
+                                      decode_many=self.tools.decode_many,
+                                      vision=self.analysis.vision,
+                                      vision_info=self.analysis.vision_info)
+            storage = {"asset_root": self.config.asset_dir,
+                       "database_url": self.config.database_url, **self.config.storage}
+            self._training_services = (datasets, TrainingService(
+                data=data, datasets=datasets, runner=self.runner, storage=storage,
+                settings=TrainingSettings(**self.config.training)))
+        return self._training_services
+
+    @app.post("/v1/datasets", tags=["trainings"], status_code=201, responses=ERROR_RESPONSES)
+    async def dataset_create(self, body: DatasetCreate, request: Request) -> DatasetView:
+        return await self._trainings()[0].create(body, base_url=self._base_url(request))
+
+    @app.get("/v1/datasets", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def datasets_list(self, request: Request, limit: int = Query(50, ge=1, le=200),
+                            cursor: str | None = Query(None, max_length=512)) -> DatasetList:
+        return await self._trainings()[0].list(limit=limit, cursor=cursor,
+                                               base_url=self._base_url(request))
+
+    @app.get("/v1/datasets/{dataset_id}", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def dataset_get(self, dataset_id: str, request: Request) -> DatasetView:
+        return await self._trainings()[0].get(dataset_id, base_url=self._base_url(request))
+
+    @app.get("/v1/datasets/{dataset_id}/stats", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def dataset_stats(self, dataset_id: str) -> DatasetStats:
+        return await self._trainings()[0].stats(dataset_id)
+
+    @app.delete("/v1/datasets/{dataset_id}", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def dataset_delete(self, dataset_id: str) -> Deleted:
+        await self._trainings()[0].delete(dataset_id)
+        return Deleted(id=dataset_id)
+
+    @app.post("/v1/datasets/{dataset_id}/images", tags=["trainings"], status_code=201,
+              responses=ERROR_RESPONSES, openapi_extra=DATASET_IMAGES_BODY)
+    async def dataset_add_images(self, dataset_id: str, request: Request) -> DatasetImagesAdded:
+        """Multipart: `image` files (many; `caption` fields aligned with them), `zip` files
+        (images + `.txt` captions by file stem), `asset_id` fields (the project's images),
+        `auto_caption` (default true: the Vision model captions images without one)."""
+        form = await dataset_images_form(request)
+        return await self._trainings()[0].add_images(
+            dataset_id, **form, base_url=self._base_url(request))
+
+    @app.post("/v1/trainings", tags=["trainings"], status_code=202, responses=ERROR_RESPONSES)
+    async def training_create(self, body: TrainingCreate, request: Request) -> JSONResponse:
+        """A LoRA training job (202): follow /v1/trainings/{id} or its /events."""
+        view = await self._trainings()[1].create(body, base_url=self._base_url(request))
+        return JSONResponse(view.model_dump(mode="json"), status_code=202,
+                            headers={"Location": view.links.self})
+
+    @app.get("/v1/trainings", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def trainings_list(self, request: Request, limit: int = Query(50, ge=1, le=200),
+                             cursor: str | None = Query(None, max_length=512)) -> TrainingList:
+        return await self._trainings()[1].list(limit=limit, cursor=cursor,
+                                               base_url=self._base_url(request))
+
+    @app.get("/v1/trainings/{training_id}", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def training_get(self, training_id: str, request: Request) -> TrainingView:
+        return await self._trainings()[1].get(training_id, base_url=self._base_url(request))
+
+    @app.delete("/v1/trainings/{training_id}", tags=["trainings"], responses=ERROR_RESPONSES)
+    async def training_cancel(self, training_id: str, request: Request) -> TrainingView:
+        """Cancel: a queued training at once, a running one at its next step (nothing
+        half-written is kept)."""
+        return await self._trainings()[1].cancel(training_id, base_url=self._base_url(request))
+
+    @app.get("/v1/trainings/{training_id}/metrics", tags=["trainings"],
+             responses=ERROR_RESPONSES)
+    async def training_metrics(self, training_id: str, request: Request) -> TrainingMetrics:
+        return await self._trainings()[1].metrics(training_id,
+                                                  base_url=self._base_url(request))
+
+    @app.get("/v1/trainings/{training_id}/events", tags=["trainings"],
+             responses=ERROR_RESPONSES)
+    async def training_events(self, training_id: str, request: Request) -> Any:
+        """Server-Sent Events: `progress` (step, loss, ETA) as it trains, then succeeded /
+        failed / cancelled with the training."""
+        stream = await self._trainings()[1].events(training_id,
+                                                   base_url=self._base_url(request))
+        return EventSourceResponse(stream, ping=15)
 
     def check_health(self) -> None:
         """Serve's probe: the record store answers. (Upkeep runs apart: `self.chores`.)"""

@@ -578,10 +578,12 @@ class RecordStore:
                 .returning(Job.id)
                 .execution_options(synchronize_session=False)))
             # A job is started right after it is created (graphs.jobs.JobRunner): one still
-            # queued this long lost its replica in between.
+            # queued this long lost its replica in between. (A job that waits in a queue on
+            # purpose, a training, beats while it waits.)
             ids += s.scalars(
                 update(Job)
-                .where(Job.status == "queued", Job.created_at < _ts(cutoff))
+                .where(Job.status == "queued",
+                       func.coalesce(Job.heartbeat_at, Job.created_at) < _ts(cutoff))
                 .values(status="failed", finished_at=now, updated_at=now,
                         error=f"never started: the replica that accepted it stopped within "
                               f"{older_than_s:g}s; the job was marked failed")

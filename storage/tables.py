@@ -298,3 +298,72 @@ class LoraAdapter(Base):
     project: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+CAPTION_SOURCES = ("user", "file", "vision", "trigger")
+
+
+class Dataset(Base):
+    """A project's image dataset (e.g. to train a LoRA on): its images are assets (kind
+    ``dataset``) listed in `dataset_images`, each with its caption."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_project_created", "project", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DatasetImage(Base):
+    """One image of a dataset: its asset and caption (`caption_source`: user, file (a .txt
+    in an uploaded zip), vision (auto-captioned), trigger (the training's trigger word);
+    None: no caption yet)."""
+
+    __tablename__ = "dataset_images"
+    __table_args__ = (Index("ix_dataset_images_dataset", "dataset_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(64), ForeignKey("datasets.id",
+                                                                   ondelete="CASCADE"))
+    asset_id: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    caption: Mapped[str | None] = mapped_column(Text, nullable=True)
+    caption_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Training(Base):
+    """What a LoRA training job adds to its job record (same id, `jobs.kind = training`):
+    the dataset, the hyper-parameters, the loss curve, the last checkpoint, the samples and
+    the resulting adapter."""
+
+    __tablename__ = "trainings"
+    __table_args__ = (Index("ix_trainings_project_created", "project", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id", ondelete="CASCADE"),
+                                    primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))  # the resulting adapter's name
+    base_model: Mapped[str] = mapped_column(String(128))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[list[float]] = mapped_column(JSON, default=list)
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    samples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    resumed_from: Mapped[list[int]] = mapped_column(JSON, default=list)
+    worker: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    adapter: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,7 +3,7 @@ per (asset, tag) indexed by (project, tag) so a tag filter is an index range sca
 and Postgres alike (a JSON array would need a dialect's own JSON operators and no index).
 
 Revision ID: 0008_asset_tags
-Revises: 0006_loras (0007_datasets once #19 lands)
+Revises: 0007_datasets
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_asset_tags"
-down_revision = "0006_loras"
+down_revision = "0007_datasets"
 branch_labels = None
 depends_on = None
 
