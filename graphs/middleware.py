@@ -1125,7 +1125,7 @@ class RequestPath:
                            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=%s in the environment "
                            "Ray starts in (graphs/serve_proxy.py)", SERVE_PROXY_CALLBACK)
         origin = headers.get("origin")  # CORS
-        cache_control = self.cache_control
+        cache_control = self.cache_control.encode("latin-1")
         status: int | None = None
 
         async def send_out(message: Message) -> None:
@@ -1133,13 +1133,16 @@ class RequestPath:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                out = MutableHeaders(scope=message)
-                if "x-content-type-options" not in out:
-                    out["X-Content-Type-Options"] = "nosniff"
-                if "cache-control" not in out:
-                    out["Cache-Control"] = cache_control
+                raw = list(message.get("headers", ()))
+                names = {name.lower() for name, _ in raw}
+                if b"x-content-type-options" not in names:
+                    raw.append((b"x-content-type-options", b"nosniff"))
+                if b"cache-control" not in names:
+                    raw.append((b"cache-control", cache_control))
                 if echo:
-                    out[REQUEST_ID_HEADER] = request_id
+                    raw = [(k, v) for k, v in raw if k.lower() != b"x-request-id"]
+                    raw.append((b"x-request-id", request_id.encode("latin-1")))
+                message["headers"] = raw
                 if origin is not None:
                     await self.cors.send(message, send, request_headers=headers)
                     return
