@@ -182,17 +182,31 @@ def set_in_flight(count: int) -> bool:
     return _registry.record(IN_FLIGHT, count, {})
 
 
+# (route, method, status) -> the two label sets of `record_request`, checked once: the
+# labels are few by design (route templates), and building and checking them per request
+# showed in the ingress's profile. Bounded anyway (a misuse must not grow it without end).
+_request_labels: dict[tuple[str, str, int], tuple[dict[str, str], dict[str, str]]] = {}
+_MAX_REQUEST_LABELS = 4096
+
+
 def record_request(route: str, status: int, seconds: float, *, method: str = "GET") -> bool:
     """Count one answered request and observe its latency. `route` is the route template
     (``/v1/assets/{asset_id}``), never the raw path: label values must stay few."""
-    _check_label(route, "route")
-    if not isinstance(status, int) or not 100 <= status <= 599:
-        raise ValueError(f"status must be an HTTP status code 100-599, got {status!r}")
+    labels = _request_labels.get((route, method, status))
+    if labels is None:
+        _check_label(route, "route")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code 100-599, got {status!r}")
+        upper = _check_label(method, "method").upper()
+        labels = ({"route": route, "method": upper, "status": str(status)},
+                  {"route": route, "method": upper})
+        if len(_request_labels) >= _MAX_REQUEST_LABELS:
+            _request_labels.clear()
+        _request_labels[(route, method, status)] = labels
     seconds = _check_seconds(seconds, "request latency")
-    method = _check_label(method, "method").upper()
-    counted = _registry.record(REQUESTS, 1, {"route": route, "method": method,
-                                             "status": str(status)})
-    _registry.record(REQUEST_SECONDS, seconds, {"route": route, "method": method})
+    # copies: Serve's metric objects add their own tags to the dict they are given
+    counted = _registry.record(REQUESTS, 1, dict(labels[0]))
+    _registry.record(REQUEST_SECONDS, seconds, dict(labels[1]))
     return counted
 
 
