@@ -167,8 +167,11 @@ def shipped(ns) -> None:
         print(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | "
               f"{statistics.median(values):.2f} |")
     print(f"\nours: mean batch {mean_batch:.1f} (max {max(batches)})")
+    best = max(rates["in-process batch 8"])  # the least disturbed model call of the run
     print(f"\n## target 5: ours at concurrency 8 >= 80 % of in-process batch 8\n"
-          f"{got / ref:.0%} ({'met' if got >= 0.8 * ref else 'missed'})")
+          f"{got / ref:.0%} of the in-process median ({'met' if got >= 0.8 * ref else 'missed'}); "
+          f"{got / best:.0%} of its best round ({'met' if got >= 0.8 * best else 'missed'}, "
+          "the conservative reading on a shared machine)")
 
 
 def main() -> None:
