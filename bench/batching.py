@@ -11,7 +11,15 @@ round; the medians of the rounds are printed with the ratio to `off`. Usage:
         [--concurrency 1 2 4 8 16] [--requests 32] [--rounds 2] [--toy]
 
 A config is `off`, `on` (the builder's defaults) or `MAX_BATCH_SIZE:BATCH_WAIT_TIMEOUT_S`.
-Target (issue #8): batching on gives at least 1.5x the images/s of off at concurrency 8.
+
+`--shipped` (issue #20, target 5): the product as shipped (`photostudio serve --profile
+tiny`, API keys on, a key from `photostudio keys create`) at concurrency 8 against the same
+model in this process running batches of 8 (one torch thread, as the replica), interleaved
+round by round; target: ours >= 80 % of the in-process batch-8 images/s. It replaces issue
+#8's "batching on >= 1.5x off at concurrency 8", which the tiny model's own 1.25-1.29x
+batch gain on a CPU makes unreachable (still printed for the off/on comparison).
+
+    .venv/bin/python bench/batching.py --shipped [--rounds 3] [--requests 32] [--steps 2]
 """
 
 from __future__ import annotations
@@ -90,8 +98,86 @@ async def measure(ns, gateways: dict[str, Child]) -> dict:
     return results
 
 
+def in_process_batch(model, batch: int, size: int, steps: int, seed0: int) -> float:
+    """Images/s of one `batch`-image pipeline call of `model` (PNG-encoded, as served)."""
+    from graphs.images import encode
+    from models.diffusion import GenerationRequest
+
+    reqs = [GenerationRequest(prompt="a cat in a crown", width=size, height=size, steps=steps,
+                              seed=seed0 + i) for i in range(batch)]
+    started = time.perf_counter()
+    results = model.generate(reqs)
+    for res in results:
+        encode(res.images[0], "png")
+    return batch / (time.perf_counter() - started)
+
+
+def shipped(ns) -> None:
+    """Target 5: ours as shipped at concurrency 8 vs the model in-process at batch 8."""
+    import os
+
+    import aiohttp
+    import torch
+
+    from bench._common import match_worker_priority, shipped_gateway
+    from models.diffusion import DiffusionModel
+    from models.registry import get_spec
+
+    torch.set_num_threads(1)
+    model = DiffusionModel.from_spec(get_spec("tiny-sd"))
+    conc = 8
+    ours, token = shipped_gateway("ours")
+    rates: dict[str, list[float]] = {"in-process batch 8": [], "ours c=8": []}
+    batches: Counter[int] = Counter()
+    loads: list[float] = []
+    try:
+        match_worker_priority()
+
+        async def run():
+            headers = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(connector=client_connector(), headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=600)) as s:
+                await load(s, ours.url, concurrency=4, requests=8, size=ns.size,
+                           steps=ns.steps, seed0=10_000)  # warm-up
+                in_process_batch(model, conc, ns.size, ns.steps, 20_000)
+                for r in range(ns.rounds):
+                    loads.append(os.getloadavg()[0])
+                    rates["in-process batch 8"].append(statistics.median(
+                        in_process_batch(model, conc, ns.size, ns.steps, 30_000 + 100 * r + i)
+                        for i in range(3)))
+                    result = await load(s, ours.url, concurrency=conc,
+                                        requests=max(ns.requests, 2 * conc), size=ns.size,
+                                        steps=ns.steps, seed0=1000 * r)
+                    rates["ours c=8"].append(result["rate"])
+                    batches.update(result["batches"])
+                    print(f"round {r + 1}/{ns.rounds} done", file=sys.stderr, flush=True)
+
+        asyncio.run(run())
+    finally:
+        ours.stop()
+    ref = statistics.median(rates["in-process batch 8"])
+    got = statistics.median(rates["ours c=8"])
+    mean_batch = sum(k * v for k, v in batches.items()) / max(1, sum(batches.values()))
+    print(f"# generation as shipped vs in-process batch 8 — {machine()}")
+    print(f"tiny-sd {ns.size}x{ns.size}, {ns.steps} steps; {ns.rounds} rounds, medians; load "
+          f"average at each round: {', '.join(f'{x:.1f}' for x in loads)}")
+    print("\n| | images/s per round | median |")
+    print("|---|---|---|")
+    for name, values in rates.items():
+        print(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | "
+              f"{statistics.median(values):.2f} |")
+    print(f"\nours: mean batch {mean_batch:.1f} (max {max(batches)})")
+    best = max(rates["in-process batch 8"])  # the least disturbed model call of the run
+    print(f"\n## target 5: ours at concurrency 8 >= 80 % of in-process batch 8\n"
+          f"{got / ref:.0%} of the in-process median ({'met' if got >= 0.8 * ref else 'missed'}); "
+          f"{got / best:.0%} of its best round ({'met' if got >= 0.8 * best else 'missed'}, "
+          "the conservative reading on a shared machine)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shipped", action="store_true",
+                    help="target 5: the shipped gateway at concurrency 8 vs in-process batch 8")
     ap.add_argument("--configs", default="off,on")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--requests", type=int, default=32, help="per cell (at least 2x conc)")
@@ -105,6 +191,9 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true",
                     help="quick check: off and on, concurrency 1 and 4, 8 requests, 1 round")
     ns = ap.parse_args()
+    if ns.shipped:
+        shipped(ns)
+        return
     if ns.toy:
         ns.configs, ns.concurrency, ns.requests, ns.rounds, ns.steps = "off,on", [1, 4], 8, 1, 2
     names = [c for c in ns.configs.split(",") if c]
@@ -153,7 +242,8 @@ def report(ns, names: list[str], configs: dict, results: dict) -> None:
         print(f"| {conc} | " + " | ".join(cells) + " | " + " | ".join(
             f"{ratios[(n, conc)]:.2f}x" for n in names if n != "off") + " |")
     at = 8 if 8 in ns.concurrency else max(ns.concurrency)
-    print("\n## target: batching on >= 1.5x images/s at concurrency 8")
+    print("\n## issue #8's target (replaced by --shipped's, issue #20): batching on >= 1.5x "
+          "images/s at concurrency 8")
     for n in names:
         if n != "off":
             r = ratios[(n, at)]

@@ -78,6 +78,16 @@ class MetricsMiddleware:
         self._reported_at = time.monotonic()
         set_in_flight(self.in_flight)
 
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._report_in_flight()
+
+    def request_ended(self, scope: Scope, status: int, seconds: float) -> None:
+        self.in_flight -= 1
+        self._report_in_flight()
+        record_request(route_template(scope), status, seconds,
+                       method=scope.get("method", "GET"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -91,8 +101,7 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        self.in_flight += 1
-        self._report_in_flight()
+        self.request_started()
         outcome = 500
         try:
             await self.app(scope, receive, send_with_status)
@@ -103,10 +112,7 @@ class MetricsMiddleware:
             outcome = status if status is not None else (CLIENT_CLOSED if cancelled else 500)
             raise
         finally:
-            self.in_flight -= 1
-            self._report_in_flight()
-            record_request(route_template(scope), outcome, time.perf_counter() - started,
-                           method=scope.get("method", "GET"))
+            self.request_ended(scope, outcome, time.perf_counter() - started)
 
 
 __all__ = ["CLIENT_CLOSED", "UNMATCHED_ROUTE", "MetricsMiddleware", "route_template"]

@@ -25,11 +25,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from math import floor, inf
 
-from limits import RateLimitItemPerDay, RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
+from limits.util import WindowStats
 from pydantic import BaseModel, Field
 
 from graphs.errors import ApiError
@@ -59,6 +61,57 @@ class Usage:
                 f"{prefix}-Reset": str(max(math.ceil(self.reset_at - time.time()), 0))}
 
 
+# `limits`' acquire_sliding_window.lua (same keys, same arithmetic) that also returns the
+# window after the hit: {acquired, previous count, previous pttl, current count, current
+# pttl}. One round trip per request where `hit` + `get_window_stats` took two.
+_HIT_SLIDING_WINDOW = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+if previous_ttl <= 0 then previous_ttl = 0 end
+if current_ttl <= 0 then current_ttl = 0 end
+local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+local acquired = 0
+if amount <= limit and (weighted_count + amount) <= limit then
+    acquired = 1
+    if redis.call('exists', KEYS[2]) == 1 then
+        current_count = redis.call('incrby', KEYS[2], amount)
+    else
+        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+        current_count = amount
+        current_ttl = expiry * 2
+    end
+end
+return {acquired, previous_count, previous_ttl, current_count, current_ttl}
+"""
+
+
+def _sliding_window_stats(item: RateLimitItem, previous_count: int, previous_ttl_s: float,
+                          current_count: int, current_ttl_s: float) -> WindowStats:
+    """`SlidingWindowCounterRateLimiter.get_window_stats`' arithmetic on a window read."""
+    expiry = item.get_expiry()
+    remaining = max(0, item.amount - floor(previous_count * previous_ttl_s / expiry
+                                           + current_count))
+    now = time.time()
+    if not (previous_count or current_count):
+        return WindowStats(now, remaining)
+    previous_reset_in, current_reset_in = inf, inf
+    if previous_count:
+        previous_reset_in = previous_ttl_s % (expiry / previous_count)
+    if current_count:
+        current_reset_in = current_ttl_s % expiry
+    return WindowStats(now + min(previous_reset_in, current_reset_in), remaining)
+
+
 def _storage(url: str) -> Storage:
     if url.startswith(("redis://", "rediss://")):
         return storage_from_string("async+" + url, implementation="redispy",
@@ -74,13 +127,34 @@ class Quotas:
         self.storage = _storage(config.storage_url)
         self._requests = SlidingWindowCounterRateLimiter(self.storage)
         self._images = MovingWindowRateLimiter(self.storage)
+        bridge = getattr(self.storage, "bridge", None)  # Redis: the one-trip window script
+        self._hit_script = (bridge.get_connection().register_script(_HIT_SLIDING_WINDOW)
+                            if bridge is not None and hasattr(bridge, "get_connection")
+                            else None)
+
+    async def _hit_requests(self, item: RateLimitItem, key_id: str) -> tuple[bool, WindowStats]:
+        """One request on `key_id`'s sliding window and the window after it: one Redis
+        round trip (`_HIT_SLIDING_WINDOW`); with memory:// `limits`' hit and stats."""
+        if self._hit_script is None:
+            allowed = await self._requests.hit(item, key_id, "requests")
+            return allowed, await self._requests.get_window_stats(item, key_id, "requests")
+        key = item.key_for(key_id, "requests")
+        bridge = self.storage.bridge
+        keys = [bridge.prefixed_key(self.storage._previous_window_key(key)),
+                bridge.prefixed_key(self.storage._current_window_key(key))]
+        acquired, p_count, p_ttl, c_count, c_ttl = await self._hit_script(
+            keys, [item.amount, item.get_expiry(), 1])
+        return bool(acquired), _sliding_window_stats(
+            item, int(p_count or 0), max(0.0, float(p_ttl or 0)) / 1000,
+            int(c_count or 0), max(0.0, float(c_ttl or 0)) / 1000)
 
     async def check_request(self, key_id: str, *, per_minute: int | None) -> Usage | None:
         """Count one request of `key_id`. ApiError 429 when over its requests/minute; None
         when the storage failed and `fail_open`."""
         item = RateLimitItemPerMinute(per_minute or self.config.requests_per_minute)
         return await self._hit(self._requests, item, key_id, "requests", 1,
-                               f"rate limit of {item.amount} requests per minute reached")
+                               f"rate limit of {item.amount} requests per minute reached",
+                               window=self._hit_requests)
 
     async def charge_images(self, key_id: str, n: int, *, per_day: int | None) -> Usage | None:
         """Charge `n` images to `key_id`'s day. ApiError 429 when that would exceed it."""
@@ -163,10 +237,13 @@ class Quotas:
                          type(exc).__name__, exc)
 
     async def _hit(self, limiter, item, key_id: str, what: str, cost: int,
-                   message: str, param: str | None = None) -> Usage | None:
+                   message: str, param: str | None = None, window=None) -> Usage | None:
         try:
-            allowed = await limiter.hit(item, key_id, what, cost=cost)
-            stats = await limiter.get_window_stats(item, key_id, what)
+            if window is not None:
+                allowed, stats = await window(item, key_id)
+            else:
+                allowed = await limiter.hit(item, key_id, what, cost=cost)
+                stats = await limiter.get_window_stats(item, key_id, what)
         except Exception as exc:  # storage down or unreachable
             if self.config.fail_open:
                 logger.error("rate-limit storage failed (%s: %s); letting the request "

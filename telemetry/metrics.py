@@ -16,6 +16,7 @@ middleware that records `record_request` per route template).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -182,18 +183,74 @@ def set_in_flight(count: int) -> bool:
     return _registry.record(IN_FLIGHT, count, {})
 
 
+# (route, method, status) -> the two label sets of `record_request`, checked once: the
+# labels are few by design (route templates), and building and checking them per request
+# showed in the ingress's profile. Bounded anyway (a misuse must not grow it without end).
+_request_labels: dict[tuple[str, str, int], tuple[dict[str, str], dict[str, str]]] = {}
+_MAX_REQUEST_LABELS = 4096
+# The request counter is summed in the process and handed to Ray at most this often (the
+# sums always, when requests stop): Ray's metric record was the largest single cost of a
+# no-model request in the ingress's profile (BENCHMARKS.md, issue #20), and Prometheus
+# scrapes every few seconds anyway. The latency histogram is still observed per request.
+REQUEST_COUNT_FLUSH_S = 0.5
+_pending_counts: dict[tuple[str, str, int], list] = {}  # key -> [labels, count]
+_counts_lock = threading.Lock()
+_counts_flushed_at = float("-inf")
+_counts_flush_scheduled = False
+
+
+def flush_request_counts() -> int:
+    """Hand the summed request counts to Ray now; returns how many label sets."""
+    global _pending_counts, _counts_flushed_at, _counts_flush_scheduled
+    with _counts_lock:
+        pending, _pending_counts = _pending_counts, {}
+        _counts_flushed_at = time.monotonic()
+        _counts_flush_scheduled = False
+    for labels, count in pending.values():
+        _registry.record(REQUESTS, count, dict(labels))
+    return len(pending)
+
+
 def record_request(route: str, status: int, seconds: float, *, method: str = "GET") -> bool:
     """Count one answered request and observe its latency. `route` is the route template
-    (``/v1/assets/{asset_id}``), never the raw path: label values must stay few."""
-    _check_label(route, "route")
-    if not isinstance(status, int) or not 100 <= status <= 599:
-        raise ValueError(f"status must be an HTTP status code 100-599, got {status!r}")
+    (``/v1/assets/{asset_id}``), never the raw path: label values must stay few. The count
+    reaches Ray within `REQUEST_COUNT_FLUSH_S` (summed); False outside Ray."""
+    global _counts_flush_scheduled
+    key = (route, method, status)
+    labels = _request_labels.get(key)
+    if labels is None:
+        _check_label(route, "route")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code 100-599, got {status!r}")
+        upper = _check_label(method, "method").upper()
+        labels = ({"route": route, "method": upper, "status": str(status)},
+                  {"route": route, "method": upper})
+        if len(_request_labels) >= _MAX_REQUEST_LABELS:
+            _request_labels.clear()
+        _request_labels[key] = labels
     seconds = _check_seconds(seconds, "request latency")
-    method = _check_label(method, "method").upper()
-    counted = _registry.record(REQUESTS, 1, {"route": route, "method": method,
-                                             "status": str(status)})
-    _registry.record(REQUEST_SECONDS, seconds, {"route": route, "method": method})
-    return counted
+    if not metrics_enabled():
+        return False
+    # a copy: Serve's metric objects add their own tags to the dict they are given
+    observed = _registry.record(REQUEST_SECONDS, seconds, dict(labels[1]))
+    with _counts_lock:
+        entry = _pending_counts.get(key)
+        if entry is None:
+            _pending_counts[key] = [labels[0], 1]
+        else:
+            entry[1] += 1
+        due = REQUEST_COUNT_FLUSH_S - (time.monotonic() - _counts_flushed_at)
+        schedule = due > 0 and not _counts_flush_scheduled
+        if schedule:
+            _counts_flush_scheduled = True
+    if due <= 0:
+        flush_request_counts()
+    elif schedule:
+        try:
+            asyncio.get_running_loop().call_later(due, flush_request_counts)
+        except RuntimeError:  # no event loop in this thread: now
+            flush_request_counts()
+    return observed
 
 
 def observe_stage(stage: str, seconds: float, *, kind: str = "other") -> bool:
@@ -276,6 +333,6 @@ __all__ = [
     "BATCH_SIZE", "CHORES", "IMAGES", "IN_FLIGHT", "METRICS", "QUEUE_DEPTH", "REQUESTS",
     "REQUEST_SECONDS", "STAGES", "STAGE_SECONDS", "MetricSpec", "QueueDepth",
     "exported_metric_names", "metrics_enabled", "observe_stage", "record_batch",
-    "record_chore", "record_images", "record_request", "set_in_flight", "set_queue_depth",
-    "stage_timer",
+    "flush_request_counts", "record_chore", "record_images", "record_request",
+    "set_in_flight", "set_queue_depth", "stage_timer",
 ]

@@ -344,3 +344,19 @@ def passed(stdout: str) -> None:
     lines = stdout.splitlines()
     assert "PASS" in lines and not [line for line in lines if line.startswith("FAIL")], \
         stdout[-3000:]
+
+
+def test_middleware_bench_in_process():
+    """bench/middleware.py (no Ray): bare, the stacked classes and the one layer each
+    answered every request (the script checks the statuses) and their ratios to bare agree
+    with their times."""
+    out = run_bench("bench/middleware.py", "--requests", "100", "--rounds", "1", timeout=120)
+    header, rows = table(out, "app")
+    assert header == ["app", "us/request (median)", "req/s (one core)", "x bare"]
+    assert [row[0] for row in rows] == ["bare", "stacked", "one layer"]
+    bare = positive(rows[0][1])
+    assert rows[0][3] == "1.00"
+    for row in rows:
+        us = positive(row[1])
+        assert_ratio(number(row[3]), us, bare, half=0.5)
+        assert_ratio(positive(row[2].replace(",", "")), 1e6, us, half=0.5, ratio_half=1)

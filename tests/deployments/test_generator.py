@@ -84,3 +84,33 @@ def test_a_model_error_fails_every_waiting_batch(generator, monkeypatch):
     assert [str(e) for e in errors] == ["out of memory", "out of memory"]
     assert "out of memory" in generator.stats()["last_error"]
     assert not generator._waiting
+
+
+def test_a_request_alone_does_not_wait_for_a_batch_but_concurrent_ones_do(generator):
+    """Adaptive batch wait (what `generate` sets just before a request joins Serve's batch
+    queue): a request alone on an idle replica starts at once, no `batch_wait_timeout_s`
+    for company that is not coming; while requests overlap, and for a while after, batches
+    wait to fill."""
+    import time
+
+    async def scenario():
+        generator._model_lock = asyncio.Lock()  # this test's event loop
+        generator._concurrent_until = float("-inf")
+        skipped = generator.stats()["batch_waits_skipped"]
+        with generator._queue.waiting():  # alone
+            assert generator._batch_wait() == 0.0
+        assert generator.stats()["batch_waits_skipped"] == skipped + 1
+        with generator._queue.waiting(), generator._queue.waiting():  # two at once
+            assert generator._batch_wait() == 0.005
+        with generator._queue.waiting():  # alone again, right after an overlap
+            assert generator._batch_wait() == 0.005
+        generator._concurrent_until = time.monotonic() - 0.001  # CONCURRENT_MEMORY_S on
+        async with generator._model_lock:  # alone, but the model is busy: wait to fill
+            with generator._queue.waiting():
+                assert generator._batch_wait() == 0.005
+        generator._concurrent_until = time.monotonic() - 0.001
+        with generator._queue.waiting():
+            assert generator._batch_wait() == 0.0
+        assert generator.stats()["batch_waits_skipped"] == skipped + 2
+
+    asyncio.run(scenario())

@@ -80,3 +80,28 @@ def test_a_broken_storage_does_not_fail_a_refund(caplog):
 
     run(scenario())
     assert "could not refund 2 image(s)" in caplog.text
+
+
+def test_requests_per_minute_in_one_trip_agrees_with_limits_own_window(storage_url):
+    """The one-round-trip window script (Redis) counts as `limits`' sliding window does:
+    the remaining count it returns is what `get_window_stats` reads back, and the request
+    over the limit is a 429 that was not counted."""
+    from limits import RateLimitItemPerMinute
+
+    async def scenario():
+        q = quotas(storage_url)
+        assert (q._hit_script is not None) == storage_url.startswith("redis")
+        key = f"key_{uuid.uuid4().hex}"
+        item = RateLimitItemPerMinute(3)
+        for expected in (2, 1, 0):
+            usage = await q.check_request(key, per_minute=3)
+            stats = await q._requests.get_window_stats(item, key, "requests")
+            assert usage.remaining == expected == stats.remaining
+            assert usage.limit == 3 and usage.reset_at > 0
+        with pytest.raises(ApiError) as over:
+            await q.check_request(key, per_minute=3)
+        assert over.value.status == 429 and over.value.code == "rate_limited"
+        assert over.value.headers["X-RateLimit-Remaining"] == "0"
+        assert (await q._requests.get_window_stats(item, key, "requests")).remaining == 0
+
+    run(scenario())

@@ -248,6 +248,45 @@ def test_a_disconnect_after_the_response_changes_nothing():
     assert r.status_code == 200 and state["cancelled"] == []
 
 
+def test_a_quick_request_runs_in_its_own_task_without_helper_tasks():
+    """`middleware.install`'s one layer runs the handler in the request's task, and starts
+    the disconnect watcher only for a request still running after WATCH_DISCONNECT_AFTER_S:
+    a quick no-model request creates no task (it used to create three), and nothing is left
+    behind after it."""
+    app = FastAPI()
+    errors.install(app)
+    middleware.install(app, HardeningConfig())
+    seen: dict = {}
+
+    @app.get("/quick")
+    async def quick() -> dict:
+        seen["task"] = asyncio.current_task()
+        seen["tasks"] = len(asyncio.all_tasks())
+        return {"ok": True}
+
+    async def run() -> None:
+        sent: list[dict] = []
+        received = False
+
+        async def receive() -> dict:
+            nonlocal received
+            if not received:
+                received = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # as a server does until the client leaves
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        before = len(asyncio.all_tasks())
+        await app(_scope("GET", "/quick", []), receive, send)
+        assert seen["task"] is asyncio.current_task() and seen["tasks"] == before
+        assert len(asyncio.all_tasks()) == before
+        assert sent[0]["status"] == 200
+
+    asyncio.run(run())
+
+
 # --- 12: the host of returned URLs and redirects ------------------------------------------
 
 

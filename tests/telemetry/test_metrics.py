@@ -109,3 +109,36 @@ def test_dashboard_panels_query_only_metrics_we_export():
     used = {m for e in exprs for m in re.findall(r"\bray_[A-Za-z0-9_:]+", e)}
     for spec in metrics.METRICS.values():  # every metric has at least one panel
         assert used & set(spec.exported_names()), spec.name
+
+
+def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monkeypatch):
+    """The request counter is handed to Ray as sums, at most every REQUEST_COUNT_FLUSH_S
+    (the latency histogram per request), and the last sums go out when requests stop."""
+    import asyncio
+    import time
+
+    recorded: list[tuple[str, float, dict]] = []
+    monkeypatch.setattr(metrics, "metrics_enabled", lambda: True)
+    monkeypatch.setattr(metrics._registry, "record",
+                        lambda spec, value, tags: recorded.append((spec.name, value, tags))
+                        or True)
+    monkeypatch.setattr(metrics, "REQUEST_COUNT_FLUSH_S", 0.05)
+    monkeypatch.setattr(metrics, "_counts_flushed_at", time.monotonic())
+
+    async def scenario():
+        for _ in range(3):
+            assert metrics.record_request("/v1/styles", 200, 0.01) is True
+        metrics.record_request("/v1/styles", 429, 0.01)
+        counts = [r for r in recorded if r[0] == metrics.REQUESTS.name]
+        assert counts == []  # summed, not yet handed over
+        assert len([r for r in recorded if r[0] == metrics.REQUEST_SECONDS.name]) == 4
+        deadline = time.monotonic() + 5
+        while not counts and time.monotonic() < deadline:  # the scheduled flush
+            await asyncio.sleep(0.01)
+            counts = [r for r in recorded if r[0] == metrics.REQUESTS.name]
+        return counts
+
+    counts = asyncio.run(scenario())
+    assert sorted((value, tags["status"]) for _, value, tags in counts) == [(1, "429"),
+                                                                            (3, "200")]
+    assert metrics.flush_request_counts() == 0  # nothing left
