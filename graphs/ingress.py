@@ -82,6 +82,7 @@ from graphs.schemas import (
     ProviderList,
     ProviderUpdate,
     Readiness,
+    ReadinessState,
     RemixRequest,
     RemoveBackgroundForm,
     SavedWorkflow,
@@ -528,19 +529,28 @@ class Ingress:
         """Readiness: every deployment of this application is HEALTHY in Serve (its replicas
         pass their model probes), the record store answers and the rate-limit storage
         answers. 503 + Retry-After naming what is not ready."""
+        state = await self._readiness()
+        if not state.ready:
+            raise ApiError(503, "not ready: " + "; ".join(state.not_ready),
+                           code="not_ready", headers={"Retry-After": "5"})
+        return Readiness(deployments=state.deployments, checks=state.checks)
+
+    async def _readiness(self) -> ReadinessState:
         deployments, checks = await asyncio.gather(
             asyncio.to_thread(_deployment_statuses),
             _dependency_checks(self.records, self.gate))
         bad = [f"{name} is {status}" for name, status in deployments.items()
                if status != "HEALTHY"]
         bad += [f"{name}: {status}" for name, status in checks.items() if status != "ok"]
-        if bad or not deployments:
-            raise ApiError(503, "not ready: " + ("; ".join(bad) or "no deployments found"),
-                           code="not_ready", headers={"Retry-After": "5"})
-        return Readiness(deployments=deployments, checks=checks)
+        if not deployments:
+            bad.append("no deployments found")
+        return ReadinessState(ready=not bad, deployments=deployments, checks=checks,
+                              not_ready=bad)
 
     @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
-    async def capabilities(self) -> Capabilities:
+    async def capabilities(self, readiness: bool = Query(
+            False, description="also what /readyz checks, as data (`readiness`: 200 while "
+            "warming up, where /readyz answers 503)")) -> Capabilities:
         """What is deployed. Where weights live on the servers (`source` as a path) is shown
         to admin keys only; other keys see the model's name or hub id."""
         infos = {"generator": await self.generation.model_info()}
@@ -577,6 +587,7 @@ class Ingress:
                          for k, v in infos.items()},
             endpoints=sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/")),
             warnings=warnings,
+            readiness=await self._readiness() if readiness else None,
         )
 
     # -- images (OpenAI-compatible) -----------------------------------------------------------

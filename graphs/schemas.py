@@ -460,6 +460,8 @@ class GalleryAsset(BaseModel):
     job_id: str | None = None
     prompt: str | None = None
     parameters: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = Field(None, description="how it was made (as GET "
+                                          "/v1/assets/{id}/recipe); null: no recipe (uploads)")
 
 
 class AssetList(BaseModel):
@@ -577,11 +579,22 @@ class DeploymentInfo(BaseModel):
     limits: dict[str, Any]
 
 
+class ReadinessState(BaseModel):
+    """What /readyz checks, as data (200 whatever the state): a client showing "warming up"
+    reads it here instead of treating /readyz's 503 as a failure."""
+
+    ready: bool
+    deployments: dict[str, str] = Field(description="each deployment's Serve status")
+    checks: dict[str, str] = Field(description="record store, rate-limit storage")
+    not_ready: list[str] = Field(description="what keeps it from being ready (empty: ready)")
+
+
 class Capabilities(BaseModel):
     profile: str
     deployments: dict[str, DeploymentInfo]
     endpoints: list[str]
     warnings: list[str]
+    readiness: ReadinessState | None = None
 
 
 class Health(BaseModel):

@@ -57,7 +57,10 @@ export async function render(root) {
     if (p.negative_prompt) negative.value = p.negative_prompt;
     if (p.steps) steps.value = p.steps;
     if (p.guidance_scale !== undefined && p.guidance_scale !== null) guidance.value = p.guidance_scale;
-    if (p.width && p.height && [...size.options].some((o) => o.value === `${p.width}x${p.height}`)) size.value = `${p.width}x${p.height}`;
+    const wanted = p.size || (p.width && p.height ? `${p.width}x${p.height}` : null);
+    if (wanted && ![...size.options].some((o) => o.value === wanted)) size.append(h('option', { value: wanted }, wanted));
+    if (wanted) size.value = wanted;
+    if (p.model && [...model.options].some((o) => o.value === p.model)) model.value = p.model;
     if (p.seed !== undefined && p.seed !== null) seed.value = recipe.remix ? Number(p.seed) + 1 : p.seed;
   }
 
