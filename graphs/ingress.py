@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
-from graphs import auth, errors, middleware, studio, usage
+from graphs import auth, errors, middleware, observability, studio, usage
 from graphs.analysis import AnalysisService, enhanced_prompt
 from graphs.auth import AuthConfig
 from graphs.chat import ChatService
@@ -59,6 +59,7 @@ from graphs.schemas import (
     EnhancedPrompt,
     FaceSwapForm,
     Health,
+    HttpMetrics,
     ImageAnalysis,
     ImageGenerationBatch,
     ImageGenerationRequest,
@@ -240,11 +241,18 @@ def _wants_async(request: Request) -> bool:
 
 def _deployment_statuses() -> dict[str, str]:
     """Serve's status of each deployment of the application this replica belongs to."""
+    return {name: status for name, (status, _) in _deployment_states().items()}
+
+
+def _deployment_states() -> dict[str, tuple[str, dict[str, int]]]:
+    """Each deployment's Serve status and its replicas per state (RUNNING, STARTING, ...)."""
     app_name = serve.get_replica_context().app_name
     status = serve.status().applications.get(app_name)
     if status is None:
         return {}
-    return {name: str(getattr(d.status, "value", d.status))
+    return {name: (str(getattr(d.status, "value", d.status)),
+                   {str(getattr(k, "value", k)): int(v)
+                    for k, v in (getattr(d, "replica_states", None) or {}).items()})
             for name, d in status.deployments.items()}
 
 
@@ -468,6 +476,15 @@ class Ingress:
         return UsageReport(group_by=group_by, start=start, end=end, project=project,
                            data=[UsageGroup(**g) for g in groups])
 
+    @app.get("/v1/metrics", tags=["usage"], responses=ERROR_RESPONSES)
+    async def http_metrics(self) -> HttpMetrics:
+        """This gateway's HTTP metrics (what /metrics gives Prometheus), summed per route over
+        every ingress replica: requests by status and the latency histogram. Cumulative since
+        the replicas started and refreshed every few seconds (Ray's metrics export): take two
+        readings and divide the differences for requests/s and mean latency."""
+        app_name = serve.get_replica_context().app_name
+        return HttpMetrics(**await observability.http_metrics(app_name))
+
     # -- jobs -------------------------------------------------------------------------------
     @app.get("/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
     async def jobs(self, request: Request,
@@ -536,16 +553,18 @@ class Ingress:
         return Readiness(deployments=state.deployments, checks=state.checks)
 
     async def _readiness(self) -> ReadinessState:
-        deployments, checks = await asyncio.gather(
-            asyncio.to_thread(_deployment_statuses),
+        states, checks = await asyncio.gather(
+            asyncio.to_thread(_deployment_states),
             _dependency_checks(self.records, self.gate))
+        deployments = {name: status for name, (status, _) in states.items()}
         bad = [f"{name} is {status}" for name, status in deployments.items()
                if status != "HEALTHY"]
         bad += [f"{name}: {status}" for name, status in checks.items() if status != "ok"]
         if not deployments:
             bad.append("no deployments found")
         return ReadinessState(ready=not bad, deployments=deployments, checks=checks,
-                              not_ready=bad)
+                              not_ready=bad,
+                              replicas={name: r for name, (_, r) in states.items()})
 
     @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
     async def capabilities(self, readiness: bool = Query(

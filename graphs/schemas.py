@@ -587,6 +587,8 @@ class ReadinessState(BaseModel):
     deployments: dict[str, str] = Field(description="each deployment's Serve status")
     checks: dict[str, str] = Field(description="record store, rate-limit storage")
     not_ready: list[str] = Field(description="what keeps it from being ready (empty: ready)")
+    replicas: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="each deployment's replicas per state (RUNNING...)")
 
 
 class Capabilities(BaseModel):
@@ -826,6 +828,28 @@ class UsageGroup(BaseModel):
     tokens_in: int
     tokens_out: int
     statuses: dict[str, int] = Field(..., description="requests per HTTP status")
+
+
+class RouteMetrics(BaseModel):
+    route: str = Field(..., description="the route template ('/v1/assets/{asset_id}')")
+    method: str
+    requests: int
+    statuses: dict[str, int] = Field(..., description="requests per HTTP status")
+    latency_sum_s: float
+    latency_count: int
+    latency_buckets: dict[str, int] = Field(..., description="cumulative histogram: requests "
+                                            "answered within `le` seconds (Prometheus')")
+
+
+class HttpMetrics(BaseModel):
+    """GET /v1/metrics: cumulative counters; two readings give rates."""
+
+    object: Literal["metrics"] = "metrics"
+    application: str
+    time: float = Field(..., description="when they were read (Unix seconds)")
+    nodes: int
+    nodes_unreachable: int
+    routes: list[RouteMetrics]
 
 
 class UsageReport(BaseModel):
