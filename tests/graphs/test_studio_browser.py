@@ -137,6 +137,11 @@ def test_every_page_loads_clean_and_accessible(gateway, browser, artifacts_dir, 
                     assert "Not available on this gateway" in heading.inner_text()
                 elif name == "models":  # the catalogue; LoRA upload waits for #15's API
                     heading.locator("td", has_text="tiny-sd").wait_for()
+                elif name == "jobs":  # the charts from GET /v1/metrics, the deployments
+                    heading.locator("#chart-rps").wait_for()
+                    heading.locator("#chart-latency").wait_for()
+                    assert "HEALTHY" in heading.inner_text() or "UPDATING" in \
+                        heading.inner_text(), heading.inner_text()
                 else:
                     assert "Not available on this gateway." not in heading.inner_text()
                 page.screenshot(path=str(artifacts_dir /
@@ -298,6 +303,7 @@ def test_lab_validates_shows_the_error_on_its_node_then_runs_and_saves(gateway, 
     assert states and all(state == "done" and value == 1 for _, state, value in states), states
     assert "succeeded" in page.locator("#wf-status").inner_text()
     page.screenshot(path=str(artifacts_dir / "studio-lab-run.png"), full_page=True)
+    assert axe_violations(page) == []  # the graph with its nodes' states and the outputs
 
     # saved: a new workflow of the project, listed after the examples
     page.get_by_label("Name", exact=True).fill("studio test cut-out")
@@ -328,4 +334,5 @@ def test_a_video_is_made_and_played(gateway, page, artifacts_dir):
     wait_until(lambda: player.evaluate("v => v.currentTime > 0 || v.ended"), timeout=30,
                what="the video to play")
     page.screenshot(path=str(artifacts_dir / "studio-video.png"), full_page=True)
+    assert axe_violations(page) == []  # the player has a captions track (the clip is silent)
     assert page.console_errors == [], page.console_errors

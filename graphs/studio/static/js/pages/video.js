@@ -76,6 +76,9 @@ export async function render(root) {
       progress.value = 100;
       // the signed URL: a media element sends no Authorization header
       player.src = video.metadata?.urls?.video;
+      // the clip has no sound: its caption track says what it shows (the prompt)
+      const vtt = `WEBVTT\n\n00:00.000 --> 59:59.000\n${(video.prompt || prompt.value).replace(/-->/g, '->')} (no sound)\n`;
+      player.replaceChildren(h('track', { kind: 'captions', srclang: 'en', label: 'Prompt', src: URL.createObjectURL(new Blob([vtt], { type: 'text/vtt' })) }));
       player.dataset.video = video.id;
       player.hidden = false;
       status.textContent = `Done: ${video.id}, ${video.seconds} s at ${video.fps} fps, ${video.size}.`;
