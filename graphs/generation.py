@@ -377,7 +377,7 @@ class GenerationService:
             return Output(images=images, model=result.model, seeds=result.seeds,
                           batch_size=1, timings=result.timings,
                           extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL,
-                          loras=result.loras)
+                          loras=result.loras, recipes=recipes_for(req, opts, result))
 
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,

@@ -136,7 +136,7 @@ def test_every_page_loads_clean_and_accessible(gateway, browser, artifacts_dir, 
                 if name in NOT_YET:
                     assert "Not available on this gateway" in heading.inner_text()
                 elif name == "models":  # the catalogue; LoRA upload waits for #15's API
-                    heading.locator("td", has_text="tiny-sd").wait_for()
+                    heading.locator("tr[data-model='tiny-sd']").wait_for()
                 elif name == "jobs":  # the charts from GET /v1/metrics, the deployments
                     heading.locator("#chart-rps").wait_for()
                     heading.locator("#chart-latency").wait_for()
@@ -313,7 +313,9 @@ def test_lab_validates_shows_the_error_on_its_node_then_runs_and_saves(gateway, 
         listed = client.get("/v1/workflows").json()["data"]
     mine = [w for w in listed if w["name"] == "studio test cut-out"]
     assert mine and mine[0]["workflow"]["nodes"]["gen"]["params"]["steps"] == 2
-    assert page.console_errors == [], page.console_errors
+    # the only console error: the browser's own line for the invalid graph's 400 answer
+    assert len(page.console_errors) == 1 and "400" in page.console_errors[0], \
+        page.console_errors
 
 
 def test_a_video_is_made_and_played(gateway, page, artifacts_dir):
@@ -325,7 +327,10 @@ def test_a_video_is_made_and_played(gateway, page, artifacts_dir):
     page.get_by_label("Steps", exact=True).fill("2")
     page.get_by_role("button", name="Make video").click()
     player = page.locator("#video-player")
-    player.wait_for(state="visible", timeout=300_000)
+    # rendering a clip on the loaded 2-core CI machine takes minutes
+    page.locator("#video-player:visible, form .alert[role=alert]").first.wait_for(
+        timeout=480_000)
+    assert player.is_visible(), page.locator("#page").inner_text()
     state = wait_until(lambda: (s := player.evaluate(
         "v => ({ready: v.readyState, duration: v.duration, error: v.error && v.error.code})"))
         and (s["ready"] >= 1 or s["error"]) and s, timeout=60, what="the video's metadata")

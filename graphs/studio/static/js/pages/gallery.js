@@ -71,10 +71,12 @@ export async function render(root, { navigate }) {
     const send = (page) => () => { handoff({ page, id: asset.id, url: asset.url, prompt: asset.prompt }); navigate(page); };
     // Remix: a generation's recipe back in Create with the next seed (edit, then Generate);
     // Regenerate: POST /v1/assets/{id}/remix, the same recipe and seed again (workflows too).
-    const remix = r ? h('button', { type: 'button', 'aria-label': `Remix ${asset.id}` }, 'Remix') : null;
+    // (an image without a recipe but made from a prompt: its job's prompt and parameters)
+    const remixable = r || (asset.prompt ? { prompt: asset.prompt, ...(asset.parameters || {}) } : null);
+    const remix = remixable ? h('button', { type: 'button', 'aria-label': `Remix ${asset.id}` }, 'Remix') : null;
     remix?.addEventListener('click', async () => {
-      if (r.kind === 'workflow') { handoff({ page: 'lab', id: asset.id, workflow: r.workflow }); navigate('lab'); return; }
-      handoff({ page: 'create', id: asset.id, prompt: r.prompt, parameters: r, remix: true });
+      if (remixable.kind === 'workflow') { handoff({ page: 'lab', id: asset.id, workflow: remixable.workflow }); navigate('lab'); return; }
+      handoff({ page: 'create', id: asset.id, prompt: remixable.prompt, parameters: remixable, remix: true });
       navigate('create');
     });
     const again = r ? h('button', { type: 'button', 'aria-label': `Regenerate ${asset.id}` }, 'Regenerate') : null;
