@@ -7,6 +7,8 @@ import { clearError, field, h, select, showError, takeHandoff, unavailable } fro
 
 const VENDOR = new URL('../../vendor/drawflow/', import.meta.url);
 const NODE_ID = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
+// params shown first in the side panel (the rest under "More parameters")
+const COMMON = new Set(['text', 'prompt', 'negative_prompt', 'size', 'steps', 'seed', 'guidance_scale', 'scale', 'style', 'strength', 'asset_id', 'mode', 'model', 'n', 'preset', 'op', 'operations']);
 
 async function loadDrawflow() {
   if (!document.querySelector('link[data-vendor="drawflow"]')) {
@@ -59,6 +61,9 @@ export async function render(root) {
   const newBtn = h('button', { type: 'button' }, 'New');
   const name = h('input', { name: 'name', dataset: { param: 'name' }, maxlength: 200, placeholder: 'my workflow' });
   const saveBtn = h('button', { type: 'button' }, 'Save');
+  const zoomIn = h('button', { type: 'button', 'aria-label': 'Zoom in' }, '+');
+  const zoomOut = h('button', { type: 'button', 'aria-label': 'Zoom out' }, '−');
+  const fitBtn = h('button', { type: 'button' }, 'Fit');
   const validateBtn = h('button', { type: 'button' }, 'Validate');
   const runBtn = h('button', { type: 'button', class: 'primary' }, 'Run');
   const cancelBtn = h('button', { type: 'button', disabled: true }, 'Cancel');
@@ -69,7 +74,7 @@ export async function render(root) {
     h('h1', { id: 'page-title' }, 'Lab'),
     h('div', { class: 'row' }, field('Saved workflows', savedSelect), loadBtn, newBtn, field('Name', name), saveBtn),
     h('div', { class: 'wf-layout' },
-      canvas,
+      h('div', { class: 'wf-main' }, canvas, h('div', { class: 'row wf-zoom' }, zoomIn, zoomOut, fitBtn)),
       h('div', { class: 'wf-side' },
         h('h2', {}, 'Nodes'),
         h('div', { class: 'row' }, field('Op', opSelect), addBtn),
@@ -82,6 +87,9 @@ export async function render(root) {
   const editor = new Drawflow(canvas);
   editor.reroute = false;
   editor.start();
+  zoomIn.addEventListener('click', () => editor.zoom_in());
+  zoomOut.addEventListener('click', () => editor.zoom_out());
+  fitBtn.addEventListener('click', () => fit());
 
   // --- helpers ----------------------------------------------------------------------------
   const inPorts = (op) => Object.keys(OPS[op]?.inputs || {});
@@ -171,7 +179,7 @@ export async function render(root) {
       for (const id of Object.keys(nodes)) {
         const d = depthOf(id);
         rows[d] = (rows[d] || 0) + 1;
-        addNode(id, nodes[id], 20 + d * 230, 20 + (rows[d] - 1) * 170);
+        addNode(id, nodes[id], 20 + d * 215, 20 + (rows[d] - 1) * 160);
       }
       for (const [id, node] of Object.entries(nodes)) {
         for (const [port, ref] of Object.entries(node.in || {})) {
@@ -181,6 +189,18 @@ export async function render(root) {
       }
     } finally { loading = false; }
     refreshNodeList(Object.keys(graph.nodes)[0] || '');
+    fit();
+  }
+
+  // Zoom so that every node is in view (the phone's canvas is narrow), never above 1.
+  function fit() {
+    const els = [...canvas.querySelectorAll('.drawflow-node')];
+    if (!els.length) return;
+    const right = Math.max(...els.map((el) => el.offsetLeft + el.offsetWidth)) + 20;
+    const bottom = Math.max(...els.map((el) => el.offsetTop + el.offsetHeight)) + 20;
+    editor.zoom = Math.max(0.3, Math.min(1, canvas.clientWidth / right, canvas.clientHeight / bottom));
+    editor.canvas_x = 0; editor.canvas_y = 0;
+    editor.zoom_refresh();
   }
 
   // --- drawflow -> graph --------------------------------------------------------------------
@@ -268,13 +288,16 @@ export async function render(root) {
       return field(`Input ${port} (${want.type})`, control);
     });
     const props = (spec.params && spec.params.properties) || {};
+    const shown = (k) => COMMON.has(k) || node.params[k] !== undefined || Object.keys(props).length <= 6;
     const remove = h('button', { type: 'button' }, `Delete node ${selected}`);
     remove.addEventListener('click', () => editor.removeNodeId(`node-${dfOf[selected]}`));
     nodeBox.replaceChildren(
       h('p', { class: 'muted' }, spec.description || ''),
       ...inputs,
       h('fieldset', {}, h('legend', {}, `Parameters of ${selected}`),
-        ...Object.entries(props).map(([k, prop]) => paramControl(k, prop, node.params[k]))),
+        ...Object.entries(props).filter(([k]) => shown(k)).map(([k, prop]) => paramControl(k, prop, node.params[k])),
+        Object.keys(props).some((k) => !shown(k)) ? h('details', {}, h('summary', {}, 'More parameters'),
+          ...Object.entries(props).filter(([k]) => !shown(k)).map(([k, prop]) => paramControl(k, prop, node.params[k]))) : null),
       remove);
   }
 
@@ -284,7 +307,7 @@ export async function render(root) {
     const id = freshId(op);
     if (!NODE_ID.test(id)) return;
     const n = Object.keys(graph.nodes).length;
-    addNode(id, { op }, 20 + (n % 3) * 230, 20 + Math.floor(n / 3) * 170);
+    addNode(id, { op }, 20 + (n % 3) * 215, 20 + Math.floor(n / 3) * 160);
     refreshNodeList(id);
   });
 
