@@ -115,8 +115,10 @@ export async function render(root) {
     // readiness as data (GET /v1/capabilities?readiness=true): never a failed request
     const caps = await capabilities(true);
     const statuses = caps.readiness ? caps.readiness.deployments : {};
-    const names = new Set([...Object.keys(statuses), ...Object.keys(caps.deployments)]);
-    health.replaceChildren(...[...names].map((name) => {
+    // Serve's deployment names (Generator) and the capabilities' keys (generator): one row each
+    const seen = new Set(Object.keys(statuses).map((n) => n.toLowerCase()));
+    const names = [...Object.keys(statuses), ...Object.keys(caps.deployments).filter((n) => !seen.has(n.toLowerCase()))];
+    health.replaceChildren(...names.map((name) => {
       const info = caps.deployments[name] || caps.deployments[name.toLowerCase()] || {};
       const st = statuses[name] || (Object.entries(statuses).find(([k]) => k.toLowerCase() === name.toLowerCase()) || [])[1] || '—';
       const reps = caps.readiness?.replicas?.[name] || {};
