@@ -9,11 +9,20 @@ In-process on the tiny SD model (CPU), one torch thread like a Generator replica
   `DiffusionModel.generate` + `activate`) vs naive (per request: load_lora_weights, generate,
   unload_lora_weights).
 
+Through the shipped gateway (`--http`): `photostudio serve --profile tiny` with API keys on
+(bench/_common.py `shipped_gateway`), the LoRAs registered over HTTP (POST /v1/models/loras
+with a `models`-scoped key made by `photostudio keys create`), then over HTTP:
+- register: upload + check on the Generator + store, per adapter;
+- warm switch: generation latency alternating between two cached adapter sets, minus the
+  latency of repeating one set (what a switch adds end to end);
+- images/s at concurrency 8 with 1, 3 and 10 distinct adapters (the shipped Generator keeps 4
+  adapter sets: with 10, sets are evicted and loaded again, as they would be).
+
 GPU (`--device cuda`): the same, plus the hotswap path: `enable_lora_hotswap(target_rank=)`,
 `torch.compile` of the UNet after the first adapter, later adapters loaded with `hotswap=True`
 into the same slot (no recompilation; adapters of rank > target_rank are refused). Usage:
 
-    .venv/bin/python bench/lora.py [--requests 24] [--steps 2] [--device cpu|cuda]
+    .venv/bin/python bench/lora.py [--requests 24] [--steps 2] [--device cpu|cuda] [--http]
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import machine  # noqa: E402
+from bench._common import REPO, drive, machine, shipped_gateway, summary  # noqa: E402
 
 
 def adapters(n: int, root: Path) -> dict[str, str]:
@@ -52,7 +61,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="tiny-sd")
     ap.add_argument("--hotswap-rank", type=int, default=8)
+    ap.add_argument("--http", action="store_true", help="through the shipped gateway over "
+                    "HTTP (API keys on) instead of in-process")
     ns = ap.parse_args()
+    if ns.http:
+        return http_bench(ns)
 
     import torch
 
@@ -148,6 +161,79 @@ def hotswap(ns, files: dict[str, str], names: list[str]) -> None:
         calls.append(time.perf_counter() - started)
     print(f"hotswap: swap median {statistics.median(swaps) * 1000:.1f} ms, call after swap "
           f"median {statistics.median(calls) * 1000:.1f} ms (no recompilation)")
+
+
+def http_bench(ns) -> None:
+    """The shipped gateway over HTTP: register, warm switch, images/s at c=8."""
+    import os
+    import subprocess
+
+    import httpx
+
+    root = Path(tempfile.gettempdir()) / "photostudio-bench-lora"
+    files = adapters(10, root)
+    child, _ = shipped_gateway("lora")
+    try:
+        made = subprocess.run(
+            [sys.executable, "-m", "graphs.cli", "keys", "create", "--project", "default",
+             "--name", "bench-lora", "--scope", "generate", "--scope", "models",
+             "--requests-per-minute", "100000000", "--images-per-day", "100000000"],
+            cwd=REPO, capture_output=True, text=True,
+            env={**os.environ, "PHOTOSTUDIO_DATA_DIR": _data_dir(child)})
+        if made.returncode != 0:
+            raise RuntimeError(f"keys create failed: {made.stderr[-500:]}")
+        token = made.stdout.strip().splitlines()[-1]
+        client = httpx.Client(base_url=child.url, timeout=300,
+                              headers={"Authorization": f"Bearer {token}"})
+        print(f"# LoRA bench over HTTP — {machine()}; shipped gateway (photostudio serve "
+              f"--profile tiny, API keys on), {ns.size}px, {ns.steps} steps")
+        names, registered = list(files), []
+        for name in names:
+            blob = (Path(files[name]) / "pytorch_lora_weights.safetensors").read_bytes()
+            started = time.perf_counter()
+            r = client.post("/v1/models/loras", data={"name": name},
+                            files={"file": (f"{name}.safetensors", blob)})
+            registered.append(time.perf_counter() - started)
+            if r.status_code != 201:
+                raise RuntimeError(f"register {name}: {r.status_code} {r.text[:300]}")
+        print(f"register (upload + check on the Generator + store), {len(names)} adapters: "
+              f"{summary(registered)}")
+
+        def generate(i: int, loras: list[dict]) -> None:
+            r = client.post("/v1/images/generations", json={
+                "prompt": "a cat in a crown", "size": f"{ns.size}x{ns.size}",
+                "steps": ns.steps, "seed": i, "loras": loras})
+            if r.status_code != 200:
+                raise RuntimeError(f"generation: {r.status_code} {r.text[:300]}")
+
+        a = [{"name": names[0], "weight": 1.0}]
+        b = [{"name": names[1], "weight": 0.7}, {"name": names[2], "weight": 0.5}]
+        for s in (a, b):
+            generate(0, s)  # both sets cached on the replica
+        same, alternating = [], []
+        for i in range(10):
+            for target, s in ((same, a), (same, a), (alternating, b), (alternating, a)):
+                started = time.perf_counter()
+                generate(i, s)
+                target.append(time.perf_counter() - started)
+        switch = statistics.median(alternating) - statistics.median(same)
+        print(f"one set repeated: {summary(same)}; alternating two cached sets: "
+              f"{summary(alternating)}; warm switch adds {switch * 1000:.0f} ms (median)")
+        for distinct in (1, 3, 10):
+            rate, lat = drive(lambda i, d=distinct: generate(
+                i, [{"name": names[i % d], "weight": 1.0}]), requests=ns.requests,
+                concurrency=8)
+            print(f"concurrency 8, {distinct:>2} distinct adapters: {rate:.2f} img/s "
+                  f"({summary(lat)})")
+        client.close()
+    finally:
+        child.stop()
+
+
+def _data_dir(child) -> str:
+    """The shipped gateway's data dir (its serve command's --data-dir)."""
+    cmd = child.proc.args
+    return cmd[cmd.index("--data-dir") + 1]
 
 
 if __name__ == "__main__":

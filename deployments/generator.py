@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from deployments._common import lower_cpu_priority, replica_info
+from models import zoo
 from models.diffusion import (
     MAX_IMAGES_PER_REQUEST,
     DiffusionModel,
@@ -81,12 +86,17 @@ class Generator:
         torch_threads: int | None = None,
         niceness: int = 0,
         max_adapter_sets: int = 4,
+        storage: dict[str, Any] | None = None,
+        lora_cache_dir: str | None = None,
     ):
         """`torch_threads`: CPU threads for torch (default: Ray's, i.e. the replica's num_cpus;
         more threads than that measured slower here, fighting the other replicas); `niceness`:
         added to the replica's CPU niceness (`deployments._common.lower_cpu_priority`);
         `max_adapter_sets`: LoRA adapter sets cached per replica (Serve's
-        max_num_models_per_replica; least recently used evicted)."""
+        max_num_models_per_replica; least recently used evicted); `storage`:
+        `storage.config.StorageSettings` fields of the asset store registered LoRAs live in
+        (None: the environment's); `lora_cache_dir`: where their files are kept on this node
+        (default: ``lora-cache`` beside the zoo folder)."""
         import torch  # heavy: only the replica imports it, not the driver building the graph
 
         lower_cpu_priority(niceness)
@@ -121,6 +131,12 @@ class Generator:
         self._waiting: collections.deque = collections.deque()
         # LoRA: adapter sets cached by Serve's multiplexing (LRU), adapter refcounts by set
         self._zoo_dir = zoo_dir
+        self._storage = storage
+        self._assets = None  # the asset store of registered LoRAs, built on first use
+        self._lora_cache = Path(lora_cache_dir) if lora_cache_dir else \
+            Path(zoo_dir or zoo.default_zoo_dir()).expanduser().parent / "lora-cache"
+        self._lora_files: dict[str, tuple[str, str]] = {}  # registered: name -> (key, sha256)
+        self._lora_fetches = 0
         self._adapter_refs: Counter[str] = Counter()
         self._adapter_loads = 0
         self._adapter_unloads = 0
@@ -145,24 +161,70 @@ class Generator:
         """Serve's multiplexed loader: load the set's adapters not yet on the pipeline."""
         refs = parse_adapter_set_id(model_id)
         async with self._model_lock:  # never while a pipeline call runs
-            for ref in refs:
-                if ref.name not in self.model.adapters:
-                    location = self._adapter_location(ref.name)
-                    self._adapter_load_s += await asyncio.to_thread(
-                        self.model.load_adapter, ref.name, location)
-                    self._adapter_loads += 1
+            await self._ensure_adapters(refs)
             for ref in refs:
                 self._adapter_refs[ref.name] += 1
             self._set_loads[model_id] += 1
         return _AdapterSet(self, model_id, refs)
 
     def _adapter_location(self, name: str) -> str:
+        """(Blocking: run it in a thread.) The local file of adapter `name`: a registered
+        one's from the asset store (fetched once into the node's cache, checked against its
+        SHA-256), a built-in one's from the catalogue (tiny ones built in the zoo)."""
+        if name in self._lora_files:
+            return str(self._fetch_lora(name, *self._lora_files[name]))
         spec = get_spec(name, kind="lora")
         if spec.base != self.model.info.name:
             raise ValueError(f"LoRA {name!r} is for base model {spec.base!r}; this generator "
                              f"serves {self.model.info.name!r}")
         return resolve(spec, zoo_dir=self._zoo_dir, allow_fallback=False,
                        load_check=lambda location: None).location
+
+    def _fetch_lora(self, name: str, key: str, sha256: str) -> Path:
+        path = self._lora_cache / f"{sha256}.safetensors"
+        if path.is_file():
+            return path
+        if self._assets is None:
+            from storage.config import StorageSettings
+
+            self._assets = StorageSettings(**(self._storage or {})).build_asset_store()
+        try:
+            data = self._assets.get(key=key)
+        except KeyError:  # AssetNotFound
+            raise ValueError(f"LoRA {name!r}: its file ({key}) is gone from the asset store; "
+                             "register it again") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"LoRA {name!r}: the stored file ({key}) does not match its "
+                             "registered SHA-256; register it again")
+        self._lora_cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".part", dir=self._lora_cache)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)  # whole or not at all, for concurrent replicas too
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        self._lora_fetches += 1
+        return path
+
+    def _note_files(self, request) -> None:
+        """Remember where the request's registered adapters' files are (the ingress read
+        them from the record store)."""
+        for name, key, sha256 in getattr(request, "lora_files", ()):
+            self._lora_files[name] = (key, sha256)
+
+    async def check_lora(self, data: bytes, filename: str = "lora.safetensors"
+                         ) -> dict[str, Any]:
+        """Registration check (graphs/loras.py): does this .safetensors LoRA load onto the
+        served base model, every layer? Loaded under a scratch name and removed, between
+        pipeline calls. `ValueError` saying why not; else ``{"base", "layers", "rank",
+        "components"}``."""
+        from models.lora import parse_lora_bytes
+
+        state = await asyncio.to_thread(parse_lora_bytes, data, filename)
+        async with self._model_lock:
+            found = await asyncio.to_thread(self.model.check_adapter, state)
+        return {"base": self.model.info.name, **found}
 
     def _release(self, refs: tuple[LoraRef, ...]) -> None:
         """An evicted set (Serve's LRU): adapters no cached set uses are deleted before the
@@ -184,16 +246,25 @@ class Generator:
         a set evicted (and reaped) between its request's multiplexed load and its model call
         is loaded again rather than failing the request."""
         for ref in loras:
-            if ref.name not in self.model.adapters:
-                self._adapter_load_s += await asyncio.to_thread(
-                    self.model.load_adapter, ref.name, self._adapter_location(ref.name))
-                self._adapter_loads += 1
+            loaded = self.model.adapter_location(ref.name)
+            if loaded is not None and ref.name not in self._lora_files:
+                continue  # built-in: its file never changes
+            location = await asyncio.to_thread(self._adapter_location, ref.name)
+            if loaded == location:
+                continue
+            if loaded is not None:  # deleted and registered again with another file
+                self.model.unload_adapter(ref.name)
+                self._adapter_unloads += 1
+            self._adapter_load_s += await asyncio.to_thread(
+                self.model.load_adapter, ref.name, location)
+            self._adapter_loads += 1
 
     def _cached_sets(self) -> list[str]:
         wrapper = getattr(self._adapter_loader, "__serve_multiplex_wrapper", None)
         return list(wrapper.models) if wrapper is not None else []
 
     async def _adapters_for(self, request) -> None:
+        self._note_files(request)
         if request.loras:
             await self._adapter_set(request.adapter_set)
             self._set_requests[request.adapter_set] += 1
@@ -307,6 +378,8 @@ class Generator:
             self._waiting.remove(item)
         self._adapter_batches.append({"adapter_set": adapter_set, "requests": len(chunk),
                                       "sets": sorted({req.adapter_set for req, _, _ in chunk})})
+        for req, _, _ in chunk:
+            self._note_files(req)
         try:
             await self._ensure_adapters(chunk[0][0].loras)
         except (ValueError, OSError) as exc:
@@ -390,6 +463,7 @@ class Generator:
                 "loads": self._adapter_loads,
                 "unloads": self._adapter_unloads,
                 "load_s": round(self._adapter_load_s, 4),
+                "fetches": self._lora_fetches,  # registered files fetched from the store
             },
             "adapter_batches": list(self._adapter_batches),  # pipeline calls: set + size
             "denoising_steps": self._steps,  # grows during a call, step by step

@@ -70,6 +70,12 @@ class AppArgs(BaseModel):
     max_adapter_sets: int = Field(4, ge=1, le=64, description="LoRA adapter sets cached per "
                                   "Generator replica (Serve's max_num_models_per_replica; "
                                   "least recently used evicted)")
+    max_lora_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest LoRA file "
+                                "POST /v1/models/loras accepts (an upload is also bounded by "
+                                "the request body limit, PHOTOSTUDIO_MAX_REQUEST_BYTES)")
+    lora_import_dirs: list[str] | None = Field(
+        None, description="folders admin keys may register LoRAs from by server path "
+        "(default: <data_dir>/lora-imports); [] turns path registration off")
     generator_torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads of a Generator replica (default: "
         "its num_cpus); on CPU, more threads also make batches pay off more")
@@ -119,9 +125,9 @@ def build_app(args: AppArgs) -> Application:
                     or f"sqlite:///{data_dir / 'photostudio.db'}")
     use_gpu = args.use_gpu if args.use_gpu is not None else profile == "production"
     # the storage the Ingress will build (graphs/ingress.py), checked before anything starts
-    check_shared_storage(profile, StorageSettings(**{
-        "data_dir": data_dir, "asset_root": data_dir / "assets", "database_url": database_url,
-        **args.storage}), alive_ray_nodes())
+    storage = {"data_dir": str(data_dir), "asset_root": str(data_dir / "assets"),
+               "database_url": database_url, **args.storage}
+    check_shared_storage(profile, StorageSettings(**storage), alive_ray_nodes())
     auth_config = auth_config_for(args, settings, profile)
     allow_fallback = profile == "local"
 
@@ -141,6 +147,8 @@ def build_app(args: AppArgs) -> Application:
         zoo_dir=zoo_dir,
         max_batch_size=args.max_batch_size,
         max_adapter_sets=args.max_adapter_sets,
+        # registered LoRAs' files: the Ingress's asset store (not its database)
+        storage={k: v for k, v in storage.items() if k != "database_url"},
         torch_threads=args.generator_torch_threads,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
         niceness=args.model_niceness,
@@ -195,6 +203,9 @@ def build_app(args: AppArgs) -> Application:
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,
         max_request_pixels=args.max_request_pixels,
+        max_lora_bytes=args.max_lora_bytes,
+        lora_import_dirs=(args.lora_import_dirs if args.lora_import_dirs is not None
+                          else [str(data_dir / "lora-imports")]),
         job_heartbeat_s=args.job_heartbeat_s,
         job_stale_s=max(args.job_stale_s, 3 * args.job_heartbeat_s),
         session_ttl_s=args.session_ttl_s,

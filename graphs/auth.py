@@ -9,13 +9,16 @@ limits, one local replica) a revoked key is refused once its entry expires. The 
 project scopes everything the request touches (jobs, assets, sessions, projects):
 `current_project()` is what the services read.
 
-Scopes (a key has a subset; none given at creation = all but admin):
+Scopes (a key has a subset; none given at creation = generate, tools and chat):
 - generate: /v1/images/generations, /edits, /variations; videos (POST /v1/videos, remix,
   upscale); running a workflow (POST /v1/workflows/execute), a remix (POST
   /v1/assets/{id}/remix)
 - tools: background removal, face swap, upscale, edit-ops, style transfer, image analysis
 - chat: /v1/chat, /v1/chat/plan, /v1/sessions, /v1/prompts
-- admin: create projects and list every project; add, change and remove image providers
+- models: register and delete LoRA adapters (POST /v1/models/loras, DELETE
+  /v1/models/loras/{name}); registering from a server-side path needs admin
+- admin: create projects and list every project; add, change and remove image providers;
+  everything `models` may do
 Reading a key's own jobs, assets, models and capabilities needs only a valid key.
 
 Asset URLs in responses (`response_format=url`, job and gallery listings) are signed and
@@ -71,6 +74,8 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
         ("POST", r"^/v1/workflows/execute$", "generate"),
         ("POST", r"^/v1/assets/[^/]+/remix$", "generate"),
         ("*", r"^/v1/(chat|sessions|prompts)(/|$)", "chat"),
+        ("POST", r"^/v1/models/loras$", "models"),
+        ("DELETE", r"^/v1/models/loras/[^/]+$", "models"),
         ("POST", r"^/v1/projects$", "admin"),
         ("POST", r"^/v1/providers$", "admin"),
         ("PATCH", r"^/v1/providers/[^/]+$", "admin"),
@@ -119,7 +124,10 @@ class Principal:
         return windows
 
     def allows(self, scope: str) -> bool:
-        return (self.key_id is None and self.signed_asset is None) or scope in self.scopes
+        """Auth off: everything. Admin keys may do what `models` keys may."""
+        if self.key_id is None and self.signed_asset is None:
+            return True
+        return scope in self.scopes or (scope == "models" and "admin" in self.scopes)
 
     @property
     def admin(self) -> bool:

@@ -234,7 +234,8 @@ class ChatService:
         # before planning), checked now (400 before any job); the image steps apply them
         if loras or "<lora:" in message:
             info = await self.generation.model_info()
-            message, refs = resolve_loras(message, loras, info)
+            message, refs = resolve_loras(message, loras, info,
+                                          available=self.generation.lora_specs(info["name"]))
             loras = [{"name": r.name, "weight": r.weight} for r in refs]
         # a new session is created once the message is planned (a failed plan leaves none)
         session = await self.session(session_id) if session_id is not None else None

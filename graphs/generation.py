@@ -162,11 +162,14 @@ class Route:
 
 class GenerationService:
     def __init__(self, *, generator: Any, runner: JobRunner, matting: Any = None,
-                 providers: ProviderRegistry | None = None):
+                 providers: ProviderRegistry | None = None, loras: Any = None):
+        """`loras`: the registered LoRA adapters (graphs.loras.LoraService), None: built-in
+        ones only."""
         self.generator = generator
         self.runner = runner
         self.matting = matting
         self.providers = providers
+        self.loras = loras
         self._info: dict[str, Any] | None = None
 
     async def model_info(self) -> dict[str, Any]:
@@ -176,7 +179,24 @@ class GenerationService:
             self._info = await self.generator.info.remote()
         if self.providers is not None:
             await self.providers.get(self._info)
+        if self.loras is not None:
+            await self.loras.refresh()  # registered LoRAs, up to date (cached briefly)
         return self._info
+
+    def lora_specs(self, base: str) -> dict[str, Any]:
+        """The LoRA adapters that fit base model `base`: the catalogue's and the registered
+        ones (as `model_info` last read them)."""
+        registered = self.loras.specs(base) if self.loras is not None else {}
+        return {**registered, **lora_catalogue(base)}
+
+    def lora_files(self, loras: tuple[LoraRef, ...]) -> tuple[tuple[str, str, str], ...]:
+        """(name, asset key, sha256) of the registered ones among `loras`: the Generator
+        fetches those files from the asset store (built-in ones it builds or finds)."""
+        if self.loras is None or not loras:
+            return ()
+        cached = self.loras.cached()
+        return tuple((r.name, cached[r.name].key, cached[r.name].sha256) for r in loras
+                     if r.name in cached and r.name not in lora_catalogue_names())
 
     @property
     def router(self) -> ProviderRouter | None:
@@ -225,7 +245,8 @@ class GenerationService:
         errors name the request field: width/height → size) when the local Generator may
         serve it. `extra`: mode, image, mask, strength."""
         route = route or self.route(opts, info)
-        prompt, loras = resolve_loras(prompt, opts.loras, info)
+        prompt, loras = resolve_loras(prompt, opts.loras, info,
+                                      available=self.lora_specs(info["name"]))
         if loras and not route.local:
             raise ApiError(400, "loras run on the local generator only: drop the loras, or the "
                            "provider/model that pins a remote provider", param="loras",
@@ -242,7 +263,7 @@ class GenerationService:
             prompt=prompt, negative_prompt=opts.negative_prompt, n=opts.n, width=width,
             height=height, steps=steps,
             guidance_scale=opts.guidance_scale if opts.guidance_scale is not None else 7.5,
-            seed=opts.seed, loras=loras, **extra)
+            seed=opts.seed, loras=loras, lora_files=self.lora_files(loras), **extra)
         if not route.local:
             return req
         try:
@@ -545,22 +566,30 @@ def for_adapters(generator: Any, req: GenerationRequest) -> Any:
 
 
 def lora_catalogue(base: str) -> dict[str, Any]:
-    """The LoRA adapters that fit base model `base` (catalogue entries), by name."""
+    """The built-in LoRA adapters that fit base model `base` (catalogue entries), by name."""
     return {spec.name: spec for spec in catalogue("lora") if spec.base == base}
 
 
-def resolve_loras(prompt: str, items: list[Any] | None, info: dict[str, Any]
+def lora_catalogue_names() -> set[str]:
+    return {spec.name for spec in catalogue("lora")}
+
+
+def resolve_loras(prompt: str, items: list[Any] | None, info: dict[str, Any],
+                  available: dict[str, Any] | None = None
                   ) -> tuple[str, tuple[LoraRef, ...]]:
     """The prompt without A1111 ``<lora:name:w>`` tags, and the request's adapters (the
     `loras` field first, then the tags; weights default to the adapter's default_weight).
-    400 naming close matches for names that don't fit the served base model."""
+    400 naming close matches for names that don't fit the served base model. `available`:
+    the adapters to choose from (default: the built-in ones for the served base;
+    `GenerationService.lora_specs` adds the registered ones)."""
     clean, tagged = extract_prompt_loras(prompt)
     wanted = [(getattr(i, "name", None) or i["name"],
                i.weight if hasattr(i, "weight") else i.get("weight"), "loras")
               for i in items or ()] + [(name, w, "prompt") for name, w in tagged]
     if not wanted:
         return prompt, ()
-    available = lora_catalogue(info["name"])
+    if available is None:
+        available = lora_catalogue(info["name"])
     refs = []
     for name, weight, param in wanted:
         spec = available.get(name)

@@ -33,6 +33,7 @@ from graphs.errors import COMMON_RESPONSES, ERROR_RESPONSES, ApiError
 from graphs.generation import GenerationService, Options
 from graphs.images import CONTENT_TYPES, accepted_image_formats, read_recipe
 from graphs.jobs import JobRunner
+from graphs.loras import LoraService, card_fields, lora_spec
 from graphs.presets import PresetService
 from graphs.providers import (
     ProviderRegistry,
@@ -67,6 +68,7 @@ from graphs.schemas import (
     Job,
     JobBatch,
     JobList,
+    LoraCreate,
     ModelCard,
     ModelList,
     PresetApplied,
@@ -108,6 +110,7 @@ from graphs.schemas import (
 from graphs.tools import Limits, ToolService
 from graphs.video import VideoService, list_presets
 from graphs.workflows import WorkflowService, sse
+from models.lora import check_lora_filename
 from models.registry import KINDS, MODELS, catalogue, close_matches
 from router.schemas import PromptValidation, RefinedPrompt
 from router.styles import list_styles
@@ -128,9 +131,11 @@ DEPLOYMENT_KIND = {"generator": "base", "matting": "matting", "faceswap": "face"
                    "upscaler": "upscaler", "upscale": "upscaler", "llm": "llm"}
 
 
-def model_cards(infos: dict[str, dict[str, Any]]) -> list[ModelCard]:
+def model_cards(infos: dict[str, dict[str, Any]], registered: dict[str, Any] | None = None
+                ) -> list[ModelCard]:
     """The deployed models (`infos`: deployment -> replica info), then the catalogue's other
-    entries; LoRAs only where they fit the deployed base model."""
+    entries, then the registered LoRAs (`registered`: name -> `LoraRecord`); LoRAs only where
+    they fit the deployed base model."""
     cards = []
     for deployment, info in infos.items():
         spec = MODELS.get(info["name"])
@@ -143,6 +148,10 @@ def model_cards(infos: dict[str, dict[str, Any]]) -> list[ModelCard]:
         if spec.name in served or (spec.kind == "lora" and spec.base != base):
             continue
         cards.append(_card(spec, id=spec.name, tiny=spec.tiny, kind=spec.kind))
+    for record in (registered or {}).values():
+        if record.base == base and record.name not in MODELS:
+            cards.append(_card(lora_spec(record), id=record.name, tiny=False, kind="lora",
+                               **card_fields(record)))
     return cards
 
 
@@ -180,7 +189,7 @@ def _document_chat_request(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         spec = build()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ChatRequest, VideoCreate):  # bodies their routes read themselves
+        for model in (ChatRequest, VideoCreate, LoraCreate):  # bodies read by their routes
             if model.__name__ not in schemas:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
@@ -215,6 +224,8 @@ class IngressConfig(BaseModel):
     auth: AuthConfig = AuthConfig()
     # other replicas' provider config changes are picked up within this (graphs/providers.py)
     providers_reload_s: float = 10.0
+    max_lora_bytes: int = 256 * 1024 * 1024  # POST /v1/models/loras (graphs/loras.py)
+    lora_import_dirs: list[str] = []  # folders admin keys may register LoRAs from by path
 
 
 _CHAT_FIELDS = {"message", "session_id", "context", "image", "image[]"}
@@ -224,6 +235,20 @@ _CHAT_BODY = {"requestBody": {"content": {
         "message": {"type": "string"}, "session_id": {"type": "string"},
         "context": {"type": "string", "description": "JSON object"},
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+}, "required": True}}
+_LORA_FIELDS = {
+    "name": {"type": "string"}, "base": {"type": "string"}, "asset_id": {"type": "string"},
+    "path": {"type": "string"}, "trigger_words": {"type": "string", "description":
+                                                  "comma-separated or a JSON list"},
+    "tags": {"type": "string", "description": "comma-separated or a JSON list"},
+    "default_weight": {"type": "number"}, "description": {"type": "string"},
+    "preview_asset": {"type": "string"},
+    "meta": {"type": "string", "description": "JSON object"}}
+_LORA_BODY = {"requestBody": {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/LoraCreate"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["name", "file"],
+                                       "properties": {**_LORA_FIELDS, "file": {
+                                           "type": "string", "format": "binary"}}}},
 }, "required": True}}
 _VIDEO_NOT_READY = {**ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description":
                                            "the video is not completed (yet)"}}
@@ -372,8 +397,15 @@ class Ingress:
         self.providers = ProviderRegistry(
             records=self.records, generate=lambda req: self.generation.local_generate(req),
             breakers_url=config.auth.quotas.storage_url, reload_s=config.providers_reload_s)
+        # registered LoRA adapters (records + asset store), checked on the Generator
+        self.loras = LoraService(
+            records=self.records, assets=self.assets,
+            validate=lambda data, base: generator.check_lora.remote(data),
+            served_base=self._served_base, max_bytes=config.max_lora_bytes,
+            import_dirs=config.lora_import_dirs)
         self.generation = GenerationService(generator=generator, runner=self.runner,
-                                            matting=matting, providers=self.providers)
+                                            matting=matting, providers=self.providers,
+                                            loras=self.loras)
         self.tools = ToolService(
             handles={"matting": matting, "faceswap": faceswap, "upscaler": upscaler},
             generation=self.generation, runner=self.runner,
@@ -403,6 +435,9 @@ class Ingress:
         self.chores = Chores(records=self.records, job_stale_s=config.job_stale_s,
                              session_ttl_s=config.session_ttl_s,
                              jobs_every_s=min(10.0, config.job_stale_s / 3)).start()
+
+    async def _served_base(self) -> str:
+        return (await self.generation.model_info())["name"]
 
     def _base_url(self, request: Request) -> str:
         """Base of the URLs in responses: `public_base_url` (PHOTOSTUDIO_PUBLIC_BASE_URL),
@@ -665,7 +700,7 @@ class Ingress:
             infos[name] = await self.tools.info(name)
         if self.videos.video is not None:
             infos["video"] = await self.videos.info()
-        return model_cards(infos)
+        return model_cards(infos, await self.loras.refresh())
 
     @app.get("/v1/models", tags=["images"], responses=ERROR_RESPONSES)
     async def models(self, kind: str | None = None) -> ModelList:
@@ -687,6 +722,84 @@ class Ingress:
                 f"; did you mean {', '.join(near)}?" if near else "") + " (GET /v1/models)",
                 param="model_id", code="model_not_found")
         return cards[model_id]
+
+    @app.post("/v1/models/loras", tags=["images"], status_code=201, responses={
+        **ERROR_RESPONSES, 409: {"model": errors.ErrorEnvelope, "description": "name taken"}},
+        openapi_extra=_LORA_BODY)
+    async def lora_register(self, request: Request) -> ModelCard:
+        """Register a LoRA adapter (`models` or `admin` scope): a `.safetensors` file by
+        multipart upload (`file`), by `asset_id`, or by server `path` (admin; under the
+        configured import folders). Checked by loading it onto the base model (400 naming
+        why not), stored in the asset store; then usable by name in `loras` and
+        <lora:name:w> everywhere, and listed in GET /v1/models?kind=lora."""
+        body, data, filename = await self._lora_input(request)
+        principal = auth.current(self.runner.project)
+        if body.path is not None:
+            if not principal.admin:
+                raise ApiError(403, "registering a LoRA from a server path needs an admin key; "
+                               "upload the file instead (multipart field 'file')",
+                               param="path", code="insufficient_scope")
+            data, filename = await self.loras.read_path(body.path)
+        elif body.asset_id is not None:
+            data, filename = await self.loras.read_asset(body.asset_id,
+                                                         project=principal.project)
+        record = await self.loras.register_lora(
+            name=body.name, base=body.base, data=data, filename=filename,
+            project=principal.project, meta=body.meta, trigger_words=body.trigger_words,
+            tags=body.tags, default_weight=body.default_weight, description=body.description,
+            preview_asset=body.preview_asset, created_by=principal.key_id)
+        return await self.model(record.name)
+
+    async def _lora_input(self, request: Request) -> tuple[LoraCreate, bytes | None, str]:
+        """JSON (asset_id or path), or multipart with the same fields plus `file`. Exactly
+        one source. A pickle file is refused by its name before its bytes are read."""
+        content_type = request.headers.get("content-type", "")
+        data, filename = None, "lora.safetensors"
+        if content_type.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=16)
+            except StarletteHTTPException as exc:
+                raise ApiError(400, f"{exc.detail} Send one file (field 'file') and the "
+                               "fields of LoraCreate", param="file",
+                               code="too_many_files") from None
+            allowed = set(LoraCreate.model_fields) | {"file"}
+            await reject_unknown_fields(request, allowed)
+            upload = form.get("file")
+            fields = {k: form.get(k) for k in LoraCreate.model_fields
+                      if form.get(k) not in (None, "")}
+            if upload is not None and not isinstance(upload, str):
+                filename = upload.filename or filename
+                try:
+                    check_lora_filename(filename)
+                except ValueError as exc:
+                    raise ApiError(400, str(exc), param="file", code="invalid_lora") from None
+                data = await upload.read(self.loras.max_bytes + 1)
+                if len(data) > self.loras.max_bytes:
+                    raise ApiError(413, f"the LoRA file is over the limit of "
+                                   f"{self.loras.max_bytes} bytes", param="file",
+                                   code="file_too_large")
+        else:
+            fields = await json_object_body(request)
+        try:
+            body = LoraCreate(**fields)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        sources = [n for n, v in (("file", data), ("asset_id", body.asset_id),
+                                  ("path", body.path)) if v is not None]
+        if len(sources) != 1:
+            raise ApiError(400, "give the LoRA file one way: a multipart 'file' upload, an "
+                           "'asset_id', or (admin) a server 'path'" + (
+                               f"; got {', '.join(sources)}" if sources else ""),
+                           param="file", code="invalid_source")
+        return body, data, filename
+
+    @app.delete("/v1/models/loras/{name}", tags=["images"], responses=ERROR_RESPONSES)
+    async def lora_delete(self, name: str) -> Deleted:
+        """Remove a registered LoRA (`models` or `admin` scope; another project's: admin):
+        its record and its file. Built-in catalogue entries cannot be deleted (400)."""
+        principal = auth.current(self.runner.project)
+        await self.loras.delete_lora(name, project=principal.project, admin=principal.admin)
+        return Deleted(id=name)
 
     # -- providers ----------------------------------------------------------------------------
     async def _providers(self) -> list[dict[str, Any]]:

@@ -560,6 +560,63 @@ class ModelCard(BaseModel):
     trigger_words: list[str] = Field(default_factory=list)
     default_weight: float | None = Field(None, description="LoRA: weight when none is given")
     preview: str | None = Field(None, description="a sample image (URL or asset id)")
+    registered: bool = Field(False, description="LoRA registered through POST "
+                             "/v1/models/loras (deletable); False: built into the catalogue")
+    rank: int | None = Field(None, description="registered LoRA: its largest rank")
+    size_bytes: int | None = Field(None, description="registered LoRA: file size")
+    sha256: str | None = Field(None, description="registered LoRA: SHA-256 of the file")
+    meta: dict[str, Any] | None = Field(None, description="registered LoRA: provenance "
+                                        "(dataset, training parameters, ...)")
+
+
+def _words(value: Any) -> Any:
+    """Forms send lists as JSON text or comma-separated text: 'a, b' or '["a", "b"]'."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise PydanticCustomError("invalid_list", "must be a JSON list of strings or "
+                                          "comma-separated text", {}) from None
+        return [w.strip() for w in text.split(",") if w.strip()]
+    return value
+
+
+def _json_object(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise PydanticCustomError("invalid_json", "must be a JSON object", {}) from None
+    return value
+
+
+Words = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]],
+                  BeforeValidator(_words), Field(default_factory=list, max_length=16)]
+
+
+class LoraCreate(BaseModel):
+    """POST /v1/models/loras: one of `file` (multipart upload), `asset_id` (an asset of the
+    caller's project holding a .safetensors file) or `path` (a file on the server, admin only,
+    under the configured import folders)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=2, max_length=64, description="catalogue name: "
+                      "lowercase letters, digits, '.', '_', '-' (used in <lora:name:w>)")
+    base: str | None = Field(None, description="the base model it fits (default: the "
+                             "deployed one, GET /v1/models?kind=base)")
+    asset_id: str | None = Field(None, max_length=128)
+    path: str | None = Field(None, max_length=1024, description="admin only")
+    trigger_words: Words
+    tags: Words
+    default_weight: float = Field(1.0, ge=-4.0, le=4.0)
+    description: str = Field("", max_length=2000)
+    preview_asset: str | None = Field(None, max_length=512)
+    meta: Annotated[dict[str, Any], BeforeValidator(_json_object)] = Field(
+        default_factory=dict, description="provenance, stored as given (dataset id, trigger "
+        "word, training parameters...)")
 
 
 class ModelList(BaseModel):

@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,14 @@ from PIL import Image
 from common.errors import InputError
 from models import zoo
 from models.base import LoadedInfo, ModelFamily
-from models.lora import LoraRef, adapter_set_id, check_loras, read_lora_file
+from models.lora import (
+    LoraRef,
+    adapter_set_id,
+    check_loras,
+    lora_layers,
+    lora_rank,
+    read_lora_file,
+)
 from models.registry import ModelSpec, SizeLimits, get_spec, resolve
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,8 @@ class GenerationRequest:
     mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
     strength: float = 0.75
     loras: tuple[LoraRef, ...] = ()  # adapters to apply (loaded with `load_adapter` first)
+    # registered adapters among `loras`: (name, asset key, sha256) of their files
+    lora_files: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def adapter_set(self) -> str:
@@ -183,22 +193,76 @@ class DiffusionModel(ModelFamily):
         if name in self._adapters:
             return 0.0
         started = time.perf_counter()
-        state = read_lora_file(location)
+        self._load_state(name, read_lora_file(location))
+        self._adapters[name] = str(location)
+        self._active = None  # loading may have activated it: set adapters again
+        return time.perf_counter() - started
+
+    def adapter_location(self, name: str) -> str | None:
+        """Where loaded adapter `name` came from (None: not loaded)."""
+        return self._adapters.get(name)
+
+    def check_adapter(self, state: dict) -> dict[str, Any]:
+        """Does this LoRA state dict load onto this base model, every layer of it? Loaded
+        under a scratch name and deleted again (the served adapters are untouched).
+        `ValueError` saying why not (other base: keys or shapes differ; rank over the
+        hot-swap limit); else what it holds: ``{"layers", "rank", "components"}``."""
+        rank = lora_rank(state)
+        if not rank:
+            raise ValueError("the file holds no LoRA matrices (no lora_A/lora_B, lora_down/"
+                             "lora_up keys): is it a LoRA?")
+        if self._hotswap_rank is not None and rank > self._hotswap_rank:
+            raise ValueError(f"rank {rank} is over this generator's hot-swap limit "
+                             f"(target_rank={self._hotswap_rank}): retrain or resize the LoRA")
+        scratch = f"_check_{uuid.uuid4().hex[:12]}"
+        try:
+            self._load_state(scratch, state, label="the LoRA")
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(f".{scratch}", "")) from None
+        try:
+            counts = self._layers_of(scratch)
+        finally:
+            self._drop(scratch)
+            self._active = None
+        expected = len(lora_layers(state))
+        if sum(counts.values()) < expected:
+            raise ValueError(f"the LoRA does not fit base model {self._info.name!r}: only "
+                             f"{sum(counts.values())} of its {expected} layers exist there "
+                             "(keys of another model?)")
+        return {"layers": expected, "rank": rank, "components": sorted(counts)}
+
+    def _load_state(self, name: str, state: dict, label: str | None = None) -> None:
+        label = label or f"LoRA {name!r}"
         pipe = self._pipes["text2img"]
         try:
             pipe.load_lora_weights(state, adapter_name=name)
-        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError,
+                ImportError) as exc:
             self._drop(name)
-            raise ValueError(f"LoRA {name!r} does not fit base model {self._info.name!r}: "
+            raise ValueError(f"{label} does not fit base model {self._info.name!r}: "
                              f"{_first_line(exc)}") from None
         loaded = {a for lst in pipe.get_list_adapters().values() for a in lst}
         if name not in loaded:
             self._drop(name)
-            raise ValueError(f"LoRA {name!r} does not fit base model {self._info.name!r}: "
+            raise ValueError(f"{label} does not fit base model {self._info.name!r}: "
                              "none of its layers match (made for another base model?)")
-        self._adapters[name] = str(location)
-        self._active = None  # loading may have activated it: set adapters again
-        return time.perf_counter() - started
+
+    def _layers_of(self, name: str) -> dict[str, int]:
+        """Layers of each pipeline component carrying adapter `name` (peft LoRA layers)."""
+        import torch
+
+        pipe = self._pipes["text2img"]
+        counts: dict[str, int] = {}
+        for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, component, None)
+            if module is None:
+                continue
+            n = sum(1 for m in module.modules()
+                    if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)
+                    and name in m.lora_A)
+            if n:
+                counts[component] = n
+        return counts
 
     def unload_adapter(self, name: str) -> None:
         """Delete adapter `name` from the pipeline (LRU eviction): `set_adapters` stays as fast
@@ -555,5 +619,11 @@ def _to_pil(array: np.ndarray, size: tuple[int, int]):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+    """The gist of a load error: the first line, or for torch's "Error(s) in loading
+    state_dict" the first size mismatch it lists (which layer, which shapes)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    mismatch = next((line for line in lines if line.startswith("size mismatch")), None)
+    if mismatch is not None:
+        return f"shapes differ ({len([x for x in lines if x.startswith('size mismatch')])} " \
+               f"layers), e.g. {mismatch[:300]}"
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"

@@ -4,8 +4,12 @@
   ``name:weight`` joined by ``,``), used as Serve's multiplexed model id and batch key.
 - `extract_prompt_loras`: A1111's ``<lora:name:0.8>`` (weight optional) taken out of a prompt:
   the encoder never sees the tag.
-- `read_lora_file`: a ``.safetensors`` LoRA as a state dict; pickle (``.bin``/``.pt``/``.ckpt``)
-  is refused before anything is read (loading a pickle runs code).
+- `read_lora_file` / `parse_lora_bytes`: a ``.safetensors`` LoRA as a state dict; pickle
+  (``.bin``/``.pt``/``.ckpt``/``.pth``/``.pkl``) is refused before anything is read (loading a
+  pickle runs code): `check_lora_filename`.
+- `lora_layers` / `lora_rank`: what a state dict holds (LoRA matrix pairs, the largest rank),
+  for the registration check (every layer must land on the base model).
+- `check_lora_name`: a name that is safe in the catalogue, URLs and ``<lora:name>`` tags.
 
 Loading onto a pipeline (`load_lora_weights(adapter_name=...)` + `set_adapters`) lives in
 `models.diffusion.DiffusionModel`.
@@ -24,6 +28,12 @@ MAX_WEIGHT = 4.0
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name (zoo LoRAs)
 _PROMPT_TAG = re.compile(r"<lora:([A-Za-z0-9._-]{1,128})(?::(-?\d+(?:\.\d+)?))?>")
 _SAFETENSORS_MAGIC_MAX_HEADER = 100 * 1024 * 1024
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+LORA_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")  # what <lora:...> tags can carry too
+# keys of the "down"/A matrices of LoRA pairs in the formats diffusers loads (peft, diffusers'
+# old attn-processor format, kohya/A1111)
+_DOWN_KEY = re.compile(r"(lora_A|lora\.down|lora_down|lora_linear_layer\.down)(\.[^.]+)?"
+                       r"\.weight$")
 
 
 @dataclass(frozen=True, order=True)
@@ -85,6 +95,62 @@ def lora_file(location: str | Path) -> Path:
                              f"{len(files)}")
         return files[0]
     return path
+
+
+def check_lora_name(name: str) -> str:
+    """`name` if it can be a catalogue name (lowercase letters, digits, ``.``, ``_``, ``-``;
+    2–64 characters, starting with a letter or digit), else `ValueError` saying so."""
+    if not isinstance(name, str) or not LORA_NAME.match(name):
+        raise ValueError(f"LoRA name {name!r} must be 2-64 characters of lowercase letters, "
+                         "digits, '.', '_' or '-', starting with a letter or digit (it is used "
+                         "in <lora:name:weight> tags and URLs)")
+    return name
+
+
+def check_lora_filename(filename: str | None) -> None:
+    """Refuse pickle files by name, before reading a byte: `ValueError` saying why."""
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ValueError(f"{filename} is a pickle ({suffix}) file: only .safetensors LoRAs are "
+                         "accepted, because loading a pickle runs code; convert it first (e.g. "
+                         "load it in a trusted environment and save it with safetensors)")
+    if filename and suffix != ".safetensors":
+        raise ValueError(f"{filename}: only .safetensors LoRA files are accepted")
+
+
+def parse_lora_bytes(data: bytes, filename: str = "upload.safetensors") -> dict:
+    """The state dict of a .safetensors LoRA held in memory. `ValueError` saying why for
+    anything else: a pickle (by name or by content: never unpickled), not safetensors,
+    corrupt, empty."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    check_lora_filename(filename)
+    head = data[:8]
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ValueError(f"{filename} is a pickle (torch.save) file: only .safetensors LoRAs "
+                         "are accepted (loading a pickle runs code); convert it first")
+    if len(head) < 8 or int.from_bytes(head, "little") > min(_SAFETENSORS_MAGIC_MAX_HEADER,
+                                                             len(data) - 8):
+        raise ValueError(f"{filename} is not a valid safetensors file (bad header)")
+    try:
+        state = load_bytes(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{filename} is corrupt: {exc}") from None
+    if not state:
+        raise ValueError(f"{filename} holds no tensors")
+    return state
+
+
+def lora_layers(state: dict) -> list[str]:
+    """The LoRA layers (A/down matrices) a state dict holds, by key."""
+    return sorted(k for k in state if _DOWN_KEY.search(k))
+
+
+def lora_rank(state: dict) -> int:
+    """The largest rank of the LoRA pairs in `state` (0 when it holds none)."""
+    ranks = [min(state[k].shape) for k in lora_layers(state) if getattr(state[k], "ndim", 0) >= 2]
+    return max(ranks, default=0)
 
 
 def read_lora_file(location: str | Path) -> dict:

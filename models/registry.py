@@ -155,6 +155,11 @@ CATALOGUE: tuple[ModelSpec, ...] = (
               description="Tiny random LoRA on tiny-sd's UNet (tests/dev)",
               builder="models.zoo:build_tiny_lora_ink", base="tiny-sd", size="0.1 MB",
               tags=("tiny", "style"), trigger_words=("ink",), default_weight=1.0),
+    ModelSpec(name="tiny-lora-duo", kind="lora", source="tiny:tiny-lora-duo",
+              description="Tiny random LoRA on tiny-sd's UNet and CLIP text encoder "
+              "(tests/dev)", builder="models.zoo:build_tiny_lora_duo", base="tiny-sd",
+              size="0.1 MB", tags=("tiny", "style", "text-encoder"), trigger_words=("duo",),
+              default_weight=1.0),
     # --- VAEs / latent decoders (step previews) --------------------------------------------
     ModelSpec(name="tiny-taesd", kind="vae", family="preview", source="tiny:tiny-taesd",
               description="Tiny random-weight TAESD latent decoder (step previews of tiny-sd)",

@@ -146,28 +146,47 @@ def build_tiny_taesd(path: Path) -> None:
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd") -> None:
-    """A LoRA for tiny-sd with random (non-zero) A and B matrices: `peft.LoraConfig(
-    init_lora_weights=False)` on the tiny UNet, saved as safetensors by diffusers'
-    `save_lora_weights` — the same file format (and load path) as real LoRAs.
+TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
-    UNet only: text-encoder adapters go through transformers' PEFT integration, which (5.23)
-    wants peft >= 0.22, newer than PyPI's newest (0.21.2) — see README "LoRA adapters"."""
+
+def build_tiny_lora(path: Path, *, seed: int, rank: int = 4, base: str = "tiny-sd",
+                    zoo_dir: str | os.PathLike | None = None,
+                    text_encoder: bool = False) -> None:
+    """A LoRA for tiny-sd with random (non-zero) A and B matrices: `peft.LoraConfig(
+    init_lora_weights=False)` on the tiny UNet (and, with `text_encoder`, on the CLIP text
+    encoder's attention), saved as safetensors by diffusers' `save_lora_weights` — the same
+    file format (and load path) as real LoRAs.
+
+    `zoo_dir`: where tiny-sd is (tests build LoRAs of their own into a temporary folder).
+    The text encoder's adapter is injected with peft's own `inject_adapter_in_model`:
+    transformers' `add_adapter` (5.25) insists on peft >= 0.22, newer than PyPI's newest
+    (0.21.2); diffusers loads such files with peft 0.21 fine (README "LoRA adapters")."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     from models.lora import LORA_FILE
 
-    base_dir = ensure(base, path.parent)  # (models/__init__ guards torchvision for peft)
+    # the base from the zoo (default: the folder this LoRA is built in, i.e. the zoo's own);
+    # models/__init__ guards torchvision for peft
+    base_dir = ensure(base, zoo_dir or path.parent)
     unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
     torch.manual_seed(seed)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                                 target_modules=list(UNET_LORA_TARGETS)))
-    StableDiffusionPipeline.save_lora_weights(
-        path, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_FILE,
-        safe_serialization=True)
+    layers = {"unet_lora_layers": get_peft_model_state_dict(unet)}
+    if text_encoder:
+        from transformers import CLIPTextModel
+
+        encoder = CLIPTextModel.from_pretrained(base_dir / "text_encoder")
+        torch.manual_seed(seed + 1)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                           target_modules=list(TEXT_ENCODER_LORA_TARGETS)),
+                                encoder)
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(encoder)
+    StableDiffusionPipeline.save_lora_weights(path, **layers, weight_name=LORA_FILE,
+                                              safe_serialization=True)
 
 
 def build_tiny_lora_warm(path: Path) -> None:
@@ -180,6 +199,10 @@ def build_tiny_lora_cool(path: Path) -> None:
 
 def build_tiny_lora_ink(path: Path) -> None:
     build_tiny_lora(path, seed=303)
+
+
+def build_tiny_lora_duo(path: Path) -> None:
+    build_tiny_lora(path, seed=404, text_encoder=True)
 
 
 # --- building ---------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction,
     kc.add_argument("--project", default="default", help="the key's project (default: default)")
     kc.add_argument("--name", default=None, help="what the key is for (default: the project)")
     kc.add_argument("--scope", action="append", choices=API_KEY_SCOPES, dest="scopes",
-                    help="repeat for several; default: every scope but admin")
+                    help="repeat for several; default: generate, tools, chat (models: "
+                    "register LoRAs; admin: everything)")
     kc.add_argument("--requests-per-minute", type=int, default=None,
                     help="this key's limit (default: the gateway's)")
     kc.add_argument("--images-per-day", type=int, default=None,

@@ -52,6 +52,7 @@ from storage.assets import AssetStore
 from storage.tables import (
     ACTIVE_JOB_STATUSES,
     API_KEY_SCOPES,
+    DEFAULT_API_KEY_SCOPES,
     JOB_STATUSES,
     LIBRARY_KINDS,
     MESSAGE_ROLES,
@@ -64,6 +65,7 @@ from storage.tables import (
     ChatSession,
     Job,
     LibraryItem,
+    LoraAdapter,
     Message,
     Project,
     ProviderConfig,
@@ -75,7 +77,7 @@ from storage.tables import (
 
 __all__ = [
     "JOB_STATUSES", "ApiKeyRecord", "AssetRecord", "AssetView", "Base", "JobRecord",
-    "LibraryRecord", "MessageRecord", "NewAsset", "Page", "ProjectRecord",
+    "LibraryRecord", "LoraRecord", "MessageRecord", "NewAsset", "Page", "ProjectRecord",
     "ProviderConfigRecord", "RecordStore", "SessionRecord", "hash_api_key", "new_id",
 ]
 
@@ -178,6 +180,28 @@ class LibraryRecord:
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LoraRecord:
+    """A registered LoRA adapter: its file at `key` in asset store `store`."""
+
+    name: str
+    base: str
+    store: str
+    key: str
+    sha256: str
+    size_bytes: int
+    rank: int
+    description: str | None
+    trigger_words: list[str]
+    tags: list[str]
+    default_weight: float
+    preview_asset: str | None
+    meta: dict[str, Any]
+    project: str
+    created_by: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -695,8 +719,9 @@ class RecordStore:
                        images_per_day: int | None = None,
                        model_seconds_per_day: int | None = None) -> tuple[ApiKeyRecord, str]:
         """A new key of `project` (which must exist) and its token, ``psk_<43 chars>``: the
-        only time the token is available. `scopes` None: every scope but admin."""
-        scopes = list(API_KEY_SCOPES[:-1] if scopes is None else dict.fromkeys(scopes))
+        only time the token is available. `scopes` None: `DEFAULT_API_KEY_SCOPES` (every scope
+        but models and admin)."""
+        scopes = list(DEFAULT_API_KEY_SCOPES if scopes is None else dict.fromkeys(scopes))
         for scope in scopes:
             _check_one_of("scope", scope, API_KEY_SCOPES)
         for label, value in (("requests_per_minute", requests_per_minute),
@@ -1046,6 +1071,46 @@ class RecordStore:
             return s.execute(delete(LibraryItem).where(
                 LibraryItem.id == item_id, LibraryItem.project == project,
                 LibraryItem.kind == kind)).rowcount == 1
+
+    # -- registered LoRA adapters --------------------------------------------------------------
+    def create_lora(self, *, name: str, base: str, store: str, key: str, sha256: str,
+                    size_bytes: int, rank: int, project: str, description: str | None = None,
+                    trigger_words: Sequence[str] = (), tags: Sequence[str] = (),
+                    default_weight: float = 1.0, preview_asset: str | None = None,
+                    meta: dict[str, Any] | None = None, created_by: str | None = None
+                    ) -> LoraRecord:
+        """Record a LoRA whose file is stored. 409 `InputError` when the name is taken."""
+        row = LoraAdapter(name=name, base=base, store=store, key=key, sha256=sha256,
+                          size_bytes=size_bytes, rank=rank, description=description,
+                          trigger_words=list(trigger_words), tags=list(tags),
+                          default_weight=default_weight, preview_asset=preview_asset,
+                          meta=dict(meta or {}), project=project, created_by=created_by,
+                          created_at=utcnow())
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            raise InputError(f"a LoRA named {name!r} is already registered: pick another "
+                             "name, or delete it first (DELETE /v1/models/loras/{name})",
+                             param="name", code="exists", status=409) from None
+        return _record(LoraRecord, row)
+
+    def get_lora(self, *, name: str) -> LoraRecord | None:
+        with self._session() as s:
+            row = s.get(LoraAdapter, name)
+            return _record(LoraRecord, row) if row else None
+
+    def list_loras(self, *, base: str | None = None) -> list[LoraRecord]:
+        """Every registered LoRA (fitting `base`, when given), by name."""
+        q = select(LoraAdapter).order_by(LoraAdapter.name)
+        if base is not None:
+            q = q.where(LoraAdapter.base == base)
+        with self._session() as s:
+            return [_record(LoraRecord, r) for r in s.scalars(q)]
+
+    def delete_lora(self, *, name: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(LoraAdapter).where(LoraAdapter.name == name)).rowcount == 1
 
     # -- helpers ----------------------------------------------------------------------------
     def _page(self, q, ts_col, id_col, kind: str, limit: int, cursor: str | None, to_record,

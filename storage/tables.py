@@ -173,7 +173,9 @@ class ProviderConfig(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-API_KEY_SCOPES = ("generate", "tools", "chat", "admin")
+API_KEY_SCOPES = ("generate", "tools", "chat", "models", "admin")
+# a key made without scopes gets these: registering models and admin work are asked for
+DEFAULT_API_KEY_SCOPES = ("generate", "tools", "chat")
 
 
 class ApiKey(Base):
@@ -249,3 +251,29 @@ class LibraryItem(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LoraAdapter(Base):
+    """A registered LoRA adapter (POST /v1/models/loras): its .safetensors file lives in the
+    asset store at `key` (`store` names which); a catalogue entry like the built-in ones
+    (models/registry.py) for every project. `meta`: provenance as JSON (dataset, trigger
+    word, training parameters…); `project`/`created_by`: who registered it."""
+
+    __tablename__ = "loras"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base: Mapped[str] = mapped_column(String(128))
+    store: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rank: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trigger_words: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    default_weight: Mapped[float] = mapped_column(Float, default=1.0)
+    preview_asset: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    project: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -16,6 +16,7 @@ TYPED = {
     ("get", "/v1/sessions/{session_id}"): "Session",
     ("delete", "/v1/sessions/{session_id}"): "Deleted", ("get", "/v1/models"): "ModelList",
     ("get", "/v1/models/{model_id}"): "ModelCard",
+    ("post", "/v1/models/loras"): "ModelCard", ("delete", "/v1/models/loras/{name}"): "Deleted",
     ("post", "/v1/chat/plan"): "ChatPlan", ("post", "/v1/prompts/validate"): "PromptValidation",
     ("post", "/v1/prompts/refine"): "RefinedPrompt",
 }

@@ -290,3 +290,16 @@ async def test_key_cache_is_off_while_the_revocation_channel_is_down(records):
                     ).status_code == 200
         assert store.reads == 3 and not client.gate.keys.caching
         client.gate.keys.stop()
+
+
+def test_lora_registration_needs_the_models_scope_which_admin_implies():
+    from graphs.auth import Principal, required_scope
+
+    assert required_scope("POST", "/v1/models/loras") == "models"
+    assert required_scope("DELETE", "/v1/models/loras/my-style") == "models"
+    assert required_scope("GET", "/v1/models/loras") is None  # reading: any valid key
+    assert required_scope("GET", "/v1/models") is None
+    as_key = lambda *s: Principal(key_id="key_1", project="p", scopes=frozenset(s))  # noqa: E731
+    assert as_key("models").allows("models") and as_key("admin").allows("models")
+    assert not as_key("generate", "tools", "chat").allows("models")
+    assert not as_key("models").allows("admin")

@@ -43,11 +43,13 @@ def not_found(r: httpx.Response) -> dict:
 
 
 @pytest.fixture(scope="module")
-def projects(gateway):
-    """Two projects with a key each; A owns a job, its output image, a chat session and a
-    chat upload."""
-    a = gateway.create_key(project="iso-a", scopes=["generate", "tools", "chat"])
-    b = gateway.create_key(project="iso-b", scopes=["generate", "tools", "chat"])
+def projects(gateway, zoo_dir, tmp_path_factory):
+    """Two projects with a key each; A owns a job, its output image, a chat session, a
+    chat upload and a registered LoRA."""
+    from tests.lora_files import tiny_lora
+
+    a = gateway.create_key(project="iso-a", scopes=["generate", "tools", "chat", "models"])
+    b = gateway.create_key(project="iso-b", scopes=["generate", "tools", "chat", "models"])
     photo = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     with client(gateway, a) as ca:
         r = ca.post("/v1/images/generations",
@@ -74,6 +76,10 @@ def projects(gateway):
                                          "prompt_template": "{prompt}, in A's style"})
         assert r.status_code in (200, 201), r.text
         preset_id = r.json()["id"]
+        lora = tiny_lora(zoo_dir, tmp_path_factory.mktemp("iso-lora"), seed=5)
+        r = ca.post("/v1/models/loras", data={"name": "iso-a-style"},
+                    files={"file": ("a.safetensors", lora, "application/octet-stream")})
+        assert r.status_code == 201, r.text
     records = RecordStore(gateway.database_url)
     try:
         session = records.get_session(session_id=chat["session_id"], project="iso-a")
@@ -86,6 +92,7 @@ def projects(gateway):
         "asset_b64": generated["data"][0]["b64_json"], "session_id": chat["session_id"],
         "upload_id": upload_id, "chat_url": chat["data"]["images"][0]["url"],
         "video_id": video_id, "workflow_id": workflow_id, "preset_id": preset_id,
+        "lora": "iso-a-style",
     }
 
 
@@ -121,6 +128,8 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("GET", "/v1/presets/{preset_id}", "path"): "preset_id",
     ("DELETE", "/v1/presets/{preset_id}", "path"): "preset_id",
     ("POST", "/v1/presets/{preset_id}/apply", "path"): "preset_id",
+    ("DELETE", "/v1/models/loras/{name}", "path"): "name",
+    ("POST", "/v1/models/loras", "asset_id"): "asset_id",
 }
 # fields named like ids that are not references to existing records
 NOT_REFERENCES = {
@@ -132,7 +141,8 @@ NOT_REFERENCES = {
     # a fixed list of suggestion categories (subjects, styles, lighting…), the same for all
     ("GET", "/v1/suggestions/by-category/{category}", "path"),
     # the model catalogue (models/registry.py) is the gateway's, shared by every project;
-    # LoRAs a project registers itself (not built yet, issue #15) will need a case here
+    # registered LoRAs join it for every project (usable by all; deleting one takes its own
+    # project's key or admin: the DELETE case above)
     ("GET", "/v1/models/{model_id}", "path"),
 }
 
@@ -193,7 +203,8 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
                "asset_id": projects["asset_id"], "upload_id": projects["upload_id"],
                "project_id": "iso-a", "video_id": projects["video_id"],
                "workflow_id": projects["workflow_id"],
-               "preset_id": projects["preset_id"]}[FOREIGN_ID_CASES[case]]
+               "preset_id": projects["preset_id"], "name": projects["lora"]}[
+        FOREIGN_ID_CASES[case]]
     with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
         before_b = _gallery(cb, "iso-b")
         if where == "path":
@@ -205,6 +216,8 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
                            json=body)
         elif where == "session_id":
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
+        elif where == "asset_id" and path == "/v1/models/loras":  # register A's file
+            r = cb.post(path, json={"name": "iso-b-taken", "asset_id": foreign})
         elif where == "asset_id":  # a form field (image analysis)
             r = cb.post(path, data={"asset_id": foreign})
         elif where == "workflow_id":  # run a saved workflow of A
@@ -221,6 +234,8 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
         assert ca.get(f"/v1/videos/{projects['video_id']}").json()["status"] == "completed"
         assert ca.get(f"/v1/workflows/{projects['workflow_id']}").json()["name"] == "A's flow"
         assert ca.get(f"/v1/presets/{projects['preset_id']}").json()["title"] == "A's look"
+        assert ca.get(f"/v1/models/{projects['lora']}").json()["owned_by"] == "iso-a"
+        assert cb.get("/v1/models/iso-b-taken").status_code == 404
         assert _gallery(cb, "iso-b") == before_b
         jobs_b = cb.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
         assert not any(j["kind"] == "chat" for j in jobs_b)

@@ -141,3 +141,67 @@ def test_unloading_deletes_the_adapter(model, zoo_dir):
     assert INK not in model.adapters
     with pytest.raises(ValueError, match="not loaded: tiny-lora-ink"):
         model.activate((LoraRef(INK, 1.0),))
+
+
+def test_check_adapter_accepts_a_lora_of_the_base_and_leaves_the_pipeline_as_it_was(
+        model, zoo_dir, tmp_path):
+    from models.lora import lora_layers, lora_rank, parse_lora_bytes
+    from tests.lora_files import not_a_lora, other_unet_lora
+
+    data = (zoo.ensure(INK, zoo_dir) / "pytorch_lora_weights.safetensors").read_bytes()
+    state = parse_lora_bytes(data)
+    assert lora_rank(state) == 4 and len(lora_layers(state)) == 48
+    before = image(model, [LoraRef(WARM, 1.0)])
+    loaded = set(model.adapters)
+    assert model.check_adapter(state) == {"layers": 48, "rank": 4, "components": ["unet"]}
+    with pytest.raises(ValueError, match="shapes differ .* size mismatch for"):
+        model.check_adapter(parse_lora_bytes(other_unet_lora(tmp_path)))
+    renamed = {k.replace("down_blocks.1", "down_blocks.7"): v for k, v in state.items()}
+    with pytest.raises(ValueError, match="only 32 of its 48 layers"):
+        model.check_adapter(renamed)
+    with pytest.raises(ValueError, match="no LoRA matrices"):
+        model.check_adapter(parse_lora_bytes(not_a_lora()))
+    assert set(model.adapters) == loaded  # nothing left behind, nothing lost
+    assert np.array_equal(image(model, [LoraRef(WARM, 1.0)]), before)
+
+
+def test_lora_bytes_names_and_pickles_are_checked_before_loading():
+    from models.lora import check_lora_filename, check_lora_name, parse_lora_bytes
+    from tests.lora_files import pickle_lora
+
+    for bad in ("style.pt", "a.ckpt", "b.bin", "c.pth", "d.pkl"):
+        with pytest.raises(ValueError, match="pickle .* runs code"):
+            check_lora_filename(bad)
+    with pytest.raises(ValueError, match="only .safetensors"):
+        check_lora_filename("x.onnx")
+    with pytest.raises(ValueError, match="pickle"):
+        parse_lora_bytes(pickle_lora())  # by content, whatever its name
+    for junk, why in ((b"", "bad header"), (b"\xff" * 16, "bad header"),
+                      (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}", "corrupt")):
+        with pytest.raises(ValueError, match=why):
+            parse_lora_bytes(junk)
+    assert check_lora_name("my-style_v2.1") == "my-style_v2.1"
+    for bad in ("A", "Upper", "has space", "-lead", "x" * 65, "a/b", "<lora:x>"):
+        with pytest.raises(ValueError, match="lowercase"):
+            check_lora_name(bad)
+
+
+def test_a_text_encoder_lora_loads_acts_and_weight_zero_is_the_base(model, zoo_dir):
+    from models.lora import parse_lora_bytes
+
+    duo = zoo.ensure("tiny-lora-duo", zoo_dir) / "pytorch_lora_weights.safetensors"
+    state = parse_lora_bytes(duo.read_bytes())
+    assert any(k.startswith("text_encoder.") for k in state)
+    assert model.check_adapter(state)["components"] == ["text_encoder", "unet"]
+    model.load_adapter("tiny-lora-duo", str(duo))
+    try:
+        base = image(model)
+        assert np.abs(image(model, [LoraRef("tiny-lora-duo", 1.0)]) - base).mean() > 2.0
+        assert np.array_equal(image(model, [LoraRef("tiny-lora-duo", 0.0)]), base)
+        # its text-encoder half alone changes the prompt embedding: the encoder's LoRA layers
+        # carry the adapter
+        encoder = model._pipes["text2img"].text_encoder
+        assert any("tiny-lora-duo" in getattr(m, "lora_A", {}) for m in encoder.modules())
+    finally:
+        model.unload_adapter("tiny-lora-duo")
+    assert np.array_equal(image(model), base)

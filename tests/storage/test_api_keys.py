@@ -24,7 +24,7 @@ def test_create_stores_only_the_hash(records):
         row = conn.execute(select(ApiKey).where(ApiKey.id == key.id)).one()
     assert row.key_hash == hash_api_key(token) and token not in str(tuple(row))
     assert key.prefix == token[:8] and key.active
-    assert key.scopes == ["generate", "tools", "chat"]  # default: every scope but admin
+    assert key.scopes == ["generate", "tools", "chat"]  # default: not models, not admin
 
 
 def test_authenticate_and_revoke(records):
@@ -86,6 +86,16 @@ def test_keys_cli_create_list_revoke(tmp_path):
     assert again.returncode == 1 and "already revoked" in again.stderr
     assert key_id not in _cli("list", db=db).stdout
     assert "revoked" in _cli("list", "--all", db=db).stdout
+
+
+def test_keys_cli_takes_the_models_scope(tmp_path, records):
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    made = _cli("create", "--project", "default", "--create-project", "--scope", "generate",
+                "--scope", "models", db=db)
+    assert made.returncode == 0, made.stderr
+    assert "scopes=generate,models" in _cli("list", db=db).stdout
+    bad = _cli("create", "--project", "default", "--scope", "model", db=db)
+    assert bad.returncode == 2 and "models" in bad.stderr  # argparse names the choices
 
 
 def test_keys_create_before_the_server_ever_ran(tmp_path):
