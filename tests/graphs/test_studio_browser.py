@@ -135,8 +135,9 @@ def test_every_page_loads_clean_and_accessible(gateway, browser, artifacts_dir, 
                 heading = page.locator(f".page[data-page='{name}']")
                 if name in NOT_YET:
                     assert "Not available on this gateway" in heading.inner_text()
-                elif name == "models":  # the catalogue; LoRA upload waits for #15's API
+                elif name == "models":  # the catalogue, with the LoRA upload form (#15)
                     heading.locator("tr[data-model='tiny-sd']").wait_for()
+                    heading.locator("form#lora-upload").wait_for()
                 elif name == "jobs":  # the charts from GET /v1/metrics, the deployments
                     heading.locator("#chart-rps").wait_for()
                     heading.locator("#chart-latency").wait_for()
@@ -340,4 +341,40 @@ def test_a_video_is_made_and_played(gateway, page, artifacts_dir):
                what="the video to play")
     page.screenshot(path=str(artifacts_dir / "studio-video.png"), full_page=True)
     assert axe_violations(page) == []  # the player has a captions track (the clip is silent)
+    assert page.console_errors == [], page.console_errors
+
+
+def test_a_lora_is_uploaded_listed_picked_and_deleted(gateway, page, zoo_dir, tmp_path,
+                                                      artifacts_dir):
+    """The Models page registers a LoRA file (POST /v1/models/loras), lists it, Create offers
+    it in its LoRA picker, and the Models page deletes it."""
+    from tests.lora_files import tiny_lora
+
+    page.set_default_timeout(TIMEOUT_MS)
+    lora = tmp_path / "studio-lora.safetensors"
+    lora.write_bytes(tiny_lora(zoo_dir, tmp_path / "build", seed=2121))
+    key = gateway.create_key(scopes=["generate", "models"], name="studio-models")
+    enter_key(page, gateway, key=key)
+    page.goto(f"{studio(gateway)}#/models")
+    page.get_by_label("Name", exact=True).fill("studio-test-style")
+    page.get_by_label("LoRA file (.safetensors)", exact=True).set_input_files(str(lora))
+    page.get_by_label("Trigger words", exact=True).fill("studiostyle")
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#lora-upload [role=status]").filter(has_text="Registered studio-test-style") \
+        .wait_for()
+    row = page.locator("tr[data-model='studio-test-style']")
+    row.wait_for()
+    assert "studiostyle" in row.inner_text() and "lora" in row.inner_text()
+    page.screenshot(path=str(artifacts_dir / "studio-models-lora.png"), full_page=True)
+
+    page.goto(f"{studio(gateway)}#/create")
+    page.get_by_role("button", name="Add LoRA").click()
+    options = page.get_by_label("LoRA 1", exact=True).locator("option").all_inner_texts()
+    assert any(o.startswith("studio-test-style") for o in options), options
+
+    page.goto(f"{studio(gateway)}#/models")
+    delete = page.get_by_role("button", name="Delete LoRA studio-test-style")
+    delete.click()
+    delete.click()  # confirm
+    row.wait_for(state="detached")
     assert page.console_errors == [], page.console_errors

@@ -29,9 +29,10 @@ export async function render(root) {
   function row(m) {
     const details = [m.description, m.trigger_words?.length ? `trigger: ${m.trigger_words.join(', ')}` : '',
       m.default_weight !== null && m.default_weight !== undefined ? `weight ${m.default_weight}` : '',
-      m.tags?.length ? `tags: ${m.tags.join(', ')}` : '', m.size || ''].filter(Boolean).join(' · ');
+      m.tags?.length ? `tags: ${m.tags.join(', ')}` : '', m.size || '', m.rank ? `rank ${m.rank}` : '',
+      m.registered ? `registered by ${m.owned_by}` : ''].filter(Boolean).join(' · ');
     let action = '';
-    if (m.kind === 'lora' && canDelete && !m.tags?.includes('builtin')) {
+    if (m.kind === 'lora' && canDelete && m.registered) { // built-in ones cannot be deleted
       const del = h('button', { type: 'button', 'aria-label': `Delete LoRA ${m.id}` }, 'Delete');
       del.addEventListener('click', async () => {
         if (del.dataset.armed !== '1') { del.dataset.armed = '1'; del.textContent = 'Confirm delete'; return; }
@@ -58,7 +59,7 @@ export async function render(root) {
   const description = h('input', { name: 'description', dataset: { param: 'description' } });
   const up = h('button', { type: 'submit', class: 'primary' }, 'Upload');
   const done = h('p', { class: 'ok', role: 'status', 'aria-live': 'polite' });
-  const form = h('form', { id: 'lora-upload' }, h('div', { class: 'row' }, field('Name', name, 'lowercase letters, digits, . _ -'), field('LoRA file (.safetensors)', file)),
+  const form = h('form', { id: 'lora-upload' }, h('p', { class: 'muted' }, 'Needs a key with the models (or admin) scope. Checked by loading it onto the deployed base model.'), h('div', { class: 'row' }, field('Name', name, 'lowercase letters, digits, . _ -'), field('LoRA file (.safetensors)', file)),
     h('div', { class: 'row' }, field('Trigger words', trigger), field('Default weight', weight), field('Description', description)), up, done);
   panel.append(form);
   form.addEventListener('submit', async (ev) => {
@@ -66,6 +67,7 @@ export async function render(root) {
     try {
       const card = await api('/v1/models/loras', { method: 'POST', form: new FormData(form) });
       done.textContent = `Registered ${card.id} (fits ${card.base || 'the base model'}): use it in Create, or as <lora:${card.id}:${card.default_weight ?? 1}> in a prompt.`;
+      kind.value = 'lora';
       form.reset();
       await load();
     } catch (err) { showError(form, err, { form }); } finally { up.disabled = false; }
