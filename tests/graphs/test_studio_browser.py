@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import wait_until
 
@@ -329,8 +330,13 @@ def test_a_video_is_made_and_played(gateway, page, artifacts_dir):
     page.get_by_role("button", name="Make video").click()
     player = page.locator("#video-player")
     # rendering a clip on the loaded 2-core CI machine takes minutes
-    page.locator("#video-player:visible, form .alert[role=alert]").first.wait_for(
-        timeout=480_000)
+    try:
+        page.locator("#video-player:visible, form .alert[role=alert]").first.wait_for(
+            timeout=480_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(artifacts_dir / "studio-video-timeout.png"), full_page=True)
+        pytest.fail("no video and no error after 480 s; the page's status: "
+                    f"{page.locator('#page [role=status]').all_inner_texts()}")
     assert player.is_visible(), page.locator("#page").inner_text()
     state = wait_until(lambda: (s := player.evaluate(
         "v => ({ready: v.readyState, duration: v.duration, error: v.error && v.error.code})"))
