@@ -395,10 +395,12 @@ class GenerationService:
                     elif event["type"] == "result":
                         result = event["result"]
             images, extra = await self._finish_images(result.images, opts, alpha)
-            return Output(images=images, model=result.model, seeds=result.seeds,
-                          batch_size=1, timings=result.timings,
-                          extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL,
-                          loras=result.loras)
+            out = Output(images=images, model=result.model, seeds=result.seeds,
+                         batch_size=1, timings=result.timings,
+                         extra={**extra, "quality": opts.resolved_quality}, provider=LOCAL,
+                         loras=result.loras)
+            out.recipes = recipes_for(req, opts, out)  # as the unstreamed path records
+            return out
 
         job = asyncio.ensure_future(self.runner.run(
             kind=kind, prompt=prompt, params=params, model_info=info, work=work,

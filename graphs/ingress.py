@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
-from graphs import auth, errors, middleware, studio, usage
+from graphs import auth, errors, middleware, observability, studio, usage
 from graphs.analysis import AnalysisService, enhanced_prompt
 from graphs.auth import AuthConfig
 from graphs.chat import ChatService
@@ -60,6 +60,7 @@ from graphs.schemas import (
     EnhancedPrompt,
     FaceSwapForm,
     Health,
+    HttpMetrics,
     ImageAnalysis,
     ImageGenerationBatch,
     ImageGenerationRequest,
@@ -84,6 +85,7 @@ from graphs.schemas import (
     ProviderList,
     ProviderUpdate,
     Readiness,
+    ReadinessState,
     RemixRequest,
     RemoveBackgroundForm,
     SavedWorkflow,
@@ -279,11 +281,18 @@ def _wants_async(request: Request) -> bool:
 
 def _deployment_statuses() -> dict[str, str]:
     """Serve's status of each deployment of the application this replica belongs to."""
+    return {name: status for name, (status, _) in _deployment_states().items()}
+
+
+def _deployment_states() -> dict[str, tuple[str, dict[str, int]]]:
+    """Each deployment's Serve status and its replicas per state (RUNNING, STARTING, ...)."""
     app_name = serve.get_replica_context().app_name
     status = serve.status().applications.get(app_name)
     if status is None:
         return {}
-    return {name: str(getattr(d.status, "value", d.status))
+    return {name: (str(getattr(d.status, "value", d.status)),
+                   {str(getattr(k, "value", k)): int(v)
+                    for k, v in (getattr(d, "replica_states", None) or {}).items()})
             for name, d in status.deployments.items()}
 
 
@@ -531,6 +540,15 @@ class Ingress:
         return UsageReport(group_by=group_by, start=start, end=end, project=project,
                            data=[UsageGroup(**g) for g in groups])
 
+    @app.get("/v1/metrics", tags=["usage"], responses=ERROR_RESPONSES)
+    async def http_metrics(self) -> HttpMetrics:
+        """This gateway's HTTP metrics (what /metrics gives Prometheus), summed per route over
+        every ingress replica: requests by status and the latency histogram. Cumulative since
+        the replicas started and refreshed every few seconds (Ray's metrics export): take two
+        readings and divide the differences for requests/s and mean latency."""
+        app_name = serve.get_replica_context().app_name
+        return HttpMetrics(**await observability.http_metrics(app_name))
+
     # -- jobs -------------------------------------------------------------------------------
     @app.get("/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
     async def jobs(self, request: Request,
@@ -592,19 +610,30 @@ class Ingress:
         """Readiness: every deployment of this application is HEALTHY in Serve (its replicas
         pass their model probes), the record store answers and the rate-limit storage
         answers. 503 + Retry-After naming what is not ready."""
-        deployments, checks = await asyncio.gather(
-            asyncio.to_thread(_deployment_statuses),
+        state = await self._readiness()
+        if not state.ready:
+            raise ApiError(503, "not ready: " + "; ".join(state.not_ready),
+                           code="not_ready", headers={"Retry-After": "5"})
+        return Readiness(deployments=state.deployments, checks=state.checks)
+
+    async def _readiness(self) -> ReadinessState:
+        states, checks = await asyncio.gather(
+            asyncio.to_thread(_deployment_states),
             _dependency_checks(self.records, self.gate))
+        deployments = {name: status for name, (status, _) in states.items()}
         bad = [f"{name} is {status}" for name, status in deployments.items()
                if status != "HEALTHY"]
         bad += [f"{name}: {status}" for name, status in checks.items() if status != "ok"]
-        if bad or not deployments:
-            raise ApiError(503, "not ready: " + ("; ".join(bad) or "no deployments found"),
-                           code="not_ready", headers={"Retry-After": "5"})
-        return Readiness(deployments=deployments, checks=checks)
+        if not deployments:
+            bad.append("no deployments found")
+        return ReadinessState(ready=not bad, deployments=deployments, checks=checks,
+                              not_ready=bad,
+                              replicas={name: r for name, (_, r) in states.items()})
 
     @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
-    async def capabilities(self) -> Capabilities:
+    async def capabilities(self, readiness: bool = Query(
+            False, description="also what /readyz checks, as data (`readiness`: 200 while "
+            "warming up, where /readyz answers 503)")) -> Capabilities:
         """What is deployed. Where weights live on the servers (`source` as a path) is shown
         to admin keys only; other keys see the model's name or hub id."""
         infos = {"generator": await self.generation.model_info()}
@@ -641,6 +670,7 @@ class Ingress:
                          for k, v in infos.items()},
             endpoints=sorted(p for p in app.openapi()["paths"] if p.startswith("/v1/")),
             warnings=warnings,
+            readiness=await self._readiness() if readiness else None,
         )
 
     # -- images (OpenAI-compatible) -----------------------------------------------------------

@@ -323,8 +323,9 @@ class JobRunner:
             await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
                                     model=out.model, result=result, assets=unrecorded)
             if self.after_images is not None:
-                self.after_images([(a.id, image) for a, image in zip(unrecorded, out.images,
-                                                                      strict=True)])
+                # the images' assets come first in `unrecorded`, then the files' (videos…)
+                self.after_images([(a.id, image) for a, image in zip(
+                    unrecorded[:len(out.images)], out.images, strict=True)])
             unrecorded = []
             metrics.record_images(kind, len(data))
             return response

@@ -116,3 +116,43 @@ class MetricsMiddleware:
 
 
 __all__ = ["CLIENT_CLOSED", "UNMATCHED_ROUTE", "MetricsMiddleware", "route_template"]
+
+
+# -- reading them back (GET /v1/metrics) -------------------------------------------------------
+METRICS_CACHE_S = 2.0
+_snapshot: tuple[float, dict] | None = None
+
+
+def _metrics_pages_urls() -> list[str]:
+    """Each live Ray node's metrics-agent page (every node exports its own replicas')."""
+    import ray
+
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+            for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")]
+
+
+async def http_metrics(application: str) -> dict:
+    """The ingress's request counters and latency histograms per route, summed over the
+    cluster (`telemetry.summary`), at most every METRICS_CACHE_S per replica. Pages that do
+    not answer are counted in `nodes_unreachable`, not an error."""
+    global _snapshot
+    import httpx
+
+    from telemetry.summary import summarize
+
+    now = time.time()
+    if _snapshot is not None and now - _snapshot[0] < METRICS_CACHE_S \
+            and _snapshot[1]["application"] == application:
+        return _snapshot[1]
+    urls = await asyncio.to_thread(_metrics_pages_urls)
+    pages: list[str] = []
+    async with httpx.AsyncClient(timeout=5) as client:
+        answers = await asyncio.gather(*(client.get(u) for u in urls), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, httpx.Response) and answer.status_code == 200:
+            pages.append(answer.text)
+    snapshot = {"object": "metrics", "application": application, "time": now,
+                "nodes": len(urls), "nodes_unreachable": len(urls) - len(pages),
+                "routes": summarize(pages, application)}
+    _snapshot = (now, snapshot)
+    return snapshot

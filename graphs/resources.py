@@ -146,8 +146,9 @@ class Resources:
             id=a.id, kind=a.kind, url=self.runner.asset_url(a.id, base_url, project_id),
             content_type=a.content_type, width=a.width, height=a.height,
             size_bytes=a.size_bytes, created_at=a.created_at, job_id=a.job_id,
-            prompt=a.prompt, parameters=a.params, caption=a.caption,
-            description=a.description, tags=a.tags) for a in page.items])
+            prompt=a.prompt, parameters=a.params, recipe=a.recipe or None,
+            caption=a.caption, description=a.description, tags=a.tags)
+            for a in page.items])
 
     # -- assets -------------------------------------------------------------------------------
     async def asset_record(self, asset_id: str):

@@ -460,6 +460,8 @@ class GalleryAsset(BaseModel):
     job_id: str | None = None
     prompt: str | None = None
     parameters: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = Field(None, description="how it was made (as GET "
+                                          "/v1/assets/{id}/recipe); null: no recipe (uploads)")
     caption: str | None = Field(None, description="from its image analysis (None until "
                                 "analysed: POST /v1/images/analyze with asset_id)")
     description: str | None = None
@@ -639,11 +641,24 @@ class DeploymentInfo(BaseModel):
     limits: dict[str, Any]
 
 
+class ReadinessState(BaseModel):
+    """What /readyz checks, as data (200 whatever the state): a client showing "warming up"
+    reads it here instead of treating /readyz's 503 as a failure."""
+
+    ready: bool
+    deployments: dict[str, str] = Field(description="each deployment's Serve status")
+    checks: dict[str, str] = Field(description="record store, rate-limit storage")
+    not_ready: list[str] = Field(description="what keeps it from being ready (empty: ready)")
+    replicas: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="each deployment's replicas per state (RUNNING...)")
+
+
 class Capabilities(BaseModel):
     profile: str
     deployments: dict[str, DeploymentInfo]
     endpoints: list[str]
     warnings: list[str]
+    readiness: ReadinessState | None = None
 
 
 class Health(BaseModel):
@@ -876,6 +891,28 @@ class UsageGroup(BaseModel):
     tokens_in: int
     tokens_out: int
     statuses: dict[str, int] = Field(..., description="requests per HTTP status")
+
+
+class RouteMetrics(BaseModel):
+    route: str = Field(..., description="the route template ('/v1/assets/{asset_id}')")
+    method: str
+    requests: int
+    statuses: dict[str, int] = Field(..., description="requests per HTTP status")
+    latency_sum_s: float
+    latency_count: int
+    latency_buckets: dict[str, int] = Field(..., description="cumulative histogram: requests "
+                                            "answered within `le` seconds (Prometheus')")
+
+
+class HttpMetrics(BaseModel):
+    """GET /v1/metrics: cumulative counters; two readings give rates."""
+
+    object: Literal["metrics"] = "metrics"
+    application: str
+    time: float = Field(..., description="when they were read (Unix seconds)")
+    nodes: int
+    nodes_unreachable: int
+    routes: list[RouteMetrics]
 
 
 class UsageReport(BaseModel):

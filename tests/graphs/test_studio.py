@@ -26,3 +26,20 @@ def test_every_module_the_pages_import_exists():
     for js in (studio.STATIC_DIR / "js").rglob("*.js"):
         for target in re.findall(r"(?:from|import\()\s*'(\.[^']+)'", js.read_text()):
             assert (js.parent / target).resolve().is_file(), (js, target)
+
+
+def test_vendored_files_are_the_pinned_ones_with_their_licences():
+    """vendor/README.md names each vendored file with its SHA-256: a changed or swapped
+    file (an update without its README entry) fails here."""
+    import hashlib
+    import re
+
+    vendor = studio.STATIC_DIR / "vendor"
+    listed = re.findall(r"^\s+([0-9a-f]{64})\s+(\S+)$", (vendor / "README.md").read_text(), re.M)
+    assert listed
+    for digest, name in listed:
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    files = {p.relative_to(vendor).as_posix() for p in vendor.rglob("*") if p.is_file()}
+    assert files - {"README.md"} == {name for _, name in listed}  # nothing unlisted
+    for folder in {p.parent for p in vendor.rglob("*.js")}:
+        assert (folder / "LICENSE").is_file(), folder

@@ -165,8 +165,10 @@ def test_presets_apply_and_are_listed(client, http):
 
 
 def test_job_events_stream_progress_then_succeeded(client, http):
+    # 12 steps: the record's progress is written at most every 0.25 s and the stream polls it
+    # every 0.2 s, so a clip of a few fast steps could finish between two looks
     video = client.videos.create(prompt="progress please", seconds="1", size=SIZE,
-                                 extra_body={"steps": 4})
+                                 extra_body={"steps": 12})
     events = []
     with http.stream("GET", f"/v1/jobs/{video.id}/events", timeout=300) as stream:
         name = None

@@ -81,8 +81,10 @@ export async function* sse(path, options = {}) {
 
 // What this gateway serves: pages whose API is missing show "not available".
 let caps = null;
+// `readiness` (what /readyz checks) comes as data: a gateway still warming up is a state
+// shown in the banner, not a failed request.
 export async function capabilities(force = false) {
-  if (!caps || force) caps = await api('/v1/capabilities');
+  if (!caps || force) caps = await api('/v1/capabilities?readiness=true');
   return caps;
 }
 export function hasEndpoint(pattern) {

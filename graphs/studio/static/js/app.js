@@ -1,5 +1,5 @@
 // The studio's shell: key entry, theme, the page router (#/page), capabilities.
-import { ApiError, api, capabilities, clearKey, getKey, setKey } from './api.js';
+import { ApiError, capabilities, clearKey, getKey, setKey } from './api.js';
 import { h } from './ui.js';
 
 const PAGES = {
@@ -42,9 +42,15 @@ function showKeyPanel(message) {
   $('#key-input').focus();
 }
 
+function showReadiness(caps) {
+  const state = caps && caps.readiness;
+  if (state && !state.ready) banner(`Gateway warming up (not ready yet): ${state.not_ready.join('; ')}`, 'warn');
+  else banner('');
+}
+
 async function checkKey() {
   try {
-    await capabilities(true);
+    showReadiness(await capabilities(true));
     return true;
   } catch (err) {
     if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
@@ -107,9 +113,6 @@ function init() {
   });
   $('#change-key').addEventListener('click', () => { clearKey(); showKeyPanel(); });
   window.addEventListener('hashchange', route);
-  api('/readyz').then(() => banner('')).catch((err) => {
-    if (err instanceof ApiError && err.status === 503) banner(`Gateway not ready: ${err.message}`, 'error');
-  });
   route();
 }
 

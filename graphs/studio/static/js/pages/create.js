@@ -42,9 +42,31 @@ export async function render(root) {
   const progress = h('progress', { max: 1, value: 0, 'aria-label': 'Generation progress', hidden: true });
   const previews = h('div', { class: 'previews', role: 'group', 'aria-label': 'Partial previews' });
   const result = h('div', { class: 'result' });
-  const loras = hasEndpoint('/v1/models/loras')
-    ? field('LoRA (name:weight, comma separated)', h('input', { name: 'loras', dataset: { param: 'loras' }, placeholder: 'my-style:0.8' }))
-    : h('p', { class: 'muted', id: 'lora-na' }, 'LoRAs: not available on this gateway.');
+  // LoRAs: those of the catalogue that fit the deployed base model (GET /v1/models?kind=lora)
+  let loraCards = [];
+  try { loraCards = (await api('/v1/models?kind=lora')).data; } catch { loraCards = []; }
+  const loraRows = h('div', { id: 'lora-rows' });
+  const addLora = h('button', { type: 'button' }, 'Add LoRA');
+  function loraRow(name = '', weight = '') {
+    const i = loraRows.children.length + 1;
+    const pick = select(`lora_${i}`, [['', 'None'], ...loraCards.map((m) => [m.id, m.trigger_words?.length ? `${m.id} (${m.trigger_words.join(', ')})` : m.id])], name);
+    pick.dataset.param = 'loras';
+    const w = h('input', { type: 'number', name: `lora_weight_${i}`, min: -4, max: 4, step: 0.05, value: weight, placeholder: 'default' });
+    const remove = h('button', { type: 'button', 'aria-label': `Remove LoRA ${i}` }, 'Remove');
+    const row = h('div', { class: 'row lora-row' }, field(`LoRA ${i}`, pick), field(`Weight of LoRA ${i}`, w), remove);
+    remove.addEventListener('click', () => row.remove());
+    loraRows.append(row);
+  }
+  addLora.addEventListener('click', () => { if (loraRows.children.length < 5) loraRow(); });
+  const chosenLoras = () => [...loraRows.querySelectorAll('.lora-row')].map((row) => {
+    const [pick, w] = row.querySelectorAll('select, input');
+    return pick.value ? { name: pick.value, ...(w.value !== '' ? { weight: Number(w.value) } : {}) } : null;
+  }).filter(Boolean);
+  const loras = loraCards.length
+    ? h('fieldset', { class: 'loras' }, h('legend', {}, 'LoRAs'), loraRows, addLora)
+    : h('p', { class: 'muted', id: 'lora-na' }, hasEndpoint('/v1/models/loras')
+      ? 'LoRAs: none registered for this base model yet (upload one on the Models page).'
+      : 'LoRAs: none in this gateway\'s catalogue for its base model.');
 
   preset.addEventListener('change', () => {
     const p = PRESETS[preset.value];
@@ -57,8 +79,14 @@ export async function render(root) {
     if (p.negative_prompt) negative.value = p.negative_prompt;
     if (p.steps) steps.value = p.steps;
     if (p.guidance_scale !== undefined && p.guidance_scale !== null) guidance.value = p.guidance_scale;
-    if (p.width && p.height && [...size.options].some((o) => o.value === `${p.width}x${p.height}`)) size.value = `${p.width}x${p.height}`;
+    const wanted = p.size || (p.width && p.height ? `${p.width}x${p.height}` : null);
+    if (wanted && ![...size.options].some((o) => o.value === wanted)) size.append(h('option', { value: wanted }, wanted));
+    if (wanted) size.value = wanted;
+    if (p.model && [...model.options].some((o) => o.value === p.model)) model.value = p.model;
     if (p.seed !== undefined && p.seed !== null) seed.value = recipe.remix ? Number(p.seed) + 1 : p.seed;
+    for (const l of Array.isArray(p.loras) ? p.loras : []) {
+      if (l && l.name && loraCards.some((m) => m.id === l.name)) loraRow(l.name, l.weight ?? '');
+    }
   }
 
   const form = h('form', { class: 'panel', 'aria-labelledby': 'page-title' },
@@ -89,6 +117,8 @@ export async function render(root) {
     };
     if (negative.value.trim()) body.negative_prompt = negative.value;
     if (model.value) body.model = model.value;
+    const picked = chosenLoras();
+    if (picked.length) body.loras = picked;
     controller = new AbortController();
     generate.disabled = true; cancel.disabled = false;
     progress.hidden = false; progress.value = 0;

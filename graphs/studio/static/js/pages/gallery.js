@@ -10,12 +10,9 @@ async function projectIds() {
   return ids;
 }
 
-async function recipeOf(asset) {
-  if (hasEndpoint('/v1/assets/{asset_id}/recipe')) {
-    try { return await api(`/v1/assets/${encodeURIComponent(asset.id)}/recipe`); } catch { /* fall back */ }
-  }
-  return { prompt: asset.prompt, parameters: asset.parameters || {}, job_id: asset.job_id };
-}
+// The recipe (how the asset was made) comes with the listing; uploads have none.
+const RECIPE_KEYS = ['negative_prompt', 'model', 'seed', 'steps', 'guidance_scale', 'preset', 'loras', 'workflow_id', 'node'];
+const show = (v) => (typeof v === 'object' ? JSON.stringify(v) : String(v));
 
 export async function render(root, { navigate }) {
   const projects = await projectIds();
@@ -52,19 +49,19 @@ export async function render(root, { navigate }) {
     const m = model.value.trim().toLowerCase();
     const after = since.value ? new Date(since.value) : null;
     const shown = assets.filter((a) => (!kind.value || a.kind === kind.value)
-      && (!m || String(a.parameters?.model || '').toLowerCase().includes(m))
+      && (!m || String(a.recipe?.model || a.parameters?.model || '').toLowerCase().includes(m))
       && (!after || new Date(a.created_at) >= after));
     grid.replaceChildren(...(shown.length ? shown.map(card) : [h('p', { class: 'muted' }, 'No images yet: make one on the Create page.')]));
   }
 
   function card(asset) {
-    const p = asset.parameters || {};
+    const r = asset.recipe;
     const recipe = h('dl', { class: 'recipe' },
-      h('dt', {}, 'prompt'), h('dd', {}, asset.prompt || '—'),
-      ...['model', 'seed', 'steps', 'guidance_scale', 'negative_prompt'].filter((k) => p[k] !== undefined && p[k] !== null)
-        .flatMap((k) => [h('dt', {}, k), h('dd', {}, String(p[k]))]),
+      h('dt', {}, 'prompt'), h('dd', {}, (r && r.prompt) || asset.prompt || '—'),
+      ...(r ? RECIPE_KEYS.filter((k) => r[k] !== undefined && r[k] !== null && r[k] !== '')
+        .flatMap((k) => [h('dt', {}, k), h('dd', {}, show(r[k]))]) : [h('dt', {}, 'recipe'), h('dd', {}, 'none (an upload or an edit of one)')]),
       h('dt', {}, 'size'), h('dd', {}, `${asset.width}×${asset.height}`),
-      h('dt', {}, 'kind'), h('dd', {}, asset.kind),
+      h('dt', {}, 'kind'), h('dd', {}, r && r.kind === 'workflow' ? `${asset.kind} (workflow)` : asset.kind),
       h('dt', {}, 'made'), h('dd', {}, fmtTime(asset.created_at)));
     const del = h('button', { type: 'button', 'aria-label': `Delete ${asset.id}` }, 'Delete');
     del.addEventListener('click', async () => {
@@ -72,14 +69,23 @@ export async function render(root, { navigate }) {
       try { await api(`/v1/assets/${encodeURIComponent(asset.id)}`, { method: 'DELETE' }); assets = assets.filter((a) => a.id !== asset.id); draw(); } catch (err) { showError(panel, err); }
     });
     const send = (page) => () => { handoff({ page, id: asset.id, url: asset.url, prompt: asset.prompt }); navigate(page); };
-    const remix = h('button', { type: 'button', 'aria-label': `Remix ${asset.id}` }, 'Remix');
-    remix.addEventListener('click', async () => {
-      if (hasEndpoint('/v1/assets/{asset_id}/remix')) {
-        try { await api(`/v1/assets/${encodeURIComponent(asset.id)}/remix`, { method: 'POST', json: {} }); load(); return; } catch (err) { showError(panel, err); return; }
-      }
-      const r = await recipeOf(asset);
-      handoff({ page: 'create', id: asset.id, prompt: r.prompt, parameters: r.parameters, remix: true });
+    // Remix: a generation's recipe back in Create with the next seed (edit, then Generate);
+    // Regenerate: POST /v1/assets/{id}/remix, the same recipe and seed again (workflows too).
+    // (an image without a recipe but made from a prompt: its job's prompt and parameters)
+    const remixable = r || (asset.prompt ? { prompt: asset.prompt, ...(asset.parameters || {}) } : null);
+    const remix = remixable ? h('button', { type: 'button', 'aria-label': `Remix ${asset.id}` }, 'Remix') : null;
+    remix?.addEventListener('click', async () => {
+      if (remixable.kind === 'workflow') { handoff({ page: 'lab', id: asset.id, workflow: remixable.workflow }); navigate('lab'); return; }
+      handoff({ page: 'create', id: asset.id, prompt: remixable.prompt, parameters: remixable, remix: true });
       navigate('create');
+    });
+    const again = r ? h('button', { type: 'button', 'aria-label': `Regenerate ${asset.id}` }, 'Regenerate') : null;
+    again?.addEventListener('click', async () => {
+      again.disabled = true;
+      try {
+        await api(`/v1/assets/${encodeURIComponent(asset.id)}/remix`, { method: 'POST', json: {} });
+        await load();
+      } catch (err) { showError(panel, err); } finally { again.disabled = false; }
     });
     const toVideo = hasEndpoint('/v1/videos')
       ? h('button', { type: 'button', onclick: send('video'), 'aria-label': `Send to video: ${asset.id}` }, 'Send to video') : null;
@@ -87,7 +93,7 @@ export async function render(root, { navigate }) {
       h('img', { src: asset.url, alt: asset.prompt ? `Image: ${asset.prompt}` : `Image ${asset.id}`, loading: 'lazy', width: asset.width, height: asset.height }),
       recipe,
       h('div', { class: 'actions' },
-        remix,
+        remix, again,
         h('button', { type: 'button', onclick: send('tools'), 'aria-label': `Send to tools: ${asset.id}` }, 'Send to tools'),
         toVideo,
         h('a', { class: 'button', href: asset.url, download: `${asset.id}.${(asset.content_type || 'image/png').split('/')[1]}` }, 'Download'),

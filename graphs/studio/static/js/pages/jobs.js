@@ -1,18 +1,59 @@
 // Jobs & monitoring: running/queued/recent jobs with progress, recent errors, per-deployment
-// health, and charts of job throughput and latency from the jobs the API lists.
+// health and replicas' readiness, and requests/s and latency charts from GET /v1/metrics.
 import { api, capabilities, hasEndpoint } from '../api.js';
 import { clearError, fmtTime, h, showError } from '../ui.js';
 
-function chart(title, points, unit) {
-  const w = 300; const hh = 100;
+const SVG = 'http://www.w3.org/2000/svg';
+const svgEl = (tag, attrs = {}) => {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  return el;
+};
+
+// A line chart in plain SVG: `points` are [unix seconds, value]; the y axis from 0 to the max.
+function chart(id, title, points, unit) {
+  const w = 320; const hh = 120; const left = 44; const bottom = 18;
   const max = Math.max(1e-9, ...points.map((p) => p[1]));
-  const xs = points.length > 1 ? points.length - 1 : 1;
-  const line = points.map(([, v], i) => `${(i / xs) * w},${hh - (v / max) * (hh - 10)}`).join(' ');
-  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-  svg.setAttribute('viewBox', `0 0 ${w} ${hh}`); svg.setAttribute('class', 'chart'); svg.setAttribute('role', 'img');
-  svg.setAttribute('aria-label', `${title}: ${points.length} points, max ${max.toFixed(2)} ${unit}`);
-  svg.innerHTML = `<polyline points="${line}"></polyline><text x="4" y="12">${max.toFixed(2)} ${unit}</text>`;
-  return h('figure', {}, svg, h('figcaption', {}, title));
+  const t0 = points.length ? points[0][0] : 0; const t1 = points.length ? points[points.length - 1][0] : 1;
+  const x = (t) => left + ((t - t0) / Math.max(1e-9, t1 - t0)) * (w - left - 4);
+  const y = (v) => hh - bottom - (v / max) * (hh - bottom - 8);
+  const last = points.length ? points[points.length - 1][1] : null;
+  const svg = svgEl('svg', { viewBox: `0 0 ${w} ${hh}`, class: 'chart', role: 'img', id,
+    'aria-label': points.length ? `${title}: ${points.length} readings, latest ${last.toFixed(2)} ${unit}, max ${max.toFixed(2)} ${unit}` : `${title}: no readings yet` });
+  svg.append(svgEl('line', { x1: left, y1: hh - bottom, x2: w, y2: hh - bottom, class: 'axis' }),
+    svgEl('line', { x1: left, y1: 4, x2: left, y2: hh - bottom, class: 'axis' }));
+  const label = (tx, ty, text, anchor = 'end') => { const t = svgEl('text', { x: tx, y: ty, 'text-anchor': anchor }); t.textContent = text; return t; };
+  svg.append(label(left - 4, 12, max.toFixed(max < 10 ? 2 : 0)), label(left - 4, hh - bottom, '0'),
+    label(w - 2, hh - 4, points.length > 1 ? `last ${Math.round(t1 - t0)} s` : 'waiting for readings'));
+  if (points.length > 1) svg.append(svgEl('polyline', { points: points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ') }));
+  return h('figure', {}, svg, h('figcaption', {}, `${title} (${unit})${last !== null ? `: ${last.toFixed(2)}` : ''}`));
+}
+
+// Readings of GET /v1/metrics kept while the tab is open (cumulative counters: rates come
+// from the difference of two readings).
+const readings = [];
+const MAX_READINGS = 120;
+
+function totals(m) {
+  let requests = 0; let sum = 0; let count = 0; let errors = 0;
+  for (const r of m.routes) {
+    requests += r.requests; sum += r.latency_sum_s; count += r.latency_count;
+    errors += Object.entries(r.statuses).filter(([st]) => Number(st) >= 500).reduce((a, [, n]) => a + n, 0);
+  }
+  return { time: m.time, requests, sum, count, errors };
+}
+
+function series() {
+  const rps = []; const latency = [];
+  for (let i = 1; i < readings.length; i += 1) {
+    const a = readings[i - 1]; const b = readings[i];
+    const dt = b.time - a.time;
+    if (dt <= 0 || b.requests < a.requests) continue; // a replica restarted: counters reset
+    rps.push([b.time, (b.requests - a.requests) / dt]);
+    const dn = b.count - a.count;
+    latency.push([b.time, dn > 0 ? ((b.sum - a.sum) / dn) * 1000 : 0]);
+  }
+  return { rps, latency };
 }
 
 export async function render(root) {
@@ -20,6 +61,7 @@ export async function render(root) {
   const errors = h('ul', { id: 'job-errors' });
   const health = h('tbody');
   const charts = h('div', { class: 'cols', id: 'charts' });
+  const routesBody = h('tbody', { id: 'route-metrics' });
   const panel = h('section', { class: 'panel', 'aria-labelledby': 'page-title' },
     h('h1', { id: 'page-title' }, 'Jobs & monitoring'),
     h('h2', {}, 'Jobs'),
@@ -27,9 +69,14 @@ export async function render(root) {
       h('thead', {}, h('tr', {}, ['Job', 'Kind', 'Status', 'Progress', 'Step', 'Created', ''].map((t) => h('th', { scope: 'col' }, t || h('span', { class: 'muted' }, 'Actions'))))), body)),
     h('h2', {}, 'Recent errors'), errors,
     h('h2', {}, 'Deployments'),
-    h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Deployments table' }, h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Health', 'Model', 'Device'].map((t) => h('th', { scope: 'col' }, t)))), health)),
-    h('p', { class: 'muted' }, hasEndpoint('/v1/usage') ? '' : 'Replica counts and request metrics per route: see the Ray dashboard and /metrics (no public metrics API on this gateway yet).'),
-    h('h2', {}, 'Throughput and latency'), charts);
+    h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Deployments table' }, h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Health', 'Replicas', 'Model', 'Device'].map((t) => h('th', { scope: 'col' }, t)))), health)),
+    h('h2', {}, 'Requests and latency'),
+    hasEndpoint('/v1/metrics') ? h('p', { class: 'muted' }, 'From the gateway\'s HTTP metrics (GET /v1/metrics, what Prometheus scrapes), read every 5 s: Ray exports them every few seconds, so the first points take a little while.')
+      : h('p', { class: 'muted' }, 'Not available on this gateway: it does not serve GET /v1/metrics.'),
+    charts,
+    h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Requests per route' }, h('table', {},
+      h('caption', { class: 'muted' }, 'Per route since the ingress replicas started'),
+      h('thead', {}, h('tr', {}, ['Route', 'Requests', '5xx', 'Mean latency'].map((t) => h('th', { scope: 'col' }, t)))), routesBody)));
   root.append(panel);
 
   async function refresh() {
@@ -44,36 +91,44 @@ export async function render(root) {
       const failed = jobs.filter((j) => j.status === 'failed').slice(0, 10);
       errors.replaceChildren(...(failed.length ? failed.map((j) => h('li', {}, `${fmtTime(j.finished_at || j.created_at)} ${j.kind} ${j.id}: `, h('span', { class: 'error' }, j.error || 'failed')))
         : [h('li', { class: 'muted' }, 'No failed jobs among the newest 50.')]));
-      // per minute: jobs finished, and their mean duration (seconds)
-      const done = jobs.filter((j) => j.finished_at && j.started_at);
-      const byMinute = new Map();
-      for (const j of done) {
-        const minute = Math.floor(new Date(j.finished_at).getTime() / 60000);
-        const secs = (new Date(j.finished_at) - new Date(j.started_at)) / 1000;
-        const m = byMinute.get(minute) || { n: 0, total: 0 };
-        m.n += 1; m.total += secs; byMinute.set(minute, m);
-      }
-      const minutes = [...byMinute.keys()].sort();
-      charts.replaceChildren(
-        chart('Jobs finished per minute', minutes.map((k) => [k, byMinute.get(k).n]), 'jobs/min'),
-        chart('Mean job latency per minute', minutes.map((k) => [k, byMinute.get(k).total / byMinute.get(k).n]), 's'));
       clearError(panel);
     } catch (err) { showError(panel, err); }
   }
 
+  async function loadMetrics() {
+    if (!hasEndpoint('/v1/metrics')) return;
+    try {
+      const m = await api('/v1/metrics');
+      readings.push(totals(m));
+      if (readings.length > MAX_READINGS) readings.shift();
+      const { rps, latency } = series();
+      charts.replaceChildren(chart('chart-rps', 'Requests per second', rps, 'req/s'),
+        chart('chart-latency', 'Mean latency', latency, 'ms'));
+      routesBody.replaceChildren(...m.routes.slice(0, 30).map((r) => h('tr', {},
+        h('td', {}, `${r.method} ${r.route}`), h('td', {}, r.requests),
+        h('td', {}, Object.entries(r.statuses).filter(([st]) => Number(st) >= 500).reduce((a, [, n]) => a + n, 0)),
+        h('td', {}, r.latency_count ? `${((r.latency_sum_s / r.latency_count) * 1000).toFixed(1)} ms` : '—'))));
+    } catch (err) { showError(panel, err); }
+  }
+
   async function loadHealth() {
-    let statuses = {};
-    try { statuses = (await api('/readyz')).deployments; } catch (err) { statuses = { error: err.message }; }
+    // readiness as data (GET /v1/capabilities?readiness=true): never a failed request
     const caps = await capabilities(true);
-    const names = new Set([...Object.keys(statuses), ...Object.keys(caps.deployments)]);
-    health.replaceChildren(...[...names].map((name) => {
+    const statuses = caps.readiness ? caps.readiness.deployments : {};
+    // Serve's deployment names (Generator) and the capabilities' keys (generator): one row each
+    const seen = new Set(Object.keys(statuses).map((n) => n.toLowerCase()));
+    const names = [...Object.keys(statuses), ...Object.keys(caps.deployments).filter((n) => !seen.has(n.toLowerCase()))];
+    health.replaceChildren(...names.map((name) => {
       const info = caps.deployments[name] || caps.deployments[name.toLowerCase()] || {};
       const st = statuses[name] || (Object.entries(statuses).find(([k]) => k.toLowerCase() === name.toLowerCase()) || [])[1] || '—';
-      return h('tr', {}, h('td', {}, name), h('td', { class: st === 'HEALTHY' ? 'ok' : '' }, st), h('td', {}, info.name ? `${info.name}${info.tiny ? ' (tiny)' : ''}${info.fallback ? ' (fallback)' : ''}` : ''), h('td', {}, info.device || ''));
+      const reps = caps.readiness?.replicas?.[name] || {};
+      return h('tr', {}, h('td', {}, name), h('td', { class: st === 'HEALTHY' ? 'ok' : '' }, st),
+        h('td', {}, Object.entries(reps).map(([k, n]) => `${n} ${k.toLowerCase()}`).join(', ') || '—'), h('td', {}, info.name ? `${info.name}${info.tiny ? ' (tiny)' : ''}${info.fallback ? ' (fallback)' : ''}` : ''), h('td', {}, info.device || ''));
     }));
   }
 
-  await Promise.all([refresh(), loadHealth()]);
+  await Promise.all([refresh(), loadHealth(), loadMetrics()]);
   const timer = setInterval(refresh, 3000);
-  return () => clearInterval(timer);
+  const metricsTimer = setInterval(loadMetrics, 5000);
+  return () => { clearInterval(timer); clearInterval(metricsTimer); };
 }
