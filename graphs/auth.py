@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import studio
-from graphs.errors import ApiError
+from graphs.errors import GATE_SEEN, ApiError
 from graphs.quotas import QuotaConfig, Quotas, Usage
 from storage.key_events import CHANNEL, is_redis_url
 from storage.records import hash_api_key
@@ -476,6 +476,7 @@ class AuthMiddleware:
             await ApiError(503, "the gateway is starting", code="starting",
                            headers={"Retry-After": "2"}).response()(scope, receive, send)
             return
+        scope.setdefault("state", {})[GATE_SEEN] = True  # refusals from here on count here
         try:
             principal, usage = await gate.admit(scope["method"], scope["path"],
                                                 scope.get("headers", []),

@@ -82,6 +82,9 @@ def _unwrap(exc: BaseException) -> BaseException:
 # A flag in the request's ``scope["state"]``: the request ended because a model deployment's
 # queue was full (Serve's BackPressureError). middleware.AdmissionControl then holds the route.
 DOWNSTREAM_FULL = "photostudio.downstream_full"
+# scope["state"] flag: the API-key gate (auth.AuthMiddleware) saw this request and accounted for
+# it; a request answered 4xx/5xx without it was refused before the gate (413, 503 admission…)
+GATE_SEEN = "photostudio.gate_seen"
 
 
 def is_backpressure(exc: BaseException) -> bool:
@@ -203,4 +206,4 @@ COMMON_RESPONSES = {status: ERROR_RESPONSES[status]
                     for status in (401, 403, 413, 429, 503, 504)}
 
 __all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "respond",
-           "is_backpressure", "DOWNSTREAM_FULL", "ERROR_RESPONSES", "COMMON_RESPONSES"]
+           "is_backpressure", "DOWNSTREAM_FULL", "GATE_SEEN", "ERROR_RESPONSES", "COMMON_RESPONSES"]

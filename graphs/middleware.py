@@ -52,7 +52,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
-from graphs.errors import DOWNSTREAM_FULL, ApiError, is_backpressure, respond
+from graphs.errors import DOWNSTREAM_FULL, GATE_SEEN, ApiError, is_backpressure, respond
 from graphs.observability import CLIENT_CLOSED, MetricsMiddleware
 from graphs.serve_proxy import CALLBACK as SERVE_PROXY_CALLBACK
 from graphs.serve_proxy import REQUEST_ID_RE as _REQUEST_ID_RE
@@ -1061,6 +1061,16 @@ def cors_middleware(allow_origins: Sequence[str] = (), *, allow_origin_regex: st
 WATCH_DISCONNECT_AFTER_S = 0.05
 
 
+def _count_early_refusal(scope: Scope, status: int) -> None:
+    """Usage accounting of a request answered before the API-key gate saw it (413 too large,
+    400 bad Content-Length or Host, 503 at capacity): under project ``(anonymous)``, as the
+    key was never checked (`graphs.usage.UsageRecorder.refused`)."""
+    state = getattr(scope.get("app"), "state", None)
+    recorder = getattr(state, "usage_recorder", None)
+    if recorder is not None:
+        recorder.refused(scope, status, None)
+
+
 class RequestPath:
     """Every middleware of this module (and `observability.MetricsMiddleware`, and CORS) in
     ONE pure-ASGI layer, with the behaviour and the order of `install`'s docstring: one
@@ -1168,6 +1178,8 @@ class RequestPath:
         finally:
             if metrics is not None:
                 metrics.request_ended(scope, outcome, time.perf_counter() - started_at)
+            if outcome >= 400 and not scope.get("state", {}).get(GATE_SEEN):
+                _count_early_refusal(scope, outcome)
             request_id_var.reset(rid_token)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send,

@@ -23,7 +23,10 @@ What is counted where:
   requests the API-key gate refuses (401, 403, 429 of the requests/minute limit or of a
   model-seconds quota) too, through `refused` (`auth.AuthMiddleware`'s one hook): under the
   key when it was identified (403 scope, 429), else under project ``(anonymous)`` with no key
-  (401: no key or an unknown one; a bad signed asset URL). Their route is the route template
+  (401: no key or an unknown one; a bad signed asset URL). Requests answered before the gate
+  saw them (413 too large, 400 bad Content-Length/Host, 503 at capacity: the request path's
+  `middleware.RequestPath`, flag `errors.GATE_SEEN`) count under ``(anonymous)`` the same
+  way. Their route is the route template
   the path matches (never the raw path: ids would make a row per request).
 - images and pixels: each job's images (`note_output`), streamed (SSE) generations included:
   the stream's job runs inside the request, which is recorded when the stream ends.

@@ -210,6 +210,48 @@ def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path):
         store.close()
 
 
+def test_requests_refused_before_the_gate_are_counted_once_as_anonymous(tmp_path):
+    """413 (body too large) and a bad Content-Length are answered by the request path before
+    the key is checked: counted under ``(anonymous)``; a request the gate saw is counted once,
+    by the gate or the usage layer, never a second time."""
+    import httpx
+
+    from graphs.auth import AuthConfig
+    from graphs.middleware import HardeningConfig, RequestPath
+    from storage.records import RecordStore
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'u.db'}")
+    try:
+        store.create_project(project_id="p1")
+        _, token = store.create_api_key(project="p1", name="k", scopes=["generate", "tools"])
+        recorder = usage.UsageRecorder(store, flush_s=3600)
+        app = refused_app(store, recorder)
+        app.add_middleware(RequestPath, config=HardeningConfig(max_request_bytes=64))
+        auth.configure(app, records=store, config=AuthConfig())
+
+        async def calls():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://t") as c:
+                bearer = {"Authorization": f"Bearer {token}"}
+                return [(await c.post("/v1/images/upscale", headers=bearer,
+                                      content=b"x" * 100)).status_code,  # 413, key unseen
+                        (await c.post("/v1/images/upscale", headers={
+                            **bearer, "Content-Length": "-1"})).status_code,  # 400
+                        (await c.get("/v1/jobs/job_1")).status_code,  # 401 at the gate
+                        (await c.get("/v1/nope", headers=bearer)).status_code,  # 404, app
+                        (await c.post("/v1/images/upscale", headers=bearer)).status_code]
+
+        assert asyncio.run(calls()) == [413, 400, 401, 404, 200]
+        recorder.flush()
+        end = datetime.now(timezone.utc) + timedelta(hours=1)
+        by_project = {g["group"]: g for g in store.usage_report(
+            start=end - timedelta(days=1), end=end, group_by="project")}
+        assert by_project[usage.ANONYMOUS]["statuses"] == {"413": 1, "400": 1, "401": 1}
+        assert by_project["p1"]["statuses"] == {"404": 1, "200": 1}
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("method,path,template", [
     ("POST", "/v1/projects", "/v1/projects"),
     ("GET", "/v1/jobs/job_1", "/v1/jobs/{job_id}"),  # the template, never the id
