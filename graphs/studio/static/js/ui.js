@@ -112,3 +112,32 @@ export function fmtTime(iso) {
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
+
+const SVG = 'http://www.w3.org/2000/svg';
+const svgEl = (tag, attrs = {}) => {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  return el;
+};
+
+// A line chart in plain SVG (Jobs: requests/s and latency over time; Datasets: a training's
+// loss per step): `points` are [x, value], the y axis from 0 to the max. `span(x0, x1)` says
+// what the x range is (default: seconds); `digits` how the values are written.
+export function lineChart(id, title, points, unit, { span = (a, b) => `last ${Math.round(b - a)} s`, digits = 2 } = {}) {
+  const w = 320; const hh = 120; const left = 44; const bottom = 18;
+  const max = Math.max(1e-9, ...points.map((p) => p[1]));
+  const t0 = points.length ? points[0][0] : 0; const t1 = points.length ? points[points.length - 1][0] : 1;
+  const x = (t) => left + ((t - t0) / Math.max(1e-9, t1 - t0)) * (w - left - 4);
+  const y = (v) => hh - bottom - (v / max) * (hh - bottom - 8);
+  const last = points.length ? points[points.length - 1][1] : null;
+  const fmt = (v) => v.toFixed(digits);
+  const svg = svgEl('svg', { viewBox: `0 0 ${w} ${hh}`, class: 'chart', role: 'img', id, 'data-points': points.length,
+    'aria-label': points.length ? `${title}: ${points.length} readings, latest ${fmt(last)}${unit ? ` ${unit}` : ''}, max ${fmt(max)}${unit ? ` ${unit}` : ''}` : `${title}: no readings yet` });
+  svg.append(svgEl('line', { x1: left, y1: hh - bottom, x2: w, y2: hh - bottom, class: 'axis' }),
+    svgEl('line', { x1: left, y1: 4, x2: left, y2: hh - bottom, class: 'axis' }));
+  const label = (tx, ty, text, anchor = 'end') => { const t = svgEl('text', { x: tx, y: ty, 'text-anchor': anchor }); t.textContent = text; return t; };
+  svg.append(label(left - 4, 12, max.toFixed(max < 10 ? digits : 0)), label(left - 4, hh - bottom, '0'),
+    label(w - 2, hh - 4, points.length > 1 ? span(t0, t1) : 'waiting for readings'));
+  if (points.length > 1) svg.append(svgEl('polyline', { points: points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ') }));
+  return h('figure', {}, svg, h('figcaption', {}, `${title}${unit ? ` (${unit})` : ''}${last !== null ? `: ${fmt(last)}` : ''}`));
+}

@@ -91,7 +91,7 @@ export async function render(root) {
 
   const form = h('form', { class: 'panel', 'aria-labelledby': 'page-title' },
     h('h1', { id: 'page-title' }, 'Create'),
-    recipe ? h('p', { class: 'muted', id: 'remix-note' }, `Remixing ${recipe.id}: same recipe, next seed.`) : null,
+    recipe ? h('p', { class: 'muted', id: 'remix-note' }, recipe.remix ? `Remixing ${recipe.id}: same recipe, next seed.` : `From ${recipe.id}.`) : null,
     field('Prompt', prompt),
     field('Negative prompt', negative),
     h('div', { class: 'row' }, field('Preset', preset), field('Model', model), field('Size', size)),

@@ -1,33 +1,7 @@
 // Jobs & monitoring: running/queued/recent jobs with progress, recent errors, per-deployment
 // health and replicas' readiness, and requests/s and latency charts from GET /v1/metrics.
 import { api, capabilities, hasEndpoint } from '../api.js';
-import { clearError, fmtTime, h, showError } from '../ui.js';
-
-const SVG = 'http://www.w3.org/2000/svg';
-const svgEl = (tag, attrs = {}) => {
-  const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
-  return el;
-};
-
-// A line chart in plain SVG: `points` are [unix seconds, value]; the y axis from 0 to the max.
-function chart(id, title, points, unit) {
-  const w = 320; const hh = 120; const left = 44; const bottom = 18;
-  const max = Math.max(1e-9, ...points.map((p) => p[1]));
-  const t0 = points.length ? points[0][0] : 0; const t1 = points.length ? points[points.length - 1][0] : 1;
-  const x = (t) => left + ((t - t0) / Math.max(1e-9, t1 - t0)) * (w - left - 4);
-  const y = (v) => hh - bottom - (v / max) * (hh - bottom - 8);
-  const last = points.length ? points[points.length - 1][1] : null;
-  const svg = svgEl('svg', { viewBox: `0 0 ${w} ${hh}`, class: 'chart', role: 'img', id,
-    'aria-label': points.length ? `${title}: ${points.length} readings, latest ${last.toFixed(2)} ${unit}, max ${max.toFixed(2)} ${unit}` : `${title}: no readings yet` });
-  svg.append(svgEl('line', { x1: left, y1: hh - bottom, x2: w, y2: hh - bottom, class: 'axis' }),
-    svgEl('line', { x1: left, y1: 4, x2: left, y2: hh - bottom, class: 'axis' }));
-  const label = (tx, ty, text, anchor = 'end') => { const t = svgEl('text', { x: tx, y: ty, 'text-anchor': anchor }); t.textContent = text; return t; };
-  svg.append(label(left - 4, 12, max.toFixed(max < 10 ? 2 : 0)), label(left - 4, hh - bottom, '0'),
-    label(w - 2, hh - 4, points.length > 1 ? `last ${Math.round(t1 - t0)} s` : 'waiting for readings'));
-  if (points.length > 1) svg.append(svgEl('polyline', { points: points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ') }));
-  return h('figure', {}, svg, h('figcaption', {}, `${title} (${unit})${last !== null ? `: ${last.toFixed(2)}` : ''}`));
-}
+import { clearError, fmtTime, h, lineChart, showError } from '../ui.js';
 
 // Readings of GET /v1/metrics kept while the tab is open (cumulative counters: rates come
 // from the difference of two readings).
@@ -102,8 +76,8 @@ export async function render(root) {
       readings.push(totals(m));
       if (readings.length > MAX_READINGS) readings.shift();
       const { rps, latency } = series();
-      charts.replaceChildren(chart('chart-rps', 'Requests per second', rps, 'req/s'),
-        chart('chart-latency', 'Mean latency', latency, 'ms'));
+      charts.replaceChildren(lineChart('chart-rps', 'Requests per second', rps, 'req/s'),
+        lineChart('chart-latency', 'Mean latency', latency, 'ms'));
       routesBody.replaceChildren(...m.routes.slice(0, 30).map((r) => h('tr', {},
         h('td', {}, `${r.method} ${r.route}`), h('td', {}, r.requests),
         h('td', {}, Object.entries(r.statuses).filter(([st]) => Number(st) >= 500).reduce((a, [, n]) => a + n, 0)),
