@@ -91,8 +91,9 @@ export async function render(root, { navigate } = {}) {
 
   function showDataset(ds, stats) {
     const c = ds.captions || {};
-    const missingBy = c.missing_captions === 'vision' ? `captioned by the vision model${c.auto_captioner ? ` (${c.auto_captioner})` : ''} at upload`
-      : 'trained with the trigger word as their caption';
+    // training puts the trigger word in front of every caption, and uses it alone where none
+    const missingBy = `trained with the trigger word alone; ${c.missing_captions === 'vision' ? `new uploads are captioned by the vision model${c.auto_captioner ? ` (${c.auto_captioner})` : ''} where you give none`
+      : 'no vision model is deployed to caption uploads'}`;
     const sources = Object.entries(stats.caption_sources || {}).filter(([, n]) => n).map(([k, n]) => `${n} by ${SOURCES[k] || k}`).join(', ');
     const statsEl = h('dl', { class: 'stats', id: 'dataset-stats' },
       h('dt', {}, 'Images'), h('dd', {}, `${stats.images} (${kb(stats.bytes)})`),
@@ -105,7 +106,7 @@ export async function render(root, { navigate } = {}) {
       h('tbody', { id: 'dataset-images' }, ...(ds.data || []).map((im) => h('tr', { dataset: { image: im.id } },
         h('td', {}, h('img', { src: im.url, alt: im.caption || im.filename || im.id, class: 'thumb', width: 48, height: 48, loading: 'lazy' })),
         h('td', {}, im.filename || im.asset_id), h('td', {}, im.caption || h('span', { class: 'muted' }, '(none)')),
-        h('td', {}, im.caption_source ? SOURCES[im.caption_source] || im.caption_source : (c.missing_captions === 'vision' ? 'vision model' : 'trigger word')),
+        h('td', {}, im.caption_source ? SOURCES[im.caption_source] || im.caption_source : 'trigger word only'),
         h('td', {}, `${im.width}×${im.height}, ${kb(im.size_bytes)}`))))));
     detail.replaceChildren(h('h2', { id: 'dataset-title' }, `Dataset: ${ds.name}`),
       ds.description ? h('p', {}, ds.description) : null, statsEl, uploadForm(ds), images);
