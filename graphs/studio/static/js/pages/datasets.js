@@ -168,19 +168,28 @@ export async function render(root, { navigate } = {}) {
     h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Trainings table' }, h('table', {},
       h('thead', {}, h('tr', {}, ['Adapter', 'Status', 'Step', 'Loss', 'Created', ''].map((t) => h('th', { scope: 'col' }, t || h('span', { class: 'muted' }, 'Actions'))))), trainingsBody)));
 
+  let startButton = null;
+  // the dataset picker follows the list; the rest of the form (what was typed) stays
   async function loadTrainingForm() {
     if (!canTrain) {
       formSlot.replaceChildren(h('div', { class: 'unavailable', role: 'note' }, h('p', {}, h('strong', {}, 'Training not available on this gateway.')),
         h('p', { class: 'muted' }, 'LoRA training needs the POST /v1/trainings API, which this gateway\'s /v1/capabilities does not list.')));
       return;
     }
-    let datasets = []; let bases = [];
-    try {
-      [datasets, bases] = await Promise.all([api('/v1/datasets?limit=100').then((r) => r.data),
-        api('/v1/models?kind=base').then((r) => r.data.filter((m) => m.deployment)).catch(() => [])]);
-    } catch (err) { showError(training, err); return; }
-    const keep = trainDataset ? trainDataset.value : (current && current.id);
-    trainDataset = select('dataset_id', datasets.map((d) => [d.id, `${d.name} (${d.images} images)`]), keep);
+    let datasets = [];
+    try { datasets = (await api('/v1/datasets?limit=100')).data; } catch (err) { showError(training, err); return; }
+    const options = datasets.map((d) => h('option', { value: d.id }, `${d.name} (${d.images} images)`));
+    if (trainDataset) {
+      const keep = trainDataset.value || (current && current.id);
+      trainDataset.replaceChildren(...options);
+      if (keep && datasets.some((d) => d.id === keep)) trainDataset.value = keep;
+      startButton.disabled = !datasets.length;
+      return;
+    }
+    const bases = await api('/v1/models?kind=base').then((r) => r.data.filter((m) => m.deployment)).catch(() => []);
+    trainDataset = select('dataset_id', [], '');
+    trainDataset.replaceChildren(...options);
+    if (current) trainDataset.value = current.id;
     const name = h('input', { name: 'name', dataset: { param: 'name' }, required: true, pattern: '[A-Za-z0-9][A-Za-z0-9._\\-]{0,63}', placeholder: 'my-style' });
     const base = select('base_model', [['', `Default (${gen.name || 'the served base'})`], ...bases.map((m) => m.id)], '');
     const num = (n, attrs) => h('input', { type: 'number', name: n, dataset: { param: n }, ...attrs });
@@ -193,8 +202,9 @@ export async function render(root, { navigate } = {}) {
     const trigger = h('input', { name: 'trigger_word', dataset: { param: 'trigger_word' }, placeholder: '= adapter name' });
     const seed = num('seed', { min: 0, max: 4294967295, value: 0 });
     const start = h('button', { type: 'submit', class: 'primary', disabled: !datasets.length }, 'Start training');
+    startButton = start;
     const form = h('form', { id: 'training-start', 'aria-label': 'Start a training' },
-      h('p', { class: 'muted' }, datasets.length ? 'Needs a key with the models (or admin) scope: the trained adapter is registered as a LoRA.' : 'Create a dataset with images first.'),
+      h('p', { class: 'muted' }, 'Pick a dataset with images. Needs a key with the models (or admin) scope: the trained adapter is registered as a LoRA.'),
       h('div', { class: 'row' }, field('Dataset', trainDataset), field('Adapter name', name, 'letters, digits, . _ -'), field('Base model', base)),
       h('div', { class: 'row' }, field('Rank', rank), field('Alpha', alpha), field('Learning rate', lr), field('Steps', steps), field('Batch size', batch)),
       h('div', { class: 'row' }, field('Resolution', res, 'px, multiple of 8'), field('Trigger word', trigger), field('Seed', seed)), start);
