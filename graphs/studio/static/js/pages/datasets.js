@@ -178,7 +178,8 @@ export async function render(root, { navigate } = {}) {
     }
     let datasets = [];
     try { datasets = (await api('/v1/datasets?limit=100')).data; } catch (err) { showError(training, err); return; }
-    const options = datasets.map((d) => h('option', { value: d.id }, `${d.name} (${d.images} images)`));
+    const options = datasets.length ? datasets.map((d) => h('option', { value: d.id }, `${d.name} (${d.images} images)`))
+      : [h('option', { value: '' }, 'No datasets yet')];
     if (trainDataset) {
       const keep = trainDataset.value || (current && current.id);
       trainDataset.replaceChildren(...options);
