@@ -630,7 +630,8 @@ class Ingress:
                               not_ready=bad,
                               replicas={name: r for name, (_, r) in states.items()})
 
-    @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"])
+    @app.get("/v1/capabilities", response_model=Capabilities, tags=["ops"],
+             responses={400: ERROR_RESPONSES[400]})
     async def capabilities(self, readiness: bool = Query(
             False, description="also what /readyz checks, as data (`readiness`: 200 while "
             "warming up, where /readyz answers 503)")) -> Capabilities:

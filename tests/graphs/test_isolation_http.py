@@ -45,7 +45,7 @@ def not_found(r: httpx.Response) -> dict:
 @pytest.fixture(scope="module")
 def projects(gateway, zoo_dir, tmp_path_factory):
     """Two projects with a key each; A owns a job, its output image, a chat session, a
-    chat upload and a registered LoRA."""
+    chat upload, a registered LoRA, a dataset and a (finished) training; B owns a dataset."""
     from tests.lora_files import tiny_lora
 
     a = gateway.create_key(project="iso-a", scopes=["generate", "tools", "chat", "models"])
@@ -80,6 +80,25 @@ def projects(gateway, zoo_dir, tmp_path_factory):
         r = ca.post("/v1/models/loras", data={"name": "iso-a-style"},
                     files={"file": ("a.safetensors", lora, "application/octet-stream")})
         assert r.status_code == 201, r.text
+        r = ca.post("/v1/datasets", json={"name": "A's set"})
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        r = ca.post(f"/v1/datasets/{dataset_id}/images", data={"auto_caption": "false"},
+                    files=[("image", (f"{i}.png", png(np.roll(photo, 7 * i, axis=1)),
+                                      "image/png")) for i in range(2)])
+        assert r.status_code == 201, r.text
+        r = ca.post("/v1/trainings", json={"dataset_id": dataset_id, "name": "iso-a-trained",
+                                           "steps": 2, "rank": 2, "resolution": 64})
+        assert r.status_code == 202, r.text
+        training_id = r.json()["id"]
+        wait_until(lambda: ca.get(f"/v1/trainings/{training_id}").json()["status"]
+                   in ("succeeded", "failed"), timeout=300, interval=0.3,
+                   what="project A's training")
+        training_status = ca.get(f"/v1/trainings/{training_id}").json()["status"]
+    with client(gateway, b) as cb:
+        r = cb.post("/v1/datasets", json={"name": "B's set"})
+        assert r.status_code == 201, r.text
+        dataset_b = r.json()["id"]
     records = RecordStore(gateway.database_url)
     try:
         session = records.get_session(session_id=chat["session_id"], project="iso-a")
@@ -92,7 +111,8 @@ def projects(gateway, zoo_dir, tmp_path_factory):
         "asset_b64": generated["data"][0]["b64_json"], "session_id": chat["session_id"],
         "upload_id": upload_id, "chat_url": chat["data"]["images"][0]["url"],
         "video_id": video_id, "workflow_id": workflow_id, "preset_id": preset_id,
-        "lora": "iso-a-style",
+        "lora": "iso-a-style", "dataset_id": dataset_id, "training_id": training_id,
+        "training_status": training_status, "dataset_b": dataset_b,
     }
 
 
@@ -130,6 +150,16 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("POST", "/v1/presets/{preset_id}/apply", "path"): "preset_id",
     ("DELETE", "/v1/models/loras/{name}", "path"): "name",
     ("POST", "/v1/models/loras", "asset_id"): "asset_id",
+    ("GET", "/v1/datasets/{dataset_id}", "path"): "dataset_id",
+    ("DELETE", "/v1/datasets/{dataset_id}", "path"): "dataset_id",
+    ("GET", "/v1/datasets/{dataset_id}/stats", "path"): "dataset_id",
+    ("POST", "/v1/datasets/{dataset_id}/images", "path"): "dataset_id",
+    ("POST", "/v1/datasets/{dataset_id}/images", "asset_id"): "asset_id",
+    ("POST", "/v1/trainings", "dataset_id"): "dataset_id",
+    ("GET", "/v1/trainings/{training_id}", "path"): "training_id",
+    ("DELETE", "/v1/trainings/{training_id}", "path"): "training_id",
+    ("GET", "/v1/trainings/{training_id}/events", "path"): "training_id",
+    ("GET", "/v1/trainings/{training_id}/metrics", "path"): "training_id",
 }
 # fields named like ids that are not references to existing records
 NOT_REFERENCES = {
@@ -203,11 +233,15 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
                "asset_id": projects["asset_id"], "upload_id": projects["upload_id"],
                "project_id": "iso-a", "video_id": projects["video_id"],
                "workflow_id": projects["workflow_id"],
-               "preset_id": projects["preset_id"], "name": projects["lora"]}[
+               "preset_id": projects["preset_id"], "name": projects["lora"],
+               "dataset_id": projects["dataset_id"], "training_id": projects["training_id"]}[
         FOREIGN_ID_CASES[case]]
     with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
         before_b = _gallery(cb, "iso-b")
-        if where == "path":
+        if where == "path" and path.endswith("/images"):  # add B's image to A's dataset
+            r = cb.post(path.replace("{dataset_id}", foreign), data={"auto_caption": "false"},
+                        files=[("image", ("b.png", png(projects["photo"]), "image/png"))])
+        elif where == "path":
             body = {"overrides": {}} if path == "/v1/assets/{asset_id}/remix" else \
                 {"prompt": "mine now"} if path.endswith(("/remix", "/apply")) else \
                 {"scale": 2} if path.endswith("/upscale") else \
@@ -218,6 +252,12 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
         elif where == "asset_id" and path == "/v1/models/loras":  # register A's file
             r = cb.post(path, json={"name": "iso-b-taken", "asset_id": foreign})
+        elif where == "asset_id" and path.endswith("/images"):  # A's image into B's dataset
+            r = cb.post(path.replace("{dataset_id}", projects["dataset_b"]),
+                        data={"asset_id": foreign, "auto_caption": "false"})
+        elif where == "dataset_id":  # train on A's dataset
+            r = cb.post(path, json={"dataset_id": foreign, "name": "iso-b-trained",
+                                    "steps": 2, "rank": 2, "resolution": 64})
         elif where == "asset_id":  # a form field (image analysis)
             r = cb.post(path, data={"asset_id": foreign})
         elif where == "workflow_id":  # run a saved workflow of A
@@ -236,6 +276,12 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
         assert ca.get(f"/v1/presets/{projects['preset_id']}").json()["title"] == "A's look"
         assert ca.get(f"/v1/models/{projects['lora']}").json()["owned_by"] == "iso-a"
         assert cb.get("/v1/models/iso-b-taken").status_code == 404
+        assert cb.get("/v1/models/iso-b-trained").status_code == 404
+        dataset = ca.get(f"/v1/datasets/{projects['dataset_id']}").json()
+        assert dataset["images"] == 2, dataset
+        assert ca.get(f"/v1/trainings/{projects['training_id']}").json()["status"] == \
+            projects["training_status"]
+        assert cb.get(f"/v1/datasets/{projects['dataset_b']}").json()["images"] == 0
         assert _gallery(cb, "iso-b") == before_b
         jobs_b = cb.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
         assert not any(j["kind"] == "chat" for j in jobs_b)
