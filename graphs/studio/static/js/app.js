@@ -69,7 +69,13 @@ function banner(text, kind = '') {
   el.textContent = text || '';
 }
 
+// Each navigation gets a number; a slower, older one (its key check or module still loading)
+// must not replace the page a newer one has rendered meanwhile.
+let routeSeq = 0;
+
 async function route() {
+  const seq = ++routeSeq;
+  const stale = () => seq !== routeSeq;
   if (cleanup) { try { cleanup(); } catch { /* page gone */ } cleanup = null; }
   if (!getKey()) { showKeyPanel(); return; }
   $('#key-panel').hidden = true;
@@ -83,14 +89,17 @@ async function route() {
   });
   pageEl.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   try {
-    if (!(await checkKey())) return;
+    if (!(await checkKey()) || stale()) return;
     const mod = await PAGES[page]();
+    if (stale()) return;
     const root = h('div', { class: 'page', dataset: { page } });
     pageEl.replaceChildren(root);
-    cleanup = (await mod.render(root, { navigate })) || null;
+    const done = (await mod.render(root, { navigate })) || null;
+    if (stale()) { if (done) { try { done(); } catch { /* page gone */ } } return; }
+    cleanup = done;
     document.title = `${root.querySelector('h1')?.textContent || page} · Photo Studio`;
   } catch (err) {
-    pageEl.replaceChildren(h('div', { class: 'alert error', role: 'alert' }, err.message || String(err)));
+    if (!stale()) pageEl.replaceChildren(h('div', { class: 'alert error', role: 'alert' }, err.message || String(err)));
   }
 }
 
