@@ -323,9 +323,8 @@ class JobRunner:
             await asyncio.to_thread(self.records.finish_job, job_id=job_id, timings=timings,
                                     model=out.model, result=result, assets=unrecorded)
             if self.after_images is not None:
-                # the images' assets come first in `unrecorded`, then the files' (videos…)
-                self.after_images([(a.id, image) for a, image in zip(
-                    unrecorded[:len(out.images)], out.images, strict=True)])
+                self.after_images([(item.id, image) for item, image in zip(
+                    data, out.images, strict=True)])
             unrecorded = []
             metrics.record_images(kind, len(data))
             return response
