@@ -197,6 +197,9 @@ _pending_counts: dict[tuple[str, str, int], list] = {}  # key -> [labels, count]
 _counts_lock = threading.Lock()
 _counts_flushed_at = float("-inf")
 _counts_flush_scheduled = False
+# the loop the pending flush is scheduled on: a loop closed before it ran (a test's
+# asyncio.run, a replica's shutdown) must not leave the flag set and the counts stuck
+_counts_flush_loop: asyncio.AbstractEventLoop | None = None
 
 
 def flush_request_counts() -> int:
@@ -215,7 +218,7 @@ def record_request(route: str, status: int, seconds: float, *, method: str = "GE
     """Count one answered request and observe its latency. `route` is the route template
     (``/v1/assets/{asset_id}``), never the raw path: label values must stay few. The count
     reaches Ray within `REQUEST_COUNT_FLUSH_S` (summed); False outside Ray."""
-    global _counts_flush_scheduled
+    global _counts_flush_scheduled, _counts_flush_loop
     key = (route, method, status)
     labels = _request_labels.get(key)
     if labels is None:
@@ -240,16 +243,20 @@ def record_request(route: str, status: int, seconds: float, *, method: str = "GE
         else:
             entry[1] += 1
         due = REQUEST_COUNT_FLUSH_S - (time.monotonic() - _counts_flushed_at)
-        schedule = due > 0 and not _counts_flush_scheduled
+        stale = _counts_flush_loop is not None and _counts_flush_loop.is_closed()
+        schedule = due > 0 and (not _counts_flush_scheduled or stale)
         if schedule:
             _counts_flush_scheduled = True
     if due <= 0:
         flush_request_counts()
     elif schedule:
         try:
-            asyncio.get_running_loop().call_later(due, flush_request_counts)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop in this thread: now
             flush_request_counts()
+        else:
+            _counts_flush_loop = loop
+            loop.call_later(due, flush_request_counts)
     return observed
 
 

@@ -166,6 +166,31 @@ def test_every_page_loads_clean_and_accessible(gateway, browser, artifacts_dir, 
         context.close()
 
 
+def test_long_job_errors_stay_within_a_phone_screen(gateway, browser, artifacts_dir):
+    """A failed job's error is often one long unbroken token (a URL, an actor id, a path):
+    the Jobs page wraps it instead of making the phone scroll sideways."""
+    import json
+
+    token = "ActorDiedError:" + "x" * 300
+    job = {"id": "job_" + "a" * 60, "object": "job", "kind": "generation", "status": "failed",
+           "progress": 0.5, "step": "denoise", "created_at": 1_765_000_000,
+           "finished_at": 1_765_000_010, "error": token}
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        page.route(re.compile(r".*/v1/jobs\?limit=50$"), lambda route: route.fulfill(
+            status=200, content_type="application/json",
+            body=json.dumps({"object": "list", "data": [job]})))
+        enter_key(page, gateway)
+        page.goto(f"{studio(gateway)}#/jobs")
+        page.locator("#job-errors li", has_text="ActorDiedError").wait_for(timeout=TIMEOUT_MS)
+        page.screenshot(path=str(artifacts_dir / "studio-jobs-long-error-390.png"),
+                        full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 391
+    finally:
+        context.close()
+
+
 def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_dir):
     page.set_default_timeout(TIMEOUT_MS)
     enter_key(page, gateway)

@@ -113,7 +113,8 @@ def test_dashboard_panels_query_only_metrics_we_export():
 
 def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monkeypatch):
     """The request counter is handed to Ray as sums, at most every REQUEST_COUNT_FLUSH_S
-    (the latency histogram per request), and the last sums go out when requests stop."""
+    (the latency histogram per request), and the last sums go out when requests stop —
+    also when the flush pending before was scheduled on an event loop that has closed."""
     import asyncio
     import time
 
@@ -122,11 +123,23 @@ def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monke
     monkeypatch.setattr(metrics._registry, "record",
                         lambda spec, value, tags: recorded.append((spec.name, value, tags))
                         or True)
-    monkeypatch.setattr(metrics, "REQUEST_COUNT_FLUSH_S", 0.05)
+    monkeypatch.setattr(metrics, "REQUEST_COUNT_FLUSH_S", 0.5)
     monkeypatch.setattr(metrics, "_counts_flushed_at", time.monotonic())
+    monkeypatch.setattr(metrics, "_pending_counts", {})
+    monkeypatch.setattr(metrics, "_counts_flush_scheduled", False)
+    monkeypatch.setattr(metrics, "_counts_flush_loop", None)
+
+    async def abandoned():  # schedules a flush, then its loop closes before it runs
+        metrics._counts_flushed_at = time.monotonic()
+        metrics.record_request("/v1/styles", 200, 0.01)
+
+    asyncio.run(abandoned())
+    assert [r for r in recorded if r[0] == metrics.REQUESTS.name] == []
+    assert metrics._counts_flush_scheduled
 
     async def scenario():
-        for _ in range(3):
+        metrics._counts_flushed_at = time.monotonic()
+        for _ in range(2):
             assert metrics.record_request("/v1/styles", 200, 0.01) is True
         metrics.record_request("/v1/styles", 429, 0.01)
         counts = [r for r in recorded if r[0] == metrics.REQUESTS.name]
