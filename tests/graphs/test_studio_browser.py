@@ -196,6 +196,11 @@ def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_d
     enter_key(page, gateway)
     page.goto(f"{studio(gateway)}#/create")
     page.get_by_label("Prompt", exact=True).fill("a red fox in the snow, studio test")
+    # a preset of the gateway's store (GET /v1/presets): its parameters fill the form, its
+    # template is shown, and the server applies it (recorded in the image's recipe)
+    page.get_by_label("Preset", exact=True).select_option("concept-art")
+    assert "concept art of {prompt}" in page.locator("#preset-note").inner_text()
+    assert page.get_by_label("Guidance", exact=True).input_value() == "8"
     page.get_by_label("Steps", exact=True).fill("4")
     page.get_by_role("button", name="Generate").click()
     final = page.locator("img.final")
@@ -209,15 +214,18 @@ def test_generate_gallery_remix_and_remove_background(gateway, page, artifacts_d
     page.goto(f"{studio(gateway)}#/gallery")
     card = page.locator(f"article[data-asset='{asset_id}']")
     card.wait_for()
-    assert "a red fox in the snow, studio test" in card.locator("dl.recipe").inner_text()
+    recipe = card.locator("dl.recipe").inner_text()
+    assert "concept art of a red fox in the snow, studio test" in recipe and "concept-art" in recipe
     assert loaded(card.locator("img"))
     page.screenshot(path=str(artifacts_dir / "studio-gallery-recipe.png"), full_page=True)
 
     # remix: the recipe back in Create, the next seed; a new image
     card.get_by_role("button", name=f"Remix {asset_id}").click()
     page.locator("#remix-note").wait_for()
-    assert page.get_by_label("Prompt", exact=True).input_value() == \
-        "a red fox in the snow, studio test"
+    # the recipe's prompt is the one the model saw (the preset applied once, not again)
+    assert page.get_by_label("Prompt", exact=True).input_value().startswith(
+        "concept art of a red fox in the snow, studio test")
+    assert page.get_by_label("Preset", exact=True).input_value() == ""
     page.get_by_role("button", name="Generate").click()
     page.locator("img.final").wait_for()
     remixed = page.locator("img.final").get_attribute("data-asset")

@@ -3,12 +3,6 @@
 import { api, capabilities, hasEndpoint, sse } from '../api.js';
 import { clearError, dataUrl, field, h, select, showError, takeHandoff } from '../ui.js';
 
-const PRESETS = {
-  draft: { label: 'Fast draft', steps: 2, guidance_scale: 5 },
-  balanced: { label: 'Balanced', steps: 4, guidance_scale: 7 },
-  detailed: { label: 'Detailed', steps: 8, guidance_scale: 7.5 },
-};
-
 function sizes(limits) {
   const lo = limits.min_side || 64; const hi = limits.max_side || 1024; const m = limits.multiple || 8;
   const d = [limits.default_width || lo, limits.default_height || lo];
@@ -25,10 +19,18 @@ export async function render(root) {
   let models = [];
   try { models = (await api('/v1/models')).data.filter((m) => m.deployment === 'generator' || m.deployment === 'Generator'); } catch { models = []; }
   const recipe = takeHandoff('create');
+  // presets: the gateway's own (GET /v1/presets?kind=image: built-in styles, templates and
+  // named presets, and the project's own); the request names one and the server applies it
+  let presets = [];
+  if (hasEndpoint('/v1/presets')) {
+    try { presets = (await api('/v1/presets?kind=image')).data; } catch { presets = []; }
+  }
 
   const prompt = h('textarea', { name: 'prompt', dataset: { param: 'prompt' }, required: true, rows: 3 });
   const negative = h('textarea', { name: 'negative_prompt', dataset: { param: 'negative_prompt' }, rows: 2 });
-  const preset = select('preset', [['', 'None'], ...Object.entries(PRESETS).map(([k, v]) => [k, v.label])], '');
+  const preset = select('preset', [['', 'None'], ...presets.map((p) => [p.id, p.builtin ? p.title : `${p.title} (yours)`])], '');
+  preset.dataset.param = 'preset';
+  const presetNote = h('p', { class: 'muted', id: 'preset-note', 'aria-live': 'polite' });
   const model = select('model', [['', `Default (${gen.name || 'generator'})`], ...models.map((m) => [m.id, m.id])], '');
   const size = select('size', sizes(gen.limits || {}), '64x64');
   const steps = h('input', { name: 'steps', type: 'number', min: 1, value: 4 });
@@ -68,9 +70,17 @@ export async function render(root) {
       ? 'LoRAs: none registered for this base model yet (upload one on the Models page).'
       : 'LoRAs: none in this gateway\'s catalogue for its base model.');
 
+  // the preset's own steps / guidance / size fill the form (what the form sends wins on the
+  // server, so the form shows what will be used); its template and negative prompt are applied
+  // by the server around the prompt typed here
   preset.addEventListener('change', () => {
-    const p = PRESETS[preset.value];
-    if (p) { steps.value = p.steps; guidance.value = p.guidance_scale; }
+    const p = presets.find((x) => x.id === preset.value);
+    if (!p) { presetNote.textContent = ''; return; }
+    const params = p.params || {};
+    if (params.steps) steps.value = params.steps;
+    if (params.guidance_scale !== undefined && params.guidance_scale !== null) guidance.value = params.guidance_scale;
+    if (params.size && [...size.options].some((o) => o.value === params.size)) size.value = params.size;
+    presetNote.textContent = `${p.description ? `${p.description} ` : ''}Prompt: ${p.prompt_template}${p.negative_prompt ? `; negative: ${p.negative_prompt}` : ''}`;
   });
 
   if (recipe) {
@@ -95,6 +105,7 @@ export async function render(root) {
     field('Prompt', prompt),
     field('Negative prompt', negative),
     h('div', { class: 'row' }, field('Preset', preset), field('Model', model), field('Size', size)),
+    presetNote,
     h('div', { class: 'row' }, field('Steps', steps), field('Guidance', guidance), field('Seed', seed),
       h('div', { class: 'field' }, h('label', { for: 'seed-lock' }, lock, ' Lock seed')), field('Images (n)', n)),
     loras,
@@ -117,6 +128,7 @@ export async function render(root) {
     };
     if (negative.value.trim()) body.negative_prompt = negative.value;
     if (model.value) body.model = model.value;
+    if (preset.value) body.preset = preset.value;
     const picked = chosenLoras();
     if (picked.length) body.loras = picked;
     controller = new AbortController();
