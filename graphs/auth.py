@@ -482,7 +482,9 @@ class AuthMiddleware:
                                                 scope.get("headers", []),
                                                 scope.get("query_string", b""))
         except ApiError as exc:
-            recorder = getattr(scope["app"].state, "usage_recorder", None)
+            from graphs.usage import recorder_of  # (usage imports this module)
+
+            recorder = recorder_of(scope)
             if recorder is not None:  # refused requests count too (graphs/usage.py)
                 recorder.refused(scope, exc.status, getattr(exc, "principal", None))
             await exc.response()(scope, receive, send)

@@ -48,6 +48,14 @@ def route_template(scope: Scope) -> str:
         return UNMATCHED_ROUTE
 
 
+def request_outcome(status: int | None, exc: BaseException | None = None) -> int:
+    """The status a request is recorded with: its response's `status`; else, when it ended
+    with `exc`, 499 if cancelled (the client went away), else 500 (the server answers 500)."""
+    if status is not None:
+        return status
+    return CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
+
+
 class MetricsMiddleware:
     """Times each HTTP request and records `record_request(route template, status)`, plus
     the number in flight (reported at most every `report_every_s`, the settled count last).
@@ -105,17 +113,16 @@ class MetricsMiddleware:
         outcome = 500
         try:
             await self.app(scope, receive, send_with_status)
-            outcome = status if status is not None else 500
+            outcome = request_outcome(status)
         except BaseException as exc:
-            # cancelled: the client went away; an exception: the server answers 500
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            outcome = status if status is not None else (CLIENT_CLOSED if cancelled else 500)
+            outcome = request_outcome(status, exc)
             raise
         finally:
             self.request_ended(scope, outcome, time.perf_counter() - started)
 
 
-__all__ = ["CLIENT_CLOSED", "UNMATCHED_ROUTE", "MetricsMiddleware", "route_template"]
+__all__ = ["CLIENT_CLOSED", "UNMATCHED_ROUTE", "MetricsMiddleware", "request_outcome",
+           "route_template"]
 
 
 # -- reading them back (GET /v1/metrics) -------------------------------------------------------

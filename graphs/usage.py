@@ -334,6 +334,12 @@ def _match(routes: Any, scope: Scope) -> tuple[Any, Any]:
     return None, partial
 
 
+def recorder_of(scope: Scope) -> UsageRecorder | None:
+    """The replica's `UsageRecorder` (``app.state.usage_recorder``, set by the ingress) for
+    a request's `scope`; None when there is none (no app in the scope, not configured)."""
+    return getattr(getattr(scope.get("app"), "state", None), "usage_recorder", None)
+
+
 class UsageMiddleware:
     """ASGI: a `RequestUsage` per request, recorded (in memory) when its response ends.
     Installed inside `auth.AuthMiddleware`, so the caller is known; requests the gate refuses
@@ -344,8 +350,7 @@ class UsageMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        recorder = getattr(scope["app"].state, "usage_recorder", None) \
-            if scope["type"] == "http" and "app" in scope else None
+        recorder = recorder_of(scope) if scope["type"] == "http" else None
         if recorder is None or scope["path"] in SKIPPED_PATHS:
             await self.app(scope, receive, send)
             return

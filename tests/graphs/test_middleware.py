@@ -129,6 +129,17 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
     return error
 
 
+def layer(app, **config) -> middleware.RequestPath:
+    """The layer `middleware.install` puts on the app, around a raw ASGI `app`."""
+    return middleware.RequestPath(app, HardeningConfig(**config))
+
+
+async def no_more_messages() -> dict:
+    """A client that sent no body and stays connected: ``receive()`` waits, as a server's
+    does until the client leaves."""
+    await asyncio.Event().wait()
+
+
 # --- body size ----------------------------------------------------------------------------
 
 
@@ -157,7 +168,7 @@ def test_413_by_content_length_reads_nothing():
 
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": [
         (b"content-length", str(10 * LIMIT).encode())]}
-    asyncio.run(middleware.BodySizeLimit(app, max_bytes=LIMIT)(scope, receive, send))
+    asyncio.run(layer(app, max_request_bytes=LIMIT)(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert b'"request_too_large"' in sent[1]["body"]
 
@@ -173,7 +184,7 @@ def test_invalid_content_length_is_400():
 
     scope = {"type": "http", "method": "POST", "path": "/x",
              "headers": [(b"content-length", b"12abc")]}
-    asyncio.run(middleware.BodySizeLimit(app, max_bytes=LIMIT)(scope, None, send))
+    asyncio.run(layer(app, max_request_bytes=LIMIT)(scope, None, send))
     assert sent[0]["status"] == 400 and b"invalid_content_length" in sent[1]["body"]
 
 
@@ -215,8 +226,8 @@ def test_bodies_within_the_limit_pass():
 
 
 def test_body_limit_must_be_positive():
-    with pytest.raises(ValueError, match="max_bytes"):
-        middleware.BodySizeLimit(None, max_bytes=0)
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        HardeningConfig(max_request_bytes=0)
 
 
 # --- timeout --------------------------------------------------------------------------------
@@ -259,7 +270,7 @@ def test_event_stream_accept_header_exempts():
 
     scope = {"type": "http", "method": "GET", "path": "/x",
              "headers": [(b"accept", b"text/event-stream")]}
-    asyncio.run(middleware.RequestTimeout(app, seconds=TIMEOUT_S)(scope, None, send))
+    asyncio.run(layer(app, request_timeout_s=TIMEOUT_S)(scope, no_more_messages, send))
     assert seen == ["finished"] and sent[0]["status"] == 200
 
 
@@ -270,12 +281,27 @@ def test_a_started_response_is_not_cut_at_the_deadline():
 
 
 def test_a_handler_exception_passes_through_unchanged():
+    """The timed part of the layer re-raises a handler's exception as it is; the envelope
+    guard outside it answers it (500), and re-raises nothing."""
+    from starlette.datastructures import Headers
+
     async def app(scope, receive, send):
         raise KeyError("boom")
 
+    def scope() -> dict:
+        return {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+    timed = layer(app, request_timeout_s=5)
     with pytest.raises(KeyError, match="boom"):
-        asyncio.run(middleware.RequestTimeout(app, seconds=5)(
-            {"type": "http", "path": "/", "headers": []}, None, None))
+        request = scope()
+        asyncio.run(timed._run(request, None, None, Headers(scope=request)))
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(timed(scope(), no_more_messages, send))
+    assert sent[0]["status"] == 500 and b'"internal_error"' in sent[1]["body"]
 
 
 def test_cancellable_handle_tracks_only_inside_a_timed_request():
@@ -305,8 +331,8 @@ def test_background_work_in_a_detached_context_outlives_the_timeout():
     async def send(message):
         sent.append(message)
 
-    asyncio.run(middleware.RequestTimeout(app, seconds=0.1)(
-        {"type": "http", "path": "/", "headers": []}, None, send))
+    asyncio.run(layer(app, request_timeout_s=0.1)(
+        {"type": "http", "method": "GET", "path": "/", "headers": []}, no_more_messages, send))
     assert sent[0]["status"] == 504
     job_call, request_call = sorted(fake.responses, key=lambda r: r.cancelled)
     assert request_call.cancelled is True and job_call.cancelled is False
@@ -352,8 +378,9 @@ def test_request_id_is_reset_after_the_request():
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "path": "/", "headers": [(b"x-request-id", b"abc")]}
-        await middleware.RequestId(app, echo=True)(scope, None, send)  # same task, inline
+        scope = {"type": "http", "method": "GET", "path": "/",
+                 "headers": [(b"x-request-id", b"abc")]}
+        await layer(app)(scope, no_more_messages, send)  # same task, inline
         return request_id_var.get(), dict(sent[0]["headers"])
 
     after, headers = asyncio.run(run())
@@ -471,15 +498,17 @@ def test_requests_over_the_in_flight_limit_get_503_with_retry_after():
 
 
 def test_admission_limit_defaults_to_half_of_serve_max_ongoing(monkeypatch):
-    control = middleware.AdmissionControl(None)
+    control = layer(None).admission
     assert control.limit is None  # outside Serve and not set: no limit
     monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 200)
     assert control.limit == 100
     monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 1)
     assert control.limit == 1
-    assert middleware.AdmissionControl(None, max_in_flight=0).limit is None  # off
+    assert layer(None, max_in_flight=0).admission.limit is None  # off
     with pytest.raises(ValueError, match="max_in_flight"):
-        middleware.AdmissionControl(None, max_in_flight=-1)
+        HardeningConfig(max_in_flight=-1)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        middleware.AdmissionControl(max_in_flight=-1)
 
 
 class ShiftedClock:

@@ -1,15 +1,15 @@
-"""The request path's small holes (issue #13 items 9, 11-15), fixed in the middlewares and
-checked here on a plain FastAPI app with `middleware.install` (in-process, no Ray):
+"""The request path's small holes (issue #13 items 9, 11-15), fixed in the middleware
+(`middleware.RequestPath`) and checked here on a plain FastAPI app with `middleware.install`
+(in-process, no Ray):
 
-- JSON nested 10,000 deep is a 400 (`common.safe_json`, `middleware.JsonDepthLimit`);
-- a client that disconnects cancels a synchronous request and its deployment calls
-  (`middleware.CancelOnDisconnect`);
+- JSON nested 10,000 deep is a 400 (`common.safe_json`, `middleware.JsonTooDeepError`);
+- a client that disconnects cancels a synchronous request and its deployment calls;
 - the Host / X-Forwarded-* of a client never choose the host of returned URLs or redirects
   (`middleware.PublicOrigin`);
 - unsafe X-Request-IDs are dropped before Serve's HTTP server echoes them
   (`graphs.serve_proxy`);
-- nosniff and no-store on every response (`middleware.SecurityHeaders`);
-- HEAD on GET routes and If-None-Match → 304 (`middleware.ConditionalRequests`).
+- nosniff and no-store on every response;
+- HEAD on GET routes and If-None-Match → 304.
 
 The same behaviour through Serve and the production graph: test_request_path_http.py.
 """
