@@ -1,7 +1,8 @@
 """The cost of the hardening middleware per request, in process (no Ray, no HTTP): a FastAPI
-app with ~70 routes and a no-model GET, called as ASGI directly, bare vs the 12 classes
-stacked as `middleware.install` did before issue #20 vs the one `RequestPath` layer it
-installs now. Rounds are interleaved; the ratios are the result.
+app with ~70 routes and a no-model GET, called as ASGI directly, bare vs with the one
+`RequestPath` layer `middleware.install` puts on it. Rounds are interleaved; the ratio is
+the result. (Until the per-concern classes were removed, a third column stacked them as
+`install` did before issue #20: BENCHMARKS.md keeps those numbers.)
 
     .venv/bin/python bench/middleware.py [--requests 5000] [--rounds 3]
 """
@@ -24,40 +25,13 @@ from fastapi import FastAPI  # noqa: E402
 
 from graphs import errors, middleware  # noqa: E402
 from graphs.middleware import HardeningConfig  # noqa: E402
-from graphs.observability import MetricsMiddleware  # noqa: E402
-
-
-def stacked(app: FastAPI, config: HardeningConfig) -> None:
-    """`middleware.install` before issue #20: one class per concern, 12 layers."""
-    app.add_middleware(middleware.ConditionalRequests)
-    app.add_middleware(middleware.PublicOrigin, public_base_url=config.public_base_url,
-                       trusted_proxies=list(config.trusted_proxies),
-                       allowed_hosts=list(config.allowed_hosts),
-                       fallback_host=config.fallback_host)
-    app.add_middleware(middleware.JsonDepthLimit, max_depth=config.max_json_depth)
-    app.add_middleware(middleware.BodySizeLimit, max_bytes=config.max_request_bytes)
-    app.add_middleware(middleware.RequestTimeout, seconds=config.request_timeout_s,
-                       exempt_paths=list(config.timeout_exempt_paths))
-    app.add_middleware(middleware.CancelOnDisconnect)
-    app.add_middleware(middleware.AdmissionControl, max_in_flight=config.max_in_flight,
-                       exempt_paths=list(config.admission_exempt_paths),
-                       hold_paths=list(config.admission_hold_paths))
-    app.add_middleware(middleware.ErrorEnvelopeGuard)
-    cors = middleware.cors_middleware(config.cors_allow_origins)
-    app.add_middleware(cors.cls, *cors.args, **cors.kwargs)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(middleware.RequestId)
-    app.add_middleware(middleware.SecurityHeaders)
 
 
 def build(kind: str) -> FastAPI:
     app = FastAPI()
     errors.install(app)
-    config = HardeningConfig()
-    if kind == "stacked":
-        stacked(app, config)
-    elif kind == "one layer":
-        middleware.install(app, config)
+    if kind == "one layer":
+        middleware.install(app, HardeningConfig())
     for i in range(70):  # routes before the one asked for, like the gateway's
         app.add_api_route(f"/v1/r{i}/{{item_id}}", lambda item_id: {"id": item_id})
 
@@ -107,7 +81,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    kinds = ["bare", "stacked", "one layer"]
+    kinds = ["bare", "one layer"]
     apps = {k: build(k) for k in kinds}
 
     async def run():
