@@ -11,8 +11,8 @@ field (the `param` given to `loads`) where it escapes. Depth 64 is far beyond
 any request this API takes (edit ops and chat contexts are 2-4 levels deep).
 
 Every place that parses JSON from a client uses this module; FastAPI's own body parsing is
-covered by `middleware.JsonDepthLimit`, which runs `check_depth` on JSON bodies as they are
-read.
+covered by `middleware.RequestPath`, which runs `json_depth_exceeds` on JSON bodies as they
+are read.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `RedactingFilter` removes secrets (Authorization headers, API keys, passwords in URLs, AWS
 keys) and image payloads (base64 blobs, bytes, arrays) from every record; `JsonFormatter`
 writes one JSON object per line with the request id (`request_id_var`, set by the ingress's
-``graphs.middleware.RequestId``, else Serve's own request context). Inside Serve,
+``graphs.middleware.RequestPath``, else Serve's own request context). Inside Serve,
 ``logging_config: {encoding: JSON}`` formats and `install_log_redaction()` adds the filter to
 Serve's logger; `configure_logging()` sets up a process outside Serve (CLI, scripts).
 
@@ -26,8 +26,9 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def current_request_id() -> str | None:
-    """The id of the request being handled: ours (RequestId middleware), else Serve's own
-    request context (which Serve carries into downstream deployments), else None."""
+    """The id of the request being handled: ours (`graphs.middleware.RequestPath`), else
+    Serve's own request context (which Serve carries into downstream deployments), else
+    None."""
     request_id = request_id_var.get()
     if request_id:
         return request_id
