@@ -194,8 +194,7 @@ def test_train_end_to_end_registers_a_usable_adapter(http, gateway):
     metrics = http.get(f"/v1/trainings/{training['id']}/metrics").json()
     assert metrics["loss"] == done["losses"] and metrics["steps"] == [1, 2, 3, 4]
     assert http.get(f"/v1/jobs/{training['id']}").json()["kind"] == "training"
-    if not done["adapter"]["registered"]:
-        pytest.xfail("LoRA registration (#15) not merged yet: the adapter is stored only")
+    assert done["adapter"]["registered"], done["adapter"]
     assert done["model"] == "e2e-style"
     loras = http.get("/v1/models?kind=lora").json()["data"]
     assert "e2e-style" in [m["id"] for m in loras]
@@ -207,25 +206,30 @@ def test_train_end_to_end_registers_a_usable_adapter(http, gateway):
     assert np.abs(_pixels(styled.json()) - _pixels(plain.json())).mean() > 0.5
 
 
-@pytest.mark.slow
-def test_cancel_mid_run_keeps_nothing(http, gateway):
-    ds = _filled_dataset(http, n=2)
-    r = http.post("/v1/trainings", json={"dataset_id": ds, "name": "to-cancel",
-                                         "steps": 3000, "resolution": 64,
-                                         "checkpoint_every": 2})
-    assert r.status_code == 202, r.text
-    tid = r.json()["id"]
-    wait_until(lambda: (_training(http, tid)["checkpoint_step"] or 0) >= 2, timeout=300,
-               what="a first checkpoint")
+def _running_with_a_checkpoint(http, gateway, name: str, *, steps: int, every: int):
+    """A training of `steps` on a fresh 2-image dataset, once its first checkpoint is written:
+    its id and its stored record (the worker's pid, the checkpoint's key)."""
     from storage.datasets import DatasetRecords
     from storage.records import RecordStore
 
+    ds = _filled_dataset(http, n=2)
+    r = http.post("/v1/trainings", json={"dataset_id": ds, "name": name, "steps": steps,
+                                         "resolution": 64, "checkpoint_every": every})
+    assert r.status_code == 202, r.text
+    tid = r.json()["id"]
+    wait_until(lambda: (_training(http, tid)["checkpoint_step"] or 0) >= every, timeout=300,
+               what="a first checkpoint")
     records = RecordStore(gateway.database_url)
     try:
-        key = DatasetRecords(records).get_training(training_id=tid,
-                                                   project="default").checkpoint["key"]
+        return tid, DatasetRecords(records).get_training(training_id=tid, project="default")
     finally:
         records.close()
+
+
+@pytest.mark.slow
+def test_cancel_mid_run_keeps_nothing(http, gateway):
+    tid, record = _running_with_a_checkpoint(http, gateway, "to-cancel", steps=3000, every=2)
+    key = record.checkpoint["key"]
     checkpoint_file = gateway.data_dir / "assets" / key
     assert checkpoint_file.exists()
     cancelled = http.delete(f"/v1/trainings/{tid}")
@@ -239,24 +243,8 @@ def test_cancel_mid_run_keeps_nothing(http, gateway):
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint_or_fails_with_a_reason(http, gateway):
-    from storage.datasets import DatasetRecords
-    from storage.records import RecordStore
-
-    ds = _filled_dataset(http, n=2)
-    r = http.post("/v1/trainings", json={"dataset_id": ds, "name": "survivor",
-                                         "steps": 400, "resolution": 64,
-                                         "checkpoint_every": 5})
-    assert r.status_code == 202, r.text
-    tid = r.json()["id"]
-    wait_until(lambda: (_training(http, tid)["checkpoint_step"] or 0) >= 5, timeout=300,
-               what="a first checkpoint")
-    records = RecordStore(gateway.database_url)
-    try:
-        worker = DatasetRecords(records).get_training(training_id=tid,
-                                                      project="default").worker
-    finally:
-        records.close()
-    os.kill(worker["pid"], signal.SIGKILL)
+    tid, record = _running_with_a_checkpoint(http, gateway, "survivor", steps=400, every=5)
+    os.kill(record.worker["pid"], signal.SIGKILL)
     done = wait_until(lambda: _ended(http, tid), timeout=300, what="the training to end")
     if done["status"] == "failed":
         assert done["error"], done
