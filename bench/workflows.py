@@ -11,13 +11,14 @@ another through the image routes, and the engine's own overhead per node.
    wall times. The production graph (serve_config.yaml) with tiny models, API keys on,
    default middleware (bench/_serving.py): the replicas' threads are what ships (Generator:
    num_cpus 2 → 2 torch threads; Matting: num_cpus 1 → 1 onnxruntime thread).
-   `--graph inpaint`: the round-3 graph instead (joined by an inpaint on the Generator, so
+   `--graph inpaint`: the round-3 graph instead (`both`: after the composite rows, at its
+   round-3 settings) (joined by an inpaint on the Generator, so
    three of its four nodes are diffusion passes one after another: overlap bound ~1.02x).
 2. Engine overhead: the engine alone (in-process, ops that return at once) on a 64-node chain
    and on 64 independent nodes: seconds per node (target ≤ 2 ms).
 
     .venv/bin/python bench/workflows.py [--rounds 5] [--size 64] [--steps 1]
-        [--paint-steps 1] [--graph composite|inpaint]
+        [--paint-steps 1] [--graph composite|inpaint|both]
 """
 
 from __future__ import annotations
@@ -173,9 +174,10 @@ def main() -> None:
     ap.add_argument("--paint-steps", type=int, default=None,
                     help="style_transfer's steps (default: --steps; 2 x --steps with "
                     "--graph inpaint)")
-    ap.add_argument("--graph", choices=("composite", "inpaint"), default="composite",
+    ap.add_argument("--graph", choices=("composite", "inpaint", "both"), default="composite",
                     help="composite: the issue's diamond joined in the ingress; inpaint: the "
-                    "round-3 graph (joined by a diffusion pass)")
+                    "round-3 graph (joined by a diffusion pass); both: composite, then the "
+                    "round-3 graph at its round-3 settings (128x128, 4 steps, paint 8)")
     ap.add_argument("--skip-http", action="store_true", help="engine overhead only")
     ns = ap.parse_args()
     print(f"machine: {machine()}; load average at start: {loadavg()}")
@@ -195,36 +197,46 @@ def main() -> None:
                             requests_per_minute=1_000_000, images_per_day=1_000_000)
         with httpx.Client(base_url=gw.base_url, timeout=300,
                           headers={"Authorization": f"Bearer {key}"}) as client:
-            def graph_for(seed: int) -> dict:
-                return diamond(ns.size, ns.steps, seed, paint_steps=ns.paint_steps,
-                               join=ns.graph)
+            if ns.graph == "both":  # the round-3 graph at its round-3 settings beside
+                runs = [("composite", ns.size, ns.steps, ns.paint_steps),
+                        ("inpaint", 128, 4, None)]
+            else:
+                runs = [(ns.graph, ns.size, ns.steps, ns.paint_steps)]
+            for join, size, steps, paint_steps in runs:
+                bench_diamond(client, ns.rounds, join, size, steps, paint_steps)
 
-            graph = graph_for(7)
-            # warm every deployment and code path (a cold replica's first call can take
-            # minutes on a loaded machine: retried past the gateway's 504)
-            for run in (run_sequential, run_workflow):
-                for _ in range(3):
-                    try:
-                        run(client, graph)
-                        break
-                    except httpx.HTTPStatusError as exc:
-                        print(f"warm-up {run.__name__}: {exc.response.status_code}; retrying")
-            wf, seq = [], []
-            for i in range(ns.rounds):
-                graph = graph_for(100 + i)
-                wf.append(run_workflow(client, graph))
-                seq.append(run_sequential(client, graph))
-                print(f"round {i + 1}: workflow {wf[-1]:.2f} s, sequential {seq[-1]:.2f} s\n"
-                      f"  workflow nodes (s from the first start): "
-                      f"{BREAKDOWN['workflow'][-1]}\n"
-                      f"  sequential: {BREAKDOWN['sequential'][-1]}")
-            w, s = statistics.median(wf), statistics.median(seq)
-            p = graph["nodes"]["paint"]["params"]["steps"]
-            print(f"diamond ({ns.graph}) {ns.size}x{ns.size}, gen {ns.steps} steps, paint {p} "
-                  f"steps, {ns.rounds} rounds: workflow {w:.2f} s, sequential through the "
-                  f"routes {s:.2f} s -> {s / w:.2f}x (target >= 1.4x); overlap bound median "
-                  f"{statistics.median(BOUNDS[-ns.rounds:]):.2f}x; load average at end: "
-                  f"{loadavg()}")
+
+def bench_diamond(client, rounds: int, join: str, size: int, steps: int,
+                  paint_steps: int | None) -> None:
+    import httpx
+
+    def graph_for(seed: int) -> dict:
+        return diamond(size, steps, seed, paint_steps=paint_steps, join=join)
+
+    graph = graph_for(7)
+    # warm every deployment and code path (a cold replica's first call can take
+    # minutes on a loaded machine: retried past the gateway's 504)
+    for run in (run_sequential, run_workflow):
+        for _ in range(3):
+            try:
+                run(client, graph)
+                break
+            except httpx.HTTPStatusError as exc:
+                print(f"warm-up {run.__name__}: {exc.response.status_code}; retrying")
+    wf, seq = [], []
+    for i in range(rounds):
+        graph = graph_for(100 + i)
+        wf.append(run_workflow(client, graph))
+        seq.append(run_sequential(client, graph))
+        print(f"[{join}] round {i + 1}: workflow {wf[-1]:.2f} s, sequential {seq[-1]:.2f} s\n"
+              f"  workflow nodes (s from the first start): {BREAKDOWN['workflow'][-1]}\n"
+              f"  sequential: {BREAKDOWN['sequential'][-1]}")
+    w, s = statistics.median(wf), statistics.median(seq)
+    p = graph["nodes"]["paint"]["params"]["steps"]
+    print(f"diamond ({join}) {size}x{size}, gen {steps} steps, paint {p} steps, {rounds} "
+          f"rounds: workflow {w:.2f} s, sequential through the routes {s:.2f} s -> "
+          f"{s / w:.2f}x (target >= 1.4x); overlap bound median "
+          f"{statistics.median(BOUNDS[-rounds:]):.2f}x; load average now: {loadavg()}")
 
 
 if __name__ == "__main__":
