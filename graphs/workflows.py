@@ -134,6 +134,55 @@ class EditOpsParams(BaseModel):
         return value
 
 
+class CompositeParams(BaseModel):
+    """The `composite` op's own params (no route: the ingress joins two images in memory)."""
+
+    model_config = ConfigDict(extra="forbid")
+    opacity: float = Field(1.0, ge=0, le=1, description="the cut-out's opacity over the "
+                           "background")
+    feather: int = Field(0, ge=0, le=64, description="soften the cut-out's edge: Gaussian "
+                         "blur radius of its matte, in pixels")
+
+
+def composite_over(image: np.ndarray, background: np.ndarray, mask: np.ndarray | None = None,
+                   *, opacity: float = 1.0, feather: int = 0) -> np.ndarray:
+    """`image` (a cut-out) over `background`, at the background's size: the matte is `mask`
+    when given (e.g. remove_background's `mask`), else the image's alpha. An RGB background
+    gives RGB; an RGBA one gives RGBA ("over"). ValueError: no matte (an opaque image and no
+    mask). Pure numpy/PIL (runs on the ingress's image-work pool)."""
+    from PIL import Image, ImageFilter
+
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if mask is None:
+        if image.shape[2] != 4:
+            raise ValueError("the image has no transparency: connect a cut-out "
+                             "(remove_background's image) or a mask")
+        matte = image[..., 3]
+    else:
+        matte = mask if mask.ndim == 2 else mask[..., -1]
+    h, w = background.shape[:2]
+    rgb = np.ascontiguousarray(image[..., :3])
+    if rgb.shape[:2] != (h, w):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    matte_img = Image.fromarray(np.ascontiguousarray(matte, dtype=np.uint8))
+    if matte_img.size != (w, h):
+        matte_img = matte_img.resize((w, h), Image.BILINEAR)
+    if feather:
+        matte_img = matte_img.filter(ImageFilter.GaussianBlur(feather))
+    a = (np.asarray(matte_img, np.float32) / 255.0 * opacity)[..., None]
+    bg = background if background.ndim == 3 else np.repeat(background[..., None], 3, axis=2)
+    bg_rgb = bg[..., :3].astype(np.float32)
+    if bg.shape[2] == 4:
+        ba = bg[..., 3:4].astype(np.float32) / 255.0
+        out_a = a + ba * (1 - a)
+        out_rgb = (rgb * a + bg_rgb * ba * (1 - a)) / np.maximum(out_a, 1e-6)
+        out = np.concatenate([out_rgb, out_a * 255.0], axis=2)
+    else:
+        out = rgb * a + bg_rgb * (1 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 class VideoParams(VideoCreate):
     """POST /v1/videos's fields; the image comes through the `image` port (image → video)."""
 
@@ -178,6 +227,11 @@ OPS = [
            "POST /v1/images/upscale", images=lambda p: 1),
     OpSpec("edit_ops", {"image": Port(IMAGE)}, {"image": IMAGE}, EditOpsParams,
            "POST /v1/images/edit-ops (crop, resize, rotate, ...)", images=lambda p: 1),
+    OpSpec("composite", {"image": Port(IMAGE), "background": Port(IMAGE),
+                         "mask": Port(MASK, False)}, {"image": IMAGE}, CompositeParams,
+           "a cut-out over a background, at the background's size (in the ingress, no "
+           "model); the matte: `mask` if connected, else the image's alpha",
+           images=lambda p: 1),
     OpSpec("video", {"image": Port(IMAGE, False), "prompt": Port(TEXT, False)},
            {"video": VIDEO}, VideoParams, "text/image → video (POST /v1/videos): as an "
            "output, its MP4 and poster are stored with the job (`metadata.extra.files`)"),
@@ -293,7 +347,7 @@ class WorkflowService:
             "variation": self._variation, "style_transfer": self._style_transfer,
             "remove_background": self._remove_background, "face_swap": self._face_swap,
             "upscale": self._upscale, "edit_ops": self._edit_ops, "video": self._video,
-            "output": self._output})
+            "composite": self._composite, "output": self._output})
         self.logs: collections.OrderedDict[str, EventLog] = collections.OrderedDict()
 
     # -- validation -------------------------------------------------------------------------
@@ -737,6 +791,18 @@ class WorkflowService:
         check_ops((image.shape[1], image.shape[0]), edit.ops, max_pixels=limit)
         out = await self.tools.pool.run(apply_ops, image, edit.ops, max_pixels=limit)
         return await self._tool_result(ctx, Output(images=[out], model="edit-ops"))
+
+    async def _composite(self, ctx: NodeContext) -> dict[str, Any]:
+        p = ctx.params
+        try:
+            out = await self.tools.pool.run(composite_over, ctx.inputs["image"],
+                                            ctx.inputs["background"], ctx.inputs.get("mask"),
+                                            opacity=p.opacity, feather=p.feather)
+        except ValueError as exc:
+            # the job names the node: "node 'x' (composite) failed: <this>"
+            raise ApiError(400, str(exc), param=f"nodes.{ctx.node}.in.mask",
+                           code="invalid_input") from None
+        return await self._tool_result(ctx, Output(images=[out], model="composite"))
 
     async def _video(self, ctx: NodeContext) -> dict[str, Any]:
         """The same request building (`VideoService.build`: preset, fps, frames, conditioning)

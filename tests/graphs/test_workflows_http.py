@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 
+from graphs.workflows import composite_over
 from tests.conftest import wait_until
 from tests.graphs.test_jobs_http import _finished, _job
 from tests.graphs.test_tools_http import assert_envelope, image_of
@@ -98,6 +100,44 @@ def test_diamond_branches_overlap_on_different_deployments(http):
     assert cut["started_at"] < paint["ended_at"] and paint["started_at"] < cut["ended_at"]
     assert nodes["join"]["started_at"] >= max(cut["ended_at"], paint["ended_at"])
     assert nodes["cut"]["meta"]["model"] == "tiny-u2net"
+
+
+def test_the_issue_diamond_joins_with_a_composite(http):
+    """generate → (remove_background ‖ style_transfer) → composite: the cut-out over the
+    painted image, joined in the ingress (no model); a composite without a matte fails."""
+    graph = {"nodes": {**{k: v for k, v in DIAMOND["nodes"].items() if k != "join"},
+                       "join": {"op": "composite", "in": {"image": "cut.image",
+                                                          "background": "paint.image"}}},
+             "outputs": ["join.image", "cut.image", "paint.image"]}
+    r = http.post("/v1/workflows/execute", json={"workflow": graph})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    joined, cut, painted = (image_of(body, i) for i in range(3))
+    assert joined.size == painted.size == (64, 64) and joined.mode == "RGB"
+    assert cut.mode == "RGBA"
+    nodes = _job(http, body["metadata"]["job_id"])["result"]["workflow"]["nodes"]
+    assert nodes["join"]["status"] == "succeeded"
+    assert nodes["join"]["meta"]["model"] == "composite"
+    assert nodes["join"]["started_at"] >= max(nodes["cut"]["ended_at"],
+                                              nodes["paint"]["ended_at"])
+    # the cut-out over the painting, by the cut-out's alpha (same job: exact pixels)
+    expected = composite_over(np.asarray(cut), np.asarray(painted.convert("RGB")))
+    assert np.array_equal(np.asarray(joined), expected)
+    assert not np.array_equal(np.asarray(joined), np.asarray(painted.convert("RGB")))
+    # validation: the composite's params model and its typed ports
+    bad = dict(graph, nodes={**graph["nodes"], "join": {
+        "op": "composite", "in": {"image": "cut.image", "background": "cut.mask"},
+        "params": {"opacity": 2}}})
+    error = assert_envelope(http.post("/v1/workflows/validate", json=bad), 400)
+    assert "2 problems" in error["message"] and "params.opacity" in error["message"]
+    assert "takes image, but cut.mask is mask" in error["message"]
+    # an opaque image and no mask: nothing to cut, the node fails and says why
+    opaque = {"nodes": {"gen": DIAMOND["nodes"]["gen"], "join": {
+        "op": "composite", "in": {"image": "gen.image", "background": "gen.image"}}}}
+    error = assert_envelope(http.post("/v1/workflows/execute", json={"workflow": opaque}),
+                            400, param="nodes.join")
+    assert "node 'join' (composite) failed" in error["message"]
+    assert "no transparency" in error["message"]
 
 
 def test_async_execution_streams_node_events_in_order(http, gateway):

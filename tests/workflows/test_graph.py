@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
-from graphs.workflows import CATALOGUE, VIDEO_UNAVAILABLE
+from graphs.workflows import CATALOGUE, VIDEO_UNAVAILABLE, composite_over
 from workflows import Engine, Limits, WorkflowInvalid, validate
 
 CHAIN = {"nodes": {
@@ -43,6 +44,79 @@ def test_chain_order_and_stages():
 def test_diamond_has_a_parallel_stage():
     valid = validate(DIAMOND, CATALOGUE)
     assert valid.stages == [["gen"], ["cut", "paint"], ["swap"]]
+
+
+# the diamond joined by a composite: the cut-out over the painted image
+COMPOSITE_DIAMOND = {"nodes": {
+    **{k: v for k, v in DIAMOND["nodes"].items() if k != "swap"},
+    "join": {"op": "composite", "in": {"image": "cut.image", "background": "paint.image"},
+             "params": {"feather": 2}}},
+    "outputs": ["join.image"]}
+
+
+def test_composite_joins_the_diamond_with_typed_ports():
+    valid = validate(COMPOSITE_DIAMOND, CATALOGUE)
+    assert valid.stages == [["gen"], ["cut", "paint"], ["join"]]
+    assert valid.params["join"].feather == 2 and valid.params["join"].opacity == 1.0
+    assert CATALOGUE.get("composite").describe()["inputs"] == {
+        "image": {"type": "image", "required": True},
+        "background": {"type": "image", "required": True},
+        "mask": {"type": "mask", "required": False}}
+
+
+def test_composite_problems_are_named():
+    graph = {"nodes": {
+        "gen": {"op": "generate", "params": {"prompt": "x"}},
+        "cut": {"op": "remove_background", "in": {"image": "gen.image"}},
+        "a": {"op": "composite", "in": {"image": "cut.image"}},  # no background
+        "b": {"op": "composite", "in": {"image": "cut.image", "background": "cut.mask"}},
+        "c": {"op": "composite", "in": {"image": "cut.image", "background": "gen.image"},
+              "params": {"opacity": 1.5, "feather": -1}},
+        "d": {"op": "composite", "in": {"image": "cut.image", "background": "gen.image"},
+              "params": {"blend": "multiply"}}},
+        "outputs": ["a.image"]}
+    found = {(p.code, p.node, p.param) for p in problems(graph)}
+    assert found == {("missing_input", "a", "nodes.a.in.background"),
+                     ("port_type_mismatch", "b", "nodes.b.in.background"),
+                     ("invalid_params", "c", "nodes.c.params.opacity"),
+                     ("invalid_params", "c", "nodes.c.params.feather"),
+                     ("invalid_params", "d", "nodes.d.params.blend")}
+    message = " ".join(p.message for p in problems(graph))
+    assert "less than or equal to 1" in message and "takes image, but cut.mask is mask" in message
+
+
+def test_composite_puts_the_cut_out_over_the_background():
+    bg = np.zeros((4, 6, 3), np.uint8)
+    bg[..., 2] = 200  # blue
+    cut = np.zeros((2, 3, 4), np.uint8)  # half the size: scaled to the background's
+    cut[..., 0] = 255  # red
+    cut[:, :2, 3] = 255  # left two thirds opaque, the rest transparent
+    out = composite_over(cut, bg)
+    assert out.shape == (4, 6, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [255, 0, 0] and out[0, 5].tolist() == [0, 0, 200]
+    half = composite_over(cut, bg, opacity=0.5)
+    assert half[0, 0].tolist() == [128, 0, 100]
+    # the mask port, when connected, is the matte (the image's own alpha is not used)
+    mask = np.zeros((4, 6), np.uint8)
+    mask[:, 5] = 255
+    swapped = composite_over(cut, bg, mask)
+    assert swapped[0, 0].tolist() == [0, 0, 200] and swapped[0, 5].tolist() == [255, 0, 0]
+    # an RGBA background stays RGBA: "over" keeps the background's transparency
+    bga = np.zeros((4, 6, 4), np.uint8)
+    over = composite_over(cut, bga)
+    assert over.shape == (4, 6, 4) and over[0, 0].tolist() == [255, 0, 0, 255]
+    assert over[0, 5, 3] == 0
+    # feathering softens the edge: values between the two sides near it
+    soft = composite_over(cut, bg, feather=1)
+    assert 0 < soft[0, 3, 0] < 255
+
+
+def test_composite_needs_a_matte():
+    opaque = np.full((4, 4, 3), 9, np.uint8)
+    with pytest.raises(ValueError, match="no transparency"):
+        composite_over(opaque, opaque)
+    assert composite_over(opaque, np.zeros_like(opaque), np.full((4, 4), 255, np.uint8)
+                          ).tolist() == opaque.tolist()
 
 
 def test_every_problem_is_named_at_once():
