@@ -143,6 +143,7 @@ def check_gateway_output(out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_gateway_bench_toy(zoo_dir):
     check_gateway_output(run_bench("bench/gateway.py", "--toy"))
 
@@ -181,6 +182,7 @@ def check_batching_output(out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_batching_bench_toy(zoo_dir):
     check_batching_output(run_bench("bench/batching.py", "--toy"))
 
@@ -217,11 +219,13 @@ def check_scaling_output(out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_scaling_bench_toy(zoo_dir):
     check_scaling_output(run_bench("bench/scaling.py", "--toy"))
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_matting_bench_toy(zoo_dir):
     pytest.importorskip("asyncer", reason="rembg's server needs the bench extra")
     check_matting_output(run_bench("bench/matting.py", "--toy"))
@@ -264,6 +268,7 @@ def check_matting_output(out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_overload_quick_sheds_with_429_and_503_only(redis_url, zoo_dir, tmp_path):
     """bench/overload.py --quick: the production graph (tiny models) behind HAProxy (the
     `photostudio serve` default) driven at 10x its measured capacity for a few seconds: every
@@ -308,6 +313,7 @@ def check_overload_output(stdout: str, result: dict, *, factor: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_faults_quick_nothing_lost_and_recovers(redis_url, zoo_dir, tmp_path):
     """bench/faults.py --quick: under steady load on the production graph (2 Ingress
     replicas), a killed Generator replica and a killed Ingress replica: every async job ends
