@@ -12,6 +12,15 @@ request. And it obeys two per-request hints meant for trusted callers:
 ``[A-Za-z0-9._:@/+=-]`` (Serve then generates one, as for a request without) and drops the
 two hints: a client must not turn off the gateway's timeouts or disconnect handling.
 
+`EnvelopeServeErrors` gives the answers Serve's HTTP server makes itself the gateway's one
+error envelope (``{"error": {"message", "type", "param", "code"}}``): when the replica that
+was handling a request dies mid-request, Serve's proxy ends the request without an answer
+and its HTTP server sends a plain-text ``500 Internal Server Error`` (a 500 is a bug; the
+client should retry); its own 408/429/503/504 answers (no replica available, its queue full)
+are plain text. They become the envelope: 503 ``replica_unavailable`` with ``Retry-After``
+for the first, the same status with the text as the message for the others. Serve's own
+``/-/`` routes (health, routes) are left alone.
+
 Serve loads it from the environment of the processes Ray starts, so set it before
 ``ray start`` / ``ray.init`` (`ENV`; ``photostudio serve``, tests/conftest.py and
 cluster.yaml do)::
@@ -24,6 +33,7 @@ import error would stop every application from being served.
 
 from __future__ import annotations
 
+import json
 import re
 
 from starlette.middleware import Middleware
@@ -71,10 +81,97 @@ class SanitizeRequestHeaders:
         await self.app(scope, receive, send)
 
 
+# the envelope's `type` per status (graphs/errors.py's table; not imported: see above)
+ERROR_TYPES = {408: "timeout_error", 429: "rate_limit_error", 500: "server_error",
+               503: "service_unavailable", 504: "timeout_error"}
+REPLICA_GONE = ("the gateway replica handling this request stopped before answering (it "
+                "died or was restarted); retry")
+REPLICA_GONE_RETRY_AFTER_S = 5
+
+
+def envelope_messages(status: int, message: str, code: str,
+                      headers: list[tuple[bytes, bytes]] = ()) -> list[dict]:
+    """The ASGI messages of an error answer in the gateway's envelope."""
+    body = json.dumps({"error": {"message": message, "type": ERROR_TYPES.get(status,
+                                 "server_error"), "param": None, "code": code}}).encode()
+    return [{"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"),
+                *headers]},
+            {"type": "http.response.body", "body": body}]
+
+
+class EnvelopeServeErrors:
+    """Serve's own plain-text answers (see the module's docstring) in the error envelope."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        held: dict | None = None  # a plain-text error's start, held until its body
+        text: list[bytes] = []
+
+        async def enveloping_send(message: dict) -> None:
+            nonlocal started, held
+            if message["type"] == "http.response.start" and not started:
+                status = message["status"]
+                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+                if status in ERROR_TYPES and not content_type.startswith(b"application/json"):
+                    held = message
+                    return
+                started = True
+            elif held is not None and message["type"] == "http.response.body":
+                text.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                status, held_headers = held["status"], held.get("headers") or []
+                held = None
+                started = True
+                keep = [(k, v) for k, v in held_headers
+                        if k.lower() in (b"retry-after", b"x-request-id")]
+                message_text = b"".join(text).decode("utf-8", "replace").strip()[:500]
+                for m in envelope_messages(status, message_text or "the gateway could not "
+                                           "answer this request; retry",
+                                           "serve_" + ERROR_TYPES[status], keep):
+                    await send(m)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, enveloping_send)
+        except Exception:
+            if started:
+                raise
+            # Serve's own server failed (its HTTP server would answer a bare 500)
+            for m in envelope_messages(500, "the gateway's HTTP server failed on this "
+                                       "request", "serve_server_error"):
+                await send(m)
+            raise
+        if held is not None:  # a plain-text error start without its body
+            await enveloping_send({"type": "http.response.body", "body": b""})
+        elif not started:
+            # Serve ended the request without an answer: the replica handling it is gone
+            # (its server would send a bare 500 next)
+            # Serve's RequestIdMiddleware put the request's id in the scope's headers
+            ids = [(b"x-request-id", v) for k, v in scope.get("headers") or []
+                   if k == b"x-request-id"][:1]
+            for m in envelope_messages(503, REPLICA_GONE, "replica_unavailable", [
+                    (b"retry-after", str(REPLICA_GONE_RETRY_AFTER_S).encode()), *ids]):
+                await send(m)
+
+
 def middlewares() -> list[Middleware]:
-    """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
-    return [Middleware(SanitizeRequestHeaders)]
+    """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``). Serve
+    wraps its app in list order, the last outermost: the sanitizer runs first (before Serve's
+    RequestIdMiddleware reads the id), the envelope sees every answer of Serve's server."""
+    return [Middleware(EnvelopeServeErrors), Middleware(SanitizeRequestHeaders)]
 
 
-__all__ = ["CALLBACK", "ENV", "REQUEST_ID_RE", "SERVE_HINT_HEADERS", "SanitizeRequestHeaders",
-           "middlewares", "valid_request_id"]
+__all__ = ["CALLBACK", "ENV", "ERROR_TYPES", "EnvelopeServeErrors", "REQUEST_ID_RE",
+           "SERVE_HINT_HEADERS", "SanitizeRequestHeaders", "envelope_messages", "middlewares",
+           "valid_request_id"]

@@ -758,6 +758,55 @@ def shedding_serve_app(name: str):
     return Shedding.bind(Model.bind(gate), gate)
 
 
+def dying_serve_app():
+    """An ingress whose replica dies in the middle of a request to /die (the process exits,
+    as when a node is lost or the replica is killed)."""
+    import os
+
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=4, health_check_period_s=1)
+    @serve.ingress(app)
+    class Dying:
+        @app.get("/alive")
+        async def alive(self) -> dict:
+            return {"pid": os.getpid()}
+
+        @app.post("/die")
+        async def die(self) -> dict:
+            await asyncio.sleep(0.2)  # mid-request
+            os._exit(1)
+
+    return Dying.bind()
+
+
+@pytest.mark.slow  # a Serve app of its own
+def test_a_replica_dying_mid_request_is_the_envelopes_503_through_the_serve_proxy(ray_cluster):
+    """Serve's proxy ends a request whose replica died without an answer (its server then
+    sent a bare plain-text 500): the proxy callback (graphs.serve_proxy) answers the
+    envelope's 503 with Retry-After instead, and the app serves again once Serve replaced
+    the replica."""
+    from ray import serve
+
+    name = f"die-{uuid.uuid4().hex[:6]}"
+    serve.run(dying_serve_app(), name=name, route_prefix=f"/{name}")
+    base = f"http://127.0.0.1:{ray_cluster.http_port}/{name}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            first = client.get("/alive").json()["pid"]
+            r = client.post("/die")
+            error = assert_envelope(r, 503, "replica_unavailable")
+            assert "retry" in error["message"] and r.headers["retry-after"] == "5"
+            assert r.headers["x-request-id"]
+            again = wait_until(lambda: (lambda a: a.json() if a.status_code == 200 else None)(
+                client.get("/alive")), timeout=120, what="a new replica")
+            assert again["pid"] != first
+    finally:
+        serve.delete(name)
+
+
 @pytest.mark.slow  # a Serve app of its own
 def test_overload_behind_the_serve_proxy_gets_the_envelope_at_once(ray_cluster):
     """30 requests at once against an ingress that admits 4 (half its max_ongoing_requests)

@@ -402,6 +402,71 @@ def test_valid_request_ids_are_kept_and_serve_hints_dropped():
     assert b"x-request-disconnect-disabled" not in seen["headers"]
 
 
+# --- Serve's own answers in the envelope (graphs.serve_proxy.EnvelopeServeErrors) -----------
+
+
+def _behind_serve_http_server(inner):
+    """`inner` (standing in for Serve's proxy app) wrapped as Serve's HTTP server wraps it
+    with the callback's middlewares."""
+    from ray.serve._private.http_util import _apply_middlewares
+
+    return _apply_middlewares(inner, serve_proxy.middlewares())
+
+
+async def _no_answer(scope, receive, send):
+    """Serve's proxy when the replica handling the request died: it ends without an answer
+    (its HTTP server then sends a bare 500)."""
+
+
+def _plain(status: int, text: bytes, headers=()):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), *headers]})
+        await send({"type": "http.response.body", "body": text})
+    return app
+
+
+def test_a_request_whose_replica_died_is_the_envelopes_503_with_retry_after():
+    r = call(_behind_serve_http_server(_no_answer), "POST", "/v1/images/generations")
+    error = assert_envelope(r, 503, "replica_unavailable")
+    assert "stopped before answering" in error["message"] and "retry" in error["message"]
+    assert error["type"] == "service_unavailable" and r.headers["retry-after"] == "5"
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-request-id"]  # Serve's request id still comes back
+
+
+def test_serves_plain_text_errors_become_the_envelope_keeping_retry_after():
+    app = _behind_serve_http_server(_plain(503, b"Deployment 'Ingress' is unavailable.",
+                                           [(b"retry-after", b"2")]))
+    r = call(app, "GET", "/v1/styles")
+    error = assert_envelope(r, 503, "serve_service_unavailable")
+    assert error["message"] == "Deployment 'Ingress' is unavailable."
+    assert r.headers["retry-after"] == "2"
+    r = call(_behind_serve_http_server(_plain(500, b"Internal Server Error")), "GET", "/x")
+    assert assert_envelope(r, 500, "serve_server_error")["message"] == "Internal Server Error"
+
+
+@pytest.mark.parametrize("inner,path,status", [
+    (_plain(200, b"ok"), "/v1/styles", 200),  # not an error
+    (_plain(503, b"unhealthy"), "/-/healthz", 503),  # Serve's own routes: as they are
+    (_plain(404, b"Path '/x' not found."), "/x", 404),  # not a status it rewrites
+])
+def test_other_answers_pass_through_unchanged(inner, path, status):
+    r = call(_behind_serve_http_server(inner), "GET", path)
+    assert r.status_code == status and r.headers["content-type"].startswith("text/plain")
+
+
+def test_the_gateways_own_envelope_errors_pass_through_unchanged():
+    app, _ = make_app()
+
+    async def too_busy(scope, receive, send):
+        await errors.ApiError(503, "busy", code="overloaded",
+                              headers={"Retry-After": "1"}).response()(scope, receive, send)
+
+    r = call(_behind_serve_http_server(too_busy), "GET", "/v1/styles")
+    assert assert_envelope(r, 503, "overloaded")["message"] == "busy"
+
+
 # --- 14: headers on every response ---------------------------------------------------------
 
 
