@@ -424,6 +424,42 @@ def test_a_lora_is_uploaded_listed_picked_and_deleted(gateway, page, zoo_dir, tm
     assert page.console_errors == [], page.console_errors
 
 
+def test_gallery_images_are_picked_into_a_dataset(gateway, page, artifacts_dir):
+    """Gallery → dataset: an image picked on its card and added to a dataset chosen in the
+    gallery's toolbar; the dataset then holds a copy of it (its own asset)."""
+    page.set_default_timeout(TIMEOUT_MS)
+    auth = {"Authorization": f"Bearer {gateway.api_key}"}
+    with httpx.Client(base_url=gateway.base_url, headers=auth, timeout=300) as client:
+        made = client.post("/v1/images/generations", json={
+            "prompt": "a gallery pick for a dataset", "size": "64x64", "steps": 2, "seed": 5})
+        assert made.status_code == 200, made.text
+        asset_id = made.json()["data"][0]["id"]
+        ds = client.post("/v1/datasets", json={"name": f"picked-{asset_id[-6:]}"})
+        assert ds.status_code == 201, ds.text
+        ds = ds.json()
+    enter_key(page, gateway)
+    page.goto(f"{studio(gateway)}#/gallery")
+    card = page.locator(f"article[data-asset='{asset_id}']")
+    card.wait_for()
+    add = page.locator("#add-to-dataset")
+    assert add.is_disabled()  # nothing picked, no dataset chosen
+    card.get_by_label(f"Pick {asset_id} for a dataset").check()
+    page.get_by_label("Dataset", exact=True).select_option(ds["id"])
+    assert add.inner_text() == "Add 1 picked image to dataset"
+    add.click()
+    page.locator("#dataset-picker [role=status]").filter(
+        has_text=f"Added 1 image(s) to {ds['name']}").wait_for()
+    # the dataset stays chosen, with its new count; nothing is picked any more
+    assert page.get_by_label("Dataset", exact=True).input_value() == ds["id"]
+    assert "(1 images)" in page.locator("#dataset-picker select option:checked").inner_text()
+    assert add.is_disabled()
+    page.screenshot(path=str(artifacts_dir / "studio-gallery-to-dataset.png"), full_page=True)
+    with httpx.Client(base_url=gateway.base_url, headers=auth, timeout=60) as client:
+        held = client.get(f"/v1/datasets/{ds['id']}").json()
+    assert held["images"] == 1 and held["data"][0]["asset_id"] != asset_id  # a copy
+    assert page.console_errors == [], page.console_errors
+
+
 def test_a_dataset_is_uploaded_and_a_lora_trained_on_it(gateway, page, tmp_path, artifacts_dir):
     """Datasets & training: a dataset created, 4 images uploaded (2 with captions), its stats;
     a training refused for a taken name (the field highlighted), then one of 3 steps followed

@@ -1,5 +1,6 @@
 // Gallery: the project's assets, newest first, filters, each with its recipe; remix, send to
-// edit/tools/video, download, delete.
+// edit/tools/video, download, delete; images picked here are added to a dataset (LoRA
+// training) in one click.
 import { api, hasEndpoint } from '../api.js';
 import { clearError, field, fmtTime, h, handoff, select, showError } from '../ui.js';
 
@@ -23,11 +24,48 @@ export async function render(root, { navigate }) {
   const refresh = h('button', { type: 'button' }, 'Refresh');
   const grid = h('div', { class: 'grid', id: 'assets', 'aria-live': 'polite' });
   const more = h('button', { type: 'button', hidden: true }, 'Load more');
+  // gallery → dataset: pick images on their cards, then add them to one of your datasets
+  // (POST /v1/datasets/{id}/images with asset_id fields; the dataset keeps its own copies)
+  const canDataset = hasEndpoint('/v1/datasets');
+  const picked = new Set();
+  const dataset = select('dataset', [['', 'Choose a dataset']], '');
+  const add = h('button', { type: 'button', id: 'add-to-dataset', disabled: true }, 'Add picked images to dataset');
+  const addStatus = h('span', { class: 'muted', role: 'status', 'aria-live': 'polite' });
+  const toolbar = canDataset ? h('div', { class: 'row', id: 'dataset-picker' }, field('Dataset', dataset), add, addStatus) : null;
   const panel = h('section', { class: 'panel', 'aria-labelledby': 'page-title' },
     h('h1', { id: 'page-title' }, 'Gallery'),
     h('div', { class: 'row', role: 'search' }, field('Project', project), field('Kind', kind), field('Model', model), field('Since', since), refresh),
-    grid, more);
+    toolbar, grid, more);
   root.append(panel);
+
+  function updateAdd() {
+    add.disabled = !picked.size || !dataset.value;
+    add.textContent = picked.size ? `Add ${picked.size} picked image${picked.size === 1 ? '' : 's'} to dataset` : 'Add picked images to dataset';
+  }
+  async function loadDatasets() {
+    try {
+      const list = await api('/v1/datasets?limit=100');
+      const chosen = dataset.value;
+      dataset.replaceChildren(h('option', { value: '' }, list.data.length ? 'Choose a dataset' : 'No dataset yet (make one on Datasets & training)'),
+        ...list.data.map((d) => h('option', { value: d.id, selected: d.id === chosen }, `${d.name} (${d.images} images)`)));
+    } catch (err) { showError(panel, err); }
+    updateAdd();
+  }
+  dataset.addEventListener('change', updateAdd);
+  add.addEventListener('click', async () => {
+    clearError(panel);
+    const fd = new FormData();
+    picked.forEach((id) => fd.append('asset_id', id));
+    const name = dataset.selectedOptions[0]?.textContent || dataset.value;
+    add.disabled = true;
+    try {
+      const res = await api(`/v1/datasets/${encodeURIComponent(dataset.value)}/images`, { method: 'POST', form: fd });
+      picked.clear();
+      draw();
+      await loadDatasets();
+      addStatus.textContent = `Added ${res.added.length} image(s) to ${name.replace(/ \(\d+ images\)$/, '')}.`;
+    } catch (err) { showError(panel, err); updateAdd(); }
+  });
 
   let assets = []; let cursor = null;
   async function load(reset = true) {
@@ -89,6 +127,9 @@ export async function render(root, { navigate }) {
     });
     const toVideo = hasEndpoint('/v1/videos')
       ? h('button', { type: 'button', onclick: send('video'), 'aria-label': `Send to video: ${asset.id}` }, 'Send to video') : null;
+    const pick = canDataset && String(asset.content_type || '').startsWith('image/') ? h('label', { class: 'pick' },
+      h('input', { type: 'checkbox', checked: picked.has(asset.id), 'aria-label': `Pick ${asset.id} for a dataset`, onchange: (ev) => { if (ev.target.checked) picked.add(asset.id); else picked.delete(asset.id); updateAdd(); } }),
+      ' Pick for a dataset') : null;
     return h('article', { class: 'card', dataset: { asset: asset.id }, 'aria-label': `Image ${asset.id}` },
       h('img', { src: asset.url, alt: asset.prompt ? `Image: ${asset.prompt}` : `Image ${asset.id}`, loading: 'lazy', width: asset.width, height: asset.height }),
       recipe,
@@ -97,12 +138,13 @@ export async function render(root, { navigate }) {
         h('button', { type: 'button', onclick: send('tools'), 'aria-label': `Send to tools: ${asset.id}` }, 'Send to tools'),
         toVideo,
         h('a', { class: 'button', href: asset.url, download: `${asset.id}.${(asset.content_type || 'image/png').split('/')[1]}` }, 'Download'),
-        del));
+        del),
+      pick);
   }
 
   project.addEventListener('change', () => load());
   [kind, model, since].forEach((c) => c.addEventListener('input', draw));
   refresh.addEventListener('click', () => load());
   more.addEventListener('click', () => load(false));
-  await load();
+  await Promise.all([load(), canDataset ? loadDatasets() : null]);
 }
