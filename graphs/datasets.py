@@ -23,7 +23,7 @@ import io
 import posixpath
 import zipfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -234,6 +234,34 @@ class DatasetService:
             captioned=s.captioned, caption_coverage=round(s.caption_coverage, 4),
             caption_sources=s.caption_sources, min_width=s.min_width, max_width=s.max_width,
             min_height=s.min_height, max_height=s.max_height, trainable=s.images > 0)
+
+    async def image(self, dataset_id: str, image_id: str) -> tuple[DatasetRecord,
+                                                                   DatasetImageRecord]:
+        """The caller's dataset and one of its images, else 404 naming which is missing."""
+        record = await self.record(dataset_id)
+        image = await asyncio.to_thread(self.data.get_image, dataset_id=record.id,
+                                        image_id=image_id)
+        if image is None:
+            raise ApiError(404, f"dataset {dataset_id!r} has no image {image_id!r}",
+                           param="image_id", code="not_found")
+        return record, image
+
+    async def set_caption(self, dataset_id: str, image_id: str, caption: str | None, *,
+                          base_url: str) -> DatasetImageView:
+        """A person's caption for one image (source ``user``); None or blank: none."""
+        record, image = await self.image(dataset_id, image_id)
+        text = " ".join((caption or "").split()) or None
+        source = "user" if text else None
+        await asyncio.to_thread(self.data.set_captions, dataset_id=record.id,
+                                captions={image.id: (text, source)})
+        return self._image_view(replace(image, caption=text, caption_source=source),
+                                base_url, record.project)
+
+    async def delete_image(self, dataset_id: str, image_id: str) -> None:
+        record, image = await self.image(dataset_id, image_id)
+        await asyncio.to_thread(self.data.delete_image, dataset_id=record.id,
+                                image_id=image.id, project=record.project,
+                                assets=self.runner.assets)
 
     async def delete(self, dataset_id: str) -> None:
         record = await self.record(dataset_id)

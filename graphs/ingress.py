@@ -113,6 +113,8 @@ from graphs.training_schemas import Dataset as DatasetView
 from graphs.training_schemas import (
     DatasetCreate,
     DatasetImagesAdded,
+    DatasetImageUpdate,
+    DatasetImageView,
     DatasetList,
     DatasetStats,
     TrainingCreate,
@@ -1438,6 +1440,22 @@ class Ingress:
         form = await dataset_images_form(request)
         return await self._trainings()[0].add_images(
             dataset_id, **form, base_url=self._base_url(request))
+
+    @app.patch("/v1/datasets/{dataset_id}/images/{image_id}", tags=["trainings"],
+               responses=ERROR_RESPONSES)
+    async def dataset_image_update(self, dataset_id: str, image_id: str,
+                                   body: DatasetImageUpdate, request: Request
+                                   ) -> DatasetImageView:
+        """Edit one image's caption (source `user`; null or empty: no caption)."""
+        return await self._trainings()[0].set_caption(dataset_id, image_id, body.caption,
+                                                      base_url=self._base_url(request))
+
+    @app.delete("/v1/datasets/{dataset_id}/images/{image_id}", tags=["trainings"],
+                responses=ERROR_RESPONSES)
+    async def dataset_image_delete(self, dataset_id: str, image_id: str) -> Deleted:
+        """Remove one image from the dataset (its stored copy too)."""
+        await self._trainings()[0].delete_image(dataset_id, image_id)
+        return Deleted(id=image_id)
 
     @app.post("/v1/trainings", tags=["trainings"], status_code=202, responses=ERROR_RESPONSES)
     async def training_create(self, body: TrainingCreate, request: Request) -> JSONResponse:

@@ -19,6 +19,15 @@ class DatasetCreate(BaseModel):
     tags: list[str] = Field(default_factory=list, max_length=32)
 
 
+class DatasetImageUpdate(BaseModel):
+    """PATCH /v1/datasets/{id}/images/{image_id}: the image's caption (yours from now on;
+    null or empty: none, so training uses the trigger word alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str | None = Field(..., max_length=2000)
+
+
 class DatasetImageView(BaseModel):
     id: str
     asset_id: str

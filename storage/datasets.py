@@ -165,9 +165,40 @@ class DatasetRecords:
                              .order_by(DatasetImage.created_at, DatasetImage.id))
             return [_record(DatasetImageRecord, r) for r in rows]
 
+    def get_image(self, *, dataset_id: str, image_id: str) -> DatasetImageRecord | None:
+        with self.records._session() as s:
+            row = s.scalars(select(DatasetImage).where(DatasetImage.id == image_id,
+                                                       DatasetImage.dataset_id == dataset_id)
+                            ).first()
+            return _record(DatasetImageRecord, row) if row is not None else None
+
+    def delete_image(self, *, dataset_id: str, image_id: str, project: str,
+                     assets: AssetStore) -> bool:
+        """Delete one image of the dataset: its bytes, its asset record and its row (bytes
+        first, as `delete_dataset`). False when the dataset has no such image."""
+        image = self.get_image(dataset_id=dataset_id, image_id=image_id)
+        if image is None:
+            return False
+        with self.records._session() as s:
+            key = s.scalars(select(Asset.key).where(Asset.id == image.asset_id,
+                                                    Asset.project == project)).first()
+        if key is not None:
+            try:
+                assets.delete(key=key)
+            except AssetNotFound:
+                pass
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(DatasetImage.__table__).where(
+                DatasetImage.id == image_id, DatasetImage.dataset_id == dataset_id)).rowcount
+            conn.execute(delete(Asset.__table__).where(Asset.id == image.asset_id,
+                                                       Asset.project == project))
+            conn.execute(update(Dataset.__table__).where(Dataset.id == dataset_id)
+                         .values(updated_at=utcnow()))
+        return gone == 1
+
     def set_captions(self, *, dataset_id: str,
-                     captions: dict[str, tuple[str, str]]) -> None:
-        """image id -> (caption, source), in one transaction."""
+                     captions: dict[str, tuple[str | None, str | None]]) -> None:
+        """image id -> (caption, source), in one transaction ((None, None): no caption)."""
         with self.engine.begin() as conn:
             for image_id, (caption, source) in captions.items():
                 conn.execute(update(DatasetImage.__table__).where(

@@ -87,6 +87,7 @@ def projects(gateway, zoo_dir, tmp_path_factory):
                     files=[("image", (f"{i}.png", png(np.roll(photo, 7 * i, axis=1)),
                                       "image/png")) for i in range(2)])
         assert r.status_code == 201, r.text
+        dataset_image_id = r.json()["added"][0]["id"]
         r = ca.post("/v1/trainings", json={"dataset_id": dataset_id, "name": "iso-a-trained",
                                            "steps": 2, "rank": 2, "resolution": 64})
         assert r.status_code == 202, r.text
@@ -113,6 +114,7 @@ def projects(gateway, zoo_dir, tmp_path_factory):
         "video_id": video_id, "workflow_id": workflow_id, "preset_id": preset_id,
         "lora": "iso-a-style", "dataset_id": dataset_id, "training_id": training_id,
         "training_status": training_status, "dataset_b": dataset_b,
+        "dataset_image_id": dataset_image_id,
     }
 
 
@@ -155,6 +157,13 @@ FOREIGN_ID_CASES: dict[tuple[str, str, str], str] = {
     ("GET", "/v1/datasets/{dataset_id}/stats", "path"): "dataset_id",
     ("POST", "/v1/datasets/{dataset_id}/images", "path"): "dataset_id",
     ("POST", "/v1/datasets/{dataset_id}/images", "asset_id"): "asset_id",
+    ("PATCH", "/v1/datasets/{dataset_id}/images/{image_id}", "path"): "dataset_id",
+    ("DELETE", "/v1/datasets/{dataset_id}/images/{image_id}", "path"): "dataset_id",
+    # A's image named under B's own dataset
+    ("PATCH", "/v1/datasets/{dataset_id}/images/{image_id}", "path (in B's dataset)"):
+        "dataset_image_id",
+    ("DELETE", "/v1/datasets/{dataset_id}/images/{image_id}", "path (in B's dataset)"):
+        "dataset_image_id",
     ("POST", "/v1/trainings", "dataset_id"): "dataset_id",
     ("GET", "/v1/trainings/{training_id}", "path"): "training_id",
     ("DELETE", "/v1/trainings/{training_id}", "path"): "training_id",
@@ -234,20 +243,24 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
                "project_id": "iso-a", "video_id": projects["video_id"],
                "workflow_id": projects["workflow_id"],
                "preset_id": projects["preset_id"], "name": projects["lora"],
-               "dataset_id": projects["dataset_id"], "training_id": projects["training_id"]}[
-        FOREIGN_ID_CASES[case]]
+               "dataset_id": projects["dataset_id"], "training_id": projects["training_id"],
+               "dataset_image_id": projects["dataset_image_id"]}[FOREIGN_ID_CASES[case]]
     with client(gateway, projects["b"]) as cb, client(gateway, projects["a"]) as ca:
         before_b = _gallery(cb, "iso-b")
         if where == "path" and path.endswith("/images"):  # add B's image to A's dataset
             r = cb.post(path.replace("{dataset_id}", foreign), data={"auto_caption": "false"},
                         files=[("image", ("b.png", png(projects["photo"]), "image/png"))])
-        elif where == "path":
+        elif where.startswith("path"):
             body = {"overrides": {}} if path == "/v1/assets/{asset_id}/remix" else \
                 {"prompt": "mine now"} if path.endswith(("/remix", "/apply")) else \
                 {"scale": 2} if path.endswith("/upscale") else \
-                {"name": "mine now"} if method == "PATCH" else None
-            r = cb.request(method, path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign),
-                           json=body)
+                {"caption": "mine now"} if path.endswith("{image_id}") and method == "PATCH" \
+                else {"name": "mine now"} if method == "PATCH" else None
+            url = path.replace("{" + FOREIGN_ID_CASES[case] + "}", foreign)
+            if "{image_id}" in path:  # A's dataset with A's image, or B's with A's image
+                url = url.replace("{image_id}", projects["dataset_image_id"]).replace(
+                    "{dataset_id}", projects["dataset_b"])
+            r = cb.request(method, url, json=body)
         elif where == "session_id":
             r = cb.post(path, json={"message": "make it bigger", "session_id": foreign})
         elif where == "asset_id" and path == "/v1/models/loras":  # register A's file
@@ -279,6 +292,7 @@ def test_a_foreign_id_is_a_404_and_changes_nothing(gateway, projects, case):
         assert cb.get("/v1/models/iso-b-trained").status_code == 404
         dataset = ca.get(f"/v1/datasets/{projects['dataset_id']}").json()
         assert dataset["images"] == 2, dataset
+        assert [i["caption"] for i in dataset["data"]] == [None, None], dataset
         assert ca.get(f"/v1/trainings/{projects['training_id']}").json()["status"] == \
             projects["training_status"]
         assert cb.get(f"/v1/datasets/{projects['dataset_b']}").json()["images"] == 0

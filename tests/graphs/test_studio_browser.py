@@ -462,8 +462,9 @@ def test_gallery_images_are_picked_into_a_dataset(gateway, page, artifacts_dir):
 
 def test_a_dataset_is_uploaded_and_a_lora_trained_on_it(gateway, page, tmp_path, artifacts_dir):
     """Datasets & training: a dataset created, 4 images uploaded (2 with captions), its stats;
-    a training refused for a taken name (the field highlighted), then one of 3 steps followed
-    live (loss chart over SSE) to success; the trained LoRA on the Models page."""
+    a caption written in place and an image removed; a training refused for a taken name
+    (the field highlighted), then one of 3 steps followed live (loss chart over SSE) to
+    success; the trained LoRA on the Models page."""
     page.set_default_timeout(TIMEOUT_MS)
     colors = [(200, 60, 40), (40, 160, 60), (60, 60, 200), (220, 200, 40)]
     files = []
@@ -493,6 +494,22 @@ def test_a_dataset_is_uploaded_and_a_lora_trained_on_it(gateway, page, tmp_path,
     assert sum("a red square" in r or "a blue square" in r for r in captions) == 2, captions
     assert sum("trigger word only" in r for r in captions) == 2, captions
     assert "squares" in page.locator("#dataset-rows").inner_text()  # the tags in the list
+
+    # a caption written for an image that had none, then one image removed
+    page.get_by_role("button", name="Edit the caption of train-1.png").click()
+    page.get_by_label("Caption of train-1.png", exact=True).fill("a green square")
+    page.get_by_role("button", name="Save").click()
+    page.locator("#dataset-stats").filter(has_text="3 of 4 (75%)").wait_for()
+    row = page.locator("#dataset-images tr", has_text="train-1.png")
+    assert "a green square" in row.inner_text() and "your caption" in row.inner_text()
+    remove = page.get_by_role("button", name="Remove train-3.png from the dataset")
+    remove.click()
+    assert remove.inner_text() == "Confirm remove"  # nothing removed on the first click
+    assert rows.count() == 4
+    remove.click()
+    wait_until(lambda: rows.count() == 3, timeout=60, what="the image to be removed")
+    assert "train-3.png" not in page.locator("#dataset-images").inner_text()
+    assert "3 of 3 (100%)" in page.locator("#dataset-stats").inner_text()
 
     # a taken name: 409 with param "name", shown and highlighted on the form
     form = page.locator("#training-start")

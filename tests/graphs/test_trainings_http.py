@@ -113,6 +113,31 @@ def test_datasets_upload_zip_captions_stats_and_delete(http, gateway):
     assert bad_zip.status_code == 400 and bad_zip.json()["error"]["param"] == "zip"
     assert http.get(f"/v1/datasets/{ds['id']}").json()["images"] == 4
 
+    # one image's caption edited (yours from now on), then cleared; another image removed
+    red = by_name["red.png"]
+    r = http.patch(f"/v1/datasets/{ds['id']}/images/{red['id']}",
+                   json={"caption": "  a  zqx red   square "})
+    assert r.status_code == 200, r.text
+    assert (r.json()["caption"], r.json()["caption_source"]) == ("a zqx red square", "user")
+    view = http.get(f"/v1/datasets/{ds['id']}").json()
+    assert {i["id"]: i["caption"] for i in view["data"]}[red["id"]] == "a zqx red square"
+    for bad_body, param in (({"caption": "x", "weight": 1}, "weight"),
+                            ({"caption": "x" * 2001}, "caption")):
+        bad = http.patch(f"/v1/datasets/{ds['id']}/images/{red['id']}", json=bad_body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    missing = http.patch(f"/v1/datasets/{ds['id']}/images/dsi_nope", json={"caption": "x"})
+    assert missing.status_code == 404 and "dsi_nope" in missing.json()["error"]["message"]
+    cleared = http.patch(f"/v1/datasets/{ds['id']}/images/{red['id']}", json={"caption": ""})
+    assert (cleared.json()["caption"], cleared.json()["caption_source"]) == (None, None)
+    other = next(i for i in view["data"] if i["id"] != red["id"])
+    removed = http.delete(f"/v1/datasets/{ds['id']}/images/{other['id']}")
+    assert removed.status_code == 200 and removed.json() == {"id": other["id"],
+                                                            "deleted": True}
+    assert httpx.get(other["url"], timeout=30).status_code == 404  # its copy is gone too
+    view = http.get(f"/v1/datasets/{ds['id']}").json()
+    assert view["images"] == 3 and other["id"] not in [i["id"] for i in view["data"]]
+    assert http.delete(f"/v1/datasets/{ds['id']}/images/{other['id']}").status_code == 404
+
     gone = http.delete(f"/v1/datasets/{ds['id']}")
     assert gone.status_code == 200 and gone.json() == {"id": ds["id"], "deleted": True}
     assert http.get(f"/v1/datasets/{ds['id']}").status_code == 404

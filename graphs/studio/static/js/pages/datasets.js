@@ -102,17 +102,50 @@ export async function render(root, { navigate } = {}) {
       h('dt', {}, 'Sizes'), h('dd', {}, stats.images ? `${stats.min_width}–${stats.max_width} × ${stats.min_height}–${stats.max_height} px` : '—'),
       h('dt', {}, 'Trainable'), h('dd', {}, stats.trainable ? 'yes' : 'no: add images first'));
     const images = h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Images of the dataset' }, h('table', {},
-      h('thead', {}, h('tr', {}, ['Image', 'File', 'Caption', 'Caption from', 'Size'].map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', { id: 'dataset-images' }, ...(ds.data || []).map((im) => h('tr', { dataset: { image: im.id } },
-        h('td', {}, h('img', { src: im.url, alt: im.caption || im.filename || im.id, class: 'thumb', width: 48, height: 48, loading: 'lazy' })),
-        h('td', {}, im.filename || im.asset_id), h('td', {}, im.caption || h('span', { class: 'muted' }, '(none)')),
-        h('td', {}, im.caption_source ? SOURCES[im.caption_source] || im.caption_source : 'trigger word only'),
-        h('td', {}, `${im.width}×${im.height}, ${kb(im.size_bytes)}`))))));
+      h('thead', {}, h('tr', {}, ['Image', 'File', 'Caption', 'Caption from', 'Size', ''].map((t) => h('th', { scope: 'col' }, t || h('span', { class: 'muted' }, 'Actions'))))),
+      h('tbody', { id: 'dataset-images' }, ...(ds.data || []).map((im) => imageRow(ds, im)))));
     detail.replaceChildren(h('h2', { id: 'dataset-title' }, `Dataset: ${ds.name}`),
       ds.description ? h('p', {}, ds.description) : null, statsEl, uploadForm(ds), images);
     detail.setAttribute('aria-labelledby', 'dataset-title');
     detail.dataset.dataset = ds.id;
     detail.hidden = false;
+  }
+
+  // one image: its caption edited in place (PATCH …/images/{id}: yours from then on; empty:
+  // none) and its removal from the dataset (DELETE …/images/{id}, with a confirming click)
+  function imageRow(ds, im) {
+    const name = im.filename || im.id;
+    const base = `/v1/datasets/${encodeURIComponent(ds.id)}/images/${encodeURIComponent(im.id)}`;
+    const captionCell = h('td', {});
+    const edit = h('button', { type: 'button', 'aria-label': `Edit the caption of ${name}` }, 'Edit');
+    const showCaption = () => captionCell.replaceChildren(im.caption || h('span', { class: 'muted' }, '(none)'), ' ', edit);
+    edit.addEventListener('click', () => {
+      const input = h('input', { name: 'caption', value: im.caption || '', maxlength: 2000, 'aria-label': `Caption of ${name}`, dataset: { param: 'caption' } });
+      const save = h('button', { type: 'submit' }, 'Save');
+      const cancel = h('button', { type: 'button', onclick: showCaption }, 'Cancel');
+      const form = h('form', { class: 'row caption-edit', 'aria-label': `Editing the caption of ${name}` }, input, save, cancel);
+      form.addEventListener('submit', async (ev) => {
+        ev.preventDefault(); clearError(form);
+        save.disabled = true;
+        try {
+          await api(base, { method: 'PATCH', json: { caption: input.value } });
+          await open(ds.id);
+        } catch (err) { showError(form, err, { form }); save.disabled = false; }
+      });
+      captionCell.replaceChildren(form);
+      input.focus();
+    });
+    showCaption();
+    const remove = h('button', { type: 'button', 'aria-label': `Remove ${name} from the dataset` }, 'Remove');
+    remove.addEventListener('click', async () => {
+      if (remove.dataset.armed !== '1') { remove.dataset.armed = '1'; remove.textContent = 'Confirm remove'; return; }
+      try { await api(base, { method: 'DELETE' }); await open(ds.id); await loadList(); } catch (err) { showError(detail, err); }
+    });
+    return h('tr', { dataset: { image: im.id } },
+      h('td', {}, h('img', { src: im.url, alt: im.caption || im.filename || im.id, class: 'thumb', width: 48, height: 48, loading: 'lazy' })),
+      h('td', {}, im.filename || im.asset_id), captionCell,
+      h('td', {}, im.caption_source ? SOURCES[im.caption_source] || im.caption_source : 'trigger word only'),
+      h('td', {}, `${im.width}×${im.height}, ${kb(im.size_bytes)}`), h('td', {}, remove));
   }
 
   function uploadForm(ds) {
