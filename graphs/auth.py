@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import studio
-from graphs.errors import GATE_SEEN, ApiError
+from graphs.errors import GATE_SEEN, ApiError, recorder_of
 from graphs.quotas import QuotaConfig, Quotas, Usage
 from storage.key_events import CHANNEL, is_redis_url
 from storage.records import hash_api_key
@@ -482,8 +482,6 @@ class AuthMiddleware:
                                                 scope.get("headers", []),
                                                 scope.get("query_string", b""))
         except ApiError as exc:
-            from graphs.usage import recorder_of  # (usage imports this module)
-
             recorder = recorder_of(scope)
             if recorder is not None:  # refused requests count too (graphs/usage.py)
                 recorder.refused(scope, exc.status, getattr(exc, "principal", None))

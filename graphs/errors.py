@@ -87,6 +87,14 @@ DOWNSTREAM_FULL = "photostudio.downstream_full"
 GATE_SEEN = "photostudio.gate_seen"
 
 
+def recorder_of(scope: Any) -> Any:
+    """The replica's usage recorder (`graphs.usage.UsageRecorder`, ``app.state.usage_recorder``,
+    set by the ingress) for a request's ASGI `scope`; None when there is none. Here, beside
+    `GATE_SEEN`, because the gate (auth), the request path (middleware) and usage all count
+    refusals with it, and usage imports auth."""
+    return getattr(getattr(scope.get("app"), "state", None), "usage_recorder", None)
+
+
 def is_backpressure(exc: BaseException) -> bool:
     """Serve's BackPressureError (a deployment's queue is full), wrapped or not."""
     from ray.serve.exceptions import BackPressureError
@@ -206,4 +214,5 @@ COMMON_RESPONSES = {status: ERROR_RESPONSES[status]
                     for status in (401, 403, 413, 429, 503, 504)}
 
 __all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "respond",
-           "is_backpressure", "DOWNSTREAM_FULL", "GATE_SEEN", "ERROR_RESPONSES", "COMMON_RESPONSES"]
+           "is_backpressure", "DOWNSTREAM_FULL", "GATE_SEEN", "recorder_of", "ERROR_RESPONSES",
+           "COMMON_RESPONSES"]

@@ -56,12 +56,18 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
-from graphs.errors import DOWNSTREAM_FULL, GATE_SEEN, ApiError, is_backpressure, respond
+from graphs.errors import (
+    DOWNSTREAM_FULL,
+    GATE_SEEN,
+    ApiError,
+    is_backpressure,
+    recorder_of,
+    respond,
+)
 from graphs.observability import MetricsMiddleware, request_outcome
 from graphs.serve_proxy import CALLBACK as SERVE_PROXY_CALLBACK
 from graphs.serve_proxy import valid_request_id
 from graphs.settings import Settings
-from graphs.usage import recorder_of
 from telemetry.logs import request_id_var
 
 logger = logging.getLogger("ray.serve")

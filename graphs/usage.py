@@ -62,6 +62,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import auth
+from graphs.errors import recorder_of
 
 logger = logging.getLogger("ray.serve")
 
@@ -332,12 +333,6 @@ def _match(routes: Any, scope: Scope) -> tuple[Any, Any]:
         if match == Match.PARTIAL and partial is None:
             partial = route
     return None, partial
-
-
-def recorder_of(scope: Scope) -> UsageRecorder | None:
-    """The replica's `UsageRecorder` (``app.state.usage_recorder``, set by the ingress) for
-    a request's `scope`; None when there is none (no app in the scope, not configured)."""
-    return getattr(getattr(scope.get("app"), "state", None), "usage_recorder", None)
 
 
 class UsageMiddleware:

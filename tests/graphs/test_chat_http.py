@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import httpx
 import numpy as np
@@ -156,9 +157,10 @@ def test_async_chat_streams_plan_stages_then_remembers(http, gateway):
                     steps.append(data["step"])
                 final, result = event, data["result"]
     assert final == "succeeded"
-    # the plan runs as its workflow: its nodes' stages are seen live (sampled every 200 ms:
-    # the first node is long enough), and the final event's result lists every step that ran
-    assert any(s.startswith("step0: ") for s in steps), steps
+    # the plan runs as its workflow: its nodes' stages are seen live (the job record is
+    # sampled every 200 ms, so a node quicker than that may pass unseen: some node's stage,
+    # not a given one), and the final event's result lists every step that ran
+    assert any(re.match(r"step\d+(_\w+)?: node_", s) for s in steps), steps
     assert [s["intent"] for s in result["metadata"]["extra"]["steps"]] == [
         "image_generation", "background_removal"]
     follow = chat(http, "make it bigger", session_id=reply["session_id"])
