@@ -199,12 +199,19 @@ class TrainingService:
                 TrainingRow.name == name, Job.status.in_(("queued", "running")))) is not None
 
     # -- views ------------------------------------------------------------------------------
+    async def _read(self, training_id: str, project: str):
+        """(training row, job) of one training, the job read FIRST: the worker writes the
+        training row (adapter, checkpoint) before it ends the job, so a job seen ended comes
+        with the training row as it ended — never `succeeded` with the adapter still unset
+        (two reads at once, or the row first, could see that)."""
+        job = await asyncio.to_thread(self.records.get_job, job_id=training_id,
+                                      project=project)
+        training = await asyncio.to_thread(self.data.get_training, training_id=training_id,
+                                           project=project)
+        return training, job
+
     async def _records(self, training_id: str):
-        project = self._project()
-        training, job = await asyncio.gather(
-            asyncio.to_thread(self.data.get_training, training_id=training_id,
-                              project=project),
-            asyncio.to_thread(self.records.get_job, job_id=training_id, project=project))
+        training, job = await self._read(training_id, self._project())
         if training is None or job is None:
             raise ApiError(404, f"no training {training_id!r}", param="training_id",
                            code="not_found")
@@ -246,11 +253,10 @@ class TrainingService:
         page = await asyncio.to_thread(self.data.list_trainings, project=self._project(),
                                        limit=limit, cursor=cursor)
         out = []
-        for record in page.items:
-            job = await asyncio.to_thread(self.records.get_job, job_id=record.id,
-                                          project=record.project)
-            if job is not None:
-                out.append(self.view(record, job, base_url))
+        for record in page.items:  # each re-read job first (`_read`): consistent if it ended
+            training, job = await self._read(record.id, record.project)
+            if training is not None and job is not None:
+                out.append(self.view(training, job, base_url))
         return TrainingList(data=out, next_cursor=page.next_cursor)
 
     async def metrics(self, training_id: str, *, base_url: str) -> TrainingMetrics:
@@ -283,10 +289,7 @@ class TrainingService:
         async def stream():
             last = None
             while True:
-                training = await asyncio.to_thread(self.data.get_training,
-                                                   training_id=training_id, project=project)
-                job = await asyncio.to_thread(self.records.get_job, job_id=training_id,
-                                              project=project)
+                training, job = await self._read(training_id, project)
                 if training is None or job is None:
                     yield {"event": "error", "data": json.dumps({"error": {
                         "message": f"training {training_id!r} was deleted",
