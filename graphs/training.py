@@ -250,11 +250,22 @@ class TrainingService:
         return self.view(training, job, base_url)
 
     async def list(self, *, limit: int, cursor: str | None, base_url: str) -> TrainingList:
-        page = await asyncio.to_thread(self.data.list_trainings, project=self._project(),
+        project = self._project()
+        page = await asyncio.to_thread(self.data.list_trainings, project=project,
                                        limit=limit, cursor=cursor)
+        ids = [record.id for record in page.items]
+        # the page's jobs (one query), read after its rows; the rows of the trainings whose
+        # job is seen ended are read again (one query), as `_read` does for one: so a job
+        # seen ended comes with its row as it ended (adapter set), never an earlier row
+        jobs = await asyncio.to_thread(self.records.get_jobs, job_ids=ids, project=project)
+        ended = {i for i, job in jobs.items() if job.status in TERMINAL}
+        final = await asyncio.to_thread(self.data.get_trainings, training_ids=sorted(ended),
+                                        project=project) if ended else {}
         out = []
-        for record in page.items:  # each re-read job first (`_read`): consistent if it ended
-            training, job = await self._read(record.id, record.project)
+        for record in page.items:
+            job = jobs.get(record.id)
+            # an ended training deleted since: not in `final`, left out
+            training = final.get(record.id) if record.id in ended else record
             if training is not None and job is not None:
                 out.append(self.view(training, job, base_url))
         return TrainingList(data=out, next_cursor=page.next_cursor)

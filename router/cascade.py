@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from router import rules as R
@@ -73,8 +74,10 @@ class Cascade:
     def __init__(self, *, classifier: EmbeddingClassifier | None = None,
                  llm: LLMCallable | None = None, llm_timeout_s: float = 20.0,
                  rules_threshold: float = R.RULES_THRESHOLD, llm_threshold: float = 0.7,
-                 offload: bool = False):
-        """`offload`: in `plan`, run the embedding stage in a worker thread (servers)."""
+                 offload: bool | Callable[..., Awaitable[Any]] = False):
+        """`offload`: in `plan`, run the embedding stage off the event loop (servers): True in
+        a worker thread (`asyncio.to_thread`), or a callable like it (a replica's model thread,
+        `deployments._common.ModelThread.run`)."""
         self.classifier = classifier
         self.llm = llm
         self.llm_timeout_s = llm_timeout_s
@@ -258,7 +261,8 @@ class Cascade:
         timings = {"rules": time.perf_counter() - started}
         if self.offload and self._needs_embeddings(result):
             # ~10 ms of model time: keep the event loop free for other requests
-            plan = await asyncio.to_thread(self._after_rules, result, timings, started)
+            run = asyncio.to_thread if self.offload is True else self.offload
+            plan = await run(self._after_rules, result, timings, started)
         else:
             plan = self._after_rules(result, timings, started)
         if self.llm is not None and plan.confidence < self.llm_threshold and message.strip():

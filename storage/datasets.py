@@ -179,22 +179,38 @@ class DatasetRecords:
         image = self.get_image(dataset_id=dataset_id, image_id=image_id)
         if image is None:
             return False
+        self._delete_asset_bytes([image.asset_id], project=project, assets=assets)
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(DatasetImage.__table__).where(
+                DatasetImage.id == image_id, DatasetImage.dataset_id == dataset_id)).rowcount
+            self._delete_asset_rows(conn, [image.asset_id], project=project)
+            conn.execute(update(Dataset.__table__).where(Dataset.id == dataset_id)
+                         .values(updated_at=utcnow()))
+        return gone == 1
+
+    def _delete_asset_bytes(self, asset_ids: list[str], *, project: str,
+                            assets: AssetStore) -> None:
+        """The stored bytes of these assets of `project` (already gone: fine). The first step
+        of removing images: bytes before rows, so a failure leaves records that point at
+        nothing (a second DELETE retries), never bytes nobody can find."""
+        if not asset_ids:
+            return
         with self.records._session() as s:
-            key = s.scalars(select(Asset.key).where(Asset.id == image.asset_id,
-                                                    Asset.project == project)).first()
-        if key is not None:
+            keys = list(s.scalars(select(Asset.key).where(Asset.id.in_(asset_ids),
+                                                          Asset.project == project)))
+        for key in keys:
             try:
                 assets.delete(key=key)
             except AssetNotFound:
                 pass
-        with self.engine.begin() as conn:
-            gone = conn.execute(delete(DatasetImage.__table__).where(
-                DatasetImage.id == image_id, DatasetImage.dataset_id == dataset_id)).rowcount
-            conn.execute(delete(Asset.__table__).where(Asset.id == image.asset_id,
+
+    @staticmethod
+    def _delete_asset_rows(conn: Any, asset_ids: list[str], *, project: str) -> None:
+        """The asset records of removed images (after `_delete_asset_bytes`), in `conn`'s
+        transaction."""
+        if asset_ids:
+            conn.execute(delete(Asset.__table__).where(Asset.id.in_(asset_ids),
                                                        Asset.project == project))
-            conn.execute(update(Dataset.__table__).where(Dataset.id == dataset_id)
-                         .values(updated_at=utcnow()))
-        return gone == 1
 
     def set_captions(self, *, dataset_id: str,
                      captions: dict[str, tuple[str | None, str | None]]) -> None:
@@ -226,26 +242,15 @@ class DatasetRecords:
 
     def delete_dataset(self, *, dataset_id: str, project: str, assets: AssetStore) -> bool:
         """Delete the dataset, its images' bytes and their asset records. False when
-        `project` has no such dataset. Bytes go first: a failure leaves records that point
-        at nothing (retried by a second DELETE), never bytes nobody can find."""
+        `project` has no such dataset. Bytes go first (`_delete_asset_bytes`)."""
         if self.get_dataset(dataset_id=dataset_id, project=project) is None:
             return False
-        images = self.list_images(dataset_id=dataset_id)
-        asset_ids = [i.asset_id for i in images]
-        with self.records._session() as s:
-            keys = list(s.scalars(select(Asset.key).where(Asset.id.in_(asset_ids),
-                                                          Asset.project == project)))
-        for key in keys:
-            try:
-                assets.delete(key=key)
-            except AssetNotFound:
-                pass
+        asset_ids = [i.asset_id for i in self.list_images(dataset_id=dataset_id)]
+        self._delete_asset_bytes(asset_ids, project=project, assets=assets)
         with self.engine.begin() as conn:
             conn.execute(delete(DatasetImage.__table__)
                          .where(DatasetImage.dataset_id == dataset_id))
-            if asset_ids:
-                conn.execute(delete(Asset.__table__).where(Asset.id.in_(asset_ids),
-                                                           Asset.project == project))
+            self._delete_asset_rows(conn, asset_ids, project=project)
             return conn.execute(delete(Dataset.__table__).where(
                 Dataset.id == dataset_id, Dataset.project == project)).rowcount == 1
 
@@ -272,6 +277,16 @@ class DatasetRecords:
         with self.records._session() as s:
             row = s.get(Training, training_id)
             return _record(TrainingRecord, row) if row and row.project == project else None
+
+    def get_trainings(self, *, training_ids: list[str], project: str
+                      ) -> dict[str, TrainingRecord]:
+        """`get_training` for several ids in one query: id -> training of `project`."""
+        if not training_ids:
+            return {}
+        with self.records._session() as s:
+            rows = s.scalars(select(Training).where(Training.id.in_(training_ids),
+                                                    Training.project == project))
+            return {row.id: _record(TrainingRecord, row) for row in rows}
 
     def list_trainings(self, *, project: str, limit: int = 50, cursor: str | None = None
                        ) -> Page[TrainingRecord]:

@@ -537,6 +537,15 @@ class RecordStore:
             row = s.get(Job, job_id)
             return _record(JobRecord, row) if row and row.project == project else None
 
+    def get_jobs(self, *, job_ids: list[str], project: str) -> dict[str, JobRecord]:
+        """`get_job` for several ids in one query: id -> job, for the ids that are jobs of
+        `project` (others are left out, as `get_job` gives None for them)."""
+        if not job_ids:
+            return {}
+        with self._session() as s:
+            rows = s.scalars(select(Job).where(Job.id.in_(job_ids), Job.project == project))
+            return {row.id: _record(JobRecord, row) for row in rows}
+
     def list_jobs(self, *, project: str, status: str | None = None,
                   kind: str | None = None, created_after: datetime | None = None,
                   created_before: datetime | None = None, limit: int = 50,

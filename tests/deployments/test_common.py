@@ -38,3 +38,31 @@ def test_lower_cpu_priority_renices_every_thread_of_the_process(tmp_path):
                          env={"PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"] * 4, out.stdout
+
+
+def test_model_thread_runs_every_call_on_one_thread_with_the_callers_context():
+    import asyncio
+    import contextvars
+    import threading
+
+    import pytest
+
+    from deployments._common import ModelThread
+
+    var = contextvars.ContextVar("request_id", default=None)
+    worker = ModelThread("test-model")
+    loader = worker.call(threading.get_ident)
+    assert loader != threading.get_ident()  # not the caller's thread
+
+    async def calls():
+        var.set("req-1")
+        seen = await asyncio.gather(*(worker.run(lambda: (threading.get_ident(), var.get()))
+                                      for _ in range(8)))
+        with pytest.raises(ValueError, match="bad size"):
+            await worker.run(int, "bad size")  # the call's error reaches the caller
+        return seen
+
+    seen = asyncio.run(calls())
+    assert {ident for ident, _ in seen} == {loader}  # the loading thread, every time
+    assert {rid for _, rid in seen} == {"req-1"}
+    assert worker.thread_id == loader

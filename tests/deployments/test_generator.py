@@ -114,3 +114,33 @@ def test_a_request_alone_does_not_wait_for_a_batch_but_concurrent_ones_do(genera
         assert generator.stats()["batch_waits_skipped"] == skipped + 2
 
     asyncio.run(scenario())
+
+
+def test_the_model_is_loaded_and_called_on_one_thread(generator, monkeypatch):
+    """Every torch call of the replica on the thread that loaded the model (ModelThread):
+    on another thread each call measured ~1.8x slower (BENCHMARKS.md)."""
+    import threading
+
+    loader = generator._thread.thread_id
+    assert loader is not None and loader != threading.get_ident()
+    seen = []
+    real = generator.model.generate
+
+    def spy(requests, **kwargs):
+        seen.append(threading.get_ident())
+        return real(requests, **kwargs)
+
+    monkeypatch.setattr(generator.model, "generate", spy)
+
+    async def calls():
+        generator._model_lock = asyncio.Lock()  # this test's event loop
+        async for _ in generator.generate_stream(GenerationRequest(  # streamed (SSE)
+                prompt="a cat", width=64, height=64, steps=1, seed=1)):
+            pass
+        await _handler(generator, [GenerationRequest(prompt="a dog", width=64, height=64,
+                                                     steps=1, seed=2)])
+        generator._last_ok -= 120
+        await generator.check_health()
+
+    asyncio.run(calls())
+    assert len(seen) == 3 and set(seen) == {loader}

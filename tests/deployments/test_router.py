@@ -39,6 +39,34 @@ def test_plan_refine_validate_without_ray(rules_router):
         asyncio.run(rules_router.plan("upscale", images=11))
 
 
+def test_embeddings_run_on_the_thread_that_loaded_the_model(full_router, monkeypatch):
+    """Suggestions, the chat's embedding stage and the health probe all encode on the
+    replica's model thread (deployments._common.ModelThread), where the encoder was loaded."""
+    import threading
+
+    loader = full_router._thread.thread_id
+    assert loader is not None and loader != threading.get_ident()
+    encoder = full_router.classifier.encoder
+    seen = []
+    real = encoder.encode
+
+    def spy(texts, *args, **kwargs):
+        seen.append(threading.get_ident())
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", spy)
+
+    async def calls():
+        found = await full_router.suggest("sunset over a quiet harbour", 5)
+        plan = await full_router.plan("something dreamy with soft colours")
+        await full_router.check_health()
+        return found, plan
+
+    found, plan = asyncio.run(calls())
+    assert len(found) == 5 and plan.stage in ("embedding", "rules")
+    assert seen and set(seen) == {loader}
+
+
 def test_info_and_stats(rules_router, full_router):
     assert rules_router.info()["stages"] == ["rules"]
     info = full_router.info()
