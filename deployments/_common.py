@@ -63,7 +63,7 @@ def lower_cpu_priority(increment: int) -> int:
 
 class ModelThread:
     """The one thread a replica's torch work runs on: the model's loading, every model call,
-    adapter loads, health probes.
+    adapter loads, health probes (Generator, Router, Upscaler, Video, Vision).
 
     Why one: torch's CPU kernels run on OpenMP thread teams, one team per calling thread, and
     a process whose torch work is spread over several threads runs it slower — tiny-sd at

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments._common import lower_cpu_priority, replica_info
+from deployments._common import ModelThread, lower_cpu_priority, replica_info
 from models.upscale import UpscaleModel, check_inputs, check_tiling
 
 logger = logging.getLogger("ray.serve")
@@ -53,8 +53,10 @@ class Upscaler:
         lower_cpu_priority(niceness)
 
         check_tiling(tile, tile_overlap)
-        self.model = UpscaleModel.from_name(model, source=source, zoo_dir=zoo_dir,
-                                            allow_fallback=allow_fallback)
+        # every torch call of this replica on one thread, the loading included (ModelThread)
+        self._thread = ModelThread("upscaler-model")
+        self.model = self._thread.call(UpscaleModel.from_name, model, source=source,
+                                       zoo_dir=zoo_dir, allow_fallback=allow_fallback)
         self._tile = tile
         self._tile_overlap = tile_overlap
         self._lock = asyncio.Lock()
@@ -73,7 +75,7 @@ class Upscaler:
         async with self._lock:
             started = time.perf_counter()
             try:
-                result = await asyncio.to_thread(
+                result = await self._thread.run(
                     self.model.upscale, request.image, scale=request.scale, tile=self._tile,
                     tile_overlap=self._tile_overlap,
                 )

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments._common import lower_cpu_priority, replica_info
+from deployments._common import ModelThread, lower_cpu_priority, replica_info
 from models.registry import get_spec
 from models.video import VideoModel, VideoRequest, check_inputs, encode_video
 
@@ -49,10 +49,16 @@ class Video:
         import torch
 
         lower_cpu_priority(niceness)
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        # every torch call of this replica on one thread, the loading included (ModelThread)
+        self._thread = ModelThread("video-model")
         spec = get_spec(model, kind="video", source=source)
-        self.model = VideoModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+
+        def load() -> VideoModel:
+            if torch_threads:
+                torch.set_num_threads(torch_threads)  # OpenMP's setting is per thread
+            return VideoModel.from_spec(spec, zoo_dir=zoo_dir, allow_fallback=allow_fallback)
+
+        self.model = self._thread.call(load)
         self._lock = asyncio.Lock()  # one clip at a time: pipelines are not thread-safe
         self._clips = 0
         self._frames = 0
@@ -86,7 +92,7 @@ class Video:
         queued = time.perf_counter()
         async with self._lock:
             started = time.perf_counter()
-            work = asyncio.ensure_future(asyncio.to_thread(render))
+            work = asyncio.ensure_future(self._thread.run(render))
             try:
                 while not work.done() or not events.empty():
                     getter = asyncio.ensure_future(events.get())
@@ -144,7 +150,7 @@ class Video:
         try:
             async with self._lock:
                 result = await asyncio.wait_for(
-                    asyncio.to_thread(self.model.generate, probe), timeout=50)
+                    self._thread.run(self.model.generate, probe), timeout=50)
         except Exception as exc:
             raise RuntimeError(f"video health probe failed: {type(exc).__name__}: {exc}"
                                ) from exc

@@ -8,14 +8,13 @@ image.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from deployments._common import lower_cpu_priority, replica_info
+from deployments._common import ModelThread, lower_cpu_priority, replica_info
 from models.base import check_image
 from models.vision import VisionLanguageModel, check_question
 
@@ -23,6 +22,15 @@ from models.vision import VisionLanguageModel, check_question
 # weights + ~1 GB of activations (serve_config.yaml packs one GPU).
 DEFAULT_NUM_GPUS = 0.1
 
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`'s result with ``timings["model_s"]``: the call's own time (run on
+    the model thread, so a call's wait behind another is not counted as its model time)."""
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    result.timings["model_s"] = time.perf_counter() - started
+    return result
 
 @serve.deployment(
     name="Vision",
@@ -37,8 +45,12 @@ class Vision:
                  zoo_dir: str | None = None, allow_fallback: bool = False,
                  device: str | None = None, niceness: int = 0):
         lower_cpu_priority(niceness)
-        self.model = VisionLanguageModel.from_name(model, source=source, zoo_dir=zoo_dir,
-                                                   allow_fallback=allow_fallback, device=device)
+        # every torch call of this replica on one thread, the loading included (ModelThread):
+        # calls run one after another there; each one's `model_s` is its own run, not its wait
+        self._thread = ModelThread("vision-model")
+        self.model = self._thread.call(VisionLanguageModel.from_name, model, source=source,
+                                       zoo_dir=zoo_dir, allow_fallback=allow_fallback,
+                                       device=device)
         self._requests = 0
         self._questions = 0
         self._model_s = 0.0
@@ -47,9 +59,7 @@ class Vision:
         """Caption `image` and answer `question` (None: caption only): a `VisionResult`."""
         check_image(image)
         question = check_question(question)
-        started = time.perf_counter()
-        result = await asyncio.to_thread(self.model.run, image, question=question)
-        result.timings["model_s"] = time.perf_counter() - started
+        result = await self._thread.run(_timed, self.model.run, image, question=question)
         self._requests += 1
         self._questions += question is not None
         self._model_s += result.timings["model_s"]
@@ -61,9 +71,7 @@ class Vision:
         time, for usage accounting as the ``vision`` deployment's). At most
         `MAX_CAPTION_BATCH` images per call; InputError (a 400) for bad input."""
         kwargs = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-        started = time.perf_counter()
-        result = await asyncio.to_thread(self.model.captions, images, **kwargs)
-        result.timings["model_s"] = time.perf_counter() - started
+        result = await self._thread.run(_timed, self.model.captions, images, **kwargs)
         self._requests += 1
         self._model_s += result.timings["model_s"]
         return result
