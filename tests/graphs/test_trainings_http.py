@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from graphs.loras import CACHE_TTL_S
 from tests.conftest import wait_until
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -221,8 +222,11 @@ def test_train_end_to_end_registers_a_usable_adapter(http, gateway):
     assert http.get(f"/v1/jobs/{training['id']}").json()["kind"] == "training"
     assert done["adapter"]["registered"], done["adapter"]
     assert done["model"] == "e2e-style"
-    loras = http.get("/v1/models?kind=lora").json()["data"]
-    assert "e2e-style" in [m["id"] for m in loras]
+    # the worker registered it in the record store; each ingress replica re-reads that
+    # within `CACHE_TTL_S` (graphs/loras.py): listed by then
+    wait_until(lambda: "e2e-style" in [
+        m["id"] for m in http.get("/v1/models?kind=lora").json()["data"]],
+        timeout=CACHE_TTL_S + 3, what="the trained LoRA in GET /v1/models?kind=lora")
     body = {"prompt": "zqx a house", "size": "64x64", "steps": 2, "seed": 3}
     plain = http.post("/v1/images/generations", json=body)
     styled = http.post("/v1/images/generations",

@@ -405,8 +405,13 @@ def test_cancellation_propagates_and_blames_no_provider(clock):
 
 
 def test_stats_view(clock):
+    async def ok_after_2ms(request):  # a measurable latency (stats round to 0.1 ms)
+        await asyncio.sleep(0.002)
+        return "ok"
+
     flaky = ScriptedProvider("flaky", priority=0,
-                             script=[fail("server_error"), "ok", "ok", fail("bad_request")],
+                             script=[fail("server_error"), ok_after_2ms, ok_after_2ms,
+                                     fail("bad_request")],
                              models=["m1"])
 
     async def go():
@@ -423,7 +428,7 @@ def test_stats_view(clock):
     assert flaky_stats["kind"] == "scripted" and flaky_stats["models"] == ["m1"]
     assert flaky_stats["requests"] == 4
     assert flaky_stats["success_rate"] == pytest.approx(2 / 3, abs=1e-4)  # 400: not its fault
-    assert flaky_stats["p50_latency_s"] is not None and flaky_stats["ewma_latency_s"] > 0
+    assert flaky_stats["p50_latency_s"] >= 0.002 and flaky_stats["ewma_latency_s"] >= 0.002
     assert flaky_stats["breaker"] == {"state": "closed", "recent_failures": 1,
                                       "retry_after_s": 0.0, "consecutive_opens": 0}
     assert flaky_stats["capabilities"]["inpaint"] is True
