@@ -244,12 +244,12 @@ class Generator:
         for ref in refs:
             self._adapter_refs[ref.name] -= 1
 
-    def _reap(self) -> None:
+    async def _reap(self) -> None:
         """(Holding the model lock.) Delete adapters no cached set or waiting request uses."""
         wanted = {r.name for req, _, _ in self._waiting for r in req.loras}
         for name in self.model.adapters:
             if self._adapter_refs[name] <= 0 and name not in wanted:
-                self.model.unload_adapter(name)
+                await self._thread.run(self.model.unload_adapter, name)
                 self._adapter_refs.pop(name, None)
                 self._adapter_unloads += 1
 
@@ -265,7 +265,7 @@ class Generator:
             if loaded == location:
                 continue
             if loaded is not None:  # deleted and registered again with another file
-                self.model.unload_adapter(ref.name)
+                await self._thread.run(self.model.unload_adapter, ref.name)
                 self._adapter_unloads += 1
             self._adapter_load_s += await self._thread.run(
                 self.model.load_adapter, ref.name, location)
@@ -311,7 +311,7 @@ class Generator:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         async with self._model_lock:
-            self._reap()
+            await self._reap()
             await self._ensure_adapters(request.loras)
             work = asyncio.ensure_future(self._thread.run(
                 self.model.generate, [request], cancel=cancel, previews=partial_images,
@@ -394,7 +394,7 @@ class Generator:
         """(Holding the model lock.) One pipeline call on the oldest waiting requests, up to
         max_batch_size images, all with the oldest one's LoRA adapter set; their futures get
         the results (or the error)."""
-        self._reap()
+        await self._reap()
         if not self._waiting:
             return
         adapter_set = self._waiting[0][0].adapter_set

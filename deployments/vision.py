@@ -23,7 +23,6 @@ from models.vision import VisionLanguageModel, check_question
 DEFAULT_NUM_GPUS = 0.1
 
 
-
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)`'s result with ``timings["model_s"]``: the call's own time (run on
     the model thread, so a call's wait behind another is not counted as its model time)."""
@@ -31,6 +30,7 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> Any:
     result = fn(*args, **kwargs)
     result.timings["model_s"] = time.perf_counter() - started
     return result
+
 
 @serve.deployment(
     name="Vision",

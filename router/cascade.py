@@ -15,7 +15,6 @@ Pure Python: the Serve deployment (`deployments/router.py`) wraps this class.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -74,10 +73,10 @@ class Cascade:
     def __init__(self, *, classifier: EmbeddingClassifier | None = None,
                  llm: LLMCallable | None = None, llm_timeout_s: float = 20.0,
                  rules_threshold: float = R.RULES_THRESHOLD, llm_threshold: float = 0.7,
-                 offload: bool | Callable[..., Awaitable[Any]] = False):
-        """`offload`: in `plan`, run the embedding stage off the event loop (servers): True in
-        a worker thread (`asyncio.to_thread`), or a callable like it (a replica's model thread,
-        `deployments._common.ModelThread.run`)."""
+                 offload: Callable[..., Awaitable[Any]] | None = None):
+        """`offload`: in `plan`, run the embedding stage off the event loop with it (servers:
+        `asyncio.to_thread`, or a replica's model thread, `deployments._common.ModelThread.run`);
+        None: inline."""
         self.classifier = classifier
         self.llm = llm
         self.llm_timeout_s = llm_timeout_s
@@ -259,10 +258,9 @@ class Cascade:
             return self._empty(images, context, started)
         result = R.analyze(message, images, context)
         timings = {"rules": time.perf_counter() - started}
-        if self.offload and self._needs_embeddings(result):
+        if self.offload is not None and self._needs_embeddings(result):
             # ~10 ms of model time: keep the event loop free for other requests
-            run = asyncio.to_thread if self.offload is True else self.offload
-            plan = await run(self._after_rules, result, timings, started)
+            plan = await self.offload(self._after_rules, result, timings, started)
         else:
             plan = self._after_rules(result, timings, started)
         if self.llm is not None and plan.confidence < self.llm_threshold and message.strip():
