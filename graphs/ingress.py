@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
-from graphs import auth, errors, middleware, observability, studio, usage
+from graphs import auth, errors, middleware, observability, route_index, studio, usage
 from graphs.analysis import AnalysisService, enhanced_prompt
 from graphs.auth import AuthConfig
 from graphs.chat import ChatService
@@ -384,6 +384,8 @@ class Ingress:
                  config: IngressConfig, video: DeploymentHandle | None = None,
                  vision: DeploymentHandle | None = None):
         install_log_redaction()
+        # FastAPI and Serve find a static path's route without walking all 87 routes
+        route_index.install(app)
         # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
         middleware.set_public_base_url(config.public_base_url)
         # Calls through these handles are cancelled when a request times out (504).

@@ -1,0 +1,240 @@
+"""A path index for the ingress's routes: FastAPI's and Serve's route lookups, in few steps.
+
+`@serve.ingress(app)` moves the Ingress class's routes (87 of them) into one ``APIRouter`` and
+includes it in the app; on FastAPI >= 0.137 that is one ``_IncludedRouter`` node whose
+candidates are tried in order, each a scope update, a regex match and a restore. A request
+walks them three times before its handler runs: FastAPI's router asks the node whether it
+matches (``_match``), the node finds the route again to handle it (``_match``), and Serve's
+replica looks the route up for its metrics' ``route`` tag (``get_asgi_route_name``, over the
+same list). `GET /v1/styles` is the 34th route: ~110 us of the Ingress replica's CPU per
+request on the 2-core dev VM (BENCHMARKS.md "Gateway overhead"), where a bare app with three
+routes spends ~30.
+
+`install(app)` (in the Ingress replica's ``__init__``) keeps FastAPI's own matching and only
+narrows what it walks:
+
+- each ``_IncludedRouter`` node gets its candidates grouped by the first two segments of the
+  request path (`/v1/jobs/abc` -> `/v1/jobs`): a group holds, in their order, the routes whose
+  pattern can match a path of the group (`/v1/jobs/{job_id}` only under `/v1/jobs`;
+  `/v1/{name}` under every `/v1/...`), and every candidate this index cannot judge (a mount,
+  a host, a websocket, a nested router). FastAPI's ``_match`` runs unchanged over the group,
+  so the first full match, the 405 of a partial match and the parameters are those of the
+  full walk: a group drops only routes whose regex cannot match.
+- Serve's route tag (`remember_route_names`) is remembered per (path, method, root path) for
+  the paths of routes without parameters; other paths are looked up as before.
+
+Both hook into private names (``_IncludedRouter._match``, Serve's
+``replica.get_asgi_route_name``); where a FastAPI or Ray upgrade renames them, `install`
+logs that it left the routes as they are and the gateway works as before, only slower.
+``tests/graphs/test_route_index.py`` checks the index against the full walk for every route
+and method.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.routing import Route, get_route_path
+from starlette.types import Scope
+
+logger = logging.getLogger("ray.serve")
+
+try:  # FastAPI >= 0.137
+    from fastapi.routing import APIRoute, _EffectiveRouteContext, _IncludedRouter
+except ImportError:  # pragma: no cover - older FastAPI flattens included routes
+    _IncludedRouter = _EffectiveRouteContext = None  # type: ignore[assignment,misc]
+    from fastapi.routing import APIRoute
+
+# (path, method, root path) -> Serve's route tag; at most this many remembered
+_MAX_ROUTE_NAMES = 4096
+
+
+def _path(candidate: Any) -> str | None:
+    """The path (pattern) of a candidate that only a path regex and the method decide: an
+    ``APIRoute`` or a plain Starlette ``Route``; None for mounts, hosts, websockets and nested
+    routers, which every narrowed list keeps."""
+    if _EffectiveRouteContext is None or not isinstance(candidate, _EffectiveRouteContext):
+        return None
+    if isinstance(candidate.original_route, APIRoute):
+        return candidate.path or None
+    route = candidate.starlette_route
+    if type(route) is Route:  # a plain Starlette route (not Mount, Host or a websocket)
+        return route.path or None
+    return None
+
+
+def _key(path: str) -> str:
+    """A request path's first two segments (`/v1/jobs/abc` -> `/v1/jobs`), or all of it."""
+    second = path.find("/", 1)
+    if second < 0:
+        return path
+    third = path.find("/", second + 1)
+    return path if third < 0 else path[:third]
+
+
+def _candidate_key(path: str) -> tuple[str | None, str]:
+    """Which request paths a route pattern can match: (their `_key`, None) when every one
+    has the same, else (None, the pattern's literal prefix), which they all start with
+    (`/v1/{name}`: `/v1/`). Starlette escapes a pattern's literal parts: its regex matches
+    the literal prefix literally."""
+    literal = path.split("{", 1)[0]
+    if literal == path:  # no parameters: only the path itself
+        return _key(path), path
+    second = literal.find("/", 1)
+    third = literal.find("/", second + 1) if second > 0 else -1
+    return (literal[:third], literal) if third > 0 else (None, literal)
+
+
+class _Narrowed:
+    """What `_IncludedRouter._match` reads of its node (`effective_candidates()`), narrowed
+    to the candidates that can match one group of paths."""
+
+    __slots__ = ("_candidates",)
+
+    def __init__(self, candidates: list[Any]):
+        self._candidates = candidates
+
+    def effective_candidates(self) -> list[Any]:
+        return self._candidates
+
+
+# groups of paths remembered per index (a client can send any number of different paths)
+_MAX_GROUPS = 1024
+
+
+class PathIndex:
+    """One ``_IncludedRouter`` node's candidates narrowed per group of request paths (their
+    first two segments, `_key`): those whose pattern can match a path of the group, in their
+    order; mounts, hosts, websockets and nested routers in every group. Rebuilt when the
+    node's candidate list changes (FastAPI rebuilds it when routes are added)."""
+
+    def __init__(self, node: Any):
+        self.node = node
+        self._source: list[Any] | None = None
+        # per candidate: (key or None, literal prefix or None: always kept)
+        self._keys: list[tuple[Any, str | None, str | None]] = []
+        self._groups: dict[str, _Narrowed] = {}
+        self._static: frozenset[str] = frozenset()
+
+    def narrowed(self, path: str) -> _Narrowed:
+        """The candidates that can match `path` (a route path: without the root path)."""
+        source = self.node.effective_candidates()
+        if source is not self._source:
+            self._rebuild(source)
+        keys, groups = self._keys, self._groups  # one build's (Serve's thread reads too)
+        key = _key(path)
+        group = groups.get(key)
+        if group is None:
+            group = _Narrowed([c for c, k, literal in keys
+                               if literal is None or k == key
+                               or (k is None and key.startswith(literal))])
+            if len(groups) < _MAX_GROUPS:
+                groups[key] = group
+        return group
+
+    def static_paths(self) -> frozenset[str]:
+        """The paths of the node's routes without path parameters."""
+        self.narrowed("/")
+        return self._static
+
+    def _rebuild(self, source: list[Any]) -> None:
+        keys = []
+        for candidate in source:
+            path = _path(candidate)
+            keys.append((candidate, *_candidate_key(path)) if path else (candidate, None, None))
+        self._keys, self._groups = keys, {}
+        self._static = frozenset(p for c in source if (p := _path(c)) and "{" not in p)
+        self._source = source
+
+
+def _indexed_match(node: Any, index: PathIndex) -> Callable[[Scope], Any]:
+    full_match = type(node)._match
+
+    def _match(scope: Scope) -> Any:
+        if scope.get("type") == "http":
+            return full_match(index.narrowed(get_route_path(scope)), scope)
+        return full_match(node, scope)
+
+    return _match
+
+
+def index_routes(app: Any) -> list[PathIndex]:
+    """Give each ``_IncludedRouter`` node among `app`'s routes its path index (idempotent).
+    Returns the indexes (none on a FastAPI without such nodes, or one whose node lacks the
+    ``_match`` this narrows)."""
+    if _IncludedRouter is None:
+        return []
+    indexes = []
+    for route in app.router.routes:
+        if not isinstance(route, _IncludedRouter):
+            continue
+        if not callable(getattr(type(route), "_match", None)) or not callable(
+                getattr(route, "effective_candidates", None)):
+            logger.warning("FastAPI's _IncludedRouter has no _match/effective_candidates: "
+                           "the ingress's routes are walked in full (graphs/route_index.py)")
+            return []
+        index = route.__dict__.get("_photostudio_index")
+        if index is None:
+            index = PathIndex(route)
+            route._photostudio_index = index
+            route._match = _indexed_match(route, index)
+        indexes.append(index)
+    return indexes
+
+
+def remember_route_names(lookup: Callable[[Any, Scope], str | None],
+                         paths: Callable[[], set[str]]) -> Callable[[Any, Scope], str | None]:
+    """`lookup` (Serve's ``get_asgi_route_name(app, scope)``), remembering its answer for the
+    static paths `paths()` gives (per path, method and root path); any other path is looked
+    up every time. Routes do not change once a replica serves (Serve froze the app)."""
+    names: dict[tuple[Any, ...], str | None] = {}
+
+    def serve_route_name(app: Any, scope: Scope) -> str | None:
+        path = scope.get("path")
+        key = (id(app), scope.get("type"), path, scope.get("method"), scope.get("root_path"))
+        try:
+            return names[key]
+        except KeyError:
+            pass
+        name = lookup(app, scope)
+        if path in paths() and len(names) < _MAX_ROUTE_NAMES:
+            names[key] = name
+        return name
+
+    serve_route_name.photostudio_original = lookup  # type: ignore[attr-defined]
+    return serve_route_name
+
+
+def install(app: Any) -> bool:
+    """Index `app`'s included routes and remember Serve's route tags for their static paths
+    (in this process: call it in the ingress replica). True when both hooks are in place."""
+    indexes = index_routes(app)
+    if not indexes:
+        return False
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # pragma: no cover - Serve reorganised
+        logger.warning("ray.serve._private.replica moved: Serve's route tags are looked up "
+                       "in full (graphs/route_index.py)")
+        return False
+    current = getattr(replica, "get_asgi_route_name", None)
+    if current is None:
+        logger.warning("Serve's replica has no get_asgi_route_name: its route tags are "
+                       "looked up as Serve does (graphs/route_index.py)")
+        return False
+    if not hasattr(current, "photostudio_original"):
+        static: set[str] = set()
+
+        def paths() -> set[str]:
+            if not static:
+                for index in indexes:
+                    static.update(index.static_paths())
+            return static
+
+        replica.get_asgi_route_name = remember_route_names(current, paths)
+    return True
+
+
+__all__ = ["PathIndex", "index_routes", "install", "remember_route_names"]

@@ -1,0 +1,159 @@
+"""The ingress's path index (graphs/route_index.py) finds what FastAPI's full walk finds."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import _IncludedRouter
+from fastapi.testclient import TestClient
+from ray.serve._private.thirdparty.get_asgi_route_name import get_asgi_route_name
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount
+
+from graphs import route_index
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def _scope(path: str, method: str = "GET") -> dict:
+    return {"type": "http", "path": path, "method": method, "root_path": "", "headers": [],
+            "query_string": b""}
+
+
+def _nodes(app: FastAPI) -> list:
+    return [r for r in app.router.routes if isinstance(r, _IncludedRouter)]
+
+
+def _overlapping_app() -> FastAPI:
+    """Routes whose order decides: a parametrised route before a static one it matches, the
+    same path under two methods, a mount."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/items/{item_id}")
+    def item(item_id: str) -> dict:
+        return {"route": "item", "item_id": item_id}
+
+    @router.get("/items/special")
+    def special() -> dict:  # shadowed by /items/{item_id}, as FastAPI orders them
+        return {"route": "special"}
+
+    @router.post("/things")
+    def make_thing() -> dict:
+        return {"route": "make"}
+
+    @router.delete("/things")
+    def drop_thing() -> dict:
+        return {"route": "drop"}
+
+    @router.get("/plain")
+    def plain() -> dict:
+        return {"route": "plain"}
+
+    router.routes.append(Mount("/plain-mount", app=PlainTextResponse("mounted")))
+    app.include_router(router)
+    return app
+
+
+def _responses(client: TestClient) -> list[tuple[int, str, str | None]]:
+    seen = []
+    for method, path in [("GET", "/items/special"), ("GET", "/items/7"), ("POST", "/things"),
+                         ("DELETE", "/things"), ("GET", "/things"), ("GET", "/plain"),
+                         ("PUT", "/plain"), ("GET", "/plain-mount/x"), ("GET", "/nowhere"),
+                         ("GET", "/plain/")]:
+        r = client.request(method, path, follow_redirects=False)
+        seen.append((r.status_code, r.text, r.headers.get("allow")))
+    return seen
+
+
+def test_indexed_app_answers_as_the_full_walk() -> None:
+    before = _responses(TestClient(_overlapping_app()))
+    app = _overlapping_app()
+    assert len(route_index.index_routes(app)) == 1
+    after = _responses(TestClient(app))
+    assert after == before
+    # the order still decides: the parametrised route shadows the static one
+    assert '"route":"item"' in after[0][1]
+    assert after[4][0] == 405 and after[4][2] and "POST" in after[4][2]
+
+
+def test_paths_walk_only_the_candidates_that_can_match() -> None:
+    app = _overlapping_app()
+    (index,) = route_index.index_routes(app)
+    assert index.static_paths() == {"/items/special", "/things", "/plain"}
+
+    def paths(path: str) -> list[str]:
+        return [getattr(c, "path", None) or c.starlette_route.path
+                for c in index.narrowed(path).effective_candidates()]
+
+    assert paths("/plain") == ["/plain", "/plain-mount"]  # a mount is always kept
+    # `/items/{item_id}` may match any path under /items/: kept, in its place
+    assert paths("/items/special") == ["/items/{item_id}", "/items/special", "/plain-mount"]
+    assert paths("/items/7") == ["/items/{item_id}", "/plain-mount"]
+    assert paths("/things") == ["/things", "/things", "/plain-mount"]
+
+
+def test_index_routes_is_idempotent() -> None:
+    app = _overlapping_app()
+    first = route_index.index_routes(app)
+    assert route_index.index_routes(app) == first
+
+
+def test_the_ingress_routes_match_as_before_for_every_path_and_method() -> None:
+    from graphs.ingress import app
+
+    (node,) = _nodes(app)
+    full = type(node)._match
+    (index,) = route_index.index_routes(app)
+    paths = sorted(index.static_paths())
+    assert {"/v1/styles", "/v1/chat", "/healthz"} <= set(paths)
+    # every parametrised route, its parameters filled in; paths of no route; trailing slashes
+    patterns = {c.path for c in node.effective_candidates() if "{" in (c.path or "")}
+    assert "/v1/jobs/{job_id}" in patterns
+    filled = sorted({re.sub(r"\{[^}]*\}", "x1", p) for p in patterns})
+    for path in paths + filled + ["/v1/nowhere", "/v1/styles/", "/", "/v1", "/v1/jobs/"]:
+        for method in METHODS:
+            scope = _scope(path, method)
+            expected = full(node, dict(scope))
+            got = node._match(dict(scope))
+            assert got[0] == expected[0], (path, method)
+            assert got[1] == expected[1], (path, method)
+            assert got[2] is expected[2] and got[3] is expected[3], (path, method)
+
+
+def test_serve_route_names_are_remembered_for_static_paths_only() -> None:
+    from graphs.ingress import app
+
+    calls = []
+
+    def lookup(app_, scope):
+        calls.append(scope["path"])
+        return get_asgi_route_name(app_, scope)
+
+    (index,) = route_index.index_routes(app)
+    cached = route_index.remember_route_names(lookup, index.static_paths)
+    for _ in range(3):
+        assert cached(app, _scope("/v1/styles")) == "/v1/styles"
+        assert cached(app, _scope("/v1/jobs/abc")) == "/v1/jobs/{job_id}"
+    assert cached(app, _scope("/v1/styles", "POST")) == get_asgi_route_name(
+        app, _scope("/v1/styles", "POST"))
+    assert calls.count("/v1/styles") == 2  # GET once, POST once
+    assert calls.count("/v1/jobs/abc") == 3  # not a static path: looked up every time
+
+
+def test_install_hooks_serves_route_names_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.serve._private import replica
+
+    from graphs.ingress import app
+
+    original = replica.get_asgi_route_name
+    monkeypatch.setattr(replica, "get_asgi_route_name", original)
+    assert route_index.install(app)
+    hooked = replica.get_asgi_route_name
+    assert hooked is not original and hooked.photostudio_original is original
+    assert route_index.install(app)  # a second install keeps the one hook
+    assert replica.get_asgi_route_name is hooked
+    for path in ("/v1/styles", "/v1/chat", "/v1/jobs/x", "/healthz", "/nowhere"):
+        assert hooked(app, _scope(path)) == original(app, _scope(path))
