@@ -130,8 +130,8 @@ def summary(latencies: list[float]) -> str:
 
 def replica_pids(root: int | None = None) -> dict[str, list[int]]:
     """Processes of the local Ray this driver (or process `root`) started, by role: each
-    Serve deployment's replicas (by deployment name), ``ProxyActor``, ``ServeController``
-    and ``haproxy``."""
+    Serve deployment's replicas (by deployment name), ``ProxyActor``, ``ServeController``,
+    ``haproxy``, ``raylet`` and ``gcs_server``."""
     import psutil
 
     found: dict[str, list[int]] = {}
@@ -147,6 +147,8 @@ def replica_pids(root: int | None = None) -> dict[str, list[int]]:
             role = title.split("ray::", 1)[1].split()[0]
         elif "haproxy" in proc.name().lower():
             role = "haproxy"
+        elif proc.name() in ("raylet", "gcs_server"):  # object transfers, scheduling
+            role = proc.name()
         if role:
             found.setdefault(role, []).append(proc.pid)
     return found

@@ -6,10 +6,10 @@ and a key from `photostudio keys create`. Ours is measured twice: the default JS
 (base64 PNG) and the PNG bytes themselves (`Accept: image/png`, what rembg's server answers).
 At each concurrency the servers get the same closed-loop load in turn (the order alternates by
 round); printed are the medians of the rounds: images/s, latency, answer bytes, the ratio
-ours/theirs, and the CPU time
-each server's processes spent per image (ours: ingress + Matting replica + HAProxy; theirs:
-the rembg process) — CPU per image is what decides throughput once the cores are full, and
-it is much less sensitive than images/s to other work on a shared machine. Usage:
+ours/theirs, and the CPU time each server's processes spent per image (ours: ingress + Matting
+replica + HAProxy + Ray's raylet and GCS; theirs: the rembg process) — CPU per image is what
+decides throughput once the cores are full, and it is much less sensitive than images/s to
+other work on a shared machine. Usage:
 
     .venv/bin/python bench/matting.py [--images 50] [--concurrency 1 4 16] [--rounds 2]
         [--profile SECONDS] [--toy]
@@ -208,7 +208,8 @@ class OurPids:
 
     def roles(self) -> dict[str, list[int]]:
         return {role: self.child.pids.get(role, [])
-                for role in ("Ingress", "Matting", "haproxy", "ProxyActor")}
+                for role in ("Ingress", "Matting", "haproxy", "ProxyActor", "raylet",
+                             "gcs_server")}
 
 
 class TheirPids:

@@ -55,6 +55,7 @@ class Matting:
         health_probe_interval_s: float = 60.0,
         health_probe_timeout_s: float = 20.0,
         niceness: int = 0,
+        graph_optimization: str = "auto",
     ):
         """`model`: a catalogue matting model (`models.registry`); `source`: an
         .onnx file (or folder with one) to use instead of the named weights; `rembg_home`: where
@@ -64,12 +65,14 @@ class Matting:
         measured no faster); `batch_wait_timeout_s`: how long a batch waits to fill (default
         10 ms on CUDA; none on CPU, where an image per run gains nothing from waiting);
         `niceness`: added to the replica's CPU niceness
-        (`deployments._common.lower_cpu_priority`)."""
+        (`deployments._common.lower_cpu_priority`); `graph_optimization`: onnxruntime's level,
+        ``auto`` times ``all`` and ``extended`` at load on CPU and keeps the faster
+        (`models.matting.MattingModel.load`)."""
         lower_cpu_priority(niceness)
 
         self.model = MattingModel.from_name(
             model, source=source, zoo_dir=zoo_dir, allow_fallback=allow_fallback, device=device,
-            home=rembg_home, threads=threads,
+            home=rembg_home, threads=threads, graph_optimization=graph_optimization,
         )
         self._max_batch_images = max_batch_images or self.model.max_batch_images
         self._batched.set_max_batch_size(max_batch_size)

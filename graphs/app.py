@@ -42,6 +42,9 @@ class AppArgs(BaseModel):
     public_base_url: str | None = None
     matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
     matting_source: str | None = Field(None, description="an .onnx file or folder")
+    matting_graph_optimization: Literal["auto", "all", "extended", "basic", "disabled"] = Field(
+        "auto", description="onnxruntime's graph optimization level for the matting model; "
+        "auto (CPU): the faster of all and extended, timed once at load")
     faceswap_model: str | None = Field(None, description="tiny-insightface or inswapper-128")
     faceswap_source: str | None = Field(None, description="folder with a pack + inswapper_128")
     upscale_model: str | None = Field(None, description="tiny-esrgan or realesrgan-x4")
@@ -168,7 +171,8 @@ def build_app(args: AppArgs) -> Application:
     matting_name = model_for("matting", args.matting_model)
     mat = matting.Matting.options(**gpu_options(matting.DEFAULT_NUM_GPUS)).bind(
         model=matting_name, source=args.matting_source, zoo_dir=zoo_dir,
-        allow_fallback=allow_fallback, niceness=args.model_niceness)
+        allow_fallback=allow_fallback, niceness=args.model_niceness,
+        graph_optimization=args.matting_graph_optimization)
     faceswap_name = model_for("faceswap", args.faceswap_model)
     swap = faceswap.FaceSwap.options(**gpu_options(faceswap.DEFAULT_NUM_GPUS)).bind(
         model=faceswap_name, source=args.faceswap_source, zoo_dir=zoo_dir,

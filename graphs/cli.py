@@ -99,6 +99,10 @@ def http_options(host: str, port: int) -> dict:
     return {"host": host, "port": port, "keep_alive_timeout_s": KEEP_ALIVE_TIMEOUT_S}
 
 
+# Ray call arguments and results up to this size travel inline (`request_path_env`)
+INLINE_OBJECT_BYTES = 4 * 1024 * 1024
+
+
 def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
                      throughput_optimized: bool = False,
                      free_ports: bool = False) -> dict[str, str]:
@@ -115,8 +119,17 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED (user code on the replica's event loop, gRPC
     between replicas, buffered request logs): any blocking call in an async method then
     stalls the replica's HTTP server. `free_ports`: HAProxy's stats and
-    metrics ports on free ports (several gateways on one machine) instead of 8404 / 9101."""
-    env: dict[str, str] = {}
+    metrics ports on free ports (several gateways on one machine) instead of 8404 / 9101.
+
+    Always: ``RAY_max_direct_call_object_size`` = `INLINE_OBJECT_BYTES` (Ray's default is
+    100 KiB): an image a request hands to a model replica and the image it gets back (a
+    640x480 RGBA cutout is 1.2 MB) travel inside the call instead of through the object
+    store, which cost the raylet ~3 ms of CPU per image and the gateway ~4 % of its
+    background-removal rate on 2 cores (BENCHMARKS.md, "Background removal"); larger
+    objects (videos, big upscales) still go through the store."""
+    env: dict[str, str] = {
+        "RAY_max_direct_call_object_size": os.environ.get("RAY_max_direct_call_object_size",
+                                                          str(INLINE_OBJECT_BYTES))}
     if haproxy:
         state = Path(state_dir) / "haproxy"
         if len(str(state)) > 28:

@@ -247,9 +247,20 @@ def locate_model_file(location: str | os.PathLike) -> Path:
     raise OSError(f"no model file at {str(path)!r}")
 
 
+GraphOptimization = Literal["auto", "all", "extended", "basic", "disabled"]
+GRAPH_OPTIMIZATIONS = ("auto", "all", "extended", "basic", "disabled")
+_ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+               "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+# `auto` on CPU: what it compares (onnxruntime's default, and the same without its layout
+# transformations), and how many timed runs of each
+AUTO_CANDIDATES = ("all", "extended")
+AUTO_RUNS = 2
+
+
 def _open_session(kind: str, model_file: Path, *, providers: list[Any], threads: int | None,
-                  home: str | os.PathLike | None):
-    """A rembg session of class `kind` on `model_file` (like `rembg.new_session`, no download)."""
+                  home: str | os.PathLike | None, graph_optimization: str = "all"):
+    """A rembg session of class `kind` on `model_file` (like `rembg.new_session`, no download),
+    its graph optimized at `graph_optimization` (onnxruntime's level; not "auto")."""
     import onnxruntime as ort
 
     base = _home_class(kind, home)
@@ -267,8 +278,65 @@ def _open_session(kind: str, model_file: Path, *, providers: list[Any], threads:
         opts.inter_op_num_threads = 1
     elif "OMP_NUM_THREADS" in os.environ:  # as rembg.new_session does
         opts.intra_op_num_threads = opts.inter_op_num_threads = int(os.environ["OMP_NUM_THREADS"])
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                            _ORT_LEVELS[graph_optimization])
     # model_path is what rembg's *_custom sessions require; the others ignore it.
     return Session(kind, opts, providers=providers, model_path=located)
+
+
+def _probe_feed(session: Any) -> dict[str, np.ndarray]:
+    """The input rembg's `predict` would give the session for a mid-grey image (its own
+    `normalize`: the model's input size and layout)."""
+    probe = Image.new("RGB", (64, 64), (128, 128, 128))
+    captured = copy.copy(session)
+    captured.inner_session = recorder = _Recorder(session.inner_session)
+    try:
+        captured.predict(probe)
+    except _Captured:
+        pass
+    if recorder.feed is None:
+        raise RuntimeError(f"{type(session).__name__}.predict ran no ONNX session")
+    return recorder.feed
+
+
+def _seconds_per_run(session: Any, feed: dict[str, np.ndarray], runs: int) -> float:
+    session.inner_session.run(None, feed)  # the first run allocates
+    best = float("inf")
+    for _ in range(runs):
+        started = time.process_time()
+        session.inner_session.run(None, feed)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def _open_calibrated(kind: str, model_file: Path, *, providers: list[Any], threads: int | None,
+                     home: str | os.PathLike | None, graph_optimization: str
+                     ) -> tuple[Any, str, dict[str, float]]:
+    """(session, the level it uses, CPU ms per run of each level timed). `auto` on CPU opens
+    the model at each of `AUTO_CANDIDATES` and keeps the one whose run of the model's input
+    took less CPU: onnxruntime's `all` adds layout transformations (NCHWc) that speed up wide
+    convolutions (a U²-Net of real width: 151 vs 239 ms) and slow down narrow ones (the tiny
+    zoo model: 39 vs 33 ms; BENCHMARKS.md, "Background removal"). On CUDA, `auto` is `all`."""
+    def open_at(level: str) -> Any:
+        return _open_session(kind, model_file, providers=providers, threads=threads, home=home,
+                             graph_optimization=level)
+
+    if graph_optimization not in GRAPH_OPTIMIZATIONS:
+        raise ValueError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATIONS)}, "
+                         f"got {graph_optimization!r}")
+    if graph_optimization != "auto":
+        return open_at(graph_optimization), graph_optimization, {}
+    first = open_at(AUTO_CANDIDATES[0])
+    if first.inner_session.get_providers()[0] != "CPUExecutionProvider":
+        return first, AUTO_CANDIDATES[0], {}
+    feed = _probe_feed(first)
+    sessions = {AUTO_CANDIDATES[0]: first}
+    timed = {AUTO_CANDIDATES[0]: _seconds_per_run(first, feed, AUTO_RUNS)}
+    for level in AUTO_CANDIDATES[1:]:
+        sessions[level] = open_at(level)
+        timed[level] = _seconds_per_run(sessions[level], feed, AUTO_RUNS)
+    chosen = min(timed, key=timed.__getitem__)
+    return sessions[chosen], chosen, {k: round(v * 1e3, 2) for k, v in timed.items()}
 
 
 def _providers(device: str | None) -> list[Any]:
@@ -363,21 +431,28 @@ class MattingModel(ModelFamily):
     def load(cls, source: str, *, name: str, device: str | None = None,
              session_kind: str | None = None, home: str | os.PathLike | None = None,
              threads: int | None = None, tiny: bool = False,
-             fallback_reason: str | None = None, max_side: int = MAX_SIDE) -> MattingModel:
-        """Open `source`: ``rembg:<name>`` (a file in the rembg home) or an .onnx path/folder."""
+             fallback_reason: str | None = None, max_side: int = MAX_SIDE,
+             graph_optimization: GraphOptimization = "auto") -> MattingModel:
+        """Open `source`: ``rembg:<name>`` (a file in the rembg home) or an .onnx path/folder.
+        `graph_optimization`: onnxruntime's graph optimization level; ``auto`` (on CPU) times
+        the model at ``all`` and ``extended`` once at load and keeps the faster
+        (`_open_calibrated`)."""
         kind = session_kind or session_kind_for(name)
         if source.startswith("rembg:"):
             model_file = locate_rembg_model(source.removeprefix("rembg:"), home=home)
         else:
             model_file = locate_model_file(source)
         started = time.perf_counter()
-        session = _open_session(kind, model_file, providers=_providers(device), threads=threads,
-                                home=home)
+        session, level, timed = _open_calibrated(
+            kind, model_file, providers=_providers(device), threads=threads, home=home,
+            graph_optimization=graph_optimization)
         inner = session.inner_session
         active = inner.get_providers()
         input_meta = inner.get_inputs()[0]
-        logger.info("loaded matting model %s (%s session) from %s on %s in %.3fs", name, kind,
-                    model_file, active[0], time.perf_counter() - started)
+        logger.info("loaded matting model %s (%s session) from %s on %s in %.3fs, graph "
+                    "optimization %s%s", name, kind, model_file, active[0],
+                    time.perf_counter() - started, level,
+                    f" (CPU ms per run: {timed})" if timed else "")
         info = LoadedInfo(
             name=name,
             family=cls.family,
@@ -387,7 +462,8 @@ class MattingModel(ModelFamily):
             dtype={"tensor(float)": "float32", "tensor(float16)": "float16"}.get(
                 input_meta.type, input_meta.type),
             fallback_reason=fallback_reason,
-            extra={"session": kind, "providers": active, "input_shape": list(input_meta.shape)},
+            extra={"session": kind, "providers": active, "input_shape": list(input_meta.shape),
+                   "graph_optimization": level, "graph_optimization_ms": timed},
         )
         return cls(session, info=info, max_side=max_side)
 

@@ -63,9 +63,23 @@ def test_request_path_env_keeps_haproxys_socket_path_short(tmp_path):
     assert env == {**request_path_env(deep, free_ports=True),  # the same folder each time
                    **{k: env[k] for k in env if k.endswith("_PORT")}}
     assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) != 8404
-    assert request_path_env(deep, haproxy=False) == {}
+    inline = {"RAY_max_direct_call_object_size": str(4 * 1024 * 1024)}
+    assert request_path_env(deep, haproxy=False) == inline
     assert request_path_env(deep, haproxy=False, throughput_optimized=True) == {
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        **inline, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def test_request_path_env_sends_images_inline_unless_the_operator_says(tmp_path, monkeypatch):
+    """Images up to 4 MiB go to and from model replicas inside the call (Ray's default puts
+    anything over 100 KiB in the object store); an operator's own value wins."""
+    from graphs.cli import request_path_env
+
+    monkeypatch.delenv("RAY_max_direct_call_object_size", raising=False)
+    env = request_path_env(tmp_path, haproxy=False)
+    assert env["RAY_max_direct_call_object_size"] == "4194304"
+    monkeypatch.setenv("RAY_max_direct_call_object_size", "102400")
+    assert request_path_env(tmp_path, haproxy=False)[
+        "RAY_max_direct_call_object_size"] == "102400"
 
 
 def test_serve_binds_ray_to_loopback_and_sets_the_front_doors_timeouts(tmp_path, monkeypatch):

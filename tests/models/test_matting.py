@@ -271,3 +271,33 @@ def test_model_path_overrides_the_named_weights(tmp_path, tiny_dir, images):
         MattingModel.from_name("u2net", source=str(tmp_path))
     with pytest.raises(RuntimeError, match=r"no model file at"):
         MattingModel.from_name("u2net", source=str(tmp_path / "missing.onnx"))
+
+
+def test_auto_graph_optimization_keeps_the_level_that_ran_faster(tiny):
+    """`auto` (the default) on CPU times onnxruntime's `all` and `extended` on the model's
+    input at load and keeps the one that took less CPU; the choice is in the info."""
+    extra = tiny.info.extra
+    timed = extra["graph_optimization_ms"]
+    assert set(timed) == {"all", "extended"} and all(ms > 0 for ms in timed.values())
+    assert extra["graph_optimization"] == min(timed, key=timed.__getitem__)
+    options = tiny._session.inner_session.get_session_options()
+    import onnxruntime as ort
+
+    level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    assert options.graph_optimization_level == level[extra["graph_optimization"]]
+
+
+@pytest.mark.parametrize("level", ["all", "extended", "basic", "disabled"])
+def test_every_graph_optimization_level_gives_the_same_masks(zoo_dir, tiny, images, level):
+    model = MattingModel.from_name("tiny-u2net", zoo_dir=str(zoo_dir), graph_optimization=level)
+    assert model.info.extra["graph_optimization"] == level
+    assert model.info.extra["graph_optimization_ms"] == {}  # a level given: nothing timed
+    for ours, theirs in zip(model.remove(images, output="mask"),
+                            tiny.remove(images, output="mask"), strict=True):
+        assert np.abs(ours.image.astype(int) - theirs.image.astype(int)).max() <= 1
+
+
+def test_unknown_graph_optimization_level_is_refused(zoo_dir):
+    with pytest.raises(ValueError, match="graph_optimization must be one of auto, all"):
+        MattingModel.from_name("tiny-u2net", zoo_dir=str(zoo_dir), graph_optimization="fast")
