@@ -153,3 +153,38 @@ def test_install_log_redaction_is_idempotent():
     assert sum(isinstance(f, logs.RedactingFilter) for f in target.filters) == 1
     assert sum(isinstance(f, logs.RedactingFilter)
                for f in target.handlers[0].filters) == 1
+
+
+def _serve_access_record(message: str, **extra) -> logging.LogRecord:
+    """A record shaped as Serve's replica logs its access line (its pre-built context)."""
+    record = logging.LogRecord("ray.serve", logging.INFO, "replica.py", 1, message, None, None)
+    record.__dict__.update({"serve_access_log": True, "skip_context_filter": True,
+                            "route": "/v1/styles", "request_id": "abc", "deployment": "Ingress",
+                            "replica": "r1", "application": "default", "job_id": "01",
+                            "worker_id": "w", "node_id": "n", "actor_id": "a", **extra})
+    return record
+
+
+@pytest.mark.parametrize("line", [
+    "GET /v1/styles 200 1.2ms", "POST /v1/assets/{asset_id} 404 0.4ms", "CALL remove OK 12.3ms",
+    "127.0.0.1:5555 GET / 307 0.1ms", "GET /studio/{path:path} 200 3.0ms"])
+def test_serves_access_lines_pass_as_they_are(line):
+    record = _serve_access_record(line)
+    before = dict(record.__dict__)
+    assert logs.RedactingFilter().filter(record)
+    assert record.getMessage() == line
+    assert {k: v for k, v in record.__dict__.items() if k != "_photostudio_redacted"} == before
+
+
+def test_an_access_line_with_anything_else_is_redacted_in_full():
+    key = "psk_" + "a" * 30
+    odd = _serve_access_record(f"GET /v1/styles?api_key={key} 200 1.2ms")
+    logs.RedactingFilter().filter(odd)
+    assert key not in odd.getMessage() and logs.REDACTED in odd.getMessage()
+    extra = _serve_access_record("GET /v1/styles 200 1.2ms", authorization=f"Bearer {key}")
+    logs.RedactingFilter().filter(extra)
+    assert extra.authorization == logs.REDACTED
+    not_serves = logging.LogRecord("ray.serve", logging.INFO, "x.py", 1,
+                                   f"GET /v1/styles 200 1.2ms token {key}", None, None)
+    logs.RedactingFilter().filter(not_serves)
+    assert key not in not_serves.getMessage()
