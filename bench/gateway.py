@@ -131,10 +131,26 @@ async def latency_run(session, url: str, headers: dict, n: int, seed0: int, size
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes `pids` have spent so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 async def rate_run(session, url: str, headers: dict, route: str, concurrency: int,
-                   seconds: float) -> tuple[float, list[float], int]:
+                   seconds: float, cpu_pids: list[int] | None = None
+                   ) -> tuple[float, list[float], int, float | None]:
     """Closed loop: `concurrency` clients call `route` (a key of ROUTES) for `seconds` (after
-    0.5 s of warm-up not counted). Returns (requests/s, latencies, errors)."""
+    0.5 s of warm-up not counted). Returns (requests/s, latencies, errors, CPU seconds the
+    processes `cpu_pids` spent per counted request, None without pids)."""
     method, path, body = ROUTES[route]
     latencies: list[float] = []
     errors = 0
@@ -156,10 +172,12 @@ async def rate_run(session, url: str, headers: dict, route: str, concurrency: in
 
     tasks = [asyncio.ensure_future(client()) for _ in range(concurrency)]
     await asyncio.sleep(0.5)
+    cpu_before = cpu_seconds(cpu_pids) if cpu_pids else 0.0
     counting, started = True, time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(*tasks)
-    return len(latencies) / (time.perf_counter() - started), latencies, errors
+    cpu = (cpu_seconds(cpu_pids) - cpu_before) / max(1, len(latencies)) if cpu_pids else None
+    return len(latencies) / (time.perf_counter() - started), latencies, errors, cpu
 
 
 def in_process_run(model, n: int, seed0: int, size: int) -> list[tuple]:
@@ -293,6 +311,15 @@ def main() -> None:
     report(ns, results)
 
 
+def ingress_pids(child: Child | None) -> list[int] | None:
+    """The process serving HTTP requests in `child`: our Ingress replica, the bare app's
+    replica (deployment ``Bare``); the plain uvicorn server itself."""
+    if child is None:
+        return None
+    pids = child.pids.get("Ingress") or child.pids.get("Bare")
+    return pids or [child.proc.pid]
+
+
 async def measure(ns, model, targets: dict[str, tuple[str, dict]],
                   children: dict[str, Child]) -> dict:
     import aiohttp
@@ -320,7 +347,8 @@ async def measure(ns, model, targets: dict[str, tuple[str, dict]],
                 for conc in ns.concurrency:
                     for name, (url, headers) in targets.items():
                         rates.setdefault((route, name, conc), []).append(
-                            await rate_run(session, url, headers, route, conc, ns.seconds))
+                            await rate_run(session, url, headers, route, conc, ns.seconds,
+                                           ingress_pids(children.get(name))))
             print(f"round {r + 1}/{ns.rounds} done", file=sys.stderr, flush=True)
         profile = None
         pids = children[OURS].pids.get("Ingress") if ns.profile else None
@@ -395,6 +423,18 @@ def report(ns, results: dict) -> None:
                              f"{pct(all_lat, 99) * ms:.1f} ms")
             print(f"| {conc} | " + " | ".join(cells) + " |")
     top = max(ns.concurrency)
+    print(f"\n## CPU per request of the process serving HTTP (concurrency {top}; ours: the "
+          f"Ingress replica, {BARE}: its replica, {PLAIN}: the uvicorn process; median of the "
+          f"rounds)")
+    print("| route | " + " | ".join(f"{t}" for t in targets) + f" | {BARE} / {OURS} |")
+    print("|---|" + "---|" * len(targets) + "---|")
+    for route in ROUTES:
+        cpu = {t: statistics.median(r[3] for r in rates[(route, t, top)])
+               if all(r[3] is not None for r in rates[(route, t, top)]) else None
+               for t in targets}
+        ratio = (f"{cpu[BARE] / cpu[OURS]:.2f}x" if cpu.get(BARE) and cpu.get(OURS) else "-")
+        print(f"| {route} | " + " | ".join(f"{cpu[t] * 1e6:.0f} us" if cpu[t] else "-"
+                                          for t in targets) + f" | {ratio} |")
     print(f"\n## targets (at concurrency {top})")
     for name in [t for t in (OURS, TUNED) if t in targets]:
         styles, bare = _rate(rates, "styles", name, top), _rate(rates, "styles", BARE, top)

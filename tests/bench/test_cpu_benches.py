@@ -96,7 +96,8 @@ def assert_ratio(ratio: float, num: float, den: float, *, half: float,
 def check_gateway_output(out: str) -> None:
     """bench/gateway.py --toy: the latency table (in-process, plain uvicorn, ours as
     shipped), one rate table per no-model route (plain uvicorn, bare Serve, ours at
-    concurrency 1 and 4), and the targets line that summarises them."""
+    concurrency 1 and 4), the CPU per request of each server's HTTP process, and the targets
+    line that summarises them."""
     assert "## latency at concurrency 1" in out and "## GET /v1/styles" in out
     assert "## POST /v1/chat" in out
     header, rows = table(out, "target")
@@ -132,6 +133,14 @@ def check_gateway_output(out: str) -> None:
             for row in rows:
                 assert positive(row[col + 2], "ms") >= positive(row[col + 1], "ms"), row
             rate[(route, target)] = values[-1]  # the highest concurrency
+
+    # the CPU each server's HTTP process spent per request, and the bare / ours ratio
+    header, rows = table(out, "route")
+    assert header == ["route", *targets, "bare Serve / ours (shipped)"]
+    assert [row[0] for row in rows] == ["styles", "chat"]
+    for row in rows:
+        plain, bare_us, ours_us = (positive(c, "us") for c in row[1:4])
+        assert_ratio(number(row[4], "x"), bare_us, ours_us, half=0.5)
 
     m = re.search(r"^ours \(shipped\): GET /v1/styles (\d+) req/s \(target >= 1000: (\w+)\); "
                   r"([\d.]+)x bare Serve (\d+) req/s \(target >= 0.8: (\w+)\); POST /v1/chat "
