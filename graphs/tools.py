@@ -90,7 +90,11 @@ class ToolService:
                           ) -> list[np.ndarray]:
         """The images of one request (`(field, bytes)` each): every header is checked and
         their pixels together are held to `max_request_pixels` before any is decoded, so a
-        request of many large images is refused before it costs memory."""
+        request of many large images is refused before it costs memory. None: no thread hop
+        (a text-only chat message)."""
+        if not uploads:
+            return []
+
         def sizes() -> list[tuple[str, tuple[int, int]]]:
             return [(field, probe(data, field=field, max_pixels=self.limits.max_pixels,
                                   max_bytes=self.limits.max_upload_bytes))
