@@ -124,9 +124,9 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     Always: ``RAY_max_direct_call_object_size`` = `INLINE_OBJECT_BYTES` (Ray's default is
     100 KiB): an image a request hands to a model replica and the image it gets back (a
     640x480 RGBA cutout is 1.2 MB) travel inside the call instead of through the object
-    store, which cost the raylet ~3 ms of CPU per image and the gateway ~4 % of its
-    background-removal rate on 2 cores (BENCHMARKS.md, "Background removal"); larger
-    objects (videos, big upscales) still go through the store."""
+    store, which cost the raylet ~3 ms of CPU per image on 2 cores (BENCHMARKS.md,
+    "Background removal"); larger objects (videos, big upscales) still go through the
+    store."""
     env: dict[str, str] = {
         "RAY_max_direct_call_object_size": os.environ.get("RAY_max_direct_call_object_size",
                                                           str(INLINE_OBJECT_BYTES))}
