@@ -284,14 +284,13 @@ def _open_session(kind: str, model_file: Path, *, providers: list[Any], threads:
     return Session(kind, opts, providers=providers, model_path=located)
 
 
-def _probe_feed(session: Any) -> dict[str, np.ndarray]:
-    """The input rembg's `predict` would give the session for a mid-grey image (its own
-    `normalize`: the model's input size and layout)."""
-    probe = Image.new("RGB", (64, 64), (128, 128, 128))
-    captured = copy.copy(session)
+def _feed_of(session: Any, image: Any) -> dict[str, np.ndarray]:
+    """The ONNX input rembg's `predict` gives the session for `image` (its own `normalize`:
+    the model's input size and layout), without running the model."""
+    captured = copy.copy(session)  # shallow: shares the ONNX session
     captured.inner_session = recorder = _Recorder(session.inner_session)
     try:
-        captured.predict(probe)
+        captured.predict(image)
     except _Captured:
         pass
     if recorder.feed is None:
@@ -329,7 +328,7 @@ def _open_calibrated(kind: str, model_file: Path, *, providers: list[Any], threa
     first = open_at(AUTO_CANDIDATES[0])
     if first.inner_session.get_providers()[0] != "CPUExecutionProvider":
         return first, AUTO_CANDIDATES[0], {}
-    feed = _probe_feed(first)
+    feed = _feed_of(first, Image.new("RGB", (64, 64), (128, 128, 128)))
     sessions = {AUTO_CANDIDATES[0]: first}
     timed = {AUTO_CANDIDATES[0]: _seconds_per_run(first, feed, AUTO_RUNS)}
     for level in AUTO_CANDIDATES[1:]:
@@ -566,17 +565,7 @@ class MattingModel(ModelFamily):
         """One mask (PIL "L", image size) per image, from one ONNX run."""
         if len(images) == 1:
             return [self._one_mask(self._session.predict(images[0]))]
-        feeds = []
-        for img in images:
-            probe = copy.copy(self._session)  # shallow: shares the ONNX session
-            probe.inner_session = recorder = _Recorder(self._session.inner_session)
-            try:
-                probe.predict(img)
-            except _Captured:
-                pass
-            if recorder.feed is None:
-                raise RuntimeError(f"{type(self._session).__name__}.predict ran no ONNX session")
-            feeds.append(recorder.feed)
+        feeds = [_feed_of(self._session, img) for img in images]
         names = list(feeds[0])
         stacked = {n: np.concatenate([f[n] for f in feeds], axis=0) for n in names}
         outputs = self._session.inner_session.run(None, stacked)
