@@ -128,6 +128,20 @@ def summary(latencies: list[float]) -> str:
             f"p99 {pct(latencies, 99) * 1e3:.1f} ms")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes `pids` have spent so far (gone ones: nothing)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def replica_pids(root: int | None = None) -> dict[str, list[int]]:
     """Processes of the local Ray this driver (or process `root`) started, by role: each
     Serve deployment's replicas (by deployment name), ``ProxyActor``, ``ServeController``,

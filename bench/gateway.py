@@ -48,6 +48,7 @@ from bench._common import (  # noqa: E402
     Child,
     bare_serve_gateway,
     client_connector,
+    cpu_seconds,
     free_port,
     machine,
     match_worker_priority,
@@ -129,20 +130,6 @@ async def latency_run(session, url: str, headers: dict, n: int, seed0: int, size
         timings = body["metadata"]["timings"]
         out.append((e2e, timings["inference_s"], timings.get("total_s"), timings.get("store_s")))
     return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes `pids` have spent so far."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 async def rate_run(session, url: str, headers: dict, route: str, concurrency: int,

@@ -38,6 +38,7 @@ from bench._common import (  # noqa: E402
     WORKER_NICENESS,
     Child,
     client_connector,
+    cpu_seconds,
     free_port,
     machine,
     match_worker_priority,
@@ -63,19 +64,6 @@ def make_images(n: int) -> list[bytes]:
         img.save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 async def closed_loop(call, *, requests: int, concurrency: int) -> tuple[float, list[float]]:

@@ -20,7 +20,7 @@ import numpy as np
 from ray import serve
 
 from deployments._common import lower_cpu_priority, replica_info
-from models.matting import MattingModel, MattingRequest, check_inputs
+from models.matting import GraphOptimization, MattingModel, MattingRequest, check_inputs
 from telemetry import metrics
 
 logger = logging.getLogger("ray.serve")
@@ -55,7 +55,7 @@ class Matting:
         health_probe_interval_s: float = 60.0,
         health_probe_timeout_s: float = 20.0,
         niceness: int = 0,
-        graph_optimization: str = "auto",
+        graph_optimization: GraphOptimization = "auto",
     ):
         """`model`: a catalogue matting model (`models.registry`); `source`: an
         .onnx file (or folder with one) to use instead of the named weights; `rembg_home`: where

@@ -16,6 +16,7 @@ from ray.serve import Application
 from graphs.auth import AuthConfig
 from graphs.quotas import QuotaConfig
 from graphs.settings import Profile, Settings
+from models.matting import GraphOptimization
 from storage.config import StorageSettings
 
 # The router's LLM stage per profile: production on vLLM (GPU), local on transformers,
@@ -42,7 +43,7 @@ class AppArgs(BaseModel):
     public_base_url: str | None = None
     matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
     matting_source: str | None = Field(None, description="an .onnx file or folder")
-    matting_graph_optimization: Literal["auto", "all", "extended", "basic", "disabled"] = Field(
+    matting_graph_optimization: GraphOptimization = Field(
         "auto", description="onnxruntime's graph optimization level for the matting model; "
         "auto (CPU): the faster of all and extended, timed once at load")
     faceswap_model: str | None = Field(None, description="tiny-insightface or inswapper-128")

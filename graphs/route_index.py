@@ -120,9 +120,7 @@ class PathIndex:
 
     def narrowed(self, path: str) -> _Narrowed:
         """The candidates that can match `path` (a route path: without the root path)."""
-        source = self.node.effective_candidates()
-        if source is not self._source:
-            self._rebuild(source)
+        self._sync()
         keys, groups = self._keys, self._groups  # one build's (Serve's thread reads too)
         key = _key(path)
         group = groups.get(key)
@@ -136,16 +134,18 @@ class PathIndex:
 
     def static_paths(self) -> frozenset[str]:
         """The paths of the node's routes without path parameters."""
-        self.narrowed("/")
+        self._sync()
         return self._static
 
-    def _rebuild(self, source: list[Any]) -> None:
-        keys = []
-        for candidate in source:
-            path = _path(candidate)
-            keys.append((candidate, *_candidate_key(path)) if path else (candidate, None, None))
-        self._keys, self._groups = keys, {}
-        self._static = frozenset(p for c in source if (p := _path(c)) and "{" not in p)
+    def _sync(self) -> None:
+        """Rebuild when the node's candidate list is not the one indexed."""
+        source = self.node.effective_candidates()
+        if source is self._source:
+            return
+        paths = [(candidate, _path(candidate)) for candidate in source]
+        self._keys = [(c, *_candidate_key(p)) if p else (c, None, None) for c, p in paths]
+        self._groups = {}
+        self._static = frozenset(p for _, p in paths if p and "{" not in p)
         self._source = source
 
 

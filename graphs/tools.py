@@ -90,8 +90,8 @@ class ToolService:
                           ) -> list[np.ndarray]:
         """The images of one request (`(field, bytes)` each): every header is checked and
         their pixels together are held to `max_request_pixels` before any is decoded, so a
-        request of many large images is refused before it costs memory. None: no thread hop
-        (a text-only chat message)."""
+        request of many large images is refused before it costs memory. No uploads (a text-only
+        chat message): no trip through the image pool."""
         if not uploads:
             return []
 

@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -248,7 +248,7 @@ def locate_model_file(location: str | os.PathLike) -> Path:
 
 
 GraphOptimization = Literal["auto", "all", "extended", "basic", "disabled"]
-GRAPH_OPTIMIZATIONS = ("auto", "all", "extended", "basic", "disabled")
+GRAPH_OPTIMIZATIONS: tuple[str, ...] = get_args(GraphOptimization)
 _ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
                "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
 # `auto` on CPU: what it compares (onnxruntime's default, and the same without its layout

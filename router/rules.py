@@ -463,11 +463,11 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\s+(?:de|d'|du|des|avec|montrant)", WEAK, weak=True),
 )
 
-# General (questions, greetings, help): checked on the whole message.
 # every pattern's required strings, each once (`find_cues`)
 _NEEDED: tuple[str, ...] = tuple(sorted(frozenset().union(
     *(p.needs for p in PATTERNS if p.needs is not None))))
 
+# General (questions, greetings, help): checked on the whole message.
 _INFO_Q = re.compile(
     r"^\W*(?:how(?!\s+about)|what(?!\s+about|\s+if)|what's|whats|which|why|who|when|where|"
     r"is\s+(?:it(?!\s+possible\s+to\s+(?!know|see))|there|my|this|the|that)|"
