@@ -86,6 +86,7 @@ ROUTE_SCOPES: tuple[tuple[str, re.Pattern, str], ...] = tuple(
 
 
 PROJECT_LIMITS_TTL_S = 10.0  # a project's quota settings are re-read this often per replica
+PRINCIPALS_MEMO = 10_000  # callers remembered per replica (`Gate._principal`)
 
 
 class AuthConfig(BaseModel):
@@ -281,6 +282,8 @@ class Gate:
         self._secret = (records.shared_secret(name="asset-url-signing").encode()
                         if config.enabled else b"")
         self._project_limits: dict[str, tuple[float, dict[str, int | None]]] = {}
+        # token hash -> (key record, project limits, the Principal made of them)
+        self._principals: dict[str, tuple[Any, dict[str, int | None], Principal]] = {}
 
     async def project_limits(self, project: str) -> dict[str, int | None]:
         """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``),
@@ -344,20 +347,14 @@ class Gate:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (create "
                            "one with `photostudio keys create --project <id>`)",
                            code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        record = await self._authenticate(token)
+        token_hash = hash_api_key(token)
+        record = await self._authenticate(token, token_hash)
         if record is None or not record.active:
             what = "has been revoked" if record is not None else "is not valid"
             raise ApiError(401, f"this API key {what}", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
         project_limits = await self.project_limits(record.project)
-        principal = Principal(key_id=record.id, project=record.project,
-                              scopes=frozenset(record.scopes),
-                              requests_per_minute=record.requests_per_minute,
-                              images_per_day=record.images_per_day,
-                              model_seconds_per_day=record.model_seconds_per_day,
-                              project_images_per_day=project_limits["images_per_day"],
-                              project_model_seconds_per_day=project_limits[
-                                  "model_seconds_per_day"])
+        principal = self._principal(token_hash, record, project_limits)
         try:
             scope = required_scope(method, path)
             if scope is not None and not principal.allows(scope):
@@ -373,10 +370,30 @@ class Gate:
             raise
         return principal, usage
 
-    async def _authenticate(self, token: str) -> Any | None:
+    def _principal(self, token_hash: str, record: Any,
+                   project_limits: dict[str, int | None]) -> Principal:
+        """The caller of a key `record`: the one made for the same record and project
+        limits (the cached objects; each is read again after its TTL) or a new one."""
+        memo = self._principals.get(token_hash)
+        if memo is not None and memo[0] is record and memo[1] is project_limits:
+            return memo[2]
+        principal = Principal(key_id=record.id, project=record.project,
+                              scopes=frozenset(record.scopes),
+                              requests_per_minute=record.requests_per_minute,
+                              images_per_day=record.images_per_day,
+                              model_seconds_per_day=record.model_seconds_per_day,
+                              project_images_per_day=project_limits["images_per_day"],
+                              project_model_seconds_per_day=project_limits[
+                                  "model_seconds_per_day"])
+        if len(self._principals) >= PRINCIPALS_MEMO:
+            self._principals.clear()
+        self._principals[token_hash] = (record, project_limits, principal)
+        return principal
+
+    async def _authenticate(self, token: str, token_hash: str | None = None) -> Any | None:
         """The key record of `token` (None: no such key), from this replica's cache when it
         has it, else from the record store (a thread: the store's calls block)."""
-        token_hash = hash_api_key(token)
+        token_hash = token_hash or hash_api_key(token)
         record = self.keys.get(token_hash)
         if record is not None:
             return record

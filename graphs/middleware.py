@@ -100,15 +100,22 @@ def _format_bytes(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_in_replica = False  # once inside a Serve replica, always (a process is one replica)
+
+
 def _inside_serve_replica() -> bool:
+    global _in_replica
+    if _in_replica:
+        return True
     if "ray.serve" not in sys.modules:
         return False
     try:
         from ray.serve.context import _get_internal_replica_context
 
-        return _get_internal_replica_context() is not None
+        _in_replica = _get_internal_replica_context() is not None
     except ImportError:
         return False
+    return _in_replica
 
 
 _warned_unsanitized = False
@@ -434,8 +441,12 @@ class PublicOrigin:
         (flags set inside, read outside) stays shared."""
         scheme, host = self.origin(scope, headers)
         scope["scheme"] = scheme
+        raw = host.encode("latin-1")
+        hosts = [v for k, v in scope.get("headers", []) if k == b"host"]
+        if hosts == [raw]:
+            return  # the request's own Host (allowed, or the public one): as it is
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"host"]
-        scope["headers"].append((b"host", host.encode("latin-1")))
+        scope["headers"].append((b"host", raw))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,10 +935,14 @@ class RequestPath:
                 watcher = loop.create_task(watch())
 
         def watch_now() -> None:  # the timer: the request runs long enough to be watched
-            nonlocal watch_due
+            nonlocal watch_due, deadline
             watch_due = True
             if body_done and not reading:
                 start_watching()
+            if timed and deadline is None and not (started or finished):
+                # the deadline's own timer, only for requests that run this long
+                deadline = loop.call_later(max(self.timeout_s - self.watch_after_s, 0.0),
+                                           expire)
 
         def check(message: Message) -> Message:
             nonlocal received, body_done
@@ -1006,8 +1021,11 @@ class RequestPath:
             cancelled_calls = cancel_downstream(calls)
 
         cancelled_calls = 0
-        deadline = loop.call_later(self.timeout_s, expire) if self.timed(scope, headers) \
-            else None
+        # One timer per request: `watch_now` at `watch_after_s` sets the deadline's (most
+        # requests end sooner, and cost no second timer)
+        timed = self.timed(scope, headers)
+        deadline = loop.call_later(self.timeout_s, expire) \
+            if timed and self.timeout_s <= self.watch_after_s else None
         watch_timer = loop.call_later(self.watch_after_s, watch_now)
         token = _downstream.set(calls)
         failure: BaseException | None = None

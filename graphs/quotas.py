@@ -127,6 +127,7 @@ class Quotas:
         self.storage = _storage(config.storage_url)
         self._requests = SlidingWindowCounterRateLimiter(self.storage)
         self._images = MovingWindowRateLimiter(self.storage)
+        self._per_minute: dict[int, RateLimitItem] = {}  # requests/minute -> its item
         bridge = getattr(self.storage, "bridge", None)  # Redis: the one-trip window script
         self._hit_script = (bridge.get_connection().register_script(_HIT_SLIDING_WINDOW)
                             if bridge is not None and hasattr(bridge, "get_connection")
@@ -135,10 +136,13 @@ class Quotas:
     async def _hit_requests(self, item: RateLimitItem, key_id: str) -> tuple[bool, WindowStats]:
         """One request on `key_id`'s sliding window and the window after it: one Redis
         round trip (`_HIT_SLIDING_WINDOW`); with memory:// `limits`' hit and stats."""
-        if self._hit_script is None:
-            allowed = await self._requests.hit(item, key_id, "requests")
-            return allowed, await self._requests.get_window_stats(item, key_id, "requests")
         key = item.key_for(key_id, "requests")
+        if self._hit_script is None:  # memory://: the storage's two calls the limiter makes
+            expiry = item.get_expiry()
+            allowed = await self.storage.acquire_sliding_window_entry(key, item.amount,
+                                                                      expiry, 1)
+            window = await self.storage.get_sliding_window(key, expiry)
+            return allowed, _sliding_window_stats(item, *window)
         bridge = self.storage.bridge
         keys = [bridge.prefixed_key(self.storage._previous_window_key(key)),
                 bridge.prefixed_key(self.storage._current_window_key(key))]
@@ -151,7 +155,10 @@ class Quotas:
     async def check_request(self, key_id: str, *, per_minute: int | None) -> Usage | None:
         """Count one request of `key_id`. ApiError 429 when over its requests/minute; None
         when the storage failed and `fail_open`."""
-        item = RateLimitItemPerMinute(per_minute or self.config.requests_per_minute)
+        amount = per_minute or self.config.requests_per_minute
+        item = self._per_minute.get(amount)
+        if item is None:
+            item = self._per_minute[amount] = RateLimitItemPerMinute(amount)
         return await self._hit(self._requests, item, key_id, "requests", 1,
                                f"rate limit of {item.amount} requests per minute reached",
                                window=self._hit_requests)

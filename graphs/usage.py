@@ -222,6 +222,7 @@ class UsageRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.flushes = 0  # transactions written (tests, stats)
+        self._hour_key, self._hour_bucket = -1, datetime.fromtimestamp(0, tz=timezone.utc)
 
     def start(self) -> UsageRecorder:
         self._thread = threading.Thread(target=self._loop, name="usage-flush", daemon=True)
@@ -238,22 +239,34 @@ class UsageRecorder:
             videos: int = 0, pixels: int = 0, tokens_in: int = 0, tokens_out: int = 0,
             seconds: dict[str, float] | None = None) -> None:
         """Add one request's (or a late job's) usage: O(1), no I/O."""
-        hour = datetime.fromtimestamp(time.time() // 3600 * 3600, tz=timezone.utc)
-        base = (hour, dims["project"], dims["key_id"], dims["route"], dims["model"],
+        base = (self._hour(), dims["project"], dims["key_id"], dims["route"], dims["model"],
                 dims["provider"], dims["status"])
         with self._lock:
-            row = self._sums.setdefault(base + ("",), dict.fromkeys(
-                (*self.COUNTERS, "model_seconds"), 0))
-            for name, value in (("requests", requests), ("images", images),
-                                ("videos", videos), ("pixels", pixels),
-                                ("tokens_in", tokens_in), ("tokens_out", tokens_out)):
-                row[name] += value
+            row = self._row(base + ("",))
+            row["requests"] += requests
+            if images or videos or pixels or tokens_in or tokens_out:
+                row["images"] += images
+                row["videos"] += videos
+                row["pixels"] += pixels
+                row["tokens_in"] += tokens_in
+                row["tokens_out"] += tokens_out
             for deployment, value in (seconds or {}).items():
-                if not value:
-                    continue
-                srow = self._sums.setdefault(base + (deployment,), dict.fromkeys(
-                    (*self.COUNTERS, "model_seconds"), 0))
-                srow["model_seconds"] += value
+                if value:
+                    self._row(base + (deployment,))["model_seconds"] += value
+
+    def _row(self, key: tuple) -> dict[str, float]:
+        row = self._sums.get(key)
+        if row is None:
+            row = self._sums[key] = dict.fromkeys((*self.COUNTERS, "model_seconds"), 0)
+        return row
+
+    def _hour(self) -> datetime:
+        """The current hour's bucket (UTC), made once per hour."""
+        hour = int(time.time() // 3600)
+        if hour != self._hour_key:
+            self._hour_key, self._hour_bucket = hour, datetime.fromtimestamp(
+                hour * 3600, tz=timezone.utc)
+        return self._hour_bucket
 
     def record(self, usage: RequestUsage, *, route: str, status: int) -> None:
         principal = auth.current()

@@ -4,6 +4,7 @@ SQLite record store, limits in memory and in the real Redis (shared like replica
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 import uuid
@@ -303,3 +304,41 @@ def test_lora_registration_needs_the_models_scope_which_admin_implies():
     assert as_key("models").allows("models") and as_key("admin").allows("models")
     assert not as_key("generate", "tools", "chat").allows("models")
     assert not as_key("models").allows("admin")
+
+
+class EditedStore(CountingStore):
+    """The record store, with edits to the key made behind the gate's back."""
+
+    def __init__(self, records, **edits):
+        super().__init__(records)
+        self.edits = edits
+
+    def authenticate_api_key(self, *, token):
+        self.reads += 1
+        return dataclasses.replace(self.records.authenticate_api_key(token=token), **self.edits)
+
+
+@sync
+async def test_a_keys_caller_is_made_once_per_cached_record_and_follows_its_edits(records):
+    """While the key cache holds a key's record, every request gets the same caller (no
+    Principal built per request); once the entry expires the record is read again and an
+    edit made meanwhile (limits, scopes) is the caller's."""
+    _, token = records.create_api_key(project="default", name="m", requests_per_minute=50)
+    store = EditedStore(records)
+    gate = auth.Gate(records=store, config=AuthConfig(key_cache_ttl_s=2.0))
+    now = [1000.0]
+    gate.keys.clock = lambda: now[0]
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    first, usage = await gate.admit("GET", "/v1/styles", headers)
+    again, _ = await gate.admit("GET", "/v1/styles", headers)
+    assert again is first and store.reads == 1
+    assert first.requests_per_minute == 50 == usage.limit
+    assert usage.remaining == 49
+
+    store.edits = {"requests_per_minute": 7, "images_per_day": 3, "scopes": ["read"]}
+    now[0] += 2.5  # past the TTL: read again
+    edited, usage = await gate.admit("GET", "/v1/styles", headers)
+    assert store.reads == 2 and edited is not first
+    assert (edited.requests_per_minute, edited.images_per_day, edited.scopes) == (
+        7, 3, frozenset({"read"}))
+    assert usage.limit == 7

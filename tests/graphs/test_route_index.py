@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import _IncludedRouter
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from ray.serve._private.thirdparty.get_asgi_route_name import get_asgi_route_name
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount
+from starlette.routing import Match, Mount
 
 from graphs import route_index
 
@@ -157,3 +159,86 @@ def test_install_hooks_serves_route_names_once(monkeypatch: pytest.MonkeyPatch) 
     assert replica.get_asgi_route_name is hooked
     for path in ("/v1/styles", "/v1/chat", "/v1/jobs/x", "/healthz", "/nowhere"):
         assert hooked(app, _scope(path)) == original(app, _scope(path))
+
+
+class _Item(BaseModel):
+    name: str
+
+
+def _class_based_view_app():
+    """An app whose routes are a class's methods, made into routes as `@serve.ingress` does
+    (Serve's class-based view: a ``self`` dependency solved per request)."""
+    from ray.serve._private.http_util import make_fastapi_class_based_view
+
+    app = FastAPI()
+
+    class View:
+        def __init__(self, name: str):
+            self.name = name
+
+        @app.get("/whoami")
+        async def whoami(self) -> dict:
+            return {"instance": self.name}
+
+        @app.get("/items/{item_id}")
+        async def item(self, item_id: int, detail: bool = False) -> dict:
+            return {"instance": self.name, "item_id": item_id, "detail": detail}
+
+        @app.post("/items")
+        def create(self, item: _Item) -> dict:  # a sync endpoint (threadpool)
+            return {"instance": self.name, "created": item.name}
+
+    make_fastapi_class_based_view(app, View)
+    return app, View
+
+
+def _answers(client: TestClient) -> list:
+    return [client.get("/whoami").json(),
+            client.get("/items/7", params={"detail": "true"}).json(),
+            client.post("/items", json={"name": "n"}).json(),
+            client.get("/items/x").status_code]
+
+
+def test_class_based_view_routes_call_the_bound_instance(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import ray.serve
+
+    app, View = _class_based_view_app()
+    asked = []
+
+    def replica_context():
+        asked.append(1)
+        return SimpleNamespace(servable_object=View("from-serve"))
+
+    monkeypatch.setattr(ray.serve, "get_replica_context", replica_context)
+    client = TestClient(app)
+    assert _answers(client)[0] == {"instance": "from-serve"}
+    assert asked  # unbound: Serve's dependency asks for the instance per request
+    asked.clear()
+
+    assert route_index.bind_instance(app, View("a")) == 3
+    assert _answers(client) == [
+        {"instance": "a"}, {"instance": "a", "item_id": 7, "detail": True},
+        {"instance": "a", "created": "n"}, 422]
+    assert not asked  # no dependency left to solve
+    # a new instance of the class (a replica's __init__ again) takes the routes over
+    assert route_index.bind_instance(app, View("b")) == 3
+    assert _answers(client)[0] == {"instance": "b"} and not asked
+    # instances of another class are never bound
+    assert route_index.bind_instance(app, SimpleNamespace()) == 0
+    assert _answers(client)[0] == {"instance": "b"}
+
+
+def test_routes_added_after_indexing_are_found() -> None:
+    app = _overlapping_app()
+    (node,) = _nodes(app)
+    (index,) = route_index.index_routes(app)
+    assert node._match(_scope("/late"))[0] == Match.NONE
+
+    @node.original_router.get("/late")
+    def late() -> dict:
+        return {"route": "late"}
+
+    assert node._match(_scope("/late"))[0] == Match.FULL
+    assert "/late" in index.static_paths()
+    assert TestClient(app).get("/late").json() == {"route": "late"}
