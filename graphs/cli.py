@@ -103,6 +103,22 @@ def http_options(host: str, port: int) -> dict:
 INLINE_OBJECT_BYTES = 4 * 1024 * 1024
 
 
+# Serve's replica settings every `photostudio serve` (and cluster.yaml) sets; an operator's
+# own value of each wins. User code on the replica's own event loop: Serve's default runs it
+# (the ingress app, the deployments' methods) on a second loop in a thread of its own, so
+# every request crossed threads (a hand-off and a GIL switch each way); on one loop the
+# Ingress replica spends ~20 % less CPU per no-model request on 2 cores (BENCHMARKS.md,
+# "Gateway overhead"). What it asks of the code: nothing blocks an async method (the record
+# store, model inference and image coding run in threads here), or the replica's HTTP server
+# and health checks wait with it. (Serve's RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 is not
+# set: a handle then needs a running loop, and synchronous callers such as the CLI's and the
+# tests' `.remote().result()` have none.)
+REPLICA_LOOP_ENV = {
+    "RAY_max_direct_call_object_size": str(INLINE_OBJECT_BYTES),
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+}
+
+
 def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
                      throughput_optimized: bool = False,
                      free_ports: bool = False) -> dict[str, str]:
@@ -126,10 +142,10 @@ def request_path_env(state_dir: str | Path, *, haproxy: bool = True,
     640x480 RGBA cutout is 1.2 MB) travel inside the call instead of through the object
     store, which cost the raylet ~3 ms of CPU per image on 2 cores (BENCHMARKS.md,
     "Background removal"); larger objects (videos, big upscales) still go through the
-    store."""
+    store. And (`REPLICA_LOOP_ENV`) each replica runs its user code on its own event loop
+    (Serve's default: a second loop, in a thread of its own)."""
     env: dict[str, str] = {
-        "RAY_max_direct_call_object_size": os.environ.get("RAY_max_direct_call_object_size",
-                                                          str(INLINE_OBJECT_BYTES))}
+        name: os.environ.get(name, value) for name, value in REPLICA_LOOP_ENV.items()}
     if haproxy:
         state = Path(state_dir) / "haproxy"
         if len(str(state)) > 28:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graphs.cli import free_port
+from graphs.cli import REPLICA_LOOP_ENV, free_port
 from graphs.serve_proxy import ENV as SERVE_PROXY_ENV
 from tests.browser import artifacts_dir, browser, page  # noqa: F401  (fixtures)
 
@@ -45,6 +45,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # As `photostudio serve` and cluster.yaml: Serve's HTTP servers drop unsafe X-Request-IDs and
 # Serve's per-request hint headers from clients (graphs/serve_proxy.py). Before Ray starts.
 for _name, _value in SERVE_PROXY_ENV.items():
+    os.environ.setdefault(_name, _value)
+# As `photostudio serve` and cluster.yaml: one event loop per replica (user code and handle
+# router on the replica's own loop), images inline in Ray calls (graphs/cli.py).
+for _name, _value in REPLICA_LOOP_ENV.items():
     os.environ.setdefault(_name, _value)
 
 

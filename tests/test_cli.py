@@ -63,10 +63,12 @@ def test_request_path_env_keeps_haproxys_socket_path_short(tmp_path):
     assert env == {**request_path_env(deep, free_ports=True),  # the same folder each time
                    **{k: env[k] for k in env if k.endswith("_PORT")}}
     assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) != 8404
-    inline = {"RAY_max_direct_call_object_size": str(4 * 1024 * 1024)}
-    assert request_path_env(deep, haproxy=False) == inline
+    always = {"RAY_max_direct_call_object_size": str(4 * 1024 * 1024),
+              "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+}
+    assert request_path_env(deep, haproxy=False) == always
     assert request_path_env(deep, haproxy=False, throughput_optimized=True) == {
-        **inline, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        **always, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def test_request_path_env_sends_images_inline_unless_the_operator_says(tmp_path, monkeypatch):
@@ -80,6 +82,19 @@ def test_request_path_env_sends_images_inline_unless_the_operator_says(tmp_path,
     monkeypatch.setenv("RAY_max_direct_call_object_size", "102400")
     assert request_path_env(tmp_path, haproxy=False)[
         "RAY_max_direct_call_object_size"] == "102400"
+
+
+def test_replicas_run_user_code_on_their_own_loop_unless_the_operator_says(tmp_path,
+                                                                           monkeypatch):
+    """User code on the replica's own event loop (Serve's default: a second loop in a thread
+    of its own); an operator's own value wins."""
+    from graphs.cli import request_path_env
+
+    name = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+    monkeypatch.delenv(name, raising=False)
+    assert request_path_env(tmp_path, haproxy=False)[name] == "0"
+    monkeypatch.setenv(name, "1")
+    assert request_path_env(tmp_path, haproxy=False)[name] == "1"
 
 
 def test_serve_binds_ray_to_loopback_and_sets_the_front_doors_timeouts(tmp_path, monkeypatch):
