@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import hmac
 import logging
@@ -115,8 +116,13 @@ class Principal:
     project_images_per_day: int | None = None  # the project's, all its keys together
     project_model_seconds_per_day: int | None = None
 
-    def model_seconds_windows(self) -> list[tuple[str, int, str]]:
+    def model_seconds_windows(self) -> tuple[tuple[str, int, str], ...]:
         """(owner, per day, quota name) of each model-seconds quota on this caller."""
+        return self._model_seconds_windows
+
+    @functools.cached_property
+    def _model_seconds_windows(self) -> tuple[tuple[str, int, str], ...]:
+        # once per caller: the gate reuses a key's Principal for every request
         windows = []
         if self.key_id and self.model_seconds_per_day:
             windows.append((self.key_id, self.model_seconds_per_day,
@@ -124,7 +130,7 @@ class Principal:
         if self.key_id and self.project_model_seconds_per_day:
             windows.append((f"project:{self.project}", self.project_model_seconds_per_day,
                             "project.model_seconds_per_day"))
-        return windows
+        return tuple(windows)
 
     def allows(self, scope: str) -> bool:
         """Auth off: everything. Admin keys may do what `models` keys may."""

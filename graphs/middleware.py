@@ -146,6 +146,30 @@ def _request_id(given: str | None, echo: bool) -> str:
     return uuid.uuid4().hex
 
 
+class RequestHeaders(Headers):
+    """Starlette's read-only request ``Headers`` with its lookups (``get``, ``[]``, ``in``)
+    from an index made in one pass: `RequestPath` reads ten or so headers per request, each a
+    scan of the list with Starlette's own. The first value of a repeated header wins, as
+    there; `getlist`, `items` and the rest read the list as Starlette does."""
+
+    def __init__(self, scope: Scope):
+        super().__init__(scope=scope)
+        self._index = {name.decode("latin-1"): value for name, value in reversed(self.raw)}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._index.get(key.lower())
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index.get(key.lower())
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._index
+
+
 # ---------------------------------------------------------------------------------------------
 # Body size
 # ---------------------------------------------------------------------------------------------
@@ -605,6 +629,8 @@ class AdmissionControl:
     The deployment's own queue keeps it busy meanwhile; routes that do not always need a
     model (chat) are not held by default."""
 
+    LIMIT_READ_S = 1.0
+
     def __init__(self, *, max_in_flight: int | None = None,
                  retry_after_s: int = 1, exempt_paths: Sequence[str] = (),
                  hold_paths: Sequence[str] = (), hold_s: float = 0.5):
@@ -623,16 +649,22 @@ class AdmissionControl:
         self.hold_s = float(hold_s)
         self.hold_paths = _Paths(hold_paths)
         self.held_until: dict[str, float] = {}  # path -> monotonic time its hold ends
+        self._limit: int | None = None
+        self._limit_read_until = float("-inf")
 
     @property
     def limit(self) -> int | None:
-        """Requests admitted at once; None: no limit."""
+        """Requests admitted at once; None: no limit. From the replica's configuration, read
+        again at most every `LIMIT_READ_S` (a redeploy that changes it applies)."""
         if self._max_in_flight is not None:
             return self._max_in_flight or None
+        now = time.monotonic()
+        if now < self._limit_read_until:
+            return self._limit
         ongoing = _serve_max_ongoing_requests()
-        if ongoing is None:
-            return None
-        return admission_limit(ongoing)
+        self._limit = None if ongoing is None else admission_limit(ongoing)
+        self._limit_read_until = now + self.LIMIT_READ_S
+        return self._limit
 
     def exempt(self, scope: Scope) -> bool:
         return scope.get("path", "") in self.exempt_paths
@@ -704,7 +736,7 @@ def cors_middleware(allow_origins: Sequence[str] = (), *, allow_origin_regex: st
 
 # A request without a body that is still running after this long gets a task reading
 # ``receive()`` for the client's disconnect (`RequestPath`); one that ends sooner never does.
-WATCH_DISCONNECT_AFTER_S = 0.05
+WATCH_DISCONNECT_AFTER_S = 0.25
 
 
 def _count_early_refusal(scope: Scope, status: int) -> None:
@@ -789,7 +821,7 @@ class RequestPath:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = RequestHeaders(scope)
         echo = not _inside_serve_replica()  # else Serve's HTTP server adds the header
         request_id = _request_id(headers.get("x-request-id"), echo)
         rid_token = request_id_var.set(request_id)
@@ -1165,7 +1197,7 @@ def install(app: Any, config: HardeningConfig | None = None) -> None:
 
 __all__ = [
     "AdmissionControl", "CancellableHandle", "HardeningConfig", "JsonTooDeepError",
-    "PublicOrigin", "RequestPath", "RequestTooLarge", "admission_limit", "cancel_downstream",
-    "cors_middleware", "default_host", "detached_context", "etag_matches", "install",
-    "keep_envelope_handlers", "set_public_base_url", "track_downstream",
+    "PublicOrigin", "RequestHeaders", "RequestPath", "RequestTooLarge", "admission_limit",
+    "cancel_downstream", "cors_middleware", "default_host", "detached_context", "etag_matches",
+    "install", "keep_envelope_handlers", "set_public_base_url", "track_downstream",
 ]

@@ -364,11 +364,12 @@ class UsageMiddleware:
             return
         usage = RequestUsage(recorder=recorder)
         token = _current.set(usage)
-        status = {"code": 500}
+        status = 500
 
         async def send_status(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
@@ -376,7 +377,7 @@ class UsageMiddleware:
         finally:
             _current.reset(token)
             route = getattr(scope.get("route"), "path", None) or "(unmatched)"
-            recorder.record(usage, route=f"{scope['method']} {route}", status=status["code"])
+            recorder.record(usage, route=f"{scope['method']} {route}", status=status)
             seconds = sum(usage.model_seconds.values())
             gate = getattr(scope["app"].state, "auth_gate", None)
             principal = auth.current()

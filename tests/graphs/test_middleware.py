@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -498,11 +499,18 @@ def test_requests_over_the_in_flight_limit_get_503_with_retry_after():
 
 
 def test_admission_limit_defaults_to_half_of_serve_max_ongoing(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(middleware, "time", SimpleNamespace(monotonic=lambda: now[0]))
     control = layer(None).admission
     assert control.limit is None  # outside Serve and not set: no limit
     monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 200)
+    now[0] += control.LIMIT_READ_S
     assert control.limit == 100
+    # a redeploy's new max_ongoing_requests applies within LIMIT_READ_S (read once a second,
+    # not per request)
     monkeypatch.setattr(middleware, "_serve_max_ongoing_requests", lambda: 1)
+    assert control.limit == 100
+    now[0] += control.LIMIT_READ_S
     assert control.limit == 1
     assert layer(None, max_in_flight=0).admission.limit is None  # off
     with pytest.raises(ValueError, match="max_in_flight"):
@@ -861,3 +869,25 @@ async def _gated_burst(base: str, n: int, path: str, gate, key: str, *,
             pass
         await gate.open.remote(key)
         return await asyncio.gather(*pending)
+
+
+def test_request_headers_answer_as_starlettes():
+    """`RequestPath`'s one-pass header index answers every lookup as Starlette's Headers:
+    case-insensitive names, the first of a repeated header, missing ones."""
+    from starlette.datastructures import Headers
+
+    raw = [(b"host", b"a.example"), (b"x-forwarded-proto", b"https"), (b"host", b"b.example"),
+           (b"content-type", b"application/json"), (b"x-empty", b""), (b"accept", b"*/*")]
+    scope = {"type": "http", "headers": raw}
+    ours, theirs = middleware.RequestHeaders(scope), Headers(scope=scope)
+    for name in ("host", "Host", "X-Forwarded-Proto", "content-type", "x-empty", "accept",
+                 "origin", "content-length"):
+        assert ours.get(name) == theirs.get(name), name
+        assert ours.get(name, "d") == theirs.get(name, "d"), name
+        assert (name in ours) == (name in theirs), name
+        if name in theirs:
+            assert ours[name] == theirs[name]
+        else:
+            with pytest.raises(KeyError):
+                ours[name]
+    assert ours.getlist("host") == ["a.example", "b.example"] and ours.raw == raw
