@@ -370,6 +370,23 @@ def passed(stdout: str) -> None:
         stdout[-3000:]
 
 
+def test_ingress_app_bench_in_process():
+    """bench/ingress_app.py (no Ray): the real Ingress app (auth on, records) and the bare
+    reference answered every request with 200 (the script checks), each route's difference
+    is ours minus bare, and the chat without its session write costs less than with it."""
+    out = run_bench("bench/ingress_app.py", "--requests", "40", "--rounds", "1", timeout=240)
+    header, rows = table(out, "route")
+    assert header == ["route", "bare app", "ours", "ours - bare"]
+    assert [row[0] for row in rows] == ["styles", "chat"]
+    for row in rows:
+        bare, ours = positive(row[1], "us"), positive(row[2], "us")
+        assert abs(number(row[3], "us", sign=True) - (ours - bare)) <= 1
+    chat = positive(rows[1][2], "us")
+    line = next(x for x in out.splitlines() if x.startswith("chat without its session write"))
+    no_write = positive(line.split(": ")[1].split(";")[0], "us")
+    assert no_write < chat
+
+
 def test_middleware_bench_in_process():
     """bench/middleware.py (no Ray): bare and the one layer (`RequestPath`) each answered
     every request (the script checks the statuses) and their ratios to bare agree with
