@@ -12,8 +12,8 @@ def test_startup_objects_leave_the_collectors_generations() -> None:
     walk it (they walked ~280k objects, a ~160 ms pause); what comes later is collected."""
     kept = [{"n": i} for i in range(10_000)]  # long-lived start-up state
     try:
-        frozen = freeze_startup_heap()
-        assert frozen >= len(kept) and gc.get_freeze_count() == frozen
+        # (the count moves on as frozen objects are freed: other threads run in a full suite)
+        assert freeze_startup_heap() >= len(kept)
         ids = {id(o) for o in gc.get_objects()}
         assert id(kept) not in ids and id(kept[0]) not in ids
         later = [{"n": i} for i in range(10)]
