@@ -396,10 +396,10 @@ class Gate:
         self._principals[token_hash] = (record, project_limits, principal)
         return principal
 
-    async def _authenticate(self, token: str, token_hash: str | None = None) -> Any | None:
-        """The key record of `token` (None: no such key), from this replica's cache when it
-        has it, else from the record store (a thread: the store's calls block)."""
-        token_hash = token_hash or hash_api_key(token)
+    async def _authenticate(self, token: str, token_hash: str) -> Any | None:
+        """The key record of `token` (None: no such key; `token_hash`: its hash, the cache's
+        key), from this replica's cache when it has it, else from the record store (a
+        thread: the store's calls block)."""
         record = self.keys.get(token_hash)
         if record is not None:
             return record

@@ -135,7 +135,8 @@ class Quotas:
 
     async def _hit_requests(self, item: RateLimitItem, key_id: str) -> tuple[bool, WindowStats]:
         """One request on `key_id`'s sliding window and the window after it: one Redis
-        round trip (`_HIT_SLIDING_WINDOW`); with memory:// `limits`' hit and stats."""
+        round trip (`_HIT_SLIDING_WINDOW`); with memory:// the storage's own two calls that
+        `limits`' hit and stats make, the key and item worked out once."""
         key = item.key_for(key_id, "requests")
         if self._hit_script is None:  # memory://: the storage's two calls the limiter makes
             expiry = item.get_expiry()
