@@ -467,6 +467,39 @@ PATTERNS: tuple[Pattern, ...] = (
 _NEEDED: tuple[str, ...] = tuple(sorted(frozenset().union(
     *(p.needs for p in PATTERNS if p.needs is not None))))
 
+
+def _trie(words: tuple[str, ...]) -> dict:
+    """Character trie of `words`; the key "" of a node holds the word ending there."""
+    root: dict = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = word
+    return root
+
+
+_NEEDED_TRIE = _trie(_NEEDED)
+
+
+def present_needs(folded: str) -> set[str]:
+    """The strings of `_NEEDED` that occur in `folded`: one trie walk from each position
+    (~5 us for a short message, against ~50 us for 500 substring tests)."""
+    found: set[str] = set()
+    end = len(folded)
+    for start in range(end):
+        node = _NEEDED_TRIE.get(folded[start])
+        pos = start + 1
+        while node is not None:
+            word = node.get("")
+            if word is not None:
+                found.add(word)
+            if pos == end:
+                break
+            node = node.get(folded[pos])
+            pos += 1
+    return found
+
 # General (questions, greetings, help): checked on the whole message.
 _INFO_Q = re.compile(
     r"^\W*(?:how(?!\s+about)|what(?!\s+about|\s+if)|what's|whats|which|why|who|when|where|"
@@ -656,7 +689,7 @@ def find_cues(folded: str, *, claimed: list[Span] | None = None) -> list[Cue]:
     cues: list[Cue] = []
     # the patterns' required strings present in the message: a pattern none of whose strings
     # is present cannot match, and its regex is not run (~2.5x faster on a short message)
-    present = set(filter(folded.__contains__, _NEEDED))
+    present = present_needs(folded)
     for pattern in PATTERNS:
         if pattern.needs is not None and pattern.needs.isdisjoint(present):
             continue

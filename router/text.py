@@ -32,6 +32,8 @@ def _fold_char(ch: str) -> str:
 def fold(text: str) -> str:
     """Lower-case, accent-free, ASCII apostrophes; same length as `nfc(text)`."""
     text = nfc(text).translate(_PUNCT_MAP)
+    if text.isascii():  # nothing to strip: ASCII's lower() keeps every length (most messages)
+        return text.lower()
     out = "".join(_fold_char(ch) for ch in text.lower())
     # str.lower can change lengths for a few characters (e.g. 'İ'): keep positions aligned.
     return out if len(out) == len(text) else "".join(
