@@ -41,6 +41,8 @@ class AppArgs(BaseModel):
         "{asset_store: s3, asset_bucket: ..., asset_endpoint_url: ...}; keep credentials in "
         "the environment")
     public_base_url: str | None = None
+    handle_transport: Literal["grpc", "actor"] | None = Field(
+        None, description="ingress -> model deployment calls (default: the settings', grpc)")
     matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
     matting_source: str | None = Field(None, description="an .onnx file or folder")
     matting_graph_optimization: GraphOptimization = Field(
@@ -216,6 +218,7 @@ def build_app(args: AppArgs) -> Application:
         asset_dir=str(data_dir / "assets"),
         database_url=database_url,
         public_base_url=args.public_base_url or settings.public_base_url,
+        handle_transport=args.handle_transport or settings.handle_transport,
         storage=args.storage,
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,

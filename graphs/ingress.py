@@ -227,6 +227,8 @@ class IngressConfig(BaseModel):
     asset_dir: str
     database_url: str
     public_base_url: str | None = None
+    # how this replica calls the model deployments (`model_handle`)
+    handle_transport: Literal["grpc", "actor"] = "grpc"
     project: str = "default"
     storage: dict[str, Any] = {}  # StorageSettings overrides (the environment fills the rest)
     max_image_pixels: int = 4096 * 4096
@@ -244,6 +246,21 @@ class IngressConfig(BaseModel):
     training: dict[str, Any] = {}  # graphs.training.TrainingSettings (AppArgs training_*)
     max_lora_bytes: int = 256 * 1024 * 1024  # POST /v1/models/loras (graphs/loras.py)
     lora_import_dirs: list[str] = []  # folders admin keys may register LoRAs from by path
+
+
+def model_handle(handle: DeploymentHandle, transport: Literal["grpc", "actor"]
+                 ) -> middleware.CancellableHandle:
+    """The ingress's handle to a model deployment: its calls cancelled with their request
+    (`middleware.CancellableHandle`), sent over `transport`. ``grpc``: Serve's by-value
+    calls (``_by_reference=False``) to the inter-deployment gRPC server every replica runs;
+    arguments and results are pickled into the call, no object store, no streaming-generator
+    actor task per call: 1.5-2 ms less per call at concurrency 1 on 2 cores (BENCHMARKS.md,
+    "Gateway overhead", session 8). ``actor``: Ray actor calls, Serve's default (for
+    clusters whose nodes open only Ray's own ports to each other; the replicas' gRPC servers
+    listen on random ports)."""
+    if transport == "grpc":
+        handle = handle.options(_by_reference=False)
+    return middleware.CancellableHandle(handle)
 
 
 _CHAT_FIELDS = {"message", "session_id", "context", "image", "image[]"}
@@ -404,11 +421,11 @@ class Ingress:
         middleware.set_public_base_url(config.public_base_url)
         # Calls through these handles are cancelled when a request times out (504).
         generator, matting, faceswap, upscaler, router = (
-            middleware.CancellableHandle(h)
+            model_handle(h, config.handle_transport)
             for h in (generator, matting, faceswap, upscaler, router))
-        llm = middleware.CancellableHandle(llm) if llm is not None else None
-        video = middleware.CancellableHandle(video) if video is not None else None
-        vision = middleware.CancellableHandle(vision) if vision is not None else None
+        llm = model_handle(llm, config.handle_transport) if llm is not None else None
+        video = model_handle(video, config.handle_transport) if video is not None else None
+        vision = model_handle(vision, config.handle_transport) if vision is not None else None
         self.config = config
         storage = StorageSettings(**{"asset_root": config.asset_dir,
                                      "database_url": config.database_url, **config.storage})
