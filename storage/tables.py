@@ -55,8 +55,25 @@ class UTCDateTime(TypeDecorator):
         value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect):
+        """SQLite: the text SQLAlchemy's DATETIME writes (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC),
+        made in one call (`sqlite_text`) instead of `process_bind_param` and then the
+        dialect's %-formatting of a dict: a few microseconds less per value on every write."""
+        if dialect.name == "sqlite":
+            return sqlite_text
+        return super().bind_processor(dialect)
+
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         return None if value is None else as_utc(value)
+
+
+def sqlite_text(value: datetime | None) -> str | None:
+    """A datetime as SQLite stores `UTCDateTime`: naive UTC text with microseconds."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
 
 
 def as_utc(value: datetime) -> datetime:

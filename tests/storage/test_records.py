@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -740,3 +741,34 @@ def test_add_turns_writes_a_batch_and_isolates_each_turns_error(records):
         == ["make a cat", "make it bigger"]
     assert records.get_session(session_id=new_p2, project="p2").project == "p2"
     assert records.add_turns([]) == []
+
+
+def test_utc_datetime_sqlite_text_is_the_text_sqlalchemy_writes():
+    """`UTCDateTime` on SQLite writes its text in one call (`sqlite_text`): the same text
+    SQLAlchemy's DATETIME made from the UTC value (rows written before it compare and parse
+    as before), microseconds always present, offsets converted to UTC."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.dialects.sqlite import DATETIME
+
+    from storage.tables import UTCDateTime, as_utc, sqlite_text
+
+    old = DATETIME().bind_processor(sqlite.dialect())
+    values = [datetime(2026, 12, 7, 15, 0, 0), datetime(2026, 12, 7, 15, 0, 0, 1),
+              datetime(1999, 1, 2, 3, 4, 5, 999999, tzinfo=timezone.utc),
+              datetime(2026, 12, 7, 23, 30, tzinfo=timezone(timedelta(hours=-5))),
+              datetime(2026, 1, 1, 0, 15, 7, 120, tzinfo=timezone(timedelta(hours=9)))]
+    for value in values:
+        assert sqlite_text(value) == old(as_utc(value).replace(tzinfo=None)), value
+    assert sqlite_text(values[0]) == "2026-12-07 15:00:00.000000"
+    assert sqlite_text(values[3]) == "2026-12-08 04:30:00.000000"
+    assert sqlite_text(None) is None
+    assert UTCDateTime().bind_processor(sqlite.dialect()) is sqlite_text
+    assert UTCDateTime().bind_processor(postgresql.dialect()) is not sqlite_text
+
+
+def test_new_ids_are_prefixed_random_hex():
+    from storage.records import new_id
+
+    ids = {new_id("sess") for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"sess_[0-9a-f]{32}", i) for i in ids)
