@@ -427,6 +427,7 @@ class Ingress:
         video = model_handle(video, config.handle_transport) if video is not None else None
         vision = model_handle(vision, config.handle_transport) if vision is not None else None
         self.config = config
+        self._base_urls: dict[tuple, str] = {}  # `_base_url`'s memo
         storage = StorageSettings(**{"asset_root": config.asset_dir,
                                      "database_url": config.database_url, **config.storage})
         self.assets = storage.build_asset_store()
@@ -501,7 +502,20 @@ class Ingress:
         """Base of the URLs in responses: `public_base_url` (PHOTOSTUDIO_PUBLIC_BASE_URL),
         else the request's base URL, whose scheme and host `middleware.PublicOrigin` has
         already fixed (trusted proxies or allowed hosts only: never any client's Host)."""
-        return self.config.public_base_url or str(request.base_url)
+        if self.config.public_base_url:
+            return self.config.public_base_url
+        scope = request.scope
+        # what Starlette builds the base URL from (scheme, server, root path, Host): the same
+        # few values on every request, so the URL is built once per combination
+        key = (scope.get("scheme"), scope.get("server"),
+               scope.get("app_root_path", scope.get("root_path", "")),
+               request.headers.get("host"))
+        url = self._base_urls.get(key)
+        if url is None:
+            if len(self._base_urls) >= 256:  # Hosts are few (PublicOrigin); bound it anyway
+                self._base_urls.clear()
+            url = self._base_urls[key] = str(request.base_url)
+        return url
 
     async def _reply(self, result: Any, request: Request) -> Any:
         """JSON, an SSE stream, for async jobs 202 + the job (Location: /v1/jobs/{id}), or
