@@ -254,7 +254,7 @@ def model_handle(handle: DeploymentHandle, transport: Literal["grpc", "actor"]
     (`middleware.CancellableHandle`), sent over `transport`. ``grpc``: Serve's by-value
     calls (``_by_reference=False``) to the inter-deployment gRPC server every replica runs;
     arguments and results are pickled into the call, no object store, no streaming-generator
-    actor task per call: 1.5-2 ms less per call at concurrency 1 on 2 cores (BENCHMARKS.md,
+    actor task per call: 1-1.6 ms less per call at concurrency 1 on 2 cores (BENCHMARKS.md,
     "Gateway overhead", session 8). ``actor``: Ray actor calls, Serve's default (for
     clusters whose nodes open only Ray's own ports to each other; the replicas' gRPC servers
     listen on random ports)."""
@@ -420,12 +420,9 @@ class Ingress:
         # a builder-arg public_base_url also fixes the URLs Starlette builds (redirects)
         middleware.set_public_base_url(config.public_base_url)
         # Calls through these handles are cancelled when a request times out (504).
-        generator, matting, faceswap, upscaler, router = (
-            model_handle(h, config.handle_transport)
-            for h in (generator, matting, faceswap, upscaler, router))
-        llm = model_handle(llm, config.handle_transport) if llm is not None else None
-        video = model_handle(video, config.handle_transport) if video is not None else None
-        vision = model_handle(vision, config.handle_transport) if vision is not None else None
+        generator, matting, faceswap, upscaler, router, llm, video, vision = (
+            model_handle(h, config.handle_transport) if h is not None else None
+            for h in (generator, matting, faceswap, upscaler, router, llm, video, vision))
         self.config = config
         self._base_urls: dict[tuple, str] = {}  # `_base_url`'s memo
         storage = StorageSettings(**{"asset_root": config.asset_dir,

@@ -41,7 +41,7 @@ class Settings(StorageSettings):
     port: int = 8000
     handle_transport: Literal["grpc", "actor"] = Field(
         "grpc", description="how the ingress calls the model deployments: grpc (Serve's "
-        "by-value calls to each replica's inter-deployment gRPC server; ~1.5-2 ms less per "
+        "by-value calls to each replica's inter-deployment gRPC server; ~1-1.6 ms less per "
         "call than actor) or actor (Ray actor calls, by reference through the object store; "
         "for clusters whose nodes only open Ray's own ports to each other)")
     log_level: str = "INFO"
