@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import studio
-from graphs.errors import GATE_SEEN, ApiError, recorder_of
+from graphs.errors import GATE_SEEN, ApiError, exchange_of, recorder_of
 from graphs.quotas import QuotaConfig, Quotas, Usage
 from storage.key_events import CHANNEL, is_redis_url
 from storage.records import hash_api_key
@@ -511,18 +511,25 @@ class AuthMiddleware:
             await exc.response()(scope, receive, send)
             return
         token = _principal.set(principal)
-        extra = [(k.lower().encode(), v.encode()) for k, v in usage.headers().items()
-                 ] if usage is not None else []
-
-        async def send_with_headers(message):
-            if extra and message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                # a 429 of the images quota already says which window it is about
-                if not any(name == b"x-ratelimit-limit" for name, _ in headers):
-                    message = {**message, "headers": [*headers, *extra]}
-            await send(message)
-
         try:
+            if usage is None:
+                await self.app(scope, receive, send)
+                return
+            extra = [(k.lower().encode(), v.encode()) for k, v in usage.headers().items()]
+            exchange = exchange_of(scope)
+            if exchange is not None:  # the request path adds them (no send wrapper here)
+                exchange.headers.extend(extra)
+                await self.app(scope, receive, send)
+                return
+
+            async def send_with_headers(message):  # an app without the request path
+                if message["type"] == "http.response.start":
+                    headers = message.get("headers", [])
+                    # a 429 of the images quota already says which window it is about
+                    if not any(name == b"x-ratelimit-limit" for name, _ in headers):
+                        message = {**message, "headers": [*headers, *extra]}
+                await send(message)
+
             await self.app(scope, receive, send_with_headers)
         finally:
             _principal.reset(token)

@@ -85,6 +85,29 @@ DOWNSTREAM_FULL = "photostudio.downstream_full"
 # scope["state"] flag: the API-key gate (auth.AuthMiddleware) saw this request and accounted for
 # it; a request answered 4xx/5xx without it was refused before the gate (413, 503 admission…)
 GATE_SEEN = "photostudio.gate_seen"
+# scope["state"] key: the request's `Exchange` (set by middleware.RequestPath)
+EXCHANGE = "photostudio.exchange"
+
+
+class Exchange:
+    """One request's answer as the request path (`middleware.RequestPath`, the outermost
+    layer) sends it, shared with the layers inside it through ``scope["state"][EXCHANGE]``, so
+    they need no ``send`` wrapper of their own: `status` once the response has started (None
+    before), and `headers` the inner layers ask to add to the response's start (each one
+    unless the app's answer already has that header: e.g. the gate's X-RateLimit-* on every
+    answer but a 429 of the images quota, which says which window it is about)."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+
+
+def exchange_of(scope: Any) -> Exchange | None:
+    """The request's `Exchange`; None where no `RequestPath` runs (an app without it)."""
+    state = scope.get("state")
+    return state.get(EXCHANGE) if state is not None else None
 
 
 def recorder_of(scope: Any) -> Any:
@@ -214,5 +237,6 @@ COMMON_RESPONSES = {status: ERROR_RESPONSES[status]
                     for status in (401, 403, 413, 429, 503, 504)}
 
 __all__ = ["ApiError", "ErrorEnvelope", "install", "to_api_error", "respond",
-           "is_backpressure", "DOWNSTREAM_FULL", "GATE_SEEN", "recorder_of", "ERROR_RESPONSES",
+           "is_backpressure", "DOWNSTREAM_FULL", "GATE_SEEN", "EXCHANGE", "Exchange",
+           "exchange_of", "recorder_of", "ERROR_RESPONSES",
            "COMMON_RESPONSES"]

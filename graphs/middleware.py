@@ -58,8 +58,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.safe_json import MAX_JSON_DEPTH, JsonTooDeep, json_depth_exceeds
 from graphs.errors import (
     DOWNSTREAM_FULL,
+    EXCHANGE,
     GATE_SEEN,
     ApiError,
+    Exchange,
     is_backpressure,
     recorder_of,
     respond,
@@ -514,19 +516,24 @@ def _not_modified(message: Message, if_none_match: str | None) -> Message | None
         (k, v) for k, v in message.get("headers", []) if k.lower() not in _NOT_ON_304]}
 
 
-def _response_headers(message: Message, cache_control: bytes, request_id: str | None) -> None:
+def _response_headers(message: Message, cache_control: bytes, request_id: str | None,
+                      extra: list[tuple[bytes, bytes]] = ()) -> None:
     """The headers every response gets, in its ``http.response.start`` `message`:
     ``X-Content-Type-Options: nosniff`` and, unless the route set its own, `cache_control`
     (``no-store``: API answers carry a project's data, or a bearer asset URL's bytes, and
     must not be kept by shared caches or on disk; the asset route sets ``private, max-age``,
-    bounded by the URL's expiry, for signed asset URLs); and ``X-Request-ID`` when
-    `request_id` is given (replacing any other)."""
+    bounded by the URL's expiry, for signed asset URLs); ``X-Request-ID`` when `request_id` is
+    given (replacing any other); and the `extra` headers inner layers asked for
+    (`Exchange.headers`), each unless the answer has it already."""
     raw = list(message.get("headers", ()))
     names = {name.lower() for name, _ in raw}
     if b"x-content-type-options" not in names:
         raw.append((b"x-content-type-options", b"nosniff"))
     if b"cache-control" not in names:
         raw.append((b"cache-control", cache_control))
+    for name, value in extra:
+        if name not in names:
+            raw.append((name, value))
     if request_id is not None:
         raw = [(k, v) for k, v in raw if k.lower() != b"x-request-id"]
         raw.append((b"x-request-id", request_id.encode("latin-1")))
@@ -831,14 +838,15 @@ class RequestPath:
         echoed_id = request_id if echo else None
         origin = headers.get("origin")  # CORS
         cache_control = self.cache_control.encode("latin-1")
-        status: int | None = None
+        # the answer's status and the inner layers' headers (the gate's, usage's): no send
+        # wrapper of theirs
+        exchange = scope.setdefault("state", {})[EXCHANGE] = Exchange()
 
         async def send_out(message: Message) -> None:
             # the security headers, the request id, the metrics' status, CORS on every answer
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
-                _response_headers(message, cache_control, echoed_id)
+                exchange.status = int(message["status"])
+                _response_headers(message, cache_control, echoed_id, exchange.headers)
                 if origin is not None:
                     await self.cors.send(message, send, request_headers=headers)
                     return
@@ -855,10 +863,10 @@ class RequestPath:
                 await self.cors.preflight_response(request_headers=headers)(
                     scope, receive, send_out)
             else:
-                await self._guarded(scope, receive, send_out, headers)
-            outcome = request_outcome(status)
+                await self._guarded(scope, receive, send_out, headers, exchange)
+            outcome = request_outcome(exchange.status)
         except BaseException as exc:
-            outcome = request_outcome(status, exc)
+            outcome = request_outcome(exchange.status, exc)
             raise
         finally:
             if metrics is not None:
@@ -868,29 +876,22 @@ class RequestPath:
             request_id_var.reset(rid_token)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send,
-                       headers: Headers) -> None:
-        """The envelope guard and admission around `_run`."""
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+                       headers: Headers, exchange: Exchange) -> None:
+        """The envelope guard and admission around `_run` (`send` sets `exchange.status`:
+        whether the response has started)."""
         try:
             admission = self.admission
             if admission.exempt(scope):
-                await self._run(scope, receive, tracking_send, headers)
+                await self._run(scope, receive, send, headers)
                 return
             holdable = admission.holdable(scope)
             why = admission.refusal(scope, holdable)
             if why is not None:
-                await admission.shed(scope, receive, tracking_send, why)
+                await admission.shed(scope, receive, send, why)
                 return
             admission.in_flight += 1
             try:
-                await self._run(scope, receive, tracking_send, headers)
+                await self._run(scope, receive, send, headers)
             except BaseException as exc:
                 if holdable and is_backpressure(exc):
                     scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
@@ -900,9 +901,9 @@ class RequestPath:
                 if holdable and scope.get("state", {}).get(DOWNSTREAM_FULL):
                     admission.hold(scope["path"])
         except Exception as exc:
-            if started:
+            if exchange.status is not None:  # the response has started
                 raise
-            await respond(scope, exc)(scope, receive, tracking_send)
+            await respond(scope, exc)(scope, receive, send)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send,
                    headers: Headers) -> None:

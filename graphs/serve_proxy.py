@@ -102,6 +102,14 @@ def envelope_messages(status: int, message: str, code: str,
             {"type": "http.response.body", "body": body}]
 
 
+def _json_answer(start: dict) -> bool:
+    """Whether an ``http.response.start`` says its body is JSON (the app's envelope)."""
+    for name, value in start.get("headers") or ():
+        if name.lower() == b"content-type":
+            return value.startswith(b"application/json")
+    return False
+
+
 class EnvelopeServeErrors:
     """Serve's own plain-text answers (see the module's docstring) in the error envelope."""
 
@@ -119,9 +127,7 @@ class EnvelopeServeErrors:
         async def enveloping_send(message: dict) -> None:
             nonlocal started, held
             if message["type"] == "http.response.start" and not started:
-                status = message["status"]
-                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
-                if status in ERROR_TYPES and not content_type.startswith(b"application/json"):
+                if message["status"] in ERROR_TYPES and not _json_answer(message):
                     held = message
                     return
                 started = True

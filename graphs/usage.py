@@ -62,7 +62,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import auth
-from graphs.errors import recorder_of
+from graphs.errors import exchange_of, recorder_of
 
 logger = logging.getLogger("ray.serve")
 
@@ -364,18 +364,21 @@ class UsageMiddleware:
             return
         usage = RequestUsage(recorder=recorder)
         token = _current.set(usage)
+        exchange = exchange_of(scope)  # the request path notes the status: no send wrapper
         status = 500
 
-        async def send_status(message):
+        async def send_status(message):  # an app without the request path
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send if exchange is not None else send_status)
         finally:
             _current.reset(token)
+            if exchange is not None:
+                status = exchange.status or 500
             route = getattr(scope.get("route"), "path", None) or "(unmatched)"
             recorder.record(usage, route=f"{scope['method']} {route}", status=status)
             seconds = sum(usage.model_seconds.values())

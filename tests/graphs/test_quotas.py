@@ -82,15 +82,15 @@ def test_a_broken_storage_does_not_fail_a_refund(caplog):
     assert "could not refund 2 image(s)" in caplog.text
 
 
-def test_requests_per_minute_in_one_trip_agrees_with_limits_own_window(storage_url):
+def test_requests_per_minute_in_one_trip_agrees_with_limits_own_window(redis_url):
     """The one-round-trip window script (Redis) counts as `limits`' sliding window does:
     the remaining count it returns is what `get_window_stats` reads back, and the request
     over the limit is a 429 that was not counted."""
     from limits import RateLimitItemPerMinute
 
     async def scenario():
-        q = quotas(storage_url)
-        assert (q._hit_script is not None) == storage_url.startswith("redis")
+        q = quotas(redis_url)
+        assert q._hit_script is not None
         key = f"key_{uuid.uuid4().hex}"
         item = RateLimitItemPerMinute(3)
         for expected in (2, 1, 0):
@@ -105,3 +105,52 @@ def test_requests_per_minute_in_one_trip_agrees_with_limits_own_window(storage_u
         assert (await q._requests.get_window_stats(item, key, "requests")).remaining == 0
 
     run(scenario())
+
+
+def test_replica_windows_count_as_limits_memory_storage_does(monkeypatch):
+    """memory://'s requests/minute window (`ReplicaWindows`, synchronous) gives the same
+    answers as `limits`' own sliding-window limiter on its memory storage, hit for hit, over
+    three windows: what is allowed, what remains, when the window resets."""
+    import time
+
+    from limits import RateLimitItemPerMinute
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    from graphs.quotas import ReplicaWindows, _sliding_window_stats
+
+    clock = [1_800_000_000.0 + 7.5]  # 7.5 s into a minute window
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    async def scenario():
+        item = RateLimitItemPerMinute(5)
+        reference = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
+        ours = ReplicaWindows()
+        # bursts at several points of three windows; each step: seconds to advance, hits
+        steps = [(0, 4), (10, 3), (40, 2), (5, 4), (20, 6), (30, 1), (15, 5), (70, 3), (1, 9)]
+        answers = []
+        for advance, hits in steps:
+            clock[0] += advance
+            for _ in range(hits):
+                allowed = await reference.hit(item, "k", "requests")
+                stats = await reference.get_window_stats(item, "k", "requests")
+                acquired, *window = ours.hit("k", 5, item.get_expiry())
+                mine = _sliding_window_stats(item, *window)
+                assert acquired == allowed
+                assert mine.remaining == stats.remaining
+                assert mine.reset_time == pytest.approx(stats.reset_time)
+                answers.append(allowed)
+        assert True in answers and False in answers  # the sequence both fills and frees
+
+    run(scenario())
+
+
+def test_replica_windows_forget_idle_keys():
+    from graphs.quotas import ReplicaWindows
+
+    windows = ReplicaWindows()
+    now = 1_800_000_000.0
+    for i in range(1100):  # reaching 1,024 keys prunes those idle for two windows
+        windows.hit(f"k{i}", 10, 60, now=now + (0 if i < 1000 else 180))
+    assert len(windows._windows) < 200
+    assert windows.hit("k5", 1, 60, now=now + 180)[0]  # an idle key starts afresh

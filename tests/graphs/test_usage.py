@@ -141,15 +141,19 @@ def test_a_video_after_its_request_counts_and_charges_its_model_seconds():
     assert charged == [1.5]  # the key's model-seconds window gets the late seconds too
 
 
-def refused_app(records, recorder):
+def refused_app(records, recorder, request_path: bool = False):
+    """The gate and usage layers alone, or (`request_path`) with the ingress's request path
+    outside them, which notes the status for usage itself (`errors.Exchange`)."""
     from fastapi import FastAPI
 
-    from graphs import errors
+    from graphs import errors, middleware
 
     app = FastAPI()
     errors.install(app)
     app.add_middleware(usage.UsageMiddleware)
     app.add_middleware(auth.AuthMiddleware)
+    if request_path:
+        middleware.install(app)
 
     @app.get("/v1/jobs/{job_id}")
     async def job(job_id: str):
@@ -163,7 +167,9 @@ def refused_app(records, recorder):
     return app
 
 
-def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path):
+@pytest.mark.parametrize("request_path", [False, True],
+                         ids=["layers-alone", "with-request-path"])
+def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path, request_path):
     import httpx
 
     from graphs.auth import AuthConfig
@@ -175,7 +181,7 @@ def test_refused_requests_are_counted_under_the_key_or_anonymous(tmp_path):
         key, token = store.create_api_key(project="p1", name="k", scopes=["generate"],
                                           requests_per_minute=1)
         recorder = usage.UsageRecorder(store, flush_s=3600)
-        app = refused_app(store, recorder)
+        app = refused_app(store, recorder, request_path)
         auth.configure(app, records=store, config=AuthConfig())
 
         async def calls():
