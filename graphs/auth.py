@@ -165,11 +165,27 @@ def acting_as(principal: Principal) -> contextvars.Token:
     return _principal.set(principal)
 
 
+_SCOPE_MEMO_SIZE = 4096  # (method, path) -> scope answers remembered (cleared when full)
+_scope_memo: dict[tuple[str, str], str | None] = {}
+
+
 def required_scope(method: str, path: str) -> str | None:
-    for m, pattern, scope in ROUTE_SCOPES:
+    """The scope `ROUTE_SCOPES` asks of `method path` (None: any key may call it); the
+    answer is remembered per (method, path), the patterns walked once per path."""
+    key = (method, path)
+    try:
+        return _scope_memo[key]
+    except KeyError:
+        pass
+    scope = None
+    for m, pattern, needed in ROUTE_SCOPES:
         if (m == "*" or m == method) and pattern.match(path):
-            return scope
-    return None
+            scope = needed
+            break
+    if len(_scope_memo) >= _SCOPE_MEMO_SIZE:
+        _scope_memo.clear()
+    _scope_memo[key] = scope
+    return scope
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -44,7 +44,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -841,29 +841,47 @@ class RequestPath:
         # the answer's status and the inner layers' headers (the gate's, usage's): no send
         # wrapper of theirs
         exchange = scope.setdefault("state", {})[EXCHANGE] = Exchange()
+        extra = exchange.headers
+
+        def stamp(message: Message) -> None:
+            # the security headers, the request id, the inner layers' headers, the status
+            exchange.status = int(message["status"])
+            _response_headers(message, cache_control, echoed_id, extra)
 
         async def send_out(message: Message) -> None:
-            # the security headers, the request id, the metrics' status, CORS on every answer
+            # `stamp` and CORS on every answer the app's own path (`_run`) does not send
             if message["type"] == "http.response.start":
-                exchange.status = int(message["status"])
-                _response_headers(message, cache_control, echoed_id, exchange.headers)
+                stamp(message)
                 if origin is not None:
                     await self.cors.send(message, send, request_headers=headers)
                     return
             await send(message)
 
+        # the app's answers: `_run` stamps the start itself and sends straight out (one send
+        # wrapper per request, not two), unless CORS has headers to add
+        app_out, app_stamp = (send, stamp) if origin is None else (send_out, None)
         metrics = self.metrics
         started_at = time.perf_counter()
         if metrics is not None:
             metrics.request_started()
         outcome = 500
+        admission = self.admission
         try:
-            if origin is not None and scope["method"] == "OPTIONS" \
-                    and "access-control-request-method" in headers:
-                await self.cors.preflight_response(request_headers=headers)(
-                    scope, receive, send_out)
-            else:
-                await self._guarded(scope, receive, send_out, headers, exchange)
+            # the envelope guard: an exception before the response started is answered
+            try:
+                if origin is not None and scope["method"] == "OPTIONS" \
+                        and "access-control-request-method" in headers:
+                    await self.cors.preflight_response(request_headers=headers)(
+                        scope, receive, send_out)
+                elif admission.exempt(scope):
+                    await self._run(scope, receive, app_out, headers, app_stamp)
+                else:
+                    await self._admitted(scope, receive, send_out, headers,
+                                         app_out, app_stamp)
+            except Exception as exc:
+                if exchange.status is not None:  # the response has started
+                    raise
+                await respond(scope, exc)(scope, receive, send_out)
             outcome = request_outcome(exchange.status)
         except BaseException as exc:
             outcome = request_outcome(exchange.status, exc)
@@ -875,45 +893,43 @@ class RequestPath:
                 _count_early_refusal(scope, outcome)
             request_id_var.reset(rid_token)
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send,
-                       headers: Headers, exchange: Exchange) -> None:
-        """The envelope guard and admission around `_run` (`send` sets `exchange.status`:
-        whether the response has started)."""
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
+                        app_send: Send, stamp: Callable[[Message], None] | None) -> None:
+        """Admission around `_run`: shed (503) when the replica is full, count the request
+        in flight, hold a route whose model deployment said its queue is full."""
+        admission = self.admission
+        holdable = admission.holdable(scope)
+        why = admission.refusal(scope, holdable)
+        if why is not None:
+            await admission.shed(scope, receive, send, why)
+            return
+        admission.in_flight += 1
         try:
-            admission = self.admission
-            if admission.exempt(scope):
-                await self._run(scope, receive, send, headers)
-                return
-            holdable = admission.holdable(scope)
-            why = admission.refusal(scope, holdable)
-            if why is not None:
-                await admission.shed(scope, receive, send, why)
-                return
-            admission.in_flight += 1
-            try:
-                await self._run(scope, receive, send, headers)
-            except BaseException as exc:
-                if holdable and is_backpressure(exc):
-                    scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
-                raise
-            finally:
-                admission.in_flight -= 1
-                if holdable and scope.get("state", {}).get(DOWNSTREAM_FULL):
-                    admission.hold(scope["path"])
-        except Exception as exc:
-            if exchange.status is not None:  # the response has started
-                raise
-            await respond(scope, exc)(scope, receive, send)
+            await self._run(scope, receive, app_send, headers, stamp)
+        except BaseException as exc:
+            if holdable and is_backpressure(exc):
+                scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
+            raise
+        finally:
+            admission.in_flight -= 1
+            if holdable and scope.get("state", {}).get(DOWNSTREAM_FULL):
+                admission.hold(scope["path"])
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send,
-                   headers: Headers) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
+                   stamp: Callable[[Message], None] | None = None) -> None:
         """Cancel on disconnect, the timeout, the body size and JSON depth limits, the
-        public origin and conditional requests around the app, in this task."""
+        public origin and conditional requests around the app, in this task. `stamp`: what
+        the response's start gets before `send` (None: `send` does it)."""
+        async def stamped(message: Message) -> None:  # this layer's own answers
+            if stamp is not None and message["type"] == "http.response.start":
+                stamp(message)
+            await send(message)
+
         max_bytes = self.max_bytes
         declared = headers.get("content-length")
         refusal = _content_length_refusal(declared, max_bytes)
         if refusal is not None:
-            await refusal.response()(scope, receive, send)
+            await refusal.response()(scope, receive, stamped)
             return
         no_body = "transfer-encoding" not in headers and (declared is None or declared == "0")
         max_depth = self.max_json_depth if _json_content_type(scope, headers) else None
@@ -1037,6 +1053,8 @@ class RequestPath:
                 started = True
                 if deadline is not None:
                     deadline.cancel()  # once the response has started, no deadline applies
+                if stamp is not None:
+                    stamp(message)
             elif bodiless and kind in ("http.response.body", "http.response.pathsend"):
                 if kind == "http.response.pathsend" or not message.get("more_body", False):
                     complete = True
@@ -1093,7 +1111,7 @@ class RequestPath:
             await ApiError(504, f"the request did not complete within "
                            f"{self.timeout_s:g} s and was cancelled; retry, or ask for "
                            "less work (smaller size, fewer images or steps)",
-                           code="timeout").response()(scope, receive, send)
+                           code="timeout").response()(scope, receive, stamped)
             return
         if failure is None:
             return
@@ -1103,7 +1121,7 @@ class RequestPath:
                     cancel_downstream(calls)
                 raise failure
             if isinstance(failure, RequestTooLarge) and not started:
-                await failure.response()(scope, receive, send)
+                await failure.response()(scope, receive, stamped)
                 return
             raise failure
         finally:

@@ -366,13 +366,12 @@ class UsageMiddleware:
         token = _current.set(usage)
         exchange = exchange_of(scope)  # the request path notes the status: no send wrapper
         status = 500
-
-        async def send_status(message):  # an app without the request path
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        if exchange is None:  # an app without the request path
+            async def send_status(message):
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
         try:
             await self.app(scope, receive, send if exchange is not None else send_status)
         finally:
@@ -381,11 +380,12 @@ class UsageMiddleware:
                 status = exchange.status or 500
             route = getattr(scope.get("route"), "path", None) or "(unmatched)"
             recorder.record(usage, route=f"{scope['method']} {route}", status=status)
-            seconds = sum(usage.model_seconds.values())
-            gate = getattr(scope["app"].state, "auth_gate", None)
             principal = auth.current()
-            if gate is not None and principal.model_seconds_windows():
-                # work that outlives the request (async jobs, videos) counts when it ends
-                usage.count_seconds = lambda s: gate.add_model_seconds(principal, s)
-                if seconds:
-                    await gate.add_model_seconds(principal, seconds)
+            if principal.model_seconds_windows():
+                gate = getattr(scope["app"].state, "auth_gate", None)
+                if gate is not None:
+                    # work that outlives the request (async jobs, videos) counts when it ends
+                    usage.count_seconds = lambda s: gate.add_model_seconds(principal, s)
+                    seconds = sum(usage.model_seconds.values())
+                    if seconds:
+                        await gate.add_model_seconds(principal, seconds)

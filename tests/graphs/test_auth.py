@@ -354,3 +354,17 @@ async def test_a_keys_caller_is_made_once_per_cached_record_and_follows_its_edit
     assert (edited.requests_per_minute, edited.images_per_day, edited.scopes) == (
         7, 3, frozenset({"read"}))
     assert usage.limit == 7
+
+
+def test_required_scope_remembers_answers_within_a_bound(monkeypatch):
+    """The per-(method, path) memo gives the table's answers and never grows past its bound
+    (paths carry ids: a memo without a bound would grow with every asset fetched)."""
+    from graphs import auth as auth_module
+
+    monkeypatch.setattr(auth_module, "_scope_memo", {})
+    monkeypatch.setattr(auth_module, "_SCOPE_MEMO_SIZE", 50)
+    for i in range(120):
+        assert auth_module.required_scope("DELETE", f"/v1/models/loras/style-{i}") == "models"
+        assert auth_module.required_scope("GET", f"/v1/models/loras/style-{i}") is None
+        assert len(auth_module._scope_memo) <= 50
+    assert auth_module.required_scope("POST", "/v1/images/generations") == "generate"
