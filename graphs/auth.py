@@ -307,12 +307,18 @@ class Gate:
         # token hash -> (key record, project limits, the Principal made of them)
         self._principals: dict[str, tuple[Any, dict[str, int | None], Principal]] = {}
 
-    async def project_limits(self, project: str) -> dict[str, int | None]:
-        """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``),
-        read at most every `PROJECT_LIMITS_TTL_S` per replica: no record read per request."""
+    def _cached_project_limits(self, project: str) -> dict[str, int | None] | None:
         cached = self._project_limits.get(project)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        return None
+
+    async def project_limits(self, project: str) -> dict[str, int | None]:
+        """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``),
+        read at most every `PROJECT_LIMITS_TTL_S` per replica: no record read per request."""
+        cached = self._cached_project_limits(project)
+        if cached is not None:
+            return cached
         record = await asyncio.to_thread(self.records.get_project, project_id=project)
         settings = (record.settings or {}) if record is not None else {}
         limits = {name: settings.get(name) if isinstance(settings.get(name), int) else None
@@ -370,12 +376,16 @@ class Gate:
                            "one with `photostudio keys create --project <id>`)",
                            code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
         token_hash = hash_api_key(token)
-        record = await self._authenticate(token, token_hash)
+        record = self.keys.get(token_hash)  # (nothing awaited while cached)
+        if record is None:
+            record = await self._authenticate(token, token_hash)
         if record is None or not record.active:
             what = "has been revoked" if record is not None else "is not valid"
             raise ApiError(401, f"this API key {what}", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
-        project_limits = await self.project_limits(record.project)
+        project_limits = self._cached_project_limits(record.project)
+        if project_limits is None:  # (nothing awaited while cached)
+            project_limits = await self.project_limits(record.project)
         principal = self._principal(token_hash, record, project_limits)
         try:
             scope = required_scope(method, path)
@@ -383,8 +393,13 @@ class Gate:
                 has = ", ".join(sorted(record.scopes)) or "none"
                 raise ApiError(403, f"this API key lacks the {scope!r} scope needed for "
                                f"{method} {path} (it has: {has})", code="insufficient_scope")
-            usage = await self.quotas.check_request(principal.key_id,
-                                                    per_minute=principal.requests_per_minute)
+            quotas = self.quotas
+            if quotas.in_replica:  # memory://: counted here, nothing awaited
+                usage = quotas.check_request_now(principal.key_id,
+                                                 per_minute=principal.requests_per_minute)
+            else:
+                usage = await quotas.check_request(principal.key_id,
+                                                   per_minute=principal.requests_per_minute)
             for owner, per_day, quota in principal.model_seconds_windows():
                 await self.quotas.check_model_seconds(owner, per_day=per_day, quota=quota)
         except ApiError as exc:  # the refusal is counted under this key (graphs/usage.py)
@@ -531,7 +546,7 @@ class AuthMiddleware:
             if usage is None:
                 await self.app(scope, receive, send)
                 return
-            extra = [(k.lower().encode(), v.encode()) for k, v in usage.headers().items()]
+            extra = usage.raw_headers()
             exchange = exchange_of(scope)
             if exchange is not None:  # the request path adds them (no send wrapper here)
                 exchange.headers.extend(extra)

@@ -414,6 +414,7 @@ class PublicOrigin:
         if _valid_host(fallback_host) is None:
             raise ValueError(f"fallback_host must be host[:port], got {fallback_host!r}")
         self.fallback_host = fallback_host
+        self._hosts: dict[str, bool] = {}  # Host value -> allowed (`allowed_host`)
 
     def trusted_peer(self, scope: Scope) -> bool:
         if self.trust_all:
@@ -430,6 +431,18 @@ class PublicOrigin:
     def allowed(self, name: str) -> bool:
         return self.any_host or name in self.names or (
             bool(self.suffixes) and name.endswith(self.suffixes))
+
+    def allowed_host(self, host: str) -> bool:
+        """Whether a ``Host`` value is a valid ``host[:port]`` of an allowed name; the answer
+        remembered per value (bounded: a client picks the values)."""
+        known = self._hosts.get(host)
+        if known is None:
+            name = _valid_host(host)
+            known = name is not None and self.allowed(name)
+            if len(self._hosts) >= 1024:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
 
     def origin(self, scope: Scope, headers: Headers | None = None) -> tuple[str, str]:
         """(scheme, host[:port]) for this request."""
@@ -452,8 +465,7 @@ class PublicOrigin:
         scheme = "http" if forwarded_proto is not None else scope.get("scheme", "http")
         if scheme not in ("http", "https"):
             scheme = "http"
-        name = _valid_host(host)
-        if name is not None and self.allowed(name):
+        if host is not None and self.allowed_host(host):
             return scheme, host
         if host is not None and not PublicOrigin._warned:
             PublicOrigin._warned = True

@@ -64,6 +64,13 @@ class Usage:
                 f"{prefix}-Remaining": str(max(self.remaining, 0)),
                 f"{prefix}-Reset": str(max(math.ceil(self.reset_at - time.time()), 0))}
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as an ASGI response's (lower-case name, value) byte pairs."""
+        return [(b"x-ratelimit-limit", str(self.limit).encode()),
+                (b"x-ratelimit-remaining", str(max(self.remaining, 0)).encode()),
+                (b"x-ratelimit-reset",
+                 str(max(math.ceil(self.reset_at - time.time()), 0)).encode())]
+
 
 # `limits`' acquire_sliding_window.lua (same keys, same arithmetic) that also returns the
 # window after the hit: {acquired, previous count, previous pttl, current count, current
@@ -187,11 +194,7 @@ class Quotas:
 
     async def _hit_requests(self, item: RateLimitItem, key_id: str) -> tuple[bool, WindowStats]:
         """One request on `key_id`'s sliding window and the window after it: one Redis
-        round trip (`_HIT_SLIDING_WINDOW`); with memory:// one call of `ReplicaWindows`."""
-        if self._replica_windows is not None:
-            acquired, *window = self._replica_windows.hit(key_id, item.amount,
-                                                          item.get_expiry())
-            return acquired, _sliding_window_stats(item, *window)
+        round trip (`_HIT_SLIDING_WINDOW`). (memory://: `check_request_now`.)"""
         key = item.key_for(key_id, "requests")
         bridge = self.storage.bridge
         keys = [bridge.prefixed_key(self.storage._previous_window_key(key)),
@@ -202,13 +205,37 @@ class Quotas:
             item, int(p_count or 0), max(0.0, float(p_ttl or 0)) / 1000,
             int(c_count or 0), max(0.0, float(c_ttl or 0)) / 1000)
 
-    async def check_request(self, key_id: str, *, per_minute: int | None) -> Usage | None:
-        """Count one request of `key_id`. ApiError 429 when over its requests/minute; None
-        when the storage failed and `fail_open`."""
+    def _per_minute_item(self, per_minute: int | None) -> RateLimitItem:
         amount = per_minute or self.config.requests_per_minute
         item = self._per_minute.get(amount)
         if item is None:
             item = self._per_minute[amount] = RateLimitItemPerMinute(amount)
+        return item
+
+    @property
+    def in_replica(self) -> bool:
+        """Whether requests/minute are counted in this replica (memory://): then
+        `check_request_now` does it without awaiting anything."""
+        return self._replica_windows is not None
+
+    def check_request_now(self, key_id: str, *, per_minute: int | None) -> Usage:
+        """`check_request` for memory:// storage (`in_replica`), synchronously: one call of
+        `ReplicaWindows`, nothing awaited. ApiError 429 when over the key's requests/minute."""
+        item = self._per_minute_item(per_minute)
+        acquired, *window = self._replica_windows.hit(key_id, item.amount, item.get_expiry())
+        stats = _sliding_window_stats(item, *window)
+        usage = Usage(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
+        if not acquired:
+            raise self._refusal(usage, f"rate limit of {item.amount} requests per minute "
+                                "reached", "requests", None)
+        return usage
+
+    async def check_request(self, key_id: str, *, per_minute: int | None) -> Usage | None:
+        """Count one request of `key_id`. ApiError 429 when over its requests/minute; None
+        when the storage failed and `fail_open`."""
+        if self._replica_windows is not None:
+            return self.check_request_now(key_id, per_minute=per_minute)
+        item = self._per_minute_item(per_minute)
         return await self._hit(self._requests, item, key_id, "requests", 1,
                                f"rate limit of {item.amount} requests per minute reached",
                                window=self._hit_requests)
@@ -311,8 +338,13 @@ class Quotas:
                            headers={"Retry-After": "5"}) from None
         usage = Usage(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
         if not allowed:
-            retry = max(math.ceil(stats.reset_time - time.time()), 1)
-            code = "rate_limited" if what == "requests" else "quota_exceeded"
-            raise ApiError(429, f"{message}; retry in {retry} s", code=code, param=param,
-                           headers={"Retry-After": str(retry), **usage.headers()})
+            raise self._refusal(usage, message, what, param)
         return usage
+
+    @staticmethod
+    def _refusal(usage: Usage, message: str, what: str, param: str | None) -> ApiError:
+        """The 429 of a full window: when to retry, and the window's X-RateLimit-* headers."""
+        retry = max(math.ceil(usage.reset_at - time.time()), 1)
+        code = "rate_limited" if what == "requests" else "quota_exceeded"
+        return ApiError(429, f"{message}; retry in {retry} s", code=code, param=param,
+                        headers={"Retry-After": str(retry), **usage.headers()})
