@@ -774,8 +774,11 @@ class RequestPath:
     """The hardening middleware (the module's docstring lists what it does, `install` the
     order) as ONE pure-ASGI layer: one coroutine, one ``send`` wrapper and one ``receive``
     wrapper per request, the request headers parsed once, and no task of its own for a
-    request that ends quickly. `AdmissionControl` and `PublicOrigin` hold those parts'
-    settings and state; `observability.MetricsMiddleware` the in-flight gauge.
+    request that ends quickly. The layers inside it (the gate, usage) read the answer's
+    status and add their response headers through the request's `errors.Exchange`
+    (``scope["state"]``) instead of wrapping ``send`` themselves. `AdmissionControl` and
+    `PublicOrigin` hold those parts' settings and state; `observability.MetricsMiddleware`
+    the in-flight gauge.
 
     Timeout: a request that has not started its response within ``request_timeout_s`` ends
     with 504 (the envelope). The handler runs in the request's own task; at the deadline
