@@ -123,6 +123,8 @@ def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monke
     monkeypatch.setattr(metrics._registry, "record",
                         lambda spec, value, tags: recorded.append((spec.name, value, tags))
                         or True)
+    monkeypatch.setattr(metrics._registry, "observer", lambda spec, key, tags: (
+        lambda value: recorded.append((spec.name, value, tags)) or True))
     monkeypatch.setattr(metrics, "REQUEST_COUNT_FLUSH_S", 0.5)
     monkeypatch.setattr(metrics, "_counts_flushed_at", time.monotonic())
     monkeypatch.setattr(metrics, "_pending_counts", {})
@@ -155,3 +157,36 @@ def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monke
     assert sorted((value, tags["status"]) for _, value, tags in counts) == [(1, "429"),
                                                                             (3, "200")]
     assert metrics.flush_request_counts() == 0  # nothing left
+
+
+def test_the_latency_observer_hands_ray_what_serves_observe_does(monkeypatch):
+    """`_Registry.observer` (the request latency's per-label shortcut) records each value
+    with the very tags Serve's ``Histogram.observe`` would: the real Serve metric object,
+    its native record call captured; a metric without those internals goes through the
+    public `record`."""
+    captured: list[tuple[float, dict]] = []
+
+    class Capture:
+        def record(self, value, tags):
+            captured.append((value, dict(tags)))
+
+    monkeypatch.setattr(metrics, "metrics_enabled", lambda: True)
+    registry = metrics._Registry()
+    metric = registry.get(metrics.REQUEST_SECONDS)  # ray.serve.metrics.Histogram
+    metric._metric = Capture()
+    labels = {"route": "/v1/styles", "method": "GET"}
+    metric.observe(0.25, dict(labels))  # Serve's own path
+    observe = registry.observer(metrics.REQUEST_SECONDS, ("/v1/styles", "GET", 200), labels)
+    assert observe(0.25) is True and observe(0.5) is True
+    assert captured[1] == captured[0] and captured[2] == (0.5, captured[0][1])
+    assert registry.observer(metrics.REQUEST_SECONDS, ("/v1/styles", "GET", 200),
+                             labels) is observe  # made once per key
+    registry.reset()
+    assert registry._observers == {}
+
+    plain: list[tuple] = []
+    registry = metrics._Registry()
+    registry._metrics[metrics.REQUEST_SECONDS.name] = type("Other", (), {
+        "observe": lambda self, value, tags: plain.append((value, tags))})()
+    assert registry.observer(metrics.REQUEST_SECONDS, "k", labels)(0.1) is True
+    assert plain == [(0.1, labels)]
