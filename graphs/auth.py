@@ -313,12 +313,10 @@ class Gate:
             return cached[1]
         return None
 
-    async def project_limits(self, project: str) -> dict[str, int | None]:
-        """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``),
-        read at most every `PROJECT_LIMITS_TTL_S` per replica: no record read per request."""
-        cached = self._cached_project_limits(project)
-        if cached is not None:
-            return cached
+    async def _load_project_limits(self, project: str) -> dict[str, int | None]:
+        """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``)
+        from the record store, cached for `PROJECT_LIMITS_TTL_S` (`admit` reads the cache
+        first): no record read per request."""
         record = await asyncio.to_thread(self.records.get_project, project_id=project)
         settings = (record.settings or {}) if record is not None else {}
         limits = {name: settings.get(name) if isinstance(settings.get(name), int) else None
@@ -385,7 +383,7 @@ class Gate:
                            headers={"WWW-Authenticate": "Bearer"})
         project_limits = self._cached_project_limits(record.project)
         if project_limits is None:  # (nothing awaited while cached)
-            project_limits = await self.project_limits(record.project)
+            project_limits = await self._load_project_limits(record.project)
         principal = self._principal(token_hash, record, project_limits)
         try:
             scope = required_scope(method, path)
@@ -429,11 +427,8 @@ class Gate:
 
     async def _authenticate(self, token: str, token_hash: str) -> Any | None:
         """The key record of `token` (None: no such key; `token_hash`: its hash, the cache's
-        key), from this replica's cache when it has it, else from the record store (a
-        thread: the store's calls block)."""
-        record = self.keys.get(token_hash)
-        if record is not None:
-            return record
+        key) from the record store (a thread: the store's calls block), cached for the next
+        requests (`admit` reads the cache first)."""
         self.keys.start()
         generation = self.keys.generation
         record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)

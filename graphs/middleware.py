@@ -889,7 +889,7 @@ class RequestPath:
                     await self.cors.preflight_response(request_headers=headers)(
                         scope, receive, send_out)
                 elif admission.exempt(scope):
-                    await self._run(scope, receive, app_out, headers, app_stamp)
+                    await self._run(scope, receive, send_out, headers, app_out, app_stamp)
                 else:
                     await self._admitted(scope, receive, send_out, headers,
                                          app_out, app_stamp)
@@ -909,7 +909,7 @@ class RequestPath:
             request_id_var.reset(rid_token)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
-                        app_send: Send, stamp: Callable[[Message], None] | None) -> None:
+                        app_out: Send, stamp: Callable[[Message], None] | None) -> None:
         """Admission around `_run`: shed (503) when the replica is full, count the request
         in flight, hold a route whose model deployment said its queue is full."""
         admission = self.admission
@@ -920,7 +920,7 @@ class RequestPath:
             return
         admission.in_flight += 1
         try:
-            await self._run(scope, receive, app_send, headers, stamp)
+            await self._run(scope, receive, send, headers, app_out, stamp)
         except BaseException as exc:
             if holdable and is_backpressure(exc):
                 scope.setdefault("state", {})[DOWNSTREAM_FULL] = True
@@ -931,20 +931,18 @@ class RequestPath:
                 admission.hold(scope["path"])
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
+                   app_out: Send | None = None,
                    stamp: Callable[[Message], None] | None = None) -> None:
         """Cancel on disconnect, the timeout, the body size and JSON depth limits, the
-        public origin and conditional requests around the app, in this task. `stamp`: what
-        the response's start gets before `send` (None: `send` does it)."""
-        async def stamped(message: Message) -> None:  # this layer's own answers
-            if stamp is not None and message["type"] == "http.response.start":
-                stamp(message)
-            await send(message)
-
+        public origin and conditional requests around the app, in this task. This layer's
+        own answers (413, 504) go to `send`; the app's to `app_out` (default: `send`),
+        their start given `stamp` first (None: `app_out` does that itself)."""
+        out = send if app_out is None else app_out
         max_bytes = self.max_bytes
         declared = headers.get("content-length")
         refusal = _content_length_refusal(declared, max_bytes)
         if refusal is not None:
-            await refusal.response()(scope, receive, stamped)
+            await refusal.response()(scope, receive, send)
             return
         no_body = "transfer-encoding" not in headers and (declared is None or declared == "0")
         max_depth = self.max_json_depth if _json_content_type(scope, headers) else None
@@ -1073,13 +1071,13 @@ class RequestPath:
             elif bodiless and kind in ("http.response.body", "http.response.pathsend"):
                 if kind == "http.response.pathsend" or not message.get("more_body", False):
                     complete = True
-                    await send({"type": "http.response.body", "body": b"",
+                    await out({"type": "http.response.body", "body": b"",
                                 "more_body": False})
                 return
             elif (kind == "http.response.body" and not message.get("more_body", False)) \
                     or kind == "http.response.pathsend":
                 complete = True
-            await send(message)
+            await out(message)
 
         def expire() -> None:
             nonlocal timed_out, cancelled_calls
@@ -1126,7 +1124,7 @@ class RequestPath:
             await ApiError(504, f"the request did not complete within "
                            f"{self.timeout_s:g} s and was cancelled; retry, or ask for "
                            "less work (smaller size, fewer images or steps)",
-                           code="timeout").response()(scope, receive, stamped)
+                           code="timeout").response()(scope, receive, send)
             return
         if failure is None:
             return
@@ -1136,7 +1134,7 @@ class RequestPath:
                     cancel_downstream(calls)
                 raise failure
             if isinstance(failure, RequestTooLarge) and not started:
-                await failure.response()(scope, receive, stamped)
+                await failure.response()(scope, receive, send)
                 return
             raise failure
         finally:

@@ -366,14 +366,15 @@ class UsageMiddleware:
         token = _current.set(usage)
         exchange = exchange_of(scope)  # the request path notes the status: no send wrapper
         status = 500
+        app_send = send
         if exchange is None:  # an app without the request path
-            async def send_status(message):
+            async def app_send(message):
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
                 await send(message)
         try:
-            await self.app(scope, receive, send if exchange is not None else send_status)
+            await self.app(scope, receive, app_send)
         finally:
             _current.reset(token)
             if exchange is not None:
