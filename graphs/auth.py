@@ -39,6 +39,7 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -306,6 +307,27 @@ class Gate:
         self._project_limits: dict[str, tuple[float, dict[str, int | None]]] = {}
         # token hash -> (key record, project limits, the Principal made of them)
         self._principals: dict[str, tuple[Any, dict[str, int | None], Principal]] = {}
+        # record-store reads under way (`_shared_load`): what -> its task
+        self._loading: dict[tuple, asyncio.Future] = {}
+
+    async def _shared_load(self, what: tuple, load: Callable[[], Awaitable[Any]]) -> Any:
+        """`load()`'s result, read once for every request that needs `what` meanwhile: the
+        requests that miss the cache together (when a cached key expires under load, every
+        request in flight) share one record-store read instead of a thread each. A waiter
+        that is cancelled (its client left) leaves the read to the others."""
+        pending = self._loading.get(what)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[what] = pending
+
+            def done(task: asyncio.Future) -> None:
+                if self._loading.get(what) is task:
+                    del self._loading[what]
+                if not task.cancelled():
+                    task.exception()  # retrieved: every waiter may have gone
+
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)
 
     def _cached_project_limits(self, project: str) -> dict[str, int | None] | None:
         cached = self._project_limits.get(project)
@@ -316,7 +338,11 @@ class Gate:
     async def _load_project_limits(self, project: str) -> dict[str, int | None]:
         """A project's quotas (its settings' ``images_per_day`` / ``model_seconds_per_day``)
         from the record store, cached for `PROJECT_LIMITS_TTL_S` (`admit` reads the cache
-        first): no record read per request."""
+        first): no record read per request, one at a time per project."""
+        return await self._shared_load(("project", project),
+                                       lambda: self._read_project_limits(project))
+
+    async def _read_project_limits(self, project: str) -> dict[str, int | None]:
         record = await asyncio.to_thread(self.records.get_project, project_id=project)
         settings = (record.settings or {}) if record is not None else {}
         limits = {name: settings.get(name) if isinstance(settings.get(name), int) else None
@@ -428,13 +454,18 @@ class Gate:
     async def _authenticate(self, token: str, token_hash: str) -> Any | None:
         """The key record of `token` (None: no such key; `token_hash`: its hash, the cache's
         key) from the record store (a thread: the store's calls block), cached for the next
-        requests (`admit` reads the cache first)."""
+        requests (`admit` reads the cache first). One read at a time per key; a request that
+        comes after a revocation (`KeyCache.forget`) does not share a read begun before it."""
         self.keys.start()
         generation = self.keys.generation
-        record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)
-        if record is not None:
-            self.keys.put(token_hash, record, generation)
-        return record
+
+        async def read() -> Any | None:
+            record = await asyncio.to_thread(self.records.authenticate_api_key, token=token)
+            if record is not None:
+                self.keys.put(token_hash, record, generation)
+            return record
+
+        return await self._shared_load(("key", token_hash, generation), read)
 
     async def add_model_seconds(self, principal: Principal, seconds: float) -> None:
         """Count what a request's models worked against its model-seconds quotas."""

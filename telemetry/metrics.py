@@ -236,12 +236,17 @@ def set_in_flight(count: int) -> bool:
 # showed in the ingress's profile. Bounded anyway (a misuse must not grow it without end).
 _request_labels: dict[tuple[str, str, int], tuple[dict[str, str], dict[str, str]]] = {}
 _MAX_REQUEST_LABELS = 4096
-# The request counter is summed in the process and handed to Ray at most this often (the
-# sums always, when requests stop): Ray's metric record was the largest single cost of a
-# no-model request in the ingress's profile (BENCHMARKS.md, issue #20), and Prometheus
-# scrapes every few seconds anyway. The latency histogram is still observed per request.
+# The request counter (summed) and the latency histogram's values are kept in the process
+# and handed to Ray at most this often (always, when requests stop), as Serve does with its
+# own request metrics: Ray's metric record, called once per request between the request's
+# other work, was among the largest costs of a no-model request in the ingress replica's
+# profile; handed over back to back a value costs ~2.7 us there (2-core dev VM; BENCHMARKS.md,
+# issue #20). Prometheus scrapes every few seconds anyway.
 REQUEST_COUNT_FLUSH_S = 0.5
-_pending_counts: dict[tuple[str, str, int], list] = {}  # key -> [labels, count]
+# latency values kept per label set between flushes, at most (more: flushed at once)
+MAX_PENDING_LATENCIES = 20_000
+# key -> [labels, count, latency values (s)]
+_pending_counts: dict[tuple[str, str, int], list] = {}
 _counts_lock = threading.Lock()
 _counts_flushed_at = float("-inf")
 _counts_flush_scheduled = False
@@ -251,21 +256,25 @@ _counts_flush_loop: asyncio.AbstractEventLoop | None = None
 
 
 def flush_request_counts() -> int:
-    """Hand the summed request counts to Ray now; returns how many label sets."""
+    """Hand the summed request counts and the latencies kept since the last flush to Ray
+    now; returns how many label sets."""
     global _pending_counts, _counts_flushed_at, _counts_flush_scheduled
     with _counts_lock:
         pending, _pending_counts = _pending_counts, {}
         _counts_flushed_at = time.monotonic()
         _counts_flush_scheduled = False
-    for labels, count in pending.values():
-        _registry.record(REQUESTS, count, dict(labels))
+    for key, (labels, count, latencies) in pending.items():
+        _registry.record(REQUESTS, count, dict(labels[0]))
+        observe = _registry.observer(REQUEST_SECONDS, key, labels[1])
+        for seconds in latencies:
+            observe(seconds)
     return len(pending)
 
 
 def record_request(route: str, status: int, seconds: float, *, method: str = "GET") -> bool:
     """Count one answered request and observe its latency. `route` is the route template
-    (``/v1/assets/{asset_id}``), never the raw path: label values must stay few. The count
-    reaches Ray within `REQUEST_COUNT_FLUSH_S` (summed); False outside Ray."""
+    (``/v1/assets/{asset_id}``), never the raw path: label values must stay few. Both reach
+    Ray within `REQUEST_COUNT_FLUSH_S` (the count summed); False outside Ray."""
     global _counts_flush_scheduled, _counts_flush_loop
     key = (route, method, status)
     labels = _request_labels.get(key)
@@ -282,14 +291,17 @@ def record_request(route: str, status: int, seconds: float, *, method: str = "GE
     seconds = _check_seconds(seconds, "request latency")
     if not metrics_enabled():
         return False
-    observed = _registry.observer(REQUEST_SECONDS, key, labels[1])(seconds)
     with _counts_lock:
         entry = _pending_counts.get(key)
         if entry is None:
-            _pending_counts[key] = [labels[0], 1]
+            _pending_counts[key] = [labels, 1, [seconds]]
+            full = False
         else:
             entry[1] += 1
-        due = REQUEST_COUNT_FLUSH_S - (time.monotonic() - _counts_flushed_at)
+            latencies = entry[2]
+            latencies.append(seconds)
+            full = len(latencies) >= MAX_PENDING_LATENCIES
+        due = 0.0 if full else REQUEST_COUNT_FLUSH_S - (time.monotonic() - _counts_flushed_at)
         stale = _counts_flush_loop is not None and _counts_flush_loop.is_closed()
         schedule = due > 0 and (not _counts_flush_scheduled or stale)
         if schedule:
@@ -304,7 +316,7 @@ def record_request(route: str, status: int, seconds: float, *, method: str = "GE
         else:
             _counts_flush_loop = loop
             loop.call_later(due, flush_request_counts)
-    return observed
+    return True
 
 
 def observe_stage(stage: str, seconds: float, *, kind: str = "other") -> bool:

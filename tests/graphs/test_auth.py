@@ -368,3 +368,53 @@ def test_required_scope_remembers_answers_within_a_bound(monkeypatch):
         assert auth_module.required_scope("GET", f"/v1/models/loras/style-{i}") is None
         assert len(auth_module._scope_memo) <= 50
     assert auth_module.required_scope("POST", "/v1/images/generations") == "generate"
+
+
+class SlowStore:
+    """A record store whose key and project reads wait for `go` (in their thread), counted."""
+
+    def __init__(self, records):
+        self.records = records
+        self.go = __import__("threading").Event()
+        self.key_reads = self.project_reads = 0
+
+    def __getattr__(self, name):
+        return getattr(self.records, name)
+
+    def authenticate_api_key(self, *, token):
+        self.key_reads += 1
+        self.go.wait(10)
+        return self.records.authenticate_api_key(token=token)
+
+    def get_project(self, *, project_id):
+        self.project_reads += 1
+        self.go.wait(10)
+        return self.records.get_project(project_id=project_id)
+
+
+@sync
+async def test_requests_missing_the_key_cache_together_share_one_read(records):
+    """When a key is not cached (a cold replica, an entry just expired under load) the
+    requests in flight share one record-store read of it and of its project's limits
+    instead of one thread each; a request that arrives after a revocation does not join a
+    read begun before it, and a waiter that is cancelled leaves the read to the others."""
+    _, token = records.create_api_key(project="default", name="s")
+    store = SlowStore(records)
+    gate = auth.Gate(records=store, config=AuthConfig(key_cache_ttl_s=2.0))
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    waiters = [asyncio.ensure_future(gate.admit("GET", "/v1/styles", headers))
+               for _ in range(20)]
+    await asyncio.sleep(0.2)
+    assert store.key_reads == 1
+    waiters[0].cancel()
+    gate.keys.forget()  # a revocation arrives: the next request reads for itself
+    late = asyncio.ensure_future(gate.admit("GET", "/v1/styles", headers))
+    await asyncio.sleep(0.2)
+    assert store.key_reads == 2
+    store.go.set()
+    done = await asyncio.gather(*waiters[1:], late)
+    assert {principal.key_id for principal, _ in done} == {
+        records.authenticate_api_key(token=token).id}
+    assert store.key_reads == 2 and store.project_reads == 1
+    assert gate._loading == {}
+    assert waiters[0].cancelled()

@@ -112,9 +112,9 @@ def test_dashboard_panels_query_only_metrics_we_export():
 
 
 def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monkeypatch):
-    """The request counter is handed to Ray as sums, at most every REQUEST_COUNT_FLUSH_S
-    (the latency histogram per request), and the last sums go out when requests stop —
-    also when the flush pending before was scheduled on an event loop that has closed."""
+    """The request counter is handed to Ray as sums and the latency histogram's values one
+    by one, at most every REQUEST_COUNT_FLUSH_S, and the last ones go out when requests stop
+    — also when the flush pending before was scheduled on an event loop that has closed."""
     import asyncio
     import time
 
@@ -146,7 +146,7 @@ def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monke
         metrics.record_request("/v1/styles", 429, 0.01)
         counts = [r for r in recorded if r[0] == metrics.REQUESTS.name]
         assert counts == []  # summed, not yet handed over
-        assert len([r for r in recorded if r[0] == metrics.REQUEST_SECONDS.name]) == 4
+        assert [r for r in recorded if r[0] == metrics.REQUEST_SECONDS.name] == []
         deadline = time.monotonic() + 5
         while not counts and time.monotonic() < deadline:  # the scheduled flush
             await asyncio.sleep(0.01)
@@ -156,7 +156,34 @@ def test_request_counts_are_summed_and_reach_ray_within_the_flush_interval(monke
     counts = asyncio.run(scenario())
     assert sorted((value, tags["status"]) for _, value, tags in counts) == [(1, "429"),
                                                                             (3, "200")]
+    latencies = [(value, tags) for name, value, tags in recorded
+                 if name == metrics.REQUEST_SECONDS.name]
+    assert latencies == [(0.01, {"route": "/v1/styles", "method": "GET"})] * 4
     assert metrics.flush_request_counts() == 0  # nothing left
+
+
+def test_kept_latencies_are_bounded(monkeypatch):
+    """A label set's kept latency values go to Ray as soon as MAX_PENDING_LATENCIES are
+    waiting (a flush that never comes must not grow them without end)."""
+    import time
+
+    observed: list[float] = []
+    monkeypatch.setattr(metrics, "metrics_enabled", lambda: True)
+    monkeypatch.setattr(metrics._registry, "record", lambda spec, value, tags: True)
+    monkeypatch.setattr(metrics._registry, "observer", lambda spec, key, tags: (
+        lambda value: observed.append(value) or True))
+    monkeypatch.setattr(metrics, "MAX_PENDING_LATENCIES", 5)
+    monkeypatch.setattr(metrics, "REQUEST_COUNT_FLUSH_S", 3600.0)
+    monkeypatch.setattr(metrics, "_counts_flushed_at", time.monotonic())
+    monkeypatch.setattr(metrics, "_pending_counts", {})
+    monkeypatch.setattr(metrics, "_counts_flush_scheduled", True)  # a flush "pending"
+    monkeypatch.setattr(metrics, "_counts_flush_loop", None)
+    for i in range(4):
+        metrics.record_request("/v1/styles", 200, i / 10)
+    assert observed == []
+    metrics.record_request("/v1/styles", 200, 0.4)
+    assert observed == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert metrics._pending_counts == {}
 
 
 def test_the_latency_observer_hands_ray_what_serves_observe_does(monkeypatch):
