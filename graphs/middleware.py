@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ipaddress
+import itertools
 import logging
 import re
 import sys
@@ -761,6 +762,50 @@ def cors_middleware(allow_origins: Sequence[str] = (), *, allow_origin_regex: st
 WATCH_DISCONNECT_AFTER_S = 0.25
 
 
+class _Watchlist:
+    """The requests on one event loop that may run long enough to be watched (`RequestPath`)
+    and the callback each gets then: one timer for all of them, not one per request (a timer
+    per request, set and cancelled, cost ~4.5 us of CPU of a no-model request in process;
+    BENCHMARKS.md, issue #20). Requests fall due in the order they came (each `after_s`
+    later), which is the dict's order; the timer fires at the first one's time, and at most
+    every `after_s / 8` (a request is watched at most that much later than `after_s`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after_s: float):
+        self.loop = loop
+        self.min_gap_s = after_s / 8
+        self.entries: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._ids = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, due: float, callback: Callable[[], None]) -> int:
+        """Call `callback` at loop time `due` (no sooner than the entries before it) unless
+        `discard`ed first; returns the entry's key."""
+        key = next(self._ids)
+        self.entries[key] = (due, callback)
+        if self._timer is None:
+            self._timer = self.loop.call_at(due, self._sweep)
+        return key
+
+    def discard(self, key: int) -> None:
+        self.entries.pop(key, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        entries = self.entries
+        while entries:
+            key = next(iter(entries))
+            due, callback = entries[key]
+            if due > now:
+                self._timer = self.loop.call_at(max(due, now + self.min_gap_s), self._sweep)
+                return
+            del entries[key]
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one request's callback must not stop the rest
+                logger.exception("watching a long request failed")
+
+
 def _count_early_refusal(scope: Scope, status: int) -> None:
     """Usage accounting of a request answered before the API-key gate saw it (413 too large,
     400 bad Content-Length or Host, 503 at capacity): under project ``(anonymous)``, as the
@@ -816,6 +861,7 @@ class RequestPath:
         self.app = app
         self.config = config
         self.watch_after_s = watch_after_s
+        self._watchlist: _Watchlist | None = None  # the last loop's (`_run`)
         self.metrics = MetricsMiddleware(None) if config.metrics else None
         cors = cors_middleware(config.cors_allow_origins,
                                allow_origin_regex=config.cors_allow_origin_regex,
@@ -999,15 +1045,14 @@ class RequestPath:
                 queue = asyncio.Queue()
                 watcher = loop.create_task(watch())
 
-        def watch_now() -> None:  # the timer: the request runs long enough to be watched
+        def watch_now() -> None:  # the watchlist: the request runs long enough to be watched
             nonlocal watch_due, deadline
             watch_due = True
             if body_done and not reading:
                 start_watching()
             if timed and deadline is None and not (started or finished):
                 # the deadline's own timer, only for requests that run this long
-                deadline = loop.call_later(max(self.timeout_s - self.watch_after_s, 0.0),
-                                           expire)
+                deadline = loop.call_at(begun + self.timeout_s, expire)
 
         def check(message: Message) -> Message:
             nonlocal received, body_done
@@ -1088,12 +1133,16 @@ class RequestPath:
             cancelled_calls = cancel_downstream(calls)
 
         cancelled_calls = 0
-        # One timer per request: `watch_now` at `watch_after_s` sets the deadline's (most
-        # requests end sooner, and cost no second timer)
+        # No timer of its own: the loop's watchlist calls `watch_now` after `watch_after_s`,
+        # which sets the deadline's (most requests end sooner, and cost no timer at all)
         timed = self.timed(scope, headers)
-        deadline = loop.call_later(self.timeout_s, expire) \
+        begun = loop.time()
+        deadline = loop.call_at(begun + self.timeout_s, expire) \
             if timed and self.timeout_s <= self.watch_after_s else None
-        watch_timer = loop.call_later(self.watch_after_s, watch_now)
+        watchlist = self._watchlist
+        if watchlist is None or watchlist.loop is not loop:
+            watchlist = self._watchlist = _Watchlist(loop, self.watch_after_s)
+        watch_key = watchlist.add(begun + self.watch_after_s, watch_now)
         token = _downstream.set(calls)
         failure: BaseException | None = None
         try:
@@ -1103,7 +1152,7 @@ class RequestPath:
         finally:
             finished = True
             _downstream.reset(token)
-            watch_timer.cancel()
+            watchlist.discard(watch_key)
             if deadline is not None:
                 deadline.cancel()
             if watcher is not None and not watcher.done():

@@ -96,6 +96,24 @@ def test_paths_walk_only_the_candidates_that_can_match() -> None:
     assert paths("/items/7") == ["/items/{item_id}", "/plain-mount"]
     assert paths("/things") == ["/things", "/things", "/plain-mount"]
 
+    # once a walk found the route answering a static path and method, only it (after the
+    # mount that comes before it) is walked for them
+    client = TestClient(app)
+    assert client.delete("/things").json() == {"route": "drop"}
+    assert client.get("/items/special").json() == {"route": "item", "item_id": "special"}
+
+    def learnt(path: str, method: str) -> list[str]:
+        return [getattr(c, "path", None) or c.starlette_route.path
+                for c in index.narrowed(path, method).effective_candidates()]
+
+    assert learnt("/things", "DELETE") == ["/things"]
+    assert learnt("/items/special", "GET") == ["/items/{item_id}"]  # the shadowing route
+    assert learnt("/things", "POST") == ["/things", "/things", "/plain-mount"]  # not yet
+    assert client.delete("/things").json() == {"route": "drop"}
+    assert client.post("/things").json() == {"route": "make"}
+    assert client.get("/things").status_code == 405  # no route answers: nothing learnt
+    assert learnt("/things", "GET") == ["/things", "/things", "/plain-mount"]
+
 
 def test_index_routes_is_idempotent() -> None:
     app = _overlapping_app()
@@ -115,14 +133,23 @@ def test_the_ingress_routes_match_as_before_for_every_path_and_method() -> None:
     patterns = {c.path for c in node.effective_candidates() if "{" in (c.path or "")}
     assert "/v1/jobs/{job_id}" in patterns
     filled = sorted({re.sub(r"\{[^}]*\}", "x1", p) for p in patterns})
-    for path in paths + filled + ["/v1/nowhere", "/v1/styles/", "/", "/v1", "/v1/jobs/"]:
-        for method in METHODS:
-            scope = _scope(path, method)
-            expected = full(node, dict(scope))
-            got = node._match(dict(scope))
-            assert got[0] == expected[0], (path, method)
-            assert got[1] == expected[1], (path, method)
-            assert got[2] is expected[2] and got[3] is expected[3], (path, method)
+    every = paths + filled + ["/v1/nowhere", "/v1/styles/", "/", "/v1", "/v1/jobs/"]
+    # twice: the second pass walks what the first one learnt for each static path and method
+    for _ in range(2):
+        for path in every:
+            for method in METHODS:
+                scope = _scope(path, method)
+                expected = full(node, dict(scope))
+                one = dict(scope)
+                got = node._match(one)
+                assert got[0] == expected[0], (path, method)
+                assert got[1] == expected[1], (path, method)
+                assert got[2] is expected[2] and got[3] is expected[3], (path, method)
+                assert node._match(one) is got  # FastAPI's second question: the same answer
+    learnt = {path for path, _ in index._exact}
+    assert "/v1/chat" in learnt and learnt <= set(paths)
+    assert [c.path for c in index.narrowed("/v1/styles", "GET").effective_candidates()] == [
+        "/v1/styles"]
 
 
 def test_serve_route_names_are_remembered_for_static_paths_only() -> None:
@@ -242,3 +269,72 @@ def test_routes_added_after_indexing_are_found() -> None:
     assert node._match(_scope("/late"))[0] == Match.FULL
     assert "/late" in index.static_paths()
     assert TestClient(app).get("/late").json() == {"route": "late"}
+
+
+def _resolved(app: FastAPI, path: str, method: str) -> tuple:
+    """What the app's top-level router picks for a request (Starlette's rule: the first
+    full match, else the first partial one), and the route's path inside a node."""
+    partial = None
+    for route in app.router.routes:
+        scope = _scope(path, method)
+        match, child = route.matches(scope)
+        if isinstance(route, _IncludedRouter) and match != Match.NONE:
+            inner = route._match(_scope(path, method))
+            found = (match, getattr(inner[2], "path", None))
+        else:
+            found = (match, getattr(route, "path", None))
+        if match == Match.FULL:
+            return found
+        if match == Match.PARTIAL and partial is None:
+            partial = found
+    return partial or (Match.NONE, None)
+
+
+def test_the_ingress_node_goes_first_and_every_request_finds_the_same_route() -> None:
+    """`index_routes` puts the ingress's included-router node before the docs and studio
+    routes (no path can match both sides): every path and method resolves as before."""
+    from graphs import ingress
+
+    app = FastAPI()  # the ingress's routes, in their order, on a fresh app
+    app.router.routes.extend(ingress.app.router.routes)
+    (node,) = _nodes(app)
+    order = list(app.router.routes)
+    paths = ["/", "/studio", "/studio/js/app.js", "/docs", "/docs/oauth2-redirect", "/redoc",
+             "/openapi.json", "/v1/styles", "/v1/chat", "/healthz", "/v1/jobs/x1",
+             "/v1/nowhere", "/docs/", "/studio/", "/nowhere"]
+    before = {(p, m): _resolved(app, p, m) for p in paths for m in METHODS}
+    route_index.index_routes(app)
+    assert app.router.routes[0] is node and sorted(map(id, app.router.routes)) == sorted(
+        map(id, order))
+    after = {(p, m): _resolved(app, p, m) for p in paths for m in METHODS}
+    assert after == before
+    assert before[("/v1/styles", "GET")] == (Match.FULL, "/v1/styles")
+    assert before[("/studio/js/app.js", "GET")] == (Match.FULL, "/studio/{path:path}")
+
+
+def test_the_node_stays_in_place_where_the_order_could_decide() -> None:
+    """A route before the node whose first segment the node's routes share, or a parameter
+    first segment on either side: the node is not moved."""
+    def app_with(before_path: str, node_path: str) -> FastAPI:
+        app = FastAPI()
+
+        @app.get(before_path)
+        def first() -> dict:
+            return {}
+
+        router = APIRouter()
+
+        @router.get(node_path)
+        def inner() -> dict:
+            return {}
+
+        app.include_router(router)
+        route_index.index_routes(app)
+        return app
+
+    for before_path, node_path in [("/v1/x", "/v1/y"), ("/{page}", "/v1/y"),
+                                   ("/docs2", "/{anything}")]:
+        app = app_with(before_path, node_path)
+        assert isinstance(app.router.routes[-1], _IncludedRouter), (before_path, node_path)
+    moved = app_with("/docs2", "/v1/y")
+    assert isinstance(moved.router.routes[0], _IncludedRouter)
