@@ -100,10 +100,31 @@ def exported_metric_names() -> set[str]:
     return {name for spec in METRICS.values() for name in spec.exported_names()}
 
 
+_connected_for_good = False  # a Serve replica: connected to Ray for the process's life
+
+
+def _in_serve_replica() -> bool:
+    context = sys.modules.get("ray.serve.context")  # never imported only to look
+    try:
+        return context is not None and context._get_internal_replica_context() is not None
+    except AttributeError:  # Serve reorganised: ask Ray every time, as outside a replica
+        return False
+
+
 def metrics_enabled() -> bool:
-    """True in a process connected to Ray (a replica, or a driver after `ray.init`)."""
+    """True in a process connected to Ray (a replica, or a driver after `ray.init`). In a
+    Serve replica the answer is kept once true (a replica is connected until it exits;
+    ``ray.is_initialized`` goes through Ray's client-mode hook, ~1 us on every request's
+    path); a driver may `ray.shutdown`, so there Ray is asked every time."""
+    global _connected_for_good
+    if _connected_for_good:
+        return True
     ray = sys.modules.get("ray")  # not imported → certainly not initialized: don't import it
-    return ray is not None and ray.is_initialized()
+    if ray is None or not ray.is_initialized():
+        return False
+    if _in_serve_replica():
+        _connected_for_good = True
+    return True
 
 
 class _Registry:

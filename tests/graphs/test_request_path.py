@@ -248,6 +248,45 @@ def test_a_disconnect_after_the_response_changes_nothing():
     assert r.status_code == 200 and state["cancelled"] == []
 
 
+def test_the_watchlist_calls_each_long_request_once_in_order_from_one_timer():
+    """`RequestPath`'s watchlist: a request's callback runs once it is due (not before),
+    never once it was discarded (the request ended), in the order the requests came; a
+    callback that raises does not stop the others; one timer at a time, none when empty."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        watchlist = middleware._Watchlist(loop, 0.08)
+        fired: list[tuple[str, float]] = []
+        t0 = loop.time()
+
+        def note(name: str):
+            return lambda: fired.append((name, loop.time() - t0))
+
+        def boom() -> None:
+            raise RuntimeError("a broken callback")
+
+        watchlist.add(t0 + 0.08, note("a"))
+        await asyncio.sleep(0.03)
+        now = loop.time()
+        watchlist.add(now + 0.08, boom)
+        watchlist.add(now + 0.08, note("b"))
+        ended = watchlist.add(now + 0.08, note("ended"))
+        watchlist.discard(ended)
+        timer = watchlist._timer
+        assert timer is not None and len(watchlist.entries) == 3
+        await asyncio.sleep(0.05)
+        assert [name for name, _ in fired] == ["a"]
+        assert fired[0][1] >= 0.08 - 1e-3
+        await asyncio.sleep(0.1)
+        assert [name for name, _ in fired] == ["a", "b"]
+        assert fired[1][1] >= 0.11 - 1e-3
+        assert watchlist.entries == {} and watchlist._timer is None
+        watchlist.add(loop.time() + 0.01, note("c"))  # emptied: the next entry sets a timer
+        await asyncio.sleep(0.05)
+        assert fired[-1][0] == "c"
+
+    asyncio.run(run())
+
+
 def test_a_quick_request_runs_in_its_own_task_without_helper_tasks():
     """`middleware.install`'s one layer runs the handler in the request's task, and starts
     the disconnect watcher only for a request still running after WATCH_DISCONNECT_AFTER_S:

@@ -217,3 +217,25 @@ def test_the_latency_observer_hands_ray_what_serves_observe_does(monkeypatch):
         "observe": lambda self, value, tags: plain.append((value, tags))})()
     assert registry.observer(metrics.REQUEST_SECONDS, "k", labels)(0.1) is True
     assert plain == [(0.1, labels)]
+
+
+def test_a_replica_asks_ray_whether_it_is_connected_once(monkeypatch):
+    """`metrics_enabled` keeps a true answer inside a Serve replica (connected for life) and
+    asks Ray every time elsewhere (a driver may shut Ray down)."""
+    import types
+
+    asked: list[bool] = []
+    connected = [True]
+    fake_ray = types.SimpleNamespace(is_initialized=lambda: asked.append(True) or connected[0])
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(metrics, "_connected_for_good", False)
+    monkeypatch.setattr(metrics, "_in_serve_replica", lambda: False)  # a driver
+    assert metrics.metrics_enabled() and metrics.metrics_enabled()
+    assert len(asked) == 2
+    connected[0] = False  # ray.shutdown()
+    assert not metrics.metrics_enabled()
+    connected[0] = True
+    monkeypatch.setattr(metrics, "_in_serve_replica", lambda: True)  # a replica
+    asked.clear()
+    assert all(metrics.metrics_enabled() for _ in range(5))
+    assert len(asked) == 1
