@@ -250,9 +250,10 @@ def _node_first(app: Any, node: Any) -> bool:
     before: set[str] = set()
     for route in routes[:at]:
         path = getattr(route, "path", None)
-        if type(route) not in (Route, APIRoute) or not path or _first_segment(path) is None:
+        first = _first_segment(path) if type(route) in (Route, APIRoute) and path else None
+        if first is None:
             return False
-        before.add(_first_segment(path))
+        before.add(first)
     for candidate in node.effective_candidates():
         path = _path(candidate)
         first = _first_segment(path) if path else None

@@ -100,15 +100,25 @@ def exported_metric_names() -> set[str]:
     return {name for spec in METRICS.values() for name in spec.exported_names()}
 
 
+_in_replica = False  # once inside a Serve replica, always (a process is one replica)
 _connected_for_good = False  # a Serve replica: connected to Ray for the process's life
 
 
-def _in_serve_replica() -> bool:
-    context = sys.modules.get("ray.serve.context")  # never imported only to look
-    try:
-        return context is not None and context._get_internal_replica_context() is not None
-    except AttributeError:  # Serve reorganised: ask Ray every time, as outside a replica
+def in_serve_replica() -> bool:
+    """Whether this process is a Serve replica (kept once true). Never imports Serve only to
+    look: a process that has not imported it is not a replica."""
+    global _in_replica
+    if _in_replica:
+        return True
+    if "ray.serve" not in sys.modules:
         return False
+    try:
+        from ray.serve.context import _get_internal_replica_context
+
+        _in_replica = _get_internal_replica_context() is not None
+    except (ImportError, AttributeError):  # Serve reorganised: as outside a replica
+        return False
+    return _in_replica
 
 
 def metrics_enabled() -> bool:
@@ -122,7 +132,7 @@ def metrics_enabled() -> bool:
     ray = sys.modules.get("ray")  # not imported → certainly not initialized: don't import it
     if ray is None or not ray.is_initialized():
         return False
-    if _in_serve_replica():
+    if in_serve_replica():
         _connected_for_good = True
     return True
 

@@ -229,13 +229,13 @@ def test_a_replica_asks_ray_whether_it_is_connected_once(monkeypatch):
     fake_ray = types.SimpleNamespace(is_initialized=lambda: asked.append(True) or connected[0])
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
     monkeypatch.setattr(metrics, "_connected_for_good", False)
-    monkeypatch.setattr(metrics, "_in_serve_replica", lambda: False)  # a driver
+    monkeypatch.setattr(metrics, "in_serve_replica", lambda: False)  # a driver
     assert metrics.metrics_enabled() and metrics.metrics_enabled()
     assert len(asked) == 2
     connected[0] = False  # ray.shutdown()
     assert not metrics.metrics_enabled()
     connected[0] = True
-    monkeypatch.setattr(metrics, "_in_serve_replica", lambda: True)  # a replica
+    monkeypatch.setattr(metrics, "in_serve_replica", lambda: True)  # a replica
     asked.clear()
     assert all(metrics.metrics_enabled() for _ in range(5))
     assert len(asked) == 1
