@@ -136,24 +136,42 @@ class RequestHeaders(Headers):
     """Starlette's read-only request ``Headers`` with its lookups (``get``, ``[]``, ``in``)
     from an index made in one pass: `RequestPath` reads ten or so headers per request, each a
     scan of the list with Starlette's own. The first value of a repeated header wins, as
-    there; `getlist`, `items` and the rest read the list as Starlette does."""
+    there; `getlist`, `items` and the rest read the list as Starlette does. The index is
+    keyed by the raw (ASGI: lower-case) names, as Starlette compares them; `repeated` says
+    whether any name comes more than once."""
 
     def __init__(self, scope: Scope):
-        super().__init__(scope=scope)
-        self._index = {name.decode("latin-1"): value for name, value in reversed(self.raw)}
+        raw = scope["headers"]
+        if type(raw) is not list:  # as Starlette's: the scope's headers may be any iterable
+            raw = scope["headers"] = list(raw)
+        self._list = raw
+        self._index: dict[bytes, bytes] = dict(reversed(raw))
+        self.repeated = len(self._index) != len(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._index.get(key.lower())
+        value = self._index.get(_header_name(key))
         return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, key: str) -> str:
-        value = self._index.get(key.lower())
+        value = self._index.get(_header_name(key))
         if value is None:
             raise KeyError(key)
         return value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._index
+        return isinstance(key, str) and _header_name(key) in self._index
+
+
+_header_names: dict[str, bytes] = {}  # a lookup's name -> the raw name (the code's few)
+
+
+def _header_name(key: str) -> bytes:
+    name = _header_names.get(key)
+    if name is None:
+        name = key.lower().encode("latin-1")
+        if len(_header_names) < 256:
+            _header_names[key] = name
+    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,9 +482,12 @@ class PublicOrigin:
         scheme, host = self.origin(scope, headers)
         scope["scheme"] = scheme
         raw = host.encode("latin-1")
+        if isinstance(headers, RequestHeaders) and not headers.repeated \
+                and headers._index.get(b"host") == raw:
+            return  # the request's one Host (allowed, or the public one): as it is
         hosts = [v for k, v in scope.get("headers", []) if k == b"host"]
         if hosts == [raw]:
-            return  # the request's own Host (allowed, or the public one): as it is
+            return
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"host"]
         scope["headers"].append((b"host", raw))
 
@@ -863,7 +884,7 @@ class RequestPath:
                                    trusted_proxies=list(config.trusted_proxies),
                                    allowed_hosts=list(config.allowed_hosts),
                                    fallback_host=config.fallback_host)
-        self.cache_control = "no-store"
+        self._cache_control = b"no-store"
 
     def timed(self, scope: Scope, headers: Headers) -> bool:
         """Whether the request's timeout applies (see the class's docstring)."""
@@ -881,7 +902,7 @@ class RequestPath:
         rid_token = request_id_var.set(request_id)
         echoed_id = request_id if echo else None
         origin = headers.get("origin")  # CORS
-        cache_control = self.cache_control.encode("latin-1")
+        cache_control = self._cache_control
         # the answer's status and the inner layers' headers (the gate's, usage's): no send
         # wrapper of theirs
         exchange = scope.setdefault("state", {})[EXCHANGE] = Exchange()
@@ -974,7 +995,8 @@ class RequestPath:
             await refusal.response()(scope, receive, send)
             return
         no_body = "transfer-encoding" not in headers and (declared is None or declared == "0")
-        max_depth = self.max_json_depth if _json_content_type(scope, headers) else None
+        max_depth = self.max_json_depth \
+            if not no_body and _json_content_type(scope, headers) else None
 
         self.origin.apply(scope, headers)
 

@@ -107,12 +107,16 @@ return {acquired, previous_count, previous_ttl, current_count, current_ttl}
 
 
 def _sliding_window_stats(item: RateLimitItem, previous_count: int, previous_ttl_s: float,
-                          current_count: int, current_ttl_s: float) -> WindowStats:
-    """`SlidingWindowCounterRateLimiter.get_window_stats`' arithmetic on a window read."""
-    expiry = item.get_expiry()
+                          current_count: int, current_ttl_s: float, *,
+                          expiry: int | None = None, now: float | None = None) -> WindowStats:
+    """`SlidingWindowCounterRateLimiter.get_window_stats`' arithmetic on a window read
+    (`expiry`: the item's, when the caller has it; `now`: the time of the read)."""
+    if expiry is None:
+        expiry = item.get_expiry()
     remaining = max(0, item.amount - floor(previous_count * previous_ttl_s / expiry
                                            + current_count))
-    now = time.time()
+    if now is None:
+        now = time.time()
     if not (previous_count or current_count):
         return WindowStats(now, remaining)
     previous_reset_in, current_reset_in = inf, inf
@@ -184,6 +188,7 @@ class Quotas:
         self._requests = SlidingWindowCounterRateLimiter(self.storage)
         self._images = MovingWindowRateLimiter(self.storage)
         self._per_minute: dict[int, RateLimitItem] = {}  # requests/minute -> its item
+        self._expiry: dict[int, int] = {}  # requests/minute -> its window's seconds
         # memory://: the requests/minute windows in this replica, synchronously
         self._replica_windows = ReplicaWindows() if config.storage_url.startswith(
             "memory://") else None
@@ -210,6 +215,7 @@ class Quotas:
         item = self._per_minute.get(amount)
         if item is None:
             item = self._per_minute[amount] = RateLimitItemPerMinute(amount)
+            self._expiry[amount] = item.get_expiry()
         return item
 
     @property
@@ -222,9 +228,14 @@ class Quotas:
         """`check_request` for memory:// storage (`in_replica`), synchronously: one call of
         `ReplicaWindows`, nothing awaited. ApiError 429 when over the key's requests/minute."""
         item = self._per_minute_item(per_minute)
-        acquired, *window = self._replica_windows.hit(key_id, item.amount, item.get_expiry())
-        stats = _sliding_window_stats(item, *window)
-        usage = Usage(limit=item.amount, remaining=stats.remaining, reset_at=stats.reset_time)
+        amount = item.amount
+        expiry = self._expiry[amount]
+        now = time.time()
+        acquired, previous, previous_ttl, current, current_ttl = self._replica_windows.hit(
+            key_id, amount, expiry, now=now)
+        stats = _sliding_window_stats(item, previous, previous_ttl, current, current_ttl,
+                                      expiry=expiry, now=now)
+        usage = Usage(limit=amount, remaining=stats.remaining, reset_at=stats.reset_time)
         if not acquired:
             raise self._refusal(usage, f"rate limit of {item.amount} requests per minute "
                                 "reached", "requests", None)

@@ -78,7 +78,7 @@ SKIPPED_PATHS = auth.PUBLIC_PATHS  # health probes and docs: not usage
 ANONYMOUS = "(anonymous)"  # the project of refused requests whose key is unknown
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestUsage:
     """What one request used (filled in while it runs)."""
 

@@ -891,3 +891,8 @@ def test_request_headers_answer_as_starlettes():
             with pytest.raises(KeyError):
                 ours[name]
     assert ours.getlist("host") == ["a.example", "b.example"] and ours.raw == raw
+    assert ours.repeated  # Host comes twice
+    once = {"type": "http", "headers": ((b"host", b"a.example"), (b"accept", b"*/*"))}
+    single = middleware.RequestHeaders(once)  # any iterable, as Starlette takes it
+    assert not single.repeated and single.get("Host") == "a.example"
+    assert once["headers"] == [(b"host", b"a.example"), (b"accept", b"*/*")]

@@ -126,6 +126,8 @@ def test_replica_windows_count_as_limits_memory_storage_does(monkeypatch):
         item = RateLimitItemPerMinute(5)
         reference = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
         ours = ReplicaWindows()
+        gate = quotas("memory://")  # what the API-key gate calls: the same window, as Usage
+        assert gate.in_replica
         # bursts at several points of three windows; each step: seconds to advance, hits
         steps = [(0, 4), (10, 3), (40, 2), (5, 4), (20, 6), (30, 1), (15, 5), (70, 3), (1, 9)]
         answers = []
@@ -139,6 +141,15 @@ def test_replica_windows_count_as_limits_memory_storage_does(monkeypatch):
                 assert acquired == allowed
                 assert mine.remaining == stats.remaining
                 assert mine.reset_time == pytest.approx(stats.reset_time)
+                try:
+                    usage = gate.check_request_now("k", per_minute=5)
+                except ApiError as refused:
+                    assert not allowed and refused.status == 429
+                    assert refused.headers["X-RateLimit-Remaining"] == "0"
+                else:
+                    assert allowed and usage.limit == 5
+                    assert usage.remaining == stats.remaining
+                    assert usage.reset_at == pytest.approx(stats.reset_time)
                 answers.append(allowed)
         assert True in answers and False in answers  # the sequence both fills and frees
 

@@ -356,6 +356,34 @@ def test_local_hosts_and_allowed_hosts_are_used_as_sent():
         assert base == f"http://{host}/", host
 
 
+def test_the_app_sees_one_host_header_whatever_the_client_sent():
+    """A request with its Host repeated (the first one allowed) reaches the app with one
+    Host, the allowed one; a single allowed Host is passed through as it came."""
+    seen: list[list] = []
+
+    async def inner(scope, receive, send):
+        seen.append([v for k, v in scope["headers"] if k == b"host"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    path = middleware.RequestPath(inner, HardeningConfig())
+
+    async def run(headers):
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        scope = _scope("GET", "/x", [])
+        scope["headers"] = headers
+        await path(scope, receive, send)
+
+    asyncio.run(run([(b"host", b"localhost:8000"), (b"host", b"evil.example")]))
+    asyncio.run(run([(b"host", b"localhost:8000"), (b"accept", b"*/*")]))
+    assert seen == [[b"localhost:8000"], [b"localhost:8000"]]
+
+
 def test_forwarded_headers_are_used_from_trusted_proxies_only():
     app, _ = make_app(trusted_proxies=["10.0.0.0/8"])
     headers = {"host": "ingress:8000", "x-forwarded-proto": "https",
