@@ -10,13 +10,26 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import ray
 
 from models.base import LoadedInfo
 
 T = TypeVar("T")
+
+HandleTransport = Literal["grpc", "actor"]
+
+
+def with_transport(handle: Any, transport: HandleTransport) -> Any:
+    """`handle` (a DeploymentHandle) with its calls sent over `transport`. ``grpc``: Serve's
+    by-value calls (``_by_reference=False``) to the inter-deployment gRPC server every
+    replica runs: arguments and results pickled into the call, no object store, no
+    streaming-generator actor task per call (1-1.6 ms less per call at concurrency 1 on 2
+    cores: BENCHMARKS.md, "Gateway overhead", session 8). ``actor``: Ray actor calls, Serve's
+    default (for clusters whose nodes open only Ray's own ports to each other; the replicas'
+    gRPC servers listen on random ports)."""
+    return handle.options(_by_reference=False) if transport == "grpc" else handle
 
 
 def replica_info(info: LoadedInfo, limits: dict[str, Any]) -> dict[str, Any]:

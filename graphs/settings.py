@@ -40,10 +40,11 @@ class Settings(StorageSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     handle_transport: Literal["grpc", "actor"] = Field(
-        "grpc", description="how the ingress calls the model deployments: grpc (Serve's "
-        "by-value calls to each replica's inter-deployment gRPC server; ~1-1.6 ms less per "
-        "call than actor) or actor (Ray actor calls, by reference through the object store; "
-        "for clusters whose nodes only open Ray's own ports to each other)")
+        "grpc", description="how the ingress (and the router, its LLM) calls the model "
+        "deployments: grpc (Serve's by-value calls to each replica's inter-deployment gRPC "
+        "server; ~1-1.6 ms less per call than actor) or actor (Ray actor calls, by reference "
+        "through the object store; for clusters whose nodes only open Ray's own ports to "
+        "each other)")
     log_level: str = "INFO"
     # Hardening (graphs/middleware.py). Lists from the environment are JSON:
     # PHOTOSTUDIO_CORS_ALLOW_ORIGINS='["https://studio.example.com"]'

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -249,6 +249,8 @@ class Served:
     proc: subprocess.Popen
     port: int
     lines: list[str]
+    # what it was given with --set (tests/test_cli.py checks that it took effect)
+    builder_args: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -264,7 +266,8 @@ def served(tmp_path_factory, zoo_dir) -> Served:
     """`photostudio serve --profile tiny` as a newcomer starts it: auth on (a fresh data dir:
     the first start makes a key and prints it), HAProxy in front, its own Ray, the shipped
     settings (not this machine's RAY_SERVE_* / PHOTOSTUDIO_HAPROXY_* overrides). Started
-    once for the CLI and the front-door tests (a start and a stop take ~1.5 min on 2 cores).
+    once for the CLI and the front-door tests (a start and a stop take ~1.5 min on 2 cores),
+    with one builder arg through ``--set`` (`Served.builder_args`; checked in test_cli).
     The teardown checks the last part of the CLI's promise: Ctrl-C stops it cleanly (exit
     0, "Stopped."); a failure there is reported as an error of the last test that used it."""
     import httpx
@@ -275,14 +278,16 @@ def served(tmp_path_factory, zoo_dir) -> Served:
         if name.startswith(("RAY_SERVE_", "PHOTOSTUDIO_HAPROXY_")) or name in (
                 "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
             env.pop(name)
+    builder_args = {"max_image_pixels": 256 * 256}  # 64x64 generations still fit
     proc = subprocess.Popen(
         [sys.executable, "-m", "graphs.cli", "serve", "--profile", "tiny", "--port", str(port),
-         "--data-dir", str(tmp_path_factory.mktemp("served") / "d"), "--no-dashboard"],
+         "--data-dir", str(tmp_path_factory.mktemp("served") / "d"), "--no-dashboard",
+         *[f"--set={name}={value}" for name, value in builder_args.items()]],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    served = Served(proc=proc, port=port, lines=lines)
+    served = Served(proc=proc, port=port, lines=lines, builder_args=builder_args)
     stopped_in = None
     try:
         def up():

@@ -180,3 +180,94 @@ def test_missing_extras_checks_each_needed_module():
     missing = cli.missing_extras(find_spec=lambda name: object() if name in present else None)
     assert missing == {"tools": ["onnxruntime"]}
     assert cli.missing_extras() == {}  # this test environment has every extra
+
+
+# --- builder args: `photostudio serve --config FILE --set NAME=VALUE` -----------------------
+
+
+def test_set_values_are_read_as_yaml_and_win_over_the_config_file(tmp_path):
+    from graphs.cli import builder_args
+
+    config = tmp_path / "args.yaml"
+    config.write_text("max_batch_size: 2\nauto_tag: true\nrequests_per_minute: 60\n")
+    args = builder_args(["max_batch_size=4", "lora-import-dirs=[/data/a, /data/b]",
+                         "public_base_url=https://studio.example.com", "project=42x",
+                         "batch_wait_timeout_s=0.01"], str(config))
+    assert args == {"max_batch_size": 4, "auto_tag": True, "requests_per_minute": 60,
+                    "lora_import_dirs": ["/data/a", "/data/b"],
+                    "public_base_url": "https://studio.example.com", "project": "42x",
+                    "batch_wait_timeout_s": 0.01}
+
+
+def test_a_serve_config_file_gives_its_gateway_applications_args():
+    """serve_config.yaml itself works as --config: the args of its graphs.app:build_app
+    application."""
+    import yaml
+
+    from graphs.cli import builder_args
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = yaml.safe_load((repo / "serve_config.yaml").read_text())
+    [ours] = [a for a in shipped["applications"] if a["import_path"] == "graphs.app:build_app"]
+    assert builder_args([], str(repo / "serve_config.yaml")) == ours["args"]
+
+
+@pytest.mark.parametrize(("sets", "config", "says"), [
+    (["auto_tag"], None, "--set takes NAME=VALUE"),
+    (["=1"], None, "--set takes NAME=VALUE"),
+    ([], "missing.yaml", "cannot read it"),
+    ([], "list.yaml", "expected a mapping of builder args"),
+    ([], "other_app.yaml", "without an application whose import_path is graphs.app:build_app"),
+])
+def test_builder_args_that_cannot_be_read_say_what_to_fix(tmp_path, sets, config, says):
+    from graphs.cli import UsageError, builder_args
+
+    (tmp_path / "list.yaml").write_text("- auto_tag\n")
+    (tmp_path / "other_app.yaml").write_text(
+        "applications:\n  - name: x\n    import_path: other:app\n")
+    with pytest.raises(UsageError, match=re.escape(says)):
+        builder_args(sets, str(tmp_path / config) if config else None)
+
+
+def test_app_args_names_each_bad_arg_and_the_flags_win():
+    from graphs.cli import UsageError, app_args
+
+    args = app_args({"max_batch_size": 4, "profile": "production"}, profile="tiny",
+                    auth_enabled=None)
+    assert args.max_batch_size == 4 and args.profile == "tiny" and args.auth_enabled is None
+    with pytest.raises(UsageError) as bad:
+        app_args({"max_batch": 4, "max_batch_size": "many", "handle_transport": "http"})
+    message = str(bad.value)
+    assert "unknown builder arg 'max_batch' (did you mean max_batch_size?)" in message
+    assert "max_batch_size:" in message and "'many'" in message
+    assert "handle_transport:" in message and "grpc" in message
+
+
+def test_serve_refuses_a_bad_builder_arg_before_starting_ray(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "graphs.cli", "serve", "--data-dir",
+                          str(tmp_path), "--set", "max_batch=4", "--no-dashboard"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "did you mean max_batch_size" in out.stderr
+    assert "Starting Ray" not in out.stdout + out.stderr  # refused before Ray started
+
+
+@pytest.mark.slow
+def test_serve_applies_builder_args_given_with_set(served):
+    """The served gateway was started with ``--set max_image_pixels=65536``
+    (tests/conftest.py `served`): an upload over it is refused with that limit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    limit = served.builder_args["max_image_pixels"]
+    keys = re.findall(r"psk_[\w-]{43}", served.output)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(buf, format="PNG")
+    r = httpx.post(f"{served.url}/v1/images/remove-background", timeout=60,
+                   headers={"Authorization": f"Bearer {keys[0]}"},
+                   files={"image": ("big.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "image_too_large" and f"the limit is {limit} pixels" in error["message"]

@@ -1,6 +1,7 @@
-"""The ingress's handles to the model deployments: the transport a setting picks
-(graphs/ingress.py `model_handle`), and the setting's way from the environment and the builder
-args to the Ingress. The whole HTTP suite runs on the default (grpc) transport."""
+"""The ingress's handles to the model deployments and the Router's to the LLM: the transport a
+setting picks (deployments/_common.py `with_transport`, graphs/ingress.py `model_handle`), and
+the setting's way from the environment and the builder args to the Ingress and the Router.
+The whole HTTP suite runs on the default (grpc) transport."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def _transport_of(app) -> str:
     return config.handle_transport
 
 
+def _router_transport_of(app) -> str:
+    router = next(a for a in app._bound_deployment.init_args
+                  if getattr(getattr(a, "_bound_deployment", None), "name", None) == "Router")
+    return router._bound_deployment.init_kwargs["handle_transport"]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "actor"])
+def test_the_router_calls_its_llm_over_the_same_transport(transport):
+    """The Router's LLM handle is sent as the Ingress's handles are: by value over gRPC by
+    default, Ray actor calls with ``actor``; no LLM, no handle."""
+    from deployments.router import Router
+
+    router = Router.func_or_class(RecordingHandle(), use_embeddings=False,
+                                  handle_transport=transport)
+    assert router._llm_handle.given == ({"_by_reference": False} if transport == "grpc"
+                                        else {})
+    assert Router.func_or_class(None, use_embeddings=False)._llm_handle is None
+
+
 @pytest.mark.parametrize(("env", "arg", "expected"), [
     (None, None, "grpc"),  # the default
     ("actor", None, "actor"),  # PHOTOSTUDIO_HANDLE_TRANSPORT
@@ -51,6 +71,7 @@ def test_handle_transport_comes_from_args_then_settings(tmp_path, monkeypatch, e
         monkeypatch.setenv("PHOTOSTUDIO_HANDLE_TRANSPORT", env)
     app = build_app(AppArgs(profile="tiny", data_dir=str(tmp_path), handle_transport=arg))
     assert _transport_of(app) == expected
+    assert _router_transport_of(app) == expected
 
 
 def test_an_unknown_transport_is_refused_with_the_choices():
