@@ -84,6 +84,22 @@ def test_request_path_env_sends_images_inline_unless_the_operator_says(tmp_path,
         "RAY_max_direct_call_object_size"] == "102400"
 
 
+def test_serves_haproxy_request_metrics_are_off_unless_the_operator_says(tmp_path,
+                                                                        monkeypatch):
+    """Serve's per-request HTTP metrics from HAProxy are off (the ingress records its own);
+    turned back on by an operator, each gateway's datagram socket is its own."""
+    from graphs.cli import request_path_env
+
+    name = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
+    monkeypatch.delenv(name, raising=False)
+    env = request_path_env(tmp_path, free_ports=True)
+    assert env[name] == "0"
+    assert Path(env["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"]).parent == Path(
+        env["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent  # under the gateway's own state dir
+    monkeypatch.setenv(name, "1")
+    assert request_path_env(tmp_path, free_ports=True)[name] == "1"
+
+
 def test_replicas_run_user_code_on_their_own_loop_unless_the_operator_says(tmp_path,
                                                                            monkeypatch):
     """User code on the replica's own event loop (Serve's default: a second loop in a thread

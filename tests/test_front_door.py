@@ -140,6 +140,7 @@ def test_cluster_yaml_starts_ray_with_the_same_front_door():
         assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == launcher
         assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == str(cli.HAPROXY_TIMEOUT_CLIENT_S)
         assert env["RAY_SERVE_HAPROXY_MAXCONN"] == str(cli.HAPROXY_MAXCONN)
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"  # the ingress records its own
         assert not any(w.startswith("--dashboard-host=") and w != "--dashboard-host=127.0.0.1"
                        for w in words)
     serve_config = yaml.safe_load((Path(__file__).parents[1] / "serve_config.yaml").read_text())
@@ -275,6 +276,9 @@ def test_ray_and_haproxy_listen_on_loopback_only(served):
                  f"timeout http-keep-alive {cli.KEEP_ALIVE_TIMEOUT_S}s"):
         assert line in defaults, defaults
     assert f"maxconn {cli.HAPROXY_MAXCONN}" in section(config, "global")
+    # no per-request metric datagram for Serve's HAProxyManager to parse: the ingress
+    # records its own (cli.request_path_env)
+    assert "log-format-sd" not in config and "metrics.sock" not in config
     admin = haproxy_config.parent / "admin.sock"
     assert stat.S_ISSOCK(admin.stat().st_mode)
     assert stat.S_IMODE(admin.stat().st_mode) & 0o077 == 0
