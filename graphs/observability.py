@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graphs.route_index import route_path
 from telemetry.metrics import record_request, set_in_flight
 
 # Status recorded for a request the client abandoned (or that was cancelled) before a
@@ -26,24 +26,12 @@ IN_FLIGHT_REPORT_S = 0.25
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template, or ``unmatched``. Starlette's router puts the
-    matched route in ``scope["route"]``; for responses sent before routing (413, CORS
-    preflight) the app's routes are matched here."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    app = scope.get("app")
-    routes = getattr(getattr(app, "router", None), "routes", None) or ()
+    """The matched route's path template, or ``unmatched``: Starlette's router puts the
+    matched route in ``scope["route"]``; for responses sent before routing (the API-key gate's
+    401/429, 413, 503, CORS preflight) the route the router would pick
+    (`route_index.route_path`, inside Serve's included router too)."""
     try:
-        partial = None
-        for candidate in routes:
-            match, _ = candidate.matches(scope)
-            if match == Match.FULL:
-                return getattr(candidate, "path", UNMATCHED_ROUTE)
-            if match == Match.PARTIAL and partial is None:
-                partial = getattr(candidate, "path", None)
-        return partial or UNMATCHED_ROUTE
+        return route_path(scope) or UNMATCHED_ROUTE
     except (KeyError, TypeError, AttributeError):
         return UNMATCHED_ROUTE
 

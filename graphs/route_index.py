@@ -392,4 +392,40 @@ def install(app: Any, instance: Any = None) -> bool:
     return True
 
 
-__all__ = ["PathIndex", "bind_instance", "index_routes", "install", "remember_route_names"]
+def match_routes(routes: Any, scope: Scope) -> tuple[Any, Any]:
+    """(the route matching `scope` fully, else None; the first matching its path only: a
+    405), looking inside FastAPI's included-router nodes (Serve's class-based ingress puts its
+    routes in one) as the router would."""
+    partial = None
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            full, part = match_routes(inner, scope)
+            if full is not None:
+                return full, None
+            partial = partial or part
+            continue
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route, None
+        if match == Match.PARTIAL and partial is None:
+            partial = route
+    return None, partial
+
+
+def route_path(scope: Scope) -> str | None:
+    """The path template (``/v1/jobs/{job_id}``) of the app's route that handles `scope`: the
+    one the router picked (``scope["route"]``), else the one it would pick, for requests
+    answered before routing (the API-key gate's 401/429, 413, 503); None when no route's path
+    matches. Metrics and usage name requests by it: never the raw path."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or ()
+    full, partial = match_routes(routes, scope)
+    path = getattr(full or partial, "path", None)
+    return path if isinstance(path, str) else None
+
+
+__all__ = ["PathIndex", "bind_instance", "index_routes", "install", "match_routes",
+           "remember_route_names", "route_path"]

@@ -58,11 +58,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphs import auth
 from graphs.errors import exchange_of, recorder_of
+from graphs.route_index import route_path
 
 logger = logging.getLogger("ray.serve")
 
@@ -323,29 +323,7 @@ class UsageRecorder:
 def route_template(scope: Scope) -> str:
     """The path template of the app's route that `scope`'s path matches ('(unmatched)' when
     none): what the router would pick, for requests refused before routing."""
-    full, partial = _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()),
-                           scope)
-    return getattr(full or partial, "path", None) or "(unmatched)"
-
-
-def _match(routes: Any, scope: Scope) -> tuple[Any, Any]:
-    """(the route matching fully, else None; the first matching the path only: a 405)."""
-    partial = None
-    for route in routes:
-        # FastAPI's included router (Serve's class-based ingress): look at its own routes
-        inner = getattr(getattr(route, "original_router", None), "routes", None)
-        if inner is not None:
-            full, part = _match(inner, scope)
-            if full is not None:
-                return full, None
-            partial = partial or part
-            continue
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return route, None
-        if match == Match.PARTIAL and partial is None:
-            partial = route
-    return None, partial
+    return route_path(scope) or "(unmatched)"
 
 
 class UsageMiddleware:

@@ -64,6 +64,26 @@ def test_metrics_middleware_records_route_templates_and_statuses(monkeypatch):
     assert all(r[3] >= 0 for r in recorded)
 
 
+@pytest.mark.parametrize("method,path,template", [
+    ("POST", "/v1/images/generations", "/v1/images/generations"),
+    ("GET", "/v1/jobs/job_1", "/v1/jobs/{job_id}"),  # the template, never the id
+    ("DELETE", "/v1/usage", "/v1/usage"),  # path known, method not (405): still its route
+    ("GET", "/nope", "unmatched"),
+])
+def test_requests_answered_before_routing_are_counted_under_their_route(method, path,
+                                                                        template):
+    """The gate's 401/429, a 413 or a shed 503 are answered before the router runs: the
+    metrics still name the route (inside the included router that Serve's class-based ingress
+    makes), as usage accounting does."""
+    from graphs import usage
+    from graphs.ingress import app
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+    assert observability.route_template(scope) == template
+    assert usage.route_template(scope) == (template if template != "unmatched"
+                                           else "(unmatched)")
+
+
 def test_in_flight_gauge_is_reported_at_most_every_interval_and_settles(monkeypatch):
     """20 concurrent requests report the in-flight count a few times, not 40, and the last
     report (made once the interval is up) is the settled count, 0."""
