@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 
@@ -283,11 +283,6 @@ class UsageError(ValueError):
     """A command line that cannot be run as given: the message says what to change."""
 
 
-# builder args with a `photostudio serve` flag of their own: the flag wins over --config/--set
-FLAGGED_ARGS = {"profile": "--profile", "data_dir": "--data-dir", "generator_model": "--model",
-                "auth_enabled": "--auth / --no-auth"}
-
-
 def builder_args(sets: list[str] | None = None, config: str | None = None) -> dict[str, Any]:
     """The builder args (`graphs.app.AppArgs` fields) that `photostudio serve` takes from
     `--config FILE` and `--set NAME=VALUE` (these win): FILE is YAML, either the args
@@ -357,7 +352,7 @@ def app_args(extra: dict[str, Any], **flags: Any) -> Any:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from graphs.settings import Settings
+    from graphs.settings import Profile, Settings
 
     settings = Settings()
     try:  # --config / --set: checked against AppArgs below, before Ray starts
@@ -367,8 +362,8 @@ def _serve(ns: argparse.Namespace) -> int:
         return 2
     # the flags win; a flag not given takes --config/--set's value, then the settings'
     profile = ns.profile or extra.pop("profile", None) or settings.profile
-    if profile not in ("tiny", "local", "production"):
-        console.print(f"profile must be tiny, local or production, got {profile!r}",
+    if profile not in get_args(Profile):
+        console.print(f"profile must be one of {', '.join(get_args(Profile))}, got {profile!r}",
                       style="red", markup=False, highlight=False)
         return 2
     data_dir = Path(ns.data_dir or extra.pop("data_dir", None)
@@ -431,7 +426,7 @@ def _serve(ns: argparse.Namespace) -> int:
 
     try:  # before Ray starts: a bad arg costs nothing
         args = app_args(extra, profile=profile, data_dir=str(data_dir),
-                        generator_model=ns.model or extra.pop("generator_model", None),
+                        generator_model=ns.model,
                         use_gpu=(ns.gpus or 0) > 0 or None,
                         auth_enabled=auth_enabled)
     except UsageError as exc:

@@ -187,8 +187,8 @@ class Quotas:
         self.storage = _storage(config.storage_url)
         self._requests = SlidingWindowCounterRateLimiter(self.storage)
         self._images = MovingWindowRateLimiter(self.storage)
-        self._per_minute: dict[int, RateLimitItem] = {}  # requests/minute -> its item
-        self._expiry: dict[int, int] = {}  # requests/minute -> its window's seconds
+        # requests/minute -> its item and the item's window in seconds
+        self._per_minute: dict[int, tuple[RateLimitItem, int]] = {}
         # memory://: the requests/minute windows in this replica, synchronously
         self._replica_windows = ReplicaWindows() if config.storage_url.startswith(
             "memory://") else None
@@ -210,13 +210,14 @@ class Quotas:
             item, int(p_count or 0), max(0.0, float(p_ttl or 0)) / 1000,
             int(c_count or 0), max(0.0, float(c_ttl or 0)) / 1000)
 
-    def _per_minute_item(self, per_minute: int | None) -> RateLimitItem:
+    def _per_minute_window(self, per_minute: int | None) -> tuple[RateLimitItem, int]:
+        """The requests/minute item of a key's limit (default: the config's) and its expiry."""
         amount = per_minute or self.config.requests_per_minute
-        item = self._per_minute.get(amount)
-        if item is None:
-            item = self._per_minute[amount] = RateLimitItemPerMinute(amount)
-            self._expiry[amount] = item.get_expiry()
-        return item
+        window = self._per_minute.get(amount)
+        if window is None:
+            item = RateLimitItemPerMinute(amount)
+            window = self._per_minute[amount] = (item, item.get_expiry())
+        return window
 
     @property
     def in_replica(self) -> bool:
@@ -227,9 +228,8 @@ class Quotas:
     def check_request_now(self, key_id: str, *, per_minute: int | None) -> Usage:
         """`check_request` for memory:// storage (`in_replica`), synchronously: one call of
         `ReplicaWindows`, nothing awaited. ApiError 429 when over the key's requests/minute."""
-        item = self._per_minute_item(per_minute)
+        item, expiry = self._per_minute_window(per_minute)
         amount = item.amount
-        expiry = self._expiry[amount]
         now = time.time()
         acquired, previous, previous_ttl, current, current_ttl = self._replica_windows.hit(
             key_id, amount, expiry, now=now)
@@ -246,7 +246,7 @@ class Quotas:
         when the storage failed and `fail_open`."""
         if self._replica_windows is not None:
             return self.check_request_now(key_id, per_minute=per_minute)
-        item = self._per_minute_item(per_minute)
+        item, _ = self._per_minute_window(per_minute)
         return await self._hit(self._requests, item, key_id, "requests", 1,
                                f"rate limit of {item.amount} requests per minute reached",
                                window=self._hit_requests)
